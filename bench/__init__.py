@@ -1,0 +1,1 @@
+"""bench: suites of workloads x variants over `seg`, timed, measured and reported."""

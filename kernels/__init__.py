@@ -1,0 +1,1 @@
+"""kernels: Triton kernels (fused normalization) with their PyTorch references."""

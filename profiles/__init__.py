@@ -1,0 +1,1 @@
+"""profiles: NVTX ranges, torch.profiler capture, nsys capture ranges, trace summaries."""

@@ -1,0 +1,1 @@
+"""reports: results.jsonl -> pandas tables -> matplotlib charts -> Markdown/HTML reports."""

@@ -1,0 +1,1 @@
+"""The `segbench` command: one root that dispatches to the packages' own subcommands."""

@@ -1,0 +1,55 @@
+"""Root of the `segbench` console script.
+
+Each subcommand lives beside the code it drives, in a module with a `register(subparsers)`
+function that adds its parser and sets `func`. Those modules import only the standard library
+at top level (heavy imports happen inside `func`), so `segbench --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that register subcommands, in the order `--help` lists them.
+COMMAND_MODULES = (
+    "seg.commands.data",
+    "seg.commands.train",
+    "seg.commands.infer",
+    "seg.commands.evaluate",
+    "seg.commands.view",
+    "bench.commands",
+    "reports.commands",
+    "segbench.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segbench",
+        description="Benchmark harness and segmentation system for 3D brain-tumour segmentation (BraTS).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            # Only a module not written yet is skipped; a broken import inside it still raises.
+            if err.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
