@@ -1,0 +1,97 @@
+"""Model registry: `build(name, **options)` for the three model families segbench measures.
+
+Each builder is MONAI's own network with the seed project's configuration as defaults; options
+override any constructor argument, so a benchmark variant or a user's script can change one
+thing (e.g. `use_checkpoint=False`) without restating the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+
+# SwinUNETR presets. "seed": the seed project's recipe (feature 24, heavy dropout, checkpointing
+# on, the configuration that took days to train). "paper": the SwinUNETR paper's feature 48.
+SWIN_PRESETS: dict[str, dict[str, Any]] = {
+    "seed": dict(
+        feature_size=24, drop_rate=0.2, attn_drop_rate=0.2, dropout_path_rate=0.2, use_checkpoint=True
+    ),
+    "paper": dict(
+        feature_size=48, drop_rate=0.0, attn_drop_rate=0.0, dropout_path_rate=0.0, use_checkpoint=False
+    ),
+}
+
+
+def _unet(in_channels: int = 4, out_channels: int = 4, **options: Any) -> nn.Module:
+    from monai.networks.nets import UNet
+
+    config: dict[str, Any] = dict(
+        spatial_dims=3,
+        channels=(16, 32, 64, 128, 256),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+        norm="instance",
+        act="PRELU",
+    )
+    config.update(options)
+    return UNet(in_channels=in_channels, out_channels=out_channels, **config)
+
+
+def _swinunetr(
+    in_channels: int = 4, out_channels: int = 4, preset: str = "seed", fast: bool = False, **options: Any
+) -> nn.Module:
+    from monai.networks.nets import SwinUNETR
+
+    if preset not in SWIN_PRESETS:
+        raise ValueError(f"unknown SwinUNETR preset {preset!r}; choose from {sorted(SWIN_PRESETS)}")
+    config: dict[str, Any] = dict(SWIN_PRESETS[preset])
+    config.update(options)
+    model = SwinUNETR(in_channels=in_channels, out_channels=out_channels, spatial_dims=3, **config)
+    if fast:
+        from seg.swin_fast import to_fast
+
+        model = to_fast(model)
+    return model
+
+
+def _dynunet(in_channels: int = 4, out_channels: int = 4, **options: Any) -> nn.Module:
+    from monai.networks.nets import DynUNet
+
+    strides = options.pop("strides", (1, 2, 2, 2, 2, 2))
+    config: dict[str, Any] = dict(
+        spatial_dims=3,
+        kernel_size=[3] * len(strides),
+        upsample_kernel_size=list(strides[1:]),
+        filters=(32, 64, 128, 256, 320, 320)[: len(strides)],
+        norm_name=("INSTANCE", {"affine": True}),
+        act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+        res_block=False,
+    )
+    config.update(options)
+    return DynUNet(in_channels=in_channels, out_channels=out_channels, strides=strides, **config)
+
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "unet": _unet,
+    "swinunetr": _swinunetr,
+    "dynunet": _dynunet,
+}
+
+MODEL_NAMES = tuple(BUILDERS)
+
+
+def build(name: str, **options: Any) -> nn.Module:
+    """Build model `name` ("unet", "swinunetr", "dynunet"); 4 input and 4 output channels by default.
+
+    `options` override the constructor arguments; `swinunetr` also takes `preset="seed"|"paper"`
+    and `fast=True` (the weight-compatible fast path).
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    return BUILDERS[name](**options)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
