@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = (
     "seg.commands.data",
     "seg.commands.train",
+    "seg.commands.cv",
     "seg.commands.infer",
     "seg.commands.evaluate",
     "seg.commands.view",
