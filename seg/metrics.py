@@ -1,0 +1,188 @@
+"""BraTS metrics: region Dice and HD95 (mm), the seed's per-label Dice, and a batched torch Dice.
+
+Regions (the BraTS challenge's): ET = enhancing tumour, TC = tumour core, WT = whole tumour.
+- 2021 labels {0,1,2,4}: ET = {4}, TC = {1,4}, WT = {1,2,4}.
+- 2023 labels {0,1,2,3} and prepared-space labels 0..3: ET = {3}, TC = {1,3}, WT = {1,2,3}.
+
+Conventions for empty masks (as the BraTS evaluation): both empty → Dice 1, HD95 0; exactly one
+empty → Dice 0, HD95 373.13 mm (the diagonal of the 240×240×155 1 mm BraTS volume).
+
+HD95 is MONAI's `compute_hausdorff_distance(percentile=95, directed=False, spacing=...)`: the
+edge voxels of each mask (mask XOR its binary erosion), the Euclidean distance in mm (voxel
+indices scaled by the spacing) from every edge voxel of one mask to the nearest edge voxel of the
+other, taken in both directions; the 95th percentile (linear interpolation, `torch.quantile`) of
+each directed set; the larger of the two. It counts voxels, not surface areas (the DeepMind
+`surface_distance` package weights by surface element area), so values can differ from that
+package by a fraction of a voxel.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+REGIONS = ("ET", "TC", "WT")
+CONVENTIONS = ("2021", "2023", "prepared")
+REGION_LABELS: dict[str, dict[str, tuple[int, ...]]] = {
+    "2021": {"ET": (4,), "TC": (1, 4), "WT": (1, 2, 4)},
+    "2023": {"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)},
+    "prepared": {"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)},
+}
+LABEL_VALUES = {"2021": (0, 1, 2, 4), "2023": (0, 1, 2, 3), "prepared": (0, 1, 2, 3)}
+# Diagonal of the BraTS volume, sqrt(240² + 240² + 155²) mm: the HD95 BraTS assigns when exactly one
+# of prediction and reference is empty.
+EMPTY_HD95_MM = 373.13
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in REGION_LABELS:
+        raise ValueError(f"unknown label convention {convention!r}; choose from {', '.join(CONVENTIONS)}")
+
+
+def region_masks(labels: np.ndarray, convention: str = "2021") -> dict[str, np.ndarray]:
+    """Boolean masks {"ET", "TC", "WT"} of a label map in `convention`."""
+    _check_convention(convention)
+    return {region: np.isin(labels, values) for region, values in REGION_LABELS[convention].items()}
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty."""
+    total = np.count_nonzero(pred) + np.count_nonzero(ref)
+    if total == 0:
+        return 1.0
+    return float(2.0 * np.count_nonzero(pred & ref) / total)
+
+
+def hd95(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+    """Symmetric 95th-percentile Hausdorff distance in mm between two boolean masks (see module doc)."""
+    from monai.metrics import compute_hausdorff_distance
+
+    pred_any, ref_any = bool(pred.any()), bool(ref.any())
+    if not pred_any and not ref_any:
+        return 0.0
+    if pred_any != ref_any:
+        return EMPTY_HD95_MM
+    with warnings.catch_warnings():
+        # MONAI 1.5+ passes its own deprecated `always_return_as_numpy` argument internally.
+        warnings.simplefilter("ignore", FutureWarning)
+        distance = compute_hausdorff_distance(
+            torch.from_numpy(np.ascontiguousarray(pred))[None, None],
+            torch.from_numpy(np.ascontiguousarray(ref))[None, None],
+            include_background=True,
+            percentile=95,
+            directed=False,
+            spacing=[float(s) for s in spacing_mm],
+        )
+    return float(distance[0, 0])
+
+
+def check_labels(labels: np.ndarray, convention: str, name: str = "label map") -> None:
+    """Raise ValueError naming `name` if `labels` holds values outside `convention`."""
+    _check_convention(convention)
+    present = np.unique(labels)
+    outside = sorted(set(present.tolist()) - set(LABEL_VALUES[convention]))
+    if outside:
+        raise ValueError(
+            f"{name}: label values {outside} are outside the {convention} convention "
+            f"{list(LABEL_VALUES[convention])} (wrong --labels?)"
+        )
+
+
+def detect_convention(*label_maps: np.ndarray) -> str:
+    """2021 if any map holds label 4, 2023 if any holds 3; both → error; neither → 2021 (same regions)."""
+    has4 = any(bool((m == 4).any()) for m in label_maps)
+    has3 = any(bool((m == 3).any()) for m in label_maps)
+    if has3 and has4:
+        raise ValueError("label maps hold both 3 and 4: mixed 2021/2023 conventions; pass --labels")
+    return "2023" if has3 else "2021"
+
+
+def evaluate_case(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    convention: str = "2021",
+) -> dict[str, dict[str, float]]:
+    """{"ET": {"dice", "hd95"}, "TC": {...}, "WT": {...}} for one case (label maps on one grid)."""
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    pred_masks = region_masks(pred, convention)
+    ref_masks = region_masks(ref, convention)
+    return {
+        region: {
+            "dice": dice(pred_masks[region], ref_masks[region]),
+            "hd95": hd95(pred_masks[region], ref_masks[region], spacing_mm),
+        }
+        for region in REGIONS
+    }
+
+
+def mean_over_cases(cases: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per-region mean of each metric over cases (the "mean" block of `segbench eval`)."""
+    if not cases:
+        return {}
+    return {
+        region: {
+            metric: float(np.mean([case[region][metric] for case in cases.values()]))
+            for metric in ("dice", "hd95")
+        }
+        for region in REGIONS
+    }
+
+
+def seed_dice(
+    pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor, convention: str = "2021"
+) -> float:
+    """The seed project's metric: MONAI DiceMetric over labels 1..3 (one-hot, background excluded).
+
+    As MONAI's default (`ignore_empty=True`), a label absent from the reference gives NaN and is
+    left out of the mean; per label, not per region, so it is not comparable to ET/TC/WT Dice.
+    """
+    from monai.metrics import compute_dice
+
+    _check_convention(convention)
+    pred_t, ref_t = torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(ref))
+    if convention == "2021":  # 4 → 3 as the seed's prep did
+        pred_t, ref_t = torch.where(pred_t == 4, 3, pred_t), torch.where(ref_t == 4, 3, ref_t)
+    per_label = compute_dice(
+        pred_t.long()[None, None], ref_t.long()[None, None], include_background=False, num_classes=4
+    )
+    return float(torch.nanmean(per_label))
+
+
+def _prepared_region_masks(labels: torch.Tensor) -> torch.Tensor:
+    """[B, *spatial] labels 0..3 → [B, 3, *spatial] boolean ET/TC/WT masks."""
+    et = labels == 3
+    tc = et | (labels == 1)
+    wt = labels > 0
+    return torch.stack([et, tc, wt], dim=1)
+
+
+def region_dice(logits_or_labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Batched ET/TC/WT Dice in prepared space (labels 0..3), on the inputs' device.
+
+    `logits_or_labels`: [B, C, *spatial] float logits or probabilities (argmax over C), or integer
+    labels [B, 1, *spatial] / [B, *spatial]. `target`: integer labels [B, 1, *spatial] or
+    [B, *spatial]. Returns float32 [B, 3] (columns ET, TC, WT); both empty → 1, one empty → 0.
+    """
+    if logits_or_labels.is_floating_point():
+        pred = logits_or_labels.argmax(dim=1)
+    else:
+        pred = logits_or_labels
+    # Either side may carry the singleton channel dimension; drop it where the other lacks it.
+    if pred.dim() == target.dim() + 1:
+        pred = pred[:, 0]
+    elif target.dim() == pred.dim() + 1:
+        target = target[:, 0]
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}"
+        )
+    pred_masks = _prepared_region_masks(pred).flatten(2)
+    ref_masks = _prepared_region_masks(target).flatten(2)
+    intersection = (pred_masks & ref_masks).sum(-1).float()
+    total = (pred_masks.sum(-1) + ref_masks.sum(-1)).float()
+    return torch.where(total > 0, 2 * intersection / total.clamp_min(1), torch.ones_like(total))
