@@ -1,0 +1,170 @@
+"""`segbench eval`: score predicted label maps against references (BraTS ET/TC/WT Dice and HD95).
+
+`--pred` and `--ref` are each one NIfTI label map or a folder searched recursively; files are
+matched by case id, the file name without `.nii[.gz]` and without a trailing `_seg`, `-seg`,
+`_pred...` or `-pred...` (so `BraTS2021_00001_pred.nii.gz` matches `BraTS2021_00001/..._seg.nii.gz`).
+In a reference folder that holds raw cases, only the seg files are read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+_ID = re.compile(r"^(?P<id>.+?)(?:[_-](?:seg|pred)(?:[_-].*)?)?$")
+_NIFTI = re.compile(r"\.nii(\.gz)?$")
+
+
+def case_id(path: str | Path) -> str:
+    """Case id of a label-map file name (see module doc)."""
+    stem = _NIFTI.sub("", Path(path).name)
+    return _ID.match(stem)["id"]
+
+
+def label_files(path: str | Path) -> dict[str, Path]:
+    """{case id: file} for one NIfTI or every label map below a folder."""
+    path = Path(path)
+    if path.is_file():
+        return {case_id(path): path}
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and _NIFTI.search(p.name))
+    segs = [p for p in files if re.search(r"[_-]seg$", _NIFTI.sub("", p.name))]
+    found: dict[str, Path] = {}
+    for p in segs or files:  # a raw-case folder: only its seg files are label maps
+        cid = case_id(p)
+        if cid in found:
+            raise ValueError(f"{path}: two label maps for case {cid}: {found[cid]} and {p}")
+        found[cid] = p
+    if not found:
+        raise FileNotFoundError(f"{path}: no NIfTI label maps found")
+    return found
+
+
+def _load(path: Path):
+    import nibabel as nib
+    import numpy as np
+
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises several types for unreadable / truncated files
+        raise ValueError(f"{path}: not a readable NIfTI label map ({type(err).__name__}: {err})") from err
+    if data.ndim != 3:
+        raise ValueError(f"{path}: label map is {data.ndim}-D with shape {data.shape}; expected 3-D")
+    if data.dtype.kind == "f":
+        if not np.array_equal(data, np.round(data)):
+            raise ValueError(f"{path}: non-integer label values")
+        data = data.astype(np.int16)
+    return img, data
+
+
+def evaluate_pair(pred_path: Path, ref_path: Path, labels: str = "auto") -> dict:
+    """Region metrics for one prediction/reference pair; ValueError naming the file on bad input."""
+    import numpy as np
+
+    from seg import metrics
+
+    pred_img, pred = _load(pred_path)
+    ref_img, ref = _load(ref_path)
+    if pred.shape != ref.shape:
+        raise ValueError(f"{pred_path}: shape {pred.shape} differs from reference {ref_path} {ref.shape}")
+    if not np.allclose(pred_img.affine, ref_img.affine, atol=1e-3):
+        raise ValueError(f"{pred_path}: affine differs from reference {ref_path} (not on the same grid)")
+    convention = metrics.detect_convention(pred, ref) if labels == "auto" else labels
+    metrics.check_labels(pred, convention, str(pred_path))
+    metrics.check_labels(ref, convention, str(ref_path))
+    spacing_mm = [float(s) for s in ref_img.header.get_zooms()[:3]]
+    return {
+        "regions": metrics.evaluate_case(pred, ref, spacing_mm, convention),
+        "seed_dice": metrics.seed_dice(pred, ref, convention),
+        "labels": convention,
+    }
+
+
+def evaluate_paths(pred: str | Path, ref: str | Path, labels: str = "auto") -> tuple[dict, list[str]]:
+    """The `segbench eval` JSON document and a list of error lines (one per failed or missing case)."""
+    from tqdm import tqdm
+
+    from seg import metrics
+
+    preds, refs = label_files(pred), label_files(ref)
+    if len(preds) == 1 and len(refs) == 1:  # two single files: pair them whatever their names
+        preds = {next(iter(refs)): next(iter(preds.values()))}
+    errors = [
+        f"{refs[cid]}: no prediction for case {cid} in {pred}" for cid in sorted(set(refs) - set(preds))
+    ]
+    errors += [
+        f"{preds[cid]}: no reference for case {cid} in {ref}" for cid in sorted(set(preds) - set(refs))
+    ]
+    cases, seed, conventions = {}, {}, {}
+    for cid in tqdm(sorted(set(preds) & set(refs)), desc="eval", unit="case", disable=None):
+        try:
+            result = evaluate_pair(preds[cid], refs[cid], labels)
+        except ValueError as err:
+            errors.append(str(err))
+            continue
+        cases[cid], seed[cid], conventions[cid] = result["regions"], result["seed_dice"], result["labels"]
+    doc = {
+        "cases": cases,
+        "mean": metrics.mean_over_cases(cases),
+        "labels": conventions,
+        "seed_dice": seed,
+        "errors": errors,
+    }
+    return doc, errors
+
+
+def _table(doc: dict) -> str:
+    rows = [
+        "| case | ET Dice | TC Dice | WT Dice | ET HD95 | TC HD95 | WT HD95 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in [*doc["cases"].items(), *([("mean", doc["mean"])] if doc["mean"] else [])]:
+        dice = " | ".join(f"{r[k]['dice']:.4f}" for k in ("ET", "TC", "WT"))
+        hd = " | ".join(f"{r[k]['hd95']:.2f}" for k in ("ET", "TC", "WT"))
+        rows.append(f"| {name} | {dice} | {hd} |")
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        doc, errors = evaluate_paths(args.pred, args.ref, args.labels)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"segbench eval: {err}", file=sys.stderr)
+        return 1
+    for line in errors:
+        print(f"segbench eval: {line}", file=sys.stderr)
+    if args.out:
+        from seg.data.store import write_json
+
+        write_json(args.out, doc)
+        print(_table(doc))
+        print(f"wrote {args.out}")
+    else:
+        print(json.dumps(doc, indent=2))
+    return 1 if errors or not doc["cases"] else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="score label maps against references: BraTS ET/TC/WT Dice and HD95 (mm)",
+        description="Score predicted label maps against references (BraTS regions ET/TC/WT: Dice, HD95 in "
+        "mm from the voxel spacing). Both empty: Dice 1, HD95 0; one empty: Dice 0, HD95 373.13.",
+    )
+    p.add_argument("--pred", required=True, help="predicted label map (NIfTI) or a folder of them")
+    p.add_argument(
+        "--ref", required=True, help="reference label map (NIfTI) or a folder (raw cases: their seg)"
+    )
+    p.add_argument(
+        "--labels",
+        choices=("auto", "2021", "2023"),
+        default="auto",
+        help="label convention: 2021 (ET=4) or 2023 (ET=3); auto: from the values present (default)",
+    )
+    p.add_argument("--out", help="write the JSON here (default: print it)")
+    p.set_defaults(func=run)
