@@ -1,0 +1,156 @@
+"""Datasets and loaders over a prepared folder (`segbench data prep` output).
+
+`PreparedDataset` reads one `<case_id>.pt` per sample (pt32 or compact) and returns float32
+image / int64 label, the dtypes the models and the loss consume. `build_loader` wraps it in a
+torch DataLoader with the seed's augmentation for training.
+
+Sample order and augmentation are functions of (seed, epoch, sample index) only: the sampler
+yields `(index, sample_seed)` keys and the dataset seeds the transform chain with `sample_seed`
+before applying it. So a run gives the same batches whatever the number of workers, resuming at
+an epoch boundary replays exactly, and a DDP run over K processes sees the same global batches
+(and the same augmented samples) as one process with K times the batch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from seg.data.augment import seed_train_transforms
+from seg.data.store import load_case
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed for one sample's augmentation, independent of worker and process layout."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def _plain(x: Any) -> torch.Tensor:
+    # MONAI transforms return MetaTensors; the training loop and default collate want plain tensors.
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+class PreparedDataset(Dataset):
+    """Prepared cases `data_dir/<id>.pt` -> {"image": float32 [4,S,S,S], "label": int64 [1,S,S,S]
+    (labelled cases only), "id": str}.
+
+    An index may be an int or an `(int, seed)` pair from `SeededSampler`; with a seed and a
+    random `transform`, the transform is reseeded first so the sample is reproducible.
+    """
+
+    def __init__(self, data_dir: str | Path, ids: Sequence[str], transform=None):
+        self.data_dir = Path(data_dir)
+        self.ids = list(ids)
+        self.transform = transform
+        missing = [i for i in self.ids if not (self.data_dir / f"{i}.pt").is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{self.data_dir}: {len(missing)} prepared case(s) missing, e.g. {missing[0]}.pt "
+                "(run `segbench data prep` for this folder, or check the split)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        case_id = self.ids[index]
+        path = self.data_dir / f"{case_id}.pt"
+        try:
+            case = load_case(path)
+        except Exception as err:  # a truncated/foreign file: name it, not a pickle traceback
+            raise RuntimeError(f"{path}: cannot read prepared case: {err}") from err
+        sample = {"image": case["image"].float()}
+        if "label" in case:
+            sample["label"] = case["label"].long()
+        if self.transform is not None:
+            if seed is not None and hasattr(self.transform, "set_random_state"):
+                self.transform.set_random_state(seed=seed)
+            sample = self.transform(sample)
+        sample = {k: _plain(v) for k, v in sample.items()}
+        sample["id"] = case_id
+        return sample
+
+
+class SeededSampler(DistributedSampler):
+    """PyTorch's DistributedSampler (a seeded permutation per epoch, padded to a multiple of the
+    replica count, shard `rank::num_replicas`) that yields `(index, sample_seed)` pairs.
+
+    The permutation depends only on (seed, epoch), not on the replica count, so the union of the
+    ranks' k-th batches is the single-process k-th global batch. Works without a process group
+    when `num_replicas` and `rank` are given (1 and 0 for a single process).
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in super().__iter__():
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+
+def _seed_worker(worker_id: int) -> None:
+    # The augmentation is reseeded per sample; this seeds anything else a worker might draw from.
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def _replicas(distributed: bool) -> tuple[int, int]:
+    if not distributed:
+        return 1, 0
+    import torch.distributed as dist
+
+    return dist.get_world_size(), dist.get_rank()
+
+
+def build_loader(
+    data_dir: str | Path,
+    ids: Sequence[str],
+    batch_size: int,
+    *,
+    train: bool,
+    workers: int = 0,
+    seed: int = 0,
+    patch: int | Sequence[int] | None = None,
+    distributed: bool = False,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """A DataLoader over prepared cases `ids`.
+
+    train=True: the seed's augmentation (random crop to `patch` first, when given), a shuffled
+    `SeededSampler` (call `loader.sampler.set_epoch(epoch)` each epoch), `batch_size` per process.
+    train=False: no augmentation, fixed order; when `distributed`, rank r reads cases r, r+K, ...
+    without padding, so reducing sums over ranks counts every case once.
+    `pin_memory` defaults to "CUDA is available". Workers persist across epochs.
+    """
+    world_size, rank = _replicas(distributed)
+    if train:
+        keys = ("image", "label")
+        dataset = PreparedDataset(data_dir, ids, transform=None)
+        if dataset.ids and "label" not in load_case(dataset.data_dir / f"{dataset.ids[0]}.pt", mmap=True):
+            keys = ("image",)
+        dataset.transform = seed_train_transforms(patch, keys=keys)
+        sampler = SeededSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    else:
+        dataset = PreparedDataset(data_dir, ids)
+        sampler = list(range(rank, len(dataset), world_size))
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        worker_init_fn=_seed_worker if workers > 0 else None,
+        generator=generator,
+    )

@@ -1,0 +1,57 @@
+"""`TrainConfig`: everything one training run needs, with help text per field.
+
+Standard library only: `segbench train` builds its parser from these fields at CLI start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _help(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str = field(metadata=_help("prepared folder (`segbench data prep` output, with splits.json)"))
+    out: str = field(metadata=_help("run folder: last.pt, best.pt, log.csv, config.json, plots"))
+    model: str = field(default="unet", metadata=_help("model name: unet, swinunetr or dynunet"))
+    model_options: dict = field(
+        default_factory=dict, metadata=_help("overrides for seg.models.build, e.g. {'preset': 'paper'}")
+    )
+    epochs: int = field(default=100, metadata=_help("total epochs (a resumed run continues to this count)"))
+    batch_size: int = field(default=1, metadata=_help("samples per micro-batch per process"))
+    accum: int = field(default=1, metadata=_help("micro-batches accumulated per optimizer step"))
+    lr: float = field(default=1e-4, metadata=_help("peak learning rate (AdamW)"))
+    weight_decay: float = field(default=1e-5, metadata=_help("AdamW weight decay"))
+    warmup_epochs: float = field(
+        default=1.0, metadata=_help("linear warm-up length in epochs, then cosine decay to 0")
+    )
+    precision: str = field(
+        default="bf16", metadata=_help("fp32, bf16 (autocast) or fp16 (autocast + GradScaler)")
+    )
+    workers: int = field(default=0, metadata=_help("DataLoader worker processes per training process"))
+    seed: int = field(default=0, metadata=_help("seed for weights, sample order and augmentation"))
+    patch: int | None = field(
+        default=None, metadata=_help("random crop edge for training (validation then uses a sliding "
+                                     "window of this size); None trains on full volumes")
+    )
+    fold: int | None = field(
+        default=None, metadata=_help("None: the splits' train/val; k: cross-validation fold k")
+    )
+    device: str = field(default="auto", metadata=_help("auto (cuda if present), cpu, cuda or cuda:N"))
+    resume: bool = field(default=False, metadata=_help("continue from out/last.pt when it exists"))
+    max_steps_per_epoch: int | None = field(
+        default=None, metadata=_help("stop each epoch after this many optimizer steps (quick runs)")
+    )
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision {self.precision!r}: choose fp32, bf16 or fp16")
+        for name in ("epochs", "batch_size", "accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")

@@ -1,0 +1,263 @@
+"""One training loop for one process or DDP under torchrun: the seed's recipe from `seg.recipe`.
+
+Per epoch: train (micro-batches, gradient accumulation, optimizer step via `seg.recipe`), then
+validate, then rank 0 writes best.pt (when the validation Dice improved), last.pt, log.csv and
+the plots. Checkpoints are written atomically, so a crash loses at most the running epoch, and
+`resume=True` replays from the last completed epoch to the same weights as an uninterrupted run
+(bitwise on CPU; on CUDA up to cuDNN's nondeterministic kernels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from profiles.nvtx import nvtx_range
+from seg import models, recipe
+from seg.data.augment import as_patch_size
+from seg.data.loaders import build_loader
+from seg.data.store import write_json
+from seg.train import checkpoint as ckpt
+from seg.train.config import TrainConfig
+from seg.train.distributed import Layout, all_reduce_sum, barrier, setup, teardown
+from seg.train.logs import plot_curves, read_log, write_log
+from seg.train.validate import validate
+
+
+def run(cfg: TrainConfig) -> dict:
+    layout, device = setup(cfg.device)
+    try:
+        return _run(cfg, layout, device)
+    finally:
+        teardown()
+
+
+def select_ids(data_dir: Path, fold: int | None) -> tuple[list[str], list[str]]:
+    """(train ids, val ids) from data_dir/splits.json: the main split, or cross-validation fold k."""
+    from seg.data.splits import load_splits
+
+    splits = load_splits(data_dir)
+    if fold is None:
+        train_ids, val_ids = splits["train"], splits["val"]
+    else:
+        folds = splits["folds"]
+        if not 0 <= fold < len(folds):
+            raise ValueError(f"{data_dir}/splits.json has {len(folds)} folds; fold {fold} does not exist")
+        train_ids, val_ids = folds[fold]["train"], folds[fold]["val"]
+    if not train_ids or not val_ids:
+        raise ValueError(
+            f"{data_dir}/splits.json: {'training' if not train_ids else 'validation'} split is empty "
+            "(prepare more cases)"
+        )
+    return list(train_ids), list(val_ids)
+
+
+def read_prep_config(data_dir: Path) -> dict:
+    manifest = data_dir / "manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: not found; is {data_dir} a `segbench data prep` output?")
+    return json.loads(manifest.read_text()).get("config", {})
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    # Global RNGs (dropout, drop-path) are reseeded per (seed, epoch, rank): every rank's stream
+    # is reproducible from the epoch alone, so a resumed DDP run needs no other rank's RNG state.
+    return int(np.random.SeedSequence([seed, epoch, rank, 0x5EED]).generate_state(1)[0])
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
+    start_time = time.perf_counter()
+    out = Path(cfg.out)
+    data_dir = Path(cfg.data_dir)
+    train_ids, val_ids = select_ids(data_dir, cfg.fold)
+    prep = read_prep_config(data_dir)
+    patch = as_patch_size(cfg.patch)
+    size = prep.get("size")
+    if patch is not None and size is not None and max(patch) > size:
+        raise ValueError(f"patch {patch} is larger than the prepared volumes ({size}^3) in {data_dir}")
+
+    last_path = out / "last.pt"
+    state = None
+    if last_path.exists():
+        if not cfg.resume:
+            raise FileExistsError(
+                f"{last_path} exists: pass --resume to continue that run, or pick another --out"
+            )
+        state = ckpt.load_checkpoint(last_path)
+    elif cfg.resume and layout.is_main:
+        tqdm.write(f"{last_path} not found: starting from scratch")
+    if layout.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {"config": asdict(cfg), "world_size": layout.world_size})
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    _seed_all(cfg.seed)  # identical initial weights on every rank
+    model = models.build(cfg.model, **cfg.model_options).to(device)
+    loss_fn = recipe.build_loss()
+
+    train_loader = build_loader(
+        data_dir, train_ids, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed,
+        patch=patch, distributed=layout.distributed, pin_memory=device.type == "cuda",
+    )
+    val_loader = build_loader(
+        data_dir, val_ids, 1, train=False, workers=min(cfg.workers, 2),
+        distributed=layout.distributed, pin_memory=device.type == "cuda",
+    )
+    micro_per_epoch = len(train_loader)
+    if cfg.max_steps_per_epoch is not None:
+        micro_per_epoch = min(micro_per_epoch, cfg.max_steps_per_epoch * cfg.accum)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.accum)
+
+    optimizer = recipe.build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = recipe.build_scheduler(optimizer, warmup_steps, total_steps=cfg.epochs * steps_per_epoch)
+    scaler = recipe.make_scaler(cfg.precision, device.type)
+
+    start_epoch, best_dice, best_epoch, rows = 0, -1.0, 0, []
+    if state is not None:
+        if state["model_name"] != cfg.model:
+            raise ValueError(f"{last_path} trained model {state['model_name']!r}, not {cfg.model!r}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        ckpt.restore_rng(state["rng"])
+        start_epoch, best_dice = state["epoch"], state["best_dice"]
+        best_epoch = state.get("best_epoch", 0)
+        rows = [r for r in read_log(out / "log.csv") if r["epoch"] <= start_epoch]
+        del state
+
+    train_model: nn.Module = model
+    if layout.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    for epoch in range(start_epoch, cfg.epochs):
+        epoch_start = time.perf_counter()
+        _seed_all(_epoch_seed(cfg.seed, epoch, layout.rank))
+        train_loader.sampler.set_epoch(epoch)
+        train_loss, samples = _train_epoch(
+            train_model, train_loader, micro_per_epoch, cfg, loss_fn, optimizer, scheduler, scaler,
+            device, layout, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        )
+        train_seconds = time.perf_counter() - epoch_start
+        val_start = time.perf_counter()
+        val = validate(model, val_loader, loss_fn, cfg.precision, device, layout, patch)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            **val,
+            "seconds": time.perf_counter() - epoch_start,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_samples_per_s": samples / train_seconds,
+            "val_seconds": time.perf_counter() - val_start,
+        }
+        rows.append(row)
+        improved = val["val_dice"] > best_dice
+        if improved:
+            best_dice, best_epoch = val["val_dice"], epoch + 1
+        if layout.is_main:
+            _write_epoch(out, cfg, model, optimizer, scheduler, scaler, train_loader, prep,
+                         epoch + 1, best_dice, best_epoch, improved, rows)
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.epochs}: train_loss {train_loss:.4f} val_loss {val['val_loss']:.4f} "
+                f"val_dice {val['val_dice']:.4f} (ET {val['val_dice_et']:.3f} TC {val['val_dice_tc']:.3f} "
+                f"WT {val['val_dice_wt']:.3f}) {row['seconds']:.1f}s"
+            )
+        barrier(layout)
+
+    return {
+        "run_dir": str(out),
+        "best_dice": best_dice,
+        "best_epoch": best_epoch,
+        "final_dice": rows[-1]["val_dice"] if rows else None,
+        "epochs": cfg.epochs,
+        "start_epoch": start_epoch,
+        "seconds": time.perf_counter() - start_time,
+        "world_size": layout.world_size,
+    }
+
+
+def _train_epoch(
+    model: nn.Module, loader, micro_batches: int, cfg: TrainConfig, loss_fn, optimizer, scheduler, scaler,
+    device: torch.device, layout: Layout, desc: str,
+) -> tuple[float, int]:
+    """One epoch of `micro_batches` micro-batches; returns (mean loss per sample over all ranks,
+    samples this process saw)."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    samples = 0
+    batches = iter(loader)
+    progress = tqdm(range(micro_batches), desc=desc, leave=False, disable=not layout.is_main)
+    for j in progress:
+        with nvtx_range("data_wait"):
+            batch = next(batches)
+        with nvtx_range("h2d"):
+            image = batch["image"].to(device, non_blocking=True)
+            label = batch["label"].to(device, non_blocking=True)
+        # Micro-batches are grouped by `accum`; a short last group divides by its own size.
+        group_start = (j // cfg.accum) * cfg.accum
+        group_size = min(cfg.accum, micro_batches - group_start)
+        steps_now = j == group_start + group_size - 1
+        # DDP all-reduces gradients only on the micro-batch that ends a group.
+        sync = contextlib.nullcontext() if steps_now or not layout.distributed else model.no_sync()
+        with sync:
+            loss = recipe.forward_backward(
+                model, image, label, loss_fn, scaler, cfg.precision, loss_scale=group_size
+            )
+        if steps_now:
+            recipe.optimizer_step(optimizer, scaler, scheduler)
+        loss_sum += loss.double() * image.shape[0]
+        samples += image.shape[0]
+        if layout.is_main and j % 10 == 0:
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+    totals = torch.tensor([0.0, float(samples)], dtype=torch.float64, device=device)
+    totals[0] = loss_sum
+    all_reduce_sum(totals, layout)
+    return (totals[0] / totals[1]).item(), samples
+
+
+def _write_epoch(
+    out: Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, loader, prep: dict,
+    epoch: int, best_dice: float, best_epoch: int, improved: bool, rows: list[dict],
+) -> None:
+    with nvtx_range("checkpoint"):
+        state = {
+            "model": ckpt.bare_module(model).state_dict(),
+            "model_name": cfg.model,
+            "model_options": dict(cfg.model_options),
+            "config": asdict(cfg),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": ckpt.capture_rng(loader.sampler.state_dict()),
+            "epoch": epoch,
+            "best_dice": best_dice,
+            "best_epoch": best_epoch,
+            "prep": prep,
+        }
+        # best.pt before last.pt: a crash between the two replays this epoch, which rewrites both.
+        if improved:
+            ckpt.save_checkpoint(out / "best.pt", state)
+        ckpt.save_checkpoint(out / "last.pt", state)
+        write_log(out / "log.csv", rows)
+    plot_curves(rows, out)
