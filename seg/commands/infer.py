@@ -1,0 +1,61 @@
+"""`segbench infer`: label maps for raw cases, on each case's original grid and label convention."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def run(args: argparse.Namespace) -> int:
+    from seg.infer import InferConfig, infer_folder
+
+    cfg = InferConfig(
+        roi=args.roi,
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch,
+        mode=args.mode,
+        tta=args.tta,
+        precision=args.precision,
+    )
+    try:
+        summary = infer_folder(args.checkpoint, args.src, args.out, cfg, args.device)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"segbench infer: {err}", file=sys.stderr)
+        return 1
+    failed = [row for row in summary["cases"] if row["status"] != "ok"]
+    for row in failed:
+        print(f"segbench infer: {row['error']}", file=sys.stderr)
+    print(f"{len(summary['cases']) - len(failed)} of {len(summary['cases'])} cases predicted into {args.out}")
+    return 1 if failed else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "infer",
+        help="predict label maps for raw cases (sliding window, TTA, checkpoint ensembles)",
+        description="Predict every case below --src and write OUT/<case_id>_pred.nii.gz on the case's "
+        "original grid (same shape and affine) in its label convention (2021: 0,1,2,4). Several "
+        "--checkpoint files are an ensemble (mean of probabilities).",
+    )
+    p.add_argument(
+        "--checkpoint", nargs="+", required=True, help="best.pt / last.pt from segbench train (one or more)"
+    )
+    p.add_argument("--src", required=True, help="folder with raw BraTS cases (2021 or 2023 names)")
+    p.add_argument("--out", required=True, help="output folder for <case_id>_pred.nii.gz and infer.json")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap fraction (default 0.5)")
+    p.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: mean over the 8 axis-flip combinations"
+    )
+    p.add_argument(
+        "--roi", type=int, help="window edge in voxels (default: training patch, else the prep size)"
+    )
+    p.add_argument("--sw-batch", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--mode", choices=("gaussian", "constant"), default="gaussian", help="window blending")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="auto: bf16 on CUDA, else fp32",
+    )
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
+    p.set_defaults(func=run)

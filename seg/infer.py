@@ -1,0 +1,212 @@
+"""Inference: checkpoints → sliding-window probabilities (TTA, ensembles) → label maps on the source grid.
+
+- `sliding_window_predict`: MONAI `sliding_window_inference` (roi, overlap, Gaussian blending,
+  sw batch) under autocast; softmax probabilities averaged over the models of an ensemble and,
+  with `tta=True`, over all 8 flip combinations of the three spatial axes (identity, 3 single,
+  3 pairs, all three: nnU-Net's mirroring), each flipped back before averaging.
+- `predict_case`: a raw case prepared in memory with the checkpoint's own prep configuration,
+  predicted, argmax, put back on the original grid and label convention by
+  `seg.data.inverse.write_prediction` (same shape, affine and header as the source; atomic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from seg.recipe import autocast
+
+SPATIAL_DIMS = (2, 3, 4)  # of a [B, C, X, Y, Z] batch
+# All 8 subsets of the spatial axes; () is the identity.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = tuple(
+    dims for n in range(len(SPATIAL_DIMS) + 1) for dims in itertools.combinations(SPATIAL_DIMS, n)
+)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint dict written by `seg.train` (weights_only load); ValueError naming the file."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated / foreign files
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    missing = [k for k in ("model", "model_name", "model_options") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: not a segbench training checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+    from seg.models import build
+
+    model = build(ckpt["model_name"], **ckpt["model_options"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained model of `checkpoint` on `device`, in eval mode."""
+    return model_from_checkpoint(read_checkpoint(checkpoint, device), device)
+
+
+@torch.no_grad()
+def sliding_window_predict(
+    models: nn.Module | Sequence[nn.Module],
+    image: torch.Tensor,
+    roi: int | Sequence[int],
+    overlap: float = 0.5,
+    sw_batch_size: int = 4,
+    mode: str = "gaussian",
+    tta: bool = False,
+    precision: str = "bf16",
+) -> torch.Tensor:
+    """Softmax probabilities [B, C, *spatial] (float32, on `image`'s device) for `image` [B, 4, *spatial].
+
+    The mean over `models` (an ensemble) and, with `tta`, over the 8 flips of `TTA_FLIPS`.
+    """
+    from monai.inferers import sliding_window_inference
+
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    roi_size = (roi,) * (image.dim() - 2) if isinstance(roi, int) else tuple(roi)
+    flips = TTA_FLIPS if tta else ((),)
+    total: torch.Tensor | None = None
+    for model in models:
+        for dims in flips:
+            x = image.flip(dims) if dims else image
+            with autocast(precision, image.device.type):
+                logits = sliding_window_inference(
+                    x, roi_size, sw_batch_size, model, overlap=overlap, mode=mode
+                )
+            probs = torch.softmax(torch.as_tensor(logits).float(), dim=1)
+            if dims:
+                probs = probs.flip(dims)
+            total = probs if total is None else total.add_(probs)
+    return total.div_(len(models) * len(flips))
+
+
+@dataclasses.dataclass
+class InferConfig:
+    """Sliding-window settings for `predict_case` / `segbench infer`."""
+
+    roi: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "window edge, voxels; default: the training patch, else the prep size"},
+    )
+    overlap: float = dataclasses.field(default=0.5, metadata={"help": "window overlap fraction"})
+    sw_batch_size: int = dataclasses.field(default=4, metadata={"help": "windows per forward pass"})
+    mode: str = dataclasses.field(default="gaussian", metadata={"help": "blending: gaussian or constant"})
+    tta: bool = dataclasses.field(
+        default=False, metadata={"help": "average over the 8 axis-flip combinations"}
+    )
+    precision: str = dataclasses.field(
+        default="auto", metadata={"help": "fp32, bf16, fp16; auto: bf16 on CUDA"}
+    )
+
+
+def prep_config_of(ckpt: dict[str, Any]):
+    """The `PrepConfig` the checkpoint's training data was prepared with (default when absent)."""
+    from seg.data.prep import PrepConfig
+
+    stored = ckpt.get("prep") or {}
+    names = {f.name for f in dataclasses.fields(PrepConfig)}
+    return PrepConfig(**{k: v for k, v in stored.items() if k in names})
+
+
+def default_roi(ckpt: dict[str, Any]) -> int:
+    """The window a checkpoint was trained for: its training patch, else the full prepared volume."""
+    patch = (ckpt.get("config") or {}).get("patch")
+    return int(patch) if patch else int(prep_config_of(ckpt).size)
+
+
+def predict_case(
+    models: nn.Module | Sequence[nn.Module],
+    case,
+    prep_cfg,
+    out_dir: str | Path,
+    cfg: InferConfig | None = None,
+    device: str | torch.device = "cpu",
+) -> Path:
+    """Predict one raw case (`seg.data.cases.Case`) and write `<out_dir>/<case_id>_pred.nii.gz`.
+
+    The case is validated and prepared in memory with `prep_cfg` (the training data's), so the
+    model sees what it was trained on; its seg file, if any, is not read.
+    """
+    from seg.data.cases import validate
+    from seg.data.inverse import write_prediction
+    from seg.data.prep import prepare_case
+
+    cfg = cfg or InferConfig()
+    device = torch.device(device)
+    image_case = dataclasses.replace(case, seg=None)
+    errors = validate(image_case)
+    if errors:
+        raise ValueError("; ".join(errors))
+    prepared = prepare_case(image_case, prep_cfg)
+    image = prepared["image"][None].to(device)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    probs = sliding_window_predict(
+        models, image, cfg.roi or prep_cfg.size, cfg.overlap, cfg.sw_batch_size, cfg.mode, cfg.tta, precision
+    )
+    label = probs.argmax(dim=1)[0].to("cpu", torch.uint8)
+    return write_prediction(Path(out_dir) / f"{case.id}_pred.nii.gz", label, prepared["meta"])
+
+
+def infer_folder(
+    checkpoints: Sequence[str | Path],
+    src: str | Path,
+    out_dir: str | Path,
+    cfg: InferConfig | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Predict every case below `src` with the ensemble of `checkpoints`; one bad case never stops
+    the others. Returns {"cases": [{"id", "status", "file"|"error", "seconds"}], ...}, also
+    written to `out_dir/infer.json`."""
+    from tqdm import tqdm
+
+    from seg.data.cases import discover
+    from seg.data.store import write_json
+
+    cfg = dataclasses.replace(cfg or InferConfig())
+    dev = resolve_device(device)
+    ckpts = [read_checkpoint(p, dev) for p in checkpoints]
+    prep_cfg = prep_config_of(ckpts[0])
+    for path, ckpt in zip(checkpoints[1:], ckpts[1:], strict=True):
+        if prep_config_of(ckpt) != prep_cfg:
+            raise ValueError(
+                f"{path}: prepared with {prep_config_of(ckpt)}, unlike {checkpoints[0]} ({prep_cfg})"
+            )
+    cfg.roi = cfg.roi or default_roi(ckpts[0])
+    models = [model_from_checkpoint(c, dev) for c in ckpts]
+    del ckpts
+    cases = discover(src)
+    if not cases:
+        raise FileNotFoundError(f"{src}: no BraTS cases found")
+    rows = []
+    for case in tqdm(cases, desc="infer", unit="case", disable=None):
+        start = time.perf_counter()
+        try:
+            path = predict_case(models, case, prep_cfg, out_dir, cfg, dev)
+            row = {"id": case.id, "status": "ok", "file": str(path)}
+        except Exception as err:  # one bad case must not stop the others; its reason is kept
+            row = {"id": case.id, "status": "error", "error": f"{case.images[0].parent}: {err}"}
+        row["seconds"] = round(time.perf_counter() - start, 3)
+        rows.append(row)
+    summary = {
+        "checkpoints": [str(p) for p in checkpoints],
+        "config": dataclasses.asdict(cfg),
+        "prep": prep_cfg.to_dict(),
+        "device": str(dev),
+        "cases": rows,
+    }
+    write_json(Path(out_dir) / "infer.json", summary)
+    return summary
