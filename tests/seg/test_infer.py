@@ -1,0 +1,138 @@
+"""Inference: sliding window + TTA + ensembles, checkpoints, NIfTI output on the source grid."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from monai.inferers import sliding_window_inference
+
+from seg.data.cases import discover
+from seg.data.prep import PrepConfig
+from seg.infer import TTA_FLIPS, InferConfig, load_model, predict_case, sliding_window_predict
+from seg.models import build
+from segbench.cli import main
+
+TINY_UNET = dict(channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+
+
+def _tiny_unet(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build("unet", **TINY_UNET).eval()
+
+
+def _save_checkpoint(path, model: nn.Module, size: int = 32, patch=None) -> None:
+    """A checkpoint in `seg.train`'s format (the keys inference reads)."""
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "model_name": "unet",
+            "model_options": TINY_UNET,
+            "config": {"patch": patch, "precision": "fp32"},
+            "epoch": 1,
+            "best_dice": 0.0,
+            "prep": PrepConfig(size=size).to_dict(),
+        },
+        path,
+    )
+
+
+class ConstantClass(nn.Module):
+    """Logits that always pick `label` (a model with a known answer)."""
+
+    def __init__(self, label: int):
+        super().__init__()
+        self.label = label
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 4, *x.shape[2:], dtype=x.dtype, device=x.device)
+        logits[:, self.label] = 10.0
+        return logits
+
+
+def test_tta_is_the_mean_of_flipped_predictions():
+    assert len(TTA_FLIPS) == 8 and len(set(TTA_FLIPS)) == 8
+    model = _tiny_unet(0)
+    torch.manual_seed(1)
+    image = torch.rand(1, 4, 20, 24, 28)
+    got = sliding_window_predict(
+        model, image, roi=16, overlap=0.5, sw_batch_size=2, tta=True, precision="fp32"
+    )
+    expected = torch.zeros_like(got)
+    for dims in TTA_FLIPS:
+        x = image.flip(dims) if dims else image
+        logits = sliding_window_inference(x, (16, 16, 16), 2, model, overlap=0.5, mode="gaussian")
+        p = torch.softmax(logits, 1)
+        expected += p.flip(dims) if dims else p
+    expected /= 8
+    assert got.shape == (1, 4, 20, 24, 28)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.sum(1), torch.ones(1, 20, 24, 28))
+    plain = sliding_window_predict(model, image, roi=16, tta=False, precision="fp32")
+    assert not torch.allclose(plain, got, atol=1e-4)  # the flips change a random model's output
+
+
+def test_ensemble_is_the_mean_of_models():
+    models = [_tiny_unet(0), _tiny_unet(1)]
+    image = torch.rand(2, 4, 16, 16, 16)
+    both = sliding_window_predict(models, image, roi=16, precision="fp32")
+    each = [sliding_window_predict(m, image, roi=16, precision="fp32") for m in models]
+    torch.testing.assert_close(both, (each[0] + each[1]) / 2)
+
+
+def test_load_model_roundtrip(tmp_path):
+    model = _tiny_unet(3)
+    _save_checkpoint(tmp_path / "best.pt", model)
+    loaded = load_model(tmp_path / "best.pt", "cpu")
+    x = torch.rand(1, 4, 16, 16, 16)
+    torch.testing.assert_close(loaded(x), model(x))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt: not a readable checkpoint"):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_predict_case_on_the_source_grid_and_convention(shared_data, tmp_path):
+    case = next(c for c in discover(shared_data / "brats2021") if c.id == "BraTS2021_90001")
+    src = nib.load(str(case.images[0]))
+    out = predict_case(ConstantClass(3), case, PrepConfig(size=32), tmp_path, InferConfig(roi=32))
+    assert out == tmp_path / "BraTS2021_90001_pred.nii.gz"
+    img = nib.load(str(out))
+    labels = np.asanyarray(img.dataobj)
+    assert img.shape == src.shape and np.allclose(img.affine, src.affine)
+    # Prepared label 3 is written as the 2021 label 4 inside the brain box, 0 outside it.
+    assert set(np.unique(labels).tolist()) == {0, 4}
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left behind
+
+
+def test_infer_cli_ensemble_and_bad_case(shared_data, tmp_path, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(shared_data / "brats2021" / "BraTS2021_90001", src / "BraTS2021_90001")
+    bad = src / "BraTS2021_00009"
+    bad.mkdir()
+    for path in (src / "BraTS2021_90001").glob("*.nii.gz"):
+        data = path.read_bytes()
+        target = bad / path.name.replace("90001", "00009")
+        target.write_bytes(data[: len(data) // 3] if "_t1." in path.name else data)  # truncated t1
+    for i in (0, 1):
+        _save_checkpoint(tmp_path / f"fold{i}.pt", _tiny_unet(i))
+    out = tmp_path / "pred"
+    ckpts = [str(tmp_path / "fold0.pt"), str(tmp_path / "fold1.pt")]
+    rc = main(["infer", "--checkpoint", *ckpts, "--src", str(src), "--out", str(out), "--roi", "16", "--tta"])
+    assert rc == 1
+    assert "BraTS2021_00009_t1.nii.gz" in capsys.readouterr().err
+    img = nib.load(str(out / "BraTS2021_90001_pred.nii.gz"))
+    ref = nib.load(str(src / "BraTS2021_90001" / "BraTS2021_90001_t1.nii.gz"))
+    assert img.shape == ref.shape == (240, 240, 155) and np.allclose(img.affine, ref.affine)
+    assert set(np.unique(np.asanyarray(img.dataobj)).tolist()) <= {0, 1, 2, 4}
+    assert not (out / "BraTS2021_00009_pred.nii.gz").exists()
+    summary = json.loads((out / "infer.json").read_text())
+    assert {r["id"]: r["status"] for r in summary["cases"]} == {
+        "BraTS2021_90001": "ok",
+        "BraTS2021_00009": "error",
+    }
+    assert summary["config"]["tta"] is True and summary["config"]["roi"] == 16
