@@ -1,0 +1,93 @@
+"""Viewer and plots: headless PNGs, slice scrolling, overlays, training curves."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import matplotlib.image as mpimg
+import numpy as np
+import torch
+
+from seg.data.store import save_case
+from seg.viz import SliceViewer, Volume, _axial, plot_curves, plot_overlay
+from segbench.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_png(path) -> np.ndarray:
+    assert path.stat().st_size > 0 and path.read_bytes()[:8] == PNG_MAGIC
+    return mpimg.imread(path)
+
+
+def _phantom(shape=(24, 20, 16)) -> Volume:
+    rng = np.random.default_rng(0)
+    image = rng.random((4, *shape), dtype=np.float32)
+    label = np.zeros(shape, np.uint8)
+    label[8:14, 6:12, 9:12] = 2
+    label[10:12, 8:10, 10] = 3
+    return Volume("phantom", image, label)
+
+
+def test_view_raw_case_with_prediction(shared_data, tmp_path):
+    case = shared_data / "brats2021" / "BraTS2021_90001"
+    pred = shared_data / "brats2021-predictions" / "BraTS2021_90001_pred-yixinmpl20.nii.gz"
+    one_row = _read_png(_run_view([str(case), "--slice", "80"], tmp_path / "a.png"))
+    two_rows = _read_png(_run_view([str(case), "--pred", str(pred)], tmp_path / "b.png"))
+    assert one_row.ndim == 3 and one_row.shape[1] == two_rows.shape[1]
+    assert two_rows.shape[0] > one_row.shape[0]  # the prediction gets its own row of four panes
+
+
+def _run_view(args, out):
+    assert main(["view", *args, "--save", str(out)]) == 0
+    return out
+
+
+def test_view_prepared_pt(tmp_path):
+    vol = _phantom()
+    save_case(
+        tmp_path / "case.pt", torch.from_numpy(vol.image), torch.from_numpy(vol.label)[None], {"id": "x"}
+    )
+    img = _read_png(_run_view([str(tmp_path / "case.pt")], tmp_path / "pt.png"))
+    assert img.std() > 0.01  # not a blank canvas
+    assert main(["view", str(tmp_path / "nothing-here"), "--save", str(tmp_path / "n.png")]) == 1
+
+
+def test_scroll_moves_the_slice_in_every_pane():
+    vol = _phantom()
+    viewer = SliceViewer(vol, slice_index=5, headless=True)
+    assert len(viewer.images) == 4
+    viewer.on_scroll(SimpleNamespace(button="up"))
+    viewer.on_scroll(SimpleNamespace(button="up"))
+    viewer.on_scroll(SimpleNamespace(button="down"))
+    assert viewer.z == 6
+    for m, artist in enumerate(viewer.images):
+        assert np.array_equal(artist.get_array(), _axial(vol.image[m], 6))
+    viewer.show_slice(10)  # the ET slice: 36 tumour voxels, 4 of them enhancing (yellow)
+    overlay = np.asarray(viewer.overlays[0].get_array())
+    assert (overlay[..., 3] > 0).sum() == 36
+    assert (np.all(np.isclose(overlay[..., :3], (1.0, 0.85, 0.0)), axis=-1)).sum() == 4
+    viewer.on_key(SimpleNamespace(key="down"))
+    assert viewer.z == 9
+    viewer.show_slice(1000)
+    assert viewer.z == vol.image.shape[-1] - 1
+    assert [ax.get_title() for ax in viewer.fig.axes[:4]] == [
+        f"{m} + reference" for m in ("T1", "T1ce", "T2", "FLAIR")
+    ]
+
+
+def test_plot_overlay_and_curves(tmp_path):
+    vol = _phantom()
+    pred = np.roll(vol.label, 1, axis=0)
+    _read_png(
+        plot_overlay(torch.from_numpy(vol.image), vol.label[None], torch.from_numpy(pred), tmp_path / "o.png")
+    )
+    _read_png(plot_overlay(vol.image, None, pred, tmp_path / "o2.png", slice_index=3))
+    log = tmp_path / "run" / "log.csv"
+    log.parent.mkdir()
+    log.write_text(
+        "epoch,train_loss,val_loss,val_dice,seconds,val_dice_et,val_dice_tc,val_dice_wt\n"
+        "1,1.2,1.1,0.3,5,0.2,0.3,0.4\n2,0.9,0.8,0.5,5,0.4,0.5,0.6\n"
+    )
+    img = _read_png(plot_curves(log, tmp_path / "curves.png"))
+    assert img.shape[1] > img.shape[0]  # two panels side by side
