@@ -29,7 +29,7 @@ def read_log(path: str | Path) -> list[dict]:
 def write_log(path: str | Path, rows: list[dict]) -> Path:
     """Rewrite the whole log atomically (it is small), so it always matches the checkpoints."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))

@@ -1,0 +1,73 @@
+"""seg.data.augment: the seed's CPU augmentations (flips, rot90, Gaussian noise, optional crop)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import RandFlipd, RandGaussianNoised, RandRotate90d
+
+from seg.data.augment import as_patch_size, seed_train_transforms
+
+
+def _sample(shape=(6, 6, 6)) -> dict:
+    # Channel 0 encodes the label (x10) so image and label can be checked for the same geometry
+    # despite noise (std <= 0.1); channel 1 is zero, so any nonzero value there is noise.
+    label = torch.arange(int(np.prod(shape))).reshape(1, *shape) % 4
+    image = torch.zeros(4, *shape)
+    image[0] = label[0].float() * 10
+    return {"image": image, "label": label}
+
+
+def _run(transform, seed, sample=None):
+    transform.set_random_state(seed=seed)
+    return transform(dict(sample or _sample()))
+
+
+def test_image_and_label_move_together_and_label_stays_integer():
+    transform = seed_train_transforms()
+    for seed in range(20):
+        out = _run(transform, seed)
+        assert out["label"].dtype == torch.int64
+        assert torch.equal(torch.round(out["image"][0] / 10).long(), out["label"][0])
+
+
+def test_same_seed_same_output_other_seed_differs():
+    transform = seed_train_transforms()
+    a, b = _run(transform, 7), _run(transform, 7)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    outputs = {tuple(_run(transform, s)["label"].flatten().tolist()) for s in range(10)}
+    assert len(outputs) > 1
+
+
+def test_patch_crops_both_keys_to_the_patch_size():
+    out = _run(seed_train_transforms(patch=(4, 3, 5)), 0, _sample((8, 8, 8)))
+    assert out["image"].shape == (4, 4, 3, 5) and out["label"].shape == (1, 4, 3, 5)
+    assert as_patch_size(4) == (4, 4, 4) and as_patch_size(None) is None
+    with pytest.raises(ValueError, match="three sizes"):
+        as_patch_size((4, 4))
+
+
+def test_probabilities_match_the_seed_recipe():
+    transform = seed_train_transforms()
+    flips = [t for t in transform.transforms if isinstance(t, RandFlipd)]
+    rotate = next(t for t in transform.transforms if isinstance(t, RandRotate90d))
+    noise = next(t for t in transform.transforms if isinstance(t, RandGaussianNoised))
+    assert [t.flipper.spatial_axis for t in flips] == [0, 1, 2]
+    assert rotate.spatial_axes == (0, 1) and rotate.max_k == 3
+    assert noise.rand_gaussian_noise.std == 0.1 and noise.rand_gaussian_noise.mean == 0.0
+    draws = 600
+    flipped = np.zeros(3)
+    rotated, noisy, ks = 0, 0, set()
+    for seed in range(draws):
+        out = _run(transform, seed)
+        flipped += [t._do_transform for t in flips]
+        rotated += rotate._do_transform
+        if rotate._do_transform:
+            ks.add(rotate._rand_k)
+        noisy += bool(out["image"][1].abs().sum() > 0)
+    # Tolerances are > 4 binomial standard deviations at 600 draws.
+    assert np.all(np.abs(flipped / draws - 0.5) < 0.09)
+    assert abs(rotated / draws - 0.5) < 0.09
+    assert ks == {1, 2, 3}
+    assert abs(noisy / draws - 0.2) < 0.07

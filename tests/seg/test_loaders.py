@@ -1,0 +1,117 @@
+"""seg.data.loaders on tiny hand-made prepared folders (the contract's .pt format)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from seg.data.loaders import PreparedDataset, SeededSampler, build_loader, sample_seed
+from seg.data.splits import write_splits
+from seg.data.store import save_case, write_json
+
+
+def phantom(size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nested spheres (edema 2 ⊃ necrosis 1 ⊃ enhancing 3 as a shell) at a random centre; each
+    modality brightens a different label, plus noise. Prepared convention: labels 0..3."""
+    grid = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing="ij"), -1).astype(np.float32)
+    centre = rng.uniform(0.35, 0.65, 3) * size
+    r = np.linalg.norm(grid - centre, axis=-1) / size
+    label = np.zeros((size,) * 3, np.int64)
+    label[r < 0.28] = 2
+    label[r < 0.18] = 3
+    label[r < 0.11] = 1
+    brain = np.linalg.norm(grid - size / 2, axis=-1) < 0.48 * size
+    image = np.zeros((4, size, size, size), np.float32)
+    for channel, bright in enumerate((1, 3, 2, 2)):
+        image[channel] = 0.3 * brain + 0.5 * (label == bright) + 0.1 * (label > 0)
+    image += rng.normal(0, 0.05, image.shape).astype(np.float32)
+    return torch.from_numpy(np.clip(image, 0, 1)), torch.from_numpy(label[None])
+
+
+def write_prepared(root: Path, n: int = 4, size: int = 16, fmt: str = "pt32", seed: int = 0) -> Path:
+    """A prepared folder like `segbench data prep` writes: cases, manifest.json, splits.json."""
+    rng = np.random.default_rng(seed)
+    ids = [f"Case_{i:03d}" for i in range(n)]
+    for case_id in ids:
+        image, label = phantom(size, rng)
+        save_case(root / f"{case_id}.pt", image, label, {"id": case_id}, fmt=fmt)
+    config = {"size": size, "format": fmt}
+    write_json(root / "manifest.json",
+               {"config": config, "cases": [{"id": i, "status": "ok", "file": f"{i}.pt"} for i in ids]})
+    write_splits(root, ids=ids)
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["pt32", "compact"])
+def test_dataset_reads_both_formats_as_float32_int64(tmp_path, fmt):
+    write_prepared(tmp_path, n=2, size=8, fmt=fmt)
+    sample = PreparedDataset(tmp_path, ["Case_000"])[0]
+    assert sample["image"].dtype == torch.float32 and sample["image"].shape == (4, 8, 8, 8)
+    assert sample["label"].dtype == torch.int64 and sample["label"].shape == (1, 8, 8, 8)
+    assert sample["id"] == "Case_000"
+    assert set(sample["label"].unique().tolist()) <= {0, 1, 2, 3}
+
+
+def test_dataset_names_missing_and_corrupt_files(tmp_path):
+    write_prepared(tmp_path, n=2, size=8)
+    with pytest.raises(FileNotFoundError, match="Case_009.pt"):
+        PreparedDataset(tmp_path, ["Case_000", "Case_009"])
+    (tmp_path / "Case_001.pt").write_bytes(b"not a torch file")
+    with pytest.raises(RuntimeError, match="Case_001.pt: cannot read prepared case"):
+        PreparedDataset(tmp_path, ["Case_001"])[0]
+
+
+def test_image_only_case_has_no_label(tmp_path):
+    image, _ = phantom(8, np.random.default_rng(0))
+    save_case(tmp_path / "Img.pt", image, None, {"id": "Img"})
+    sample = PreparedDataset(tmp_path, ["Img"])[0]
+    assert "label" not in sample and sample["image"].shape == (4, 8, 8, 8)
+
+
+def _epoch_batches(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    return [(b["id"], b["image"].clone(), b["label"].clone()) for b in loader]
+
+
+def test_train_loader_is_reproducible_and_worker_independent(tmp_path):
+    write_prepared(tmp_path, n=4, size=8)
+    ids = json.loads((tmp_path / "splits.json").read_text())["train"] + ["Case_000"]
+    in_process = build_loader(tmp_path, ids, 2, train=True, workers=0, seed=3)
+    again = build_loader(tmp_path, ids, 2, train=True, workers=0, seed=3)
+    with_workers = build_loader(tmp_path, ids, 2, train=True, workers=2, seed=3)
+    a0, b0, w0 = (_epoch_batches(loader, 0) for loader in (in_process, again, with_workers))
+    for x, y in ((a0, b0), (a0, w0)):
+        assert [i for i, _, _ in x] == [i for i, _, _ in y]
+        for (_, ix, lx), (_, iy, ly) in zip(x, y, strict=True):
+            assert torch.equal(ix, iy) and torch.equal(lx, ly)
+    # A new epoch: another order or other augmentations, and every case seen once per epoch.
+    a1 = _epoch_batches(in_process, 1)
+    assert any(not torch.equal(x[1], y[1]) for x, y in zip(a0, a1, strict=True))
+    assert sorted(sum((list(i) for i, _, _ in a1), [])) == sorted(ids)
+
+
+def test_sharded_sampler_unions_to_the_single_process_order(tmp_path):
+    # The permutation and each sample's augmentation seed do not depend on the replica count.
+    dataset = list(range(8))
+    single = SeededSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=5)
+    shards = [SeededSampler(dataset, num_replicas=2, rank=r, shuffle=True, seed=5) for r in range(2)]
+    for sampler in (single, *shards):
+        sampler.set_epoch(2)
+    order = list(single)
+    first, second = (list(s) for s in shards)
+    interleaved = [key for pair in zip(first, second, strict=True) for key in pair]
+    assert interleaved == order
+    assert all(seed == sample_seed(5, 2, index) for index, seed in order)
+
+
+def test_validation_loader_keeps_order_without_augmentation(tmp_path):
+    write_prepared(tmp_path, n=3, size=8)
+    ids = ["Case_000", "Case_001", "Case_002"]
+    loader = build_loader(tmp_path, ids, 1, train=False)
+    assert [b["id"][0] for b in loader] == ids
+    image = next(iter(loader))["image"]
+    assert torch.equal(image[0], PreparedDataset(tmp_path, ids)[0]["image"])  # no augmentation

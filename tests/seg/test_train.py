@@ -1,0 +1,143 @@
+"""seg.train in one process: run outputs, checkpoint format, accumulation, folds, atomic saves."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from test_loaders import write_prepared
+
+from seg import models
+from seg.commands.train import _option
+from seg.train import TrainConfig, train
+from seg.train.checkpoint import load_checkpoint, save_checkpoint
+from seg.train.loop import select_ids
+
+TINY = {"channels": (8, 16, 32), "strides": (2, 2), "num_res_units": 1}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_prepared(tmp_path_factory.mktemp("prepared"), n=6, size=16)
+
+
+def _config(data_dir: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(data_dir=str(data_dir), out=str(out), model_options=dict(TINY), epochs=2, batch_size=2,
+                  lr=1e-2, precision="fp32", device="cpu", warmup_epochs=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_run_writes_checkpoints_log_and_plots(data_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = train(_config(data_dir, out, epochs=3))
+    assert summary["epochs"] == 3 and summary["run_dir"] == str(out)
+    for name in ("last.pt", "best.pt", "log.csv", "loss.png", "dice.png", "config.json"):
+        assert (out / name).is_file(), name
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+    with (out / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert {"epoch", "train_loss", "val_loss", "val_dice", "seconds"} <= set(rows[0])
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < losses[0]  # the optimizer really steps
+    dices = [float(r["val_dice"]) for r in rows]
+    assert summary["best_dice"] == pytest.approx(max(dices))
+
+    last = load_checkpoint(out / "last.pt")  # weights_only=True inside
+    assert {"model", "model_name", "model_options", "config", "optimizer", "scheduler", "scaler", "rng",
+            "epoch", "best_dice", "prep"} <= set(last)
+    assert last["epoch"] == 3 and last["model_name"] == "unet" and last["prep"]["size"] == 16
+    assert last["config"]["precision"] == "fp32" and last["rng"]["sampler"]["epoch"] == 2
+    best = load_checkpoint(out / "best.pt")
+    assert best["epoch"] == summary["best_epoch"] and best["best_dice"] == pytest.approx(summary["best_dice"])
+
+    # seg.infer's path: rebuild from name + options, load the bare state_dict.
+    model = models.build(last["model_name"], **last["model_options"])
+    model.load_state_dict(last["model"])
+    torch.manual_seed(0)
+    fresh = models.build("unet", **TINY).state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in last["model"].items())
+
+
+def test_existing_run_is_not_overwritten_without_resume(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(_config(data_dir, out, epochs=1, max_steps_per_epoch=1))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_config(data_dir, out, epochs=1))
+    # --resume on a finished run is a no-op that keeps the log.
+    summary = train(_config(data_dir, out, epochs=1, resume=True))
+    assert summary["start_epoch"] == 1
+    assert (out / "log.csv").read_text().count("\n") == 2
+
+
+def _log(run: Path) -> list[dict]:
+    with (run / "log.csv").open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def outputs(run: Path, data_dir: Path) -> torch.Tensor:
+    """The trained model's logits on one prepared case: what must agree between equivalent runs.
+    (Weights themselves need not: a conv bias before instance norm gets ~0 gradient, and Adam turns
+    that rounding noise into full-size steps without changing any output.)"""
+    from seg.data.store import load_case
+
+    state = load_checkpoint(run / "last.pt")
+    model = models.build(state["model_name"], **state["model_options"])
+    model.load_state_dict(state["model"])
+    image = load_case(data_dir / "Case_000.pt")["image"][None]
+    with torch.no_grad():
+        return model.eval()(image)
+
+
+def test_accumulation_matches_the_larger_batch(data_dir, tmp_path):
+    train(_config(data_dir, tmp_path / "big", batch_size=2, accum=1))
+    train(_config(data_dir, tmp_path / "acc", batch_size=1, accum=2))
+    for a, b in zip(_log(tmp_path / "big"), _log(tmp_path / "acc"), strict=True):
+        for key in ("train_loss", "val_loss", "val_dice", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    torch.testing.assert_close(outputs(tmp_path / "big", data_dir), outputs(tmp_path / "acc", data_dir),
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_patch_training_and_bf16(data_dir, tmp_path):
+    summary = train(_config(data_dir, tmp_path / "patch", epochs=1, patch=8, precision="bf16"))
+    assert 0.0 <= summary["final_dice"] <= 1.0
+    with pytest.raises(ValueError, match="larger than the prepared volumes"):
+        train(_config(data_dir, tmp_path / "too_big", patch=32))
+
+
+def test_folds_and_bad_config(data_dir):
+    import json
+
+    splits = json.loads((data_dir / "splits.json").read_text())
+    assert select_ids(data_dir, None) == (splits["train"], splits["val"])
+    assert select_ids(data_dir, 1) == (splits["folds"][1]["train"], splits["folds"][1]["val"])
+    with pytest.raises(ValueError, match="fold 99 does not exist"):
+        select_ids(data_dir, 99)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(data_dir="d", out="o", precision="fp8")
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {}, "model_name": "unet", "model_options": {}, "epoch": 1})
+
+    def crash(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise KeyboardInterrupt  # a kill mid-write
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"model": {}, "model_name": "unet", "model_options": {}, "epoch": 2})
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_model_option_parsing():
+    assert _option("channels=(8,16,32)") == ("channels", (8, 16, 32))
+    assert _option("preset=paper") == ("preset", "paper")
+    assert _option("use_v2=True") == ("use_v2", True)
