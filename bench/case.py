@@ -1,0 +1,81 @@
+"""One case in its own process: `python -m bench.case SPEC.json RESULT.json`.
+
+The parent (bench.runner) writes the spec; this process runs the workload and writes the row
+fields it measured, or the error, to RESULT.json (atomically). A crash that kills the process
+(segfault, the OOM killer) leaves no result, and the parent turns its exit code into the row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from bench.config import PARAMS, Measure
+from bench.variants import CaseConfig, Unavailable
+
+
+def case_from_spec(spec: dict):
+    from bench.workloads.common import Case
+
+    def pair(value):
+        return None if value is None else (value["variant"], CaseConfig.from_dict(value["config"]))
+
+    return Case(
+        suite=spec["suite"],
+        workload=spec["workload"],
+        kind=spec["kind"],
+        variant=spec["variant"],
+        device=spec["device"],
+        params=PARAMS[spec["kind"]](**spec["params"]),
+        config=CaseConfig.from_dict(spec["config"]),
+        measure=Measure(**spec["measure"]),
+        baseline=pair(spec.get("baseline")),
+        reference=pair(spec.get("reference")),
+        calibration=spec.get("calibration", {}),
+        cache_dir=spec.get("cache_dir"),
+        data_dir=spec.get("data_dir"),
+    )
+
+
+def run_spec(spec: dict) -> dict:
+    """The row fields for `spec`: measured fields and status ok, or status unavailable/error."""
+    try:
+        if spec["kind"] == "calibrate":
+            from bench.env import calibrate
+
+            return {"status": "ok", **calibrate(spec["device"])}
+        from bench.workloads import module
+
+        case = case_from_spec(spec)
+        return {"status": "ok", **module(case.kind).run(case)}
+    except Unavailable as err:
+        return {"status": "unavailable", "error": str(err)}
+    except Exception as err:  # noqa: BLE001 - any failure of the case is its row
+        traceback.print_exc()
+        return {"status": "error", "error": error_message(err)}
+
+
+def error_message(err: BaseException, limit: int = 600) -> str:
+    """`Type: message`, multi-line messages joined (compiler errors put the cause on a later line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {' | '.join(lines)}"[:limit]
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = Path(argv[0]), Path(argv[1])
+    result = run_spec(json.loads(spec_path.read_text()))
+    write_json_atomic(result_path, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

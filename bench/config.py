@@ -1,0 +1,241 @@
+"""Suites, workloads and their parameters as small dataclasses, loaded from TOML.
+
+A suite file (see bench/suites/*.toml) has top-level keys for the suite, a `[measure]` table of
+defaults, an optional `[data]` table, and one `[[workload]]` table per workload:
+
+    name = "quick"
+    description = "..."
+    device = "cpu"
+    [measure]
+    iters = 8
+    [[workload]]
+    kind = "train_step"
+    model = "unet"
+    variants = ["fp32", "bf16", "seed"]
+
+Every key not listed by the dataclasses below is an error naming the file and the key.
+Standard library only (tomllib), so `segbench bench --list` starts instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+SUITES_DIR = Path(__file__).with_name("suites")
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be used; the message names the file and the problem."""
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"help": text}, **kwargs)
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class Measure:
+    warmup: int = _help("untimed steps after the first step, before timing", 3)
+    iters: int = _help("timed steps (the n of the median)", 15)
+    repeats: int = _help("interleaved baseline/variant block pairs when a speedup is quoted", 3)
+    block: int = _help("steps per interleaved block", 5)
+    parity_steps: int = _help("steps of the loss trajectory compared with the reference (0: none)", 3)
+    seed: int = _help("seed of the initial weights and the synthetic batches", 0)
+
+
+@dataclass
+class TrainParams:
+    model: str = _help("seg.models name: unet, swinunetr, dynunet", "unet")
+    model_options: dict = _help("options passed to seg.models.build", {})
+    shape: list = _help("spatial patch shape (D, H, W)", [128, 128, 128])
+    batch: int = _help("samples per step", 1)
+    lr: float = _help("AdamW learning rate", 1e-4)
+
+
+@dataclass
+class E2EParams(TrainParams):
+    loader: str = _help("loader registered in bench.loaders", "default")
+    workers: int = _help("DataLoader worker processes", 2)
+    patch: list | None = _help("random crop size, or none for whole prepared volumes", None)
+
+
+@dataclass
+class LoaderParams:
+    loader: str = _help("loader registered in bench.loaders", "default")
+    batch: int = _help("samples per batch", 1)
+    workers: int = _help("DataLoader worker processes", 2)
+    patch: list | None = _help("random crop size, or none for whole prepared volumes", None)
+    train: bool = _help("with the seed's training augmentations", True)
+
+
+@dataclass
+class InferParams:
+    model: str = _help("seg.models name", "swinunetr")
+    model_options: dict = _help("options passed to seg.models.build", {})
+    volume: list = _help("spatial shape of the one volume predicted", [240, 240, 155])
+    roi: list = _help("sliding-window size", [128, 128, 128])
+    overlap: float = _help("sliding-window overlap", 0.5)
+    sw_batch_size: int = _help("windows per forward", 4)
+    mode: str = _help("window blending: gaussian or constant", "gaussian")
+
+
+@dataclass
+class NormParams:
+    shape: list = _help("input shape (N, C, D, H, W)", [2, 32, 128, 128, 128])
+    negative_slope: float = _help("LeakyReLU slope", 0.01)
+    eps: float = _help("normalization epsilon", 1e-5)
+
+
+PARAMS: dict[str, type] = {
+    "train_step": TrainParams,
+    "train_e2e": E2EParams,
+    "dataloader": LoaderParams,
+    "infer": InferParams,
+    "norm_kernel": NormParams,
+}
+NEEDS_DATA = ("train_e2e", "dataloader")
+
+
+@dataclass
+class DataSpec:
+    """Tiny prepared data a suite makes itself when `--data` is not given."""
+
+    cases: int = _help("synthetic cases", 4)
+    shape: list = _help("synthetic volume shape", [96, 96, 64])
+    size: int = _help("prepared cube size", 32)
+    format: str = _help("prepared format: pt32 or compact", "pt32")
+
+
+@dataclass
+class Workload:
+    kind: str
+    name: str
+    variants: list[str]
+    params: Any
+    measure: Measure
+    baseline: str | None = None
+    reference: str | None = "fp32"
+    interleave: bool = True
+    timeout_s: float = 600.0
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    device: str
+    workloads: list[Workload]
+    path: Path
+    timeout_s: float = 600.0
+    budget_s: float | None = None
+    data: DataSpec = field(default_factory=DataSpec)
+
+    def cases(self) -> list[tuple[Workload, str]]:
+        return [(w, v) for w in self.workloads for v in w.variants]
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SuiteError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def _workload(raw: dict, index: int, suite: dict, measure: dict, path: Path) -> Workload:
+    from bench.variants import validate
+
+    where = f"{path}: workload {index + 1}"
+    raw = dict(raw)
+    kind = raw.pop("kind", None)
+    if kind not in PARAMS:
+        raise SuiteError(f"{where}: kind {kind!r} is not one of {', '.join(PARAMS)}")
+    name = raw.pop("name", kind)
+    where = f"{path}: workload {name!r}"
+    variants = raw.pop("variants", None)
+    if not variants or not all(isinstance(v, str) for v in variants):
+        raise SuiteError(f"{where}: 'variants' must be a non-empty list of names")
+    own = {key: raw.pop(key) for key in ("baseline", "reference", "interleave", "timeout_s") if key in raw}
+    merged_measure = _build(Measure, {**measure, **raw.pop("measure", {})}, f"{where} [measure]")
+    params = _build(PARAMS[kind], raw, where)
+    baseline = own.get("baseline", suite.get("baseline")) or None
+    reference = own.get("reference", suite.get("reference", "fp32")) or None
+    model = getattr(params, "model", None)
+    for variant in [*variants, baseline, reference]:
+        if variant:
+            try:
+                validate(variant, kind, model)
+            except ValueError as err:
+                raise SuiteError(f"{where}: {err}") from None
+    return Workload(
+        kind=kind,
+        name=name,
+        variants=list(variants),
+        params=params,
+        measure=merged_measure,
+        baseline=baseline,
+        reference=reference,
+        interleave=bool(own.get("interleave", suite.get("interleave", True))),
+        timeout_s=float(own.get("timeout_s", suite.get("timeout_s", 600.0))),
+    )
+
+
+def parse_suite(text: str, path: Path) -> Suite:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SuiteError(f"{path}: not valid TOML: {err}") from None
+    workloads_raw = raw.pop("workload", [])
+    if not workloads_raw:
+        raise SuiteError(f"{path}: no [[workload]] tables")
+    measure = raw.pop("measure", {})
+    _build(Measure, measure, f"{path} [measure]")
+    data = _build(DataSpec, raw.pop("data", {}), f"{path} [data]")
+    suite_keys = {"name", "description", "device", "timeout_s", "budget_s", "baseline", "reference", "interleave"}
+    unknown = sorted(set(raw) - suite_keys)
+    if unknown:
+        raise SuiteError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(suite_keys))}")
+    workloads = [_workload(w, i, raw, measure, path) for i, w in enumerate(workloads_raw)]
+    names = [w.name for w in workloads]
+    if len(set(names)) != len(names):
+        raise SuiteError(f"{path}: workload names must be unique (give each a 'name'): {names}")
+    device = raw.get("device", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise SuiteError(f"{path}: device must be cpu or cuda, not {device!r}")
+    return Suite(
+        name=raw.get("name", path.stem),
+        description=raw.get("description", ""),
+        device=device,
+        workloads=workloads,
+        path=path,
+        timeout_s=float(raw.get("timeout_s", 600.0)),
+        budget_s=raw.get("budget_s"),
+        data=data,
+    )
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """A shipped suite by name (`quick`), or a suite file by path."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        shipped = SUITES_DIR / f"{name_or_path}.toml"
+        if not shipped.is_file():
+            raise SuiteError(
+                f"no suite {str(name_or_path)!r}: not a file, and not one of {', '.join(suite_names())}"
+            )
+        path = shipped
+    return parse_suite(path.read_text(), path)

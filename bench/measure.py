@@ -1,0 +1,138 @@
+"""How segbench measures: step timers, peak memory, FLOPs, device ceilings, numeric parity.
+
+Timing follows torch.utils.benchmark and the Triton/TorchBench habits: warm up by count, then
+time each step on its own. On CUDA every step is bracketed by CUDA events and the host
+synchronizes after it (as ANCHORS.md was measured), so a step's time is the GPU time from its
+first launch to its last kernel; on the CPU it is `time.perf_counter`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_once(fn: Callable[[], object], device: torch.device | str) -> float:
+    """Wall seconds of one call, synchronized before and after (first step, compile included)."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def time_steps(fn: Callable[[], object], n: int, device: torch.device | str) -> list[float]:
+    """Seconds of each of `n` calls of `fn`."""
+    if torch.device(device).type != "cuda":
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return times
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    torch.cuda.synchronize()
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+    return [start.elapsed_time(end) / 1000.0 for start, end in events]
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _rss_peak_bytes() -> int | None:
+    try:
+        match = re.search(r"VmHWM:\s+(\d+) kB", _STATUS.read_text())
+    except OSError:
+        match = None
+    if match:
+        return int(match.group(1)) * 1024
+    import resource  # not Linux: lifetime peak, cannot be reset
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak: CUDA allocator peaks, or the process's peak RSS (Linux clear_refs 5)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        pass  # the peak then covers the process's whole life; rows say which via peak_kind
+
+
+def peak_memory(device: torch.device | str) -> dict[str, int | str | None]:
+    """`peak_bytes` (CUDA: max allocated; CPU: peak RSS), `peak_reserved_bytes`, `peak_kind`."""
+    if torch.device(device).type == "cuda":
+        return {
+            "peak_bytes": int(torch.cuda.max_memory_allocated()),
+            "peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+            "peak_kind": "cuda_max_allocated",
+        }
+    return {"peak_bytes": _rss_peak_bytes(), "peak_reserved_bytes": None, "peak_kind": "cpu_peak_rss"}
+
+
+# --- work and ceilings -------------------------------------------------------------------------
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call as torch.utils.flop_counter counts them (convolutions, matmuls, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_rate(device: torch.device | str) -> dict[str, float | str]:
+    """The device's achieved dense matmul rate: bf16 on CUDA, fp32 on the CPU (the MFU denominator)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        n, dtype, reps = 8192, torch.bfloat16, 10
+    else:
+        n, dtype, reps = 1024, torch.float32, 5
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    seconds = sorted(time_steps(lambda: a @ b, reps, device))[reps // 2]
+    return {"matmul_flops_per_s": 2 * n**3 / seconds, "matmul_dtype": str(dtype).replace("torch.", "")}
+
+
+def copy_rate(device: torch.device | str) -> float:
+    """Achieved copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    device = torch.device(device)
+    numel = (1 << 28) if device.type == "cuda" else (1 << 24)  # 1 GiB / 64 MiB of float32
+    src = torch.empty(numel, device=device, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    seconds = sorted(time_steps(lambda: dst.copy_(src), 9, device))[4]
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+# --- parity --------------------------------------------------------------------------------------
+
+
+def max_rel_dev(values: list[float], reference: list[float]) -> float:
+    """max_i |values_i - reference_i| / |reference_i| over a loss trajectory."""
+    if len(values) != len(reference) or not values:
+        raise ValueError(f"trajectories differ in length: {len(values)} vs {len(reference)}")
+    return max(abs(v - r) / max(abs(r), 1e-12) for v, r in zip(values, reference))

@@ -1,0 +1,208 @@
+"""Run a suite: every (workload, variant) in its own subprocess, one results.jsonl line each.
+
+A case that raises, runs out of memory, fails to compile, crashes the interpreter or outlives its
+timeout becomes a row with `status: error` and the message; the suite goes on. Each row is
+appended (and flushed) the moment it is known, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.config import NEEDS_DATA, DataSpec, Suite, Workload, load_suite
+from bench.env import capture_host
+from bench.variants import Unavailable, VariantContext, resolve
+
+PAIRED_KINDS = ("train_step",)  # workloads that interleave a baseline when a speedup is quoted
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_case_process(spec: dict, work: Path, stem: str, timeout_s: float) -> dict:
+    """Run `spec` in `python -m bench.case`; the row fields it wrote, or an error built from its exit."""
+    work.mkdir(parents=True, exist_ok=True)
+    spec_path, result_path, log_path = work / f"{stem}.spec.json", work / f"{stem}.result.json", work / f"{stem}.log"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    result_path.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.case", str(spec_path), str(result_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the case and its loader workers
+            proc.wait()
+            code = None
+    wall_s = time.perf_counter() - start
+    if code is None:
+        fields = {"status": "error", "error": f"timeout: the case ran past its {timeout_s:.0f} s limit"}
+    elif result_path.is_file():
+        fields = json.loads(result_path.read_text())
+    else:
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        if code in (-9, 137):
+            how += " (the out-of-memory killer?)"
+        fields = {"status": "error", "error": f"case process died ({how}): {_tail(log_path, 3)}"[:1000]}
+    fields["case_wall_s"] = round(wall_s, 3)
+    fields["log"] = str(log_path.relative_to(work.parent)) if work.parent in log_path.parents else str(log_path)
+    return fields
+
+
+def prepare_data(spec: DataSpec, out: Path, seed: int = 0) -> Path:
+    """Synthesize and prepare the suite's tiny data set under `out` (skipped when already there)."""
+    from seg.data.prep import PrepConfig, prepare_all
+    from seg.data.synth import write_cases
+
+    raw, prepared = out / "raw", out / "prepared"
+    if not (prepared / "manifest.json").is_file():
+        write_cases(raw, spec.cases, seed=seed, shape=tuple(spec.shape))
+        manifest = prepare_all(raw, prepared, PrepConfig(size=spec.size, format=spec.format), workers=1)
+        if not any(c["status"] == "ok" for c in manifest["cases"]):
+            raise RuntimeError(f"no case of {raw} could be prepared; see {prepared / 'manifest.json'}")
+    return prepared
+
+
+class Results:
+    """results.jsonl, one line per row, appended and flushed as each case ends."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.write_text("")
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _case_spec(suite: Suite, w: Workload, variant: str, device: str, cfg, run_dir: Path, data_dir, calib) -> dict:
+    model = getattr(w.params, "model", None)
+    ctx = VariantContext(kind=w.kind, model=model, device=device)
+
+    def optional(name: str | None) -> dict | None:
+        if not name:
+            return None
+        try:
+            return {"variant": name, "config": resolve(name, ctx).to_dict()}
+        except Unavailable:
+            return None
+
+    paired = w.baseline and w.interleave and w.kind in PAIRED_KINDS and variant != w.baseline
+    return {
+        "suite": suite.name,
+        "workload": w.name,
+        "kind": w.kind,
+        "variant": variant,
+        "device": device,
+        "params": asdict(w.params),
+        "config": cfg.to_dict(),
+        "measure": asdict(w.measure),
+        "baseline": optional(w.baseline) if paired else None,
+        "reference": optional(w.reference),
+        "calibration": calib,
+        "cache_dir": str(run_dir / "cache"),
+        "data_dir": str(data_dir) if data_dir else None,
+    }
+
+
+def _summary(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"{row['status']}: {row.get('error', '')}"[:160]
+    parts = []
+    if "s_per_iter" in row:
+        parts.append(f"{row['s_per_iter']['median'] * 1e3:.2f} ms/iter")
+    if row.get("samples_per_s"):
+        parts.append(f"{row['samples_per_s']:.2f} samples/s")
+    speedup = row.get("paired", {}).get("speedup")
+    if speedup:
+        parts.append(f"x{speedup['ratio']:.2f} vs {row['paired']['baseline']}")
+    return "ok " + ", ".join(parts)
+
+
+def run_suite(
+    suite: str | Path | Suite,
+    out: str | Path,
+    device: str | None = None,
+    data_dir: str | Path | None = None,
+    only: list[str] | None = None,
+    report: bool = True,
+    argv: list[str] | None = None,
+) -> Path:
+    """Run `suite` into the run folder `out`; returns `out`. `only`: workload or workload/variant names."""
+    from tqdm import tqdm
+
+    suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    device = device or suite.device
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    cases = [(w, v) for w, v in suite.cases() if not only or w.name in only or f"{w.name}/{v}" in only]
+    results = Results(out / "results.jsonl")
+    env = {"suite": suite.name, "suite_file": str(suite.path), "requested_device": device, **capture_host(argv)}
+    _write_atomic(out / "env.json", json.dumps(env, indent=2))
+
+    calib = run_case_process({"kind": "calibrate", "device": device}, out / "cases", "calibrate", 300)
+    if calib.get("status") != "ok":
+        raise RuntimeError(f"cannot measure the {device} device: {calib.get('error')} (log: {out / calib['log']})")
+    calibration = {k: v for k, v in calib.items() if k not in ("status", "log", "case_wall_s")}
+    env["calibration"] = calibration
+    _write_atomic(out / "env.json", json.dumps(env, indent=2))
+
+    if data_dir is None and any(w.kind in NEEDS_DATA for w, _ in cases):
+        print(f"no --data given: synthesizing {suite.data.cases} tiny cases into {out / 'data'}")
+        data_dir = prepare_data(suite.data, out / "data")
+
+    started = time.perf_counter()
+    bar = tqdm(cases, desc=suite.name, unit="case", dynamic_ncols=True)
+    for index, (w, variant) in enumerate(bar):
+        bar.set_postfix_str(f"{w.name}/{variant}")
+        row = {"suite": suite.name, "workload": w.name, "kind": w.kind, "variant": variant, "order": index,
+               "device": device}
+        remaining = None if suite.budget_s is None else suite.budget_s - (time.perf_counter() - started)
+        try:
+            ctx = VariantContext(kind=w.kind, model=getattr(w.params, "model", None), device=device)
+            cfg = resolve(variant, ctx)
+        except Unavailable as err:
+            row.update(status="unavailable", error=str(err))
+        except ValueError as err:
+            row.update(status="error", error=str(err))
+        else:
+            if remaining is not None and remaining <= 10:
+                row.update(status="error", error=f"not run: the suite's time budget of {suite.budget_s:.0f} s was spent")
+            else:
+                timeout = w.timeout_s if remaining is None else min(w.timeout_s, remaining)
+                spec = _case_spec(suite, w, variant, device, cfg, out, data_dir, calibration)
+                stem = f"{index:03d}-{w.name}-{variant}".replace("/", "_").replace(":", "_")
+                row.update(run_case_process(spec, out / "cases", stem, timeout))
+        results.append(row)
+        tqdm.write(f"  {w.name}/{variant}: {_summary(row)}")
+    bar.close()
+
+    if report:
+        from reports.build import build_report
+
+        build_report(out)
+    return out

@@ -1,0 +1,226 @@
+"""The variant registry: one small function per variant, composed in suites with `+`.
+
+A variant name such as `bf16+channels_last+compile:max-autotune` is split on `+`; each part is
+`name` or `name:argument` and its function edits a `CaseConfig` in order. A function raises
+`Unavailable(reason)` when the variant cannot run in this context (no CUDA, model without the
+option); the case then becomes a row with `status: unavailable`. Checks that need torch (is
+Triton usable?) happen when the workload applies the config, inside the case's subprocess.
+
+Standard library only: the suite loader validates names without importing torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class Unavailable(Exception):
+    """This variant cannot run here; the message says why."""
+
+
+@dataclass
+class CaseConfig:
+    """Everything a variant can change about a case. Defaults: fp32 eager, the model's own options."""
+
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 trains with a GradScaler)
+    tf32: bool = False  # TF32 tensor cores for fp32 matmuls and convolutions
+    channels_last: bool = False  # model and inputs in channels_last_3d
+    compile_mode: str | None = None  # None: eager; else a torch.compile mode
+    checkpointing: bool | None = None  # None: the workload's model options decide
+    sdpa: bool = False  # SwinUNETR use_flash_attention (torch scaled_dot_product_attention)
+    fused_norm: bool = False  # kernels.patch: Triton fused norm + activation
+    swin_fast: bool = False  # seg.swin_fast weight-compatible fast SwinUNETR
+    tta: bool = False  # inference with test-time augmentation (flips)
+    workers: int | None = None  # DataLoader workers (None: the workload's)
+    loader: str | None = None  # bench.loaders name (None: the workload's)
+    fail: str | None = None  # harness self-test: raise this message inside the case
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CaseConfig:
+        return cls(**data)
+
+
+@dataclass
+class VariantContext:
+    kind: str  # workload kind: train_step, train_e2e, dataloader, infer, norm_kernel
+    model: str | None  # seg.models name, None for workloads without a model
+    device: str  # cpu | cuda
+
+
+@dataclass
+class VariantDef:
+    name: str
+    help: str
+    apply: Callable[[CaseConfig, VariantContext, str | None], None]
+    takes_arg: bool = False
+
+
+REGISTRY: dict[str, VariantDef] = {}
+MODEL_KINDS = ("train_step", "train_e2e", "infer")
+TRAIN_KINDS = ("train_step", "train_e2e")
+LOADER_KINDS = ("train_e2e", "dataloader")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def variant(name: str, help: str, takes_arg: bool = False):
+    def register(fn: Callable[[CaseConfig, VariantContext, str | None], None]):
+        REGISTRY[name] = VariantDef(name, help, fn, takes_arg)
+        return fn
+
+    return register
+
+
+def _need(condition: bool, reason: str) -> None:
+    if not condition:
+        raise Unavailable(reason)
+
+
+@variant("eager", "no change: PyTorch eager, fp32 unless combined with a precision")
+def _eager(cfg, ctx, arg):
+    pass
+
+
+@variant("fp32", "float32 (PyTorch defaults; no autocast)")
+def _fp32(cfg, ctx, arg):
+    cfg.precision = "fp32"
+
+
+@variant("tf32", "float32 with TF32 tensor cores for matmuls and convolutions (CUDA)")
+def _tf32(cfg, ctx, arg):
+    _need(ctx.device == "cuda", "TF32 is a CUDA tensor-core mode")
+    cfg.precision = "fp32"
+    cfg.tf32 = True
+
+
+@variant("bf16", "bfloat16 autocast")
+def _bf16(cfg, ctx, arg):
+    cfg.precision = "bf16"
+
+
+@variant("fp16", "float16 autocast (training adds a GradScaler)")
+def _fp16(cfg, ctx, arg):
+    cfg.precision = "fp16"
+
+
+@variant("channels_last", "model and inputs in channels_last_3d memory format")
+def _channels_last(cfg, ctx, arg):
+    _need(ctx.kind != "dataloader", "the loader alone has no model")
+    cfg.channels_last = True
+
+
+@variant("compile", "torch.compile; `compile:MODE` picks a mode (max-autotune, reduce-overhead, ...)", True)
+def _compile(cfg, ctx, arg):
+    mode = arg or "default"
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown torch.compile mode {mode!r}; choose from {', '.join(COMPILE_MODES)}")
+    _need(ctx.kind != "dataloader", "the loader alone has no model")
+    cfg.compile_mode = mode
+
+
+@variant("ckpt", "gradient checkpointing on (SwinUNETR use_checkpoint)")
+def _ckpt(cfg, ctx, arg):
+    _need(ctx.kind in TRAIN_KINDS, "checkpointing only matters when training")
+    _need(ctx.model == "swinunetr", f"{ctx.model} has no gradient-checkpointing option")
+    cfg.checkpointing = True
+
+
+@variant("no_ckpt", "gradient checkpointing off")
+def _no_ckpt(cfg, ctx, arg):
+    _need(ctx.kind in MODEL_KINDS, "no model in this workload")
+    cfg.checkpointing = False
+
+
+@variant("sdpa", "SwinUNETR attention through torch scaled_dot_product_attention (use_flash_attention)")
+def _sdpa(cfg, ctx, arg):
+    _need(ctx.model == "swinunetr", f"{ctx.model} has no attention")
+    cfg.sdpa = True
+
+
+@variant("fused_norm", "Triton fused normalization + activation (kernels.patch / kernels.fused_norm_act)")
+def _fused_norm(cfg, ctx, arg):
+    _need(ctx.kind != "dataloader", "the loader alone has no model")
+    _need(ctx.device == "cuda", "the Triton kernels run on CUDA (the interpreter is for tests, not timing)")
+    cfg.fused_norm = True
+
+
+@variant("swin_fast", "seg.swin_fast: the weight-compatible fast SwinUNETR")
+def _swin_fast(cfg, ctx, arg):
+    _need(ctx.model == "swinunetr", f"swin_fast is a SwinUNETR path, not {ctx.model}")
+    cfg.swin_fast = True
+
+
+@variant("tta", "inference with test-time augmentation (flips)")
+def _tta(cfg, ctx, arg):
+    _need(ctx.kind == "infer", "test-time augmentation is an inference option")
+    cfg.tta = True
+
+
+@variant("workers", "DataLoader worker processes: `workers:N`", True)
+def _workers(cfg, ctx, arg):
+    if arg is None or not arg.isdigit():
+        raise ValueError(f"workers needs a count, e.g. workers:4 (got {arg!r})")
+    _need(ctx.kind in LOADER_KINDS, "no data loader in this workload")
+    cfg.workers = int(arg)
+
+
+@variant("loader", "a loader from bench.loaders: `loader:NAME`", True)
+def _loader(cfg, ctx, arg):
+    from bench.loaders import LOADERS
+
+    if not arg:
+        raise ValueError("loader needs a name, e.g. loader:default")
+    _need(ctx.kind in LOADER_KINDS, "no data loader in this workload")
+    _need(arg in LOADERS, f"no loader {arg!r} registered (have {', '.join(sorted(LOADERS))})")
+    cfg.loader = arg
+
+
+@variant("seed", "the seed project's recipe: fp16 autocast + GradScaler, checkpointing where the model has it, eager")
+def _seed(cfg, ctx, arg):
+    cfg.precision = "fp16"
+    if ctx.model == "swinunetr" and ctx.kind in TRAIN_KINDS:
+        cfg.checkpointing = True
+
+
+@variant("fail", "harness self-test: the case raises `fail:MESSAGE` inside its subprocess", True)
+def _fail(cfg, ctx, arg):
+    cfg.fail = arg or "injected failure"
+
+
+def _parts(name: str) -> list[tuple[str, str | None]]:
+    parts = []
+    for part in name.split("+"):
+        key, _, arg = part.strip().partition(":")
+        if key not in REGISTRY:
+            raise ValueError(f"unknown variant {key!r} in {name!r}; known: {', '.join(sorted(REGISTRY))}")
+        if arg and not REGISTRY[key].takes_arg:
+            raise ValueError(f"variant {key!r} takes no argument (in {name!r})")
+        parts.append((key, arg or None))
+    return parts
+
+
+def validate(name: str, kind: str, model: str | None) -> None:
+    """Raise ValueError for a malformed name (unknown part, bad argument); suites are checked at load.
+
+    Availability is not judged here (the device is known only when the suite runs).
+    """
+    try:
+        resolve(name, VariantContext(kind=kind, model=model, device="cuda"))
+    except Unavailable:
+        pass
+
+
+def resolve(name: str, ctx: VariantContext) -> CaseConfig:
+    """The CaseConfig for `name`; raises Unavailable (cannot run here) or ValueError (bad name)."""
+    cfg = CaseConfig()
+    for key, arg in _parts(name):
+        REGISTRY[key].apply(cfg, ctx, arg)
+    return cfg
+
+
+def describe() -> list[tuple[str, str]]:
+    return [(d.name + (":ARG" if d.takes_arg else ""), d.help) for d in REGISTRY.values()]

@@ -1,0 +1,158 @@
+"""What the workloads share: the case they run, the device, models built from one set of initial
+weights with a variant applied, synthetic batches, and the seed recipe's training state."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from bench.variants import CaseConfig, Unavailable
+
+
+@dataclass
+class Case:
+    """One (workload, variant) as the subprocess receives it (see bench.case)."""
+
+    suite: str
+    workload: str
+    kind: str
+    variant: str
+    device: str
+    params: Any  # the kind's dataclass from bench.config
+    config: CaseConfig
+    measure: Any  # bench.config.Measure
+    baseline: tuple[str, CaseConfig] | None = None  # paired, interleaved baseline
+    reference: tuple[str, CaseConfig] | None = None  # parity reference
+    calibration: dict = field(default_factory=dict)
+    cache_dir: str | None = None  # shared by the cases of one run (reference trajectories)
+    data_dir: str | None = None  # prepared data for loader workloads
+
+
+def torch_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise Unavailable("no CUDA device visible to PyTorch")
+    return torch.device(name)
+
+
+def apply_backend(cfg: CaseConfig, device: torch.device) -> None:
+    """Process-wide math settings of the variant (each case has its own process)."""
+    if cfg.fail:
+        raise RuntimeError(cfg.fail)
+    if device.type == "cuda":
+        # fp32 keeps PyTorch's defaults (cuDNN may use TF32 for convolutions, matmuls do not);
+        # tf32 turns it on for matmuls too.
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def kernels_api(*names: str) -> list[Any]:
+    """Functions of the `kernels` package, or Unavailable saying why they cannot run here."""
+    try:
+        import kernels
+        from kernels.runtime import available
+    except ImportError as err:
+        raise Unavailable(f"kernels package not importable: {err}") from None
+    ok, reason = available()
+    if not ok:
+        raise Unavailable(reason)
+    missing = [n for n in names if not hasattr(kernels, n)]
+    if missing:
+        raise Unavailable(f"kernels has no {', '.join(missing)} yet")
+    return [getattr(kernels, n) for n in names]
+
+
+def model_options(name: str, options: dict, cfg: CaseConfig) -> dict:
+    options = dict(options)
+    if name == "swinunetr":
+        if cfg.checkpointing is not None:
+            options["use_checkpoint"] = cfg.checkpointing
+        if cfg.sdpa:
+            options["use_flash_attention"] = True
+    return options
+
+
+def initial_state(name: str, options: dict, seed: int) -> dict[str, torch.Tensor]:
+    """The initial weights every variant of a workload starts from (built on the CPU, seeded)."""
+    from seg.models import build
+
+    torch.manual_seed(seed)
+    return copy.deepcopy(build(name, **options).state_dict())
+
+
+def build_model(
+    name: str, options: dict, cfg: CaseConfig, device: torch.device, state: dict[str, torch.Tensor]
+) -> nn.Module:
+    """`name` with the variant's options, the shared initial weights, then its transforms."""
+    from seg.models import build
+
+    model = build(name, **model_options(name, options, cfg))
+    model.load_state_dict(state)
+    if cfg.swin_fast:
+        try:
+            from seg.swin_fast import to_fast
+        except ImportError as err:
+            raise Unavailable(f"seg.swin_fast is not available: {err}") from None
+        model = to_fast(model)
+    model = model.to(device)
+    if cfg.fused_norm:
+        (patch,) = kernels_api("patch")
+        model = patch(model)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    if cfg.compile_mode:
+        model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+    return model
+
+
+def to_input(x: torch.Tensor, cfg: CaseConfig, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.to(memory_format=torch.channels_last_3d) if cfg.channels_last else x
+
+
+def synthetic_batch(batch: int, shape: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 4-channel image and a label map of blobs (coarse random labels, upsampled), on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch, 4, *shape, generator=g)
+    coarse = [max(1, s // 8) for s in shape]
+    label = torch.randint(0, 4, (batch, 1, *coarse), generator=g).float()
+    label = torch.nn.functional.interpolate(label, size=list(shape), mode="nearest").long()
+    return image, label
+
+
+def disable_dropout_note(model: nn.Module) -> bool:
+    """Whether the model draws random numbers in training (dropout): parity then includes mask noise."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()) or any(
+        type(m).__name__ == "DropPath" and getattr(m, "drop_prob", 0) > 0 for m in model.modules()
+    )
+
+
+class TrainState:
+    """Model, DiceCE, fused AdamW and GradScaler of one variant: `step` is seg.recipe.train_step."""
+
+    def __init__(self, params: Any, cfg: CaseConfig, device: torch.device, state: dict[str, torch.Tensor]):
+        from seg import recipe
+
+        self.cfg, self.device = cfg, device
+        self.model = build_model(params.model, params.model_options, cfg, device, state)
+        self.model.train()
+        self.loss_fn = recipe.build_loss()
+        self.optimizer = recipe.build_optimizer(self.model, lr=params.lr)
+        self.scaler = recipe.make_scaler(cfg.precision, device.type)
+
+    def step(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        from seg.recipe import train_step
+
+        return train_step(
+            self.model, image, label, self.loss_fn, self.optimizer, self.scaler, self.cfg.precision
+        )
+
+    def forward_backward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        from seg.recipe import forward_backward
+
+        loss = forward_backward(self.model, image, label, self.loss_fn, self.scaler, self.cfg.precision)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss

@@ -1,0 +1,51 @@
+"""The reference a workload's variants are compared with: the fp32 eager loss trajectory over the
+same initial weights and batches, and the FLOPs of one step. Computed once per run by the first
+case that needs it and cached in the run folder, so later cases (own processes) reuse it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from bench.measure import count_flops
+from bench.workloads.common import Case, TrainState, to_input
+
+
+def _cache_path(case: Case) -> Path | None:
+    if not case.cache_dir:
+        return None
+    return Path(case.cache_dir) / f"reference-{case.workload.replace('/', '_')}.json"
+
+
+def train_reference(
+    case: Case, device: torch.device, state: dict, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> dict:
+    """`{variant, losses, flops_per_step}` (or `{variant, error}`) for a training workload."""
+    path = _cache_path(case)
+    if path is not None and path.is_file():
+        return json.loads(path.read_text())
+    name, cfg = case.reference if case.reference else ("fp32", None)
+    result: dict = {"variant": name}
+    try:
+        from bench.variants import CaseConfig
+
+        # Checkpointing changes no math; off, so the FLOP count is the model's, not its recompute.
+        cfg = dataclasses.replace(cfg or CaseConfig(), checkpointing=False if case.params.model == "swinunetr" else None)
+        ref = TrainState(case.params, cfg, device, state)
+        inputs = [(to_input(x, cfg, device), y.to(device)) for x, y in batches]
+        torch.manual_seed(case.measure.seed)
+        result["losses"] = [float(ref.step(x, y)) for x, y in inputs[: case.measure.parity_steps]]
+        result["flops_per_step"] = count_flops(lambda: ref.forward_backward(*inputs[0]))
+        del ref
+    except Exception as err:  # the reference failing (OOM) must not fail the variant's timing
+        result["error"] = f"{type(err).__name__}: {err}"[:500]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(path)
+    return result

@@ -1,0 +1,136 @@
+"""`train_step`: one optimizer step of a seg model on a fixed batch already on the device.
+
+Compute alone, like nnU-Net's no-data-loading trainer: seg.recipe.train_step (forward under
+autocast, DiceCE, backward, fused AdamW, GradScaler for fp16) is exactly what training runs.
+
+Phases, in one process: parity (the first K steps from the shared initial weights, on the K
+parity batches; the first of them is `first_step_s`, compile included), warm-up, the measured
+block (peak memory reset before it), then, when the suite quotes a speedup, the baseline is built
+beside the variant and the two run in alternating blocks (B V, V B, ...), so drift in clocks or
+temperature hits both alike (TorchBench's A/B method).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from bench.measure import max_rel_dev, peak_memory, reset_peak_memory, time_once, time_steps
+from bench.stats import ratio_of_medians_ci, summarize
+from bench.workloads.common import (
+    Case,
+    TrainState,
+    apply_backend,
+    disable_dropout_note,
+    initial_state,
+    synthetic_batch,
+    to_input,
+    torch_device,
+)
+from bench.workloads.reference import train_reference
+
+
+def _batches(case: Case) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    p, seed = case.params, case.measure.seed
+    return [synthetic_batch(p.batch, p.shape, seed * 1000 + i) for i in range(max(1, case.measure.parity_steps))]
+
+
+def make_step(case: Case) -> tuple[Callable[[], object], torch.device]:
+    """A ready-to-call training step of the case's variant (for the profiler)."""
+    device = torch_device(case.device)
+    apply_backend(case.config, device)
+    p = case.params
+    state = TrainState(p, case.config, device, initial_state(p.model, p.model_options, case.measure.seed))
+    x, y = synthetic_batch(p.batch, p.shape, case.measure.seed)
+    x, y = to_input(x, case.config, device), y.to(device)
+    return (lambda: state.step(x, y)), device
+
+
+def interleaved(
+    variant_step: Callable[[], object], baseline_step: Callable[[], object], case: Case, device: torch.device
+) -> tuple[list[float], list[float]]:
+    """Alternating blocks of baseline and variant steps; returns (baseline, variant) step times."""
+    base, var = [], []
+    for r in range(case.measure.repeats):
+        order = ((base, baseline_step), (var, variant_step))
+        for times, step in order if r % 2 == 0 else order[::-1]:
+            times += time_steps(step, case.measure.block, device)
+    return base, var
+
+
+def run(case: Case) -> dict:
+    device = torch_device(case.device)
+    apply_backend(case.config, device)
+    p, m = case.params, case.measure
+    init = initial_state(p.model, p.model_options, m.seed)
+    batches = _batches(case)
+    row: dict = {"model": p.model, "shape": p.shape, "batch": p.batch, "precision": case.config.precision}
+    reference = train_reference(case, device, init, batches)
+
+    state = TrainState(p, case.config, device, init)
+    inputs = [(to_input(x, case.config, device), y.to(device)) for x, y in batches]
+    torch.manual_seed(m.seed)
+    losses: list[float] = []
+    row["first_step_s"] = time_once(lambda: losses.append(float(state.step(*inputs[0]))), device)
+    for x, y in inputs[1 : m.parity_steps]:
+        losses.append(float(state.step(x, y)))
+    if m.parity_steps and case.reference:
+        parity = {"reference": reference["variant"], "steps": m.parity_steps}
+        if "losses" in reference:
+            parity["max_rel_dev"] = max_rel_dev(losses, reference["losses"])
+        else:
+            parity["error"] = reference.get("error")
+        if disable_dropout_note(state.model):
+            parity["note"] = "model has dropout: variants that draw random numbers differently differ by it too"
+        row["parity"] = parity
+    if any(not math.isfinite(v) for v in losses):
+        row["warning"] = f"non-finite loss in the first {len(losses)} steps: {losses}"
+
+    x, y = inputs[0]
+    step = lambda: state.step(x, y)  # noqa: E731
+    for _ in range(m.warmup):
+        step()
+    reset_peak_memory(device)
+    samples = time_steps(step, m.iters, device)
+    row.update(peak_memory(device))
+    row["s_per_iter"] = summarize(samples)
+    row["samples_s"] = samples
+    median = row["s_per_iter"]["median"]
+    voxels = math.prod(p.shape)
+    row["samples_per_s"] = p.batch / median
+    row["voxels_per_s"] = p.batch * voxels / median
+    flops = reference.get("flops_per_step")
+    if flops:
+        row["flops_per_step"] = flops
+        rate = case.calibration.get("matmul_flops_per_s")
+        if rate:
+            row["mfu"] = flops / median / rate
+
+    if case.baseline is not None:
+        row["paired"] = _paired(case, device, init, step)
+    return row
+
+
+def _paired(case: Case, device: torch.device, init: dict, variant_step: Callable[[], object]) -> dict:
+    name, cfg = case.baseline
+    paired: dict = {"baseline": name}
+    try:
+        base = TrainState(case.params, cfg, device, init)
+        bx, by = synthetic_batch(case.params.batch, case.params.shape, case.measure.seed)
+        bx, by = to_input(bx, cfg, device), by.to(device)
+        base_step = lambda: base.step(bx, by)  # noqa: E731
+        for _ in range(1 + case.measure.warmup):
+            base_step()
+        base_times, var_times = interleaved(variant_step, base_step, case, device)
+    except Exception as err:  # e.g. OOM with two models resident: the variant's own timing stands
+        paired["error"] = f"{type(err).__name__}: {err}"[:500]
+        return paired
+    paired["baseline_s"] = summarize(base_times)
+    paired["variant_s"] = summarize(var_times)
+    paired["baseline_samples_s"] = base_times
+    paired["variant_samples_s"] = var_times
+    # speedup > 1: the variant is faster than the baseline
+    paired["speedup"] = ratio_of_medians_ci(base_times, var_times)
+    return paired
