@@ -153,12 +153,22 @@ def seed_dice(
     return float(torch.nanmean(per_label))
 
 
-def _prepared_region_masks(labels: torch.Tensor) -> torch.Tensor:
-    """[B, *spatial] labels 0..3 → [B, 3, *spatial] boolean ET/TC/WT masks."""
-    et = labels == 3
-    tc = et | (labels == 1)
-    wt = labels > 0
-    return torch.stack([et, tc, wt], dim=1)
+N_PREPARED_LABELS = 4
+
+
+def confusion_counts(
+    pred: torch.Tensor, target: torch.Tensor, n_labels: int = N_PREPARED_LABELS
+) -> torch.Tensor:
+    """Per-sample joint label counts [B, n_labels (pred), n_labels (target)] as float64.
+
+    One `bincount` over pred·n + target: a single pass over the volume (much cheaper than one
+    boolean mask and reduction per region), from which every region's overlap follows.
+    """
+    batch = pred.shape[0]
+    offsets = torch.arange(batch, device=pred.device)[:, None] * n_labels * n_labels
+    index = pred.reshape(batch, -1).long() * n_labels + target.reshape(batch, -1).long() + offsets
+    counts = torch.bincount(index.flatten(), minlength=batch * n_labels * n_labels)
+    return counts.reshape(batch, n_labels, n_labels).double()
 
 
 def region_dice(logits_or_labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -181,8 +191,12 @@ def region_dice(logits_or_labels: torch.Tensor, target: torch.Tensor) -> torch.T
         raise ValueError(
             f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}"
         )
-    pred_masks = _prepared_region_masks(pred).flatten(2)
-    ref_masks = _prepared_region_masks(target).flatten(2)
-    intersection = (pred_masks & ref_masks).sum(-1).float()
-    total = (pred_masks.sum(-1) + ref_masks.sum(-1)).float()
-    return torch.where(total > 0, 2 * intersection / total.clamp_min(1), torch.ones_like(total))
+    counts = confusion_counts(pred, target)
+    # membership[r, l] = 1 when label l belongs to region r (ET, TC, WT).
+    membership = torch.zeros(len(REGIONS), N_PREPARED_LABELS, dtype=torch.float64, device=counts.device)
+    for r, region in enumerate(REGIONS):
+        membership[r, list(REGION_LABELS["prepared"][region])] = 1.0
+    intersection = torch.einsum("rp,bpt,rt->br", membership, counts, membership)
+    total = torch.einsum("rp,bpt->br", membership, counts) + torch.einsum("rt,bpt->br", membership, counts)
+    dice_ = torch.where(total > 0, 2 * intersection / total.clamp_min(1), torch.ones_like(total))
+    return dice_.float()
