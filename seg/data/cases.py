@@ -1,0 +1,140 @@
+"""Find BraTS cases below a folder and check them before any work is done.
+
+Two layouts are recognised, by file name suffix:
+- BraTS 2021: ``<id>_t1 _t1ce _t2 _flair [_seg]`` with labels {0,1,2,4};
+- BraTS 2023: ``<id>-t1n -t1c -t2w -t2f [-seg]`` with labels {0,1,2,3}.
+A case without a seg file is an image-only case. Validation reads every file with nibabel and
+returns one message per problem, each naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+
+# File suffix per modality (in MODALITIES order, then seg) and label set, per naming convention.
+SUFFIXES = {
+    "2021": ("_t1", "_t1ce", "_t2", "_flair", "_seg"),
+    "2023": ("-t1n", "-t1c", "-t2w", "-t2f", "-seg"),
+}
+LABELS = {"2021": (0, 1, 2, 4), "2023": (0, 1, 2, 3)}
+
+_PATTERNS = {
+    conv: re.compile(r"^(?P<id>.+?)(?P<suffix>" + "|".join(map(re.escape, sfx)) + r")(?P<ext>\.nii(\.gz)?)$")
+    for conv, sfx in SUFFIXES.items()
+}
+
+# Affines of modalities of one case may differ by float rounding of the header (sform stored as
+# float32); anything above this (in mm, per affine entry) is a different grid.
+AFFINE_ATOL_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class Case:
+    """One BraTS case: its id, the expected modality files (t1, t1ce, t2, flair), seg or None."""
+
+    id: str
+    images: tuple[Path, Path, Path, Path]
+    seg: Path | None
+    convention: str  # "2021" or "2023": naming and label set
+
+    @property
+    def files(self) -> list[Path]:
+        return [*self.images, *([self.seg] if self.seg else [])]
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        return LABELS[self.convention]
+
+
+def discover(root: str | Path) -> list[Case]:
+    """All cases below `root`, sorted by id. A case is found from any one of its files, so a
+    missing modality shows up in `validate` (its expected path does not exist)."""
+    groups: dict[tuple[Path, str, str], dict[str, Path]] = defaultdict(dict)
+    exts: dict[tuple[Path, str, str], str] = {}
+    for path in sorted(Path(root).rglob("*.nii*")):
+        if not path.is_file():
+            continue
+        for conv, pattern in _PATTERNS.items():
+            m = pattern.match(path.name)
+            if m:
+                key = (path.parent, m["id"], conv)
+                groups[key][m["suffix"]] = path
+                exts.setdefault(key, m["ext"])
+                break
+    cases = []
+    for (parent, case_id, conv), found in groups.items():
+        sfx = SUFFIXES[conv]
+        images = tuple(found.get(s, parent / f"{case_id}{s}{exts[(parent, case_id, conv)]}") for s in sfx[:4])
+        cases.append(Case(case_id, images, found.get(sfx[4]), conv))
+    return sorted(cases, key=lambda c: (c.id, str(c.images[0])))
+
+
+def _read(path: Path, errors: list[str]):
+    """(nibabel image, data array) or None, appending the reason to `errors`."""
+    import nibabel as nib
+
+    if not path.exists():
+        errors.append(f"{path}: missing file")
+        return None
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # nibabel raises several types for "not a NIfTI"
+        errors.append(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})")
+        return None
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # EOFError / zlib.error / OSError for truncated or corrupt data
+        errors.append(f"{path}: truncated or corrupt image data ({type(err).__name__}: {err})")
+        return None
+    return img, data
+
+
+def validate(case: Case) -> list[str]:
+    """Problems that stop `case` from being prepared; empty when it is fine."""
+    errors: list[str] = []
+    ref = None  # (path, shape, affine) of the first readable modality
+    for name, path in zip((*MODALITIES, "seg"), case.files, strict=False):
+        read = _read(path, errors)
+        if read is None:
+            continue
+        img, data = read
+        if data.ndim != 3:
+            errors.append(f"{path}: image is {data.ndim}-D with shape {tuple(data.shape)}; expected 3-D")
+            continue
+        if ref is None:
+            ref = (path, data.shape, img.affine)
+        elif data.shape != ref[1]:
+            errors.append(f"{path}: grid {tuple(data.shape)} differs from {ref[0].name} {tuple(ref[1])}")
+        elif not np.allclose(img.affine, ref[2], atol=AFFINE_ATOL_MM, rtol=0):
+            dev = float(np.abs(img.affine - ref[2]).max())
+            errors.append(f"{path}: affine differs from {ref[0].name} by up to {dev:.4g} mm (different grid)")
+        if name == "seg":
+            errors.extend(_label_errors(path, data, case))
+        elif data.dtype.kind == "f" and not np.isfinite(data).all():
+            bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+            errors.append(f"{path}: {bad} non-finite voxel values (NaN/Inf)")
+    return errors
+
+
+def _label_errors(path: Path, data: np.ndarray, case: Case) -> list[str]:
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all():
+            return [f"{path}: non-finite label values (NaN/Inf)"]
+        if not np.array_equal(data, np.round(data)):
+            return [f"{path}: non-integer label values"]
+    lo, hi = int(data.min()), int(data.max())
+    if lo < 0 or hi > 255:
+        values = [v for v in (lo, hi) if v not in case.labels]
+    else:
+        counts = np.bincount(data.astype(np.uint8, copy=False).ravel(), minlength=256)
+        values = [int(v) for v in np.flatnonzero(counts) if v not in case.labels]
+    if values:
+        return [f"{path}: label values {values} outside the BraTS {case.convention} set {list(case.labels)}"]
+    return []

@@ -1,0 +1,68 @@
+"""Undo preprocessing steps 2-5 for a label map: `.pt` space (S^3) -> the source NIfTI grid.
+
+Resize back to the crop box (one-hot, trilinear, argmax: smoother than nearest on a label map
+that was shrunk), paste into the resampled RAS 1 mm grid, then one nearest-neighbour resample
+from that grid to the original shape and affine (undoes spacing and orientation together).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+N_CLASSES = 4  # 0 background, 1 necrotic core, 2 edema, 3 enhancing (2021: 4)
+
+
+def label_to_original(label, meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Labels 0..3 on the original grid (uint8, the source image's shape) and that grid's
+    affine. `label` is [S,S,S] or [1,S,S,S] (tensor or array) in the `.pt` space of `meta`."""
+    import torch
+    import torch.nn.functional as F
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    lab = torch.as_tensor(np.asarray(label) if not torch.is_tensor(label) else label).long().squeeze()
+    if lab.ndim != 3:
+        raise ValueError(f"label must be [S,S,S] or [1,S,S,S], got shape {tuple(label.shape)}")
+    start, end = np.asarray(meta["crop_start"]), np.asarray(meta["crop_end"])
+    crop_shape = tuple(int(v) for v in end - start)
+
+    onehot = F.one_hot(lab.clamp(0, N_CLASSES - 1), N_CLASSES).permute(3, 0, 1, 2)[None].float()
+    crop = F.interpolate(onehot, size=crop_shape, mode="trilinear", align_corners=False)[0].argmax(0)
+    del onehot
+
+    resampled = torch.zeros(meta["resampled_shape"], dtype=torch.float32)
+    resampled[tuple(slice(int(s), int(e)) for s, e in zip(start, end, strict=True))] = crop.float()
+    src = MetaTensor(resampled[None], affine=torch.tensor(meta["resampled_affine"], dtype=torch.float64))
+    dst_affine = torch.tensor(meta["original_affine"], dtype=torch.float64)
+    out = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float64)(
+        src, dst_affine=dst_affine, spatial_size=meta["original_shape"]
+    )
+    labels = np.rint(np.asarray(out.as_tensor()[0])).astype(np.uint8)
+    return labels, dst_affine.numpy()
+
+
+def to_convention(labels_0123: np.ndarray, convention: str) -> np.ndarray:
+    """Labels 0..3 in a case's own convention: 2021 writes enhancing tumour as 4."""
+    labels = np.asarray(labels_0123).astype(np.uint8, copy=True)
+    if convention == "2021":
+        labels[labels == 3] = 4
+    elif convention != "2023":
+        raise ValueError(f"unknown label convention {convention!r}; expected '2021' or '2023'")
+    return labels
+
+
+def write_prediction(path: str | Path, label, meta: dict) -> Path:
+    """`label` (`.pt` space, 0..3) as a NIfTI on the case's original grid, in its convention,
+    with the source image's header (same shape, affine, qform/sform codes). Atomic."""
+    import nibabel as nib
+
+    from seg.data.store import save_nifti
+
+    labels, affine = label_to_original(label, meta)
+    header = nib.load(meta["source"]["t1"]).header.copy()
+    header.set_data_dtype(np.uint8)
+    img = nib.Nifti1Image(to_convention(labels, meta["convention"]), affine, header)
+    img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+    return save_nifti(path, img)

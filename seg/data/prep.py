@@ -1,0 +1,269 @@
+"""The eight offline preprocessing steps, from raw BraTS NIfTI to a prepared `.pt` case.
+
+1. channel-first 4-channel image (t1, t1ce, t2, flair) + 1-channel label;
+2. reorient to RAS; 3. resample to 1 mm isotropic (linear images, nearest labels);
+4. intensities to [0,1] per modality (min-max; or the 0-3000 window; or a brain z-score);
+5. crop to the foreground box of the RAW nonzero brain mask, then resize to S^3;
+6. labels 0,1,2,4 -> 0,1,2,3 (2021 convention); 7. label dtype per format; 8. save `.pt`.
+
+The foreground box is computed before scaling because real BraTS background can be slightly
+negative (BraTS2021_90001): after min-max the zero background is > 0 and the whole volume would
+count as foreground. `meta` records what `seg.data.inverse` needs to undo steps 2-5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seg.data.cases import MODALITIES, Case
+from seg.data.inverse import label_to_original, to_convention  # noqa: F401  (public API here)
+from seg.data.store import FORMATS, MANIFEST, PT32
+
+INTENSITY_MODES = ("minmax", "window", "zscore")
+# Bumped when the steps change, so re-runs do not skip cases prepared by older code.
+PREP_VERSION = 1
+
+
+@dataclass
+class PrepConfig:
+    """How cases are prepared; everything here (and PREP_VERSION) decides whether a re-run skips."""
+
+    size: int = field(default=128, metadata={"help": "edge S of the S^3 output volume, voxels"})
+    format: str = field(default=PT32, metadata={"help": "pt32 (float32/int64) or compact (float16/uint8)"})
+    intensity: str = field(
+        default="minmax",
+        metadata={"help": "minmax per modality; window: fixed [window_min, window_max] clipped; "
+                  "zscore: per-modality z-score on brain voxels, clipped to +-zscore_clip, then to [0,1]"},
+    )
+    window_min: float = field(default=0.0, metadata={"help": "intensity mapped to 0 by intensity=window"})
+    window_max: float = field(default=3000.0, metadata={"help": "intensity mapped to 1 by intensity=window"})
+    zscore_clip: float = field(default=5.0, metadata={"help": "z-scores beyond +-this are clipped (zscore)"})
+    spacing_mm: float = field(default=1.0, metadata={"help": "isotropic voxel size after resampling, mm"})
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format {self.format!r} not in {FORMATS}")
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"intensity {self.intensity!r} not in {INTENSITY_MODES}")
+        if self.size < 8:
+            raise ValueError(f"size {self.size} is too small (need >= 8)")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "prep_version": PREP_VERSION}
+
+
+def _scale(image, brain, cfg: PrepConfig):
+    """Step 4 on a [4,...] float tensor; `brain` is the raw nonzero mask per channel."""
+    from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityRange
+
+    if cfg.intensity == "minmax":
+        return ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=True)(image)
+    if cfg.intensity == "window":
+        return ScaleIntensityRange(cfg.window_min, cfg.window_max, 0.0, 1.0, clip=True)(image)
+    z = NormalizeIntensity(nonzero=True, channel_wise=True)(image)
+    z = ScaleIntensityRange(-cfg.zscore_clip, cfg.zscore_clip, 0.0, 1.0, clip=True)(z)
+    return z * brain  # background stays 0 rather than the mapped z = 0 (0.5)
+
+
+def _affine_list(affine) -> list[list[float]]:
+    return np.asarray(affine, dtype=np.float64).tolist()
+
+
+def prepare_case(case: Case, cfg: PrepConfig) -> dict:
+    """Run the eight steps on one (validated) case. Returns {"image", "label"?, "meta"} with
+    image float32 [4,S,S,S] in [0,1] and label int64 [1,S,S,S] in 0..3; `store.save_case`
+    casts to the configured format."""
+    import nibabel as nib
+    import torch
+    from monai.transforms import CropForeground, LoadImage, MapLabelValue, Orientation, Resize, Spacing
+
+    # 1. channel-first: LoadImage stacks the four files as channels, in MODALITIES order.
+    load = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+    image = load([str(p) for p in case.images])
+    label = load(str(case.seg)) if case.seg else None
+    src = nib.load(str(case.images[0]))
+
+    # 2-3. RAS, then 1 mm; zeros outside the source field of view so they never count as brain.
+    orient = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+    pixdim = (cfg.spacing_mm,) * 3
+    image = Spacing(pixdim, mode="bilinear", padding_mode="zeros", dtype=np.float32)(orient(image))
+    if label is not None:
+        label = Spacing(pixdim, mode="nearest", padding_mode="zeros", dtype=np.float32)(orient(label))
+    resampled_shape = [int(s) for s in image.shape[1:]]
+    resampled_affine = _affine_list(image.affine)
+
+    # 5a. the box comes from the raw (unscaled) nonzero mask of any modality.
+    brain = image != 0
+    cropper = CropForeground(select_fn=lambda x: x != 0, allow_smaller=True)
+    box_start, box_end = cropper.compute_bounding_box(image)
+    if np.any(np.asarray(box_end) <= np.asarray(box_start)):
+        raise ValueError(f"{case.images[0]}: no nonzero (brain) voxels in any modality")
+
+    image = _scale(image, brain, cfg)  # 4.
+    del brain
+    # 5b. crop, then resize to S^3.
+    size = (cfg.size,) * 3
+    image = cropper.crop_pad(image, box_start, box_end)
+    image = Resize(size, mode="trilinear")(image).as_tensor().clamp_(0.0, 1.0).contiguous()
+    out = {"image": image}
+    if label is not None:
+        label = cropper.crop_pad(label, box_start, box_end)
+        label = Resize(size, mode="nearest-exact")(label)
+        if case.convention == "2021":  # 6.
+            label = MapLabelValue(orig_labels=[0, 1, 2, 4], target_labels=[0, 1, 2, 3])(label)
+        out["label"] = torch.as_tensor(label).long().contiguous()
+
+    out["meta"] = {
+        "id": case.id,
+        "convention": case.convention,
+        "source": {m: str(p) for m, p in zip(MODALITIES, case.images, strict=True)},
+        "seg": str(case.seg) if case.seg else None,
+        "original_shape": [int(s) for s in src.shape[:3]],
+        "original_affine": _affine_list(src.affine),
+        "resampled_shape": resampled_shape,
+        "resampled_affine": resampled_affine,
+        "crop_start": [int(v) for v in box_start],
+        "crop_end": [int(v) for v in box_end],
+        "size": cfg.size,
+        "config": cfg.to_dict(),
+    }
+    return out
+
+
+# ---- all cases below a folder: validation, workers, manifest, skipping finished cases ----
+
+
+def _source_signature(case: Case) -> str:
+    """Changes when any source file is added, removed, rewritten or touched."""
+    import hashlib
+    import json
+
+    parts = []
+    for path in case.files:
+        st = path.stat() if path.exists() else None
+        parts.append([str(path), st.st_size if st else None, st.st_mtime_ns if st else None])
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _prepare_one(case: Case, cfg: PrepConfig, out_dir: Path) -> dict:
+    """Validate, prepare and save one case; never raises (a failure becomes an error entry)."""
+    import time
+
+    from seg.data.cases import validate
+    from seg.data.store import save_case
+
+    t0 = time.perf_counter()
+    entry = {"id": case.id, "convention": case.convention, "has_label": case.seg is not None,
+             "source_sig": _source_signature(case)}
+    errors = validate(case)
+    if not errors:
+        try:
+            prepared = prepare_case(case, cfg)
+            save_case(out_dir / f"{case.id}.pt", prepared["image"], prepared.get("label"),
+                      prepared["meta"], cfg.format)
+        except Exception as err:  # one bad case must not stop the others
+            errors = [f"{case.images[0].parent}: preparing {case.id} failed ({type(err).__name__}: {err})"]
+    if errors:
+        (out_dir / f"{case.id}.pt").unlink(missing_ok=True)  # a stale file from an older run
+        entry.update(status="error", error="; ".join(errors), errors=errors)
+    else:
+        entry.update(status="ok", file=f"{case.id}.pt")
+    entry.update(seconds=round(time.perf_counter() - t0, 3), peak_rss_bytes=_peak_rss_bytes())
+    return entry
+
+
+def _init_worker(threads: int | None = None) -> None:
+    """Import the heavy modules up front, so per-case seconds measure the work alone."""
+    import monai.transforms  # noqa: F401
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _previous_ok(out_dir: Path, cfg: PrepConfig) -> dict[str, dict]:
+    """Entries of a previous run with the same configuration whose file is still there."""
+    import json
+
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return {}
+    prev = json.loads(path.read_text())
+    if prev.get("config") != cfg.to_dict():
+        return {}
+    return {e["id"]: e for e in prev.get("cases", [])
+            if e.get("status") == "ok" and (out_dir / e.get("file", "")).is_file()}
+
+
+def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int = 1) -> dict:
+    """Prepare every case below `src` into `out` (one `.pt` per case + manifest.json) with
+    `workers` processes; cases already prepared with the same config and unchanged sources are
+    skipped. Problems go to stderr, one line each. Returns the manifest."""
+    import os
+    import sys
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    from seg.data.cases import discover
+    from seg.data.store import write_json
+
+    src, out_dir = Path(src), Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cases = discover(src)
+    previous = _previous_ok(out_dir, cfg)
+    manifest = {"config": cfg.to_dict(), "source": str(src.resolve()), "cases": []}
+    entries: dict[str, dict] = {}
+    todo: list[Case] = []
+    seen: dict[str, Path] = {}
+    for case in cases:
+        folder = case.images[0].parent
+        old = previous.get(case.id)
+        if case.id in seen:  # two folders with one id would write the same .pt
+            msg = f"{folder}: duplicate case id {case.id} (also in {seen[case.id]}); not prepared"
+            entries[f"{case.id}@{folder}"] = {"id": case.id, "status": "error", "error": msg, "errors": [msg]}
+        elif old is not None and old.get("source_sig") == _source_signature(case):
+            entries[case.id] = {**old, "skipped": True}
+        else:
+            todo.append(case)
+        seen.setdefault(case.id, folder)
+
+    def record(entry: dict) -> None:
+        entries[entry["id"]] = entry
+        for line in entry.get("errors", []):
+            tqdm.write(line, file=sys.stderr)
+        manifest["cases"] = sorted(entries.values(), key=lambda e: e["id"])
+        write_json(out_dir / MANIFEST, manifest)  # after every case: an interrupted run keeps its work
+
+    for entry in entries.values():
+        for line in entry.get("errors", []):
+            tqdm.write(line, file=sys.stderr)
+    bar = tqdm(total=len(todo), desc=f"prep {src.name}", unit="case", file=sys.stderr)
+    if workers <= 1 or len(todo) <= 1:
+        if todo:
+            _init_worker()
+        for case in todo:
+            record(_prepare_one(case, cfg, out_dir))
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads,)) as pool:
+            futures = [pool.submit(_prepare_one, case, cfg, out_dir) for case in todo]
+            for fut in as_completed(futures):
+                record(fut.result())
+                bar.update()
+    bar.close()
+    manifest["cases"] = sorted(entries.values(), key=lambda e: e["id"])
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
