@@ -201,10 +201,21 @@ def parse_suite(text: str, path: Path) -> Suite:
     measure = raw.pop("measure", {})
     _build(Measure, measure, f"{path} [measure]")
     data = _build(DataSpec, raw.pop("data", {}), f"{path} [data]")
-    suite_keys = {"name", "description", "device", "timeout_s", "budget_s", "baseline", "reference", "interleave"}
+    suite_keys = {
+        "name",
+        "description",
+        "device",
+        "timeout_s",
+        "budget_s",
+        "baseline",
+        "reference",
+        "interleave",
+    }
     unknown = sorted(set(raw) - suite_keys)
     if unknown:
-        raise SuiteError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(suite_keys))}")
+        raise SuiteError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(suite_keys))}"
+        )
     workloads = [_workload(w, i, raw, measure, path) for i, w in enumerate(workloads_raw)]
     names = [w.name for w in workloads]
     if len(set(names)) != len(names):

@@ -135,4 +135,4 @@ def max_rel_dev(values: list[float], reference: list[float]) -> float:
     """max_i |values_i - reference_i| / |reference_i| over a loss trajectory."""
     if len(values) != len(reference) or not values:
         raise ValueError(f"trajectories differ in length: {len(values)} vs {len(reference)}")
-    return max(abs(v - r) / max(abs(r), 1e-12) for v, r in zip(values, reference))
+    return max(abs(v - r) / max(abs(r), 1e-12) for v, r in zip(values, reference, strict=False))

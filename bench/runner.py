@@ -39,7 +39,11 @@ def _tail(path: Path, lines: int = 15) -> str:
 def run_case_process(spec: dict, work: Path, stem: str, timeout_s: float) -> dict:
     """Run `spec` in `python -m bench.case`; the row fields it wrote, or an error built from its exit."""
     work.mkdir(parents=True, exist_ok=True)
-    spec_path, result_path, log_path = work / f"{stem}.spec.json", work / f"{stem}.result.json", work / f"{stem}.log"
+    spec_path, result_path, log_path = (
+        work / f"{stem}.spec.json",
+        work / f"{stem}.result.json",
+        work / f"{stem}.log",
+    )
     spec_path.write_text(json.dumps(spec, indent=1))
     result_path.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -47,7 +51,10 @@ def run_case_process(spec: dict, work: Path, stem: str, timeout_s: float) -> dic
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.case", str(spec_path), str(result_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         try:
             code = proc.wait(timeout=timeout_s)
@@ -66,7 +73,9 @@ def run_case_process(spec: dict, work: Path, stem: str, timeout_s: float) -> dic
             how += " (the out-of-memory killer?)"
         fields = {"status": "error", "error": f"case process died ({how}): {_tail(log_path, 3)}"[:1000]}
     fields["case_wall_s"] = round(wall_s, 3)
-    fields["log"] = str(log_path.relative_to(work.parent)) if work.parent in log_path.parents else str(log_path)
+    fields["log"] = (
+        str(log_path.relative_to(work.parent)) if work.parent in log_path.parents else str(log_path)
+    )
     return fields
 
 
@@ -98,7 +107,9 @@ class Results:
             os.fsync(f.fileno())
 
 
-def _case_spec(suite: Suite, w: Workload, variant: str, device: str, cfg, run_dir: Path, data_dir, calib) -> dict:
+def _case_spec(
+    suite: Suite, w: Workload, variant: str, device: str, cfg, run_dir: Path, data_dir, calib
+) -> dict:
     model = getattr(w.params, "model", None)
     ctx = VariantContext(kind=w.kind, model=model, device=device)
 
@@ -161,12 +172,19 @@ def run_suite(
     (out / "figures").mkdir(exist_ok=True)
     cases = [(w, v) for w, v in suite.cases() if not only or w.name in only or f"{w.name}/{v}" in only]
     results = Results(out / "results.jsonl")
-    env = {"suite": suite.name, "suite_file": str(suite.path), "requested_device": device, **capture_host(argv)}
+    env = {
+        "suite": suite.name,
+        "suite_file": str(suite.path),
+        "requested_device": device,
+        **capture_host(argv),
+    }
     _write_atomic(out / "env.json", json.dumps(env, indent=2))
 
     calib = run_case_process({"kind": "calibrate", "device": device}, out / "cases", "calibrate", 300)
     if calib.get("status") != "ok":
-        raise RuntimeError(f"cannot measure the {device} device: {calib.get('error')} (log: {out / calib['log']})")
+        raise RuntimeError(
+            f"cannot measure the {device} device: {calib.get('error')} (log: {out / calib['log']})"
+        )
     calibration = {k: v for k, v in calib.items() if k not in ("status", "log", "case_wall_s")}
     env["calibration"] = calibration
     _write_atomic(out / "env.json", json.dumps(env, indent=2))
@@ -179,8 +197,14 @@ def run_suite(
     bar = tqdm(cases, desc=suite.name, unit="case", dynamic_ncols=True)
     for index, (w, variant) in enumerate(bar):
         bar.set_postfix_str(f"{w.name}/{variant}")
-        row = {"suite": suite.name, "workload": w.name, "kind": w.kind, "variant": variant, "order": index,
-               "device": device}
+        row = {
+            "suite": suite.name,
+            "workload": w.name,
+            "kind": w.kind,
+            "variant": variant,
+            "order": index,
+            "device": device,
+        }
         remaining = None if suite.budget_s is None else suite.budget_s - (time.perf_counter() - started)
         try:
             ctx = VariantContext(kind=w.kind, model=getattr(w.params, "model", None), device=device)
@@ -191,7 +215,10 @@ def run_suite(
             row.update(status="error", error=str(err))
         else:
             if remaining is not None and remaining <= 10:
-                row.update(status="error", error=f"not run: the suite's time budget of {suite.budget_s:.0f} s was spent")
+                row.update(
+                    status="error",
+                    error=f"not run: the suite's time budget of {suite.budget_s:.0f} s was spent",
+                )
             else:
                 timeout = w.timeout_s if remaining is None else min(w.timeout_s, remaining)
                 spec = _case_spec(suite, w, variant, device, cfg, out, data_dir, calibration)

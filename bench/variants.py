@@ -179,7 +179,10 @@ def _loader(cfg, ctx, arg):
     cfg.loader = arg
 
 
-@variant("seed", "the seed project's recipe: fp16 autocast + GradScaler, checkpointing where the model has it, eager")
+@variant(
+    "seed",
+    "the seed project's recipe: fp16 autocast + GradScaler, checkpointing where the model has it, eager",
+)
 def _seed(cfg, ctx, arg):
     cfg.precision = "fp16"
     if ctx.model == "swinunetr" and ctx.kind in TRAIN_KINDS:

@@ -34,13 +34,15 @@ def train_reference(
         from bench.variants import CaseConfig
 
         # Checkpointing changes no math; off, so the FLOP count is the model's, not its recompute.
-        cfg = dataclasses.replace(cfg or CaseConfig(), checkpointing=False if case.params.model == "swinunetr" else None)
+        cfg = dataclasses.replace(
+            cfg or CaseConfig(), checkpointing=False if case.params.model == "swinunetr" else None
+        )
         ref = TrainState(case.params, cfg, device, state)
         inputs = [(to_input(x, cfg, device), y.to(device)) for x, y in batches]
         torch.manual_seed(case.measure.seed)
         result["losses"] = [float(ref.step(x, y)) for x, y in inputs[: case.measure.parity_steps]]
         result["flops_per_step"] = count_flops(lambda: ref.forward_backward(*inputs[0]))
-        del ref
+        ref = None  # free the reference model before the variant is built
     except Exception as err:  # the reference failing (OOM) must not fail the variant's timing
         result["error"] = f"{type(err).__name__}: {err}"[:500]
     if path is not None:

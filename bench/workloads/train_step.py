@@ -34,7 +34,9 @@ from bench.workloads.reference import train_reference
 
 def _batches(case: Case) -> list[tuple[torch.Tensor, torch.Tensor]]:
     p, seed = case.params, case.measure.seed
-    return [synthetic_batch(p.batch, p.shape, seed * 1000 + i) for i in range(max(1, case.measure.parity_steps))]
+    return [
+        synthetic_batch(p.batch, p.shape, seed * 1000 + i) for i in range(max(1, case.measure.parity_steps))
+    ]
 
 
 def make_step(case: Case) -> tuple[Callable[[], object], torch.device]:
@@ -83,7 +85,9 @@ def run(case: Case) -> dict:
         else:
             parity["error"] = reference.get("error")
         if disable_dropout_note(state.model):
-            parity["note"] = "model has dropout: variants that draw random numbers differently differ by it too"
+            parity["note"] = (
+                "model has dropout: variants that draw random numbers differently differ by it too"
+            )
         row["parity"] = parity
     if any(not math.isfinite(v) for v in losses):
         row["warning"] = f"non-finite loss in the first {len(losses)} steps: {losses}"

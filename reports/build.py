@@ -1,0 +1,166 @@
+"""Build RUN/report.md, RUN/report.html and RUN/figures/*.png from a run folder's result files.
+
+Reads results.jsonl, env.json, profiles/*/summary.json (from `segbench profile`) and any
+pytest-benchmark JSON copied into the run (pytest-benchmark*.json). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reports import figures
+from reports.pytest_bench import pytest_benchmark_table
+from reports.render import Block, to_html, to_markdown, write_atomic
+from reports.tables import by_workload, load_env, load_results, workload_table
+
+METHOD = [
+    "Each case (workload × variant) ran in its own process; a crash, out-of-memory or compile failure "
+    "is an `error` row, a variant that cannot run on this machine an `unavailable` row.",
+    "s/iter: median step time with the 20th–80th percentiles and n; on CUDA each step is timed with "
+    "CUDA events and a synchronization, on the CPU with perf_counter; warm-up steps by count are "
+    "excluded, the first step (compilation included) is reported on its own.",
+    "Speedups are ratios of median step times with 95% percentile-bootstrap intervals. Without a mark "
+    "they come from baseline and variant blocks interleaved in one process (A/B, TorchBench style); "
+    "* marks a ratio between two separate case processes.",
+    "Parity: the variant's loss trajectory over the first K steps from the same initial weights and "
+    "batches as the fp32 eager reference, max relative deviation (kernels: max error against the "
+    "reference on the same input). † the model uses dropout, whose masks differ between variants "
+    "that draw random numbers differently.",
+    "Peak memory: CUDA max allocated (reserved marked) reset before the measured steps; on the CPU the "
+    "case process's peak RSS, reset before the measured steps (Linux clear_refs).",
+    "MFU: FLOPs counted by torch.utils.flop_counter over forward + loss + backward / s per iter / the "
+    "matmul rate measured at the start of the run (see Environment).",
+]
+
+
+def _rate(flops_per_s: float) -> str:
+    return f"{flops_per_s / 1e12:.1f} TFLOP/s" if flops_per_s >= 1e12 else f"{flops_per_s / 1e9:.1f} GFLOP/s"
+
+
+def _env_lines(env: dict) -> list[str]:
+    cal = env.get("calibration", {})
+    versions = env.get("versions", {})
+    git = env.get("git", {})
+    device = cal.get("gpu") or env.get("cpu") or "?"
+    lines = [
+        f"device: {env.get('requested_device', cal.get('device', '?'))} — {device}"
+        + (f", driver {cal['driver']}" if cal.get("driver") else "")
+        + (f", CUDA {cal['torch_cuda']}, cuDNN {cal['cudnn']}" if cal.get("torch_cuda") else ""),
+        f"CPU: {env.get('cpu', '?')}, {env.get('cpu_count', '?')} logical CPUs "
+        f"({env.get('cpu_affinity', '?')} usable), torch threads {cal.get('torch_threads', '?')}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+        f"git: {git.get('sha', '?')}" + (" (uncommitted changes)" if git.get("dirty") else ""),
+        f"command: {env.get('command', '?')}  at {env.get('time_utc', '?')}",
+    ]
+    if cal.get("matmul_flops_per_s"):
+        lines.append(
+            f"measured ceilings: {cal['matmul_dtype']} matmul {_rate(cal['matmul_flops_per_s'])} "
+            f"({cal.get('mfu_basis', '')}); copy {cal['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write)"
+        )
+    return lines
+
+
+def _describe(rows: list[dict]) -> str:
+    r = rows[0]
+    parts = [f"kind `{r.get('kind', '?')}`"]
+    for key in ("model", "shape", "batch", "volume", "roi", "tensor_shape", "loader"):
+        first = next((x[key] for x in rows if x.get(key) is not None), None)
+        if first is not None:
+            parts.append(f"{key} {'×'.join(map(str, first)) if isinstance(first, list) else first}")
+    return ", ".join(parts)
+
+
+def _summary(rows: list[dict]) -> list[str]:
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "unavailable")}
+    lines = [
+        f"{len(rows)} cases: {counts['ok']} ok, {counts['error']} error, {counts['unavailable']} unavailable"
+    ]
+    for r in rows:
+        if r.get("verdict"):
+            lines.append(
+                f"{r['workload']}/{r['variant']}: {r['verdict']} (the step waited for data "
+                f"{r.get('wait_fraction', 0):.0%} of the time)"
+            )
+    return lines
+
+
+def _trace_summaries(run: Path) -> dict[str, dict]:
+    out = {}
+    for path in sorted(run.glob("profiles/*/summary.json")):
+        try:
+            out[path.parent.name] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def _trace_table(summaries: dict[str, dict]):
+    import pandas as pd
+
+    records = []
+    for name, s in summaries.items():
+        total = max(s["total_us"], 1e-9)
+        rec = {
+            "profile": name,
+            "device": s.get("device", ""),
+            "steps": s.get("steps", ""),
+            "time per step": f"{s['total_us'] / max(s.get('steps') or 1, 1) / 1e3:.2f} ms",
+        }
+        rec.update({c: f"{us / total:.0%}" for c, us in s["categories"].items()})
+        records.append(rec)
+    return pd.DataFrame.from_records(records).fillna("")
+
+
+def build_blocks(run: Path, figures_dir: Path) -> list[Block]:
+    rows = load_results(run)
+    env = load_env(run)
+    suite = rows[0]["suite"] if rows else env.get("suite", "?")
+    blocks = [
+        Block("h1", f"segbench report — suite {suite}"),
+        Block("h2", "Environment"),
+        Block("list", _env_lines(env)),
+        Block("h2", "Summary"),
+        Block("list", _summary(rows)),
+    ]
+    for workload, wrows in by_workload(rows).items():
+        blocks += [
+            Block("h2", f"Workload {workload}"),
+            Block("p", _describe(wrows)),
+            Block("table", workload_table(wrows)),
+        ]
+        for draw in (figures.step_times, figures.speedups, figures.memory):
+            path = draw(workload, wrows, figures_dir)
+            if path:
+                blocks.append(Block("img", path, alt=path.stem))
+    extra = [
+        (figures.loader_vs_compute(rows, figures_dir), "Input pipeline: loader supply vs model consumption"),
+        (figures.kernel_bandwidth(rows, figures_dir), "Normalization kernels against the copy ceiling"),
+    ]
+    for path, title in extra:
+        if path:
+            blocks += [Block("h2", title), Block("img", path, alt=path.stem)]
+    traces = _trace_summaries(run)
+    if traces:
+        blocks += [Block("h2", "Where the time goes (profiles)"), Block("table", _trace_table(traces))]
+        path = figures.trace_breakdown(traces, figures_dir)
+        if path:
+            blocks.append(Block("img", path, alt=path.stem))
+    for path in sorted(run.glob("pytest-benchmark*.json")):
+        blocks += [
+            Block("h2", f"Micro-benchmarks ({path.name}, pytest-benchmark)"),
+            Block("table", pytest_benchmark_table(path)),
+        ]
+    blocks += [Block("h2", "How this was measured"), Block("list", METHOD)]
+    return blocks
+
+
+def build_report(run: str | Path) -> tuple[Path, Path]:
+    """Write RUN/report.md, RUN/report.html and RUN/figures/*.png; returns the two report paths."""
+    run = Path(run)
+    figures_dir = run / "figures"
+    figures_dir.mkdir(exist_ok=True)
+    blocks = build_blocks(run, figures_dir)
+    md = write_atomic(run / "report.md", to_markdown(blocks, run))
+    page = write_atomic(run / "report.html", to_html(blocks, title=f"segbench report {run.name}"))
+    return md, page

@@ -1,0 +1,126 @@
+"""Compare two runs: the same (workload, variant) side by side, regressions flagged.
+
+`change` is how RUN's median step time moved relative to RUN_B's (RUN_B is the "before"):
++10 % means RUN is 10 % slower. A change is a regression when its 95 % bootstrap interval
+excludes zero and it is over the threshold (5 %); an improvement likewise in the other direction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bench.stats import is_improvement, is_regression, relative_change_ci
+from reports.render import Block, to_html, to_markdown, write_atomic
+from reports.tables import _fmt_seconds, load_env, load_results
+
+
+def _index(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(r["workload"], r["variant"]): r for r in rows}
+
+
+def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) -> pd.DataFrame:
+    a, b = _index(rows), _index(rows_b)
+    keys = list(b) + [k for k in a if k not in b]
+    records = []
+    for key in keys:
+        ra, rb = a.get(key), b.get(key)
+        rec = {
+            "workload": key[0],
+            "variant": key[1],
+            "before": _fmt_seconds(((rb or {}).get("s_per_iter") or {}).get("median")),
+            "after": _fmt_seconds(((ra or {}).get("s_per_iter") or {}).get("median")),
+            "change": float("nan"),
+            "ci_low": float("nan"),
+            "ci_high": float("nan"),
+        }
+        sa, sb = (ra or {}).get("samples_s"), (rb or {}).get("samples_s")
+        if ra is None or rb is None:
+            rec["verdict"] = "only in " + ("RUN_B" if ra is None else "RUN")
+        elif ra["status"] != "ok" or rb["status"] != "ok":
+            rec["verdict"] = f"status {rb['status']} → {ra['status']}"
+        elif not sa or not sb:
+            rec["verdict"] = "no step samples"
+        else:
+            change = relative_change_ci(sb, sa)
+            rec.update(change)
+            rec["verdict"] = (
+                "REGRESSION"
+                if is_regression(change, threshold)
+                else "improvement"
+                if is_improvement(change, threshold)
+                else "no significant change"
+            )
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def _display(table: pd.DataFrame) -> pd.DataFrame:
+    out = table[["workload", "variant", "before", "after"]].copy()
+    out["change [95% interval]"] = [
+        "" if pd.isna(r.change) else f"{r.change:+.1%} [{r.ci_low:+.1%}, {r.ci_high:+.1%}]"
+        for r in table.itertuples()
+    ]
+    out["verdict"] = table["verdict"]
+    return out
+
+
+def _figure(table: pd.DataFrame, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = table.dropna(subset=["change"])
+    if t.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 0.4 * len(t) + 1.5))
+    labels = [f"{w}/{v}" for w, v in zip(t.workload, t.variant, strict=False)]
+    colors = [
+        "#C44E52" if v == "REGRESSION" else "#55A868" if v == "improvement" else "#8C8C8C" for v in t.verdict
+    ]
+    err = [(t.change - t.ci_low) * 100, (t.ci_high - t.change) * 100]
+    ax.barh(labels, t.change * 100, xerr=err, color=colors, capsize=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("change of median step time, % (RUN vs RUN_B; + is slower)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_comparison(
+    run: str | Path, run_b: str | Path, threshold: float = 0.05
+) -> tuple[Path, Path, pd.DataFrame]:
+    """RUN/compare.md and RUN/compare.html; returns their paths and the comparison table."""
+    run, run_b = Path(run), Path(run_b)
+    table = compare_rows(load_results(run), load_results(run_b), threshold)
+    env_a, env_b = load_env(run), load_env(run_b)
+
+    def where(env: dict) -> str:
+        cal = env.get("calibration", {})
+        return f"{cal.get('gpu') or env.get('cpu', '?')}, git {str(env.get('git', {}).get('sha'))[:10]}"
+
+    regressions = table[table.verdict == "REGRESSION"]
+    blocks = [
+        Block("h1", f"segbench comparison: {run.name} vs {run_b.name}"),
+        Block(
+            "list",
+            [
+                f"RUN (after): {run} — {where(env_a)}",
+                f"RUN_B (before): {run_b} — {where(env_b)}",
+                f"{len(regressions)} regression(s): slower by more than {threshold:.0%} with the "
+                "95% bootstrap interval of the change excluding zero",
+            ],
+        ),
+        Block("table", _display(table)),
+    ]
+    fig = _figure(table, run / "figures" / "compare.png")
+    if fig:
+        blocks.append(Block("img", fig, alt="compare"))
+    md = write_atomic(run / "compare.md", to_markdown(blocks, run))
+    page = write_atomic(run / "compare.html", to_html(blocks, title=f"{run.name} vs {run_b.name}"))
+    return md, page, table

@@ -1,0 +1,169 @@
+"""results.jsonl -> pandas: one table per workload, speedups recomputed from the stored samples.
+
+No torch here: a report can be rebuilt on a laptop from a run folder copied off a GPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.stats import ratio_of_medians_ci
+
+SEED, FP32 = "seed", "fp32"  # the two named baselines every table is compared with
+
+
+class ResultsError(ValueError):
+    pass
+
+
+def load_results(run: str | Path) -> list[dict]:
+    """The rows of RUN/results.jsonl; a bad line is one error naming the file and the line."""
+    path = Path(run) / "results.jsonl"
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such file (is {run} a segbench run folder?)")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ResultsError(f"{path}:{number}: not JSON ({err.msg})") from None
+        missing = [k for k in ("workload", "variant", "status") if k not in row]
+        if missing:
+            raise ResultsError(f"{path}:{number}: row lacks {', '.join(missing)}")
+        rows.append(row)
+    return rows
+
+
+def load_env(run: str | Path) -> dict:
+    path = Path(run) / "env.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _samples(row: dict | None) -> list[float] | None:
+    if row is None or row.get("status") != "ok":
+        return None
+    return row.get("samples_s") or None
+
+
+def speedup(row: dict, baseline: dict | None, name: str) -> dict | None:
+    """Speedup of `row` over the baseline (ratio of median step times, > 1 faster) with its interval.
+
+    The interleaved measurement inside the case is used when it was paired with this baseline;
+    otherwise the two rows' own samples (different processes, so drift between them counts too).
+    """
+    paired = row.get("paired") or {}
+    if paired.get("baseline") == name and paired.get("speedup"):
+        return {**paired["speedup"], "paired": True}
+    if row.get("variant") == name:
+        return None
+    a, b = _samples(baseline), _samples(row)
+    if not a or not b:
+        return None
+    return {**ratio_of_medians_ci(a, b), "paired": False}
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None or pd.isna(s):
+        return ""
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} µs"
+
+
+def _fmt_bytes(b: float | None) -> str:
+    if b is None or pd.isna(b):
+        return ""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= scale:
+            return f"{b / scale:.2f} {unit}"
+    return f"{b:.0f} B"
+
+
+def fmt_speedup(s: dict | None) -> str:
+    if not s:
+        return ""
+    mark = "" if s.get("paired") else "*"
+    return f"{s['ratio']:.2f}× [{s['ci_low']:.2f}–{s['ci_high']:.2f}]{mark}"
+
+
+def _fmt_spread(stats: dict | None) -> str:
+    if not stats:
+        return ""
+    median, p20, p80 = (_fmt_seconds(stats[k]) for k in ("median", "p20", "p80"))
+    return f"{median} [{p20}–{p80}] n={stats['n']}"
+
+
+def _num(value, fmt: str) -> str:
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else format(value, fmt)
+
+
+def _extra(row: dict) -> dict:
+    """Columns particular to a workload kind."""
+    kind = row.get("kind")
+    if kind == "train_e2e":
+        return {
+            "data wait / step": _fmt_seconds((row.get("data_wait_s") or {}).get("median")),
+            "compute / step": _fmt_seconds((row.get("compute_s") or {}).get("median")),
+            "wait share": _num(row.get("wait_fraction"), ".0%"),
+            "verdict": row.get("verdict", ""),
+        }
+    if kind == "dataloader":
+        return {
+            "MB/s": _num(row.get("mb_per_s"), ".1f"),
+            "workers": _num(row.get("workers"), "d"),
+            "loader": row.get("loader", ""),
+        }
+    if kind == "norm_kernel":
+        return {
+            "forward": _fmt_seconds((row.get("forward_s") or {}).get("median")),
+            "backward": _fmt_seconds((row.get("backward_s") or {}).get("median")),
+            "fwd GB/s": _num(row.get("forward_gb_per_s"), ".1f"),
+            "bwd GB/s": _num(row.get("backward_gb_per_s"), ".1f"),
+            "of copy ceiling": _num(row.get("fraction_of_copy"), ".0%"),
+        }
+    if kind == "infer":
+        return {"TTA": "yes" if row.get("tta") else "no", "volume": "×".join(map(str, row.get("volume", [])))}
+    return {}
+
+
+def workload_table(rows: list[dict]) -> pd.DataFrame:
+    """The display table of one workload's rows (all rows of one `workload` name)."""
+    by_variant = {r["variant"]: r for r in rows}
+    seed, fp32 = by_variant.get(SEED), by_variant.get(FP32)
+    records = []
+    for row in sorted(rows, key=lambda r: r.get("order", 0)):
+        parity = row.get("parity") or {}
+        dev = parity.get("max_rel_dev", parity.get("max_abs_err"))
+        record = {
+            "variant": row["variant"],
+            "status": row["status"],
+            "s/iter (median [p20–p80])": _fmt_spread(row.get("s_per_iter")),
+            "first step": _fmt_seconds(row.get("first_step_s")),
+            "vs seed": fmt_speedup(speedup(row, seed, SEED)),
+            "vs fp32": fmt_speedup(speedup(row, fp32, FP32)),
+            "samples/s": _num(row.get("samples_per_s"), ".2f"),
+            "peak memory": _fmt_bytes(row.get("peak_bytes")),
+            "MFU": _num(row.get("mfu"), ".2%"),
+            "parity": "" if dev is None else f"{dev:.1e}" + ("†" if parity.get("note") else ""),
+            **_extra(row),
+            "error": (row.get("error") or "")[:200],
+        }
+        records.append(record)
+    table = pd.DataFrame.from_records(records)
+    # Drop columns empty in every row (e.g. MFU for the loader), keep the identifying ones.
+    keep = [c for c in table.columns if c in ("variant", "status") or (table[c].astype(str) != "").any()]
+    return table[keep]
+
+
+def by_workload(rows: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: r.get("order", 0)):
+        groups.setdefault(row["workload"], []).append(row)
+    return groups
