@@ -1,0 +1,163 @@
+"""K-fold cross-validation: train one model per fold, then score each fold model and their ensemble
+on the held-out test split.
+
+Folds come from the prepared folder's `splits.json` (`seg.data.splits`: folds cover train+val, the
+test split stays out of every fold). Fold k trains under `RUN/fold<k>` with `seg.train.train`
+(`fold=k`, `resume=True`, so a rerun skips finished folds and continues an interrupted one). The
+test cases are scored in prepared space (labels 0..3, region Dice and HD95, the prepared voxel
+size in mm taken from each case's crop box): each fold model's probabilities are computed once and
+their mean is the ensemble, so scoring K single models and the ensemble costs K predictions.
+Writes `RUN/cv.json` and `RUN/cv.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seg import metrics
+from seg.infer import InferConfig, default_roi, model_from_checkpoint, read_checkpoint, resolve_device
+
+
+def prepared_spacing_mm(meta: dict) -> tuple[float, float, float]:
+    """Physical size (mm) of a prepared voxel: the crop box (in the resampled grid) over the S³ edge."""
+    spacing = float(meta.get("config", {}).get("spacing_mm", 1.0))
+    extent = np.asarray(meta["crop_end"]) - np.asarray(meta["crop_start"])
+    return tuple(float(v) for v in extent * spacing / float(meta["size"]))
+
+
+def fold_count(data_dir: str | Path, folds: int | None) -> tuple[int, dict]:
+    """(folds to train, splits) — all folds of splits.json by default; ValueError when impossible."""
+    from seg.data.splits import SPLITS, load_splits
+
+    path = Path(data_dir) / SPLITS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {data_dir} a `segbench data prep` output?")
+    splits = load_splits(data_dir)
+    available = len(splits.get("folds", []))
+    k = available if folds is None else folds
+    if k < 2 or k > available:
+        raise ValueError(f"{path} defines {available} folds; cross-validation needs 2..{available}, got {k}")
+    if not splits.get("test"):
+        raise ValueError(f"{path}: the test split is empty; the ensemble needs held-out test cases")
+    return k, splits
+
+
+@torch.no_grad()
+def evaluate_test(
+    checkpoints: list[Path], data_dir: str | Path, test_ids: list[str], cfg: InferConfig, device: str = "auto"
+) -> dict[str, Any]:
+    """{"ensemble": {"cases", "mean"}, "folds": [{"checkpoint", "cases", "mean"}]} on `test_ids`."""
+    from tqdm import tqdm
+
+    from seg.data.store import load_case
+    from seg.infer import sliding_window_predict
+
+    dev = resolve_device(device)
+    ckpts = [read_checkpoint(p, dev) for p in checkpoints]
+    roi = cfg.roi or default_roi(ckpts[0])
+    models = [model_from_checkpoint(c, dev) for c in ckpts]
+    del ckpts
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
+    per_fold: list[dict[str, Any]] = [{} for _ in models]
+    ensemble: dict[str, Any] = {}
+    for case_id in tqdm(test_ids, desc="cv test", unit="case", disable=None):
+        case = load_case(Path(data_dir) / f"{case_id}.pt")
+        if "label" not in case:
+            raise ValueError(f"{data_dir}/{case_id}.pt: test case has no label")
+        image = case["image"][None].float().to(dev)
+        ref = case["label"][0].numpy()
+        spacing = prepared_spacing_mm(case["meta"])
+        total = None
+        for k, model in enumerate(models):
+            probs = sliding_window_predict(
+                model, image, roi, cfg.overlap, cfg.sw_batch_size, cfg.mode, cfg.tta, precision
+            )
+            pred = probs.argmax(1)[0].cpu().numpy()
+            per_fold[k][case_id] = metrics.evaluate_case(pred, ref, spacing, "prepared")
+            total = probs if total is None else total.add_(probs)
+        pred = total.argmax(1)[0].cpu().numpy()
+        ensemble[case_id] = metrics.evaluate_case(pred, ref, spacing, "prepared")
+    return {
+        "ensemble": {"cases": ensemble, "mean": metrics.mean_over_cases(ensemble)},
+        "folds": [
+            {"checkpoint": str(p), "cases": c, "mean": metrics.mean_over_cases(c)}
+            for p, c in zip(checkpoints, per_fold, strict=True)
+        ],
+        "roi": roi,
+        "precision": precision,
+    }
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    """One row per fold model and one for the ensemble: validation Dice, test Dice / HD95 per region."""
+    header = (
+        "| model | val Dice (best) | test ET Dice | test TC Dice | test WT Dice | test mean Dice "
+        "| ET HD95 mm | TC HD95 mm | WT HD95 mm |"
+    )
+    lines = [
+        f"Cross-validation: {doc['model']}, {doc['folds']} folds, {len(doc['test']['ids'])} test cases",
+        "",
+    ]
+    lines += [header, "|" + "---|" * 9]
+    rows = [
+        (f"fold {t['fold']}", t["best_dice"], f["mean"])
+        for t, f in zip(doc["train"], doc["test"]["folds"], strict=True)
+    ]
+    rows.append(("ensemble", None, doc["test"]["ensemble"]["mean"]))
+    for name, val, mean in rows:
+        dice = [mean[r]["dice"] for r in metrics.REGIONS]
+        hd = [mean[r]["hd95"] for r in metrics.REGIONS]
+        cells = [
+            name,
+            "—" if val is None else f"{val:.4f}",
+            *(f"{d:.4f}" for d in dice),
+            f"{np.mean(dice):.4f}",
+        ]
+        cells += [f"{h:.2f}" for h in hd]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_cv(base, folds: int | None = None, infer_cfg: InferConfig | None = None) -> dict[str, Any]:
+    """Train folds 0..K-1 from `base` (a `seg.train.TrainConfig`; its `out` is the RUN folder),
+    then score them and their ensemble on the test split. Returns the cv.json document."""
+    from seg.data.store import atomic_write, write_json
+    from seg.train import train
+
+    run_dir = Path(base.out)
+    k, splits = fold_count(base.data_dir, folds)
+    trained = []
+    for fold in range(k):
+        cfg = dataclasses.replace(base, fold=fold, out=str(run_dir / f"fold{fold}"), resume=True)
+        summary = train(cfg)
+        best = Path(cfg.out) / "best.pt"
+        if not best.is_file():
+            raise RuntimeError(f"fold {fold}: training finished without {best}")
+        trained.append({"fold": fold, "checkpoint": str(best), **summary})
+    infer_cfg = infer_cfg or InferConfig()
+    test = evaluate_test(
+        [Path(t["checkpoint"]) for t in trained], base.data_dir, list(splits["test"]), infer_cfg, base.device
+    )
+    doc = {
+        "model": base.model,
+        "model_options": base.model_options,
+        "data_dir": str(base.data_dir),
+        "folds": k,
+        "folds_in_splits": len(splits["folds"]),
+        "train": trained,
+        "infer": {
+            **dataclasses.asdict(infer_cfg),
+            "roi": test.pop("roi"),
+            "precision": test.pop("precision"),
+        },
+        "test": {"ids": list(splits["test"]), "labels": "prepared", **test},
+    }
+    write_json(run_dir / "cv.json", doc)
+    table = markdown_table(doc)
+    atomic_write(run_dir / "cv.md", lambda tmp: tmp.write_text(table))
+    return doc

@@ -1,0 +1,132 @@
+"""k-fold cross-validation: tiny models and data, 2 folds × 1 short epoch, ensemble on the test split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_loaders import phantom
+
+from seg import metrics
+from seg.cv import fold_count, prepared_spacing_mm
+from seg.data.splits import load_splits, write_splits
+from seg.data.store import load_case, save_case, write_json
+from seg.infer import load_model, read_checkpoint, sliding_window_predict
+from segbench.cli import main
+
+SIZE = 16
+
+
+def _meta(case_id: str, crop_extent: tuple[int, int, int]) -> dict:
+    """The crop-box part of a prepared case's meta (what prepared-space HD95 needs)."""
+    start = [5, 7, 0]
+    end = [s + e for s, e in zip(start, crop_extent, strict=True)]
+    return {"id": case_id, "crop_start": start, "crop_end": end, "size": SIZE, "config": {"spacing_mm": 1.0}}
+
+
+def _flat(regions: dict) -> dict:
+    return {(r, m): v for r, d in regions.items() for m, v in d.items()}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prepared")
+    rng = np.random.default_rng(1)
+    ids = [f"Case_{i:03d}" for i in range(6)]
+    for case_id in ids:
+        image, label = phantom(SIZE, rng)
+        save_case(root / f"{case_id}.pt", image, label, _meta(case_id, (160, 192, 144)))
+    write_json(
+        root / "manifest.json",
+        {
+            "config": {"size": SIZE, "format": "pt32"},
+            "cases": [{"id": i, "status": "ok", "file": f"{i}.pt"} for i in ids],
+        },
+    )
+    write_splits(root, ids=ids, folds=2)
+    return root
+
+
+def test_prepared_spacing_from_crop_box():
+    assert prepared_spacing_mm(_meta("x", (160, 192, 144))) == (10.0, 12.0, 9.0)
+
+
+def test_fold_count_checks(data_dir, tmp_path):
+    assert fold_count(data_dir, None)[0] == 2
+    with pytest.raises(ValueError, match="defines 2 folds; cross-validation needs 2..2, got 3"):
+        fold_count(data_dir, 3)
+    with pytest.raises(FileNotFoundError, match="splits.json: not found"):
+        fold_count(tmp_path, 2)
+
+
+def test_cv_trains_folds_and_scores_the_ensemble(data_dir, tmp_path, capsys):
+    run = tmp_path / "cv"
+    args = [
+        "cv",
+        "--data",
+        str(data_dir),
+        "--model",
+        "unet",
+        "--out",
+        str(run),
+        "--folds",
+        "2",
+        "--model-option",
+        "channels=(8,16,32)",
+        "--model-option",
+        "strides=(2,2)",
+        "--model-option",
+        "num_res_units=1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.01",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--warmup-epochs",
+        "0",
+        "--roi",
+        "16",
+    ]
+    assert main(args) == 0
+    doc = json.loads((run / "cv.json").read_text())
+    splits = load_splits(data_dir)
+    assert doc["folds"] == 2 and doc["test"]["ids"] == splits["test"] and len(splits["test"]) == 1
+    assert [t["fold"] for t in doc["train"]] == [0, 1]
+    for fold in (0, 1):
+        assert (run / f"fold{fold}" / "best.pt").is_file() and (run / f"fold{fold}" / "log.csv").is_file()
+        assert read_checkpoint(run / f"fold{fold}" / "best.pt")["config"]["fold"] == fold
+
+    # Recompute the test scores from the checkpoints: each fold alone, and the mean of their probabilities.
+    models = [load_model(run / f"fold{k}" / "best.pt") for k in (0, 1)]
+    case_id = splits["test"][0]
+    case = load_case(data_dir / f"{case_id}.pt")
+    probs = [sliding_window_predict(m, case["image"][None], 16, precision="fp32") for m in models]
+    ref = case["label"][0].numpy()
+    spacing = (10.0, 12.0, 9.0)
+    for k in (0, 1):
+        expected = metrics.evaluate_case(probs[k].argmax(1)[0].numpy(), ref, spacing, "prepared")
+        assert _flat(doc["test"]["folds"][k]["cases"][case_id]) == pytest.approx(_flat(expected))
+    ensemble = metrics.evaluate_case(
+        ((probs[0] + probs[1]) / 2).argmax(1)[0].numpy(), ref, spacing, "prepared"
+    )
+    assert _flat(doc["test"]["ensemble"]["cases"][case_id]) == pytest.approx(_flat(ensemble))
+    assert _flat(doc["test"]["ensemble"]["mean"]) == pytest.approx(_flat(ensemble))
+
+    table = (run / "cv.md").read_text()
+    assert "| fold 0 |" in table and "| fold 1 |" in table and "| ensemble |" in table
+    assert f"{ensemble['WT']['dice']:.4f}" in table
+
+    # A rerun resumes: both folds are finished, nothing retrains, the same checkpoints score the same.
+    stamp = (run / "fold0" / "best.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    assert (run / "fold0" / "best.pt").stat().st_mtime_ns == stamp
+    assert json.loads((run / "cv.json").read_text())["test"] == doc["test"]
+    assert all(t["start_epoch"] == 1 for t in json.loads((run / "cv.json").read_text())["train"])
