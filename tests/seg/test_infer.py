@@ -107,6 +107,13 @@ def test_predict_case_on_the_source_grid_and_convention(shared_data, tmp_path):
     # Prepared label 3 is written as the 2021 label 4 inside the brain box, 0 outside it.
     assert set(np.unique(labels).tolist()) == {0, 4}
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left behind
+    # A 2023-named, image-only case keeps label 3 (its own convention).
+    case23 = discover(shared_data / "brats2023" / "BraTS-GLI-00001-000")[0]
+    out23 = predict_case(ConstantClass(3), case23, PrepConfig(size=32), tmp_path, InferConfig(roi=32))
+    img23 = nib.load(str(out23))
+    assert out23.name == "BraTS-GLI-00001-000_pred.nii.gz"
+    assert img23.shape == nib.load(str(case23.images[0])).shape
+    assert set(np.unique(np.asanyarray(img23.dataobj)).tolist()) == {0, 3}
 
 
 def test_infer_cli_ensemble_and_bad_case(shared_data, tmp_path, capsys):
