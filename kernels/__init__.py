@@ -1,1 +1,13 @@
-"""kernels: Triton kernels (fused normalization) with their PyTorch references."""
+"""kernels: Triton kernels (fused normalization) with their PyTorch references.
+
+Public API: `fused_norm_act`, `layer_norm`, `patch`, `unpatch`, `available`.
+Imports only torch (and triton, lazily: the kernels are defined on first use, so TRITON_INTERPRET=1
+set before the first kernel call selects Triton's CPU interpreter).
+"""
+
+from .fused_norm_act import fused_norm_act
+from .layer_norm import layer_norm
+from .patch import patch, patched_modules, unpatch
+from .runtime import available
+
+__all__ = ["available", "fused_norm_act", "layer_norm", "patch", "patched_modules", "unpatch"]

@@ -28,6 +28,12 @@ class SplitPolicy:
 
 
 POLICY = SplitPolicy()
+# The interpreter runs programs one after another with numpy per tile op: few, large tiles are fastest.
+INTERPRET_POLICY = SplitPolicy(tile_elements=1 << 16, max_block_c=256, programs_per_sm=1)
+
+
+def default_policy() -> SplitPolicy:
+    return INTERPRET_POLICY if runtime.interpret_mode() else POLICY
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,13 @@ class Plan:
 
 
 def plan(x: torch.Tensor, groups: int, channels_last: bool, split_size: int | None,
-         policy: SplitPolicy = POLICY) -> Plan:
+         policy: SplitPolicy | None = None) -> Plan:
     """Tile so that the contiguous axis is long and the grid fills the device.
 
     `split_size` forces the spatial positions per program (tests use a small one to exercise the
     split path); None picks a split giving about `programs_per_sm` programs per SM.
     """
+    policy = policy or default_policy()
     N, C = x.shape[:2]
     S = x[0, 0].numel()
     if C * S >= 2**31:
@@ -112,7 +119,7 @@ class _FusedNormAct(torch.autograd.Function):
         rstd = torch.empty_like(mean)
         y = torch.empty_like(x)
         cg = p.C // groups
-        blocks = dict(BLOCK_S=p.block_s, BLOCK_C=p.block_c, num_warps=POLICY.num_warps)
+        blocks = dict(BLOCK_S=p.block_s, BLOCK_C=p.block_c, num_warps=default_policy().num_warps)
         K._stats_kernel[p.grid](x, pmean, pm2, p.C, p.S, p.chunk, p.num_splits, CHANNELS_LAST=cl, **blocks)
         K._combine_kernel[(p.N * groups,)](
             pmean, pm2, mean, rstd, p.C, p.S, cg, groups, p.chunk, p.num_splits, float(cg * p.S), eps,
@@ -141,7 +148,7 @@ class _FusedNormAct(torch.autograd.Function):
         pa = torch.empty(p.N, p.C, p.num_splits, **f32)
         pb = torch.empty_like(pa)
         pp = torch.empty_like(pa) if flags["PRELU"] else pa  # never written unless PReLU
-        blocks = dict(BLOCK_S=p.block_s, BLOCK_C=p.block_c, num_warps=POLICY.num_warps)
+        blocks = dict(BLOCK_S=p.block_s, BLOCK_C=p.block_c, num_warps=default_policy().num_warps)
         K._bwd_reduce_kernel[p.grid](x, dy, r, weight, bias, prelu_weight, mean, rstd, pa, pb, pp, p.C, p.S,
                                      cg, groups, p.chunk, p.num_splits, ctx.slope,
                                      CHANNELS_LAST=p.channels_last, **flags, **blocks)

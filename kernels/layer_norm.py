@@ -7,13 +7,15 @@ import torch
 from . import runtime
 from .reference import layer_norm_ref
 
-_TILE_ELEMENTS = 4096  # elements per [BLOCK_M, BLOCK_D] tile
+_TILE_ELEMENTS = 4096  # elements per [BLOCK_M, BLOCK_D] tile on a GPU
+_INTERPRET_TILE_ELEMENTS = 1 << 16  # the interpreter pays per tile op: fewer, larger tiles
 _BWD_PROGRAMS_PER_SM = 4
 
 
 def _blocks(D: int) -> tuple[int, int]:
     block_d = runtime.next_pow2(D)
-    return max(_TILE_ELEMENTS // block_d, 1), block_d
+    tile = _INTERPRET_TILE_ELEMENTS if runtime.interpret_mode() else _TILE_ELEMENTS
+    return max(tile // block_d, 1), block_d
 
 
 class _LayerNorm(torch.autograd.Function):
