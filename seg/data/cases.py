@@ -9,6 +9,7 @@ returns one message per problem, each naming the file and what is wrong.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -53,14 +54,20 @@ class Case:
         return LABELS[self.convention]
 
 
+def _nifti_files(root: Path) -> list[Path]:
+    # os.walk follows symlinked folders (datasets are often linked in); rglob does not
+    found = []
+    for folder, _, names in os.walk(root, followlinks=True):
+        found += [Path(folder) / n for n in names if ".nii" in n]
+    return sorted(p for p in found if p.is_file())
+
+
 def discover(root: str | Path) -> list[Case]:
     """All cases below `root`, sorted by id. A case is found from any one of its files, so a
     missing modality shows up in `validate` (its expected path does not exist)."""
     groups: dict[tuple[Path, str, str], dict[str, Path]] = defaultdict(dict)
     exts: dict[tuple[Path, str, str], str] = {}
-    for path in sorted(Path(root).rglob("*.nii*")):
-        if not path.is_file():
-            continue
+    for path in _nifti_files(Path(root)):
         for conv, pattern in _PATTERNS.items():
             m = pattern.match(path.name)
             if m:

@@ -77,8 +77,8 @@ def prepare_case(case: Case, cfg: PrepConfig) -> dict:
     image float32 [4,S,S,S] in [0,1] and label int64 [1,S,S,S] in 0..3; `store.save_case`
     casts to the configured format."""
     import nibabel as nib
-    import torch
     from monai.transforms import CropForeground, LoadImage, MapLabelValue, Orientation, Resize, Spacing
+    from monai.utils import convert_to_tensor
 
     # 1. channel-first: LoadImage stacks the four files as channels, in MODALITIES order.
     load = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
@@ -107,14 +107,16 @@ def prepare_case(case: Case, cfg: PrepConfig) -> dict:
     # 5b. crop, then resize to S^3.
     size = (cfg.size,) * 3
     image = cropper.crop_pad(image, box_start, box_end)
-    image = Resize(size, mode="trilinear")(image).as_tensor().clamp_(0.0, 1.0).contiguous()
+    # plain tensors from here: a MetaTensor would pickle its numpy meta into the .pt file
+    image = convert_to_tensor(Resize(size, mode="trilinear")(image), track_meta=False)
+    image = image.clamp_(0.0, 1.0).contiguous()
     out = {"image": image}
     if label is not None:
         label = cropper.crop_pad(label, box_start, box_end)
         label = Resize(size, mode="nearest-exact")(label)
         if case.convention == "2021":  # 6.
             label = MapLabelValue(orig_labels=[0, 1, 2, 4], target_labels=[0, 1, 2, 3])(label)
-        out["label"] = torch.as_tensor(label).long().contiguous()
+        out["label"] = convert_to_tensor(label, track_meta=False).long().contiguous()
 
     out["meta"] = {
         "id": case.id,

@@ -1,0 +1,63 @@
+"""seg.data.cases: discovery of both BraTS namings and validation of every kind of bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from seg.data.cases import discover, validate
+
+
+def test_discovers_both_namings_on_the_real_data(shared_data):
+    cases = {c.id: c for c in discover(shared_data)}
+    # native scans (TCGA-..._t1_native) and the prediction file are not cases
+    assert sorted(cases) == ["BraTS-GLI-00001-000", "BraTS-GLI-90003-000",
+                             "BraTS2021_90001", "BraTS2021_90002"]
+
+    c21 = cases["BraTS2021_90001"]
+    assert c21.convention == "2021" and c21.labels == (0, 1, 2, 4)
+    names = [f"BraTS2021_90001_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
+    assert [p.name for p in c21.images] == names
+    assert c21.seg.name == "BraTS2021_90001_seg.nii.gz"
+
+    c23 = cases["BraTS-GLI-90003-000"]
+    assert c23.convention == "2023" and c23.labels == (0, 1, 2, 3)
+    # channel order t1, t1ce, t2, flair = t1n, t1c, t2w, t2f
+    suffixes = [p.name.split("-")[-1] for p in c23.images]
+    assert suffixes == ["t1n.nii.gz", "t1c.nii.gz", "t2w.nii.gz", "t2f.nii.gz"]
+    assert c23.seg.name == "BraTS-GLI-90003-000-seg.nii.gz"
+
+    assert cases["BraTS-GLI-00001-000"].seg is None  # image-only case
+
+
+def test_real_cases_validate_clean(shared_data):
+    for case in discover(shared_data):
+        assert validate(case) == [], case.id
+
+
+def test_each_bad_input_gets_a_clear_message_naming_its_file(bad_src):
+    root, expect = bad_src
+    cases = {c.id: c for c in discover(root)}
+    assert set(expect) <= set(cases)
+    for cid, (file_name, words) in expect.items():
+        errors = validate(cases[cid])
+        assert errors, f"{cid} should fail validation"
+        assert any(file_name in e and words in e for e in errors), (cid, errors)
+
+
+def test_grid_mismatch_names_every_offending_modality(bad_src):
+    root, _ = bad_src
+    case = next(c for c in discover(root) if c.id == "BraTS2021_10004")
+    errors = validate(case)
+    # native t2 and flair each have their own grid; t1ce shares t1's
+    assert len(errors) == 2
+    assert any("_t2.nii.gz: grid (224, 256, 26) differs" in e for e in errors)
+    assert any("_flair.nii.gz: grid (208, 256, 26) differs" in e for e in errors)
+
+
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_missing_modality_is_reported_with_its_expected_path(tmp_path, ext):
+    for m in ("t1", "t2", "flair", "seg"):
+        (tmp_path / f"BraTS2021_00042_{m}{ext}").write_bytes(b"")
+    (case,) = discover(tmp_path)
+    assert case.images[1] == tmp_path / f"BraTS2021_00042_t1ce{ext}"
+    assert f"BraTS2021_00042_t1ce{ext}: missing file" in "\n".join(validate(case))

@@ -1,0 +1,166 @@
+"""seg.data.prep: the eight steps on real cases, against a plain MONAI pipeline; formats and
+intensity options; prepare_all / `segbench data prep` (bad inputs, skipping, workers)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from seg.data.cases import discover
+from seg.data.prep import PrepConfig, prepare_all, prepare_case
+from seg.data.store import load_case
+from segbench.cli import main
+
+
+def test_real_2021_case_gives_the_contract_shapes_and_values(real_prepared):
+    _, out = real_prepared["BraTS2021_90001"]
+    img, lab = out["image"], out["label"]
+    assert type(img) is torch.Tensor and type(lab) is torch.Tensor  # no MetaTensor in the file
+    assert img.shape == (4, 128, 128, 128) and img.dtype == torch.float32
+    assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
+    assert lab.shape == (1, 128, 128, 128) and lab.dtype == torch.int64
+    assert set(torch.unique(lab).tolist()) == {0, 1, 2, 3}
+    # the box comes from the raw brain mask: background in 90001 is slightly negative, and a box
+    # taken after scaling would be the whole volume
+    meta = out["meta"]
+    box = np.subtract(meta["crop_end"], meta["crop_start"])
+    assert np.prod(box) < 0.5 * np.prod(meta["resampled_shape"])
+
+
+def _monai_reference(case, size):
+    """The same steps written as one plain MONAI dictionary pipeline."""
+    from monai.transforms import (
+        Compose,
+        ConcatItemsd,
+        CopyItemsd,
+        CropForegroundd,
+        DeleteItemsd,
+        LoadImaged,
+        MapLabelValued,
+        Orientationd,
+        Resized,
+        ScaleIntensityd,
+        Spacingd,
+    )
+
+    mods = ["t1", "t1ce", "t2", "flair"]
+    keys = ["image", "label"]
+    pipeline = Compose([
+        LoadImaged(keys=[*mods, "label"], ensure_channel_first=True, image_only=True),
+        ConcatItemsd(keys=mods, name="image", dim=0),
+        DeleteItemsd(keys=mods),
+        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Spacingd(keys=keys, pixdim=(1.0, 1.0, 1.0), mode=("bilinear", "nearest"), padding_mode="zeros"),
+        CopyItemsd(keys="image", names="raw"),
+        ScaleIntensityd(keys="image", channel_wise=True),
+        CropForegroundd(keys=keys, source_key="raw", select_fn=lambda x: x != 0, allow_smaller=True),
+        Resized(keys=keys, spatial_size=(size,) * 3, mode=("trilinear", "nearest-exact")),
+        MapLabelValued(keys="label", orig_labels=[0, 1, 2, 4], target_labels=[0, 1, 2, 3]),
+    ])
+    return pipeline({**{m: str(p) for m, p in zip(mods, case.images, strict=True)}, "label": str(case.seg)})
+
+
+def test_agrees_with_a_plain_monai_pipeline(real_prepared):
+    case, out = real_prepared["BraTS2021_90001"]
+    ref = _monai_reference(case, 128)
+    torch.testing.assert_close(out["image"], ref["image"].as_tensor().float(), atol=1e-5, rtol=0)
+    assert torch.equal(out["label"], ref["label"].as_tensor().long())
+
+
+def test_2023_named_case_prepares_with_labels_kept(real_prepared):
+    _, out = real_prepared["BraTS-GLI-90003-000"]
+    assert out["image"].shape == (4, 128, 128, 128)
+    assert set(torch.unique(out["label"]).tolist()) == {0, 1, 2, 3}
+    assert out["meta"]["convention"] == "2023"
+
+
+def test_image_only_case_prepares_without_label(shared_data):
+    case = next(c for c in discover(shared_data / "brats2023") if c.id == "BraTS-GLI-00001-000")
+    out = prepare_case(case, PrepConfig(size=32))
+    assert "label" not in out and out["meta"]["seg"] is None
+    assert out["image"].shape == (4, 32, 32, 32)
+    assert float(out["image"].min()) >= 0 and float(out["image"].max()) <= 1
+
+
+@pytest.mark.parametrize("intensity", ["window", "zscore"])
+def test_other_intensity_modes_stay_in_unit_range(synth_small, intensity):
+    case = discover(synth_small)[0]
+    img = prepare_case(case, PrepConfig(size=32, intensity=intensity))["image"]
+    assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
+    if intensity == "zscore":  # background stays 0, brain sits around the middle (z = 0 -> 0.5)
+        assert float(img[:, 0, 0, 0].abs().max()) == 0.0
+        brain = img[0] > 0
+        assert 0.35 < float(img[0][brain].median()) < 0.65
+
+
+def test_compact_format_halves_the_image_and_keeps_values(synth_small, tmp_path):
+    for fmt in ("pt32", "compact"):
+        prepare_all(synth_small, tmp_path / fmt, PrepConfig(size=32, format=fmt))
+    name = "BraTS2021_00001.pt"
+    a, b = load_case(tmp_path / "pt32" / name), load_case(tmp_path / "compact" / name)
+    assert b["image"].dtype == torch.float16 and b["label"].dtype == torch.uint8
+    assert a["image"].dtype == torch.float32 and a["label"].dtype == torch.int64
+    torch.testing.assert_close(b["image"].float(), a["image"], atol=1e-3, rtol=0)
+    assert torch.equal(b["label"].long(), a["label"])
+    assert (tmp_path / "compact" / name).stat().st_size < 0.6 * (tmp_path / "pt32" / name).stat().st_size
+
+
+def test_bad_inputs_fail_alone_with_exit_status_1(bad_prepared, bad_src):
+    out, rc, stderr = bad_prepared
+    _, expect = bad_src
+    assert rc == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    status = {e["id"]: e for e in manifest["cases"]}
+    for cid, (file_name, words) in expect.items():
+        assert status[cid]["status"] == "error"
+        assert file_name in status[cid]["error"] and words in status[cid]["error"]
+        assert any(file_name in line and words in line for line in stderr.splitlines()), cid
+        assert not (out / f"{cid}.pt").exists()
+    for cid in ("BraTS2021_10000", "BraTS-GLI-00001-000"):  # the good ones are still prepared
+        assert status[cid]["status"] == "ok"
+        assert load_case(out / status[cid]["file"])["image"].shape == (4, 32, 32, 32)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    splits = json.loads((out / "splits.json").read_text())  # only the labelled ok case is split
+    assert sorted(splits["train"] + splits["val"] + splits["test"]) == ["BraTS2021_10000"]
+
+
+def test_rerun_skips_finished_cases_and_redoes_changed_ones(synth_small, tmp_path, capsys):
+    import os
+
+    args = ["data", "prep", "--src", str(synth_small), "--out", str(tmp_path), "--size", "24"]
+    assert main(args) == 0
+    files = sorted(tmp_path.glob("*.pt"))
+    assert len(files) == 2
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+
+    assert main(args) == 0  # same config: nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+    entries = json.loads((tmp_path / "manifest.json").read_text())["cases"]
+    assert all(e.get("skipped") for e in entries)
+
+    src = next(synth_small.glob("BraTS2021_00002/*_t2.nii.gz"))  # a touched source is redone
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert main(args) == 0
+    entries = {e["id"]: e for e in json.loads((tmp_path / "manifest.json").read_text())["cases"]}
+    assert entries["BraTS2021_00001"].get("skipped") and not entries["BraTS2021_00002"].get("skipped")
+
+    assert main([*args[:-1], "20"]) == 0  # another config: everything redone
+    entries = json.loads((tmp_path / "manifest.json").read_text())["cases"]
+    assert not any(e.get("skipped") for e in entries)
+    assert load_case(files[0])["image"].shape == (4, 20, 20, 20)
+    capsys.readouterr()
+
+
+def test_two_worker_processes_give_the_same_files(synth_small, tmp_path):
+    one = prepare_all(synth_small, tmp_path / "w1", PrepConfig(size=24), workers=1)
+    two = prepare_all(synth_small, tmp_path / "w2", PrepConfig(size=24), workers=2)
+    assert [e["status"] for e in one["cases"]] == [e["status"] for e in two["cases"]] == ["ok", "ok"]
+    for e in two["cases"]:
+        assert e["peak_rss_bytes"] > 0
+        a, b = load_case(tmp_path / "w1" / e["file"]), load_case(tmp_path / "w2" / e["file"])
+        torch.testing.assert_close(a["image"], b["image"], atol=1e-6, rtol=0)
+        assert torch.equal(a["label"], b["label"])
