@@ -1,0 +1,57 @@
+"""seg.data.store (.pt format, atomic writes) and seg.data.summary (the Markdown report)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seg.data.store import COMPACT, PT32, load_case, save_case
+from seg.data.summary import summarize
+from segbench.cli import main
+
+
+def _case():
+    image = torch.rand(4, 8, 8, 8)
+    label = torch.randint(0, 4, (1, 8, 8, 8))
+    return image, label, {"id": "x", "crop_start": [1, 2, 3]}
+
+
+@pytest.mark.parametrize(("fmt", "image_dtype", "label_dtype"),
+                         [(PT32, torch.float32, torch.int64), (COMPACT, torch.float16, torch.uint8)])
+def test_roundtrip_with_weights_only_load(tmp_path, fmt, image_dtype, label_dtype):
+    image, label, meta = _case()
+    path = save_case(tmp_path / "x.pt", image, label, meta, fmt)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"image", "label", "meta"}
+    assert raw["image"].dtype == image_dtype and raw["label"].dtype == label_dtype
+    assert raw["meta"] == {**meta, "format": fmt}
+    assert torch.equal(load_case(path, mmap=True)["label"].long(), label)
+
+
+def test_image_only_has_no_label_key(tmp_path):
+    image, _, meta = _case()
+    assert "label" not in load_case(save_case(tmp_path / "x.pt", image, None, meta))
+
+
+def test_failed_write_leaves_neither_file_nor_temp(tmp_path, monkeypatch):
+    def broken_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_case(tmp_path / "x.pt", *_case())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_summary_reports_ok_and_failed_cases(bad_prepared, capsys):
+    out, _, _ = bad_prepared
+    text = summarize(out)
+    assert "2 ok, 8 failed" in text
+    assert "| BraTS2021_10000 | 2021 | `(4, 32, 32, 32)` float32 |" in text
+    assert "(image only)" in text  # BraTS-GLI-00001-000
+    assert "**BraTS2021_10003**:" in text and "_t1ce.nii.gz: missing file" in text
+    assert "bytes on disk" in text and "label voxel fractions" in text
+    assert main(["data", "summary", str(out)]) == 0
+    assert capsys.readouterr().out == text
