@@ -1,0 +1,72 @@
+"""A training run killed mid-run (SIGKILL) and resumed with --resume ends with the same weights as an
+uninterrupted run: checkpoints are atomic and the data order/augmentation replay from the epoch."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from test_loaders import write_prepared
+
+from seg.train.checkpoint import load_checkpoint
+
+EPOCHS = 4
+
+
+def _command(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "segbench", "train", "--data", str(data_dir), "--out", str(out),
+        "--model", "unet", "--model-option", "channels=(8,16,32)", "--model-option", "strides=(2,2)",
+        "--epochs", str(EPOCHS), "--batch-size", "1", "--lr", "1e-2", "--precision", "fp32",
+        "--device", "cpu", "--seed", "4", *extra,
+    ]
+
+
+def _losses(run: Path) -> list[tuple[str, str, str]]:
+    with (run / "log.csv").open() as f:
+        return [(r["epoch"], r["train_loss"], r["val_dice"]) for r in csv.DictReader(f)]
+
+
+def _start(command: list[str], err: Path) -> subprocess.Popen:
+    # stderr (progress bars) to a file: a full pipe would block the run.
+    with err.open("w") as f:
+        return subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                stdout=subprocess.DEVNULL, stderr=f)
+
+
+def _finish(process: subprocess.Popen, err: Path) -> None:
+    assert process.wait(timeout=300) == 0, err.read_text()[-2000:]
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    data_dir = write_prepared(tmp_path / "data", n=6, size=16)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    uninterrupted = _start(_command(data_dir, whole), tmp_path / "whole.err")  # alongside, 1 thread each
+    process = _start(_command(data_dir, killed), tmp_path / "killed.err")
+    deadline = time.monotonic() + 300
+    while not (killed / "last.pt").exists():  # the first epoch's checkpoint
+        assert process.poll() is None, (tmp_path / "killed.err").read_text()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    interrupted_at = load_checkpoint(killed / "last.pt")["epoch"]
+    assert 1 <= interrupted_at < EPOCHS, "the kill must land before the run finished"
+
+    resumed_err = tmp_path / "resumed.err"
+    _finish(_start(_command(data_dir, killed, "--resume"), resumed_err), resumed_err)
+    _finish(uninterrupted, tmp_path / "whole.err")
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["epoch"] == b["epoch"] == EPOCHS
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["optimizer"]["state"].items():
+        assert torch.equal(value["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
+    assert a["scheduler"] == b["scheduler"] and a["best_dice"] == b["best_dice"]
+    assert _losses(whole) == _losses(killed)  # one row per epoch, no duplicates from the replay
