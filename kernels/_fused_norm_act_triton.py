@@ -26,6 +26,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .runtime import interpret_mode
+
+INTERPRETED = interpret_mode()  # Triton chose interpreter or compiler for the kernels below just now
+
 
 @triton.jit
 def _tile_offsets(s, c, C, S, CHANNELS_LAST: tl.constexpr):

@@ -11,6 +11,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .runtime import interpret_mode
+
+INTERPRETED = interpret_mode()  # Triton chose interpreter or compiler for the kernels below just now
+
 
 @triton.jit
 def _ln_fwd_kernel(X, Y, W, B, MEAN, RSTD, M, D, eps, HAS_W: tl.constexpr, HAS_B: tl.constexpr,

@@ -106,18 +106,18 @@ class _FusedNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, prelu_weight, residual, groups, activation, negative_slope, eps,
                 split_size):
-        from . import _fused_norm_act_triton as K
+        K = runtime.load_kernels("kernels._fused_norm_act_triton")
 
         cl = is_channels_last(x)
         x = to_layout(x, cl)
         r = None if residual is None else to_layout(residual, cl)
         p = plan(x, groups, cl, split_size)
         f32 = dict(device=x.device, dtype=torch.float32)
-        pmean = torch.empty(p.N, p.C, p.num_splits, **f32)
-        pm2 = torch.empty_like(pmean)
-        mean = torch.empty(p.N * groups, **f32)
-        rstd = torch.empty_like(mean)
-        y = torch.empty_like(x)
+        pmean = runtime.empty(p.N, p.C, p.num_splits, **f32)
+        pm2 = runtime.empty_like(pmean)
+        mean = runtime.empty(p.N * groups, **f32)
+        rstd = runtime.empty_like(mean)
+        y = runtime.empty_like(x)
         cg = p.C // groups
         blocks = dict(BLOCK_S=p.block_s, BLOCK_C=p.block_c, num_warps=default_policy().num_warps)
         K._stats_kernel[p.grid](x, pmean, pm2, p.C, p.S, p.chunk, p.num_splits, CHANNELS_LAST=cl, **blocks)
@@ -137,7 +137,7 @@ class _FusedNormAct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        from . import _fused_norm_act_triton as K
+        K = runtime.load_kernels("kernels._fused_norm_act_triton")
 
         x, weight, bias, prelu_weight, r, mean, rstd = ctx.saved_tensors
         p: Plan = ctx.p
@@ -145,23 +145,21 @@ class _FusedNormAct(torch.autograd.Function):
         groups, cg = p.G, p.C // p.G
         flags = _flags(weight, bias, r, ctx.activation, prelu_weight, p.C)
         f32 = dict(device=x.device, dtype=torch.float32)
-        pa = torch.empty(p.N, p.C, p.num_splits, **f32)
-        pb = torch.empty_like(pa)
-        pp = torch.empty_like(pa) if flags["PRELU"] else pa  # never written unless PReLU
+        pa = runtime.empty(p.N, p.C, p.num_splits, **f32)
+        pb = runtime.empty_like(pa)
+        pp = runtime.empty_like(pa) if flags["PRELU"] else pa  # never written unless PReLU
         blocks = dict(BLOCK_S=p.block_s, BLOCK_C=p.block_c, num_warps=default_policy().num_warps)
         K._bwd_reduce_kernel[p.grid](x, dy, r, weight, bias, prelu_weight, mean, rstd, pa, pb, pp, p.C, p.S,
                                      cg, groups, p.chunk, p.num_splits, ctx.slope,
                                      CHANNELS_LAST=p.channels_last, **flags, **blocks)
-        c1 = torch.empty(p.N * groups, **f32)
-        c2 = torch.empty_like(c1)
+        c1 = runtime.empty(p.N * groups, **f32)
+        c2 = runtime.empty_like(c1)
         K._bwd_combine_kernel[(p.N * groups,)](pa, pb, weight, c1, c2, p.C, cg, groups, p.num_splits,
                                                float(cg * p.S), HAS_W=flags["HAS_W"],
                                                BLOCK=min(runtime.next_pow2(cg * p.num_splits), 1024))
-        dx = torch.empty_like(x)
+        dx = runtime.empty_like(x)
         write_dr = ctx.has_res and ctx.needs_input_grad[4]
-        dr = torch.empty(x.shape, dtype=ctx.res_dtype, device=x.device) if write_dr else None
-        if dr is not None:
-            dr = to_layout(dr, p.channels_last)
+        dr = runtime.empty_like(x, dtype=ctx.res_dtype) if write_dr else None
         K._bwd_apply_kernel[p.grid](x, dy, r, weight, bias, prelu_weight, mean, rstd, c1, c2, dx, dr,
                                     p.C, p.S, cg, groups, p.chunk, ctx.slope, CHANNELS_LAST=p.channels_last,
                                     WRITE_DR=write_dr, **flags, **blocks)

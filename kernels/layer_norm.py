@@ -21,15 +21,15 @@ def _blocks(D: int) -> tuple[int, int]:
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        from . import _layer_norm_triton as K
+        K = runtime.load_kernels("kernels._layer_norm_triton")
 
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         M, D = x2.shape
         block_m, block_d = _blocks(D)
-        y = torch.empty_like(x2)
-        mean = torch.empty(M, device=x.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
+        y = runtime.empty_like(x2)
+        mean = runtime.empty(M, device=x.device, dtype=torch.float32)
+        rstd = runtime.empty_like(mean)
         K._ln_fwd_kernel[(runtime.cdiv(M, block_m),)](
             x2, y, weight, bias, mean, rstd, M, D, eps, HAS_W=weight is not None, HAS_B=bias is not None,
             BLOCK_M=block_m, BLOCK_D=block_d, num_warps=8 if block_d >= 1024 else 4)
@@ -39,16 +39,16 @@ class _LayerNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        from . import _layer_norm_triton as K
+        K = runtime.load_kernels("kernels._layer_norm_triton")
 
         x2, weight, bias, mean, rstd = ctx.saved_tensors
         M, D = x2.shape
         dy2 = dy.reshape(M, D).contiguous()
         block_m, block_d = _blocks(D)
         programs = min(runtime.cdiv(M, block_m), _BWD_PROGRAMS_PER_SM * runtime.sm_count(x2.device))
-        dx = torch.empty_like(x2)
-        pdw = torch.empty(programs, D, device=x2.device, dtype=torch.float32)
-        pdb = torch.empty_like(pdw)
+        dx = runtime.empty_like(x2)
+        pdw = runtime.empty(programs, D, device=x2.device, dtype=torch.float32)
+        pdb = runtime.empty_like(pdw)
         K._ln_bwd_kernel[(programs,)](x2, dy2, dx, weight, mean, rstd, pdw, pdb, M, D,
                                       HAS_W=weight is not None, BLOCK_M=block_m, BLOCK_D=block_d,
                                       num_warps=8 if block_d >= 1024 else 4)

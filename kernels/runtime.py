@@ -1,15 +1,17 @@
 """Where the Triton kernels can run, and small launch-planning helpers shared by the kernels.
 
-Triton decides between compiled kernels and its CPU interpreter when a kernel is *defined*
-(`TRITON_INTERPRET=1` in the environment at that moment), so the kernel modules are imported lazily,
-on the first call that needs them: set the variable before the first kernel call, not merely before
-`import kernels`.
+Triton decides between compiled kernels and its CPU interpreter when a jit function is *defined*
+(`TRITON_INTERPRET=1` in the environment at that moment), and triton.language defines its own (tl.sum
+& co.) when triton is imported: set the variable before anything imports triton. `import kernels`
+does not import triton; the kernel modules are imported on the first call that runs them.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
+from types import ModuleType
 
 import torch
 
@@ -27,12 +29,22 @@ def _triton_import_error() -> str | None:
     return None
 
 
+def _language_interpreted() -> bool:
+    """Whether triton.language (tl.sum & co. are jit functions too) was imported in interpreter mode."""
+    import triton.language as tl
+
+    return type(tl.standard.sum).__name__ == "InterpretedFunction"
+
+
 def available() -> tuple[bool, str]:
     """(True, what runs) when the Triton kernels can run here, else (False, why not)."""
     err = _triton_import_error()
     if err is not None:
         return False, err
     if interpret_mode():
+        if not _language_interpreted():
+            return False, ("TRITON_INTERPRET=1 was set after triton was imported; Triton fixes its mode at "
+                           "import, so set it before anything imports triton")
         return True, "Triton interpreter (TRITON_INTERPRET=1)"
     if torch.cuda.is_available():
         return True, "Triton on CUDA"
@@ -64,3 +76,24 @@ def prev_pow2(n: int) -> int:
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def load_kernels(module: str) -> ModuleType:
+    """Import a Triton kernel module (lazily, see the module docstring) and check its mode."""
+    mod = importlib.import_module(module)
+    if mod.INTERPRETED != interpret_mode():
+        then = "1" if mod.INTERPRETED else "unset"
+        now = os.environ.get("TRITON_INTERPRET", "unset")
+        raise RuntimeError(
+            f"{module} was imported with TRITON_INTERPRET={then} but it is now {now}: Triton fixes the mode "
+            "when kernels are defined, so set TRITON_INTERPRET before the first kernel call in the process")
+    return mod
+
+
+# Every buffer a kernel writes is allocated through these two functions, so tests can poison them.
+def empty(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(*shape, device=device, dtype=dtype)
+
+
+def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.empty_like(t, dtype=dtype)  # keeps t's strides (channels-last stays channels-last)
