@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -31,7 +32,13 @@ def label_files(path: str | Path) -> dict[str, Path]:
         return {case_id(path): path}
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and _NIFTI.search(p.name))
+    # os.walk follows symlinked case folders (rglob does not), as seg.data.cases.discover does.
+    files = sorted(
+        Path(folder) / name
+        for folder, _, names in os.walk(path, followlinks=True)
+        for name in names
+        if _NIFTI.search(name)
+    )
     segs = [p for p in files if re.search(r"[_-]seg$", _NIFTI.sub("", p.name))]
     found: dict[str, Path] = {}
     for p in segs or files:  # a raw-case folder: only its seg files are label maps

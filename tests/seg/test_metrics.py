@@ -175,6 +175,11 @@ def test_eval_cli_json(tmp_path, capsys):
     _save(ref_dir / "caseB-seg.nii.gz", ref, affine, (1, 1, 2))
     _save(pred_dir / "caseB_pred.nii.gz", np.zeros_like(ref), affine, (1, 1, 2))
     _save(pred_dir / "caseC_pred.nii.gz", np.zeros((5, 5, 5), np.uint8))  # no reference
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "caseA").symlink_to(ref_dir)  # a symlinked case folder is searched too
+    assert main(["eval", "--pred", str(pred_dir / "caseA_pred.nii.gz"), "--ref", str(linked)]) == 1
+    assert json.loads(capsys.readouterr().out)["cases"]["caseA"]["ET"]["dice"] == 1.0
     out = tmp_path / "r" / "eval.json"
     assert main(["eval", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]) == 1
     assert "caseC" in capsys.readouterr().err
