@@ -119,9 +119,8 @@ def run_bench(args: argparse.Namespace) -> int:
 def run_profile(args: argparse.Namespace) -> int:
     import sys
 
-    from profiles.capture import profile_case
-
     from bench.config import SuiteError
+    from bench.profile import profile_case
 
     try:
         return profile_case(args)

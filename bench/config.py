@@ -64,6 +64,8 @@ class TrainParams:
 
 @dataclass
 class E2EParams(TrainParams):
+    """TrainParams fed by a loader; `shape` is unused (the batches' shape is the data's)."""
+
     loader: str = _help("loader registered in bench.loaders", "default")
     workers: int = _help("DataLoader worker processes", 2)
     patch: list | None = _help("random crop size, or none for whole prepared volumes", None)
@@ -139,9 +141,19 @@ class Suite:
     timeout_s: float = 600.0
     budget_s: float | None = None
     data: DataSpec = field(default_factory=DataSpec)
+    run_last: list[str] = field(default_factory=list)  # "workload/variant" cases run after all others
 
     def cases(self) -> list[tuple[Workload, str]]:
+        """(workload, variant) in report order (the file's order)."""
         return [(w, v) for w in self.workloads for v in w.variants]
+
+    def run_order(self) -> list[tuple[int, Workload, str]]:
+        """(report index, workload, variant) in execution order: `run_last` cases at the end."""
+        indexed = [(i, w, v) for i, (w, v) in enumerate(self.cases())]
+        last = [c for c in indexed if f"{c[1].name}/{c[2]}" in self.run_last]
+        return [c for c in indexed if c not in last] + sorted(
+            last, key=lambda c: self.run_last.index(f"{c[1].name}/{c[2]}")
+        )
 
 
 def _build(cls: type, values: dict, where: str) -> Any:
@@ -210,6 +222,7 @@ def parse_suite(text: str, path: Path) -> Suite:
         "baseline",
         "reference",
         "interleave",
+        "run_last",
     }
     unknown = sorted(set(raw) - suite_keys)
     if unknown:
@@ -220,6 +233,10 @@ def parse_suite(text: str, path: Path) -> Suite:
     names = [w.name for w in workloads]
     if len(set(names)) != len(names):
         raise SuiteError(f"{path}: workload names must be unique (give each a 'name'): {names}")
+    known_cases = {f"{w.name}/{v}" for w in workloads for v in w.variants}
+    stray = [c for c in raw.get("run_last", []) if c not in known_cases]
+    if stray:
+        raise SuiteError(f"{path}: run_last names no case of the suite: {', '.join(stray)}")
     device = raw.get("device", "cpu")
     if device not in ("cpu", "cuda"):
         raise SuiteError(f"{path}: device must be cpu or cuda, not {device!r}")
@@ -232,6 +249,7 @@ def parse_suite(text: str, path: Path) -> Suite:
         timeout_s=float(raw.get("timeout_s", 600.0)),
         budget_s=raw.get("budget_s"),
         data=data,
+        run_last=list(raw.get("run_last", [])),
     )
 
 

@@ -30,11 +30,18 @@ def time_once(fn: Callable[[], object], device: torch.device | str) -> float:
     return time.perf_counter() - start
 
 
-def time_steps(fn: Callable[[], object], n: int, device: torch.device | str) -> list[float]:
-    """Seconds of each of `n` calls of `fn`."""
+def time_steps(
+    fn: Callable[[], object],
+    n: int,
+    device: torch.device | str,
+    setup: Callable[[], object] | None = None,
+) -> list[float]:
+    """Seconds of each of `n` calls of `fn`; `setup`, if given, runs untimed before each call."""
     if torch.device(device).type != "cuda":
         times = []
         for _ in range(n):
+            if setup is not None:
+                setup()
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
@@ -42,6 +49,8 @@ def time_steps(fn: Callable[[], object], n: int, device: torch.device | str) -> 
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
     torch.cuda.synchronize()
     for start, end in events:
+        if setup is not None:
+            setup()
         start.record()
         fn()
         end.record()

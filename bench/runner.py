@@ -87,7 +87,8 @@ def prepare_data(spec: DataSpec, out: Path, seed: int = 0) -> Path:
     raw, prepared = out / "raw", out / "prepared"
     if not (prepared / "manifest.json").is_file():
         write_cases(raw, spec.cases, seed=seed, shape=tuple(spec.shape))
-        manifest = prepare_all(raw, prepared, PrepConfig(size=spec.size, format=spec.format), workers=1)
+        workers = min(8, os.cpu_count() or 1)
+        manifest = prepare_all(raw, prepared, PrepConfig(size=spec.size, format=spec.format), workers=workers)
         if not any(c["status"] == "ok" for c in manifest["cases"]):
             raise RuntimeError(f"no case of {raw} could be prepared; see {prepared / 'manifest.json'}")
     return prepared
@@ -170,7 +171,9 @@ def run_suite(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
-    cases = [(w, v) for w, v in suite.cases() if not only or w.name in only or f"{w.name}/{v}" in only]
+    cases = [
+        (i, w, v) for i, w, v in suite.run_order() if not only or w.name in only or f"{w.name}/{v}" in only
+    ]
     results = Results(out / "results.jsonl")
     env = {
         "suite": suite.name,
@@ -189,13 +192,13 @@ def run_suite(
     env["calibration"] = calibration
     _write_atomic(out / "env.json", json.dumps(env, indent=2))
 
-    if data_dir is None and any(w.kind in NEEDS_DATA for w, _ in cases):
+    if data_dir is None and any(w.kind in NEEDS_DATA for _, w, _ in cases):
         print(f"no --data given: synthesizing {suite.data.cases} tiny cases into {out / 'data'}")
         data_dir = prepare_data(suite.data, out / "data")
 
     started = time.perf_counter()
     bar = tqdm(cases, desc=suite.name, unit="case", dynamic_ncols=True)
-    for index, (w, variant) in enumerate(bar):
+    for index, w, variant in bar:
         bar.set_postfix_str(f"{w.name}/{variant}")
         row = {
             "suite": suite.name,

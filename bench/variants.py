@@ -189,7 +189,11 @@ def _seed(cfg, ctx, arg):
         cfg.checkpointing = True
 
 
-@variant("fail", "harness self-test: the case raises `fail:MESSAGE` inside its subprocess", True)
+@variant(
+    "fail",
+    "harness self-test: `fail:MESSAGE` raises in the case; fail:crash segfaults, fail:hang hangs",
+    True,
+)
 def _fail(cfg, ctx, arg):
     cfg.fail = arg or "injected failure"
 

@@ -32,6 +32,15 @@ class Case:
     data_dir: str | None = None  # prepared data for loader workloads
 
 
+def release(device: torch.device) -> None:
+    """Return freed models' blocks to the device, so the next model's reserved peak is its own."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def torch_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise Unavailable("no CUDA device visible to PyTorch")
@@ -40,6 +49,15 @@ def torch_device(name: str) -> torch.device:
 
 def apply_backend(cfg: CaseConfig, device: torch.device) -> None:
     """Process-wide math settings of the variant (each case has its own process)."""
+    if cfg.fail == "crash":  # harness self-test of a case that dies without a word (segfault)
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if cfg.fail == "hang":  # ... and of one that never ends (the per-case timeout)
+        import time
+
+        time.sleep(24 * 3600)
     if cfg.fail:
         raise RuntimeError(cfg.fail)
     if device.type == "cuda":

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from bench.measure import count_flops
-from bench.workloads.common import Case, TrainState, to_input
+from bench.workloads.common import Case, TrainState, release, to_input
 
 
 def _cache_path(case: Case) -> Path | None:
@@ -42,7 +42,8 @@ def train_reference(
         torch.manual_seed(case.measure.seed)
         result["losses"] = [float(ref.step(x, y)) for x, y in inputs[: case.measure.parity_steps]]
         result["flops_per_step"] = count_flops(lambda: ref.forward_backward(*inputs[0]))
-        ref = None  # free the reference model before the variant is built
+        ref = inputs = None  # free the reference model before the variant is built
+        release(device)
     except Exception as err:  # the reference failing (OOM) must not fail the variant's timing
         result["error"] = f"{type(err).__name__}: {err}"[:500]
     if path is not None:

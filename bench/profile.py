@@ -1,0 +1,98 @@
+"""`segbench profile`: torch.profiler or Nsight Systems capture of chosen steps of one case.
+
+The parent resolves the case as `segbench bench` would and runs `python -m bench.profile SPEC OUT`
+in a process of its own (under `nsys profile` with --nsys). The child builds the workload's step
+(`make_step`), runs one untraced first step (compilation, autotuning), then the schedule.
+Output: RUN/profiles/<workload>__<variant>/ (trace.json.gz, key_averages.txt, summary.json,
+memory_snapshot.pickle, or the .nsys-rep), which `segbench report RUN` folds in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _spec(args: argparse.Namespace) -> tuple[dict, Path]:
+    from bench.config import SuiteError, load_suite
+    from bench.runner import _case_spec, prepare_data
+    from bench.variants import VariantContext, resolve
+
+    suite = load_suite(args.suite)
+    workload = next((w for w in suite.workloads if w.name == args.workload), None)
+    if workload is None:
+        names = ", ".join(w.name for w in suite.workloads)
+        raise SuiteError(f"{suite.path}: no workload {args.workload!r} (have {names})")
+    device = args.device or suite.device
+    ctx = VariantContext(kind=workload.kind, model=getattr(workload.params, "model", None), device=device)
+    cfg = resolve(args.variant, ctx)  # Unavailable propagates with its reason
+    data_dir = args.data
+    if data_dir is None and workload.kind in ("train_e2e", "dataloader"):
+        data_dir = prepare_data(suite.data, args.out / "data")
+    spec = _case_spec(suite, workload, args.variant, device, cfg, args.out, data_dir, {})
+    spec["baseline"] = None
+    spec["profile"] = {
+        "wait": args.wait,
+        "warmup": args.warmup,
+        "active": args.active,
+        "memory": args.memory,
+        "emit_nvtx": args.emit_nvtx,
+    }
+    slug = f"{workload.name}__{args.variant}".replace("/", "_").replace(":", "_")
+    return spec, args.out / "profiles" / slug
+
+
+def profile_case(args: argparse.Namespace) -> int:
+    from bench.variants import Unavailable
+    from profiles.nsys import nsys_available, nsys_command, render
+
+    try:
+        spec, out = _spec(args)
+    except Unavailable as err:
+        print(f"segbench profile: {args.variant} is unavailable here: {err}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    child = [sys.executable, "-m", "bench.profile", str(spec_path), str(out)]
+    if args.nsys:
+        spec["profile"]["nsys"] = True
+        spec_path.write_text(json.dumps(spec, indent=1))
+        command = nsys_command(child, out / "nsys")
+        if spec["device"] != "cuda" or not nsys_available():
+            why = "nsys is not on PATH" if spec["device"] == "cuda" else "Nsight Systems needs --device cuda"
+            print(f"{why}; on a machine with Nsight Systems run:\n{render(command)}")
+            return 0
+        child = command
+    print(f"profiling {spec['workload']}/{spec['variant']} on {spec['device']} -> {out}")
+    code = subprocess.run(child, timeout=args.timeout).returncode
+    if code == 0 and not args.nsys:
+        print(
+            f"trace: {out / 'trace.json.gz'}; table: {out / 'key_averages.txt'}; "
+            f"`segbench report {args.out}` adds the summary to the report"
+        )
+    return code
+
+
+def main(argv: list[str]) -> int:
+    from bench.case import case_from_spec
+    from bench.workloads import module
+    from profiles.torch_trace import capture_nsys, capture_torch
+
+    spec = json.loads(Path(argv[0]).read_text())
+    out = Path(argv[1])
+    case = case_from_spec(spec)
+    step, device = module(case.kind).make_step(case)
+    step()  # first step: compilation and autotuning stay out of the schedule
+    if spec["profile"].get("nsys"):
+        capture_nsys(step, device, spec["profile"])
+    else:
+        capture_torch(step, device, spec["profile"], out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

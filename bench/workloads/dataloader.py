@@ -1,0 +1,91 @@
+"""`dataloader`: the input pipeline alone — samples/s and MB/s per loader, worker count, format.
+
+Times the wait for each batch in the consuming process after the first batch (worker start-up
+and the first reads, reported as `first_step_s`) and a warm-up; `samples_per_s` is the steady
+rate over the measured batches (total samples / total time: workers deliver in bursts, so the
+median wait alone would flatter them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from bench.loaders import LOADERS, LoaderRequest, endless, labelled_ids
+from bench.measure import peak_memory, reset_peak_memory
+from bench.stats import summarize
+from bench.variants import Unavailable
+from bench.workloads.common import Case, apply_backend, torch_device
+
+
+def loader_for(case: Case, batch: int, workers: int, patch, train: bool) -> tuple[Iterator[dict], dict]:
+    """An endless batch iterator for the case, and the row fields naming it."""
+    if not case.data_dir:
+        raise Unavailable("no prepared data (pass --data, or let the suite synthesize its own)")
+    name = case.config.loader or case.params.loader
+    workers = case.config.workers if case.config.workers is not None else workers
+    if name not in LOADERS:
+        raise Unavailable(f"no loader {name!r} registered (have {', '.join(sorted(LOADERS))})")
+    request = LoaderRequest(
+        data_dir=case.data_dir,
+        ids=labelled_ids(case.data_dir),
+        batch_size=batch,
+        workers=workers,
+        seed=case.measure.seed,
+        patch=patch,
+        train=train,
+        device=case.device,
+    )
+    return endless(LOADERS[name].build(request)), {
+        "loader": name,
+        "workers": workers,
+        "cases": len(request.ids),
+    }
+
+
+def batch_bytes(batch: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in batch.values() if hasattr(v, "numel"))
+
+
+def _timed_next(it: Iterator[dict]) -> Callable[[], tuple[float, dict]]:
+    def take() -> tuple[float, dict]:
+        start = time.perf_counter()
+        batch = next(it)
+        return time.perf_counter() - start, batch
+
+    return take
+
+
+def make_step(case: Case):
+    device = torch_device(case.device)
+    p = case.params
+    it, _ = loader_for(case, p.batch, p.workers, p.patch, p.train)
+    return (lambda: next(it)), device
+
+
+def run(case: Case) -> dict:
+    device = torch_device(case.device)
+    apply_backend(case.config, device)
+    p, m = case.params, case.measure
+    it, row = loader_for(case, p.batch, p.workers, p.patch, p.train)
+    take = _timed_next(it)
+    row["first_step_s"], first = take()
+    row["sample_shape"] = list(first["image"].shape[1:])
+    for _ in range(m.warmup):
+        take()
+    reset_peak_memory("cpu")  # the loader's memory is host memory, whatever the device
+    times, nbytes, samples = [], 0, 0
+    for _ in range(m.iters):
+        seconds, batch = take()
+        times.append(seconds)
+        nbytes += batch_bytes(batch)
+        samples += batch["image"].shape[0]
+    row.update(peak_memory("cpu"))
+    row["peak_kind"] = "cpu_peak_rss (consuming process; workers not included)"
+    total = sum(times)
+    row["s_per_iter"] = summarize(times)
+    row["samples_s"] = times
+    row["samples_per_s"] = samples / total
+    row["mb_per_s"] = nbytes / total / 1e6
+    row["batch"] = p.batch
+    return row

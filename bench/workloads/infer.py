@@ -1,0 +1,109 @@
+"""`infer`: sliding-window inference of one whole volume (seg.infer.sliding_window_predict),
+with or without test-time augmentation. One iteration = one volume.
+
+Parity: the variant's probabilities against fp32 eager on the same weights and volume (same TTA
+setting): max absolute difference, and the share of voxels whose predicted label differs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.measure import count_flops, peak_memory, reset_peak_memory, time_once, time_steps
+from bench.stats import summarize
+from bench.variants import CaseConfig
+from bench.workloads.common import (
+    Case,
+    apply_backend,
+    build_model,
+    initial_state,
+    release,
+    to_input,
+    torch_device,
+)
+
+
+def _predictor(case: Case, cfg: CaseConfig, device: torch.device, state: dict, image: torch.Tensor):
+    from seg.infer import sliding_window_predict
+
+    p = case.params
+    model = build_model(p.model, p.model_options, cfg, device, state).eval()
+    x = to_input(image, cfg, device)
+    return lambda: sliding_window_predict(
+        model,
+        x,
+        roi=p.roi,
+        overlap=p.overlap,
+        sw_batch_size=p.sw_batch_size,
+        mode=p.mode,
+        tta=case.config.tta,
+        precision=cfg.precision,
+    )
+
+
+def _volume(case: Case) -> torch.Tensor:
+    g = torch.Generator().manual_seed(case.measure.seed)
+    return torch.randn(1, 4, *case.params.volume, generator=g)
+
+
+def make_step(case: Case):
+    device = torch_device(case.device)
+    apply_backend(case.config, device)
+    p = case.params
+    state = initial_state(p.model, p.model_options, case.measure.seed)
+    return _predictor(case, case.config, device, state, _volume(case)), device
+
+
+def run(case: Case) -> dict:
+    device = torch_device(case.device)
+    apply_backend(case.config, device)
+    p, m = case.params, case.measure
+    state = initial_state(p.model, p.model_options, m.seed)
+    image = _volume(case)
+    row: dict = {
+        "model": p.model,
+        "volume": p.volume,
+        "roi": p.roi,
+        "tta": case.config.tta,
+        "precision": case.config.precision,
+    }
+
+    reference = None
+    if m.parity_steps and case.reference:
+        ref_name, ref_cfg = case.reference
+        predict_ref = _predictor(case, ref_cfg, device, state, image)
+        out: list[torch.Tensor] = []
+        row["flops_per_step"] = count_flops(lambda: out.append(predict_ref()))
+        reference = out[0]
+        predict_ref = out = None
+        release(device)
+
+    predict = _predictor(case, case.config, device, state, image)
+    result: list[torch.Tensor] = []
+    row["first_step_s"] = time_once(lambda: result.append(predict()), device)
+    if reference is not None:
+        probs = result[0]
+        row["parity"] = {
+            "reference": ref_name,
+            "max_abs_err": float((probs - reference).abs().max()),
+            "label_disagreement": float((probs.argmax(1) != reference.argmax(1)).float().mean()),
+        }
+    result.clear()
+    reference = None
+    release(device)
+    for _ in range(m.warmup):
+        predict()
+    reset_peak_memory(device)
+    samples = time_steps(predict, m.iters, device)
+    row.update(peak_memory(device))
+    row["s_per_iter"] = summarize(samples)
+    row["samples_s"] = samples
+    median = row["s_per_iter"]["median"]
+    row["samples_per_s"] = 1 / median
+    row["voxels_per_s"] = math.prod(p.volume) / median
+    rate = case.calibration.get("matmul_flops_per_s")
+    if row.get("flops_per_step") and rate:
+        row["mfu"] = row["flops_per_step"] / median / rate
+    return row

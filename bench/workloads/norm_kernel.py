@@ -1,0 +1,128 @@
+"""`norm_kernel`: instance norm (affine) + LeakyReLU, forward and backward, against the copy ceiling.
+
+Implementations: eager PyTorch (F.instance_norm + F.leaky_relu), `compile` (torch.compile of
+the same), `fused_norm` (kernels.fused_norm_act, Triton). Precision variants set x's dtype,
+`channels_last` its layout. Achieved GB/s counts the bytes that must move at least — forward:
+read x, write y; backward: read x and dy, write dx — over the measured time, compared with the
+device's copy bandwidth measured at the start of the run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from bench.measure import peak_memory, reset_peak_memory, time_once, time_steps
+from bench.stats import summarize
+from bench.workloads.common import Case, apply_backend, kernels_api, torch_device
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _eager(negative_slope: float, eps: float):
+    def norm_act(x, weight, bias):
+        return F.leaky_relu(F.instance_norm(x, weight=weight, bias=bias, eps=eps), negative_slope)
+
+    return norm_act
+
+
+def _function(case: Case):
+    p, cfg = case.params, case.config
+    if cfg.fused_norm:
+        (fused,) = kernels_api("fused_norm_act")
+
+        def fn(x, w, b):
+            return fused(x, w, b, activation="leaky_relu", negative_slope=p.negative_slope, eps=p.eps)
+
+    else:
+        fn = _eager(p.negative_slope, p.eps)
+    if cfg.compile_mode:
+        fn = torch.compile(fn, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+    return fn
+
+
+def _inputs(case: Case, device: torch.device, dtype: torch.dtype, channels_last: bool):
+    g = torch.Generator().manual_seed(case.measure.seed)
+    shape = case.params.shape
+    x = torch.randn(*shape, generator=g).to(device, dtype)
+    dy = torch.randn(*shape, generator=g).to(device, dtype)
+    weight = (1 + 0.1 * torch.randn(shape[1], generator=g)).to(device, dtype)
+    bias = (0.1 * torch.randn(shape[1], generator=g)).to(device, dtype)
+    if channels_last:
+        x, dy = x.to(memory_format=torch.channels_last_3d), dy.to(memory_format=torch.channels_last_3d)
+    return x.requires_grad_(), dy, weight.requires_grad_(), bias.requires_grad_()
+
+
+def make_step(case: Case):
+    device = torch_device(case.device)
+    apply_backend(case.config, device)
+    fn = _function(case)
+    x, dy, w, b = _inputs(case, device, DTYPES[case.config.precision], case.config.channels_last)
+    return (lambda: fn(x, w, b).backward(dy)), device
+
+
+def _parity(case: Case, fn, x, dy, w, b) -> dict:
+    """Max error of y and dx against fp32 eager on the same input, relative to the reference's max."""
+    ref_fn = _eager(case.params.negative_slope, case.params.eps)
+    xr = x.detach().float().requires_grad_()
+    yr = ref_fn(xr, w.detach().float(), b.detach().float())
+    yr.backward(dy.float())
+    x.grad = None
+    y = fn(x, w, b)
+    y.backward(dy)
+    err_y = float((y.float() - yr).abs().max() / yr.abs().max())
+    err_dx = float((x.grad.float() - xr.grad).abs().max() / xr.grad.abs().max())
+    return {
+        "reference": "fp32 eager",
+        "max_abs_err": max(err_y, err_dx),
+        "y_rel_err": err_y,
+        "dx_rel_err": err_dx,
+    }
+
+
+def run(case: Case) -> dict:
+    device = torch_device(case.device)
+    apply_backend(case.config, device)
+    m, cfg = case.measure, case.config
+    fn = _function(case)
+    x, dy, w, b = _inputs(case, device, DTYPES[cfg.precision], cfg.channels_last)
+    row: dict = {
+        "tensor_shape": case.params.shape,
+        "precision": cfg.precision,
+        "layout": "channels_last_3d" if cfg.channels_last else "contiguous",
+        "impl": "fused_norm" if cfg.fused_norm else "eager PyTorch",
+        "compiled": bool(cfg.compile_mode),
+    }
+    graph: dict = {}
+
+    def forward():
+        graph["y"] = fn(x, w, b)
+
+    def backward():
+        graph["y"].backward(dy)
+
+    row["first_step_s"] = time_once(lambda: fn(x, w, b).backward(dy), device)
+    if m.parity_steps:
+        row["parity"] = _parity(case, fn, x, dy, w, b)
+    for _ in range(m.warmup):
+        fn(x, w, b).backward(dy)
+    reset_peak_memory(device)
+    fwd = time_steps(forward, m.iters, device)
+    bwd = time_steps(backward, m.iters, device, setup=forward)
+    row.update(peak_memory(device))
+    totals = [f + b_ for f, b_ in zip(fwd, bwd, strict=True)]
+    row["s_per_iter"] = summarize(totals)
+    row["samples_s"] = totals
+    row["forward_s"], row["backward_s"] = summarize(fwd), summarize(bwd)
+    nbytes = math.prod(case.params.shape) * x.element_size()
+    row["forward_gb_per_s"] = 2 * nbytes / row["forward_s"]["median"] / 1e9
+    row["backward_gb_per_s"] = 3 * nbytes / row["backward_s"]["median"] / 1e9
+    copy = case.calibration.get("copy_bytes_per_s")
+    if copy:
+        row["copy_gb_per_s"] = copy / 1e9
+        floor_s = 5 * nbytes / copy  # forward + backward at the copy rate
+        row["fraction_of_copy"] = floor_s / row["s_per_iter"]["median"]
+    row["samples_per_s"] = case.params.shape[0] / row["s_per_iter"]["median"]
+    return row

@@ -1,0 +1,78 @@
+"""Capture chosen steps of a step function: torch.profiler, or cudaProfilerStart/Stop for nsys.
+
+Called by `segbench profile` (bench.profile) in a case process of its own, never in a timing run.
+`cfg` is `{wait, warmup, active, memory, emit_nvtx}`. `capture_torch` writes to OUT:
+- trace.json.gz: Chrome trace of the active steps (chrome://tracing, Perfetto)
+- key_averages.txt: the operator table, sorted by device (or CPU) time
+- summary.json: time by category (profiles.summarize), which the report shows
+- memory_snapshot.pickle: with `memory` on CUDA (https://pytorch.org/memory_viz)
+`capture_nsys` runs the steps with cudaProfilerStart/Stop around the active ones, for
+`nsys profile --capture-range=cudaProfilerApi` (profiles.nsys).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def capture_torch(step, device, cfg: dict, out: Path) -> dict:
+    """Profile `step` on a wait/warmup/active schedule; returns the category summary."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from profiles.summarize import format_summary, summarize_trace
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    trace = out / "trace.json.gz"
+
+    def export(prof) -> None:
+        prof.export_chrome_trace(str(trace))
+
+    total = cfg["wait"] + cfg["warmup"] + cfg["active"]
+    if cfg.get("memory") and device.type == "cuda":
+        torch.cuda.memory._record_memory_history(max_entries=200_000)
+    with profile(
+        activities=activities,
+        schedule=schedule(wait=cfg["wait"], warmup=cfg["warmup"], active=cfg["active"], repeat=1),
+        on_trace_ready=export,
+        record_shapes=True,
+    ) as prof:
+        for _ in range(total):
+            step()
+            _sync(device)
+            prof.step()
+    if cfg.get("memory") and device.type == "cuda":
+        torch.cuda.memory._dump_snapshot(str(out / "memory_snapshot.pickle"))
+        torch.cuda.memory._record_memory_history(enabled=None)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    (out / "key_averages.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=60))
+    summary = summarize_trace(trace, steps=cfg["active"])
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(format_summary(summary))
+    return summary
+
+
+def capture_nsys(step, device, cfg: dict) -> None:
+    """Run the steps with cudaProfilerStart/Stop around the active ones (nsys --capture-range)."""
+    import contextlib
+
+    import torch
+
+    for _ in range(cfg["wait"] + cfg["warmup"]):
+        step()
+    _sync(device)
+    nvtx = torch.autograd.profiler.emit_nvtx() if cfg.get("emit_nvtx") else contextlib.nullcontext()
+    torch.cuda.profiler.start()
+    with nvtx:
+        for _ in range(cfg["active"]):
+            step()
+        _sync(device)
+    torch.cuda.profiler.stop()
