@@ -5,17 +5,18 @@ with few (n, c) pairs but millions of voxels per pair still fills every SM:
 
   forward:  _stats   (per (n, c, split): count-weighted mean and M2, fp32, shifted sums)
             _combine (per (n, g): Chan's parallel combine of the partials -> mean, rstd)
-            _apply   (y = act(x * scale_c + shift_c [+ r]))
+            _apply   (y = act((x - mean) * rstd * w + b [+ r]))
   backward: _bwd_reduce  (per (n, c, split): sum dz, sum dz * xhat [, sum dy * z over z <= 0 for PReLU])
             _bwd_combine (per (n, g): c1 = sum_c w_c sum dz / M, c2 = sum_c w_c sum dz xhat / M)
             _bwd_apply   (dx = rstd * (w dz - c1 - xhat c2) [, dr = dz])
 
-A program owns one sample n, a block of BLOCK_C channels and a run of `chunk` spatial positions, and
-walks it in [BLOCK_S, BLOCK_C] tiles. The same code serves both layouts: NC(S) contiguous
-(offset c * S + s) and channels-last N(S)C (offset s * C + c); the layout is a constexpr so the
-contiguous axis is known at compile time and loads vectorize along it. `chunk` is a multiple of
-BLOCK_S, so the only partial tile is the last one along S and the mask is `s < S` (S's divisibility
-by 16 is specialized by Triton, which keeps masked loads vectorized).
+A program owns one sample n, a block of BLOCK_C channels and a run of `chunk` spatial positions,
+and walks it in [BLOCK_C, BLOCK_S] tiles; reductions run along the last axis (which also keeps the
+CPU interpreter's numpy sums pairwise, as accurate as a GPU's tree reductions). The same code serves
+both layouts: NC(S) contiguous (offset c * S + s) and channels-last N(S)C (offset s * C + c); the
+layout is a constexpr so the contiguous axis is known at compile time and loads vectorize along it.
+`chunk` is a multiple of BLOCK_S, so the only partial tile is the last one along S and the mask is
+`s < S` (S's divisibility by 16 is specialized by Triton, which keeps masked loads vectorized).
 
 The apply passes walk the programs in reverse order: the last chunks the reduce pass read are the
 ones most likely to still sit in L2.
@@ -33,11 +34,11 @@ INTERPRETED = interpret_mode()  # Triton chose interpreter or compiler for the k
 
 @triton.jit
 def _tile_offsets(s, c, C, S, CHANNELS_LAST: tl.constexpr):
-    # Offsets (within one sample) of the [BLOCK_S, BLOCK_C] tile at spatial positions s, channels c.
+    # Offsets (within one sample) of the [BLOCK_C, BLOCK_S] tile at channels c, spatial positions s.
     if CHANNELS_LAST:
-        off = s[:, None] * C + c[None, :]
+        off = c[:, None] + s[None, :] * C
     else:
-        off = c[None, :] * S + s[:, None]
+        off = c[:, None] * S + s[None, :]
     return off
 
 
@@ -82,22 +83,22 @@ def _stats_kernel(X, PMEAN, PM2, C, S, chunk, num_splits,
     # Shifted sums: subtracting the first tile's per-channel mean keeps sum((x-K)^2) free of the
     # cancellation that E[x^2] - E[x]^2 suffers when |mean| >> std.
     s = s_begin + tl.arange(0, BLOCK_S)
-    m = (s < S)[:, None] & c_ok[None, :]
+    m = c_ok[:, None] & (s < S)[None, :]
     x = tl.load(x_base + _tile_offsets(s, c, C, S, CHANNELS_LAST), mask=m, other=0.0).to(tl.float32)
-    shift = tl.sum(x, axis=0) / tl.minimum(S - s_begin, BLOCK_S).to(tl.float32)
+    shift = tl.sum(x, axis=1) / tl.minimum(S - s_begin, BLOCK_S).to(tl.float32)
 
-    acc1 = tl.zeros([BLOCK_S, BLOCK_C], tl.float32)
-    acc2 = tl.zeros([BLOCK_S, BLOCK_C], tl.float32)
+    acc1 = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+    acc2 = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
     for s0 in range(s_begin, s_end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
-        m = (s < S)[:, None] & c_ok[None, :]
+        m = c_ok[:, None] & (s < S)[None, :]
         x = tl.load(x_base + _tile_offsets(s, c, C, S, CHANNELS_LAST), mask=m, other=0.0).to(tl.float32)
-        d = tl.where(m, x - shift[None, :], 0.0)
+        d = tl.where(m, x - shift[:, None], 0.0)
         acc1 += d
         acc2 += d * d
     cnt = (s_end - s_begin).to(tl.float32)
-    s1 = tl.sum(acc1, axis=0)
-    s2 = tl.sum(acc2, axis=0)
+    s1 = tl.sum(acc1, axis=1)
+    s2 = tl.sum(acc2, axis=1)
     out = (n * C + c) * num_splits + sp
     tl.store(PMEAN + out, shift + s1 / cnt, mask=c_ok)
     tl.store(PM2 + out, tl.maximum(s2 - s1 * s1 / cnt, 0.0), mask=c_ok)
@@ -107,19 +108,21 @@ def _stats_kernel(X, PMEAN, PM2, C, S, chunk, num_splits,
 def _combine_kernel(PMEAN, PM2, MEAN, RSTD, C, S, Cg, G, chunk, num_splits, group_count, eps,
                     BLOCK: tl.constexpr):
     # Chan et al.: mean = sum n_i mean_i / n;  M2 = sum M2_i + sum n_i (mean_i - mean)^2.
+    # The means are summed relative to the first one, so |mean| >> std loses no digits.
     pid = tl.program_id(0)
     n = pid // G
     g = pid % G
     base = (n * C + g * Cg) * num_splits
     L = Cg * num_splits
+    ref = tl.load(PMEAN + base)
     acc = tl.zeros([BLOCK], tl.float32)
     for j0 in range(0, L, BLOCK):
         j = j0 + tl.arange(0, BLOCK)
         ok = j < L
         cnt = tl.minimum(chunk, S - (j % num_splits) * chunk).to(tl.float32)
         pm = tl.load(PMEAN + base + j, mask=ok, other=0.0)
-        acc += tl.where(ok, cnt * pm, 0.0)
-    mean = tl.sum(acc, axis=0) / group_count
+        acc += tl.where(ok, cnt * (pm - ref), 0.0)
+    mean = ref + tl.sum(acc, axis=0) / group_count
     acc = tl.zeros([BLOCK], tl.float32)
     for j0 in range(0, L, BLOCK):
         j = j0 + tl.arange(0, BLOCK)
@@ -146,20 +149,21 @@ def _apply_kernel(X, Y, R, W, B, PW, MEAN, RSTD, C, S, Cg, G, chunk, slope,
     c_ok = c < C
     mean, rstd, w, b, a = _channel_params(W, B, PW, MEAN, RSTD, n, c, c_ok, G, Cg, slope, BLOCK_C,
                                           HAS_W, HAS_B, PRELU, PRELU_PER_CHANNEL)
+    # (x - mean) * scale + b rather than x * scale + shift: the folded form cancels when |mean| >> std.
     scale = rstd * w
-    shift = b - mean * scale
     sample = n.to(tl.int64) * C * S
     s_begin = sp * chunk
     s_end = tl.minimum(s_begin + chunk, S)
     for s0 in range(s_begin, s_end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
-        m = (s < S)[:, None] & c_ok[None, :]
+        m = c_ok[:, None] & (s < S)[None, :]
         off = sample + _tile_offsets(s, c, C, S, CHANNELS_LAST)
-        z = tl.load(X + off, mask=m, other=0.0).to(tl.float32) * scale[None, :] + shift[None, :]
+        x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
+        z = (x - mean[:, None]) * scale[:, None] + b[:, None]
         if HAS_RES:
             z += tl.load(R + off, mask=m, other=0.0).to(tl.float32)
         if HAS_ACT:
-            z = tl.where(z > 0, z, z * a[None, :])
+            z = tl.where(z > 0, z, z * a[:, None])
         tl.store(Y + off, z.to(Y.dtype.element_ty), mask=m)
 
 
@@ -178,23 +182,23 @@ def _bwd_reduce_kernel(X, DY, R, W, B, PW, MEAN, RSTD, PA, PB, PP, C, S, Cg, G, 
     sample = n.to(tl.int64) * C * S
     s_begin = sp * chunk
     s_end = tl.minimum(s_begin + chunk, S)
-    acc_a = tl.zeros([BLOCK_S, BLOCK_C], tl.float32)
-    acc_b = tl.zeros([BLOCK_S, BLOCK_C], tl.float32)
-    acc_p = tl.zeros([BLOCK_S, BLOCK_C], tl.float32)
+    acc_a = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+    acc_b = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
+    acc_p = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
     for s0 in range(s_begin, s_end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
-        m = (s < S)[:, None] & c_ok[None, :]
+        m = c_ok[:, None] & (s < S)[None, :]
         off = sample + _tile_offsets(s, c, C, S, CHANNELS_LAST)
         x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
         # Masked lanes load dy = 0, so they add nothing to any of the sums below.
         dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
-        xhat = (x - mean[None, :]) * rstd[None, :]
+        xhat = (x - mean[:, None]) * rstd[:, None]
         if HAS_ACT:
-            z = xhat * w[None, :] + b[None, :]
+            z = xhat * w[:, None] + b[:, None]
             if HAS_RES:
                 z += tl.load(R + off, mask=m, other=0.0).to(tl.float32)
             pos = z > 0
-            dz = tl.where(pos, dy, dy * a[None, :])
+            dz = tl.where(pos, dy, dy * a[:, None])
             if PRELU:
                 acc_p += tl.where(pos, 0.0, dy * z)
         else:
@@ -202,10 +206,10 @@ def _bwd_reduce_kernel(X, DY, R, W, B, PW, MEAN, RSTD, PA, PB, PP, C, S, Cg, G, 
         acc_a += dz
         acc_b += dz * xhat
     out = (n * C + c) * num_splits + sp
-    tl.store(PA + out, tl.sum(acc_a, axis=0), mask=c_ok)
-    tl.store(PB + out, tl.sum(acc_b, axis=0), mask=c_ok)
+    tl.store(PA + out, tl.sum(acc_a, axis=1), mask=c_ok)
+    tl.store(PB + out, tl.sum(acc_b, axis=1), mask=c_ok)
     if PRELU:
-        tl.store(PP + out, tl.sum(acc_p, axis=0), mask=c_ok)
+        tl.store(PP + out, tl.sum(acc_p, axis=1), mask=c_ok)
 
 
 @triton.jit
@@ -249,27 +253,27 @@ def _bwd_apply_kernel(X, DY, R, W, B, PW, MEAN, RSTD, C1, C2, DX, DR, C, S, Cg, 
     g = c // Cg
     c1 = tl.load(C1 + n * G + g, mask=c_ok, other=0.0)
     c2 = tl.load(C2 + n * G + g, mask=c_ok, other=0.0)
-    # dx = rstd * (w dz - c1 - xhat c2) with xhat = (x - mean) rstd, folded to dx = k_dz dz + k_x x + k_0.
+    # dx = rstd * (w dz - c1 - xhat c2) with xhat = (x - mean) rstd = k_dz dz - k_x (x - mean) - k_0.
     k_dz = rstd * w
-    k_x = -rstd * rstd * c2
-    k_0 = rstd * (rstd * c2 * mean - c1)
+    k_x = rstd * rstd * c2
+    k_0 = rstd * c1
     sample = n.to(tl.int64) * C * S
     s_begin = sp * chunk
     s_end = tl.minimum(s_begin + chunk, S)
     for s0 in range(s_begin, s_end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
-        m = (s < S)[:, None] & c_ok[None, :]
+        m = c_ok[:, None] & (s < S)[None, :]
         off = sample + _tile_offsets(s, c, C, S, CHANNELS_LAST)
         x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
         if HAS_ACT:
-            z = (x - mean[None, :]) * rstd[None, :] * w[None, :] + b[None, :]
+            z = (x - mean[:, None]) * rstd[:, None] * w[:, None] + b[:, None]
             if HAS_RES:
                 z += tl.load(R + off, mask=m, other=0.0).to(tl.float32)
-            dz = tl.where(z > 0, dy, dy * a[None, :])
+            dz = tl.where(z > 0, dy, dy * a[:, None])
         else:
             dz = dy
-        dx = dz * k_dz[None, :] + x * k_x[None, :] + k_0[None, :]
+        dx = dz * k_dz[:, None] - (x - mean[:, None]) * k_x[:, None] - k_0[:, None]
         tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
         if WRITE_DR:
             tl.store(DR + off, dz.to(DR.dtype.element_ty), mask=m)

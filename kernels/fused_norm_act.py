@@ -20,7 +20,7 @@ from .reference import ACTIVATIONS, fused_norm_act_ref, is_channels_last, to_lay
 class SplitPolicy:
     """How a reduction is tiled and split across programs (tune on the GPU, not here)."""
 
-    tile_elements: int = 4096  # elements of one [BLOCK_S, BLOCK_C] tile held in registers
+    tile_elements: int = 4096  # elements of one [BLOCK_C, BLOCK_S] tile held in registers
     max_block_c: int = 64  # channels per tile in channels-last (one tile row = BLOCK_C contiguous values)
     programs_per_sm: int = 16  # programs to launch per SM: many small ones shrink the last wave's tail
     min_tiles_per_program: int = 4  # never split a row so finely that a program walks fewer tiles
