@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+
+from bench.config import SuiteError, load_suite, parse_suite, suite_names
+from bench.variants import Unavailable, VariantContext, resolve
+
+HERE = Path(__file__).parent
+
+
+def test_every_shipped_suite_loads():
+    names = suite_names()
+    for expected in ("quick", "swinunetr", "unet", "dynunet", "dataloader", "inference", "kernels", "gpu-check"):
+        assert expected in names
+    for name in names:
+        assert load_suite(name).cases()
+
+
+def test_quick_suite_covers_the_demo_promises():
+    suite = load_suite("quick")
+    assert suite.device == "cpu"
+    kinds = {w.kind: w for w in suite.workloads}
+    assert {"train_step", "train_e2e"} <= set(kinds)
+    assert sum(len(w.variants) >= 4 for w in suite.workloads) >= 2
+    assert "seed" in kinds["train_step"].variants
+
+
+def test_gpu_check_runs_the_expensive_compile_last_within_a_budget():
+    suite = load_suite("gpu-check")
+    assert suite.budget_s and suite.budget_s <= 480
+    order = suite.run_order()
+    assert f"{order[-1][1].name}/{order[-1][2]}" == "swinunetr_f24/bf16+compile"
+    assert {w.kind for w in suite.workloads} == {"train_step", "train_e2e", "dataloader", "infer", "norm_kernel"}
+
+
+def _suite(text: str) -> str:
+    return 'name = "t"\n' + text
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\nmodle = "unet"\n', "unknown key(s) modle"),
+        ('[[workload]]\nkind = "train_step"\nvariants = ["fp33"]\n', "unknown variant 'fp33'"),
+        ('[[workload]]\nkind = "train_step"\nvariants = ["compile:fastest"]\n', "unknown torch.compile mode"),
+        ('[[workload]]\nkind = "trainstep"\nvariants = ["fp32"]\n', "kind 'trainstep'"),
+        ('[[workload]]\nkind = "dataloader"\nvariants = ["workers:x"]\n', "workers needs a count"),
+        ('run_last = ["a/b"]\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n', "run_last"),
+        ("[[workload]\n", "not valid TOML"),
+    ],
+)
+def test_bad_suite_files_name_the_file_and_the_problem(text, message):
+    with pytest.raises(SuiteError) as err:
+        parse_suite(_suite(text), Path("bad.toml"))
+    assert "bad.toml" in str(err.value) and message in str(err.value)
+
+
+def test_unknown_suite_lists_the_shipped_ones():
+    with pytest.raises(SuiteError, match="quick"):
+        load_suite("no-such-suite")
+
+
+def test_variants_compose_in_order():
+    ctx = VariantContext(kind="train_step", model="swinunetr", device="cuda")
+    cfg = resolve("bf16+channels_last+compile:max-autotune+sdpa", ctx)
+    assert (cfg.precision, cfg.channels_last, cfg.compile_mode, cfg.sdpa) == ("bf16", True, "max-autotune", True)
+    seed = resolve("seed", ctx)
+    assert seed.precision == "fp16" and seed.checkpointing is True and seed.compile_mode is None
+    assert resolve("seed", VariantContext("train_step", "unet", "cpu")).checkpointing is None
+
+
+@pytest.mark.parametrize(
+    "name, ctx, reason",
+    [
+        ("tf32", VariantContext("train_step", "unet", "cpu"), "CUDA"),
+        ("fused_norm", VariantContext("train_step", "unet", "cpu"), "CUDA"),
+        ("ckpt", VariantContext("train_step", "unet", "cuda"), "no gradient-checkpointing"),
+        ("sdpa", VariantContext("train_step", "dynunet", "cuda"), "no attention"),
+        ("tta", VariantContext("train_step", "unet", "cuda"), "inference"),
+        ("workers:2", VariantContext("train_step", "unet", "cuda"), "no data loader"),
+        ("loader:nope", VariantContext("dataloader", None, "cpu"), "no loader 'nope'"),
+    ],
+)
+def test_variants_that_cannot_run_here_say_why(name, ctx, reason):
+    with pytest.raises(Unavailable, match=reason):
+        resolve(name, ctx)

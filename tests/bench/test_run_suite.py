@@ -1,0 +1,93 @@
+"""End to end on the CPU: `segbench bench` over a tiny suite with injected failures."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "segbench", "bench", "--suite", str(HERE / "tiny_suite.toml"), "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def rows(run: Path) -> dict[tuple[str, str], dict]:
+    lines = (run / "results.jsonl").read_text().splitlines()
+    return {(r["workload"], r["variant"]): r for r in map(json.loads, lines)}
+
+
+def test_writes_every_contract_file(run):
+    for name in ("results.jsonl", "env.json", "report.md", "report.html"):
+        assert (run / name).is_file(), name
+    assert list((run / "figures").glob("*.png"))
+    env = json.loads((run / "env.json").read_text())
+    for key in ("command", "cpu_count", "git", "versions", "calibration"):
+        assert key in env
+    assert env["versions"]["torch"] and env["versions"]["monai"]
+    assert env["calibration"]["matmul_flops_per_s"] > 0 and env["calibration"]["copy_bytes_per_s"] > 0
+
+
+def test_rows_carry_the_contract_fields(run):
+    r = rows(run)
+    assert len(r) == 15
+    for row in r.values():
+        assert {"suite", "workload", "variant", "status"} <= set(row)
+        assert row["status"] in ("ok", "error", "unavailable")
+        assert row["status"] == "ok" or row["error"]
+    step = r[("train_step", "bf16")]
+    assert step["status"] == "ok"
+    assert set(step["s_per_iter"]) == {"median", "p20", "p80", "n"} and step["s_per_iter"]["n"] == 3
+    assert step["s_per_iter"]["p20"] <= step["s_per_iter"]["median"] <= step["s_per_iter"]["p80"]
+    for key in ("samples_per_s", "voxels_per_s", "peak_bytes", "first_step_s", "flops_per_step", "mfu"):
+        assert step[key] > 0, key
+    assert step["parity"]["reference"] == "fp32" and step["parity"]["max_rel_dev"] < 0.05
+    assert r[("train_step", "fp32")]["parity"]["max_rel_dev"] == 0.0  # same weights, batches, math
+    assert step["paired"]["baseline"] == "fp32" and step["paired"]["speedup"]["ratio"] > 0
+
+
+def test_failures_become_error_rows_and_the_suite_goes_on(run):
+    r = rows(run)
+    assert r[("train_step", "fail:boom")]["status"] == "error"
+    assert r[("train_step", "fail:boom")]["error"] == "RuntimeError: boom"
+    assert "died" in r[("train_step", "fail:crash")]["error"]
+    assert "timeout" in r[("hang", "fail:hang")]["error"]
+    assert r[("infer", "fp32")]["status"] == "ok"  # after the failures
+
+
+def test_variants_that_cannot_run_on_a_cpu_are_unavailable(run):
+    r = rows(run)
+    for key in (("train_step", "tf32"), ("train_step", "fused_norm"), ("norm_kernel", "fused_norm"),
+                ("train_step", "ckpt")):
+        assert r[key]["status"] == "unavailable", key
+
+
+def test_every_workload_kind_measures(run):
+    r = rows(run)
+    e2e = r[("train_e2e", "fp32")]
+    assert e2e["verdict"] in ("input-bound", "compute-bound")
+    assert 0 <= e2e["wait_fraction"] <= 1 and e2e["data_wait_s"]["n"] == 3
+    loader = r[("dataloader", "workers:0")]
+    assert loader["samples_per_s"] > 0 and loader["mb_per_s"] > 0
+    norm = r[("norm_kernel", "fp32")]
+    assert norm["forward_gb_per_s"] > 0 and norm["parity"]["max_abs_err"] == 0.0
+    infer = r[("infer", "fp32")]
+    assert infer["samples_per_s"] > 0 and infer["parity"]["max_abs_err"] == 0.0
+
+
+def test_report_shows_tables_verdict_parity_and_errors(run):
+    md = (run / "report.md").read_text()
+    assert "| variant | status |" in md and "parity" in md
+    assert "compute-bound" in md or "input-bound" in md
+    assert "RuntimeError: boom" in md and "unavailable" in md
+    html = (run / "report.html").read_text()
+    assert "data:image/png;base64," in html and 'src="figures' not in html
