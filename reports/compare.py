@@ -80,7 +80,8 @@ def _figure(table: pd.DataFrame, path: Path) -> Path | None:
     colors = [
         "#C44E52" if v == "REGRESSION" else "#55A868" if v == "improvement" else "#8C8C8C" for v in t.verdict
     ]
-    err = [(t.change - t.ci_low) * 100, (t.ci_high - t.change) * 100]
+    # The median of the data can sit just outside the percentile-bootstrap interval: clip at 0.
+    err = [((t.change - t.ci_low) * 100).clip(lower=0), ((t.ci_high - t.change) * 100).clip(lower=0)]
     ax.barh(labels, t.change * 100, xerr=err, color=colors, capsize=3)
     ax.axvline(0, color="k", lw=0.8)
     ax.invert_yaxis()

@@ -45,8 +45,8 @@ def step_times(workload: str, rows: list[dict], out: Path) -> Path | None:
     if not rows:
         return None
     med = [r["s_per_iter"]["median"] * 1e3 for r in rows]
-    low = [m - r["s_per_iter"]["p20"] * 1e3 for m, r in zip(med, rows, strict=False)]
-    high = [r["s_per_iter"]["p80"] * 1e3 - m for m, r in zip(med, rows, strict=False)]
+    low = [max(0.0, m - r["s_per_iter"]["p20"] * 1e3) for m, r in zip(med, rows, strict=False)]
+    high = [max(0.0, r["s_per_iter"]["p80"] * 1e3 - m) for m, r in zip(med, rows, strict=False)]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.4))
     names = [r["variant"] for r in rows]
     ax.barh(names, med, xerr=[low, high], color=[_color(n) for n in names], capsize=3)
@@ -101,7 +101,10 @@ def speedups(workload: str, rows: list[dict], out: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 0.45 * len(rows) + 1.6), squeeze=False)
     for ax, (name, points) in zip(axes[0], series, strict=False):
         ratios = [s["ratio"] for _, s in points]
-        err = [[s["ratio"] - s["ci_low"] for _, s in points], [s["ci_high"] - s["ratio"] for _, s in points]]
+        err = [
+            [max(0.0, s["ratio"] - s["ci_low"]) for _, s in points],
+            [max(0.0, s["ci_high"] - s["ratio"]) for _, s in points],
+        ]
         ax.barh(
             [v for v, _ in points],
             ratios,

@@ -10,7 +10,16 @@ HERE = Path(__file__).parent
 
 def test_every_shipped_suite_loads():
     names = suite_names()
-    for expected in ("quick", "swinunetr", "unet", "dynunet", "dataloader", "inference", "kernels", "gpu-check"):
+    for expected in (
+        "quick",
+        "swinunetr",
+        "unet",
+        "dynunet",
+        "dataloader",
+        "inference",
+        "kernels",
+        "gpu-check",
+    ):
         assert expected in names
     for name in names:
         assert load_suite(name).cases()
@@ -30,7 +39,13 @@ def test_gpu_check_runs_the_expensive_compile_last_within_a_budget():
     assert suite.budget_s and suite.budget_s <= 480
     order = suite.run_order()
     assert f"{order[-1][1].name}/{order[-1][2]}" == "swinunetr_f24/bf16+compile"
-    assert {w.kind for w in suite.workloads} == {"train_step", "train_e2e", "dataloader", "infer", "norm_kernel"}
+    assert {w.kind for w in suite.workloads} == {
+        "train_step",
+        "train_e2e",
+        "dataloader",
+        "infer",
+        "norm_kernel",
+    }
 
 
 def _suite(text: str) -> str:
@@ -63,7 +78,12 @@ def test_unknown_suite_lists_the_shipped_ones():
 def test_variants_compose_in_order():
     ctx = VariantContext(kind="train_step", model="swinunetr", device="cuda")
     cfg = resolve("bf16+channels_last+compile:max-autotune+sdpa", ctx)
-    assert (cfg.precision, cfg.channels_last, cfg.compile_mode, cfg.sdpa) == ("bf16", True, "max-autotune", True)
+    assert (cfg.precision, cfg.channels_last, cfg.compile_mode, cfg.sdpa) == (
+        "bf16",
+        True,
+        "max-autotune",
+        True,
+    )
     seed = resolve("seed", ctx)
     assert seed.precision == "fp16" and seed.checkpointing is True and seed.compile_mode is None
     assert resolve("seed", VariantContext("train_step", "unet", "cpu")).checkpointing is None

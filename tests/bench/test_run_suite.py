@@ -14,8 +14,19 @@ HERE = Path(__file__).parent
 def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "segbench", "bench", "--suite", str(HERE / "tiny_suite.toml"), "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "segbench",
+            "bench",
+            "--suite",
+            str(HERE / "tiny_suite.toml"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
@@ -66,8 +77,12 @@ def test_failures_become_error_rows_and_the_suite_goes_on(run):
 
 def test_variants_that_cannot_run_on_a_cpu_are_unavailable(run):
     r = rows(run)
-    for key in (("train_step", "tf32"), ("train_step", "fused_norm"), ("norm_kernel", "fused_norm"),
-                ("train_step", "ckpt")):
+    for key in (
+        ("train_step", "tf32"),
+        ("train_step", "fused_norm"),
+        ("norm_kernel", "fused_norm"),
+        ("train_step", "ckpt"),
+    ):
         assert r[key]["status"] == "unavailable", key
 
 

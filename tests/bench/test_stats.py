@@ -39,4 +39,6 @@ def test_regression_needs_size_and_an_interval_excluding_zero():
     big = relative_change_ci(before, slower)
     assert big["change"] == pytest.approx(0.2, abs=0.03) and is_regression(big)
     assert not is_regression(relative_change_ci(before, barely))
-    assert is_improvement(relative_change_ci(slower, before)) and not is_regression(relative_change_ci(slower, before))
+    assert is_improvement(relative_change_ci(slower, before)) and not is_regression(
+        relative_change_ci(slower, before)
+    )

@@ -1,0 +1,246 @@
+"""Reports from hand-written result files: no torch, tables, figures, comparison, pytest-benchmark."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reports.compare import compare_rows
+from reports.tables import ResultsError, load_results, workload_table
+
+
+def _step(
+    variant: str, seconds: float, order: int, spread: float = 0.01, n: int = 12, seed: int = 0, **extra
+):
+    samples = list(seconds * (1 + spread * np.random.default_rng(seed).standard_normal(n)))
+    p20, med, p80 = np.percentile(samples, [20, 50, 80])
+    return {
+        "suite": "hand",
+        "workload": "train_step",
+        "kind": "train_step",
+        "variant": variant,
+        "order": order,
+        "status": "ok",
+        "s_per_iter": {"median": med, "p20": p20, "p80": p80, "n": n},
+        "samples_s": samples,
+        "samples_per_s": 1 / med,
+        "peak_bytes": 2**30,
+        "first_step_s": 3 * seconds,
+        "mfu": 0.02,
+        "parity": {"reference": "fp32", "max_rel_dev": 0.0 if variant == "fp32" else 1e-3},
+        **extra,
+    }
+
+
+def write_run(path: Path, scale: float = 1.0) -> Path:
+    path.mkdir(parents=True)
+    rows = [
+        _step("seed", 0.169 * scale, 0, seed=1),
+        _step("fp32", 0.145 * scale, 1, seed=2),
+        _step(
+            "bf16",
+            0.138 * scale,
+            2,
+            seed=3,
+            paired={"baseline": "seed", "speedup": {"ratio": 1.22, "ci_low": 1.18, "ci_high": 1.26}},
+        ),
+        _step("bf16+compile", 0.074 * scale, 3, seed=4),
+        {
+            "suite": "hand",
+            "workload": "train_step",
+            "kind": "train_step",
+            "variant": "fused_norm",
+            "order": 4,
+            "status": "unavailable",
+            "error": "the Triton kernels run on CUDA",
+        },
+        {
+            "suite": "hand",
+            "workload": "train_step",
+            "kind": "train_step",
+            "variant": "fail:x",
+            "order": 5,
+            "status": "error",
+            "error": "RuntimeError: x",
+        },
+        {
+            "suite": "hand",
+            "workload": "train_e2e",
+            "kind": "train_e2e",
+            "variant": "bf16",
+            "order": 6,
+            "status": "ok",
+            "s_per_iter": {"median": 0.2, "p20": 0.19, "p80": 0.21, "n": 3},
+            "samples_s": [0.19, 0.2, 0.21],
+            "samples_per_s": 5.0,
+            "data_wait_s": {"median": 0.1},
+            "compute_s": {"median": 0.1},
+            "wait_fraction": 0.5,
+            "verdict": "input-bound",
+        },
+        {
+            "suite": "hand",
+            "workload": "dataloader",
+            "kind": "dataloader",
+            "variant": "workers:8",
+            "order": 7,
+            "status": "ok",
+            "s_per_iter": {"median": 0.03, "p20": 0.02, "p80": 0.04, "n": 3},
+            "samples_s": [0.02, 0.03, 0.04],
+            "samples_per_s": 33.0,
+            "mb_per_s": 1650.0,
+            "workers": 8,
+        },
+        {
+            "suite": "hand",
+            "workload": "norm",
+            "kind": "norm_kernel",
+            "variant": "bf16",
+            "order": 8,
+            "status": "ok",
+            "s_per_iter": {"median": 0.0088, "p20": 0.0087, "p80": 0.0089, "n": 3},
+            "samples_s": [0.0087, 0.0088, 0.0089],
+            "forward_s": {"median": 0.00405},
+            "backward_s": {"median": 0.00471},
+            "forward_gb_per_s": 132.0,
+            "backward_gb_per_s": 171.0,
+            "copy_gb_per_s": 3000.0,
+            "fraction_of_copy": 0.05,
+            "parity": {"reference": "fp32 eager", "max_abs_err": 0.004},
+        },
+    ]
+    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "env.json").write_text(
+        json.dumps(
+            {
+                "suite": "hand",
+                "requested_device": "cuda",
+                "command": "segbench bench --suite hand",
+                "cpu_count": 16,
+                "versions": {"torch": "2.11.0"},
+                "git": {"sha": "abc", "dirty": False},
+                "calibration": {
+                    "gpu": "NVIDIA H100 80GB HBM3",
+                    "matmul_flops_per_s": 7.7e14,
+                    "matmul_dtype": "bfloat16",
+                    "copy_bytes_per_s": 3e12,
+                },
+            }
+        )
+    )
+    return path
+
+
+def _segbench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "segbench", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_report_builds_without_torch(tmp_path):
+    run = write_run(tmp_path / "run")
+    code = (
+        "import sys; from reports.build import build_report; build_report(sys.argv[1]); "
+        "assert 'torch' not in sys.modules, 'reports imported torch'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    md = (run / "report.md").read_text()
+    assert "NVIDIA H100" in md and "input-bound" in md
+    for name in (
+        "train_step_s_per_iter.png",
+        "train_step_speedup.png",
+        "train_step_memory.png",
+        "loader_vs_compute.png",
+        "norm_kernel_gbps.png",
+    ):
+        assert (run / "figures" / name).stat().st_size > 1000, name
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5 and "RuntimeError: x" in html
+
+
+def test_table_quotes_paired_and_unpaired_speedups(tmp_path):
+    run = write_run(tmp_path / "run")
+    table = workload_table([r for r in load_results(run) if r["workload"] == "train_step"]).set_index(
+        "variant"
+    )
+    assert table.loc["bf16", "vs seed"].startswith("1.22× [1.18–1.26]")  # paired: no mark
+    assert table.loc["bf16+compile", "vs seed"].endswith("*")  # across processes: marked
+    ratio = float(table.loc["bf16+compile", "vs seed"].split("×")[0])
+    assert ratio == pytest.approx(0.169 / 0.074, rel=0.03)
+    assert table.loc["fused_norm", "status"] == "unavailable"
+    assert table.loc["seed", "vs seed"] == ""
+    assert table.loc["bf16", "parity"] == "1.0e-03"
+
+
+def test_compare_flags_a_synthetic_regression(tmp_path):
+    before = write_run(tmp_path / "before")
+    after = write_run(tmp_path / "after")
+    rows = [json.loads(line) for line in (after / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        if r["variant"] == "bf16+compile":  # 25 % slower
+            r["samples_s"] = [s * 1.25 for s in r["samples_s"]]
+            r["s_per_iter"] = {k: v * 1.25 if k != "n" else v for k, v in r["s_per_iter"].items()}
+        if r["variant"] == "fp32":  # 1 % slower: under the threshold
+            r["samples_s"] = [s * 1.01 for s in r["samples_s"]]
+    (after / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = compare_rows(load_results(after), load_results(before)).set_index("variant")
+    assert table.loc["bf16+compile", "verdict"] == "REGRESSION"
+    assert table.loc["bf16+compile", "change"] == pytest.approx(0.25, abs=0.01)
+    assert table.loc["fp32", "verdict"] == "no significant change"
+    assert table.loc["fused_norm", "verdict"].startswith("status")
+
+    proc = _segbench("report", str(after), "--compare", str(before), "--fail-on-regression")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "REGRESSION train_step/bf16+compile" in proc.stdout
+    assert "REGRESSION" in (after / "compare.md").read_text()
+    assert "data:image/png;base64," in (after / "compare.html").read_text()
+
+
+def test_bad_results_line_names_file_and_line(tmp_path):
+    run = write_run(tmp_path / "run")
+    with open(run / "results.jsonl", "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(ResultsError, match=r"results.jsonl:10: not JSON"):
+        load_results(run)
+    proc = _segbench("report", str(run))
+    assert proc.returncode == 2 and "results.jsonl:10" in proc.stderr
+
+
+def test_pytest_benchmark_json_folds_into_the_report(tmp_path):
+    run = write_run(tmp_path / "run")
+    bench = tmp_path / "micro.json"
+    bench.write_text(
+        json.dumps(
+            {
+                "machine_info": {"node": "box"},
+                "benchmarks": [
+                    {
+                        "name": "test_dice_128",
+                        "group": "metrics",
+                        "stats": {
+                            "min": 0.010,
+                            "max": 0.014,
+                            "mean": 0.012,
+                            "median": 0.0118,
+                            "q1": 0.011,
+                            "q3": 0.0125,
+                            "rounds": 20,
+                            "ops": 83.3,
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    proc = _segbench("report", str(run), "--pytest-benchmark", str(bench))
+    assert proc.returncode == 0, proc.stderr
+    md = (run / "report.md").read_text()
+    assert "Micro-benchmarks" in md and "test_dice_128" in md and "11.800 ms" in md
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    proc = _segbench("report", str(run), "--pytest-benchmark", str(bad))
+    assert proc.returncode == 2 and "not a pytest-benchmark JSON file" in proc.stderr
