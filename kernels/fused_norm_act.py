@@ -193,6 +193,9 @@ def _check(x, weight, bias, num_groups, activation, prelu_weight, residual) -> i
     return groups
 
 
+# Dynamo sees a graph break here rather than tracing launch planning and Triton launches: the
+# compiled regions around the op stay intact and the kernels run as they do eagerly.
+@torch.compiler.disable
 def fused_norm_act(
     x: torch.Tensor,
     weight: torch.Tensor | None = None,

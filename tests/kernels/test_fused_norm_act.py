@@ -185,3 +185,23 @@ def test_automatic_split_fills_a_gpu(monkeypatch):
         assert p.chunk % p.block_s == 0 and p.num_splits * p.chunk >= p.S > (p.num_splits - 1) * p.chunk
         assert p.block_s * p.block_c <= policy.tile_elements
 
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_headline_shape_on_gpu(channels_last, triton_backend, poisoned):
+    # The benchmark's shape with the automatic split (hundreds of programs), against fp32 eager.
+    g = torch.Generator().manual_seed(0)
+    x = to_layout(torch.randn(2, 32, 128, 128, 128, generator=g), channels_last).to("cuda", torch.bfloat16)
+    w = (1 + 0.1 * torch.randn(32, generator=g)).cuda().requires_grad_()
+    b = (0.1 * torch.randn(32, generator=g)).cuda().requires_grad_()
+    dy = torch.randn(x.shape, generator=g).to("cuda", torch.bfloat16)
+    x.requires_grad_()
+    y = kernels.fused_norm_act(x, w, b)
+    grads = torch.autograd.grad(y, [x, w, b], dy)
+    xr, wr, br = (t.detach().float().requires_grad_() for t in (x, w, b))
+    y_ref = fused_norm_act_ref(xr, wr, br)
+    grads_ref = torch.autograd.grad(y_ref, [xr, wr, br], dy.float())
+    assert _rel_err(y, y_ref.double()) <= 1e-2
+    for got, ref in zip(grads, grads_ref, strict=True):
+        assert _rel_err(got, ref.double()) <= 1e-2

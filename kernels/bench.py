@@ -1,0 +1,114 @@
+"""Timing helpers for the fused-norm micro-benchmarks (pytest-benchmark and the harness's norm_kernel).
+
+The timed op is the issue's: InstanceNorm3d (affine) + LeakyReLU(0.01) over x = (N, C, D, H, W), as
+  - "fused":   kernels.fused_norm_act (Triton),
+  - "eager":   nn.InstanceNorm3d(affine=True) then nn.LeakyReLU, as MONAI's blocks run it,
+  - "compile": the same eager function under torch.compile.
+GB/s counts the bytes the op must move at least: forward reads x and writes y, backward reads x and
+dy and writes dx (2 and 3 tensor passes), the ANCHORS.md memory-floor convention.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import runtime
+from .fused_norm_act import fused_norm_act
+
+IMPLS = ("fused", "eager", "compile")
+LAYOUTS = ("contiguous", "channels_last")
+DIRECTIONS = ("fwd", "bwd")
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+           "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def _eager(x, w, b):
+    return F.leaky_relu(F.instance_norm(x, weight=w, bias=b, eps=1e-5), 0.01)
+
+
+def _fused(x, w, b):
+    return fused_norm_act(x, w, b, activation="leaky_relu", negative_slope=0.01, eps=1e-5)
+
+
+def tensor_passes(direction: str) -> int:
+    """Full-tensor reads + writes the op cannot avoid: fwd x -> y (2), bwd x, dy -> dx (3)."""
+    return 2 if direction == "fwd" else 3
+
+
+def make_step(impl: str, shape: tuple[int, ...], dtype: torch.dtype | str, layout: str, direction: str,
+              device: str | torch.device) -> Callable[[], object]:
+    """A closure running one forward (or one backward) of `impl` on fixed random inputs, unsynchronized."""
+    if impl not in IMPLS or layout not in LAYOUTS or direction not in DIRECTIONS:
+        raise ValueError(f"impl in {IMPLS}, layout in {LAYOUTS}, direction in {DIRECTIONS}; "
+                         f"got {impl!r}, {layout!r}, {direction!r}")
+    if impl == "fused":
+        ok, why = runtime.available()
+        if not ok:
+            raise RuntimeError(f"fused kernels unavailable: {why}")
+    dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+    C = shape[1]
+    w = torch.ones(C, device=device, requires_grad=True)
+    b = torch.zeros(C, device=device, requires_grad=True)
+    fn = {"fused": _fused, "eager": _eager, "compile": torch.compile(_eager)}[impl]
+    if direction == "fwd":
+        return lambda: fn(x, w, b)
+    x.requires_grad_(True)
+    y = fn(x, w, b)
+    dy = torch.randn_like(y)
+    return lambda: torch.autograd.grad(y, (x, w, b), dy, retain_graph=True)
+
+
+def time_step(step: Callable[[], object], device: str | torch.device, *, warmup: int = 3,
+              iters: int = 20) -> list[float]:
+    """Milliseconds per call, one sample per call: CUDA events on a GPU, perf_counter on a CPU."""
+    cuda = torch.device(device).type == "cuda"
+    for _ in range(warmup):
+        step()
+    samples = []
+    for _ in range(iters):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            step()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def time_norm(impl: str, shape: tuple[int, ...], dtype: torch.dtype | str, layout: str, direction: str,
+              device: str | torch.device, *, warmup: int = 3, iters: int = 20) -> dict:
+    """Median ms of one fwd or bwd of `impl`, and the GB/s that implies at the op's minimal traffic.
+
+    Returns {"ms", "gb_per_s", "bytes", "ms_p20", "ms_p80", "n"}.
+    """
+    step = make_step(impl, shape, dtype, layout, direction, device)
+    samples = sorted(time_step(step, device, warmup=warmup, iters=iters))
+    ms = statistics.median(samples)
+    dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    nbytes = tensor_passes(direction) * torch.Size(shape).numel() * dtype.itemsize
+    last = len(samples) - 1
+    return {"ms": ms, "gb_per_s": nbytes / (ms * 1e-3) / 1e9, "bytes": nbytes,
+            "ms_p20": samples[int(0.2 * last)], "ms_p80": samples[int(0.8 * last)], "n": len(samples)}
+
+
+def copy_gb_per_s(device: str | torch.device, nbytes: int = 1 << 30, iters: int = 10) -> float:
+    """Measured device-to-device copy rate (read + write bytes / s), the ceiling to compare GB/s against."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = statistics.median(time_step(lambda: dst.copy_(src), device, iters=iters))
+    return 2 * src.numel() / (ms * 1e-3) / 1e9

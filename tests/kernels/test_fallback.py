@@ -1,0 +1,84 @@
+"""Where Triton or CUDA is missing, the ops and patched models run the PyTorch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import DynUNet
+
+import kernels
+from kernels import bench, runtime
+from kernels.reference import fused_norm_act_ref, is_channels_last, layer_norm_ref
+
+
+def test_no_cuda_and_no_interpreter_is_unavailable(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ok, why = kernels.available()
+    assert not ok and "no CUDA device" in why
+
+
+def test_missing_triton_is_unavailable(monkeypatch):
+    why = "triton is not installed (No module named 'triton')"
+    monkeypatch.setattr(runtime, "_triton_import_error", lambda: why)
+    assert kernels.available() == (False, why)
+
+
+def test_cpu_tensors_on_a_cuda_machine_use_the_reference(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert kernels.available()[0]
+    assert not runtime.use_triton(torch.zeros(1))
+
+
+@pytest.fixture
+def no_triton(monkeypatch):
+    monkeypatch.setattr(runtime, "available", lambda: (False, "test: kernels unavailable"))
+
+    def refuse(module):
+        raise AssertionError(f"{module} must not be loaded when the kernels are unavailable")
+
+    monkeypatch.setattr(runtime, "load_kernels", refuse)
+
+
+def test_ops_fall_back_to_the_reference(no_triton):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 5, 4, 3, generator=g).contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_()
+    w, b = torch.randn(6, generator=g).requires_grad_(), torch.randn(6, generator=g).requires_grad_()
+    pw = torch.tensor([0.2], requires_grad=True)
+    y = kernels.fused_norm_act(x, w, b, num_groups=3, activation="prelu", prelu_weight=pw)
+    assert is_channels_last(y)
+    y_ref = fused_norm_act_ref(x, w, b, num_groups=3, activation="prelu", prelu_weight=pw)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    grads = torch.autograd.grad(y.square().sum(), [x, w, b, pw])
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+    tokens = torch.randn(3, 7, 24, generator=g, dtype=torch.bfloat16)
+    lw, lb = torch.randn(24, generator=g), torch.randn(24, generator=g)
+    y = kernels.layer_norm(tokens, lw, lb)
+    torch.testing.assert_close(y, layer_norm_ref(tokens, lw, lb), rtol=0, atol=0)
+
+
+def test_patched_model_falls_back(no_triton):
+    torch.manual_seed(0)
+    model = DynUNet(3, 4, 4, kernel_size=[3] * 3, strides=[1, 2, 2], upsample_kernel_size=[2] * 2,
+                    filters=[4, 8, 8], norm_name="instance", res_block=True)
+    x = torch.randn(1, 4, 16, 16, 16)
+    y_ref = model(x)
+    y = kernels.patch(model)(x)
+    assert kernels.patched_modules(model)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+
+
+def test_time_norm_on_cpu():
+    out = bench.time_norm("eager", (1, 4, 8, 8, 8), "fp32", "channels_last", "bwd", "cpu", warmup=1, iters=3)
+    assert out["ms"] > 0 and out["n"] == 3
+    assert out["bytes"] == 3 * 4 * 8**3 * 4
+    assert out["gb_per_s"] == pytest.approx(out["bytes"] / (out["ms"] * 1e-3) / 1e9)
+
+
+def test_time_norm_refuses_unavailable_kernels(no_triton):
+    with pytest.raises(RuntimeError, match="test: kernels unavailable"):
+        bench.time_norm("fused", (1, 4, 8, 8, 8), "fp32", "contiguous", "fwd", "cpu")
