@@ -1,0 +1,157 @@
+"""Trace summaries on synthetic Chrome traces, and `segbench profile` on the CPU."""
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from profiles.nsys import nsys_command
+from profiles.summarize import classify, summarize_trace
+
+TINY = Path(__file__).parents[1] / "bench" / "tiny_suite.toml"
+
+
+@pytest.mark.parametrize(
+    "name, category",
+    [
+        ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "convolution"),
+        ("void cudnn::engines_precompiled::nchwToNhwcKernel", "copies"),
+        ("void at::native::batch_norm_collect_statistics_kernel", "normalization"),
+        ("_stats_kernel", "normalization"),
+        ("ampere_bf16_s16816gemm_bf16_128x64", "attention/matmul"),
+        ("pytorch_flash::flash_fwd_kernel", "attention/matmul"),
+        ("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add>", "elementwise"),
+        ("triton_poi_fused_add_leaky_relu_0", "elementwise"),
+        ("Memcpy HtoD (Pageable -> Device)", "copies"),
+        ("aten::convolution_backward", "convolution"),
+        ("aten::addmm", "attention/matmul"),
+        ("some_unknown_kernel", "other"),
+    ],
+)
+def test_classify(name, category):
+    assert classify(name) == category
+
+
+def _write(path: Path, events: list[dict]) -> Path:
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    return path
+
+
+def test_gpu_summary_counts_kernels_and_idle(tmp_path):
+    events = [
+        {"ph": "X", "cat": "cpu_op", "name": "aten::conv3d", "ts": 0, "dur": 500},
+        {"ph": "X", "cat": "kernel", "name": "sm90_xmma_fprop_implicit_gemm", "ts": 0, "dur": 40},
+        {"ph": "X", "cat": "kernel", "name": "instance_norm_kernel", "ts": 50, "dur": 20},
+        {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy DtoD", "ts": 70, "dur": 10},
+        {"ph": "X", "cat": "kernel", "name": "ampere_sgemm", "ts": 90, "dur": 10},
+    ]
+    s = summarize_trace(_write(tmp_path / "t.json.gz", events), steps=1)
+    assert s["device"] == "cuda" and s["total_us"] == 100
+    assert s["categories"]["convolution"] == 40 and s["categories"]["normalization"] == 20
+    assert s["categories"]["copies"] == 10 and s["categories"]["attention/matmul"] == 10
+    assert s["categories"]["idle"] == 20  # 40..50 and 80..90
+
+
+def test_cpu_summary_uses_self_time_of_nested_ops(tmp_path):
+    events = [
+        {"ph": "X", "cat": "cpu_op", "name": "aten::instance_norm", "ts": 0, "dur": 100, "pid": 1, "tid": 1},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mul", "ts": 10, "dur": 30, "pid": 1, "tid": 1},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::convolution", "ts": 120, "dur": 80, "pid": 1, "tid": 1},
+    ]
+    s = summarize_trace(_write(tmp_path / "t.json.gz", events))
+    assert s["device"] == "cpu"
+    assert s["categories"]["normalization"] == 70 and s["categories"]["elementwise"] == 30
+    assert s["categories"]["convolution"] == 80 and s["categories"]["idle"] == 20
+
+
+def test_nsys_command_captures_the_profiler_range():
+    cmd = nsys_command(["python", "-m", "bench.profile", "spec.json", "out"], Path("out/nsys"))
+    assert cmd[:2] == ["nsys", "profile"]
+    assert "--capture-range=cudaProfilerApi" in cmd and "--trace=cuda,nvtx,cudnn,cublas" in cmd
+    assert cmd[-5:] == ["python", "-m", "bench.profile", "spec.json", "out"]
+
+
+def _segbench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "segbench", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_profile_cli_on_cpu_writes_trace_table_summary_and_report(tmp_path):
+    run = tmp_path / "run"
+    proc = _segbench(
+        "profile",
+        "--suite",
+        str(TINY),
+        "--workload",
+        "train_step",
+        "--variant",
+        "fp32",
+        "--out",
+        str(run),
+        "--wait",
+        "0",
+        "--warmup",
+        "1",
+        "--active",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = run / "profiles" / "train_step__fp32"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["categories"]["convolution"] > 0
+    assert "aten::" in (out / "key_averages.txt").read_text()
+    assert (out / "trace.json.gz").stat().st_size > 1000
+    # The profile folds into the run's report.
+    (run / "results.jsonl").write_text(
+        json.dumps(
+            {
+                "suite": "tiny",
+                "workload": "train_step",
+                "kind": "train_step",
+                "variant": "fp32",
+                "status": "ok",
+            }
+        )
+        + "\n"
+    )
+    proc = _segbench("report", str(run))
+    assert proc.returncode == 0, proc.stderr
+    assert "Where the time goes" in (run / "report.md").read_text()
+    assert (run / "figures" / "trace_breakdown.png").is_file()
+
+
+def test_profile_nsys_without_cuda_prints_the_command(tmp_path):
+    proc = _segbench(
+        "profile",
+        "--suite",
+        str(TINY),
+        "--workload",
+        "train_step",
+        "--variant",
+        "fp32",
+        "--out",
+        str(tmp_path),
+        "--nsys",
+    )
+    assert proc.returncode == 0
+    assert "nsys profile --capture-range=cudaProfilerApi" in proc.stdout
+
+
+def test_profile_of_an_unavailable_variant_says_why(tmp_path):
+    proc = _segbench(
+        "profile",
+        "--suite",
+        str(TINY),
+        "--workload",
+        "train_step",
+        "--variant",
+        "tf32",
+        "--out",
+        str(tmp_path),
+    )
+    assert proc.returncode == 2 and "TF32" in proc.stderr
