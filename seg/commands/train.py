@@ -35,7 +35,7 @@ def register(subparsers) -> None:
         "train",
         help="train a segmentation model on a prepared folder (DDP under torchrun)",
         description="Train with the seed's recipe (DiceCE, fused AdamW, warm-up + cosine, AMP). "
-        "Writes OUT/last.pt, OUT/best.pt, OUT/log.csv, OUT/loss.png, OUT/dice.png. "
+        "Writes OUT/last.pt, OUT/best.pt, OUT/log.csv, OUT/curves.png (loss and Dice). "
         "Under `torchrun --nproc_per_node K segbench train ...` it trains with DDP; "
         "--batch-size is per process.",
     )

@@ -16,7 +16,7 @@ def _help(text: str, **extra: Any) -> dict:
 @dataclass
 class TrainConfig:
     data_dir: str = field(metadata=_help("prepared folder (`segbench data prep` output, with splits.json)"))
-    out: str = field(metadata=_help("run folder: last.pt, best.pt, log.csv, config.json, plots"))
+    out: str = field(metadata=_help("run folder: last.pt, best.pt, log.csv, curves.png, config.json"))
     model: str = field(default="unet", metadata=_help("model name: unet, swinunetr or dynunet"))
     model_options: dict = field(
         default_factory=dict, metadata=_help("overrides for seg.models.build, e.g. {'preset': 'paper'}")

@@ -1,4 +1,4 @@
-"""The run's log.csv (one row per completed epoch) and its loss / Dice plots."""
+"""The run's log.csv: one row per completed epoch (plotted by `seg.viz.plot_curves`)."""
 
 from __future__ import annotations
 
@@ -33,35 +33,3 @@ def write_log(path: str | Path, rows: list[dict]) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
-
-
-def plot_curves(rows: list[dict], out_dir: str | Path) -> list[Path]:
-    """loss.png (train and validation loss) and dice.png (mean and per-region validation Dice)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    epochs = [r["epoch"] for r in rows]
-    figures = {
-        "loss.png": ("loss (DiceCE)", [("train", "train_loss"), ("validation", "val_loss")]),
-        "dice.png": (
-            "validation Dice",
-            [("mean ET/TC/WT", "val_dice")] + [(r, f"val_dice_{r.lower()}") for r in ("ET", "TC", "WT")],
-        ),
-    }
-    written = []
-    for name, (ylabel, series) in figures.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, key in series:
-            ax.plot(epochs, [r[key] for r in rows], marker="o", markersize=3, label=label)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        save = lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=100)  # noqa: E731
-        written.append(atomic_write(out_dir / name, save))
-        plt.close(fig)
-    return written

@@ -2,9 +2,9 @@
 
 Per epoch: train (micro-batches, gradient accumulation, optimizer step via `seg.recipe`), then
 validate, then rank 0 writes best.pt (when the validation Dice improved), last.pt, log.csv and
-the plots. Checkpoints are written atomically, so a crash loses at most the running epoch, and
-`resume=True` replays from the last completed epoch to the same weights as an uninterrupted run
-(bitwise on CPU; on CUDA up to cuDNN's nondeterministic kernels).
+curves.png (loss and Dice). Checkpoints are written atomically, so a crash loses at most the
+running epoch, and `resume=True` replays from the last completed epoch to the same weights as an
+uninterrupted run (bitwise on CPU; on CUDA up to cuDNN's nondeterministic kernels).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from seg.data.store import write_json
 from seg.train import checkpoint as ckpt
 from seg.train.config import TrainConfig
 from seg.train.distributed import Layout, all_reduce_sum, barrier, setup, teardown
-from seg.train.logs import plot_curves, read_log, write_log
+from seg.train.logs import read_log, write_log
 from seg.train.validate import validate
+from seg.viz import plot_curves
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -260,4 +261,4 @@ def _write_epoch(
             ckpt.save_checkpoint(out / "best.pt", state)
         ckpt.save_checkpoint(out / "last.pt", state)
         write_log(out / "log.csv", rows)
-    plot_curves(rows, out)
+    plot_curves(out / "log.csv", out / "curves.png")

@@ -34,7 +34,7 @@ def test_run_writes_checkpoints_log_and_plots(data_dir, tmp_path):
     out = tmp_path / "run"
     summary = train(_config(data_dir, out, epochs=3))
     assert summary["epochs"] == 3 and summary["run_dir"] == str(out)
-    for name in ("last.pt", "best.pt", "log.csv", "loss.png", "dice.png", "config.json"):
+    for name in ("last.pt", "best.pt", "log.csv", "curves.png", "config.json"):
         assert (out / name).is_file(), name
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
