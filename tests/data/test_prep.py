@@ -164,3 +164,9 @@ def test_two_worker_processes_give_the_same_files(synth_small, tmp_path):
         a, b = load_case(tmp_path / "w1" / e["file"]), load_case(tmp_path / "w2" / e["file"])
         torch.testing.assert_close(a["image"], b["image"], atol=1e-6, rtol=0)
         assert torch.equal(a["label"], b["label"])
+
+
+def test_empty_source_is_an_error(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    assert main(["data", "prep", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 1
+    assert "no BraTS cases found" in capsys.readouterr().err
