@@ -1,0 +1,88 @@
+"""Window attention through `scaled_dot_product_attention` with one cached additive bias per window group.
+
+MONAI builds the (heads, N, N) relative-position bias by a gather on every forward, adds the shift
+mask to a materialized (windows, heads, N, N) score tensor, and runs softmax and dropout over it.
+Here the scores never exist outside the SDPA kernel: each window group (see `windows`) gets one
+bias = relative-position bias + that group's shift mask, broadcast over its (window, batch) rows.
+
+The table is a trained parameter, so with autograd on the gather stays in the graph (one small
+gather + one broadcast add per group, no larger than heads*N*N); the padded index is cached. With
+autograd off (inference) the finished biases are cached per (geometry, dtype) and rebuilt when the
+table changes (its version counter moves on every in-place update: optimizer steps, load_state_dict).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets.swin_unetr import WindowAttention
+
+from .windows import WindowGeometry, from_windows, padded_tokens
+
+_CACHE_ENTRIES = 8  # shapes kept per module (one per input shape seen: training and sliding window use one)
+
+
+def _remember(cache: dict, key, value):
+    if len(cache) >= _CACHE_ENTRIES:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+    return value
+
+
+class FastWindowAttention(WindowAttention):
+    """MONAI's WindowAttention (same parameters, same `forward`) plus `forward_windows` for the fast path."""
+
+    def init_fast(self) -> None:
+        self._index_cache: dict = {}
+        self._bias_cache: dict = {}
+
+    def _padded_index(self, n: int, compiling: bool) -> torch.Tensor:
+        """relative_position_index[:n, :n] (MONAI's slice, also for shrunken windows), columns padded to 16."""
+        index = self.relative_position_index
+        key = (n, index.device, index._version, index.data_ptr()) if not compiling else None
+        if key is not None and key in self._index_cache:
+            return self._index_cache[key]
+        padded = F.pad(index[:n, :n], (0, padded_tokens(n) - n))
+        return padded if key is None else _remember(self._index_cache, key, padded)
+
+    def group_biases(self, geo: WindowGeometry, dtype: torch.dtype) -> list[torch.Tensor]:
+        """One (1, heads, N, N) additive bias per window group (a view of an aligned (.., N, Np) tensor)."""
+        compiling = torch.compiler.is_compiling()
+        table = self.relative_position_bias_table
+        frozen = not (torch.is_grad_enabled() and table.requires_grad)
+        key = None
+        if frozen and not compiling:
+            key = (geo.window, geo.shift, geo.dims, table.device, dtype, table._version, table.data_ptr())
+            if key in self._bias_cache:
+                return self._bias_cache[key]
+        n = geo.tokens
+        index = self._padded_index(n, compiling)
+        rel = table.to(dtype).t()[:, index]  # one gather: (heads, N, Np)
+        biases = []
+        for group in geo.groups:
+            bias = rel if group.mask is None else rel + group.mask.to(device=rel.device, dtype=dtype)
+            biases.append(bias[None, :, :, :n])
+        return biases if key is None else _remember(self._bias_cache, key, biases)
+
+    def forward_windows(self, rows: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
+        """Window rows (windows*B*N, C) -> attention output as raster rows (B*L, C), projected.
+
+        Same function as MONAI's forward + window_reverse + roll back + crop. Per-token ops commute
+        with the token permutation, so the projection runs after the gather back, on the real
+        tokens only (pads are dropped before it).
+        """
+        n, c, heads = geo.tokens, rows.shape[1], self.num_heads
+        qkv = self.qkv(rows).view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        biases = self.group_biases(geo, q.dtype)
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        outs = []
+        for group, bias in zip(geo.groups, biases):
+            s = slice(group.start, group.end)
+            out = F.scaled_dot_product_attention(
+                q[s], k[s], v[s], attn_mask=bias, dropout_p=dropout_p, scale=self.scale
+            )
+            outs.append(out.transpose(1, 2))  # (rows, N, heads, d): contiguous for the efficient kernel
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+        out = from_windows(out.reshape(-1, c), geo)
+        return self.proj_drop(self.proj(out))

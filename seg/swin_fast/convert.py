@@ -1,0 +1,96 @@
+"""`to_fast(model)`: turn a built MONAI SwinUNETR into the fast path in place, weights untouched."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from monai.networks.nets.swin_unetr import BasicLayer, SwinTransformerBlock, SwinUNETR, WindowAttention
+
+from .attention import FastWindowAttention
+from .blocks import FastBasicLayer, FastSwinTransformer, FastSwinTransformerBlock, FastSwinUNETR
+
+FusedNorm = bool | Literal["auto"]
+
+
+class KernelLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters) whose forward is the Triton `kernels.layer_norm`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import kernels
+
+        return kernels.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+def kernels_status() -> tuple[bool, str]:
+    """Whether the fused-norm kernels can be used for this model: (ok, why not / what runs)."""
+    try:
+        import kernels
+    except ImportError as e:
+        return False, f"kernels is not importable ({e})"
+    missing = [name for name in ("available", "layer_norm", "patch") if not hasattr(kernels, name)]
+    if missing:
+        return False, f"kernels does not provide {', '.join(missing)} yet"
+    return kernels.available()
+
+
+def _resolve_fused_norm(fused_norm: FusedNorm) -> bool:
+    if fused_norm is False:
+        return False
+    ok, why = kernels_status()
+    if fused_norm == "auto":
+        # the Triton interpreter is correct but orders of magnitude slower: "auto" means a real GPU
+        return ok and torch.cuda.is_available()
+    if not ok:
+        raise RuntimeError(f"fused_norm=True but the Triton kernels cannot run: {why}")
+    return True
+
+
+def to_fast(model: nn.Module, fused_norm: FusedNorm = "auto", use_checkpoint: bool | None = None) -> nn.Module:
+    """Make a MONAI SwinUNETR take the fast path; returns the same object (or kernels.patch's result).
+
+    Same parameters (the same tensors), same state_dict keys, same function: window attention through
+    SDPA with cached biases, shift/partition as cached index maps, tokens channels-last between
+    stages, no graph breaks under torch.compile.
+    fused_norm: "auto" uses the Triton LayerNorm and kernels.patch (decoder InstanceNorm+LeakyReLU)
+      when Triton can run on a CUDA device; True requires them; False keeps torch's ops.
+    use_checkpoint: None keeps the model's setting; True/False sets gradient checkpointing of every
+      Swin block (the seed preset turns it on; the fast path is meant to run without it).
+    """
+    if not isinstance(model, SwinUNETR):
+        raise TypeError(f"to_fast expects a MONAI SwinUNETR, got {type(model).__name__}")
+    if model.use_hyena or (model.hyena_stages is not None and any(model.hyena_stages)):
+        raise ValueError("to_fast supports windowed-attention stages only; this SwinUNETR uses Hyena stages")
+    swin = model.swinViT
+    model.__class__ = FastSwinUNETR
+    swin.__class__ = FastSwinTransformer
+    use_kernels = _resolve_fused_norm(fused_norm)
+    for stage in (swin.layers1, swin.layers2, swin.layers3, swin.layers4):
+        layer = stage[0]
+        if type(layer) not in (BasicLayer, FastBasicLayer):
+            raise TypeError(f"unexpected Swin stage {type(layer).__name__}")
+        layer.__class__ = FastBasicLayer
+        layer.init_fast()
+        for blk in layer.blocks:
+            if type(blk) not in (SwinTransformerBlock, FastSwinTransformerBlock):
+                raise TypeError(f"unexpected Swin block {type(blk).__name__}")
+            blk.__class__ = FastSwinTransformerBlock
+            if type(blk.attn) not in (WindowAttention, FastWindowAttention):
+                raise TypeError(f"unexpected window attention {type(blk.attn).__name__}")
+            blk.attn.__class__ = FastWindowAttention
+            blk.attn.init_fast()
+            if use_checkpoint is not None:
+                blk.use_checkpoint = use_checkpoint
+    if use_kernels:
+        import kernels
+
+        for module in swin.modules():
+            if type(module) is nn.LayerNorm:
+                module.__class__ = KernelLayerNorm
+        model = kernels.patch(model)
+    return model
+
+
+def is_fast(model: nn.Module) -> bool:
+    return isinstance(model, FastSwinUNETR)

@@ -1,0 +1,212 @@
+"""Shifted-window geometry as index maps: pad + roll + partition (and back) as one gather each way.
+
+MONAI's Swin block pads the normalized tokens to a multiple of the window, rolls them by the shift,
+permutes them into windows, and after attention permutes, rolls and crops them back: three to four
+copies each way, plus a shift mask rebuilt by Python loops on every forward. Here one index map
+sends every window slot to the raster token that fills it (or to a zero pad slot), and one inverse
+map sends every raster token to its window slot. Both are built once per (batch, shape, window,
+shift, device) from `arange` arithmetic (so under torch.compile they fuse into the gather kernels).
+
+Window order. Under a shift, a window's mask depends only on which axes its window straddles the
+roll seam (the last window along a shifted axis), so there are at most 2**dims distinct masks.
+Windows are ordered group by group (interior windows first), and inside a group window-major with
+the batch inner: every group is then one contiguous run of (window, batch) rows that shares one
+(heads, N, N) bias, for any batch size, instead of a (windows, heads, N, N) bias per forward.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+MASK_VALUE = -100.0  # MONAI's compute_mask fills cross-region pairs with -100 (not -inf): kept exact
+BIAS_ALIGN = 16  # SDPA's memory-efficient kernel wants the bias rows aligned (8 elements); 16 covers both
+
+
+class WindowGroup(NamedTuple):
+    start: int  # first row (over window * batch) of the group
+    end: int
+    mask: torch.Tensor | None  # (N, Np) float32 additive shift mask, zero-padded to Np columns; None: no mask
+
+
+class WindowGeometry(NamedTuple):
+    """How one block's raster tokens (B*L rows) map to attention-window rows (windows*B*N rows)."""
+
+    batch: int
+    dims: tuple[int, ...]
+    window: tuple[int, ...]
+    shift: tuple[int, ...]
+    tokens: int  # N, tokens per window
+    src: torch.Tensor  # (rows,) int64: raster row feeding each window slot (0 at pad slots)
+    valid: torch.Tensor | None  # (rows,) bool: False at pad slots; None when nothing is padded
+    pad_rows: torch.Tensor | None  # window slots that are padding (eager only; compile uses `valid`)
+    inv: torch.Tensor  # (B*L,) int64: window slot of each raster row
+    groups: tuple[WindowGroup, ...]
+
+
+def padded_tokens(n: int) -> int:
+    return -(-n // BIAS_ALIGN) * BIAS_ALIGN
+
+
+def _axis_window_sets(grid: int, shifted: bool) -> tuple[tuple[int, int], ...]:
+    """Per axis, the window-index ranges of its (unsplit, split) classes; split = straddles the seam."""
+    if not shifted:
+        return ((0, grid),)
+    return ((0, grid - 1), (grid - 1, grid))
+
+
+def _group_mask(
+    window: tuple[int, ...], shift: tuple[int, ...], split: tuple[bool, ...], device: torch.device
+) -> torch.Tensor | None:
+    """The MONAI shift mask shared by every window whose seam-straddling axes are `split`.
+
+    compute_mask labels the padded grid by three regions per axis; a window off the seam sees one
+    region on that axis, a window on the seam sees region 1 for offsets < w - s and region 2 after.
+    Only label equality matters, so labels are rebuilt per window offset (0/1 per split axis).
+    """
+    if not any(split):
+        return None
+    n = math.prod(window)
+    label = torch.zeros(window, dtype=torch.int64, device=device)
+    for axis, (w, s, on_seam) in enumerate(zip(window, shift, split)):
+        label = label * 3
+        if on_seam:
+            shape = [1] * len(window)
+            shape[axis] = w
+            label = label + (torch.arange(w, device=device) >= w - s).view(shape).long()
+    label = label.reshape(n)
+    mask = (label[:, None] != label[None, :]).float() * MASK_VALUE
+    return F.pad(mask, (0, padded_tokens(n) - n))
+
+
+def build_geometry(
+    batch: int,
+    dims: tuple[int, ...],
+    window: tuple[int, ...],
+    shift: tuple[int, ...],
+    device: torch.device,
+    cacheable: bool = True,
+) -> WindowGeometry:
+    """Index maps for one block: window size and shift as MONAI's get_window_size returns them.
+
+    `cacheable=False` (under torch.compile) skips the one data-dependent op (`nonzero` for the pad
+    rows), so the whole build traces into the graph; the gathers then zero pads with `where`.
+    """
+    k = len(dims)
+    padded = tuple(-(-d // w) * w for d, w in zip(dims, window))
+    grid = tuple(p // w for p, w in zip(padded, window))
+    masked = any(s > 0 for s in shift)  # MONAI rolls and masks only when some axis is shifted
+    n = math.prod(window)
+    tokens = math.prod(dims)
+    raster_stride = [math.prod(dims[a + 1 :]) for a in range(k)]
+    grid_stride = [math.prod(grid[a + 1 :]) for a in range(k)]
+    offset_stride = [math.prod(window[a + 1 :]) for a in range(k)]
+    batch_offset = torch.arange(batch, device=device) * tokens
+
+    def axis_view(t: torch.Tensor, axis: int, at: int) -> torch.Tensor:
+        shape = [1] * (2 * k)
+        shape[at] = -1
+        return t.view(shape)
+
+    srcs, valids, window_ids, groups = [], [], [], []
+    row = 0
+    classes = [_axis_window_sets(g, masked and s > 0) for g, s in zip(grid, shift)]
+    for choice in itertools.product(*classes):
+        count = math.prod(hi - lo for lo, hi in choice)
+        if count == 0:
+            continue
+        src = torch.zeros((), dtype=torch.int64, device=device)
+        ok = torch.ones((), dtype=torch.bool, device=device)
+        wid = torch.zeros((), dtype=torch.int64, device=device)
+        split = []
+        for a, (lo, hi) in enumerate(choice):
+            idx = torch.arange(lo, hi, device=device)
+            # slot coordinate in the rolled, padded frame -> coordinate in the padded raster
+            coord = (idx[:, None] * window[a] + torch.arange(window[a], device=device) + shift[a]) % padded[a]
+            shape = [1] * (2 * k)
+            shape[a], shape[k + a] = hi - lo, window[a]
+            coord = coord.view(shape)
+            src = src + coord * raster_stride[a]
+            ok = ok & (coord < dims[a])
+            wid = wid + axis_view(idx, a, a) * grid_stride[a]
+            split.append(masked and shift[a] > 0 and hi == grid[a] and lo == grid[a] - 1)
+        src = torch.where(ok, src, 0).reshape(count, 1, n) + batch_offset.view(1, batch, 1)
+        srcs.append(src.reshape(-1))
+        valids.append(ok.reshape(count, 1, n).expand(count, batch, n).reshape(-1))
+        window_ids.append(wid.reshape(-1))
+        groups.append(WindowGroup(row * batch, (row + count) * batch, _group_mask(window, shift, tuple(split), device)))
+        row += count
+    src = torch.cat(srcs)
+    order = torch.cat(window_ids)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=device))
+
+    # inverse: raster token -> its slot (window rank, batch, offset in window)
+    win = torch.zeros((), dtype=torch.int64, device=device)
+    off = torch.zeros((), dtype=torch.int64, device=device)
+    for a in range(k):
+        coord = (torch.arange(dims[a], device=device) - shift[a]) % padded[a]
+        shape = [1] * k
+        shape[a] = dims[a]
+        win = win + (coord // window[a]).view(shape) * grid_stride[a]
+        off = off + (coord % window[a]).view(shape) * offset_stride[a]
+    slot = (rank[win.reshape(-1)] * batch) * n + off.reshape(-1)
+    inv = (slot[None, :] + (torch.arange(batch, device=device) * n)[:, None]).reshape(-1)
+
+    has_pad = padded != tuple(dims)
+    valid = torch.cat(valids) if has_pad else None
+    pad_rows = (~valid).nonzero().squeeze(1) if (has_pad and cacheable) else None
+    return WindowGeometry(batch, tuple(dims), tuple(window), tuple(shift), n, src, valid, pad_rows, inv,
+                          tuple(groups))
+
+
+class _ToWindows(torch.autograd.Function):
+    """Raster rows (B*L, C) -> window rows (windows*B*N, C), pads zero; backward is the inverse gather."""
+
+    @staticmethod
+    def forward(ctx, x, geo_src, geo_inv, valid, pad_rows):
+        ctx.save_for_backward(geo_inv)
+        out = x.index_select(0, geo_src)
+        if valid is None:
+            return out
+        if pad_rows is not None:
+            return out.index_fill_(0, pad_rows, 0)
+        return torch.where(valid[:, None], out, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (geo_inv,) = ctx.saved_tensors
+        return grad.index_select(0, geo_inv), None, None, None, None
+
+
+class _FromWindows(torch.autograd.Function):
+    """Window rows -> raster rows (drops pads: the crop); backward gathers back and zeroes pad slots."""
+
+    @staticmethod
+    def forward(ctx, rows, geo_src, geo_inv, valid, pad_rows):
+        ctx.save_for_backward(geo_src, valid, pad_rows)
+        ctx.has_valid, ctx.has_pad_rows = valid is not None, pad_rows is not None
+        return rows.index_select(0, geo_inv)
+
+    @staticmethod
+    def backward(ctx, grad):
+        geo_src, valid, pad_rows = ctx.saved_tensors
+        out = grad.index_select(0, geo_src)
+        if ctx.has_pad_rows:
+            out = out.index_fill_(0, pad_rows, 0)
+        elif ctx.has_valid:
+            out = torch.where(valid[:, None], out, 0)
+        return out, None, None, None, None
+
+
+def to_windows(x: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
+    """(B*L, C) raster rows -> (windows*B*N, C) window rows in the geometry's group order."""
+    return _ToWindows.apply(x, geo.src, geo.inv, geo.valid, geo.pad_rows)
+
+
+def from_windows(rows: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
+    """(windows*B*N, C) window rows -> (B*L, C) raster rows, pad slots dropped."""
+    return _FromWindows.apply(rows, geo.src, geo.inv, geo.valid, geo.pad_rows)
