@@ -151,13 +151,18 @@ def _apply_kernel(X, Y, R, W, B, PW, MEAN, RSTD, C, S, Cg, G, chunk, slope,
                                           HAS_W, HAS_B, PRELU, PRELU_PER_CHANNEL)
     # (x - mean) * scale + b rather than x * scale + shift: the folded form cancels when |mean| >> std.
     scale = rstd * w
+    # 64-bit sample base on the pointers, 32-bit offsets within the sample (cheaper per element).
     sample = n.to(tl.int64) * C * S
+    X += sample
+    Y += sample
+    if HAS_RES:
+        R += sample
     s_begin = sp * chunk
     s_end = tl.minimum(s_begin + chunk, S)
     for s0 in range(s_begin, s_end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         m = c_ok[:, None] & (s < S)[None, :]
-        off = sample + _tile_offsets(s, c, C, S, CHANNELS_LAST)
+        off = _tile_offsets(s, c, C, S, CHANNELS_LAST)
         x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
         z = (x - mean[:, None]) * scale[:, None] + b[:, None]
         if HAS_RES:
@@ -180,6 +185,10 @@ def _bwd_reduce_kernel(X, DY, R, W, B, PW, MEAN, RSTD, PA, PB, PP, C, S, Cg, G, 
     mean, rstd, w, b, a = _channel_params(W, B, PW, MEAN, RSTD, n, c, c_ok, G, Cg, slope, BLOCK_C,
                                           HAS_W, HAS_B, PRELU, PRELU_PER_CHANNEL)
     sample = n.to(tl.int64) * C * S
+    X += sample
+    DY += sample
+    if HAS_RES:
+        R += sample
     s_begin = sp * chunk
     s_end = tl.minimum(s_begin + chunk, S)
     acc_a = tl.zeros([BLOCK_C, BLOCK_S], tl.float32)
@@ -188,7 +197,7 @@ def _bwd_reduce_kernel(X, DY, R, W, B, PW, MEAN, RSTD, PA, PB, PP, C, S, Cg, G, 
     for s0 in range(s_begin, s_end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         m = c_ok[:, None] & (s < S)[None, :]
-        off = sample + _tile_offsets(s, c, C, S, CHANNELS_LAST)
+        off = _tile_offsets(s, c, C, S, CHANNELS_LAST)
         x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
         # Masked lanes load dy = 0, so they add nothing to any of the sums below.
         dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
@@ -258,12 +267,19 @@ def _bwd_apply_kernel(X, DY, R, W, B, PW, MEAN, RSTD, C1, C2, DX, DR, C, S, Cg, 
     k_x = rstd * rstd * c2
     k_0 = rstd * c1
     sample = n.to(tl.int64) * C * S
+    X += sample
+    DY += sample
+    DX += sample
+    if HAS_RES:
+        R += sample
+    if WRITE_DR:
+        DR += sample
     s_begin = sp * chunk
     s_end = tl.minimum(s_begin + chunk, S)
     for s0 in range(s_begin, s_end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         m = c_ok[:, None] & (s < S)[None, :]
-        off = sample + _tile_offsets(s, c, C, S, CHANNELS_LAST)
+        off = _tile_offsets(s, c, C, S, CHANNELS_LAST)
         x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
         if HAS_ACT:

@@ -1,0 +1,111 @@
+"""Compile the fused-norm kernels for an H100 (sm_90) without a GPU and report their code.
+
+    python -m kernels.codegen_check      (must run without TRITON_INTERPRET)
+
+For the headline (2, 32, 128³) bf16 launch in both layouts it prints, per kernel, registers per
+thread, stack bytes (spills) and the widest global load/store, and exits 1 when a streaming kernel
+lost its 128-bit vector accesses or spills. This catches compiled-mode errors the CPU interpreter
+lets through and checks the layout/vectorization design on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+from .fused_norm_act import POLICY, plan
+
+_BF16 = {"X", "Y", "DY", "DX", "R", "DR"}
+_F32_PTR = {"PMEAN", "PM2", "MEAN", "RSTD", "W", "B", "PW", "PA", "PB", "PP", "C1", "C2"}
+_FLOAT = {"slope", "eps", "group_count"}
+_DIV16 = {"C", "S", "chunk"}  # what Triton's runtime specialization marks for (2, 32, 128³)
+STREAMING = ("_stats_kernel", "_apply_kernel", "_bwd_reduce_kernel", "_bwd_apply_kernel")
+
+
+def _compile(fn, constexprs: dict, target):
+    import triton
+    from triton.compiler import ASTSource
+
+    signature, attrs = {}, {}
+    for i, p in enumerate(fn.params):
+        name = p.name
+        if p.is_constexpr or constexprs.get(name, 0) is None:
+            signature[name] = "constexpr"
+        elif name in _BF16 or name in _F32_PTR:
+            signature[name] = "*bf16" if name in _BF16 else "*fp32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "fp32" if name in _FLOAT else "i32"
+            if name in _DIV16:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    consts = {k: v for k, v in constexprs.items() if signature[k] == "constexpr"}
+    return triton.compile(ASTSource(fn, signature, consts, attrs), target=target,
+                          options={"num_warps": POLICY.num_warps})
+
+
+def _resources(cubin: bytes) -> tuple[int, int]:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout
+    return int(re.search(r"REG:(\d+)", out).group(1)), int(re.search(r"STACK:(\d+)", out).group(1))
+
+
+def _widest(ptx: str, op: str) -> int:
+    """Widest `op` (ld/st.global) in bits, counting vector lanes."""
+    best = 0
+    for vec, bits in re.findall(rf"{op}\.global(?:\.\w+)*?(?:\.v(\d))?\.b(\d+)", ptx):
+        best = max(best, int(vec or 1) * int(bits))
+    return best
+
+
+def check() -> list[str]:
+    """Compile each streaming kernel for both layouts; return the problems found (empty: all good)."""
+    from triton.backends.compiler import GPUTarget
+
+    from . import _fused_norm_act_triton as K
+
+    if K.INTERPRETED:
+        raise RuntimeError("run without TRITON_INTERPRET: the interpreter's kernels cannot be compiled")
+    target = GPUTarget("cuda", 90, 32)
+    x = torch.empty(2, 32, 128, 128, 128, device="meta")
+    problems = []
+    for channels_last in (False, True):
+        p = plan(x, 32, channels_last, None, POLICY)
+        flags = dict(CHANNELS_LAST=channels_last, BLOCK_S=p.block_s, BLOCK_C=p.block_c, HAS_W=True,
+                     HAS_B=True, HAS_RES=False, HAS_ACT=True, PRELU=False, PRELU_PER_CHANNEL=False,
+                     WRITE_DR=False, R=None, PW=None, DR=None)
+        for name in STREAMING:
+            fn = getattr(K, name)
+            compiled = _compile(fn, {k: v for k, v in flags.items() if k in fn.arg_names}, target)
+            ptx = compiled.asm["ptx"]
+            regs, stack = _resources(compiled.asm["cubin"])
+            load, store = _widest(ptx, "ld"), _widest(ptx, "st")
+            layout = "channels_last" if channels_last else "contiguous"
+            print(f"{name:20s} {layout:13s} tile [{p.block_c}, {p.block_s}]  regs {regs:3d}  stack {stack}  "
+                  f"widest load {load} bit, store {store} bit")
+            if load < 128 or stack:
+                problems.append(f"{name} ({layout}): widest load {load} bit, stack {stack} bytes")
+            if name in ("_apply_kernel", "_bwd_apply_kernel") and store < 128:
+                problems.append(f"{name} ({layout}): widest store {store} bit")
+    return problems
+
+
+def main() -> int:
+    problems = check()
+    for line in problems:
+        print("PROBLEM:", line, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
