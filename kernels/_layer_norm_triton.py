@@ -4,6 +4,8 @@ Forward: one program per block of BLOCK_M rows; a whole row fits one tile, so th
 exact two-pass in registers (mean, then sum of squared deviations), in fp32.
 Backward: a fixed number of programs (a few per SM) each walk a strided set of row blocks, write dx,
 and keep their share of dweight/dbias in registers; the host sums the per-program partials.
+Offsets are int32 (the host checks M * D < 2**31): int64 row offsets cost the backward its 128-bit
+vector loads and push it past 255 registers (see kernels.codegen_check for how to look).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _ln_fwd_kernel(X, Y, W, B, MEAN, RSTD, M, D, eps, HAS_W: tl.constexpr, HAS_B
     r_ok = rows < M
     c_ok = cols < D
     m = r_ok[:, None] & c_ok[None, :]
-    off = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    off = rows[:, None] * D + cols[None, :]  # int32: the host checks M * D < 2**31
     x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) / D
     d = tl.where(m, x - mean[:, None], 0.0)
@@ -50,13 +52,13 @@ def _ln_bwd_kernel(X, DY, DX, W, MEAN, RSTD, PDW, PDB, M, D, HAS_W: tl.constexpr
         w = tl.load(W + cols, mask=c_ok, other=0.0).to(tl.float32)
     else:
         w = tl.zeros([BLOCK_D], tl.float32) + 1.0
-    dw = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    db = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dw = tl.zeros([BLOCK_D], tl.float32)
+    db = tl.zeros([BLOCK_D], tl.float32)
     for rb in range(pid, tl.cdiv(M, BLOCK_M), num_programs):
         rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
         r_ok = rows < M
         m = r_ok[:, None] & c_ok[None, :]
-        off = rows.to(tl.int64)[:, None] * D + cols[None, :]
+        off = rows[:, None] * D + cols[None, :]
         x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
         mean = tl.load(MEAN + rows, mask=r_ok, other=0.0)
@@ -67,7 +69,7 @@ def _ln_bwd_kernel(X, DY, DX, W, MEAN, RSTD, PDW, PDB, M, D, HAS_W: tl.constexpr
         c2 = tl.sum(g, axis=1) / D
         dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
         tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
-        dw += dy * xhat
-        db += dy
-    tl.store(PDW + pid * D + cols, tl.sum(dw, axis=0), mask=c_ok)
-    tl.store(PDB + pid * D + cols, tl.sum(db, axis=0), mask=c_ok)
+        dw += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
+    tl.store(PDW + pid * D + cols, dw, mask=c_ok)
+    tl.store(PDB + pid * D + cols, db, mask=c_ok)

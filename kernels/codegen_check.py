@@ -2,10 +2,11 @@
 
     python -m kernels.codegen_check      (must run without TRITON_INTERPRET)
 
-For the headline (2, 32, 128³) bf16 launch in both layouts it prints, per kernel, registers per
-thread, stack bytes (spills) and the widest global load/store, and exits 1 when a streaming kernel
-lost its 128-bit vector accesses or spills. This catches compiled-mode errors the CPU interpreter
-lets through and checks the layout/vectorization design on a machine without a GPU.
+For the headline (2, 32, 128³) bf16 launch in both layouts, and LayerNorm over 96 channels (Swin
+stage 2 at feature size 48), it prints per kernel the registers per thread, stack bytes (spills)
+and the widest global load/store, and exits 1 when a kernel lost its 128-bit vector accesses or
+spills. This catches compiled-mode errors the CPU interpreter lets through and checks the
+layout/vectorization design on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import torch
 from .fused_norm_act import POLICY, plan
 
 _BF16 = {"X", "Y", "DY", "DX", "R", "DR"}
-_F32_PTR = {"PMEAN", "PM2", "MEAN", "RSTD", "W", "B", "PW", "PA", "PB", "PP", "C1", "C2"}
+_F32_PTR = {"PMEAN", "PM2", "MEAN", "RSTD", "W", "B", "PW", "PA", "PB", "PP", "C1", "C2", "PDW", "PDB"}
 _FLOAT = {"slope", "eps", "group_count"}
-_DIV16 = {"C", "S", "chunk"}  # what Triton's runtime specialization marks for (2, 32, 128³)
+_DIV16 = {"C", "S", "chunk", "D"}  # what Triton's runtime specialization marks for these shapes
 STREAMING = ("_stats_kernel", "_apply_kernel", "_bwd_reduce_kernel", "_bwd_apply_kernel")
 
 
-def _compile(fn, constexprs: dict, target):
+def _compile(fn, constexprs: dict, target, num_warps: int = POLICY.num_warps):
     import triton
     from triton.compiler import ASTSource
 
@@ -45,7 +46,7 @@ def _compile(fn, constexprs: dict, target):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     consts = {k: v for k, v in constexprs.items() if signature[k] == "constexpr"}
     return triton.compile(ASTSource(fn, signature, consts, attrs), target=target,
-                          options={"num_warps": POLICY.num_warps})
+                          options={"num_warps": num_warps})
 
 
 def _resources(cubin: bytes) -> tuple[int, int]:
@@ -97,6 +98,25 @@ def check() -> list[str]:
                 problems.append(f"{name} ({layout}): widest load {load} bit, stack {stack} bytes")
             if name in ("_apply_kernel", "_bwd_apply_kernel") and store < 128:
                 problems.append(f"{name} ({layout}): widest store {store} bit")
+    problems += _check_layer_norm(target, D=96)
+    return problems
+
+
+def _check_layer_norm(target, D: int) -> list[str]:
+    from . import _layer_norm_triton as L
+    from .layer_norm import _blocks
+
+    block_m, block_d = _blocks(D)
+    problems = []
+    for fn in (L._ln_fwd_kernel, L._ln_bwd_kernel):
+        consts = dict(HAS_W=True, HAS_B=True, BLOCK_M=block_m, BLOCK_D=block_d)
+        compiled = _compile(fn, {k: v for k, v in consts.items() if k in fn.arg_names}, target, num_warps=4)
+        regs, stack = _resources(compiled.asm["cubin"])
+        load, store = _widest(compiled.asm["ptx"], "ld"), _widest(compiled.asm["ptx"], "st")
+        print(f"{fn.__name__:20s} D={D:<11d} tile [{block_m}, {block_d}]  regs {regs:3d}  stack {stack}  "
+              f"widest load {load} bit, store {store} bit")
+        if load < 128 or store < 128 or stack:
+            problems.append(f"{fn.__name__} (D={D}): widest load {load}, store {store} bit, stack {stack} B")
     return problems
 
 
