@@ -22,7 +22,7 @@ class SplitPolicy:
 
     tile_elements: int = 4096  # elements of one [BLOCK_C, BLOCK_S] tile held in registers
     max_block_c: int = 64  # channels per tile in channels-last (one tile row = BLOCK_C contiguous values)
-    programs_per_sm: int = 16  # programs to launch per SM: many small ones shrink the last wave's tail
+    programs_per_sm: int = 32  # programs per SM: ~6 rounds of ~5 resident ones keep the last round short
     min_tiles_per_program: int = 4  # never split a row so finely that a program walks fewer tiles
     num_warps: int = 8
 
