@@ -166,14 +166,14 @@ def _prepare_one(case: Case, cfg: PrepConfig, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     entry = {"id": case.id, "convention": case.convention, "has_label": case.seg is not None,
              "source_sig": _source_signature(case)}
-    errors = validate(case)
-    if not errors:
-        try:
+    try:
+        errors = validate(case)
+        if not errors:
             prepared = prepare_case(case, cfg)
             save_case(out_dir / f"{case.id}.pt", prepared["image"], prepared.get("label"),
                       prepared["meta"], cfg.format)
-        except Exception as err:  # one bad case must not stop the others
-            errors = [f"{case.images[0].parent}: preparing {case.id} failed ({type(err).__name__}: {err})"]
+    except Exception as err:  # one bad case must not stop the others
+        errors = [f"{case.images[0].parent}: preparing {case.id} failed ({type(err).__name__}: {err})"]
     if errors:
         (out_dir / f"{case.id}.pt").unlink(missing_ok=True)  # a stale file from an older run
         entry.update(status="error", error="; ".join(errors), errors=errors)

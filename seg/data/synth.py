@@ -75,7 +75,7 @@ def _paint_balls(tissue: np.ndarray, where: np.ndarray, centers, radii, code: in
 
 
 def _anatomy(rng: np.random.Generator, shape):
-    """Normal brain: (tissue codes, brain mask, depth below the brain surface in [0, 1])."""
+    """Normal brain: (tissue codes, brain mask, brain semi-axes, brain centre), in voxels."""
     shape = tuple(shape)
     scale = float(np.mean(np.array(shape) / np.array(BRATS_SHAPE)))
     center = (np.array(shape) - 1) / 2 + rng.uniform(-0.02, 0.02, 3) * np.array(shape)
@@ -122,11 +122,11 @@ def _anatomy(rng: np.random.Generator, shape):
     centers = [np.array(np.unravel_index(i, shape), dtype=float) for i in picks]
     radii = list(rng.uniform(max(1.5, 2 * scale), max(2.0, 7 * scale), len(centers)))
     _paint_balls(tissue, where_wm, centers, radii, WMH)
-    return tissue, brain, depth, axes, center
+    return tissue, brain, axes, center
 
 
-def _tumour(rng: np.random.Generator, shape, brain, depth, axes, center):
-    """(seg labels in {0,1,2,4}, edema strength in [0,1]) for one glioma inside `brain`."""
+def _tumour(rng: np.random.Generator, shape, brain, axes, center):
+    """(seg labels in {0,1,2,4}, edema contrast weight in [0.35, 1]) for one glioma in `brain`."""
     shape = tuple(shape)
     for _ in range(100):
         offset = rng.uniform(-0.5, 0.5, 3) * axes
@@ -164,8 +164,8 @@ def synth_case(seed: int, index: int, shape=BRATS_SHAPE) -> tuple[list[np.ndarra
     shape = tuple(int(s) for s in shape)
     scale = float(np.mean(np.array(shape) / np.array(BRATS_SHAPE)))
     for _ in range(20):  # redraw in the rare case a label got lost at the brain border
-        tissue, brain, depth, axes, center = _anatomy(rng, shape)
-        seg, edema_strength = _tumour(rng, shape, brain, depth, axes, center)
+        tissue, brain, axes, center = _anatomy(rng, shape)
+        seg, edema_strength = _tumour(rng, shape, brain, axes, center)
         if all(np.count_nonzero(seg == v) >= 20 for v in (1, 2, 4)):
             break
     contrast = CONTRAST * np.exp(rng.normal(0.0, 0.06, CONTRAST.shape)).astype(np.float32)
