@@ -95,7 +95,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if not args.suite or not args.out:
         print("segbench bench: --suite and --out are required (or --list)", file=sys.stderr)
         return 2
-    from bench.runner import run_suite
+    from bench.runner import BenchError, run_suite
 
     try:
         out = run_suite(
@@ -107,7 +107,7 @@ def run_bench(args: argparse.Namespace) -> int:
             report=not args.no_report,
             argv=sys.argv,
         )
-    except SuiteError as err:
+    except (SuiteError, BenchError) as err:
         print(f"segbench bench: {err}", file=sys.stderr)
         return 2
     print(f"results: {out / 'results.jsonl'}")

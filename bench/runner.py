@@ -23,6 +23,10 @@ from bench.variants import Unavailable, VariantContext, resolve
 PAIRED_KINDS = ("train_step",)  # workloads that interleave a baseline when a speedup is quoted
 
 
+class BenchError(RuntimeError):
+    """The suite cannot run at all here (no such device, no data); the message says why."""
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -90,7 +94,7 @@ def prepare_data(spec: DataSpec, out: Path, seed: int = 0) -> Path:
         workers = min(8, os.cpu_count() or 1)
         manifest = prepare_all(raw, prepared, PrepConfig(size=spec.size, format=spec.format), workers=workers)
         if not any(c["status"] == "ok" for c in manifest["cases"]):
-            raise RuntimeError(f"no case of {raw} could be prepared; see {prepared / 'manifest.json'}")
+            raise BenchError(f"no case of {raw} could be prepared; see {prepared / 'manifest.json'}")
     return prepared
 
 
@@ -171,10 +175,15 @@ def run_suite(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
+    # A folder reused for a new run: drop what belonged to the old one (its reference trajectories
+    # were measured with other settings; its figures would sit beside the new report).
+    for stale in [*(out / "cache").glob("reference-*.json"), *(out / "figures").glob("*.png")]:
+        stale.unlink()
     cases = [
         (i, w, v) for i, w, v in suite.run_order() if not only or w.name in only or f"{w.name}/{v}" in only
     ]
     results = Results(out / "results.jsonl")
+    started = time.perf_counter()  # the budget covers calibration and data preparation too
     env = {
         "suite": suite.name,
         "suite_file": str(suite.path),
@@ -185,7 +194,7 @@ def run_suite(
 
     calib = run_case_process({"kind": "calibrate", "device": device}, out / "cases", "calibrate", 300)
     if calib.get("status") != "ok":
-        raise RuntimeError(
+        raise BenchError(
             f"cannot measure the {device} device: {calib.get('error')} (log: {out / calib['log']})"
         )
     calibration = {k: v for k, v in calib.items() if k not in ("status", "log", "case_wall_s")}
@@ -196,7 +205,6 @@ def run_suite(
         print(f"no --data given: synthesizing {suite.data.cases} tiny cases into {out / 'data'}")
         data_dir = prepare_data(suite.data, out / "data")
 
-    started = time.perf_counter()
     bar = tqdm(cases, desc=suite.name, unit="case", dynamic_ncols=True)
     for index, w, variant in bar:
         bar.set_postfix_str(f"{w.name}/{variant}")

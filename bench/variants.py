@@ -58,6 +58,7 @@ class VariantDef:
     help: str
     apply: Callable[[CaseConfig, VariantContext, str | None], None]
     takes_arg: bool = False
+    shown: str = ""  # how --list writes it, e.g. compile[:MODE]
 
 
 REGISTRY: dict[str, VariantDef] = {}
@@ -67,9 +68,11 @@ LOADER_KINDS = ("train_e2e", "dataloader")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def variant(name: str, help: str, takes_arg: bool = False):
+def variant(name: str, help: str, takes_arg: bool = False, shown: str = ""):
     def register(fn: Callable[[CaseConfig, VariantContext, str | None], None]):
-        REGISTRY[name] = VariantDef(name, help, fn, takes_arg)
+        REGISTRY[name] = VariantDef(
+            name, help, fn, takes_arg, shown or (f"{name}:ARG" if takes_arg else name)
+        )
         return fn
 
     return register
@@ -85,12 +88,14 @@ def _eager(cfg, ctx, arg):
     pass
 
 
-@variant("fp32", "float32 (PyTorch defaults; no autocast)")
+@variant(
+    "fp32", "float32, no autocast (PyTorch defaults: cuDNN may use TF32 for convolutions, matmuls may not)"
+)
 def _fp32(cfg, ctx, arg):
     cfg.precision = "fp32"
 
 
-@variant("tf32", "float32 with TF32 tensor cores for matmuls and convolutions (CUDA)")
+@variant("tf32", "float32 with TF32 tensor cores for matmuls too (CUDA)")
 def _tf32(cfg, ctx, arg):
     _need(ctx.device == "cuda", "TF32 is a CUDA tensor-core mode")
     cfg.precision = "fp32"
@@ -113,7 +118,12 @@ def _channels_last(cfg, ctx, arg):
     cfg.channels_last = True
 
 
-@variant("compile", "torch.compile; `compile:MODE` picks a mode (max-autotune, reduce-overhead, ...)", True)
+@variant(
+    "compile",
+    "torch.compile; `compile:MODE` picks a mode (max-autotune, reduce-overhead, ...)",
+    True,
+    "compile[:MODE]",
+)
 def _compile(cfg, ctx, arg):
     mode = arg or "default"
     if mode not in COMPILE_MODES:
@@ -160,7 +170,7 @@ def _tta(cfg, ctx, arg):
     cfg.tta = True
 
 
-@variant("workers", "DataLoader worker processes: `workers:N`", True)
+@variant("workers", "DataLoader worker processes", True, "workers:N")
 def _workers(cfg, ctx, arg):
     if arg is None or not arg.isdigit():
         raise ValueError(f"workers needs a count, e.g. workers:4 (got {arg!r})")
@@ -168,7 +178,7 @@ def _workers(cfg, ctx, arg):
     cfg.workers = int(arg)
 
 
-@variant("loader", "a loader from bench.loaders: `loader:NAME`", True)
+@variant("loader", "a loader registered in bench.loaders", True, "loader:NAME")
 def _loader(cfg, ctx, arg):
     from bench.loaders import LOADERS
 
@@ -230,4 +240,4 @@ def resolve(name: str, ctx: VariantContext) -> CaseConfig:
 
 
 def describe() -> list[tuple[str, str]]:
-    return [(d.name + (":ARG" if d.takes_arg else ""), d.help) for d in REGISTRY.values()]
+    return [(d.shown, d.help) for d in REGISTRY.values()]

@@ -37,6 +37,8 @@ def capture_torch(step, device, cfg: dict, out: Path) -> dict:
         prof.export_chrome_trace(str(trace))
 
     total = cfg["wait"] + cfg["warmup"] + cfg["active"]
+    if cfg.get("memory") and device.type != "cuda":
+        print("--memory: the memory snapshot records the CUDA caching allocator; none on the CPU")
     if cfg.get("memory") and device.type == "cuda":
         torch.cuda.memory._record_memory_history(max_entries=200_000)
     with profile(

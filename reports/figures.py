@@ -122,27 +122,27 @@ def speedups(workload: str, rows: list[dict], out: Path) -> Path | None:
 def loader_vs_compute(rows: list[dict], out: Path) -> Path | None:
     """Loader supply (dataloader rows) against what the model consumes (train_step rows), samples/s."""
     supply = _ok([r for r in rows if r.get("kind") == "dataloader"], "samples_per_s")
-    demand = _ok([r for r in rows if r.get("kind") in ("train_step", "train_e2e")], "samples_per_s")
+    demand = _ok([r for r in rows if r.get("kind") == "train_step"], "samples_per_s")
     if not supply or not demand:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(supply) + 2))
+    demand = sorted(demand, key=lambda r: -r["samples_per_s"])[:4]  # the fastest consumers matter
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(supply) + 2))
     ax.barh(
         [f"{r['workload']}/{r['variant']}" for r in supply],
         [r["samples_per_s"] for r in supply],
         color="#8172B3",
         label="loader supplies",
     )
-    for i, r in enumerate(sorted(demand, key=lambda r: -r["samples_per_s"])[:6]):
-        ax.axvline(
-            r["samples_per_s"],
-            ls="--",
-            color=plt.cm.tab10(i),
-            label=f"{r['workload']}/{r['variant']} consumes",
-        )
+    for i, r in enumerate(demand):
+        label = f"{r['workload']}/{r['variant']} consumes"
+        ax.axvline(r["samples_per_s"], ls="--", color=plt.cm.tab10(i), label=label)
+    rates = [r["samples_per_s"] for r in supply + demand]
+    if max(rates) / min(rates) > 30:
+        ax.set_xscale("log")
     ax.invert_yaxis()
     ax.set_xlabel("samples/s")
     ax.set_title("input pipeline supply vs model consumption")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out / "loader_vs_compute.png")
 
 
