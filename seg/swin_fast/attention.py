@@ -37,7 +37,7 @@ class FastWindowAttention(WindowAttention):
         self._bias_cache: dict = {}
 
     def _padded_index(self, n: int, compiling: bool) -> torch.Tensor:
-        """relative_position_index[:n, :n] (MONAI's slice, also for shrunken windows), columns padded to 16."""
+        """relative_position_index[:n, :n] (MONAI's slice, also for shrunk windows), columns padded."""
         index = self.relative_position_index
         key = (n, index.device, index._version, index.data_ptr()) if not compiling else None
         if key is not None and key in self._index_cache:
@@ -77,7 +77,7 @@ class FastWindowAttention(WindowAttention):
         biases = self.group_biases(geo, q.dtype)
         dropout_p = self.attn_drop.p if self.training else 0.0
         outs = []
-        for group, bias in zip(geo.groups, biases):
+        for group, bias in zip(geo.groups, biases, strict=True):
             s = slice(group.start, group.end)
             out = F.scaled_dot_product_attention(
                 q[s], k[s], v[s], attn_mask=bias, dropout_p=dropout_p, scale=self.scale

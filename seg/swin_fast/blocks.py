@@ -13,7 +13,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
-from monai.networks.nets.swin_unetr import BasicLayer, SwinTransformer, SwinTransformerBlock, SwinUNETR, get_window_size
+from monai.networks.nets.swin_unetr import (
+    BasicLayer,
+    SwinTransformer,
+    SwinTransformerBlock,
+    SwinUNETR,
+    get_window_size,
+)
 
 from .attention import _remember
 from .windows import WindowGeometry, build_geometry, to_windows

@@ -47,7 +47,9 @@ def _resolve_fused_norm(fused_norm: FusedNorm) -> bool:
     return True
 
 
-def to_fast(model: nn.Module, fused_norm: FusedNorm = "auto", use_checkpoint: bool | None = None) -> nn.Module:
+def to_fast(
+    model: nn.Module, fused_norm: FusedNorm = "auto", use_checkpoint: bool | None = None
+) -> nn.Module:
     """Make a MONAI SwinUNETR take the fast path; returns the same object (or kernels.patch's result).
 
     Same parameters (the same tensors), same state_dict keys, same function: window attention through
@@ -63,25 +65,14 @@ def to_fast(model: nn.Module, fused_norm: FusedNorm = "auto", use_checkpoint: bo
     if model.use_hyena or (model.hyena_stages is not None and any(model.hyena_stages)):
         raise ValueError("to_fast supports windowed-attention stages only; this SwinUNETR uses Hyena stages")
     swin = model.swinViT
+    stages = [stage[0] for stage in (swin.layers1, swin.layers2, swin.layers3, swin.layers4)]
+    for layer in stages:  # check everything before changing anything
+        _check_layer(layer)
+    use_kernels = _resolve_fused_norm(fused_norm)
     model.__class__ = FastSwinUNETR
     swin.__class__ = FastSwinTransformer
-    use_kernels = _resolve_fused_norm(fused_norm)
-    for stage in (swin.layers1, swin.layers2, swin.layers3, swin.layers4):
-        layer = stage[0]
-        if type(layer) not in (BasicLayer, FastBasicLayer):
-            raise TypeError(f"unexpected Swin stage {type(layer).__name__}")
-        layer.__class__ = FastBasicLayer
-        layer.init_fast()
-        for blk in layer.blocks:
-            if type(blk) not in (SwinTransformerBlock, FastSwinTransformerBlock):
-                raise TypeError(f"unexpected Swin block {type(blk).__name__}")
-            blk.__class__ = FastSwinTransformerBlock
-            if type(blk.attn) not in (WindowAttention, FastWindowAttention):
-                raise TypeError(f"unexpected window attention {type(blk.attn).__name__}")
-            blk.attn.__class__ = FastWindowAttention
-            blk.attn.init_fast()
-            if use_checkpoint is not None:
-                blk.use_checkpoint = use_checkpoint
+    for layer in stages:
+        fast_layer(layer, use_checkpoint)
     if use_kernels:
         import kernels
 
@@ -90,6 +81,30 @@ def to_fast(model: nn.Module, fused_norm: FusedNorm = "auto", use_checkpoint: bo
                 module.__class__ = KernelLayerNorm
         model = kernels.patch(model)
     return model
+
+
+def _check_layer(layer: nn.Module) -> None:
+    if type(layer) not in (BasicLayer, FastBasicLayer):
+        raise TypeError(f"to_fast: unexpected Swin stage {type(layer).__name__} (expected BasicLayer)")
+    for blk in layer.blocks:
+        if type(blk) not in (SwinTransformerBlock, FastSwinTransformerBlock):
+            raise TypeError(f"to_fast: unexpected Swin block {type(blk).__name__}")
+        if type(blk.attn) not in (WindowAttention, FastWindowAttention):
+            raise TypeError(f"to_fast: unexpected window attention {type(blk.attn).__name__}")
+
+
+def fast_layer(layer: nn.Module, use_checkpoint: bool | None = None) -> FastBasicLayer:
+    """Swap one MONAI BasicLayer (a Swin stage) and its blocks to the fast classes, in place."""
+    _check_layer(layer)
+    layer.__class__ = FastBasicLayer
+    layer.init_fast()
+    for blk in layer.blocks:
+        blk.__class__ = FastSwinTransformerBlock
+        blk.attn.__class__ = FastWindowAttention
+        blk.attn.init_fast()
+        if use_checkpoint is not None:
+            blk.use_checkpoint = use_checkpoint
+    return layer
 
 
 def is_fast(model: nn.Module) -> bool:

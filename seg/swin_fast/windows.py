@@ -72,7 +72,7 @@ def _group_mask(
         return None
     n = math.prod(window)
     label = torch.zeros(window, dtype=torch.int64, device=device)
-    for axis, (w, s, on_seam) in enumerate(zip(window, shift, split)):
+    for axis, (w, s, on_seam) in enumerate(zip(window, shift, split, strict=True)):
         label = label * 3
         if on_seam:
             shape = [1] * len(window)
@@ -97,9 +97,10 @@ def build_geometry(
     rows), so the whole build traces into the graph; the gathers then zero pads with `where`.
     """
     k = len(dims)
-    padded = tuple(-(-d // w) * w for d, w in zip(dims, window))
-    grid = tuple(p // w for p, w in zip(padded, window))
-    masked = any(s > 0 for s in shift)  # MONAI rolls and masks only when some axis is shifted
+    # plain loops and lists (no generator expressions): dynamo traces this whole function
+    padded = tuple([-(-d // w) * w for d, w in zip(dims, window, strict=True)])
+    grid = tuple([p // w for p, w in zip(padded, window, strict=True)])
+    masked = any([s > 0 for s in shift])  # MONAI rolls and masks only when some axis is shifted
     n = math.prod(window)
     tokens = math.prod(dims)
     raster_stride = [math.prod(dims[a + 1 :]) for a in range(k)]
@@ -107,16 +108,11 @@ def build_geometry(
     offset_stride = [math.prod(window[a + 1 :]) for a in range(k)]
     batch_offset = torch.arange(batch, device=device) * tokens
 
-    def axis_view(t: torch.Tensor, axis: int, at: int) -> torch.Tensor:
-        shape = [1] * (2 * k)
-        shape[at] = -1
-        return t.view(shape)
-
     srcs, valids, window_ids, groups = [], [], [], []
     row = 0
-    classes = [_axis_window_sets(g, masked and s > 0) for g, s in zip(grid, shift)]
+    classes = [_axis_window_sets(g, masked and s > 0) for g, s in zip(grid, shift, strict=True)]
     for choice in itertools.product(*classes):
-        count = math.prod(hi - lo for lo, hi in choice)
+        count = math.prod([hi - lo for lo, hi in choice])
         if count == 0:
             continue
         src = torch.zeros((), dtype=torch.int64, device=device)
@@ -132,13 +128,17 @@ def build_geometry(
             coord = coord.view(shape)
             src = src + coord * raster_stride[a]
             ok = ok & (coord < dims[a])
-            wid = wid + axis_view(idx, a, a) * grid_stride[a]
+            wid_shape = [1] * (2 * k)
+            wid_shape[a] = hi - lo
+            wid = wid + idx.view(wid_shape) * grid_stride[a]
             split.append(masked and shift[a] > 0 and hi == grid[a] and lo == grid[a] - 1)
         src = torch.where(ok, src, 0).reshape(count, 1, n) + batch_offset.view(1, batch, 1)
         srcs.append(src.reshape(-1))
         valids.append(ok.reshape(count, 1, n).expand(count, batch, n).reshape(-1))
         window_ids.append(wid.reshape(-1))
-        groups.append(WindowGroup(row * batch, (row + count) * batch, _group_mask(window, shift, tuple(split), device)))
+        groups.append(
+            WindowGroup(row * batch, (row + count) * batch, _group_mask(window, shift, tuple(split), device))
+        )
         row += count
     src = torch.cat(srcs)
     order = torch.cat(window_ids)
@@ -159,8 +159,9 @@ def build_geometry(
     has_pad = padded != tuple(dims)
     valid = torch.cat(valids) if has_pad else None
     pad_rows = (~valid).nonzero().squeeze(1) if (has_pad and cacheable) else None
-    return WindowGeometry(batch, tuple(dims), tuple(window), tuple(shift), n, src, valid, pad_rows, inv,
-                          tuple(groups))
+    return WindowGeometry(
+        batch, tuple(dims), tuple(window), tuple(shift), n, src, valid, pad_rows, inv, tuple(groups)
+    )
 
 
 class _ToWindows(torch.autograd.Function):
