@@ -193,9 +193,7 @@ def _check(x, weight, bias, num_groups, activation, prelu_weight, residual) -> i
     return groups
 
 
-# Dynamo sees a graph break here rather than tracing launch planning and Triton launches: the
-# compiled regions around the op stay intact and the kernels run as they do eagerly.
-@torch.compiler.disable
+@runtime.compile_boundary  # a graph break under torch.compile; the kernels run as they do eagerly
 def fused_norm_act(
     x: torch.Tensor,
     weight: torch.Tensor | None = None,

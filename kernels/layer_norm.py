@@ -59,7 +59,7 @@ class _LayerNorm(torch.autograd.Function):
         return dx.reshape(ctx.shape), dw, db, None
 
 
-@torch.compiler.disable  # a graph break under torch.compile, as for fused_norm_act
+@runtime.compile_boundary  # a graph break under torch.compile, as for fused_norm_act
 def layer_norm(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5
 ) -> torch.Tensor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from monai.networks.nets import DynUNet
@@ -82,3 +85,10 @@ def test_time_norm_on_cpu():
 def test_time_norm_refuses_unavailable_kernels(no_triton):
     with pytest.raises(RuntimeError, match="test: kernels unavailable"):
         bench.time_norm("fused", (1, 4, 8, 8, 8), "fp32", "contiguous", "fwd", "cpu")
+
+
+def test_import_kernels_leaves_triton_unimported():
+    # so a CPU process can still choose Triton's interpreter after `import kernels`
+    code = "import sys, kernels; print('triton' in sys.modules, 'torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
