@@ -54,7 +54,7 @@ def capture_torch(step, device, cfg: dict, out: Path) -> dict:
     if cfg.get("memory") and device.type == "cuda":
         torch.cuda.memory._dump_snapshot(str(out / "memory_snapshot.pickle"))
         torch.cuda.memory._record_memory_history(enabled=None)
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     (out / "key_averages.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=60))
     summary = summarize_trace(trace, steps=cfg["active"])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -3,7 +3,9 @@ weights with a variant applied, synthetic batches, and the seed recipe's trainin
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +67,20 @@ def apply_backend(cfg: CaseConfig, device: torch.device) -> None:
         # tf32 turns it on for matmuls too.
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = True
+
+
+@contextlib.contextmanager
+def math_mode(cfg: CaseConfig, device: torch.device) -> Iterator[None]:
+    """The variant's TF32 setting for a block (the reference runs in a variant's process), restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def kernels_api(*names: str) -> list[Any]:

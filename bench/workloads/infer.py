@@ -19,6 +19,7 @@ from bench.workloads.common import (
     apply_backend,
     build_model,
     initial_state,
+    math_mode,
     release,
     to_input,
     torch_device,
@@ -75,7 +76,8 @@ def run(case: Case) -> dict:
         ref_name, ref_cfg = case.reference
         predict_ref = _predictor(case, ref_cfg, device, state, image)
         out: list[torch.Tensor] = []
-        row["flops_per_step"] = count_flops(lambda: out.append(predict_ref()))
+        with math_mode(ref_cfg, device):
+            row["flops_per_step"] = count_flops(lambda: out.append(predict_ref()))
         reference = out[0]
         predict_ref = out = None
         release(device)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from bench.measure import count_flops
-from bench.workloads.common import Case, TrainState, release, to_input
+from bench.workloads.common import Case, TrainState, math_mode, release, to_input
 
 
 def _cache_path(case: Case) -> Path | None:
@@ -37,11 +37,12 @@ def train_reference(
         cfg = dataclasses.replace(
             cfg or CaseConfig(), checkpointing=False if case.params.model == "swinunetr" else None
         )
-        ref = TrainState(case.params, cfg, device, state)
-        inputs = [(to_input(x, cfg, device), y.to(device)) for x, y in batches]
-        torch.manual_seed(case.measure.seed)
-        result["losses"] = [float(ref.step(x, y)) for x, y in inputs[: case.measure.parity_steps]]
-        result["flops_per_step"] = count_flops(lambda: ref.forward_backward(*inputs[0]))
+        with math_mode(cfg, device):
+            ref = TrainState(case.params, cfg, device, state)
+            inputs = [(to_input(x, cfg, device), y.to(device)) for x, y in batches]
+            torch.manual_seed(case.measure.seed)
+            result["losses"] = [float(ref.step(x, y)) for x, y in inputs[: case.measure.parity_steps]]
+            result["flops_per_step"] = count_flops(lambda: ref.forward_backward(*inputs[0]))
         ref = inputs = None  # free the reference model before the variant is built
         release(device)
     except Exception as err:  # the reference failing (OOM) must not fail the variant's timing
