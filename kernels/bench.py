@@ -112,3 +112,36 @@ def copy_gb_per_s(device: str | torch.device, nbytes: int = 1 << 30, iters: int 
     dst = torch.empty_like(src)
     ms = statistics.median(time_step(lambda: dst.copy_(src), device, iters=iters))
     return 2 * src.numel() / (ms * 1e-3) / 1e9
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m kernels.bench`: ms and GB/s per impl x layout x direction, one JSON line each."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m kernels.bench", description=main.__doc__)
+    ap.add_argument("--shape", default="2,32,128,128,128", help="N,C,D,H,W")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
+    ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--iters", type=int, default=50)
+    args = ap.parse_args(argv)
+    shape = tuple(int(v) for v in args.shape.split(","))
+    copy = copy_gb_per_s(args.device) if torch.device(args.device).type == "cuda" else None
+    for impl in args.impls.split(","):
+        for layout in LAYOUTS:
+            for direction in DIRECTIONS:
+                row = dict(impl=impl, shape=list(shape), dtype=args.dtype, layout=layout, direction=direction)
+                try:
+                    row |= time_norm(impl, shape, args.dtype, layout, direction, args.device,
+                                     iters=args.iters)
+                    if copy:
+                        row |= dict(copy_gb_per_s=copy, fraction_of_copy=row["gb_per_s"] / copy)
+                except Exception as e:  # one failing impl (e.g. compile) must not hide the others
+                    row["error"] = f"{type(e).__name__}: {e}"
+                print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

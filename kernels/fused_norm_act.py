@@ -136,6 +136,7 @@ class _FusedNormAct(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         K = runtime.load_kernels("kernels._fused_norm_act_triton")
 

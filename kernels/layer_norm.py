@@ -40,6 +40,7 @@ class _LayerNorm(torch.autograd.Function):
         return y.reshape(shape)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         K = runtime.load_kernels("kernels._layer_norm_triton")
 

@@ -70,8 +70,9 @@ def _inputs(case: Case, device):
         return (torch.randn(*s, generator=g) * scale + offset).to(device)
 
     x = to_layout(rand(*shape, scale=2.0, offset=0.5).to(case.dtype), case.channels_last)
-    weight = rand(channels, scale=0.5, offset=1.0) if case.affine else None
-    bias = rand(channels, scale=0.5) if case.affine else None
+    param_dtype = F16 if case.dtype == F16 else F32  # fp16 cases: parameters in fp16 too
+    weight = rand(channels, scale=0.5, offset=1.0).to(param_dtype) if case.affine else None
+    bias = rand(channels, scale=0.5).to(param_dtype) if case.affine else None
     prelu = rand(channels if case.prelu_per_channel else 1, scale=0.1, offset=0.2)
     residual = None
     if case.residual:
