@@ -142,6 +142,8 @@ class Suite:
     budget_s: float | None = None
     data: DataSpec = field(default_factory=DataSpec)
     run_last: list[str] = field(default_factory=list)  # "workload/variant" cases run after all others
+    # "workload/variant" -> s/iter measured for ANCHORS.md (stock MONAI, one H100), shown beside ours
+    anchors: dict[str, float] = field(default_factory=dict)
 
     def cases(self) -> list[tuple[Workload, str]]:
         """(workload, variant) in report order (the file's order)."""
@@ -213,6 +215,7 @@ def parse_suite(text: str, path: Path) -> Suite:
     measure = raw.pop("measure", {})
     _build(Measure, measure, f"{path} [measure]")
     data = _build(DataSpec, raw.pop("data", {}), f"{path} [data]")
+    anchors = raw.pop("anchors", {})
     suite_keys = {
         "name",
         "description",
@@ -234,9 +237,10 @@ def parse_suite(text: str, path: Path) -> Suite:
     if len(set(names)) != len(names):
         raise SuiteError(f"{path}: workload names must be unique (give each a 'name'): {names}")
     known_cases = {f"{w.name}/{v}" for w in workloads for v in w.variants}
-    stray = [c for c in raw.get("run_last", []) if c not in known_cases]
-    if stray:
-        raise SuiteError(f"{path}: run_last names no case of the suite: {', '.join(stray)}")
+    for key, names in (("run_last", raw.get("run_last", [])), ("anchors", anchors)):
+        stray = [c for c in names if c not in known_cases]
+        if stray:
+            raise SuiteError(f"{path}: {key} names no case of the suite: {', '.join(stray)}")
     device = raw.get("device", "cpu")
     if device not in ("cpu", "cuda"):
         raise SuiteError(f"{path}: device must be cpu or cuda, not {device!r}")
@@ -250,6 +254,7 @@ def parse_suite(text: str, path: Path) -> Suite:
         budget_s=raw.get("budget_s"),
         data=data,
         run_last=list(raw.get("run_last", [])),
+        anchors={k: float(v) for k, v in anchors.items()},
     )
 
 

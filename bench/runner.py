@@ -235,6 +235,9 @@ def run_suite(
                 spec = _case_spec(suite, w, variant, device, cfg, out, data_dir, calibration)
                 stem = f"{index:03d}-{w.name}-{variant}".replace("/", "_").replace(":", "_")
                 row.update(run_case_process(spec, out / "cases", stem, timeout))
+        anchor = suite.anchors.get(f"{w.name}/{variant}")
+        if anchor is not None:
+            row["anchor_s_per_iter"] = anchor
         results.append(row)
         tqdm.write(f"  {w.name}/{variant}: {_summary(row)}")
     bar.close()

@@ -104,6 +104,15 @@ def _num(value, fmt: str) -> str:
     return "" if value is None or (isinstance(value, float) and pd.isna(value)) else format(value, fmt)
 
 
+def _anchor(row: dict) -> str:
+    """The ANCHORS.md time of this configuration and how ours compares (ratio > 1: we are slower)."""
+    anchor = row.get("anchor_s_per_iter")
+    if not anchor:
+        return ""
+    ours = (row.get("s_per_iter") or {}).get("median")
+    return _fmt_seconds(anchor) + (f" (ours ×{ours / anchor:.2f})" if ours else "")
+
+
 def _extra(row: dict) -> dict:
     """Columns particular to a workload kind."""
     kind = row.get("kind")
@@ -151,6 +160,7 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
             "samples/s": _num(row.get("samples_per_s"), ".2f"),
             "peak memory": _fmt_bytes(row.get("peak_bytes")),
             "MFU": _num(row.get("mfu"), ".2%"),
+            "ANCHORS (H100, stock)": _anchor(row),
             "parity": "" if dev is None else f"{dev:.1e}" + ("†" if parity.get("note") else ""),
             **_extra(row),
             "error": (row.get("error") or "")[:200],

@@ -61,6 +61,7 @@ def _suite(text: str) -> str:
         ('[[workload]]\nkind = "trainstep"\nvariants = ["fp32"]\n', "kind 'trainstep'"),
         ('[[workload]]\nkind = "dataloader"\nvariants = ["workers:x"]\n', "workers needs a count"),
         ('run_last = ["a/b"]\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n', "run_last"),
+        ('[anchors]\n"x/fp32" = 1.0\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n', "anchors"),
         ("[[workload]\n", "not valid TOML"),
     ],
 )

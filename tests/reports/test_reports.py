@@ -47,7 +47,7 @@ def write_run(path: Path, scale: float = 1.0) -> Path:
             seed=3,
             paired={"baseline": "seed", "speedup": {"ratio": 1.22, "ci_low": 1.18, "ci_high": 1.26}},
         ),
-        _step("bf16+compile", 0.074 * scale, 3, seed=4),
+        _step("bf16+compile", 0.074 * scale, 3, seed=4, anchor_s_per_iter=0.074),
         {
             "suite": "hand",
             "workload": "train_step",
@@ -174,6 +174,7 @@ def test_table_quotes_paired_and_unpaired_speedups(tmp_path):
     assert table.loc["fused_norm", "status"] == "unavailable"
     assert table.loc["seed", "vs seed"] == ""
     assert table.loc["bf16", "parity"] == "1.0e-03"
+    assert table.loc["bf16+compile", "ANCHORS (H100, stock)"].startswith("74.00 ms (ours ×1.0")
 
 
 def test_compare_flags_a_synthetic_regression(tmp_path):
