@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -128,7 +127,3 @@ def real_prepared(shared_data, tmp_path_factory):
     cfg = PrepConfig()
     return {c.id: (c, prepare_case(c, cfg)) for c in discover(shared_data) if c.seg is not None}
 
-
-def copy_case(src_dir: Path, dst: Path) -> Path:
-    shutil.copytree(src_dir, dst)
-    return dst
