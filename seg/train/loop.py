@@ -256,9 +256,10 @@ def _write_epoch(
             "best_epoch": best_epoch,
             "prep": prep,
         }
-        # best.pt before last.pt: a crash between the two replays this epoch, which rewrites both.
+        # last.pt goes last: a crash before it replays this epoch, which rewrites best.pt and the
+        # log row identically (the log keeps rows up to last.pt's epoch on resume).
         if improved:
             ckpt.save_checkpoint(out / "best.pt", state)
-        ckpt.save_checkpoint(out / "last.pt", state)
         write_log(out / "log.csv", rows)
+        ckpt.save_checkpoint(out / "last.pt", state)
     plot_curves(out / "log.csv", out / "curves.png")
