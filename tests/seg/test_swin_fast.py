@@ -74,7 +74,12 @@ def test_stage_matches_monai_float64(dims, window, batch):
     torch.manual_seed(0)
     dim = 12
     ref = monai_swin.BasicLayer(
-        dim=dim, depth=2, num_heads=3, window_size=window, drop_path=[0.0, 0.0], qkv_bias=True,
+        dim=dim,
+        depth=2,
+        num_heads=3,
+        window_size=window,
+        drop_path=[0.0, 0.0],
+        qkv_bias=True,
         downsample=monai_swin.PatchMergingV2,
     )
     ref = _perturbed(ref).double().train()
@@ -101,7 +106,9 @@ def test_uncached_geometry_equals_cached():
 
 def test_inference_bias_cache_follows_parameter_updates():
     torch.manual_seed(0)
-    ref = _perturbed(monai_swin.BasicLayer(dim=12, depth=2, num_heads=3, window_size=(7, 7, 7), drop_path=[0, 0]))
+    ref = _perturbed(
+        monai_swin.BasicLayer(dim=12, depth=2, num_heads=3, window_size=(7, 7, 7), drop_path=[0, 0])
+    )
     fast = fast_layer(copy.deepcopy(ref))
     ref.eval(), fast.eval()
     x = torch.randn(1, 12, 9, 9, 9)
@@ -135,7 +142,10 @@ def test_dropout_matches_monai_statistically():
     spread_ref, spread_fast = samples_ref.var(0).mean(), samples_fast.var(0).mean()
     assert abs(spread_fast / spread_ref - 1) < 0.15
     # dropout is unbiased up to the same nonlinearity: both means sit equally far from the clean output
-    dev_ref, dev_fast = (samples_ref.mean(0) - clean).abs().mean(), (samples_fast.mean(0) - clean).abs().mean()
+    dev_ref, dev_fast = (
+        (samples_ref.mean(0) - clean).abs().mean(),
+        (samples_fast.mean(0) - clean).abs().mean(),
+    )
     assert abs(dev_fast / dev_ref - 1) < 0.25
 
 
@@ -208,7 +218,9 @@ def test_state_dict_loads_both_ways_and_parameters_are_kept():
 def test_seed_preset_builds_fast_and_rejects_bad_input():
     model = build("swinunetr", preset="seed", fast=True)
     assert is_fast(model) and model.swinViT.layers1[0].blocks[0].use_checkpoint
-    assert not to_fast(model, fused_norm=False, use_checkpoint=False).swinViT.layers1[0].blocks[0].use_checkpoint
+    assert (
+        not to_fast(model, fused_norm=False, use_checkpoint=False).swinViT.layers1[0].blocks[0].use_checkpoint
+    )
     with pytest.raises(ValueError, match="divisible by 2\\*\\*5"):
         model(torch.randn(1, 4, 32, 32, 40))
     with pytest.raises(TypeError, match="SwinUNETR"):
@@ -220,9 +232,7 @@ def test_no_graph_breaks_under_dynamo():
     import torch._dynamo
 
     torch._dynamo.reset()
-    _, fast = _pair(
-        torch.float32, feature_size=12, drop_rate=0.1, attn_drop_rate=0.1, dropout_path_rate=0.1
-    )
+    _, fast = _pair(torch.float32, feature_size=12, drop_rate=0.1, attn_drop_rate=0.1, dropout_path_rate=0.1)
     explanation = torch._dynamo.explain(fast)(torch.randn(2, 4, 64, 32, 32))
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
     assert explanation.graph_count == 1

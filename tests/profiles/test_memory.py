@@ -1,0 +1,72 @@
+"""profiles.memory: the peak replay and its categories, on a hand-made allocator trace (no GPU needed)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from profiles import memory
+
+MODEL = {"filename": "/work/main/seg/swin_fast/attention.py", "line": 80, "name": "forward_windows"}
+DECODER = {
+    "filename": "/site-packages/monai/networks/blocks/dynunet_block.py",
+    "line": 101,
+    "name": "forward",
+}
+TORCH = {"filename": "/site-packages/torch/nn/modules/module.py", "line": 1, "name": "_call_impl"}
+BACKWARD = {"filename": "/site-packages/torch/_tensor.py", "line": 600, "name": "backward"}
+STEP = {"filename": "/work/main/bench/workloads/train_step.py", "line": 40, "name": "step"}
+ADAM = {"filename": "/site-packages/torch/optim/adamw.py", "line": 300, "name": "_multi_tensor_adamw"}
+
+
+def _trace():
+    events = [
+        ("alloc", 0x100, 400, [TORCH, MODEL, STEP]),  # forward activation
+        ("alloc", 0x200, 300, [DECODER, STEP]),  # forward activation
+        ("free_completed", 0x900, 50, []),  # something allocated before recording
+        ("alloc", 0x300, 500, [TORCH, BACKWARD, STEP]),  # backward temporary: the peak
+        ("free_completed", 0x100, 400, []),
+        ("free_completed", 0x300, 500, []),
+        ("alloc", 0x400, 100, [ADAM, STEP]),
+    ]
+    return {"device_traces": [[dict(action=a, addr=addr, size=s, frames=f) for a, addr, s, f in events]]}
+
+
+def test_peak_replay_splits_live_memory_by_category_and_site():
+    summary = memory.summarize_snapshot(_trace(), baseline_bytes=1000)
+    assert summary.peak_bytes == 1000 - 50 + 400 + 300 + 500
+    assert summary.peak_event == 3
+    assert summary.by_category == {memory.BEFORE: 950, "forward": 700, "backward": 500}
+    sites = {site: (size, count) for site, size, count in summary.top_sites}
+    assert sites["[forward] swin_fast/attention.py:80 forward_windows"] == (400, 1)
+    assert sites["[backward] workloads/train_step.py:40 step"] == (500, 1)
+    assert "optimizer" not in summary.by_category  # allocated after the peak
+    assert memory.classify([ADAM, STEP])[0] == "optimizer"
+    assert "GiB" in memory.format_summary(summary)
+
+
+def test_cli_reads_a_pickle_and_names_a_bad_file(tmp_path, capsys):
+    good = tmp_path / "memory.pickle"
+    good.write_bytes(pickle.dumps(_trace()))
+    assert memory.main([str(good), "--baseline-bytes", "1000"]) == 0
+    assert "backward" in capsys.readouterr().out
+    bad = tmp_path / "truncated.pickle"
+    bad.write_bytes(pickle.dumps(_trace())[:20])
+    with pytest.raises(SystemExit) as exc:
+        memory.main([str(bad)])
+    assert exc.value.code == 1
+    assert "truncated.pickle" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_records_a_cuda_step(tmp_path):
+    import torch
+
+    layer = torch.nn.Linear(256, 256).cuda()
+    with memory.record_memory_history(tmp_path / "step.pickle") as rec:
+        layer(torch.randn(4096, 256, device="cuda")).square().sum().backward()
+    summary = memory.summarize_snapshot(rec.snapshot, rec.baseline_bytes)
+    assert (tmp_path / "step.pickle").is_file()
+    assert summary.by_category.get("forward", 0) > 0
+    assert abs(summary.peak_bytes - rec.peak_bytes) <= 0.1 * rec.peak_bytes
