@@ -125,15 +125,17 @@ def build_model(
 
     model = build(name, **model_options(name, options, cfg))
     model.load_state_dict(state)
+    model = model.to(device)
+    if cfg.fused_norm:
+        (patch,) = kernels_api("patch")  # Unavailable (with the reason) when Triton cannot run here
     if cfg.swin_fast:
         try:
             from seg.swin_fast import to_fast
         except ImportError as err:
             raise Unavailable(f"seg.swin_fast is not available: {err}") from None
-        model = to_fast(model)
-    model = model.to(device)
-    if cfg.fused_norm:
-        (patch,) = kernels_api("patch")
+        # On the device already (its caches are built there); the fused kernels only when asked.
+        model = to_fast(model, fused_norm=cfg.fused_norm)
+    elif cfg.fused_norm:
         model = patch(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
