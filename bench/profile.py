@@ -18,7 +18,7 @@ from pathlib import Path
 
 def _spec(args: argparse.Namespace) -> tuple[dict, Path]:
     from bench.config import SuiteError, load_suite
-    from bench.runner import _case_spec, prepare_data
+    from bench.runner import case_spec, prepare_data
     from bench.variants import VariantContext, resolve
 
     suite = load_suite(args.suite)
@@ -32,7 +32,7 @@ def _spec(args: argparse.Namespace) -> tuple[dict, Path]:
     data_dir = args.data
     if data_dir is None and workload.kind in ("train_e2e", "dataloader"):
         data_dir = prepare_data(suite.data, args.out / "data")
-    spec = _case_spec(suite, workload, args.variant, device, cfg, args.out, data_dir, {})
+    spec = case_spec(suite, workload, args.variant, device, cfg, args.out, data_dir, {})
     spec["baseline"] = None
     spec["profile"] = {
         "wait": args.wait,

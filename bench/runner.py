@@ -112,7 +112,7 @@ class Results:
             os.fsync(f.fileno())
 
 
-def _case_spec(
+def case_spec(
     suite: Suite, w: Workload, variant: str, device: str, cfg, run_dir: Path, data_dir, calib
 ) -> dict:
     model = getattr(w.params, "model", None)
@@ -232,7 +232,7 @@ def run_suite(
                 )
             else:
                 timeout = w.timeout_s if remaining is None else min(w.timeout_s, remaining)
-                spec = _case_spec(suite, w, variant, device, cfg, out, data_dir, calibration)
+                spec = case_spec(suite, w, variant, device, cfg, out, data_dir, calibration)
                 stem = f"{index:03d}-{w.name}-{variant}".replace("/", "_").replace(":", "_")
                 row.update(run_case_process(spec, out / "cases", stem, timeout))
         anchor = suite.anchors.get(f"{w.name}/{variant}")

@@ -13,7 +13,7 @@ import pandas as pd
 
 from bench.stats import is_improvement, is_regression, relative_change_ci
 from reports.render import Block, to_html, to_markdown, write_atomic
-from reports.tables import _fmt_seconds, load_env, load_results
+from reports.tables import fmt_seconds, load_env, load_results
 
 
 def _index(rows: list[dict]) -> dict[tuple[str, str], dict]:
@@ -29,13 +29,13 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) 
         rec = {
             "workload": key[0],
             "variant": key[1],
-            "before": _fmt_seconds(((rb or {}).get("s_per_iter") or {}).get("median")),
-            "after": _fmt_seconds(((ra or {}).get("s_per_iter") or {}).get("median")),
+            "before": fmt_seconds(((rb or {}).get("s_per_iter") or {}).get("median")),
+            "after": fmt_seconds(((ra or {}).get("s_per_iter") or {}).get("median")),
             "change": float("nan"),
             "ci_low": float("nan"),
             "ci_high": float("nan"),
         }
-        sa, sb = (ra or {}).get("samples_s"), (rb or {}).get("samples_s")
+        sa, sb = (ra or {}).get("step_times_s"), (rb or {}).get("step_times_s")
         if ra is None or rb is None:
             rec["verdict"] = "only in " + ("RUN_B" if ra is None else "RUN")
         elif ra["status"] != "ok" or rb["status"] != "ok":

@@ -47,7 +47,7 @@ def load_env(run: str | Path) -> dict:
 def _samples(row: dict | None) -> list[float] | None:
     if row is None or row.get("status") != "ok":
         return None
-    return row.get("samples_s") or None
+    return row.get("step_times_s") or None
 
 
 def speedup(row: dict, baseline: dict | None, name: str) -> dict | None:
@@ -67,7 +67,7 @@ def speedup(row: dict, baseline: dict | None, name: str) -> dict | None:
     return {**ratio_of_medians_ci(a, b), "paired": False}
 
 
-def _fmt_seconds(s: float | None) -> str:
+def fmt_seconds(s: float | None) -> str:
     if s is None or pd.isna(s):
         return ""
     if s >= 1:
@@ -96,7 +96,7 @@ def fmt_speedup(s: dict | None) -> str:
 def _fmt_spread(stats: dict | None) -> str:
     if not stats:
         return ""
-    median, p20, p80 = (_fmt_seconds(stats[k]) for k in ("median", "p20", "p80"))
+    median, p20, p80 = (fmt_seconds(stats[k]) for k in ("median", "p20", "p80"))
     return f"{median} [{p20}–{p80}] n={stats['n']}"
 
 
@@ -110,7 +110,7 @@ def _anchor(row: dict) -> str:
     if not anchor:
         return ""
     ours = (row.get("s_per_iter") or {}).get("median")
-    return _fmt_seconds(anchor) + (f" (ours ×{ours / anchor:.2f})" if ours else "")
+    return fmt_seconds(anchor) + (f" (ours ×{ours / anchor:.2f})" if ours else "")
 
 
 def _extra(row: dict) -> dict:
@@ -118,8 +118,8 @@ def _extra(row: dict) -> dict:
     kind = row.get("kind")
     if kind == "train_e2e":
         return {
-            "data wait / step": _fmt_seconds((row.get("data_wait_s") or {}).get("median")),
-            "compute / step": _fmt_seconds((row.get("compute_s") or {}).get("median")),
+            "data wait / step": fmt_seconds((row.get("data_wait_s") or {}).get("median")),
+            "compute / step": fmt_seconds((row.get("compute_s") or {}).get("median")),
             "wait share": _num(row.get("wait_fraction"), ".0%"),
             "verdict": row.get("verdict", ""),
         }
@@ -131,8 +131,8 @@ def _extra(row: dict) -> dict:
         }
     if kind == "norm_kernel":
         return {
-            "forward": _fmt_seconds((row.get("forward_s") or {}).get("median")),
-            "backward": _fmt_seconds((row.get("backward_s") or {}).get("median")),
+            "forward": fmt_seconds((row.get("forward_s") or {}).get("median")),
+            "backward": fmt_seconds((row.get("backward_s") or {}).get("median")),
             "fwd GB/s": _num(row.get("forward_gb_per_s"), ".1f"),
             "bwd GB/s": _num(row.get("backward_gb_per_s"), ".1f"),
             "of copy ceiling": _num(row.get("fraction_of_copy"), ".0%"),
@@ -154,7 +154,7 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
             "variant": row["variant"],
             "status": row["status"],
             "s/iter (median [p20–p80])": _fmt_spread(row.get("s_per_iter")),
-            "first step": _fmt_seconds(row.get("first_step_s")),
+            "first step": fmt_seconds(row.get("first_step_s")),
             "vs seed": fmt_speedup(speedup(row, seed, SEED)),
             "vs fp32": fmt_speedup(speedup(row, fp32, FP32)),
             "samples/s": _num(row.get("samples_per_s"), ".2f"),

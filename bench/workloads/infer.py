@@ -101,7 +101,7 @@ def run(case: Case) -> dict:
     samples = time_steps(predict, m.iters, device)
     row.update(peak_memory(device))
     row["s_per_iter"] = summarize(samples)
-    row["samples_s"] = samples
+    row["step_times_s"] = samples
     median = row["s_per_iter"]["median"]
     row["samples_per_s"] = 1 / median
     row["voxels_per_s"] = math.prod(p.volume) / median

@@ -114,7 +114,7 @@ def run(case: Case) -> dict:
     row.update(peak_memory(device))
     totals = [f + b_ for f, b_ in zip(fwd, bwd, strict=True)]
     row["s_per_iter"] = summarize(totals)
-    row["samples_s"] = totals
+    row["step_times_s"] = totals
     row["forward_s"], row["backward_s"] = summarize(fwd), summarize(bwd)
     nbytes = math.prod(case.params.shape) * x.element_size()
     row["forward_gb_per_s"] = 2 * nbytes / row["forward_s"]["median"] / 1e9

@@ -65,7 +65,7 @@ def run(case: Case) -> dict:
     row.update(peak_memory(device))
     totals = [w + c for w, c in zip(waits, computes, strict=True)]
     row["s_per_iter"] = summarize(totals)
-    row["samples_s"] = totals
+    row["step_times_s"] = totals
     row["data_wait_s"] = summarize(waits)
     row["compute_s"] = summarize(computes)
     row["wait_fraction"] = sum(waits) / sum(totals)

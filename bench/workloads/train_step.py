@@ -100,7 +100,7 @@ def run(case: Case) -> dict:
     samples = time_steps(step, m.iters, device)
     row.update(peak_memory(device))
     row["s_per_iter"] = summarize(samples)
-    row["samples_s"] = samples
+    row["step_times_s"] = samples
     median = row["s_per_iter"]["median"]
     voxels = math.prod(p.shape)
     row["samples_per_s"] = p.batch / median
@@ -133,8 +133,8 @@ def _paired(case: Case, device: torch.device, init: dict, variant_step: Callable
         return paired
     paired["baseline_s"] = summarize(base_times)
     paired["variant_s"] = summarize(var_times)
-    paired["baseline_samples_s"] = base_times
-    paired["variant_samples_s"] = var_times
+    paired["baseline_step_times_s"] = base_times
+    paired["variant_step_times_s"] = var_times
     # speedup > 1: the variant is faster than the baseline
     paired["speedup"] = ratio_of_medians_ci(base_times, var_times)
     return paired

@@ -25,7 +25,7 @@ def _step(
         "order": order,
         "status": "ok",
         "s_per_iter": {"median": med, "p20": p20, "p80": p80, "n": n},
-        "samples_s": samples,
+        "step_times_s": samples,
         "samples_per_s": 1 / med,
         "peak_bytes": 2**30,
         "first_step_s": 3 * seconds,
@@ -74,7 +74,7 @@ def write_run(path: Path, scale: float = 1.0) -> Path:
             "order": 6,
             "status": "ok",
             "s_per_iter": {"median": 0.2, "p20": 0.19, "p80": 0.21, "n": 3},
-            "samples_s": [0.19, 0.2, 0.21],
+            "step_times_s": [0.19, 0.2, 0.21],
             "samples_per_s": 5.0,
             "data_wait_s": {"median": 0.1},
             "compute_s": {"median": 0.1},
@@ -89,7 +89,7 @@ def write_run(path: Path, scale: float = 1.0) -> Path:
             "order": 7,
             "status": "ok",
             "s_per_iter": {"median": 0.03, "p20": 0.02, "p80": 0.04, "n": 3},
-            "samples_s": [0.02, 0.03, 0.04],
+            "step_times_s": [0.02, 0.03, 0.04],
             "samples_per_s": 33.0,
             "mb_per_s": 1650.0,
             "workers": 8,
@@ -102,7 +102,7 @@ def write_run(path: Path, scale: float = 1.0) -> Path:
             "order": 8,
             "status": "ok",
             "s_per_iter": {"median": 0.0088, "p20": 0.0087, "p80": 0.0089, "n": 3},
-            "samples_s": [0.0087, 0.0088, 0.0089],
+            "step_times_s": [0.0087, 0.0088, 0.0089],
             "forward_s": {"median": 0.00405},
             "backward_s": {"median": 0.00471},
             "forward_gb_per_s": 132.0,
@@ -183,10 +183,10 @@ def test_compare_flags_a_synthetic_regression(tmp_path):
     rows = [json.loads(line) for line in (after / "results.jsonl").read_text().splitlines()]
     for r in rows:
         if r["variant"] == "bf16+compile":  # 25 % slower
-            r["samples_s"] = [s * 1.25 for s in r["samples_s"]]
+            r["step_times_s"] = [s * 1.25 for s in r["step_times_s"]]
             r["s_per_iter"] = {k: v * 1.25 if k != "n" else v for k, v in r["s_per_iter"].items()}
         if r["variant"] == "fp32":  # 1 % slower: under the threshold
-            r["samples_s"] = [s * 1.01 for s in r["samples_s"]]
+            r["step_times_s"] = [s * 1.01 for s in r["step_times_s"]]
     (after / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = compare_rows(load_results(after), load_results(before)).set_index("variant")
     assert table.loc["bf16+compile", "verdict"] == "REGRESSION"
