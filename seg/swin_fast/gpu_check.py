@@ -1,0 +1,216 @@
+"""The GPU check of the fast SwinUNETR path, as one short script (issue 7).
+
+    python -m seg.swin_fast.gpu_check --out runs/swin_fast_gpu [--compile] [--feature 24]
+
+What the harness (`segbench bench --suite swinunetr`) does not measure, in order of importance,
+each step written to OUT/gpu_check.json the moment it finishes (a later failure loses nothing):
+1. sdpa: which scaled_dot_product_attention backends run the stage-1 window attention (bf16,
+   per-group bias that needs a gradient, dropout 0.2) forward+backward, and how fast;
+2. parity: fast vs stock with the same weights, fp32 (TF32 off) and bf16 autocast vs fp32 stock;
+3. step: s/iter and peak memory of the seed recipe's step (seg.recipe.train_step) without
+   checkpointing, stock bf16 vs fast bf16 eager (and fast + torch.compile with --compile);
+4. memory: a CUDA memory snapshot of two fast bf16 steps (OUT/swin_fast_memory.pickle) and the
+   summary of what is live at the peak, by category and source line (profiles.memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def _write(out: Path, results: dict) -> None:
+    tmp = out / "gpu_check.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out / "gpu_check.json")
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_ms(fn, device: str, iters: int = 10) -> float:
+    for _ in range(2):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1000 / iters
+
+
+def check_sdpa(size: int, feature: int, device: str = "cuda") -> dict:
+    """Stage-1 interior group of a shifted block: (windows, heads, 343, d) and a (1, heads, N, N) bias."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from .windows import padded_tokens
+
+    heads, n = 3, 343
+    windows = (-(-(size // 2) // 7) - 1) ** 3
+    shape = (windows, heads, n, feature // heads)
+    q, k, v = (torch.randn(shape, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    table = torch.randn(heads, n, padded_tokens(n), device=device, dtype=torch.bfloat16, requires_grad=True)
+
+    def step(backends):
+        with sdpa_kernel(backends):
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=table[None, :, :, :n], dropout_p=0.2, scale=0.35
+            )
+        out.sum().backward()
+
+    every = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]
+    results = {"windows": windows, "heads": heads, "tokens": n}
+    for backend in [*every, SDPBackend.MATH, None]:
+        name = "default" if backend is None else backend.name
+        try:
+            ms = _time_ms(lambda b=backend: step([*every, SDPBackend.MATH] if b is None else [b]), device)
+            results[name] = {"ok": True, "fwd_bwd_ms": round(ms, 3)}
+        except RuntimeError as e:
+            results[name] = {"ok": False, "error": str(e).splitlines()[0][:300]}
+    return results
+
+
+def _models(feature: int, dropout: float, device: str):
+    from monai.networks.nets import SwinUNETR
+
+    from .convert import to_fast
+
+    torch.manual_seed(0)
+    rates = dict(drop_rate=dropout, attn_drop_rate=dropout, dropout_path_rate=dropout)
+    stock = SwinUNETR(4, 4, feature_size=feature, use_checkpoint=False, **rates).to(device)
+    fast = to_fast(copy.deepcopy(stock), fused_norm=False)
+    return stock.train(), fast.train()
+
+
+def check_parity(size: int, feature: int, device: str = "cuda") -> dict:
+    stock, fast = _models(feature, 0.0, device)
+    x = torch.randn(1, 4, size, size, size, device=device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():
+        ref = stock(x)
+
+        def rel(y: torch.Tensor) -> float:
+            return ((y.float() - ref).norm() / ref.norm()).item()
+
+        fp32 = rel(fast(x))
+        with torch.autocast(device, dtype=torch.bfloat16):
+            bf16_fast, bf16_stock = rel(fast(x)), rel(stock(x))
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return {
+        "fast_fp32_vs_stock_fp32": fp32,
+        "fast_bf16_vs_stock_fp32": bf16_fast,
+        "stock_bf16_vs_stock_fp32": bf16_stock,
+    }
+
+
+def _step_fn(model, size: int, device: str):
+    from seg.recipe import build_loss, build_optimizer, make_scaler, train_step
+
+    x = torch.randn(1, 4, size, size, size, device=device)
+    y = torch.randint(0, 4, (1, 1, size, size, size), device=device)
+    loss_fn, optimizer, scaler = build_loss(), build_optimizer(model), make_scaler("bf16", device)
+    return lambda: train_step(model, x, y, loss_fn, optimizer, scaler, "bf16")
+
+
+def check_step(size: int, feature: int, compile_fast: bool, device: str = "cuda", iters: int = 15) -> dict:
+    stock, fast = _models(feature, 0.2, device)  # the seed recipe's dropout, no checkpointing
+    variants = {"stock_bf16": stock, "fast_bf16": fast}
+    if compile_fast:
+        variants["fast_bf16_compile"] = torch.compile(copy.deepcopy(fast))
+    results = {}
+    for name, model in variants.items():
+        step = _step_fn(model, size, device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        first = time.perf_counter() - t0
+        for _ in range(3):
+            step()
+        _sync(device)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        results[name] = {"s_per_iter": round(statistics.median(times), 5), "first_step_s": round(first, 2)}
+        if device == "cuda":
+            results[name]["peak_bytes"] = torch.cuda.max_memory_allocated()
+        print(name, results[name], flush=True)
+    return results
+
+
+def check_memory(size: int, feature: int, out: Path) -> dict:
+    from profiles.memory import format_summary, record_memory_history, summarize_snapshot
+
+    _, fast = _models(feature, 0.2, "cuda")
+    step = _step_fn(fast, size, "cuda")
+    step()
+    with record_memory_history(out / "swin_fast_memory.pickle") as rec:
+        step()
+        step()
+    summary = summarize_snapshot(rec.snapshot, rec.baseline_bytes)
+    (out / "swin_fast_memory.txt").write_text(format_summary(summary) + "\n")
+    print(format_summary(summary), flush=True)
+    return {
+        "peak_bytes": rec.peak_bytes,
+        "replayed_peak_bytes": summary.peak_bytes,
+        "by_category": summary.by_category,
+        "top_sites": summary.top_sites[:10],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m seg.swin_fast.gpu_check", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="run folder for gpu_check.json and the snapshot"
+    )
+    parser.add_argument("--size", type=int, default=128, help="cubic input size (divisible by 32)")
+    parser.add_argument("--feature", type=int, default=24, help="SwinUNETR feature_size (24 seed, 48 paper)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time fast + torch.compile (adds minutes)"
+    )
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.exit(1, "gpu_check needs a CUDA device; this machine has none\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "size": args.size,
+        "feature": args.feature,
+    }
+    checks = (
+        ("sdpa", lambda: check_sdpa(args.size, args.feature)),
+        ("parity", lambda: check_parity(args.size, args.feature)),
+        ("step", lambda: check_step(args.size, args.feature, args.compile)),
+        ("memory", lambda: check_memory(args.size, args.feature, args.out)),
+    )
+    for name, run in checks:
+        print(f"== {name}", flush=True)
+        try:
+            results[name] = run()
+        except Exception as e:  # one failed check must not cost the others their results
+            results[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            print(results[name]["error"], flush=True)
+        _write(args.out, results)
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
