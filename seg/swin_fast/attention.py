@@ -57,7 +57,8 @@ class FastWindowAttention(WindowAttention):
                 return self._bias_cache[key]
         n = geo.tokens
         index = self._padded_index(n, compiling)
-        rel = table.to(dtype).t()[:, index]  # one gather: (heads, N, Np)
+        # one gather, (heads, N, Np); index_select's backward is an index_add (no sort, unlike indexing)
+        rel = table.to(dtype).t().index_select(1, index.reshape(-1)).view(-1, n, index.shape[1])
         biases = []
         for group in geo.groups:
             bias = rel if group.mask is None else rel + group.mask.to(device=rel.device, dtype=dtype)

@@ -236,3 +236,28 @@ def test_no_graph_breaks_under_dynamo():
     explanation = torch._dynamo.explain(fast)(torch.randn(2, 4, 64, 32, 32))
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
     assert explanation.graph_count == 1
+
+
+@pytest.mark.gpu
+def test_cuda_fast_path_matches_stock_and_trains_in_bf16():
+    """On the GPU's SDPA kernels: fp32 parity, bf16 within stock bf16's own distance, dropout trains."""
+    ref, fast = (m.cuda() for m in _pair(torch.float32, feature_size=24))
+    x = torch.randn(2, 4, 64, 64, 64, device="cuda")
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            expected = ref(x)
+            assert _rel(fast(x), expected) < 1e-4
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                fast_bf16, stock_bf16 = fast(x).float(), ref(x).float()
+        assert _rel(fast_bf16, expected) < 1.5 * _rel(stock_bf16, expected) + 1e-3
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    for blk in fast.swinViT.layers1[0].blocks:  # the seed's dropout through SDPA's dropout_p
+        blk.attn.attn_drop.p = 0.2
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = fast(x).float().square().mean()
+    loss.backward()
+    table = fast.swinViT.layers1[0].blocks[1].attn.relative_position_bias_table
+    assert torch.isfinite(loss) and table.grad is not None and table.grad.abs().sum() > 0
