@@ -5,7 +5,8 @@
     model = seg.swin_fast.to_fast(model, fused_norm="auto")
 
 The model keeps MONAI's classes as bases, its parameters and its state_dict keys, and computes the
-same function (outputs and gradients equal MONAI's in fp32; train-mode dropout has MONAI's rates):
+same function (outputs and gradients equal MONAI's to 1e-10 in float64, outputs to ~1e-6 in float32;
+train-mode dropout has MONAI's rates, drawn by SDPA for the attention):
 - window attention through F.scaled_dot_product_attention; the relative-position bias and the
   shift mask become one additive bias per window group, cached (attention.py);
 - pad + roll + window partition, and the way back, are one gather each (index maps cached per
@@ -13,14 +14,18 @@ same function (outputs and gradients equal MONAI's in fp32; train-mode dropout h
 - tokens stay channels-last between Swin stages (blocks.py);
 - no graph breaks under torch.compile; optional Triton LayerNorm + fused decoder norms (convert.py).
 
-Activation memory (training, no checkpointing): MONAI materializes each window attention's
-scores (windows*heads*N*N, N=343) about six times (q@k, +bias, +mask, softmax, dropout mask and
-output); at 128^3 feature 24 that is ~1.4 GB per fp32 copy in stage 1 alone. SDPA saves only its
-output and log-sum-exp, and the biases here are heads*N*N per group, so the saved Swin activations
-are per-token tensors (about 20 x C floats per token per block with the MLP's 4C) and the peak
-moves to the full-resolution decoder convolutions. Backward of the memory-efficient kernel still
-writes a transient full-size bias gradient (rows*heads*N*N, e.g. ~0.5 GB bf16 for stage 1 at 128^3)
-before reducing it to the table; `profiles/memory.py` records where the peak actually is.
+Activation memory (training, bf16, no checkpointing, 128^3, feature 24, batch 1). MONAI keeps each
+window attention's scores (windows*heads*343*343, ~0.35 G elements in stage 1) several times over
+(q@k, +bias, +mask, softmax, dropout mask and output; fp32 where the table's bias promotes them):
+that is most of stock's 10.2 GiB. SDPA saves only q, k, v, its output and a log-sum-exp, and the
+biases here are heads*N*N per group, so a stage-1 block keeps ~0.27 GB (per token: LayerNorm
+inputs, window rows, q/k/v, the MLP's 4C hidden and dropout masks) and the whole Swin encoder
+~0.75 GB. The peak then sits in the full-resolution conv blocks (encoder1/decoder1, 24-48
+channels at 128^3: ~1.5 GB saved) plus weights, grads and AdamW state (~0.25 GB) and backward
+transients: the memory-efficient kernel writes a full (rows, heads, N, N) bias gradient before
+reducing it to the table (~0.5 GB bf16 for stage 1's interior group). Expected peak ~3-4 GiB,
+inside the seed's 8 GB card; `python -m seg.swin_fast.gpu_check` records the real one with
+`profiles.memory`.
 """
 
 from .convert import is_fast, kernels_status, to_fast
