@@ -1,6 +1,7 @@
 """Datasets and loaders over a prepared folder (`segbench data prep` output).
 
-`PreparedDataset` reads one `<case_id>.pt` per sample (pt32 or compact) and returns float32
+`PreparedDataset` reads one case per sample (a `<case_id>.pt` in pt32 or compact, or a row of a
+packed mmap folder, see seg.data.formats) and returns float32
 image / int64 label, the dtypes the models and the loss consume. `build_loader` wraps it in a
 torch DataLoader with the seed's augmentation for training.
 
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from seg.data.augment import seed_train_transforms
-from seg.data.store import load_case
+from seg.data.formats import open_reader
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -48,10 +49,11 @@ class PreparedDataset(Dataset):
         self.data_dir = Path(data_dir)
         self.ids = list(ids)
         self.transform = transform
-        missing = [i for i in self.ids if not (self.data_dir / f"{i}.pt").is_file()]
+        self.reader = open_reader(self.data_dir)  # .pt files, or a packed (mmap) folder
+        missing = self.reader.missing(self.ids)
         if missing:
             raise FileNotFoundError(
-                f"{self.data_dir}: {len(missing)} prepared case(s) missing, e.g. {missing[0]}.pt "
+                f"{self.data_dir}: {len(missing)} prepared case(s) missing, e.g. {missing[0]} "
                 "(run `segbench data prep` for this folder, or check the split)"
             )
 
@@ -61,11 +63,7 @@ class PreparedDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
         case_id = self.ids[index]
-        path = self.data_dir / f"{case_id}.pt"
-        try:
-            case = load_case(path)
-        except Exception as err:  # a truncated/foreign file: name it, not a pickle traceback
-            raise RuntimeError(f"{path}: cannot read prepared case: {err}") from err
+        case = self.reader.read(case_id)
         sample = {"image": case["image"].float()}
         if "label" in case:
             sample["label"] = case["label"].long()
@@ -134,7 +132,7 @@ def build_loader(
     if train:
         keys = ("image", "label")
         dataset = PreparedDataset(data_dir, ids, transform=None)
-        if dataset.ids and "label" not in load_case(dataset.data_dir / f"{dataset.ids[0]}.pt", mmap=True):
+        if dataset.ids and not dataset.reader.has_label(dataset.ids[0]):
             keys = ("image",)
         dataset.transform = seed_train_transforms(patch, keys=keys)
         sampler = SeededSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)

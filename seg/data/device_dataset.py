@@ -1,0 +1,114 @@
+"""A prepared split held in memory once: on the GPU when it fits, else in pinned host memory.
+
+`ResidentData.load(data_dir, ids, device)` reads every case (any prepared format) into one
+float16 image tensor [N,4,S,S,S] and one uint8 label tensor [N,1,S,S,S]. Placement:
+- "device": on the CUDA device, when the split takes at most `fraction` of its free memory
+  (`torch.cuda.mem_get_info`); a batch is then an index_select on the device;
+- "pinned": otherwise, in page-locked host memory; a batch is copied row by row to the device
+  with non_blocking copies (true DMA from pinned memory, run ahead on a side stream by
+  seg.data.prefetch.Prefetcher), no host-side gather;
+- "host": on a CPU run, plain host memory (the same API; batches are index_selects).
+All 1,251 BraTS 2021 cases at 128³ take ~22 GB in this form (fp16 image, uint8 label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from seg.data.formats import open_reader
+
+PLACEMENTS = ("device", "pinned", "host")
+DEFAULT_FRACTION = 0.5  # of free device memory; the model, activations and prefetched batches need the rest
+
+
+def choose_placement(nbytes: int, device: torch.device, fraction: float = DEFAULT_FRACTION) -> str:
+    """Where a split of `nbytes` goes for a run on `device` (see the module docstring)."""
+    if device.type != "cuda":
+        return "host"
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    return "device" if nbytes <= fraction * free_bytes else "pinned"
+
+
+def copy_rows(src: torch.Tensor, indices: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Rows `indices` of `src` as one new tensor on `device`, one copy per row. From pinned host
+    memory each copy is an asynchronous DMA on the current stream (the rows are contiguous, so no
+    staging buffer and no host-side gather); the source stays alive as long as the store does."""
+    out = torch.empty((len(indices), *src.shape[1:]), dtype=src.dtype, device=device)
+    for j, i in enumerate(indices):
+        out[j].copy_(src[i], non_blocking=True)
+    return out
+
+
+@dataclass
+class ResidentData:
+    ids: list[str]
+    images: torch.Tensor  # [N,4,S,S,S] float16
+    labels: torch.Tensor | None  # [N,1,S,S,S] uint8; None for image-only cases
+    placement: str  # one of PLACEMENTS
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.images, self.labels) if t is not None)
+
+    @classmethod
+    def load(
+        cls,
+        data_dir: str | Path,
+        ids: Sequence[str],
+        device: torch.device | str,
+        fraction: float = DEFAULT_FRACTION,
+        placement: str | None = None,
+        progress: bool = True,
+    ) -> ResidentData:
+        """Read cases `ids` of a prepared or packed folder; `placement` None picks it
+        (`choose_placement`), else forces one of PLACEMENTS ("device" and "pinned" need CUDA)."""
+        from tqdm import tqdm
+
+        device = torch.device(device)
+        ids = list(ids)
+        if not ids:
+            raise ValueError(f"{data_dir}: no case to load")
+        reader = open_reader(data_dir)
+        missing = reader.missing(ids)
+        if missing:
+            raise FileNotFoundError(f"{data_dir}: {len(missing)} prepared case(s) missing, e.g. {missing[0]}")
+        labelled = {reader.has_label(i) for i in ids}
+        if len(labelled) > 1:
+            raise ValueError(f"{data_dir}: the split mixes labelled and image-only cases")
+        first = reader.read(ids[0])
+        shape = tuple(first["image"].shape)
+        n_voxels = shape[1] * shape[2] * shape[3]
+        nbytes = len(ids) * n_voxels * (2 * shape[0] + (1 if True in labelled else 0))
+        placement = placement or choose_placement(nbytes, device, fraction)
+        if placement not in PLACEMENTS:
+            raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
+        where = {"device": {"device": device}, "pinned": {"pin_memory": True}, "host": {}}[placement]
+        images = torch.empty((len(ids), *shape), dtype=torch.float16, **where)
+        labels = None
+        if True in labelled:
+            labels = torch.empty((len(ids), 1, *shape[1:]), dtype=torch.uint8, **where)
+        rows = tqdm(ids, desc=f"load ({placement})", unit="case", disable=not progress)
+        for row, case_id in enumerate(rows):
+            case = first if row == 0 else reader.read(case_id)
+            if tuple(case["image"].shape) != shape:
+                raise ValueError(f"{data_dir}: case {case_id} has shape {tuple(case['image'].shape)}, "
+                                 f"the first {shape}")
+            images[row].copy_(case["image"])  # casts pt32's float32 to float16
+            if labels is not None:
+                labels[row].copy_(case["label"])
+        return cls(ids, images, labels, placement)
+
+    def gather(
+        self, indices: Sequence[int], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(images, labels) of rows `indices` on `device`, in the stored dtypes."""
+        if self.placement == "pinned":
+            take = lambda t: copy_rows(t, indices, device)  # noqa: E731
+        else:
+            index = torch.as_tensor(indices, device=self.images.device)
+            take = lambda t: t.index_select(0, index).to(device)  # noqa: E731
+        return take(self.images), None if self.labels is None else take(self.labels)

@@ -1,0 +1,181 @@
+"""Loaders that augment whole batches on the device: the fast input pipeline.
+
+Two sources, one behaviour:
+- `WorkerLoader`: DataLoader workers only read samples in their stored dtypes (float16/uint8 for
+  compact and mmap: a third of the seed's bytes through shared and pinned memory); the batch then
+  goes to the device and is augmented there.
+- `ResidentLoader`: the split held once on the device (or in pinned host memory), see
+  seg.data.device_dataset; no workers, no per-sample file reads.
+Both produce batches ahead of use on a side stream (seg.data.prefetch) and yield
+{"image": float32 [B,4,*S], "label": int64 [B,1,*S], "id": [str]} on `device`.
+
+Sample order and augmentation are those of seg.data.loaders.build_loader for the same seed:
+the same SeededSampler keys, and seg.data.batch_augment replays the seed pipeline's draws from
+each sample's seed (same crops, flips and rotations; noise of the same σ, drawn on the device).
+So results do not depend on the worker count, the process count or the source format.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from seg.data.batch_augment import augment_batch, draw_batch
+from seg.data.device_dataset import DEFAULT_FRACTION, ResidentData
+from seg.data.formats import open_reader
+from seg.data.loaders import SeededSampler, _replicas, _seed_worker
+
+DEFAULT_PREFETCH = 2
+
+
+class RawDataset(Dataset):
+    """Samples as stored (no cast, no augmentation) plus the sampler's seed: what a worker sends."""
+
+    def __init__(self, data_dir: str | Path, ids: Sequence[str]):
+        self.data_dir, self.ids = Path(data_dir), list(ids)
+        self.reader = open_reader(self.data_dir)
+        missing = self.reader.missing(self.ids)
+        if missing:
+            raise FileNotFoundError(
+                f"{self.data_dir}: {len(missing)} prepared case(s) missing, e.g. {missing[0]} "
+                "(run `segbench data prep` for this folder, or check the split)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        case = self.reader.read(self.ids[index])
+        sample = {"image": case["image"], "id": self.ids[index]}
+        if "label" in case:
+            sample["label"] = case["label"]
+        if seed is not None:
+            sample["seed"] = seed
+        return sample
+
+
+class _BatchFinisher:
+    """What both loaders do to a batch on the device: augment (training) or cast (evaluation)."""
+
+    def __init__(self, device: torch.device, train: bool, patch):
+        self.device, self.train, self.patch = device, train, patch
+        self.generator = torch.Generator(device=device) if train else None
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, seeds: Sequence[int], ids) -> dict:
+        if self.train:
+            augs = draw_batch(seeds, image.shape[2:], self.patch)
+            image, label = augment_batch(image, label, augs, generator=self.generator)
+        else:
+            image, label = image.float(), None if label is None else label.long()
+        batch = {"image": image, "id": list(ids)}
+        if label is not None:
+            batch["label"] = label
+        return batch
+
+
+def _sampler(n: int, train: bool, seed: int, world_size: int, rank: int):
+    if train:
+        return SeededSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    return list(range(rank, n, world_size))
+
+
+class ResidentLoader:
+    """Batches of a ResidentData (see the module docstring). `loader.sampler.set_epoch(e)` each epoch."""
+
+    def __init__(self, data: ResidentData, batch_size: int, *, train: bool, device: torch.device | str,
+                 seed: int = 0, patch=None, world_size: int = 1, rank: int = 0,
+                 prefetch: int = DEFAULT_PREFETCH):
+        self.data, self.batch_size, self.device = data, batch_size, torch.device(device)
+        self.sampler = _sampler(len(data.ids), train, seed, world_size, rank)
+        self.prefetch = prefetch
+        self.finish = _BatchFinisher(self.device, train, patch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def _chunks(self) -> Iterator[list]:
+        keys = list(self.sampler)
+        for start in range(0, len(keys), self.batch_size):
+            yield keys[start:start + self.batch_size]
+
+    def _produce(self, keys: list) -> dict:
+        indices = [k[0] if isinstance(k, tuple) else k for k in keys]
+        seeds = [k[1] for k in keys if isinstance(k, tuple)]
+        image, label = self.data.gather(indices, self.device)
+        return self.finish(image, label, seeds, [self.data.ids[i] for i in indices])
+
+    def __iter__(self) -> Iterator[dict]:
+        from seg.data.prefetch import Prefetcher
+
+        return iter(Prefetcher(self._chunks(), self._produce, self.device, self.prefetch))
+
+
+class WorkerLoader:
+    """DataLoader workers reading stored dtypes, batches augmented on the device (module docstring)."""
+
+    def __init__(self, data_dir: str | Path, ids: Sequence[str], batch_size: int, *, train: bool,
+                 device: torch.device | str, seed: int = 0, patch=None, workers: int = 0,
+                 world_size: int = 1, rank: int = 0, prefetch: int = DEFAULT_PREFETCH):
+        self.device = torch.device(device)
+        dataset = RawDataset(data_dir, ids)
+        self.sampler = _sampler(len(dataset), train, seed, world_size, rank)
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+            persistent_workers=workers > 0, pin_memory=self.device.type == "cuda",
+            worker_init_fn=_seed_worker if workers > 0 else None,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        self.prefetch = prefetch
+        self.finish = _BatchFinisher(self.device, train, patch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _produce(self, batch: dict) -> dict:
+        image = batch["image"].to(self.device, non_blocking=True)
+        label = batch["label"].to(self.device, non_blocking=True) if "label" in batch else None
+        seeds = batch["seed"].tolist() if "seed" in batch else []
+        return self.finish(image, label, seeds, batch["id"])
+
+    def __iter__(self) -> Iterator[dict]:
+        from seg.data.prefetch import Prefetcher
+
+        return iter(Prefetcher(self.loader, self._produce, self.device, self.prefetch))
+
+
+def build_fast_loader(
+    data_dir: str | Path,
+    ids: Sequence[str],
+    batch_size: int,
+    *,
+    train: bool,
+    device: torch.device | str,
+    seed: int = 0,
+    patch=None,
+    workers: int = 0,
+    resident: bool = False,
+    distributed: bool = False,
+    fraction: float = DEFAULT_FRACTION,
+    placement: str | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
+    progress: bool = True,
+) -> ResidentLoader | WorkerLoader:
+    """A loader over prepared (pt32/compact) or packed (mmap) cases `ids` whose batches arrive on
+    `device` augmented (train) like build_loader's. `resident=True` holds the split in device
+    memory (or pinned host memory when it takes more than `fraction` of the free device memory;
+    `placement` forces one), else `workers` DataLoader processes read it. Under DDP
+    (`distributed`) each rank gets its shard of the global order, as with build_loader."""
+    world_size, rank = _replicas(distributed)
+    common = dict(train=train, device=device, seed=seed, patch=patch, world_size=world_size, rank=rank,
+                  prefetch=prefetch)
+    if resident:
+        # every rank holds the whole split: its shard of the order changes every epoch
+        data = ResidentData.load(data_dir, ids, device, fraction=fraction, placement=placement,
+                                 progress=progress)
+        return ResidentLoader(data, batch_size, **common)
+    return WorkerLoader(data_dir, ids, batch_size, workers=workers, **common)
