@@ -14,15 +14,6 @@ from .blocks import FastBasicLayer, FastSwinTransformer, FastSwinTransformerBloc
 FusedNorm = bool | Literal["auto"]
 
 
-class KernelLayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (same parameters) whose forward is the Triton `kernels.layer_norm`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import kernels
-
-        return kernels.layer_norm(x, self.weight, self.bias, self.eps)
-
-
 def kernels_status() -> tuple[bool, str]:
     """Whether the fused-norm kernels can be used for this model: (ok, why not / what runs)."""
     try:
@@ -55,8 +46,9 @@ def to_fast(
     Same parameters (the same tensors), same state_dict keys, same function: window attention through
     SDPA with cached biases, shift/partition as cached index maps, tokens channels-last between
     stages, no graph breaks under torch.compile.
-    fused_norm: "auto" uses the Triton LayerNorm and kernels.patch (decoder InstanceNorm+LeakyReLU)
-      when Triton can run on a CUDA device; True requires them; False keeps torch's ops.
+    fused_norm: "auto" applies kernels.patch (Triton LayerNorm in the Swin blocks, fused
+      InstanceNorm+LeakyReLU in the conv blocks) when Triton can run on a CUDA device; True requires
+      it; False keeps torch's ops (the choice for torch.compile, which fuses these itself).
     use_checkpoint: None keeps the model's setting; True/False sets gradient checkpointing of every
       Swin block (the seed preset turns it on; the fast path is meant to run without it).
     """
@@ -73,12 +65,9 @@ def to_fast(
     swin.__class__ = FastSwinTransformer
     for layer in stages:
         fast_layer(layer, use_checkpoint)
-    if use_kernels:
+    if use_kernels:  # Swin LayerNorms and decoder InstanceNorm+LeakyReLU, by the same class swap
         import kernels
 
-        for module in swin.modules():
-            if type(module) is nn.LayerNorm:
-                module.__class__ = KernelLayerNorm
         model = kernels.patch(model)
     return model
 

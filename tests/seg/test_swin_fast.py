@@ -227,6 +227,19 @@ def test_seed_preset_builds_fast_and_rejects_bad_input():
         to_fast(torch.nn.Linear(2, 2))
 
 
+def test_fused_norm_flag(monkeypatch):
+    """"auto" uses the Triton kernels only on a CUDA device; True says why it cannot, before converting."""
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU behaviour")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = SwinUNETR(in_channels=4, out_channels=4, feature_size=12)
+    with pytest.raises(RuntimeError, match="Triton kernels cannot run"):
+        to_fast(model, fused_norm=True)
+    assert not is_fast(model)  # nothing was changed
+    to_fast(model)  # "auto"
+    assert type(model.swinViT.layers1[0].blocks[0].norm1) is torch.nn.LayerNorm
+
+
 def test_no_graph_breaks_under_dynamo():
     """Train mode, dropout and drop-path on, batch 2: dynamo captures the whole forward in one graph."""
     import torch._dynamo
