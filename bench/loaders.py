@@ -1,9 +1,15 @@
 """The loader-variant registry: one small function per way of feeding batches.
 
 A loader function takes a `LoaderRequest` and returns an iterable of batches, each a dict with
-`image` [B,4,*S] and `label` [B,1,*S] tensors (on the CPU, or already on `request.device` for a
-GPU-resident loader). Register one with `@loader("name", "help")`; suites select it with
-`loader = "name"` in a workload or the variant `loader:name`. Standard library at top level.
+`image` [B,4,*S] and `label` [B,1,*S] tensors (on the CPU, or already on `request.device` for the
+loaders that augment on the device). Register one with `@loader("name", "help")`; suites select
+it with `loader = "name"` in a workload or the variant `loader:name`. Standard library at top level.
+
+The storage comparison: `*-cpu-aug` loaders run the seed's MONAI augmentation in DataLoader
+workers over pt32 / compact / mmap storage (the format alone changes); `pt32`, `compact`, `mmap`
+read in workers and augment whole batches on the consuming device (seg.data.fast_loader);
+`gpu-resident` holds the split on the device and uses no worker. A loader whose format differs
+from the prepared data's gets a converted copy, made once per run under the run's cache folder.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class LoaderRequest:
     patch: list[int] | None  # random crop size, None: whole volumes
     train: bool  # with the seed's augmentations
     device: str  # where the batches are consumed
+    cache_dir: Path | None = None  # where converted copies of the data go (None: the temp folder)
 
 
 @dataclass
@@ -31,14 +38,16 @@ class LoaderDef:
     name: str
     help: str
     build: Callable[[LoaderRequest], Iterable[dict]]
+    format: str | None = None  # storage read: pt32, compact, mmap; None: the prepared data's own
+    uses_workers: bool = True  # False: the workers setting is ignored (reported as 0)
 
 
 LOADERS: dict[str, LoaderDef] = {}
 
 
-def loader(name: str, help: str):
+def loader(name: str, help: str, format: str | None = None, uses_workers: bool = True):
     def register(fn: Callable[[LoaderRequest], Iterable[dict]]):
-        LOADERS[name] = LoaderDef(name, help, fn)
+        LOADERS[name] = LoaderDef(name, help, fn, format, uses_workers)
         return fn
 
     return register
@@ -57,8 +66,26 @@ def labelled_ids(data_dir: str | Path) -> list[str]:
     return ids
 
 
+# bytes read from storage per voxel of a sample (4 image channels + the label)
+BYTES_PER_VOXEL = {"pt32": 4 * 4 + 8, "compact": 4 * 2 + 1, "mmap": 4 * 2 + 1, "resident": 4 * 2 + 1}
+
+
+def storage_fields(name: str, data_dir: str | Path) -> dict:
+    """`format` the loader reads and `stored_bytes_per_sample` (one whole prepared case)."""
+    fmt = LOADERS[name].format
+    path = Path(data_dir) / "manifest.json"
+    config = json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
+    fmt = fmt or config.get("format", "pt32")
+    size = config.get("size")
+    return {"format": fmt, "stored_bytes_per_sample": BYTES_PER_VOXEL[fmt] * size**3 if size else None}
+
+
 def endless(batches: Iterable[dict]) -> Iterator[dict]:
-    """Batches epoch after epoch (a DataLoader's sampler told the epoch, as training does)."""
+    """Batches epoch after epoch (a DataLoader's sampler told the epoch, as training does); a
+    loader with its own `endless()` (seg.data.fast_loader) prefetches across epoch boundaries."""
+    if hasattr(batches, "endless"):
+        yield from batches.endless()
+        return
     epoch = 0
     while True:
         sampler = getattr(batches, "sampler", None)
@@ -96,4 +123,97 @@ def _no_augment(req: LoaderRequest) -> Iterable[dict]:
         workers=req.workers,
         seed=req.seed,
         pin_memory=req.device == "cuda",
+    )
+
+
+def in_format(req: LoaderRequest, fmt: str) -> Path:
+    """The request's data in storage `fmt`: the folder itself, or a copy converted once."""
+    import tempfile
+
+    from seg.data.formats import materialize
+
+    cache = Path(req.cache_dir) if req.cache_dir else Path(tempfile.gettempdir()) / "segbench-formats"
+    return materialize(req.data_dir, fmt, cache / "formats")
+
+
+def _seed_pipeline(req: LoaderRequest, fmt: str) -> Iterable[dict]:
+    from seg.data.loaders import build_loader
+
+    return build_loader(
+        in_format(req, fmt),
+        req.ids,
+        req.batch_size,
+        train=req.train,
+        workers=req.workers,
+        seed=req.seed,
+        patch=req.patch,
+        pin_memory=req.device == "cuda",
+    )
+
+
+@loader("pt32-cpu-aug", "the seed's pipeline: pt32 .pt files, MONAI augmentation in workers", "pt32")
+def _pt32_cpu_aug(req: LoaderRequest) -> Iterable[dict]:
+    return _seed_pipeline(req, "pt32")
+
+
+@loader("compact-cpu-aug", "compact .pt files (fp16/uint8), MONAI augmentation in workers", "compact")
+def _compact_cpu_aug(req: LoaderRequest) -> Iterable[dict]:
+    return _seed_pipeline(req, "compact")
+
+
+@loader("mmap-cpu-aug", "memory-mapped packed arrays, MONAI augmentation in workers", "mmap")
+def _mmap_cpu_aug(req: LoaderRequest) -> Iterable[dict]:
+    return _seed_pipeline(req, "mmap")
+
+
+def _device_aug(req: LoaderRequest, fmt: str) -> Iterable[dict]:
+    from seg.data.fast_loader import build_fast_loader
+
+    return build_fast_loader(
+        in_format(req, fmt),
+        req.ids,
+        req.batch_size,
+        train=req.train,
+        device=req.device,
+        seed=req.seed,
+        patch=req.patch,
+        workers=req.workers,
+        progress=False,
+    )
+
+
+@loader("pt32", "pt32 .pt files read in workers, the seed's augmentation batched on the device", "pt32")
+def _pt32(req: LoaderRequest) -> Iterable[dict]:
+    return _device_aug(req, "pt32")
+
+
+@loader("compact", "compact .pt files read in workers, augmentation batched on the device", "compact")
+def _compact(req: LoaderRequest) -> Iterable[dict]:
+    return _device_aug(req, "compact")
+
+
+@loader("mmap", "memory-mapped packed arrays read in workers, augmentation batched on the device", "mmap")
+def _mmap(req: LoaderRequest) -> Iterable[dict]:
+    return _device_aug(req, "mmap")
+
+
+@loader(
+    "gpu-resident",
+    "the split held in device memory (pinned host memory when it does not fit), augmented on the device",
+    "resident",
+    uses_workers=False,
+)
+def _gpu_resident(req: LoaderRequest) -> Iterable[dict]:
+    from seg.data.fast_loader import build_fast_loader
+
+    return build_fast_loader(
+        req.data_dir,
+        req.ids,
+        req.batch_size,
+        train=req.train,
+        device=req.device,
+        seed=req.seed,
+        patch=req.patch,
+        resident=True,
+        progress=False,
     )

@@ -1,5 +1,8 @@
 """`dataloader`: the input pipeline alone — samples/s and MB/s per loader, worker count, format.
 
+`mb_per_s` counts the bytes of the batches delivered (float32 image, int64 label);
+`stored_mb_per_s` the bytes the loader's storage format holds for the samples read.
+
 Times the wait for each batch in the consuming process after the first batch (worker start-up
 and the first reads, reported as `first_step_s`) and a warm-up; `samples_per_s` is the steady
 rate over the measured batches (total samples / total time: workers deliver in bursts, so the
@@ -11,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from bench.loaders import LOADERS, LoaderRequest, endless, labelled_ids
+from bench.loaders import LOADERS, LoaderRequest, endless, labelled_ids, storage_fields
 from bench.measure import peak_memory, reset_peak_memory
 from bench.stats import summarize
 from bench.variants import Unavailable
@@ -26,6 +29,7 @@ def loader_for(case: Case, batch: int, workers: int, patch, train: bool) -> tupl
     workers = case.config.workers if case.config.workers is not None else workers
     if name not in LOADERS:
         raise Unavailable(f"no loader {name!r} registered (have {', '.join(sorted(LOADERS))})")
+    workers = workers if LOADERS[name].uses_workers else 0
     request = LoaderRequest(
         data_dir=case.data_dir,
         ids=labelled_ids(case.data_dir),
@@ -35,12 +39,24 @@ def loader_for(case: Case, batch: int, workers: int, patch, train: bool) -> tupl
         patch=patch,
         train=train,
         device=case.device,
+        cache_dir=case.cache_dir,
     )
     return endless(LOADERS[name].build(request)), {
         "loader": name,
         "workers": workers,
         "cases": len(request.ids),
+        **storage_fields(name, case.data_dir),
     }
+
+
+def wait_ready(batch: dict) -> None:
+    """Until a device batch's queued work (copies, augmentation) is done. Only the consuming
+    stream: a device-wide sync would also wait for the next batches being prefetched."""
+    image = batch["image"]
+    if image.device.type == "cuda":
+        import torch
+
+        torch.cuda.current_stream(image.device).synchronize()
 
 
 def batch_bytes(batch: dict) -> int:
@@ -51,6 +67,7 @@ def _timed_next(it: Iterator[dict]) -> Callable[[], tuple[float, dict]]:
     def take() -> tuple[float, dict]:
         start = time.perf_counter()
         batch = next(it)
+        wait_ready(batch)
         return time.perf_counter() - start, batch
 
     return take
@@ -87,5 +104,7 @@ def run(case: Case) -> dict:
     row["step_times_s"] = times
     row["samples_per_s"] = samples / total
     row["mb_per_s"] = nbytes / total / 1e6
+    if row["stored_bytes_per_sample"]:
+        row["stored_mb_per_s"] = row["samples_per_s"] * row["stored_bytes_per_sample"] / 1e6
     row["batch"] = p.batch
     return row

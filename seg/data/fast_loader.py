@@ -17,9 +17,11 @@ So results do not depend on the worker count, the process count or the source fo
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -84,7 +86,34 @@ def _sampler(n: int, train: bool, seed: int, world_size: int, rank: int):
     return list(range(rank, n, world_size))
 
 
-class ResidentLoader:
+class _PrefetchingLoader:
+    """Iteration shared by both loaders: `_batches()` items of one epoch, `_produce(item)` a batch."""
+
+    sampler: Any
+    device: torch.device
+    prefetch: int
+
+    def __iter__(self) -> Iterator[dict]:
+        """One epoch, the sampler's current one (call `loader.sampler.set_epoch(e)` first)."""
+        from seg.data.prefetch import Prefetcher
+
+        return iter(Prefetcher(self._batches(), self._produce, self.device, self.prefetch))
+
+    def endless(self, start_epoch: int = 0) -> Iterator[dict]:
+        """Epoch after epoch from `start_epoch`, prefetching across epoch boundaries (no bubble
+        at the start of each epoch). The sampler's epoch is set ahead of the consumer."""
+        from seg.data.prefetch import Prefetcher
+
+        def items() -> Iterator:
+            for epoch in itertools.count(start_epoch):
+                if hasattr(self.sampler, "set_epoch"):
+                    self.sampler.set_epoch(epoch)
+                yield from self._batches()
+
+        return iter(Prefetcher(items(), self._produce, self.device, self.prefetch))
+
+
+class ResidentLoader(_PrefetchingLoader):
     """Batches of a ResidentData (see the module docstring). `loader.sampler.set_epoch(e)` each epoch."""
 
     def __init__(self, data: ResidentData, batch_size: int, *, train: bool, device: torch.device | str,
@@ -98,7 +127,7 @@ class ResidentLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
 
-    def _chunks(self) -> Iterator[list]:
+    def _batches(self) -> Iterator[list]:
         keys = list(self.sampler)
         for start in range(0, len(keys), self.batch_size):
             yield keys[start:start + self.batch_size]
@@ -109,13 +138,9 @@ class ResidentLoader:
         image, label = self.data.gather(indices, self.device)
         return self.finish(image, label, seeds, [self.data.ids[i] for i in indices])
 
-    def __iter__(self) -> Iterator[dict]:
-        from seg.data.prefetch import Prefetcher
-
-        return iter(Prefetcher(self._chunks(), self._produce, self.device, self.prefetch))
 
 
-class WorkerLoader:
+class WorkerLoader(_PrefetchingLoader):
     """DataLoader workers reading stored dtypes, batches augmented on the device (module docstring)."""
 
     def __init__(self, data_dir: str | Path, ids: Sequence[str], batch_size: int, *, train: bool,
@@ -142,10 +167,8 @@ class WorkerLoader:
         seeds = batch["seed"].tolist() if "seed" in batch else []
         return self.finish(image, label, seeds, batch["id"])
 
-    def __iter__(self) -> Iterator[dict]:
-        from seg.data.prefetch import Prefetcher
-
-        return iter(Prefetcher(self.loader, self._produce, self.device, self.prefetch))
+    def _batches(self) -> Iterator[dict]:
+        return iter(self.loader)
 
 
 def build_fast_loader(

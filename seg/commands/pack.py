@@ -1,0 +1,92 @@
+"""`segbench data pack` and `segbench data convert`: other storage layouts of a prepared folder.
+
+- pack: the memory-mapped layout (images.npy float16, labels.npy uint8, index.json), read by
+  every loader (seg.data.mmap_store);
+- convert: a prepared folder in another `.pt` format (pt32 <-> compact), or from a packed one.
+
+Registered under the `data` command when seg.commands.data has registered it (list this module
+after it in segbench.cli.COMMAND_MODULES); also runs alone: `python -m seg.commands.pack pack ...`.
+Only the standard library at top level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from seg.data.mmap_store import pack
+
+    ids = _split_ids(args.src, args.split) if args.split else None
+    index = pack(args.src, args.out, ids=ids)
+    rows, errors = index["rows"], index["errors"]
+    size_gb = rows * (2 * _voxels(index["shape"]) + _voxels(index["shape"][1:])) / 1e9
+    print(f"{rows} cases packed ({size_gb:.2f} GB), {len(errors)} failed -> {args.out}")
+    return 1 if errors else 0
+
+
+def _split_ids(src: str, split: str) -> list[str]:
+    import json
+
+    from seg.data.splits import SPLITS, load_splits
+
+    try:
+        splits = load_splits(src)
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{src}/{SPLITS}: cannot read the splits ({err})") from None
+    if split not in splits or not isinstance(splits[split], list):
+        raise SystemExit(f"{src}/{SPLITS}: no split {split!r} (have train, val, test)")
+    return splits[split]
+
+
+def _voxels(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from seg.data.formats import convert
+
+    out = convert(args.src, args.out, args.format)
+    print(f"{args.src} -> {out} ({args.format})")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Add `pack` and `convert` to the `data` command's sub-parsers."""
+    p = sub.add_parser("pack", help="prepared folder -> memory-mapped layout (images/labels.npy, index.json)")
+    p.add_argument("--src", required=True, help="a prepared folder (segbench data prep; pt32 or compact)")
+    p.add_argument("--out", required=True, help="folder to write (replaced as a whole when it exists)")
+    p.add_argument("--split", help="only this split of SRC/splits.json (train, val, test); default: all")
+    p.set_defaults(func=_pack)
+
+    p = sub.add_parser("convert", help="a prepared or packed folder in another format (pt32, compact, mmap)")
+    p.add_argument("--src", required=True, help="a prepared (pt32/compact) or packed (mmap) folder")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--format", required=True, choices=("pt32", "compact", "mmap"), help="target format")
+    p.set_defaults(func=_convert)
+
+
+def _data_subparsers(subparsers):
+    data = subparsers.choices.get("data")
+    if data is None:
+        raise RuntimeError("seg.commands.pack registers under `data`: list seg.commands.data before it")
+    return next(a for a in data._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def register(subparsers) -> None:
+    add_parsers(_data_subparsers(subparsers))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m seg.commands.pack")
+    add_parsers(parser.add_subparsers(dest="action", metavar="ACTION", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
