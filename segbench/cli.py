@@ -14,6 +14,7 @@ import sys
 # Modules that register subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
     "seg.commands.data",
+    "seg.commands.pack",
     "seg.commands.train",
     "seg.commands.cv",
     "seg.commands.infer",
