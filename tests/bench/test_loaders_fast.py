@@ -1,0 +1,99 @@
+"""bench.loaders: every registered loader variant over a tiny prepared folder, on the CPU; the
+dataloader workload's row for the storage formats; the suites that compare them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.config import LoaderParams, Measure, load_suite
+from bench.loaders import LOADERS, LoaderRequest, endless, labelled_ids, storage_fields
+from bench.variants import VariantContext, resolve
+from seg.data.store import save_case, write_json
+
+IDS = ["A", "B", "C"]
+SIZE = 12
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prepared")
+    rng = np.random.default_rng(1)
+    for case_id in IDS:
+        image = torch.from_numpy(rng.random((4, SIZE, SIZE, SIZE), dtype=np.float32))
+        label = torch.from_numpy(rng.integers(0, 4, (1, SIZE, SIZE, SIZE)))
+        save_case(root / f"{case_id}.pt", image, label, {"id": case_id})
+    write_json(root / "manifest.json", {"config": {"size": SIZE, "format": "pt32"},
+                                        "cases": [{"id": i, "status": "ok", "has_label": True} for i in IDS]})
+    return root
+
+
+def _request(prepared: Path, cache: Path, **kw) -> LoaderRequest:
+    base = dict(data_dir=prepared, ids=labelled_ids(prepared), batch_size=2, workers=0, seed=3,
+                patch=[8, 8, 8], train=True, device="cpu", cache_dir=cache)
+    return LoaderRequest(**{**base, **kw})
+
+
+@pytest.mark.parametrize("name", sorted(LOADERS))
+def test_every_loader_yields_training_batches(prepared, tmp_path_factory, name):
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    batches = endless(LOADERS[name].build(_request(prepared, cache)))
+    seen = set()
+    for _ in range(3):  # crosses an epoch boundary (3 cases, batches of 2)
+        batch = next(batches)
+        spatial = (SIZE,) * 3 if name == "no_augment" else (8, 8, 8)
+        assert batch["image"].shape[1:] == (4, *spatial) and batch["image"].dtype == torch.float32
+        assert batch["label"].shape[1:] == (1, *spatial) and batch["label"].dtype == torch.int64
+        assert set(batch["label"].unique().tolist()) <= {0, 1, 2, 3}
+        seen.update(batch["id"])
+    assert seen == set(IDS)
+    fmt = LOADERS[name].format
+    if fmt in ("compact", "mmap"):  # a converted copy in the run's cache, not beside the data
+        assert len(list((cache / "formats").glob(f"*.{fmt}"))) == 1
+        assert not list(prepared.parent.glob(f"*.{fmt}"))
+
+
+def test_the_seed_variant_is_the_default_pipeline(prepared, tmp_path):
+    a = endless(LOADERS["default"].build(_request(prepared, tmp_path)))
+    b = endless(LOADERS["pt32-cpu-aug"].build(_request(prepared, tmp_path)))
+    for _ in range(3):
+        x, y = next(a), next(b)
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+
+
+def test_storage_fields_name_the_bytes_read(prepared):
+    assert storage_fields("pt32-cpu-aug", prepared) == {"format": "pt32",
+                                                        "stored_bytes_per_sample": 24 * SIZE**3}
+    assert storage_fields("mmap", prepared)["stored_bytes_per_sample"] == 9 * SIZE**3
+    assert storage_fields("default", prepared)["format"] == "pt32"
+
+
+@pytest.mark.parametrize("variant, workers, fmt", [("loader:mmap+workers:0", 0, "mmap"),
+                                                   ("loader:gpu-resident+workers:4", 0, "resident")])
+def test_dataloader_workload_reports_format_and_rates(prepared, tmp_path, variant, workers, fmt):
+    from bench.workloads import dataloader
+    from bench.workloads.common import Case
+
+    config = resolve(variant, VariantContext("dataloader", None, "cpu"))
+    case = Case(suite="t", workload="dataloader", kind="dataloader", variant=variant, device="cpu",
+                params=LoaderParams(batch=2, workers=2), config=config,
+                measure=Measure(warmup=1, iters=3), cache_dir=str(tmp_path), data_dir=str(prepared))
+    row = dataloader.run(case)
+    assert row["format"] == fmt and row["workers"] == workers  # gpu-resident uses no worker
+    assert row["samples_per_s"] > 0 and row["mb_per_s"] > row["stored_mb_per_s"] > 0
+    assert row["sample_shape"] == [4, SIZE, SIZE, SIZE]
+
+
+def test_suites_compare_the_storage_formats_and_feed_the_unet_from_the_gpu():
+    quick = {w.kind: w for w in load_suite("quick").workloads}
+    loaders = {resolve(v, VariantContext("dataloader", None, "cpu")).loader or "default"
+               for v in quick["dataloader"].variants}
+    assert {"default", "compact-cpu-aug", "mmap-cpu-aug", "mmap"} <= loaders
+    check = [w for w in load_suite("gpu-check").workloads if w.kind == "train_e2e"]
+    assert any(w.params.model == "unet" and "bf16+loader:gpu-resident" in w.variants for w in check)
+    full = {v for w in load_suite("dataloader").workloads for v in w.variants}
+    for name in ("pt32-cpu-aug", "compact-cpu-aug", "mmap-cpu-aug", "compact", "mmap", "gpu-resident"):
+        assert any(f"loader:{name}" in v for v in full), name
