@@ -30,6 +30,7 @@ from seg.data.batch_augment import augment_batch, draw_batch
 from seg.data.device_dataset import DEFAULT_FRACTION, ResidentData
 from seg.data.formats import open_reader
 from seg.data.loaders import SeededSampler, _replicas, _seed_worker
+from seg.data.prefetch import Prefetcher, resolve_device
 
 DEFAULT_PREFETCH = 2
 
@@ -95,15 +96,11 @@ class _PrefetchingLoader:
 
     def __iter__(self) -> Iterator[dict]:
         """One epoch, the sampler's current one (call `loader.sampler.set_epoch(e)` first)."""
-        from seg.data.prefetch import Prefetcher
-
         return iter(Prefetcher(self._batches(), self._produce, self.device, self.prefetch))
 
     def endless(self, start_epoch: int = 0) -> Iterator[dict]:
         """Epoch after epoch from `start_epoch`, prefetching across epoch boundaries (no bubble
         at the start of each epoch). The sampler's epoch is set ahead of the consumer."""
-        from seg.data.prefetch import Prefetcher
-
         def items() -> Iterator:
             for epoch in itertools.count(start_epoch):
                 if hasattr(self.sampler, "set_epoch"):
@@ -119,7 +116,7 @@ class ResidentLoader(_PrefetchingLoader):
     def __init__(self, data: ResidentData, batch_size: int, *, train: bool, device: torch.device | str,
                  seed: int = 0, patch=None, world_size: int = 1, rank: int = 0,
                  prefetch: int = DEFAULT_PREFETCH):
-        self.data, self.batch_size, self.device = data, batch_size, torch.device(device)
+        self.data, self.batch_size, self.device = data, batch_size, resolve_device(device)
         self.sampler = _sampler(len(data.ids), train, seed, world_size, rank)
         self.prefetch = prefetch
         self.finish = _BatchFinisher(self.device, train, patch)
@@ -146,7 +143,7 @@ class WorkerLoader(_PrefetchingLoader):
     def __init__(self, data_dir: str | Path, ids: Sequence[str], batch_size: int, *, train: bool,
                  device: torch.device | str, seed: int = 0, patch=None, workers: int = 0,
                  world_size: int = 1, rank: int = 0, prefetch: int = DEFAULT_PREFETCH):
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         dataset = RawDataset(data_dir, ids)
         self.sampler = _sampler(len(dataset), train, seed, world_size, rank)
         self.loader = DataLoader(

@@ -39,6 +39,15 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     return False
 
 
+def resolve_device(device: torch.device | str) -> torch.device:
+    """`cuda` made explicit (`cuda:K`, the calling thread's current device): a producer thread
+    has its own current device (0), so a bare `cuda` there could name another GPU under DDP."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _tensors(batch: Any) -> Iterator[torch.Tensor]:
     values = batch.values() if isinstance(batch, dict) else batch
     for v in values:
@@ -53,7 +62,7 @@ class Prefetcher:
                  depth: int = 2):
         if depth < 0:
             raise ValueError(f"prefetch depth must be >= 0, got {depth}")
-        self.items, self.produce, self.device, self.depth = items, produce, torch.device(device), depth
+        self.items, self.produce, self.device, self.depth = items, produce, resolve_device(device), depth
 
     def __iter__(self) -> Iterator[Any]:
         if self.depth == 0:
@@ -67,7 +76,8 @@ class Prefetcher:
 
         def work() -> None:
             try:
-                with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                with torch.cuda.device(self.device) if cuda else contextlib.nullcontext(), \
+                        torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
                     for item in self.items:
                         batch = self.produce(item)
                         event = None
