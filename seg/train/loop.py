@@ -63,6 +63,11 @@ def select_ids(data_dir: Path, fold: int | None) -> tuple[list[str], list[str]]:
 
 
 def read_prep_config(data_dir: Path) -> dict:
+    """The prepared data's config (size, format, ...): manifest.json, or a packed folder's index."""
+    from seg.data import mmap_store
+
+    if mmap_store.is_packed(data_dir):
+        return dict(mmap_store.PackedStore(data_dir).index.get("config", {}))
     manifest = data_dir / "manifest.json"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: not found; is {data_dir} a `segbench data prep` output?")

@@ -126,3 +126,12 @@ def test_model_option_parsing():
     assert _option("channels=(8,16,32)") == ("channels", (8, 16, 32))
     assert _option("preset=paper") == ("preset", "paper")
     assert _option("use_v2=True") == ("use_v2", True)
+
+
+def test_trains_on_a_packed_mmap_folder(data_dir, tmp_path):
+    from seg.data.mmap_store import pack
+
+    pack(data_dir, tmp_path / "packed", progress=False)
+    summary = train(_config(tmp_path / "packed", tmp_path / "run", epochs=1, max_steps_per_epoch=1))
+    assert 0.0 <= summary["final_dice"] <= 1.0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["prep"]["size"] == 16
