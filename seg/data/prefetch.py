@@ -108,4 +108,7 @@ class Prefetcher:
                             t.record_stream(consumer)
                 yield batch
         finally:
-            stop.set()  # a producer blocked on a full queue gives up within _POLL_S
+            # A consumer that stops mid-epoch: the producer gives up within _POLL_S of its current
+            # batch. Joined, so the next epoch never shares a (persistent) DataLoader iterator with it.
+            stop.set()
+            thread.join()
