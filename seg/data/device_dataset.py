@@ -13,7 +13,10 @@ All 1,251 BraTS 2021 cases at 128³ take ~22 GB in this form (fp16 image, uint8 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import torch
 from seg.data.formats import open_reader
 
 PLACEMENTS = ("device", "pinned", "host")
+READ_THREADS = 4
 DEFAULT_FRACTION = 0.5  # of free device memory; the model, activations and prefetched batches need the rest
 
 
@@ -41,6 +45,19 @@ def copy_rows(src: torch.Tensor, indices: Sequence[int], device: torch.device) -
     for j, i in enumerate(indices):
         out[j].copy_(src[i], non_blocking=True)
     return out
+
+
+def _read_ahead(reader, ids: Sequence[str], threads: int = READ_THREADS) -> Iterator[dict]:
+    """reader.read(id) for `ids` in order, with up to 2 * `threads` reads in flight (file reads
+    and decompression overlap; memory stays bounded)."""
+    with ThreadPoolExecutor(threads) as pool:
+        todo = iter(ids)
+        pending = deque(pool.submit(reader.read, i) for i in itertools.islice(todo, 2 * threads))
+        while pending:
+            case = pending.popleft().result()
+            for case_id in itertools.islice(todo, 1):
+                pending.append(pool.submit(reader.read, case_id))
+            yield case
 
 
 @dataclass
@@ -79,8 +96,7 @@ class ResidentData:
         labelled = {reader.has_label(i) for i in ids}
         if len(labelled) > 1:
             raise ValueError(f"{data_dir}: the split mixes labelled and image-only cases")
-        first = reader.read(ids[0])
-        shape = tuple(first["image"].shape)
+        shape = tuple(reader.read(ids[0])["image"].shape)
         n_voxels = shape[1] * shape[2] * shape[3]
         nbytes = len(ids) * n_voxels * (2 * shape[0] + (1 if True in labelled else 0))
         placement = placement or choose_placement(nbytes, device, fraction)
@@ -91,9 +107,9 @@ class ResidentData:
         labels = None
         if True in labelled:
             labels = torch.empty((len(ids), 1, *shape[1:]), dtype=torch.uint8, **where)
-        rows = tqdm(ids, desc=f"load ({placement})", unit="case", disable=not progress)
-        for row, case_id in enumerate(rows):
-            case = first if row == 0 else reader.read(case_id)
+        cases = tqdm(_read_ahead(reader, ids), total=len(ids), desc=f"load ({placement})", unit="case",
+                     disable=not progress)
+        for row, (case_id, case) in enumerate(zip(ids, cases, strict=True)):
             if tuple(case["image"].shape) != shape:
                 raise ValueError(f"{data_dir}: case {case_id} has shape {tuple(case['image'].shape)}, "
                                  f"the first {shape}")

@@ -249,3 +249,17 @@ def test_cuda_placements_serve_the_cpu_batches(formats, placement):
     assert [ids for ids, _, _ in got] == [ids for ids, _, _ in cpu]
     for (_, ia, la), (_, _, lb) in zip(got, cpu, strict=True):
         assert ia.is_cuda and torch.equal(la.cpu(), lb)
+
+
+def test_pack_and_convert_commands(prepared, tmp_path, capsys):
+    from seg.commands.pack import main
+
+    assert main(["pack", "--src", str(prepared), "--out", str(tmp_path / "train"), "--split", "train"]) == 0
+    train = json.loads((prepared / "splits.json").read_text())["train"]
+    assert mmap_store.PackedStore(tmp_path / "train").ids == train
+    assert "cases packed" in capsys.readouterr().out
+    assert main(["convert", "--src", str(tmp_path / "train"), "--out", str(tmp_path / "c"),
+                 "--format", "compact"]) == 0
+    assert storage_format(tmp_path / "c") == "compact"
+    with pytest.raises(SystemExit, match="no split 'nope'"):
+        main(["pack", "--src", str(prepared), "--out", str(tmp_path / "x"), "--split", "nope"])
