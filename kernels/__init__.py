@@ -1,6 +1,9 @@
 """kernels: Triton kernels (fused normalization) with their PyTorch references.
 
 Public API: `fused_norm_act`, `layer_norm`, `patch`, `unpatch`, `available`.
+Each op runs as two custom operators (`torch.ops.segbench.fused_norm_act_fwd/_bwd`,
+`torch.ops.segbench.layer_norm_fwd/_bwd`, registered on import) with fake versions and autograd, so
+torch.compile(fullgraph=True) captures models using them whole, with no graph break.
 Imports only torch (and triton, lazily: the kernels are defined on first use, so TRITON_INTERPRET=1
 set before the first kernel call selects Triton's CPU interpreter).
 """

@@ -2,8 +2,9 @@
 
 Forward reads x twice (statistics, then apply) and writes y once; backward reads x and dy twice
 (the two sums, then dx) and writes dx (and d residual). Only the per-(n, group) mean and rstd are
-saved, plus the residual when the activation must re-derive its sign. The kernels live in
-`_fused_norm_act_triton.py`; this module plans the launches and wires them into autograd.
+saved besides x, plus the residual when the activation must re-derive its sign. The kernels live in
+`_fused_norm_act_triton.py`; this module plans the launches and registers forward and backward as
+the custom ops `segbench::fused_norm_act_fwd` / `_bwd` (opaque to torch.compile: no graph break).
 """
 
 from __future__ import annotations
@@ -11,9 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from . import runtime
-from .reference import ACTIVATIONS, fused_norm_act_ref, is_channels_last, to_layout
+from .reference import (
+    ACTIVATIONS,
+    fused_norm_act_bwd_ref,
+    fused_norm_act_ref,
+    group_stats_ref,
+    is_channels_last,
+    to_layout,
+)
 
 
 @dataclass(frozen=True)
@@ -102,76 +111,178 @@ def _slope(activation: str, negative_slope: float) -> float:
     return 0.0 if activation == "relu" else float(negative_slope)
 
 
-class _FusedNormAct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, prelu_weight, residual, groups, activation, negative_slope, eps,
-                split_size):
-        K = runtime.load_kernels("kernels._fused_norm_act_triton")
+def _triton_forward(x, weight, bias, prelu_weight, residual, groups, activation, negative_slope, eps,
+                    split_size):
+    K = runtime.load_kernels("kernels._fused_norm_act_triton")
 
-        cl = is_channels_last(x)
-        x = to_layout(x, cl)
-        r = None if residual is None else to_layout(residual, cl)
-        p = plan(x, groups, cl, split_size)
-        f32 = dict(device=x.device, dtype=torch.float32)
-        pmean = runtime.empty(p.N, p.C, p.num_splits, **f32)
-        pm2 = runtime.empty_like(pmean)
-        mean = runtime.empty(p.N * groups, **f32)
-        rstd = runtime.empty_like(mean)
-        y = runtime.empty_like(x)
-        cg = p.C // groups
-        blocks = dict(BLOCK_S=p.block_s, BLOCK_C=p.block_c, num_warps=default_policy().num_warps)
-        K._stats_kernel[p.grid](x, pmean, pm2, p.C, p.S, p.chunk, p.num_splits, CHANNELS_LAST=cl, **blocks)
-        K._combine_kernel[(p.N * groups,)](
-            pmean, pm2, mean, rstd, p.C, p.S, cg, groups, p.chunk, p.num_splits, float(cg * p.S), eps,
-            BLOCK=min(runtime.next_pow2(cg * p.num_splits), 1024))
-        flags = _flags(weight, bias, r, activation, prelu_weight, p.C)
-        slope = _slope(activation, negative_slope)
-        K._apply_kernel[p.grid](x, y, r, weight, bias, prelu_weight, mean, rstd, p.C, p.S, cg, groups,
-                                p.chunk, slope, CHANNELS_LAST=cl, **flags, **blocks)
-        # The residual only matters to backward through the activation's sign.
-        saved_r = r if flags["HAS_ACT"] else None
-        ctx.save_for_backward(x, weight, bias, prelu_weight, saved_r, mean, rstd)
-        ctx.p, ctx.activation, ctx.slope, ctx.has_res = p, activation, slope, residual is not None
-        ctx.res_dtype = None if residual is None else residual.dtype
-        return y
+    cl = is_channels_last(x)
+    x = to_layout(x, cl)
+    r = None if residual is None else to_layout(residual, cl)
+    p = plan(x, groups, cl, split_size)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    pmean = runtime.empty(p.N, p.C, p.num_splits, **f32)
+    pm2 = runtime.empty_like(pmean)
+    mean = runtime.empty(p.N * groups, **f32)
+    rstd = runtime.empty_like(mean)
+    y = runtime.empty_like(x)
+    cg = p.C // groups
+    blocks = dict(BLOCK_S=p.block_s, BLOCK_C=p.block_c, num_warps=default_policy().num_warps)
+    K._stats_kernel[p.grid](x, pmean, pm2, p.C, p.S, p.chunk, p.num_splits, CHANNELS_LAST=cl, **blocks)
+    K._combine_kernel[(p.N * groups,)](
+        pmean, pm2, mean, rstd, p.C, p.S, cg, groups, p.chunk, p.num_splits, float(cg * p.S), eps,
+        BLOCK=min(runtime.next_pow2(cg * p.num_splits), 1024))
+    flags = _flags(weight, bias, r, activation, prelu_weight, p.C)
+    K._apply_kernel[p.grid](x, y, r, weight, bias, prelu_weight, mean, rstd, p.C, p.S, cg, groups,
+                            p.chunk, _slope(activation, negative_slope), CHANNELS_LAST=cl, **flags, **blocks)
+    return y, mean, rstd
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        K = runtime.load_kernels("kernels._fused_norm_act_triton")
 
-        x, weight, bias, prelu_weight, r, mean, rstd = ctx.saved_tensors
-        p: Plan = ctx.p
-        dy = to_layout(dy, p.channels_last)
-        groups, cg = p.G, p.C // p.G
-        flags = _flags(weight, bias, r, ctx.activation, prelu_weight, p.C)
-        f32 = dict(device=x.device, dtype=torch.float32)
-        pa = runtime.empty(p.N, p.C, p.num_splits, **f32)
-        pb = runtime.empty_like(pa)
-        pp = runtime.empty_like(pa) if flags["PRELU"] else pa  # never written unless PReLU
-        blocks = dict(BLOCK_S=p.block_s, BLOCK_C=p.block_c, num_warps=default_policy().num_warps)
-        K._bwd_reduce_kernel[p.grid](x, dy, r, weight, bias, prelu_weight, mean, rstd, pa, pb, pp, p.C, p.S,
-                                     cg, groups, p.chunk, p.num_splits, ctx.slope,
-                                     CHANNELS_LAST=p.channels_last, **flags, **blocks)
-        c1 = runtime.empty(p.N * groups, **f32)
-        c2 = runtime.empty_like(c1)
-        K._bwd_combine_kernel[(p.N * groups,)](pa, pb, weight, c1, c2, p.C, cg, groups, p.num_splits,
-                                               float(cg * p.S), HAS_W=flags["HAS_W"],
-                                               BLOCK=min(runtime.next_pow2(cg * p.num_splits), 1024))
-        dx = runtime.empty_like(x)
-        write_dr = ctx.has_res and ctx.needs_input_grad[4]
-        dr = runtime.empty_like(x, dtype=ctx.res_dtype) if write_dr else None
-        K._bwd_apply_kernel[p.grid](x, dy, r, weight, bias, prelu_weight, mean, rstd, c1, c2, dx, dr,
-                                    p.C, p.S, cg, groups, p.chunk, ctx.slope, CHANNELS_LAST=p.channels_last,
-                                    WRITE_DR=write_dr, **flags, **blocks)
-        dw = pb.sum((0, 2)).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-        db = pa.sum((0, 2)).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
-        dpw = None
-        if flags["PRELU"] and ctx.needs_input_grad[3]:
-            per_channel = pp.sum((0, 2))
-            dpw = per_channel if flags["PRELU_PER_CHANNEL"] else per_channel.sum()
-            dpw = dpw.reshape(prelu_weight.shape).to(prelu_weight.dtype)
-        return dx, dw, db, dpw, dr, None, None, None, None, None
+def _triton_backward(dy, x, weight, bias, prelu_weight, r, mean, rstd, groups, activation, negative_slope,
+                     split_size, want_dw, want_db, want_dpw, residual_dtype):
+    """dx, dw, db, dpw, dr (None where not wanted); `r` is the residual only when the activation needs it."""
+    K = runtime.load_kernels("kernels._fused_norm_act_triton")
+
+    cl = is_channels_last(x)
+    x = to_layout(x, cl)
+    dy = to_layout(dy, cl)
+    r = None if r is None else to_layout(r, cl)
+    p = plan(x, groups, cl, split_size)  # the forward's plan: same shape, layout and split
+    cg = p.C // groups
+    slope = _slope(activation, negative_slope)
+    flags = _flags(weight, bias, r, activation, prelu_weight, p.C)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    pa = runtime.empty(p.N, p.C, p.num_splits, **f32)
+    pb = runtime.empty_like(pa)
+    pp = runtime.empty_like(pa) if flags["PRELU"] else pa  # never written unless PReLU
+    blocks = dict(BLOCK_S=p.block_s, BLOCK_C=p.block_c, num_warps=default_policy().num_warps)
+    K._bwd_reduce_kernel[p.grid](x, dy, r, weight, bias, prelu_weight, mean, rstd, pa, pb, pp, p.C, p.S,
+                                 cg, groups, p.chunk, p.num_splits, slope, CHANNELS_LAST=cl, **flags,
+                                 **blocks)
+    c1 = runtime.empty(p.N * groups, **f32)
+    c2 = runtime.empty_like(c1)
+    K._bwd_combine_kernel[(p.N * groups,)](pa, pb, weight, c1, c2, p.C, cg, groups, p.num_splits,
+                                           float(cg * p.S), HAS_W=flags["HAS_W"],
+                                           BLOCK=min(runtime.next_pow2(cg * p.num_splits), 1024))
+    dx = runtime.empty_like(x)
+    write_dr = residual_dtype is not None
+    dr = runtime.empty_like(x, dtype=residual_dtype) if write_dr else None
+    K._bwd_apply_kernel[p.grid](x, dy, r, weight, bias, prelu_weight, mean, rstd, c1, c2, dx, dr,
+                                p.C, p.S, cg, groups, p.chunk, slope, CHANNELS_LAST=cl,
+                                WRITE_DR=write_dr, **flags, **blocks)
+    dw = pb.sum((0, 2)).to(weight.dtype) if want_dw else None
+    db = pa.sum((0, 2)).to(bias.dtype) if want_db else None
+    dpw = None
+    if want_dpw:
+        per_channel = pp.sum((0, 2))
+        dpw = per_channel if flags["PRELU_PER_CHANNEL"] else per_channel.sum()
+        dpw = dpw.reshape(prelu_weight.shape).to(prelu_weight.dtype)
+    return dx, dw, db, dpw, dr
+
+
+# The fused op as two opaque custom operators (forward, backward) with fake (meta) implementations and
+# an autograd formula, so torch.compile puts them in its graph as single nodes (no graph break) and
+# never traces the launch planning or the Triton launches. Inside, each runs the Triton kernels where
+# they can run (runtime.use_triton) and the PyTorch reference otherwise. Unwanted gradients come back
+# as empty tensors: a custom op cannot return None.
+
+
+def _like(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """An empty tensor in x's layout as the kernels write it: channels-last stays, all else is contiguous."""
+    if is_channels_last(x):
+        return torch.empty_like(x, dtype=dtype)
+    return x.new_empty(x.shape, dtype=dtype or x.dtype)
+
+
+def _none(x: Tensor) -> Tensor:
+    return x.new_empty(0)
+
+
+@torch.library.custom_op("segbench::fused_norm_act_fwd", mutates_args=())
+def _fwd_op(x: Tensor, weight: Tensor | None, bias: Tensor | None, prelu_weight: Tensor | None,
+            residual: Tensor | None, groups: int, activation: str, negative_slope: float, eps: float,
+            split_size: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, rstd): y as `fused_norm_act`, float32 statistics per (n, group) for backward."""
+    if not runtime.use_triton(x):
+        y = fused_norm_act_ref(x, weight, bias, num_groups=groups, activation=activation,
+                               negative_slope=negative_slope, prelu_weight=prelu_weight, residual=residual,
+                               eps=eps)
+        mean, rstd = group_stats_ref(x, groups, eps)
+        return y, mean.float(), rstd.float()
+    if x.numel() == 0:
+        stats = x.new_zeros(x.shape[0] * groups, dtype=torch.float32)
+        return _like(x), stats, stats.clone()
+    return _triton_forward(x, weight, bias, prelu_weight, residual, groups, activation, negative_slope, eps,
+                           split_size)
+
+
+@_fwd_op.register_fake
+def _fwd_fake(x, weight, bias, prelu_weight, residual, groups, activation, negative_slope, eps, split_size):
+    stats = x.new_empty(x.shape[0] * groups, dtype=torch.float32)
+    return _like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("segbench::fused_norm_act_bwd", mutates_args=())
+def _bwd_op(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, prelu_weight: Tensor | None,
+            residual: Tensor | None, mean: Tensor, rstd: Tensor, groups: int, activation: str,
+            negative_slope: float, eps: float, split_size: int | None, want_dw: bool, want_db: bool,
+            want_dpw: bool, residual_dtype: torch.dtype | None
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dw, db, dprelu_weight, dresidual); empty where not wanted (dresidual: residual_dtype None).
+
+    `residual` is passed only when the activation's sign depends on it.
+    """
+    if not runtime.use_triton(x):
+        dx, dw, db, dpw, dr = fused_norm_act_bwd_ref(
+            dy, x, weight, bias, prelu_weight, residual, num_groups=groups, activation=activation,
+            negative_slope=negative_slope, eps=eps)
+        # dz may be dy itself (identity activation): an op's output must not alias an input
+        dr = None if residual_dtype is None else dr.to(residual_dtype, copy=True)
+    elif x.numel() == 0:  # no elements: zero parameter gradients
+        dx, dw, db, dpw = _like(x), *(None if t is None else torch.zeros_like(t)
+                                      for t in (weight, bias, prelu_weight))
+        dr = None if residual_dtype is None else _like(x, residual_dtype)
+    else:
+        dx, dw, db, dpw, dr = _triton_backward(dy, x, weight, bias, prelu_weight, residual, mean, rstd,
+                                               groups, activation, negative_slope, split_size, want_dw,
+                                               want_db, want_dpw, residual_dtype)
+    return (dx, dw if want_dw else _none(x), db if want_db else _none(x), dpw if want_dpw else _none(x),
+            _none(x) if dr is None else dr)
+
+
+@_bwd_op.register_fake
+def _bwd_fake(dy, x, weight, bias, prelu_weight, residual, mean, rstd, groups, activation, negative_slope,
+              eps, split_size, want_dw, want_db, want_dpw, residual_dtype):
+    return (_like(x), torch.empty_like(weight) if want_dw else _none(x),
+            torch.empty_like(bias) if want_db else _none(x),
+            torch.empty_like(prelu_weight) if want_dpw else _none(x),
+            _none(x) if residual_dtype is None else _like(x, residual_dtype))
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    x, weight, bias, prelu_weight, residual, groups, activation, negative_slope, eps, split_size = inputs
+    _, mean, rstd = output
+    # The residual only matters to backward through the activation's sign.
+    saved_r = residual if activation != "identity" else None
+    ctx.save_for_backward(x, weight, bias, prelu_weight, saved_r, mean, rstd)
+    ctx.args = groups, activation, negative_slope, eps, split_size
+    ctx.residual_dtype = None if residual is None else residual.dtype
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _fwd_backward(ctx, dy, _dmean, _drstd):
+    x, weight, bias, prelu_weight, r, mean, rstd = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    want_dw, want_db = weight is not None and need[1], bias is not None and need[2]
+    want_dpw = prelu_weight is not None and need[3]
+    want_dr = ctx.residual_dtype is not None and need[4]
+    dx, dw, db, dpw, dr = torch.ops.segbench.fused_norm_act_bwd(
+        dy, x, weight, bias, prelu_weight, r, mean, rstd, *ctx.args, want_dw, want_db, want_dpw,
+        ctx.residual_dtype if want_dr else None)
+    return (dx if need[0] else None, dw if want_dw else None, db if want_db else None,
+            dpw if want_dpw else None, dr if want_dr else None, None, None, None, None, None)
+
+
+_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
 
 
 def _check(x, weight, bias, num_groups, activation, prelu_weight, residual) -> int:
@@ -194,7 +305,6 @@ def _check(x, weight, bias, num_groups, activation, prelu_weight, residual) -> i
     return groups
 
 
-@runtime.compile_boundary  # a graph break under torch.compile; the kernels run as they do eagerly
 def fused_norm_act(
     x: torch.Tensor,
     weight: torch.Tensor | None = None,
@@ -213,14 +323,11 @@ def fused_norm_act(
     x is (N, C, *spatial), NC(S)-contiguous or channels-last (other strides are copied to contiguous);
     the output has x's dtype and layout. Statistics and reductions run in float32. Differentiable in
     x, weight, bias, residual and prelu_weight (1 or C values). `split_size` overrides the spatial
-    positions each program reduces. Without Triton (or CUDA) it runs the PyTorch reference.
+    positions each program reduces. Without Triton (or CUDA) it runs the PyTorch reference. Under
+    torch.compile it is one opaque node (no graph break), forward and backward.
     """
     groups = _check(x, weight, bias, num_groups, activation, prelu_weight, residual)
-    if not runtime.use_triton(x):
-        return fused_norm_act_ref(x, weight, bias, num_groups=num_groups, activation=activation,
-                                  negative_slope=negative_slope, prelu_weight=prelu_weight,
-                                  residual=residual, eps=eps)
-    if x.numel() == 0:
-        return torch.empty_like(x)
-    return _FusedNormAct.apply(x, weight, bias, prelu_weight if activation == "prelu" else None, residual,
-                               groups, activation, negative_slope, eps, split_size)
+    y, _, _ = torch.ops.segbench.fused_norm_act_fwd(
+        x, weight, bias, prelu_weight if activation == "prelu" else None, residual, groups, activation,
+        float(negative_slope), float(eps), split_size)
+    return y

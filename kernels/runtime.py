@@ -98,13 +98,3 @@ def empty(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor
 def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return torch.empty_like(t, dtype=dtype)  # keeps t's strides (channels-last stays channels-last)
 
-
-def compile_boundary(fn):
-    """`fn` as a graph break under torch.compile, without importing torch._dynamo until it is called.
-
-    Dynamo would otherwise trace into launch planning and the Triton launches (and the interpreter's
-    internals on CPU, which fails). torch.compiler.disable would import torch._dynamo -- and with it
-    triton -- at `import kernels`, before a CPU process could choose Triton's interpreter.
-    """
-    lazy = getattr(torch, "_disable_dynamo", None)  # torch's own lazy form of torch.compiler.disable
-    return lazy(fn) if lazy is not None else torch.compiler.disable(fn)
