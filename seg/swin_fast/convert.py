@@ -48,7 +48,8 @@ def to_fast(
     stages, no graph breaks under torch.compile.
     fused_norm: "auto" applies kernels.patch (Triton LayerNorm in the Swin blocks, fused
       InstanceNorm+LeakyReLU in the conv blocks) when Triton can run on a CUDA device; True requires
-      it; False keeps torch's ops (the choice for torch.compile, which fuses these itself).
+      it; False keeps torch's ops. Either compiles without graph breaks (the kernels are opaque custom
+      ops to torch.compile, which then does not fuse the norms into their neighbours itself).
     use_checkpoint: None keeps the model's setting; True/False sets gradient checkpointing of every
       Swin block (the seed preset turns it on; the fast path is meant to run without it).
     """
