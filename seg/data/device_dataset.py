@@ -4,7 +4,8 @@
 float16 image tensor [N,4,S,S,S] and one uint8 label tensor [N,1,S,S,S]. Placement:
 - "device": on the CUDA device, when the split takes at most `fraction` of its free memory
   (`torch.cuda.mem_get_info`); a batch is then an index_select on the device;
-- "pinned": otherwise, in page-locked host memory; a batch is copied row by row to the device
+- "pinned": otherwise, in page-locked host memory (registered with the driver at its exact size,
+  see `pinned_empty`); a batch is copied row by row to the device
   with non_blocking copies (true DMA from pinned memory, run ahead on a side stream by
   seg.data.prefetch.Prefetcher), no host-side gather;
 - "host": on a CPU run, plain host memory (the same API; batches are index_selects).
@@ -14,6 +15,7 @@ All 1,251 BraTS 2021 cases at 128³ take ~22 GB in this form (fp16 image, uint8 
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,30 @@ def choose_placement(nbytes: int, device: torch.device, fraction: float = DEFAUL
         return "host"
     free_bytes, _ = torch.cuda.mem_get_info(device)
     return "device" if nbytes <= fraction * free_bytes else "pinned"
+
+
+def pinned_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """A page-locked host tensor of exactly its size: a plain allocation registered with the CUDA
+    driver. (`pin_memory=True` goes through PyTorch's caching host allocator, which rounds a block
+    up to a power of two: a 22 GB split would pin 32 GB.) Unregistered when the tensor is freed,
+    so a later registration of the same addresses does not fail."""
+    tensor = torch.empty(tuple(shape), dtype=dtype)
+    nbytes = tensor.numel() * tensor.element_size()
+    cudart = torch.cuda.cudart()
+    status = int(cudart.cudaHostRegister(tensor.data_ptr(), nbytes, 0))
+    if status != 0:
+        raise RuntimeError(f"cannot page-lock {nbytes / 1e9:.1f} GB of host memory for the split "
+                           f"(cudaHostRegister status {status}); check `ulimit -l`")
+    weakref.finalize(tensor, cudart.cudaHostUnregister, tensor.data_ptr())
+    return tensor
+
+
+def _empty(shape: Sequence[int], dtype: torch.dtype, placement: str, device: torch.device) -> torch.Tensor:
+    if placement == "device":
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+    if placement == "pinned":
+        return pinned_empty(shape, dtype)
+    return torch.empty(tuple(shape), dtype=dtype)
 
 
 def copy_rows(src: torch.Tensor, indices: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -102,11 +128,10 @@ class ResidentData:
         placement = placement or choose_placement(nbytes, device, fraction)
         if placement not in PLACEMENTS:
             raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
-        where = {"device": {"device": device}, "pinned": {"pin_memory": True}, "host": {}}[placement]
-        images = torch.empty((len(ids), *shape), dtype=torch.float16, **where)
+        images = _empty((len(ids), *shape), torch.float16, placement, device)
         labels = None
         if True in labelled:
-            labels = torch.empty((len(ids), 1, *shape[1:]), dtype=torch.uint8, **where)
+            labels = _empty((len(ids), 1, *shape[1:]), torch.uint8, placement, device)
         cases = tqdm(_read_ahead(reader, ids), total=len(ids), desc=f"load ({placement})", unit="case",
                      disable=not progress)
         for row, (case_id, case) in enumerate(zip(ids, cases, strict=True)):

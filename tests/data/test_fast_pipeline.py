@@ -263,3 +263,15 @@ def test_pack_and_convert_commands(prepared, tmp_path, capsys):
     assert storage_format(tmp_path / "c") == "compact"
     with pytest.raises(SystemExit, match="no split 'nope'"):
         main(["pack", "--src", str(prepared), "--out", str(tmp_path / "x"), "--split", "nope"])
+
+
+@pytest.mark.gpu
+def test_pinned_store_is_page_locked_at_its_size_and_released():
+    from seg.data.device_dataset import pinned_empty
+
+    for _ in range(2):  # the second registration reuses freed addresses: unregistered on free
+        t = pinned_empty((3, 1000, 1000), torch.float16)
+        assert t.is_pinned() and t.shape == (3, 1000, 1000)
+        t.fill_(1)
+        assert float(t.cuda(non_blocking=True).sum()) == 3e6
+        del t
