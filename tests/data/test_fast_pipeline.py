@@ -273,5 +273,5 @@ def test_pinned_store_is_page_locked_at_its_size_and_released():
         t = pinned_empty((3, 1000, 1000), torch.float16)
         assert t.is_pinned() and t.shape == (3, 1000, 1000)
         t.fill_(1)
-        assert float(t.cuda(non_blocking=True).sum()) == 3e6
+        assert float(t.cuda(non_blocking=True).float().sum()) == 3e6
         del t
