@@ -101,6 +101,7 @@ class _PrefetchingLoader:
     def endless(self, start_epoch: int = 0) -> Iterator[dict]:
         """Epoch after epoch from `start_epoch`, prefetching across epoch boundaries (no bubble
         at the start of each epoch). The sampler's epoch is set ahead of the consumer."""
+
         def items() -> Iterator:
             for epoch in itertools.count(start_epoch):
                 if hasattr(self.sampler, "set_epoch"):
@@ -134,7 +135,6 @@ class ResidentLoader(_PrefetchingLoader):
         seeds = [k[1] for k in keys if isinstance(k, tuple)]
         image, label = self.data.gather(indices, self.device)
         return self.finish(image, label, seeds, [self.data.ids[i] for i in indices])
-
 
 
 class WorkerLoader(_PrefetchingLoader):
@@ -191,6 +191,7 @@ def build_fast_loader(
     `placement` forces one), else `workers` DataLoader processes read it. Under DDP
     (`distributed`) each rank gets its shard of the global order, as with build_loader."""
     world_size, rank = _replicas(distributed)
+    device = resolve_device(device)
     common = dict(train=train, device=device, seed=seed, patch=patch, world_size=world_size, rank=rank,
                   prefetch=prefetch)
     if resident:
