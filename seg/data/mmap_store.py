@@ -2,6 +2,7 @@
 
     DIR/images.npy   [N,4,S,S,S] float16  (.npy: np.load(..., mmap_mode="r") maps it)
     DIR/labels.npy   [N,1,S,S,S] uint8    (zeros in the rows of image-only cases)
+    DIR/splits.json  copied from the prepared folder when it has one
     DIR/index.json   {"format": "mmap", "version": 1, "shape": [4,S,S,S], "rows": N,
                       "source": <prepared folder>, "fingerprint": <source files' sizes and times>,
                       "config": <the prepared manifest's config>,
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seg.data.splits import SPLITS
 from seg.data.store import MANIFEST, load_case, write_json
 
 INDEX = "index.json"
@@ -119,6 +121,8 @@ def pack(src: str | Path, out: str | Path, ids: Sequence[str] | None = None, pro
         index = {"format": "mmap", "version": VERSION, "shape": shape, "rows": len(cases),
                  "source": str(src.resolve()), "fingerprint": stamp, "config": config,
                  "cases": cases, "errors": errors}
+        if (src / SPLITS).is_file():  # so a packed folder can stand in for its prepared folder
+            shutil.copyfile(src / SPLITS, tmp / SPLITS)
         write_json(tmp / INDEX, index)
         _swap_in(tmp, out)
     except BaseException:
