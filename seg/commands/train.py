@@ -22,7 +22,7 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def register(subparsers) -> None:
-    from seg.train.config import TrainConfig
+    from seg.train.config import LOADERS, TrainConfig
 
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -60,6 +60,7 @@ def register(subparsers) -> None:
     add("--warmup-epochs", "warmup_epochs", type=float)
     add("--precision", "precision", choices=("fp32", "bf16", "fp16"))
     add("--workers", "workers", type=int)
+    add("--loader", "loader", choices=LOADERS)
     add("--seed", "seed", type=int)
     add("--patch", "patch", type=int)
     add("--fold", "fold", type=int)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+LOADERS = ("cpu", "device", "resident")  # see TrainConfig.loader
+
 
 def _help(text: str, **extra: Any) -> dict:
     return {"help": text, **extra}
@@ -33,6 +35,12 @@ class TrainConfig:
         default="bf16", metadata=_help("fp32, bf16 (autocast) or fp16 (autocast + GradScaler)")
     )
     workers: int = field(default=0, metadata=_help("DataLoader worker processes per training process"))
+    loader: str = field(
+        default="cpu",
+        metadata=_help("cpu: MONAI augmentation in the loader (the seed's pipeline); device: workers read, "
+                       "the seed's augmentation runs batched on the device; resident: the split held in "
+                       "device (or pinned) memory, augmented there"),
+    )
     seed: int = field(default=0, metadata=_help("seed for weights, sample order and augmentation"))
     patch: int | None = field(
         default=None, metadata=_help("random crop edge for training (validation then uses a sliding "
@@ -53,5 +61,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.loader not in LOADERS:
+            raise ValueError(f"loader {self.loader!r}: choose {', '.join(LOADERS)}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from profiles.nvtx import nvtx_range
 from seg import models, recipe
 from seg.data.augment import as_patch_size
+from seg.data.fast_loader import build_fast_loader
 from seg.data.loaders import build_loader
 from seg.data.store import write_json
 from seg.train import checkpoint as ckpt
@@ -119,10 +120,17 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     model = models.build(cfg.model, **cfg.model_options).to(device)
     loss_fn = recipe.build_loss()
 
-    train_loader = build_loader(
-        data_dir, train_ids, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed,
-        patch=patch, distributed=layout.distributed, pin_memory=device.type == "cuda",
-    )
+    if cfg.loader == "cpu":
+        train_loader = build_loader(
+            data_dir, train_ids, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed,
+            patch=patch, distributed=layout.distributed, pin_memory=device.type == "cuda",
+        )
+    else:  # same sample order and augmentation draws as the CPU pipeline, batches arrive on `device`
+        train_loader = build_fast_loader(
+            data_dir, train_ids, cfg.batch_size, train=True, device=device, seed=cfg.seed, patch=patch,
+            workers=cfg.workers, resident=cfg.loader == "resident", distributed=layout.distributed,
+            progress=layout.is_main,
+        )
     val_loader = build_loader(
         data_dir, val_ids, 1, train=False, workers=min(cfg.workers, 2),
         distributed=layout.distributed, pin_memory=device.type == "cuda",
