@@ -24,42 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from seg.data.batch_augment import augment_batch, draw_batch
 from seg.data.device_dataset import DEFAULT_FRACTION, ResidentData
-from seg.data.formats import open_reader
-from seg.data.loaders import SeededSampler, _replicas, _seed_worker
+from seg.data.loaders import RawDataset, SeededSampler, _replicas, _seed_worker
 from seg.data.prefetch import Prefetcher, resolve_device
 
 DEFAULT_PREFETCH = 2
-
-
-class RawDataset(Dataset):
-    """Samples as stored (no cast, no augmentation) plus the sampler's seed: what a worker sends."""
-
-    def __init__(self, data_dir: str | Path, ids: Sequence[str]):
-        self.data_dir, self.ids = Path(data_dir), list(ids)
-        self.reader = open_reader(self.data_dir)
-        missing = self.reader.missing(self.ids)
-        if missing:
-            raise FileNotFoundError(
-                f"{self.data_dir}: {len(missing)} prepared case(s) missing, e.g. {missing[0]} "
-                "(run `segbench data prep` for this folder, or check the split)"
-            )
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        case = self.reader.read(self.ids[index])
-        sample = {"image": case["image"], "id": self.ids[index]}
-        if "label" in case:
-            sample["label"] = case["label"]
-        if seed is not None:
-            sample["seed"] = seed
-        return sample
 
 
 class _BatchFinisher:

@@ -37,19 +37,12 @@ def _plain(x: Any) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
-class PreparedDataset(Dataset):
-    """Prepared cases `data_dir/<id>.pt` -> {"image": float32 [4,S,S,S], "label": int64 [1,S,S,S]
-    (labelled cases only), "id": str}.
+class RawDataset(Dataset):
+    """Samples as stored (no cast, no augmentation) plus the sampler's seed: what a worker sends."""
 
-    An index may be an int or an `(int, seed)` pair from `SeededSampler`; with a seed and a
-    random `transform`, the transform is reseeded first so the sample is reproducible.
-    """
-
-    def __init__(self, data_dir: str | Path, ids: Sequence[str], transform=None):
-        self.data_dir = Path(data_dir)
-        self.ids = list(ids)
-        self.transform = transform
-        self.reader = open_reader(self.data_dir)  # .pt files, or a packed (mmap) folder
+    def __init__(self, data_dir: str | Path, ids: Sequence[str]):
+        self.data_dir, self.ids = Path(data_dir), list(ids)
+        self.reader = open_reader(self.data_dir)
         missing = self.reader.missing(self.ids)
         if missing:
             raise FileNotFoundError(
@@ -59,6 +52,29 @@ class PreparedDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        case = self.reader.read(self.ids[index])
+        sample = {"image": case["image"], "id": self.ids[index]}
+        if "label" in case:
+            sample["label"] = case["label"]
+        if seed is not None:
+            sample["seed"] = seed
+        return sample
+
+
+class PreparedDataset(RawDataset):
+    """Prepared cases `data_dir/<id>.pt` -> {"image": float32 [4,S,S,S], "label": int64 [1,S,S,S]
+    (labelled cases only), "id": str}.
+
+    An index may be an int or an `(int, seed)` pair from `SeededSampler`; with a seed and a
+    random `transform`, the transform is reseeded first so the sample is reproducible.
+    """
+
+    def __init__(self, data_dir: str | Path, ids: Sequence[str], transform=None):
+        super().__init__(data_dir, ids)
+        self.transform = transform
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
