@@ -76,6 +76,21 @@ def _rss_peak_bytes() -> int | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def steady_state(step: Callable[[], object], warmup: int, iters: int, device: torch.device | str) -> dict:
+    """Warm up by count, reset the peak-memory counters, then time `iters` steps one by one.
+
+    Returns the row fields every step workload reports: peak memory, `s_per_iter`
+    {median, p20, p80, n} and the raw `step_times_s`.
+    """
+    from bench.stats import summarize
+
+    for _ in range(warmup):
+        step()
+    reset_peak_memory(device)
+    samples = time_steps(step, iters, device)
+    return {**peak_memory(device), "s_per_iter": summarize(samples), "step_times_s": samples}
+
+
 def reset_peak_memory(device: torch.device | str) -> None:
     """Start a new peak: CUDA allocator peaks, or the process's peak RSS (Linux clear_refs 5)."""
     if torch.device(device).type == "cuda":

@@ -11,8 +11,7 @@ import math
 
 import torch
 
-from bench.measure import count_flops, peak_memory, reset_peak_memory, time_once, time_steps
-from bench.stats import summarize
+from bench.measure import count_flops, steady_state, time_once
 from bench.variants import CaseConfig
 from bench.workloads.common import (
     Case,
@@ -95,13 +94,7 @@ def run(case: Case) -> dict:
     result.clear()
     reference = None
     release(device)
-    for _ in range(m.warmup):
-        predict()
-    reset_peak_memory(device)
-    samples = time_steps(predict, m.iters, device)
-    row.update(peak_memory(device))
-    row["s_per_iter"] = summarize(samples)
-    row["step_times_s"] = samples
+    row.update(steady_state(predict, m.warmup, m.iters, device))
     median = row["s_per_iter"]["median"]
     row["samples_per_s"] = 1 / median
     row["voxels_per_s"] = math.prod(p.volume) / median

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.measure import max_rel_dev, peak_memory, reset_peak_memory, time_once, time_steps
+from bench.measure import max_rel_dev, steady_state, time_once, time_steps
 from bench.stats import ratio_of_medians_ci, summarize
 from bench.workloads.common import (
     Case,
@@ -94,13 +94,7 @@ def run(case: Case) -> dict:
 
     x, y = inputs[0]
     step = lambda: state.step(x, y)  # noqa: E731
-    for _ in range(m.warmup):
-        step()
-    reset_peak_memory(device)
-    samples = time_steps(step, m.iters, device)
-    row.update(peak_memory(device))
-    row["s_per_iter"] = summarize(samples)
-    row["step_times_s"] = samples
+    row.update(steady_state(step, m.warmup, m.iters, device))
     median = row["s_per_iter"]["median"]
     voxels = math.prod(p.shape)
     row["samples_per_s"] = p.batch / median
