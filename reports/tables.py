@@ -125,9 +125,11 @@ def _extra(row: dict) -> dict:
         }
     if kind == "dataloader":
         return {
-            "MB/s": _num(row.get("mb_per_s"), ".1f"),
+            "MB/s delivered": _num(row.get("mb_per_s"), ".1f"),
+            "MB/s read": _num(row.get("stored_mb_per_s"), ".1f"),
             "workers": _num(row.get("workers"), "d"),
             "loader": row.get("loader", ""),
+            "format": row.get("format", ""),
         }
     if kind == "norm_kernel":
         return {
