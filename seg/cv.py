@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from seg import metrics
-from seg.infer import InferConfig, default_roi, model_from_checkpoint, read_checkpoint, resolve_device
+from seg.infer import InferConfig, default_roi, load_ensemble, resolve_device, resolve_precision
 
 
 def prepared_spacing_mm(meta: dict) -> tuple[float, float, float]:
@@ -58,11 +58,9 @@ def evaluate_test(
     from seg.infer import sliding_window_predict
 
     dev = resolve_device(device)
-    ckpts = [read_checkpoint(p, dev) for p in checkpoints]
+    models, ckpts = load_ensemble(checkpoints, dev)
     roi = cfg.roi or default_roi(ckpts[0])
-    models = [model_from_checkpoint(c, dev) for c in ckpts]
-    del ckpts
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
+    precision = resolve_precision(cfg.precision, dev)
     per_fold: list[dict[str, Any]] = [{} for _ in models]
     ensemble: dict[str, Any] = {}
     for case_id in tqdm(test_ids, desc="cv test", unit="case", disable=None):

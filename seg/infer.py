@@ -59,6 +59,27 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> nn
     return model_from_checkpoint(read_checkpoint(checkpoint, device), device)
 
 
+_CHECKPOINT_INFO = ("model_name", "model_options", "config", "prep")
+
+
+def load_ensemble(
+    checkpoints: Sequence[str | Path], device: torch.device
+) -> tuple[list[nn.Module], list[dict[str, Any]]]:
+    """(models in eval mode, each checkpoint's description) for an ensemble on `device`; the
+    descriptions keep only the small entries (the weights and optimizer state are let go)."""
+    models, infos = [], []
+    for path in checkpoints:
+        ckpt = read_checkpoint(path, device)
+        models.append(model_from_checkpoint(ckpt, device))
+        infos.append({k: ckpt[k] for k in _CHECKPOINT_INFO if k in ckpt})
+    return models, infos
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`precision`, with "auto" as bf16 on CUDA and fp32 elsewhere."""
+    return precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+
+
 @torch.no_grad()
 def sliding_window_predict(
     models: nn.Module | Sequence[nn.Module],
@@ -153,7 +174,7 @@ def predict_case(
         raise ValueError("; ".join(errors))
     prepared = prepare_case(image_case, prep_cfg)
     image = prepared["image"][None].to(device)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = resolve_precision(cfg.precision, device)
     probs = sliding_window_predict(
         models, image, cfg.roi or prep_cfg.size, cfg.overlap, cfg.sw_batch_size, cfg.mode, cfg.tta, precision
     )
@@ -178,7 +199,7 @@ def infer_folder(
 
     cfg = dataclasses.replace(cfg or InferConfig())
     dev = resolve_device(device)
-    ckpts = [read_checkpoint(p, dev) for p in checkpoints]
+    models, ckpts = load_ensemble(checkpoints, dev)
     prep_cfg = prep_config_of(ckpts[0])
     for path, ckpt in zip(checkpoints[1:], ckpts[1:], strict=True):
         if prep_config_of(ckpt) != prep_cfg:
@@ -186,8 +207,6 @@ def infer_folder(
                 f"{path}: prepared with {prep_config_of(ckpt)}, unlike {checkpoints[0]} ({prep_cfg})"
             )
     cfg.roi = cfg.roi or default_roi(ckpts[0])
-    models = [model_from_checkpoint(c, dev) for c in ckpts]
-    del ckpts
     cases = discover(src)
     if not cases:
         raise FileNotFoundError(f"{src}: no BraTS cases found")
