@@ -127,16 +127,21 @@ def convert(src: str | Path, out: str | Path, fmt: str, progress: bool = True) -
         except Exception as err:  # one bad case never stops the others
             print(f"{src}: case {case_id}: cannot convert to {fmt}: {err}", file=sys.stderr)
             entries.append({"id": case_id, "status": "error", "error": str(err)})
-    config = _source_config(src)
+    config = read_prep_config(src)
     write_json(done, {"config": {**config, "format": fmt}, "source": str(src.resolve()),
                       "converted_from": {"path": str(src.resolve()), "fingerprint": stamp}, "cases": entries})
     return out
 
 
-def _source_config(src: Path) -> dict:
-    if mmap_store.is_packed(src):
-        return dict(mmap_store.PackedStore(src).index.get("config", {}))
-    return json.loads((src / MANIFEST).read_text()).get("config", {})
+def read_prep_config(data_dir: str | Path) -> dict:
+    """The prepared data's config (size, format, ...): manifest.json, or a packed folder's index."""
+    data_dir = Path(data_dir)
+    if mmap_store.is_packed(data_dir):
+        return dict(mmap_store.PackedStore(data_dir).index.get("config", {}))
+    manifest = data_dir / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: not found; is {data_dir} a `segbench data prep` output?")
+    return json.loads(manifest.read_text()).get("config", {})
 
 
 def materialize(src: str | Path, fmt: str, cache_root: str | Path, progress: bool = True) -> Path:

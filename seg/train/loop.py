@@ -10,7 +10,6 @@ uninterrupted run (bitwise on CPU; on CUDA up to cuDNN's nondeterministic kernel
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import asdict
@@ -25,6 +24,7 @@ from profiles.nvtx import nvtx_range
 from seg import models, recipe
 from seg.data.augment import as_patch_size
 from seg.data.fast_loader import build_fast_loader
+from seg.data.formats import read_prep_config
 from seg.data.loaders import build_loader
 from seg.data.store import write_json
 from seg.train import checkpoint as ckpt
@@ -61,18 +61,6 @@ def select_ids(data_dir: Path, fold: int | None) -> tuple[list[str], list[str]]:
             "(prepare more cases)"
         )
     return list(train_ids), list(val_ids)
-
-
-def read_prep_config(data_dir: Path) -> dict:
-    """The prepared data's config (size, format, ...): manifest.json, or a packed folder's index."""
-    from seg.data import mmap_store
-
-    if mmap_store.is_packed(data_dir):
-        return dict(mmap_store.PackedStore(data_dir).index.get("config", {}))
-    manifest = data_dir / "manifest.json"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: not found; is {data_dir} a `segbench data prep` output?")
-    return json.loads(manifest.read_text()).get("config", {})
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
