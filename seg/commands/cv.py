@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 
 def run(args: argparse.Namespace) -> int:
+    from seg.commands.train import config_values
     from seg.cv import run_cv
     from seg.infer import InferConfig
     from seg.train import TrainConfig
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"fold", "resume"}
-    values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    values["model_options"] = dict(args.model_options)
     infer_cfg = InferConfig(
         roi=args.roi,
         overlap=args.overlap,
@@ -23,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.infer_precision,
     )
     try:
-        doc = run_cv(TrainConfig(**values), args.folds, infer_cfg)
+        doc = run_cv(TrainConfig(**config_values(args)), args.folds, infer_cfg)
     except (FileNotFoundError, ValueError) as err:
         print(f"segbench cv: {err}", file=sys.stderr)
         return 1
@@ -35,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from seg.commands.train import MODELS, _option
+    from seg.commands.train import MODELS, TRAIN_OPTIONS, add_config_option, add_model_option
 
     p = subparsers.add_parser(
         "cv",
@@ -49,30 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=MODELS, default="unet", help="model name (default unet)")
     p.add_argument("--out", required=True, help="run folder: fold<k>/, cv.json, cv.md")
     p.add_argument("--folds", type=int, help="folds to train (default: all folds in splits.json)")
-    p.add_argument(
-        "--model-option",
-        dest="model_options",
-        action="append",
-        type=_option,
-        default=[],
-        metavar="KEY=VALUE",
-        help="seg.models.build override, repeatable (e.g. channels=(8,16,32))",
-    )
+    add_model_option(p, "channels=(8,16,32)")
     train = p.add_argument_group("training (as segbench train; defaults from TrainConfig)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--accum", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--warmup-epochs", type=float)
-    train.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
-    train.add_argument("--workers", type=int)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--patch", type=int)
-    train.add_argument(
-        "--device", help="auto (cuda if present), cpu, cuda or cuda:N; also for the test predictions"
-    )
-    train.add_argument("--max-steps-per-epoch", type=int)
+    for flag, name, kwargs in TRAIN_OPTIONS:
+        if name in ("fold", "resume", "loader"):  # cv sets fold and resume per fold itself
+            continue
+        if name == "device":
+            kwargs = dict(kwargs, help="auto (cuda if present), cpu, cuda or cuda:N; also for the test "
+                          "predictions")
+        add_config_option(train, flag, name, with_default=False, **kwargs)
     test = p.add_argument_group("test-split prediction")
     test.add_argument("--roi", type=int, help="window edge (default: the training patch, else the prep size)")
     test.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")

@@ -21,15 +21,61 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+# (flag, TrainConfig field, argparse keywords): the training options `train` and `cv` share.
+TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
+    ("--epochs", "epochs", {"type": int}),
+    ("--batch-size", "batch_size", {"type": int}),
+    ("--accum", "accum", {"type": int}),
+    ("--lr", "lr", {"type": float}),
+    ("--weight-decay", "weight_decay", {"type": float}),
+    ("--warmup-epochs", "warmup_epochs", {"type": float}),
+    ("--precision", "precision", {"choices": ("fp32", "bf16", "fp16")}),
+    ("--workers", "workers", {"type": int}),
+    ("--loader", "loader", {}),
+    ("--seed", "seed", {"type": int}),
+    ("--patch", "patch", {"type": int}),
+    ("--fold", "fold", {"type": int}),
+    ("--device", "device", {}),
+    ("--resume", "resume", {"action": "store_true"}),
+    ("--max-steps-per-epoch", "max_steps_per_epoch", {"type": int}),
+)
+
+
+def add_config_option(parser, flag: str, name: str, with_default: bool = True, **kwargs) -> None:
+    """`flag` for TrainConfig field `name`, its help text (and default) taken from the field;
+    `with_default=False` leaves it None when absent (TrainConfig's default then applies)."""
+    from seg.train.config import TrainConfig
+
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    default = None if field.default is dataclasses.MISSING else field.default
+    suffix = "" if field.default is dataclasses.MISSING else f" (default: {field.default})"
+    kwargs.setdefault("default", default if with_default else None)
+    kwargs.setdefault("help", field.metadata["help"] + suffix)
+    parser.add_argument(flag, dest=name, **kwargs)
+
+
+def add_model_option(parser, example: str) -> None:
+    parser.add_argument(
+        "--model-option", dest="model_options", action="append", type=_option, default=[],
+        metavar="KEY=VALUE", help=f"seg.models.build override, repeatable (e.g. {example})",
+    )
+
+
+def config_values(args: argparse.Namespace) -> dict:
+    """TrainConfig keyword arguments from parsed `args`: every field the parser set (not None)."""
+    from seg.train.config import TrainConfig
+
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    values["model_options"] = dict(args.model_options)
+    return values
+
+
 def register(subparsers) -> None:
-    from seg.train.config import LOADERS, TrainConfig
-
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-    def helptext(name: str) -> str:
-        default = fields[name].default
-        suffix = "" if default is dataclasses.MISSING else f" (default: {default})"
-        return fields[name].metadata["help"] + suffix
+    from seg.train.config import LOADERS
 
     parser = subparsers.add_parser(
         "train",
@@ -39,34 +85,13 @@ def register(subparsers) -> None:
         "Under `torchrun --nproc_per_node K segbench train ...` it trains with DDP; "
         "--batch-size is per process.",
     )
-    def add(flag: str, name: str, **kwargs) -> None:
-        default = fields[name].default
-        kwargs.setdefault("default", None if default is dataclasses.MISSING else default)
-        parser.add_argument(flag, dest=name, help=helptext(name), **kwargs)
-
-    add("--data", "data_dir", required=True)
-    add("--out", "out", required=True)
-    add("--model", "model", choices=MODELS)
-    parser.add_argument(
-        "--model-option", dest="model_options", action="append", type=_option, default=[],
-        metavar="KEY=VALUE",
-        help="seg.models.build override, repeatable (e.g. preset=paper, channels=(8,16,32))",
-    )
-    add("--epochs", "epochs", type=int)
-    add("--batch-size", "batch_size", type=int)
-    add("--accum", "accum", type=int)
-    add("--lr", "lr", type=float)
-    add("--weight-decay", "weight_decay", type=float)
-    add("--warmup-epochs", "warmup_epochs", type=float)
-    add("--precision", "precision", choices=("fp32", "bf16", "fp16"))
-    add("--workers", "workers", type=int)
-    add("--loader", "loader", choices=LOADERS)
-    add("--seed", "seed", type=int)
-    add("--patch", "patch", type=int)
-    add("--fold", "fold", type=int)
-    add("--device", "device")
-    add("--resume", "resume", action="store_true")
-    add("--max-steps-per-epoch", "max_steps_per_epoch", type=int)
+    add_config_option(parser, "--data", "data_dir", required=True)
+    add_config_option(parser, "--out", "out", required=True)
+    add_config_option(parser, "--model", "model", choices=MODELS)
+    add_model_option(parser, "preset=paper, channels=(8,16,32)")
+    for flag, name, kwargs in TRAIN_OPTIONS:
+        kwargs = dict(kwargs, choices=LOADERS) if name == "loader" else kwargs
+        add_config_option(parser, flag, name, **kwargs)
     parser.set_defaults(func=run)
 
 
@@ -76,10 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
     from seg.train import TrainConfig, train
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    values["model_options"] = dict(args.model_options)
     try:
-        cfg = TrainConfig(**values)
+        cfg = TrainConfig(**config_values(args))
     except ValueError as err:
         raise SystemExit(f"segbench train: {err}") from err
     summary = train(cfg)
