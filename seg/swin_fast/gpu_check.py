@@ -17,19 +17,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-
-def _write(out: Path, results: dict) -> None:
-    tmp = out / "gpu_check.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "gpu_check.json")
+from seg.data.store import write_json
 
 
 def _sync(device: str) -> None:
@@ -207,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # one failed check must not cost the others their results
             results[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
             print(results[name]["error"], flush=True)
-        _write(args.out, results)
+        write_json(Path(args.out) / "gpu_check.json", results)
         torch.cuda.empty_cache()
     return 0
 
