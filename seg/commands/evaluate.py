@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -32,13 +31,9 @@ def label_files(path: str | Path) -> dict[str, Path]:
         return {case_id(path): path}
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    # os.walk follows symlinked case folders (rglob does not), as seg.data.cases.discover does.
-    files = sorted(
-        Path(folder) / name
-        for folder, _, names in os.walk(path, followlinks=True)
-        for name in names
-        if _NIFTI.search(name)
-    )
+    from seg.data.cases import nifti_files  # the walk discover() uses (follows symlinked folders)
+
+    files = [p for p in nifti_files(path) if _NIFTI.search(p.name)]
     segs = [p for p in files if re.search(r"[_-]seg$", _NIFTI.sub("", p.name))]
     found: dict[str, Path] = {}
     for p in segs or files:  # a raw-case folder: only its seg files are label maps

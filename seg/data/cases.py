@@ -54,7 +54,8 @@ class Case:
         return LABELS[self.convention]
 
 
-def _nifti_files(root: Path) -> list[Path]:
+def nifti_files(root: Path) -> list[Path]:
+    """Every `*.nii*` file below `root`, sorted."""
     # os.walk follows symlinked folders (datasets are often linked in); rglob does not
     found = []
     for folder, _, names in os.walk(root, followlinks=True):
@@ -67,7 +68,7 @@ def discover(root: str | Path) -> list[Case]:
     missing modality shows up in `validate` (its expected path does not exist)."""
     groups: dict[tuple[Path, str, str], dict[str, Path]] = defaultdict(dict)
     exts: dict[tuple[Path, str, str], str] = {}
-    for path in _nifti_files(Path(root)):
+    for path in nifti_files(Path(root)):
         for conv, pattern in _PATTERNS.items():
             m = pattern.match(path.name)
             if m:
