@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from seg.data.batch_augment import augment_batch, draw_batch
 from seg.data.device_dataset import DEFAULT_FRACTION, ResidentData
-from seg.data.loaders import RawDataset, SeededSampler, _replicas, _seed_worker
+from seg.data.loaders import RawDataset, _replicas, data_loader, make_sampler
 from seg.data.prefetch import Prefetcher, resolve_device
 
 DEFAULT_PREFETCH = 2
@@ -51,12 +50,6 @@ class _BatchFinisher:
         if label is not None:
             batch["label"] = label
         return batch
-
-
-def _sampler(n: int, train: bool, seed: int, world_size: int, rank: int):
-    if train:
-        return SeededSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    return list(range(rank, n, world_size))
 
 
 class _PrefetchingLoader:
@@ -90,7 +83,7 @@ class ResidentLoader(_PrefetchingLoader):
                  seed: int = 0, patch=None, world_size: int = 1, rank: int = 0,
                  prefetch: int = DEFAULT_PREFETCH):
         self.data, self.batch_size, self.device = data, batch_size, resolve_device(device)
-        self.sampler = _sampler(len(data.ids), train, seed, world_size, rank)
+        self.sampler = make_sampler(len(data.ids), train, seed, world_size, rank)
         self.prefetch = prefetch
         self.finish = _BatchFinisher(self.device, train, patch)
 
@@ -117,13 +110,9 @@ class WorkerLoader(_PrefetchingLoader):
                  world_size: int = 1, rank: int = 0, prefetch: int = DEFAULT_PREFETCH):
         self.device = resolve_device(device)
         dataset = RawDataset(data_dir, ids)
-        self.sampler = _sampler(len(dataset), train, seed, world_size, rank)
-        self.loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
-            persistent_workers=workers > 0, pin_memory=self.device.type == "cuda",
-            worker_init_fn=_seed_worker if workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed),
-        )
+        self.sampler = make_sampler(len(dataset), train, seed, world_size, rank)
+        self.loader = data_loader(dataset, batch_size, self.sampler, workers, seed,
+                                  pin_memory=self.device.type == "cuda")
         self.prefetch = prefetch
         self.finish = _BatchFinisher(self.device, train, patch)
 

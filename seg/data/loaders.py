@@ -151,13 +151,26 @@ def build_loader(
         if dataset.ids and not dataset.reader.has_label(dataset.ids[0]):
             keys = ("image",)
         dataset.transform = seed_train_transforms(patch, keys=keys)
-        sampler = SeededSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     else:
         dataset = PreparedDataset(data_dir, ids)
-        sampler = list(range(rank, len(dataset), world_size))
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    generator = torch.Generator().manual_seed(seed)
+    sampler = make_sampler(len(dataset), train, seed, world_size, rank)
+    return data_loader(dataset, batch_size, sampler, workers, seed, pin_memory)
+
+
+def make_sampler(n: int, train: bool, seed: int, world_size: int, rank: int) -> SeededSampler | list[int]:
+    """train: a shuffled `SeededSampler` over `n` samples; else this rank's cases r, r+K, ... in
+    order, without padding (sums over ranks then count every case once)."""
+    if train:
+        return SeededSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    return list(range(rank, n, world_size))
+
+
+def data_loader(dataset: Dataset, batch_size: int, sampler, workers: int, seed: int,
+                pin_memory: bool) -> DataLoader:
+    """The DataLoader settings every loader here shares: workers persist across epochs and are
+    seeded by `_seed_worker`; the loader's own generator is seeded with `seed`."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -166,5 +179,5 @@ def build_loader(
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
         worker_init_fn=_seed_worker if workers > 0 else None,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
     )
