@@ -77,12 +77,11 @@ class PreparedDataset(RawDataset):
         self.transform = transform
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        case_id = self.ids[index]
-        case = self.reader.read(case_id)
-        sample = {"image": case["image"].float()}
-        if "label" in case:
-            sample["label"] = case["label"].long()
+        raw = super().__getitem__(key)
+        seed, case_id = raw.get("seed"), raw["id"]
+        sample = {"image": raw["image"].float()}
+        if "label" in raw:
+            sample["label"] = raw["label"].long()
         if self.transform is not None:
             if seed is not None and hasattr(self.transform, "set_random_state"):
                 self.transform.set_random_state(seed=seed)
