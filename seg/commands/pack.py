@@ -12,6 +12,7 @@ Only the standard library at top level.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 
@@ -21,7 +22,8 @@ def _pack(args: argparse.Namespace) -> int:
     ids = _split_ids(args.src, args.split) if args.split else None
     index = pack(args.src, args.out, ids=ids)
     rows, errors = index["rows"], index["errors"]
-    size_gb = rows * (2 * _voxels(index["shape"]) + _voxels(index["shape"][1:])) / 1e9
+    # float16 image [4,S,S,S] and uint8 label [1,S,S,S] per row
+    size_gb = rows * (2 * math.prod(index["shape"]) + math.prod(index["shape"][1:])) / 1e9
     print(f"{rows} cases packed ({size_gb:.2f} GB), {len(errors)} failed -> {args.out}")
     return 1 if errors else 0
 
@@ -38,13 +40,6 @@ def _split_ids(src: str, split: str) -> list[str]:
     if split not in splits or not isinstance(splits[split], list):
         raise SystemExit(f"{src}/{SPLITS}: no split {split!r} (have train, val, test)")
     return splits[split]
-
-
-def _voxels(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def _convert(args: argparse.Namespace) -> int:
