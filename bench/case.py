@@ -64,9 +64,10 @@ def error_message(err: BaseException, limit: int = 600) -> str:
     return f"{type(err).__name__}: {' | '.join(lines)}"[:limit]
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict, indent: int | None = None) -> None:
+    """Write to a temp name then rename: a reader never sees half a file (pid: writers never collide)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
+    tmp.write_text(json.dumps(data, indent=indent))
     tmp.replace(path)
 
 

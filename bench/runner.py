@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from bench.case import write_json_atomic
 from bench.config import NEEDS_DATA, DataSpec, Suite, Workload, load_suite
 from bench.env import capture_host
 from bench.variants import Unavailable, VariantContext, resolve
@@ -25,12 +26,6 @@ PAIRED_KINDS = ("train_step",)  # workloads that interleave a baseline when a sp
 
 class BenchError(RuntimeError):
     """The suite cannot run at all here (no such device, no data); the message says why."""
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -190,7 +185,7 @@ def run_suite(
         "requested_device": device,
         **capture_host(argv),
     }
-    _write_atomic(out / "env.json", json.dumps(env, indent=2))
+    write_json_atomic(out / "env.json", env, indent=2)
 
     calib = run_case_process({"kind": "calibrate", "device": device}, out / "cases", "calibrate", 300)
     if calib.get("status") != "ok":
@@ -199,7 +194,7 @@ def run_suite(
         )
     calibration = {k: v for k, v in calib.items() if k not in ("status", "log", "case_wall_s")}
     env["calibration"] = calibration
-    _write_atomic(out / "env.json", json.dumps(env, indent=2))
+    write_json_atomic(out / "env.json", env, indent=2)
 
     if data_dir is None and any(w.kind in NEEDS_DATA for _, w, _ in cases):
         print(f"no --data given: synthesizing {suite.data.cases} tiny cases into {out / 'data'}")

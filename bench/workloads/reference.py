@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from bench.case import write_json_atomic
 from bench.measure import count_flops
 from bench.workloads.common import Case, TrainState, math_mode, release, to_input
 
@@ -49,7 +49,5 @@ def train_reference(
         result["error"] = f"{type(err).__name__}: {err}"[:500]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(path)
+        write_json_atomic(path, result)
     return result
