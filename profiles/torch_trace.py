@@ -12,6 +12,7 @@ Called by `segbench profile` (bench.profile) in a case process of its own, never
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -25,9 +26,9 @@ def _sync(device) -> None:
 
 def capture_torch(step, device, cfg: dict, out: Path) -> dict:
     """Profile `step` on a wait/warmup/active schedule; returns the category summary."""
-    import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
+    from profiles.memory import record_memory_history
     from profiles.summarize import format_summary, summarize_trace
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -39,9 +40,12 @@ def capture_torch(step, device, cfg: dict, out: Path) -> dict:
     total = cfg["wait"] + cfg["warmup"] + cfg["active"]
     if cfg.get("memory") and device.type != "cuda":
         print("--memory: the memory snapshot records the CUDA caching allocator; none on the CPU")
-    if cfg.get("memory") and device.type == "cuda":
-        torch.cuda.memory._record_memory_history(max_entries=200_000)
-    with profile(
+    memory = (
+        record_memory_history(out / "memory_snapshot.pickle", max_entries=200_000)
+        if cfg.get("memory") and device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    with memory, profile(
         activities=activities,
         schedule=schedule(wait=cfg["wait"], warmup=cfg["warmup"], active=cfg["active"], repeat=1),
         on_trace_ready=export,
@@ -51,9 +55,6 @@ def capture_torch(step, device, cfg: dict, out: Path) -> dict:
             step()
             _sync(device)
             prof.step()
-    if cfg.get("memory") and device.type == "cuda":
-        torch.cuda.memory._dump_snapshot(str(out / "memory_snapshot.pickle"))
-        torch.cuda.memory._record_memory_history(enabled=None)
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     (out / "key_averages.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=60))
     summary = summarize_trace(trace, steps=cfg["active"])
