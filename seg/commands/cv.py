@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_option(p, "channels=(8,16,32)")
     train = p.add_argument_group("training (as segbench train; defaults from TrainConfig)")
     for flag, name, kwargs in TRAIN_OPTIONS:
-        if name in ("fold", "resume", "loader"):  # cv sets fold and resume per fold itself
+        if name in ("fold", "resume"):  # cv sets fold and resume per fold itself
             continue
         if name == "device":
             kwargs = dict(kwargs, help="auto (cuda if present), cpu, cuda or cuda:N; also for the test "

@@ -6,6 +6,8 @@ import argparse
 import ast
 import dataclasses
 
+from seg.train.config import LOADERS  # standard library only
+
 MODELS = ("unet", "swinunetr", "dynunet")
 
 
@@ -31,7 +33,7 @@ TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--warmup-epochs", "warmup_epochs", {"type": float}),
     ("--precision", "precision", {"choices": ("fp32", "bf16", "fp16")}),
     ("--workers", "workers", {"type": int}),
-    ("--loader", "loader", {}),
+    ("--loader", "loader", {"choices": LOADERS}),
     ("--seed", "seed", {"type": int}),
     ("--patch", "patch", {"type": int}),
     ("--fold", "fold", {"type": int}),
@@ -75,8 +77,6 @@ def config_values(args: argparse.Namespace) -> dict:
 
 
 def register(subparsers) -> None:
-    from seg.train.config import LOADERS
-
     parser = subparsers.add_parser(
         "train",
         help="train a segmentation model on a prepared folder (DDP under torchrun)",
@@ -90,7 +90,6 @@ def register(subparsers) -> None:
     add_config_option(parser, "--model", "model", choices=MODELS)
     add_model_option(parser, "preset=paper, channels=(8,16,32)")
     for flag, name, kwargs in TRAIN_OPTIONS:
-        kwargs = dict(kwargs, choices=LOADERS) if name == "loader" else kwargs
         add_config_option(parser, flag, name, **kwargs)
     parser.set_defaults(func=run)
 
