@@ -108,7 +108,9 @@ def time_norm(impl: str, shape: tuple[int, ...], dtype: torch.dtype | str, layou
 
 def copy_gb_per_s(device: str | torch.device, nbytes: int = 1 << 30, iters: int = 10) -> float:
     """Measured device-to-device copy rate (read + write bytes / s), the ceiling to compare GB/s against."""
-    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
+    # Written before timing: on a host, never-touched pages all map the shared zero page, so reading
+    # an uninitialized source would read one cached page, not nbytes / 2 of memory.
+    src = torch.ones(nbytes // 2, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     ms = statistics.median(time_step(lambda: dst.copy_(src), device, iters=iters))
     return 2 * src.numel() / (ms * 1e-3) / 1e9

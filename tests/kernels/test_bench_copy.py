@@ -1,0 +1,21 @@
+"""kernels.bench.copy_gb_per_s: what it copies."""
+
+import torch
+
+from kernels import bench
+
+
+def test_copy_ceiling_reads_a_written_source(monkeypatch):
+    # A never-written host buffer maps the shared zero page: copying it reads one cached page and
+    # reports several times the real bandwidth. The copied data must be what was written.
+    copied = []
+
+    def one_call(step, device, **kwargs):
+        copied.append(step())
+        return [1.0]
+
+    monkeypatch.setattr(bench, "time_step", one_call)
+    rate = bench.copy_gb_per_s("cpu", nbytes=1 << 20)
+    assert rate == 2 * (1 << 19) / 1e-3 / 1e9
+    assert copied[0].numel() == 1 << 19 and bool((copied[0] == 1).all())
+    assert copied[0].dtype == torch.uint8
