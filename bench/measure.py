@@ -141,15 +141,16 @@ def matmul_rate(device: torch.device | str) -> dict[str, float | str]:
 
 
 def copy_rate(device: torch.device | str) -> float:
-    """Achieved copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    """Achieved copy bandwidth in bytes/s, counting bytes read plus bytes written.
+
+    kernels.bench's measurement, so the harness's `fraction_of_copy` and the kernel micro-benchmarks'
+    share one ceiling; 1 GiB copied on a GPU (far beyond L2), 64 MiB on a CPU.
+    """
+    from kernels.bench import copy_gb_per_s
+
     device = torch.device(device)
-    numel = (1 << 28) if device.type == "cuda" else (1 << 24)  # 1 GiB / 64 MiB of float32
-    src = torch.empty(numel, device=device, dtype=torch.float32).fill_(1.0)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    seconds = sorted(time_steps(lambda: dst.copy_(src), 9, device))[4]
-    return 2 * src.numel() * src.element_size() / seconds
+    copied_bytes = (1 << 30) if device.type == "cuda" else (1 << 26)
+    return copy_gb_per_s(device, nbytes=2 * copied_bytes, iters=9) * 1e9
 
 
 # --- parity --------------------------------------------------------------------------------------
