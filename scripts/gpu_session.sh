@@ -18,6 +18,6 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | t
 run=/tmp/segbench-$suite
 timeout "$((budget_s + 60))" python3 -m segbench bench --suite "$suite" --out "$run" --device cuda 2>&1 | tee -a "$out/log.txt"
 cp "$run"/report.md "$run"/results.jsonl "$run"/env.json "$run"/report.html "$out"/ 2>/dev/null
-# Everything but converted data copies (cache/formats can pass the 16 MiB a returned file may hold).
-tar -czf "$out/run.tar.gz" --exclude="segbench-$suite/cache/formats" --exclude="*.pt" --exclude="*.npy" -C /tmp "segbench-$suite"
+# Everything but the synthesized data and its converted copies (they can pass the 16 MiB a returned file may hold).
+tar -czf "$out/run.tar.gz" --exclude="segbench-$suite/cache/formats" --exclude="segbench-$suite/data" --exclude="*.pt" --exclude="*.npy" -C /tmp "segbench-$suite"
 ls -la "$out"
