@@ -86,6 +86,8 @@ def _models(feature: int, dropout: float, device: str):
 
 
 def check_parity(size: int, feature: int, device: str = "cuda") -> dict:
+    from seg.recipe import autocast
+
     stock, fast = _models(feature, 0.0, device)
     x = torch.randn(1, 4, size, size, size, device=device)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -97,7 +99,7 @@ def check_parity(size: int, feature: int, device: str = "cuda") -> dict:
             return ((y.float() - ref).norm() / ref.norm()).item()
 
         fp32 = rel(fast(x))
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with autocast("bf16", torch.device(device).type):
             bf16_fast, bf16_stock = rel(fast(x)), rel(stock(x))
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return {
