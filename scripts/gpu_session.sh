@@ -1,23 +1,43 @@
 #!/usr/bin/env bash
 # Runs on a lent GPU machine (the `device` tool), from the repo root, with `.whl` carried:
-#   device run: carry [".whl"], command "scripts/gpu_session.sh [SUITE] [BUDGET_S]"
-# Installs the carried wheels (monai, nibabel, nvtx: the image lacks them) and the project,
-# then runs one harness suite and puts its report under $OUT, as at most 8 files:
-#   report.md, results.jsonl, env.json, report.html, run.tar.gz (the whole run folder), log.txt.
+#   device run: carry [".whl"], timeout_s 600, command "scripts/gpu_session.sh [SUITE]"
+# Installs the carried wheels (monai, nibabel, nvtx: the image lacks them) and the project, then
+#   1. the GPU-marked tests of what the suite exercises (swin-goal: the fast SwinUNETR; otherwise the
+#      kernels), at most 90 s: a failing correctness test is worth knowing before any timing;
+#   2. one harness suite (default gpu-check), its report under $OUT;
+#   3. for swin-goal, while the 600 s call has time left: python -m seg.swin_fast.gpu_check (SDPA
+#      backends, parity, a CUDA memory snapshot summarized by category).
+# $OUT gets at most 8 files: report.md, results.jsonl, env.json, report.html, log.txt (all console
+# output), run.tar.gz (the run folder without data), and for swin-goal swin_check.tar.gz.
 # Fetch the wheels here first: scripts/fetch_gpu_wheels.sh
 set -uo pipefail
 suite=${1:-gpu-check}
-budget_s=${2:-480}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
+log="$out/log.txt"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=$PWD:/tmp/site
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 || true
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/log.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$log"
+python3 -c "import torch, triton, monai; print('torch', torch.__version__, 'triton', triton.__version__, 'monai', monai.__version__)" | tee -a "$log"
+
+if [ "$suite" = "swin-goal" ]; then tests="tests/seg/test_swin_fast.py tests/profiles"; else tests="tests/kernels"; fi
+echo "== pytest -m gpu $tests" | tee -a "$log"
+timeout 90 python3 -m pytest -m gpu -q -x -p no:cacheprovider $tests 2>&1 | tail -15 | tee -a "$log"
+
+echo "== segbench bench --suite $suite" | tee -a "$log"
 run=/tmp/segbench-$suite
-timeout "$((budget_s + 60))" python3 -m segbench bench --suite "$suite" --out "$run" --device cuda 2>&1 | tee -a "$out/log.txt"
+# the suite's own budget_s stops starting cases; the timeout is the backstop
+timeout 540 python3 -m segbench bench --suite "$suite" --out "$run" --device cuda 2>&1 | tee -a "$log"
 cp "$run"/report.md "$run"/results.jsonl "$run"/env.json "$run"/report.html "$out"/ 2>/dev/null
-# Everything but the synthesized data and its converted copies (they can pass the 16 MiB a returned file may hold).
+# Everything but the synthesized data and its converted copies (a returned file holds at most 16 MiB).
 tar -czf "$out/run.tar.gz" --exclude="segbench-$suite/cache/formats" --exclude="segbench-$suite/data" --exclude="*.pt" --exclude="*.npy" -C /tmp "segbench-$suite"
+
+left_s=$((570 - SECONDS))
+if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 45 ]; then
+  echo "== seg.swin_fast.gpu_check (${left_s} s left)" | tee -a "$log"
+  timeout "$left_s" python3 -m seg.swin_fast.gpu_check --out /tmp/swin_check 2>&1 | tail -40 | tee -a "$log"
+  tar -czf "$out/swin_check.tar.gz" --exclude="*.pickle" -C /tmp swin_check
+fi
 ls -la "$out"

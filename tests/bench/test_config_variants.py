@@ -19,6 +19,7 @@ def test_every_shipped_suite_loads():
         "inference",
         "kernels",
         "gpu-check",
+        "swin-goal",
     ):
         assert expected in names
     for name in names:
@@ -105,3 +106,16 @@ def test_variants_compose_in_order():
 def test_variants_that_cannot_run_here_say_why(name, ctx, reason):
     with pytest.raises(Unavailable, match=reason):
         resolve(name, ctx)
+
+
+def test_swin_goal_measures_issue_7_against_its_baselines_in_one_run():
+    suite = load_suite("swin-goal")
+    variants = {w.name: set(w.variants) for w in suite.workloads}
+    assert {"seed", "bf16", "bf16+swin_fast", "bf16+swin_fast+compile", "bf16+compile"} <= variants[
+        "swinunetr_f24"
+    ]
+    assert "bf16+swin_fast" in variants["swinunetr_f48"]
+    order = [f"{w.name}/{v}" for _, w, v in suite.run_order()]
+    assert order[-1] == "swinunetr_f24/bf16+compile"  # ~200 s of compile: only after every other row
+    assert order.index("swinunetr_f24/seed") < order.index("swinunetr_f24/bf16+swin_fast")
+    assert suite.budget_s and suite.budget_s <= 450
