@@ -20,9 +20,9 @@ from monai.networks.nets.swin_unetr import (
     SwinUNETR,
     get_window_size,
 )
+from torch._subclasses.fake_tensor import is_fake
 
-from .attention import _remember
-from .windows import WindowGeometry, build_geometry, to_windows
+from .windows import WindowGeometry, build_geometry, cached_geometry, to_windows, traced_geometry
 
 
 class FastSwinTransformerBlock(SwinTransformerBlock):
@@ -45,16 +45,18 @@ class FastSwinTransformerBlock(SwinTransformerBlock):
 
 class FastBasicLayer(BasicLayer):
     def init_fast(self) -> None:
-        self._geometry_cache: dict = {}
+        pass  # geometry lives in a process-wide cache (windows.cached_geometry)
 
-    def geometry(self, batch: int, dims: tuple[int, ...], shift_size, device: torch.device) -> WindowGeometry:
+    def geometry(self, x: torch.Tensor, dims: tuple[int, ...], shift_size) -> WindowGeometry:
         window, shift = get_window_size(dims, self.window_size, shift_size)
-        if torch.compiler.is_compiling():  # built in-graph: arange arithmetic that fuses into the gathers
-            return build_geometry(batch, dims, window, shift, device, cacheable=False)
-        key = (batch, dims, window, shift, device)
-        if key in self._geometry_cache:
-            return self._geometry_cache[key]
-        return _remember(self._geometry_cache, key, build_geometry(batch, dims, window, shift, device))
+        batch = x.shape[0]
+        if torch.compiler.is_compiling():
+            if any(isinstance(d, torch.SymInt) for d in (batch, *dims)):  # dynamic shapes: in the graph
+                return build_geometry(batch, dims, window, shift, x.device, cacheable=False)
+            return traced_geometry(batch, dims, window, shift, x.device)  # graph constants
+        if is_fake(x):  # fake tensors (profiles.footprint): no data-dependent ops, nothing cached
+            return build_geometry(batch, dims, window, shift, x.device, cacheable=False)
+        return cached_geometry(batch, dims, window, shift, x.device)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, *spatial, C) channels-last, contiguous -> the stage output, channels-last (downsampled)."""
@@ -62,7 +64,7 @@ class FastBasicLayer(BasicLayer):
         dims = tuple(spatial)
         t = x.reshape(b, -1, c)
         for blk in self.blocks:
-            t = blk.forward_tokens(t, self.geometry(b, dims, blk.shift_size, x.device))
+            t = blk.forward_tokens(t, self.geometry(x, dims, blk.shift_size))
         x = t.view(b, *dims, c)
         if self.downsample is not None:
             x = self.downsample(x)
