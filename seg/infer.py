@@ -63,16 +63,34 @@ _CHECKPOINT_INFO = ("model_name", "model_options", "config", "prep")
 
 
 def load_ensemble(
-    checkpoints: Sequence[str | Path], device: torch.device
+    checkpoints: Sequence[str | Path], device: torch.device, cfg: InferConfig | None = None
 ) -> tuple[list[nn.Module], list[dict[str, Any]]]:
     """(models in eval mode, each checkpoint's description) for an ensemble on `device`; the
-    descriptions keep only the small entries (the weights and optimizer state are let go)."""
+    descriptions keep only the small entries (the weights and optimizer state are let go).
+    With `cfg`, its speed options are applied to each model after its weights are loaded."""
     models, infos = [], []
     for path in checkpoints:
         ckpt = read_checkpoint(path, device)
-        models.append(model_from_checkpoint(ckpt, device))
+        model = model_from_checkpoint(ckpt, device)
+        if cfg is not None:
+            try:
+                model = apply_speed(model, cfg)
+            except ValueError as err:  # e.g. --fast on a UNet checkpoint
+                raise ValueError(f"{path}: {err}") from err
+        models.append(model)
         infos.append({k: ckpt[k] for k in _CHECKPOINT_INFO if k in ckpt})
     return models, infos
+
+
+def apply_speed(model: nn.Module, cfg: InferConfig) -> nn.Module:
+    """`model` (weights loaded, eval mode) with `cfg`'s speed options, as `segbench bench` applies
+    them (seg.speed); the fast SwinUNETR path is weight compatible, so it goes on after loading."""
+    from seg.speed import apply_speed_options
+
+    return apply_speed_options(
+        model, fast=cfg.fast, fused_norm=cfg.fused_norm, channels_last=cfg.channels_last,
+        compile_mode=cfg.compile_mode,
+    ).eval()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -132,6 +150,19 @@ class InferConfig:
     precision: str = dataclasses.field(
         default="auto", metadata={"help": "fp32, bf16, fp16; auto: bf16 on CUDA"}
     )
+    # Speed switches (seg.speed): the predictions stay the same up to floating-point rounding.
+    compile_mode: str | None = dataclasses.field(
+        default=None, metadata={"help": "torch.compile mode for the models (None: eager)"}
+    )
+    channels_last: bool = dataclasses.field(
+        default=False, metadata={"help": "models and input volumes in channels_last_3d"}
+    )
+    fused_norm: bool = dataclasses.field(
+        default=False, metadata={"help": "Triton fused norm kernels (kernels.patch); CUDA + Triton"}
+    )
+    fast: bool = dataclasses.field(
+        default=False, metadata={"help": "SwinUNETR checkpoints through seg.swin_fast (same weights)"}
+    )
 
 
 def prep_config_of(ckpt: dict[str, Any]):
@@ -165,6 +196,7 @@ def predict_case(
     from seg.data.cases import validate
     from seg.data.inverse import write_prediction
     from seg.data.prep import prepare_case
+    from seg.speed import to_input
 
     cfg = cfg or InferConfig()
     device = torch.device(device)
@@ -173,7 +205,7 @@ def predict_case(
     if errors:
         raise ValueError("; ".join(errors))
     prepared = prepare_case(image_case, prep_cfg)
-    image = prepared["image"][None].to(device)
+    image = to_input(prepared["image"][None].to(device), cfg.channels_last)
     precision = resolve_precision(cfg.precision, device)
     probs = sliding_window_predict(
         models, image, cfg.roi or prep_cfg.size, cfg.overlap, cfg.sw_batch_size, cfg.mode, cfg.tta, precision
@@ -199,7 +231,7 @@ def infer_folder(
 
     cfg = dataclasses.replace(cfg or InferConfig())
     dev = resolve_device(device)
-    models, ckpts = load_ensemble(checkpoints, dev)
+    models, ckpts = load_ensemble(checkpoints, dev, cfg)
     prep_cfg = prep_config_of(ckpts[0])
     for path, ckpt in zip(checkpoints[1:], ckpts[1:], strict=True):
         if prep_config_of(ckpt) != prep_cfg:

@@ -16,6 +16,10 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode,
         tta=args.tta,
         precision=args.precision,
+        compile_mode=args.compile_mode,
+        channels_last=args.channels_last,
+        fused_norm=args.fused_norm,
+        fast=args.fast,
     )
     try:
         summary = infer_folder(args.checkpoint, args.src, args.out, cfg, args.device)
@@ -58,4 +62,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="auto: bf16 on CUDA, else fp32",
     )
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
+    add_speed_options(p)
     p.set_defaults(func=run)
+
+
+def add_speed_options(p: argparse.ArgumentParser) -> None:
+    """The speed switches `segbench bench` measures (compile[:MODE], channels_last, fused_norm,
+    swin_fast), applied after the checkpoint's weights are loaded; predictions stay the same."""
+    from seg.speed import COMPILE_MODES  # standard library only
+
+    p.add_argument(
+        "--compile", dest="compile_mode", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
+        help=f"torch.compile the models; MODE: {', '.join(COMPILE_MODES)} ('default' when omitted)",
+    )
+    p.add_argument("--channels-last", action="store_true", help="models and volumes in channels_last_3d")
+    p.add_argument(
+        "--fused-norm", action="store_true",
+        help="Triton fused InstanceNorm+activation and LayerNorm (kernels.patch); needs Triton on CUDA",
+    )
+    p.add_argument(
+        "--fast", action="store_true",
+        help="SwinUNETR checkpoints through the weight-compatible fast path (seg.swin_fast)",
+    )

@@ -6,6 +6,7 @@ import argparse
 import ast
 import dataclasses
 
+from seg.speed import COMPILE_MODES  # standard library only
 from seg.train.config import LOADERS  # standard library only
 
 MODELS = ("unet", "swinunetr", "dynunet")
@@ -40,6 +41,14 @@ TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--device", "device", {}),
     ("--resume", "resume", {"action": "store_true"}),
     ("--max-steps-per-epoch", "max_steps_per_epoch", {"type": int}),
+    # Speed switches: what `segbench bench` measures as compile[:MODE], channels_last, fused_norm,
+    # swin_fast and ckpt/no_ckpt; results stay the same.
+    ("--compile", "compile_mode", {"nargs": "?", "const": "default", "choices": COMPILE_MODES,
+                                   "metavar": "MODE"}),
+    ("--channels-last", "channels_last", {"action": "store_true"}),
+    ("--fused-norm", "fused_norm", {"action": "store_true"}),
+    ("--fast", "fast", {"action": "store_true"}),
+    ("--checkpointing", "checkpointing", {"action": argparse.BooleanOptionalAction}),
 )
 
 
@@ -98,13 +107,17 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
+    from seg.speed import SpeedOptionError
     from seg.train import TrainConfig, train
 
     try:
         cfg = TrainConfig(**config_values(args))
     except ValueError as err:
         raise SystemExit(f"segbench train: {err}") from err
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except SpeedOptionError as err:  # e.g. --fused-norm without a usable Triton: one line, not a traceback
+        raise SystemExit(f"segbench train: {err}") from err
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary))
     return 0

@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from seg.speed import COMPILE_MODES, CUDAGRAPH_MODES  # standard library only
+
 LOADERS = ("cpu", "device", "resident")  # see TrainConfig.loader
+SPEED_FIELDS = ("compile_mode", "channels_last", "fused_norm", "fast", "checkpointing")
 
 
 def _help(text: str, **extra: Any) -> dict:
@@ -54,6 +57,28 @@ class TrainConfig:
     max_steps_per_epoch: int | None = field(
         default=None, metadata=_help("stop each epoch after this many optimizer steps (quick runs)")
     )
+    # Speed switches (seg.speed, the harness's variants): none changes what the model computes.
+    compile_mode: str | None = field(
+        default=None,
+        metadata=_help(f"torch.compile the training model; MODE: {', '.join(COMPILE_MODES)} ('default' when "
+                       "the flag has none); None: eager. CUDA-graph modes (reduce-overhead, max-autotune) "
+                       "need --accum 1"),
+    )
+    channels_last: bool = field(
+        default=False, metadata=_help("model weights and input batches in channels_last_3d memory format")
+    )
+    fused_norm: bool = field(
+        default=False, metadata=_help("Triton fused InstanceNorm+activation and LayerNorm (kernels.patch); "
+                                      "needs Triton on a CUDA device")
+    )
+    fast: bool = field(
+        default=False, metadata=_help("SwinUNETR's weight-compatible fast path (seg.swin_fast); its "
+                                      "checkpoints load into stock MONAI SwinUNETR")
+    )
+    checkpointing: bool | None = field(
+        default=None, metadata=_help("SwinUNETR gradient checkpointing (use_checkpoint) on or off; "
+                                     "None: the model's preset decides (seed: on, paper: off)")
+    )
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -65,3 +90,29 @@ class TrainConfig:
             raise ValueError(f"loader {self.loader!r}: choose {', '.join(LOADERS)}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {self.compile_mode!r}: choose {', '.join(COMPILE_MODES)}")
+        if self.compile_mode in CUDAGRAPH_MODES and self.accum > 1:
+            # CUDA graph trees hand the backward graph's static output buffer to .grad on the
+            # first micro-batch and overwrite it on the next: accumulated gradients come out wrong
+            # (pytorch/pytorch#96693, #169545).
+            raise ValueError(f"compile mode {self.compile_mode} uses CUDA graphs, which do not accumulate "
+                             "gradients correctly: use --accum 1 or --compile max-autotune-no-cudagraphs")
+        if "fast" in self.model_options:
+            raise ValueError("give the SwinUNETR fast path as --fast (TrainConfig.fast), not as model "
+                             "option fast: the option also turns on the fused norms on CUDA by itself")
+        if self.fast and self.model != "swinunetr":
+            raise ValueError(f"--fast is SwinUNETR's fast path; model {self.model} has none")
+        if self.checkpointing is not None:
+            if self.model != "swinunetr":
+                raise ValueError(f"model {self.model} has no gradient-checkpointing option")
+            if "use_checkpoint" in self.model_options:
+                raise ValueError("gradient checkpointing given twice: use --checkpointing/--no-checkpointing "
+                                 "or model option use_checkpoint, not both")
+
+    def model_build_options(self) -> dict:
+        """seg.models.build keyword arguments: model_options plus the checkpointing switch."""
+        options = dict(self.model_options)
+        if self.checkpointing is not None:
+            options["use_checkpoint"] = self.checkpointing
+        return options

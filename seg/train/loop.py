@@ -21,14 +21,14 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from profiles.nvtx import nvtx_range
-from seg import models, recipe
+from seg import models, recipe, speed
 from seg.data.augment import as_patch_size
 from seg.data.fast_loader import build_fast_loader
 from seg.data.formats import read_prep_config
 from seg.data.loaders import build_loader
 from seg.data.store import write_json
 from seg.train import checkpoint as ckpt
-from seg.train.config import TrainConfig
+from seg.train.config import SPEED_FIELDS, TrainConfig
 from seg.train.distributed import Layout, all_reduce_sum, barrier, setup, teardown
 from seg.train.logs import read_log, write_log
 from seg.train.validate import validate
@@ -79,6 +79,8 @@ def _seed_all(seed: int) -> None:
 
 def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     start_time = time.perf_counter()
+    if cfg.fused_norm and (why := speed.fused_norm_unavailable(device)) is not None:
+        raise speed.SpeedOptionError(f"--fused-norm: the Triton kernels cannot run here: {why}")
     out = Path(cfg.out)
     data_dir = Path(cfg.data_dir)
     train_ids, val_ids = select_ids(data_dir, cfg.fold)
@@ -105,7 +107,12 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     _seed_all(cfg.seed)  # identical initial weights on every rank
-    model = models.build(cfg.model, **cfg.model_options).to(device)
+    model = models.build(cfg.model, **cfg.model_build_options()).to(device)
+    # In place (same parameters, same state_dict keys): fast path / fused norms / channels_last.
+    # torch.compile comes last, below, once the weights are loaded.
+    model = speed.apply_speed_options(
+        model, fast=cfg.fast, fused_norm=cfg.fused_norm, channels_last=cfg.channels_last
+    )
     loss_fn = recipe.build_loss()
 
     if cfg.loader == "cpu":
@@ -137,6 +144,8 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     if state is not None:
         if state["model_name"] != cfg.model:
             raise ValueError(f"{last_path} trained model {state['model_name']!r}, not {cfg.model!r}")
+        if layout.is_main:
+            _note_speed_changes(last_path, state.get("config") or {}, cfg)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -147,10 +156,17 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         rows = [r for r in read_log(out / "log.csv") if r["epoch"] <= start_epoch]
         del state
 
+    # `model` stays the bare module (validation, checkpoints); `train_model` is what steps.
+    # torch.compile goes inside DDP, as PyTorch advises ("Where to apply torch.compile?"): dynamo
+    # does not trace DDP's hooks well, and with the compiled module inside DDP's forward its
+    # DDPOptimizer still splits graphs at the gradient buckets so all-reduces overlap backward.
+    # Validation runs the uncompiled module: eval mode and whole volumes would be new graphs.
     train_model: nn.Module = model
+    if cfg.compile_mode is not None:
+        train_model = speed.compile_model(model, cfg.compile_mode)
     if layout.distributed:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -214,8 +230,10 @@ def _train_epoch(
         with nvtx_range("data_wait"):
             batch = next(batches)
         with nvtx_range("h2d"):
-            image = batch["image"].to(device, non_blocking=True)
+            image = speed.to_input(batch["image"].to(device, non_blocking=True), cfg.channels_last)
             label = batch["label"].to(device, non_blocking=True)
+        # Each micro-batch is a step of its own for CUDA graphs (their modes require accum 1).
+        speed.step_begin(cfg.compile_mode)
         # Micro-batches are grouped by `accum`; a short last group divides by its own size.
         group_start = (j // cfg.accum) * cfg.accum
         group_size = min(cfg.accum, micro_batches - group_start)
@@ -236,6 +254,18 @@ def _train_epoch(
     totals[0] = loss_sum
     all_reduce_sum(totals, layout)
     return (totals[0] / totals[1]).item(), samples
+
+
+def _note_speed_changes(last_path: Path, stored: dict, cfg: TrainConfig) -> None:
+    """Say when a resumed run's speed switches differ from the checkpoint's (allowed: none of them
+    changes what is computed, e.g. resuming an H100 run without CUDA graphs elsewhere)."""
+    changed = [
+        f"{name} {stored[name]!r} -> {getattr(cfg, name)!r}"
+        for name in SPEED_FIELDS
+        if name in stored and stored[name] != getattr(cfg, name)
+    ]
+    if changed:
+        tqdm.write(f"{last_path} was trained with other speed options; continuing with: {', '.join(changed)}")
 
 
 def _write_epoch(

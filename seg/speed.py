@@ -1,0 +1,131 @@
+"""Speed switches for training and inference, applied the way `bench` measures them.
+
+`apply_speed_options(model, ...)` turns a built model (already on its device, weights loaded or
+not: every transform keeps the parameters and their state_dict keys) into the variant the harness
+times as `swin_fast`, `fused_norm`, `channels_last` and `compile[:MODE]`, in the harness's order
+(bench.workloads.common.build_model): fast SwinUNETR path, else kernels.patch, then channels_last_3d,
+then torch.compile. Inputs go through `to_input`. None of them changes the function the model
+computes (fp32 results agree to rounding), so checkpoints stay plain state_dicts of the bare module.
+
+Importing this module is cheap (standard library only); torch loads inside the functions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Modes whose inductor config turns on CUDA graphs (triton.cudagraphs).
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+# Test-only: another torch.compile backend (e.g. aot_eager), so CPU tests exercise the compiled
+# path (dynamo + AOTAutograd) without paying inductor's C++ compile. Not a user option.
+COMPILE_BACKEND_ENV = "SEGBENCH_COMPILE_BACKEND"
+
+
+class SpeedOptionError(ValueError):
+    """A speed option that cannot apply to this model or device; the message says why."""
+
+
+def check_compile_mode(mode: str | None) -> None:
+    if mode is not None and mode not in COMPILE_MODES:
+        raise SpeedOptionError(f"torch.compile mode {mode!r}: choose {', '.join(COMPILE_MODES)}")
+
+
+def fused_norm_unavailable(device: torch.device) -> str | None:
+    """Why the Triton fused-norm kernels cannot run for a model on `device`, or None when they can."""
+    try:
+        from kernels import available
+        from kernels.runtime import interpret_mode
+    except ImportError as err:
+        return f"the kernels package is not importable ({err})"
+    ok, reason = available()
+    if not ok:
+        return reason
+    if device.type != "cuda" and not interpret_mode():
+        # kernels would silently run their PyTorch reference on a CPU tensor: nothing fused.
+        return f"the Triton kernels run on CUDA tensors and the model is on {device}"
+    return None
+
+
+def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
+    """torch.compile(model) as the harness does it ("default" is torch's mode=None)."""
+    import torch
+
+    check_compile_mode(mode)
+    backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+    if backend != "inductor":  # modes are inductor settings; other backends take none
+        return torch.compile(model, backend=backend)
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
+def apply_speed_options(
+    model: nn.Module,
+    *,
+    fast: bool = False,
+    fused_norm: bool = False,
+    channels_last: bool = False,
+    compile_mode: str | None = None,
+) -> nn.Module:
+    """`model` with the speed options applied (in place, except torch.compile's wrapper).
+
+    fast: seg.swin_fast.to_fast (MONAI SwinUNETR only); it applies the fused norms itself when
+      `fused_norm`, never on its own ("auto" is not used: the flag says what runs).
+    fused_norm: kernels.patch (Triton fused InstanceNorm+activation, LayerNorm); SpeedOptionError
+      (a ValueError) naming why when the kernels cannot run for this model's device.
+    channels_last: parameters in channels_last_3d (feed inputs through `to_input`).
+    compile_mode: None (eager) or a torch.compile mode; the returned module is then the
+      OptimizedModule, whose `_orig_mod` is the transformed model (checkpoint that one:
+      seg.train.checkpoint.bare_module unwraps it).
+    """
+    import torch
+
+    check_compile_mode(compile_mode)
+    if fused_norm:
+        device = next(model.parameters()).device
+        why = fused_norm_unavailable(device)
+        if why is not None:
+            raise SpeedOptionError(f"--fused-norm: the Triton kernels cannot run here: {why}")
+    if fast:
+        from monai.networks.nets import SwinUNETR
+
+        from seg.swin_fast import to_fast
+
+        if not isinstance(model, SwinUNETR):
+            raise SpeedOptionError(f"--fast is SwinUNETR's fast path; this model is a {type(model).__name__}")
+        model = to_fast(model, fused_norm=fused_norm)
+    elif fused_norm:
+        from kernels import patch
+
+        model = patch(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    if compile_mode is not None:
+        model = compile_model(model, compile_mode)
+    return model
+
+
+def to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """An input batch [B, C, X, Y, Z] in the memory format the model was given."""
+    import torch
+
+    return x.to(memory_format=torch.channels_last_3d) if channels_last else x
+
+
+def step_begin(compile_mode: str | None) -> None:
+    """Call at the start of every training step of a model compiled with a CUDA-graph mode.
+
+    CUDA graph trees replay every step into the same static memory pool, so a replay overwrites
+    the previous step's outputs. Without a mark they guess where a step begins (a new compiled
+    invocation after all pending backwards ran) and otherwise keep the earlier outputs alive by
+    recording further graphs (memory) or fail with "accessing tensor output of CUDAGraphs that
+    has been overwritten by a subsequent run". The mark says: the last step's outputs are dead.
+    """
+    if compile_mode in CUDAGRAPH_MODES:
+        import torch
+
+        torch.compiler.cudagraph_mark_step_begin()
