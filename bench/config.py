@@ -63,6 +63,15 @@ class TrainParams:
 
 
 @dataclass
+class FootprintParams(TrainParams):
+    """TrainParams of the step whose peak memory `footprint` estimates (no step runs)."""
+
+    anchor_peak_gib: dict = _help(
+        "variant -> peak GiB measured for the same configuration (shared/ANCHORS.md), shown beside", {}
+    )
+
+
+@dataclass
 class E2EParams(TrainParams):
     """TrainParams fed by a loader; `shape` is unused (the batches' shape is the data's)."""
 
@@ -104,6 +113,7 @@ PARAMS: dict[str, type] = {
     "dataloader": LoaderParams,
     "infer": InferParams,
     "norm_kernel": NormParams,
+    "footprint": FootprintParams,
 }
 NEEDS_DATA = ("train_e2e", "dataloader")
 

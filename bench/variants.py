@@ -47,7 +47,7 @@ class CaseConfig:
 
 @dataclass
 class VariantContext:
-    kind: str  # workload kind: train_step, train_e2e, dataloader, infer, norm_kernel
+    kind: str  # workload kind: train_step, train_e2e, dataloader, infer, norm_kernel, footprint
     model: str | None  # seg.models name, None for workloads without a model
     device: str  # cpu | cuda
 
@@ -62,8 +62,8 @@ class VariantDef:
 
 
 REGISTRY: dict[str, VariantDef] = {}
-MODEL_KINDS = ("train_step", "train_e2e", "infer")
-TRAIN_KINDS = ("train_step", "train_e2e")
+MODEL_KINDS = ("train_step", "train_e2e", "infer", "footprint")
+TRAIN_KINDS = ("train_step", "train_e2e", "footprint")  # footprint: the train_step's estimated memory
 LOADER_KINDS = ("train_e2e", "dataloader")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

@@ -139,6 +139,17 @@ def _extra(row: dict) -> dict:
             "bwd GB/s": _num(row.get("backward_gb_per_s"), ".1f"),
             "of copy ceiling": _num(row.get("fraction_of_copy"), ".0%"),
         }
+    if kind == "footprint":  # estimated on the CPU: its own columns, never the measured `peak memory`
+        top = row.get("estimated_top_modules") or []
+        return {
+            "estimated peak (CPU estimate, not measured)": _fmt_bytes(row.get("estimated_peak_bytes")),
+            "measured peak (ANCHORS.md, H100)": _fmt_bytes(row.get("anchor_peak_bytes")),
+            "estimate vs measured": _num(row.get("estimate_vs_anchor"), "+.0%"),
+            "peak reached in": " ".join(
+                x for x in (row.get("estimated_peak_phase"), row.get("estimated_peak_module")) if x
+            ),
+            "largest at the peak (estimated)": ", ".join(f"{n} {_fmt_bytes(b)}" for n, b in top[:3]),
+        }
     if kind == "infer":
         return {"TTA": "yes" if row.get("tta") else "no", "volume": "×".join(map(str, row.get("volume", [])))}
     return {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-KINDS = ("train_step", "train_e2e", "dataloader", "infer", "norm_kernel")
+KINDS = ("train_step", "train_e2e", "dataloader", "infer", "norm_kernel", "footprint")
 
 
 def module(kind: str) -> ModuleType:

@@ -1,0 +1,83 @@
+"""`footprint`: the peak memory of the `train_step` workload's step, estimated on the CPU.
+
+The same model (seg.models with the variant's options and transforms, the workload's initial
+weights), the same batch shape and the same step (seg.recipe.train_step: autocast forward,
+DiceCE, backward, fused AdamW, GradScaler for fp16) as `train_step`, replayed on fake tensors by
+`profiles.footprint` with CUDA's autocast, attention and dropout kernels. It always runs on the
+CPU, whatever the suite's device, and needs no GPU: rows say so (`estimate_device`).
+
+The row carries `estimate: true` and `estimated_peak_bytes` — never `peak_bytes`, which is a
+measured peak everywhere else — so a report cannot show an estimate as a measurement. The number
+is allocated bytes (compare with CUDA max allocated, as in shared/ANCHORS.md), for one batch on
+the device (`train_step` also keeps its parity batches there). `anchor_peak_gib` in the workload
+puts the ANCHORS.md measurement of the same configuration beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from bench.variants import Unavailable
+from bench.workloads.common import Case, build_model, initial_state, to_input
+
+ESTIMATE_DEVICE = "cpu (fake tensors, CUDA kernel and autocast rules; no compute)"
+
+
+def _supported(case: Case) -> None:
+    cfg = case.config
+    if cfg.compile_mode:
+        raise Unavailable(
+            "torch.compile is not estimated: inductor's fused kernels save and free other tensors than eager"
+        )
+    if cfg.fused_norm:
+        raise Unavailable("the Triton fused-norm kernels run on CUDA only; their memory is not estimated")
+
+
+def make_step(case: Case) -> tuple[Callable[[], object], torch.device]:
+    raise Unavailable("an estimate runs no step to profile; profile the train_step workload")
+
+
+def run(case: Case) -> dict:
+    from profiles.footprint import estimate_step_memory
+    from seg import recipe
+
+    _supported(case)
+    p, cfg = case.params, case.config
+    cpu = torch.device("cpu")
+    model = build_model(
+        p.model, p.model_options, cfg, cpu, initial_state(p.model, p.model_options, case.measure.seed)
+    )
+    model.train()
+    loss_fn = recipe.build_loss()
+
+    def make_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+        image = to_input(torch.empty(p.batch, 4, *p.shape), cfg, cpu)
+        return image, torch.zeros(p.batch, 1, *p.shape, dtype=torch.long)
+
+    def step(m, optimizer, image, label) -> None:
+        scaler = recipe.make_scaler(cfg.precision, "cpu")
+        recipe.train_step(m, image, label, loss_fn, optimizer, scaler, cfg.precision)
+
+    fp = estimate_step_memory(model, make_inputs, lambda m: recipe.build_optimizer(m, lr=p.lr), step)
+    row: dict = {
+        "model": p.model,
+        "shape": p.shape,
+        "batch": p.batch,
+        "precision": cfg.precision,
+        "estimate": True,
+        "estimate_device": ESTIMATE_DEVICE,
+        "estimated_peak_bytes": fp.peak_bytes,
+        "estimated_peak_phase": fp.peak_phase,
+        "estimated_peak_module": fp.peak_module,
+        "estimated_bytes_by_category": fp.by_category_bytes,
+        "estimated_top_modules": [list(t) for t in fp.top_modules],
+        "estimate_notes": fp.notes,
+        "estimate_s": round(fp.estimate_s, 2),
+    }
+    anchor_gib = p.anchor_peak_gib.get(case.variant)
+    if anchor_gib:
+        row["anchor_peak_bytes"] = int(anchor_gib * 2**30)
+        row["estimate_vs_anchor"] = fp.peak_bytes / row["anchor_peak_bytes"] - 1
+    return row
