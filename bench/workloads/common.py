@@ -125,28 +125,28 @@ def build_model(
 
     model = build(name, **model_options(name, options, cfg))
     model.load_state_dict(state)
-    model = model.to(device)
+    model = model.to(device)  # on the device first: the fast path builds its caches there
     if cfg.fused_norm:
-        (patch,) = kernels_api("patch")  # Unavailable (with the reason) when Triton cannot run here
-    if cfg.swin_fast:
-        try:
-            from seg.swin_fast import to_fast
-        except ImportError as err:
-            raise Unavailable(f"seg.swin_fast is not available: {err}") from None
-        # On the device already (its caches are built there); the fused kernels only when asked.
-        model = to_fast(model, fused_norm=cfg.fused_norm)
-    elif cfg.fused_norm:
-        model = patch(model)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    if cfg.compile_mode:
-        model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
-    return model
+        kernels_api("patch")  # Unavailable (with the reason) when Triton cannot run here
+    # the same transforms, in the same order, as `segbench train` / `segbench infer` apply them
+    from seg.speed import SpeedOptionError, apply_speed_options
+
+    try:
+        return apply_speed_options(
+            model,
+            fast=cfg.swin_fast,
+            fused_norm=cfg.fused_norm,
+            channels_last=cfg.channels_last,
+            compile_mode=cfg.compile_mode,
+        )
+    except SpeedOptionError as err:
+        raise Unavailable(str(err)) from None
 
 
 def to_input(x: torch.Tensor, cfg: CaseConfig, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.to(memory_format=torch.channels_last_3d) if cfg.channels_last else x
+    from seg.speed import to_input as speed_input
+
+    return speed_input(x.to(device, non_blocking=True), cfg.channels_last)
 
 
 def synthetic_batch(batch: int, shape: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,14 +181,18 @@ class TrainState:
 
     def step(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         from seg.recipe import train_step
+        from seg.speed import step_begin
 
+        step_begin(self.cfg.compile_mode)  # CUDA-graph modes: the last step's outputs are dead
         return train_step(
             self.model, image, label, self.loss_fn, self.optimizer, self.scaler, self.cfg.precision
         )
 
     def forward_backward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         from seg.recipe import forward_backward
+        from seg.speed import step_begin
 
+        step_begin(self.cfg.compile_mode)
         loss = forward_backward(self.model, image, label, self.loss_fn, self.scaler, self.cfg.precision)
         self.optimizer.zero_grad(set_to_none=True)
         return loss
