@@ -79,6 +79,18 @@ def _cast_to(dtype: torch.dtype):
     return lambda t: t.to(dtype) if _eligible(t) and t.dtype != dtype else t
 
 
+def _default_dtype(op: torch._ops.OpOverload, args: tuple, kwargs: dict, dtype: torch.dtype):
+    """`op`'s optional `dtype` argument set to `dtype` unless the caller gave one (by position or name)."""
+    index = next(i for i, a in enumerate(op._schema.arguments) if a.name == "dtype")
+    if index < len(args):
+        if args[index] is None:
+            args = (*args[:index], dtype, *args[index + 1 :])
+        return args, kwargs
+    if kwargs.get("dtype") is None:
+        kwargs = {**kwargs, "dtype": dtype}
+    return args, kwargs
+
+
 def _kernel(op: torch._ops.OpOverload, policy: str):
     """A Python AutocastCPU kernel applying CUDA's `policy`, then running `op` below autocast."""
 
@@ -92,8 +104,8 @@ def _kernel(op: torch._ops.OpOverload, policy: str):
                 args, kwargs = tree_map_only(torch.Tensor, _cast_to(torch.float32), (args, kwargs))
             elif policy == "fp32_set_opt_dtype":
                 first = args[0] if args else None
-                if isinstance(first, torch.Tensor) and _eligible(first) and kwargs.get("dtype") is None:
-                    kwargs = {**kwargs, "dtype": torch.float32}
+                if isinstance(first, torch.Tensor) and _eligible(first):
+                    args, kwargs = _default_dtype(op, args, kwargs, torch.float32)
             elif policy == "promote":
                 floats = [
                     t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and _eligible(t)

@@ -116,6 +116,8 @@ def test_autocast_follows_cudas_lists_inside_and_cpus_outside():
         assert h.dtype == torch.bfloat16
         assert F.layer_norm(h, [8]).dtype == torch.float32  # CUDA: fp32 list
         assert torch.softmax(h, -1).dtype == torch.float32  # CUDA: fp32_set_opt_dtype
+        assert torch.softmax(h, -1, torch.bfloat16).dtype == torch.bfloat16  # ... unless a dtype is given
+        assert h.sum(1).dtype == torch.float32
     assert cuda.policies["layer_norm"] == "fp32"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert F.layer_norm(F.linear(x, w), [8]).dtype == torch.bfloat16  # CPU's own lists again
