@@ -147,6 +147,8 @@ def _summary(row: dict) -> str:
         parts.append(f"{row['s_per_iter']['median'] * 1e3:.2f} ms/iter")
     if row.get("samples_per_s"):
         parts.append(f"{row['samples_per_s']:.2f} samples/s")
+    if row.get("estimated_peak_bytes"):
+        parts.append(f"estimated peak {row['estimated_peak_bytes'] / 2**30:.2f} GiB (CPU estimate)")
     speedup = row.get("paired", {}).get("speedup")
     if speedup:
         parts.append(f"x{speedup['ratio']:.2f} vs {row['paired']['baseline']}")

@@ -29,6 +29,10 @@ METHOD = [
     "that draw random numbers differently.",
     "Peak memory: CUDA max allocated (reserved marked) reset before the measured steps; on the CPU the "
     "case process's peak RSS, reset before the measured steps (Linux clear_refs).",
+    "Estimated peak (footprint rows): a CPU estimate of allocated bytes (profiles.footprint: the step "
+    "on fake tensors with CUDA's autocast, attention and dropout kernels), never a measurement; "
+    "workspaces and allocator rounding are not in it (2–19 % under ANCHORS' H100 peaks for "
+    "SwinUNETR and DynUNet).",
     "MFU: FLOPs counted by torch.utils.flop_counter over forward + loss + backward / s per iter / the "
     "matmul rate measured at the start of the run (see Environment).",
 ]
