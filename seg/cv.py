@@ -56,9 +56,10 @@ def evaluate_test(
 
     from seg.data.store import load_case
     from seg.infer import sliding_window_predict
+    from seg.speed import to_input
 
     dev = resolve_device(device)
-    models, ckpts = load_ensemble(checkpoints, dev)
+    models, ckpts = load_ensemble(checkpoints, dev, cfg)
     roi = cfg.roi or default_roi(ckpts[0])
     precision = resolve_precision(cfg.precision, dev)
     per_fold: list[dict[str, Any]] = [{} for _ in models]
@@ -67,7 +68,7 @@ def evaluate_test(
         case = load_case(Path(data_dir) / f"{case_id}.pt")
         if "label" not in case:
             raise ValueError(f"{data_dir}/{case_id}.pt: test case has no label")
-        image = case["image"][None].float().to(dev)
+        image = to_input(case["image"][None].float().to(dev), cfg.channels_last)
         ref = case["label"][0].numpy()
         spacing = prepared_spacing_mm(case["meta"])
         total = None

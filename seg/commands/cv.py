@@ -18,6 +18,11 @@ def run(args: argparse.Namespace) -> int:
         sw_batch_size=args.sw_batch,
         tta=args.tta,
         precision=args.infer_precision,
+        # the training switches that speed up inference too (compile is left out: a new graph per
+        # fold model for a handful of test volumes costs more than it saves)
+        channels_last=args.channels_last,
+        fused_norm=args.fused_norm,
+        fast=args.fast,
     )
     try:
         doc = run_cv(TrainConfig(**config_values(args)), args.folds, infer_cfg)
