@@ -107,7 +107,7 @@ def _read(path: Path, errors: list[str]):
 def validate(case: Case) -> list[str]:
     """Problems that stop `case` from being prepared; empty when it is fine."""
     errors: list[str] = []
-    ref = None  # (path, shape, affine) of the first readable modality
+    grids: list[tuple[Path, tuple[int, ...], np.ndarray]] = []  # every readable 3-D file
     for name, path in zip((*MODALITIES, "seg"), case.files, strict=False):
         read = _read(path, errors)
         if read is None:
@@ -116,18 +116,32 @@ def validate(case: Case) -> list[str]:
         if data.ndim != 3:
             errors.append(f"{path}: image is {data.ndim}-D with shape {tuple(data.shape)}; expected 3-D")
             continue
-        if ref is None:
-            ref = (path, data.shape, img.affine)
-        elif data.shape != ref[1]:
-            errors.append(f"{path}: grid {tuple(data.shape)} differs from {ref[0].name} {tuple(ref[1])}")
-        elif not np.allclose(img.affine, ref[2], atol=AFFINE_ATOL_MM, rtol=0):
-            dev = float(np.abs(img.affine - ref[2]).max())
-            errors.append(f"{path}: affine differs from {ref[0].name} by up to {dev:.4g} mm (different grid)")
+        grids.append((path, data.shape, img.affine))
         if name == "seg":
             errors.extend(_label_errors(path, data, case))
         elif data.dtype.kind == "f" and not np.isfinite(data).all():
             bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
             errors.append(f"{path}: {bad} non-finite voxel values (NaN/Inf)")
+    return _grid_errors(grids) + errors
+
+
+def _same_grid(a: tuple, b: tuple) -> bool:
+    return a[1] == b[1] and np.allclose(a[2], b[2], atol=AFFINE_ATOL_MM, rtol=0)
+
+
+def _grid_errors(grids: list[tuple[Path, tuple[int, ...], np.ndarray]]) -> list[str]:
+    """One message per file off the grid most files share (ties: the earliest file's), so a
+    single odd modality is the one named, whichever channel it is."""
+    if not grids:
+        return []
+    ref = max(grids, key=lambda g: sum(_same_grid(g, o) for o in grids))
+    errors = []
+    for path, shape, affine in grids:
+        if shape != ref[1]:
+            errors.append(f"{path}: grid {tuple(shape)} differs from {ref[0].name} {tuple(ref[1])}")
+        elif not _same_grid((path, shape, affine), ref):
+            dev = float(np.abs(affine - ref[2]).max())
+            errors.append(f"{path}: affine differs from {ref[0].name} by up to {dev:.4g} mm (different grid)")
     return errors
 
 

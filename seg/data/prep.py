@@ -209,7 +209,7 @@ def _previous_ok(out_dir: Path, cfg: PrepConfig) -> dict[str, dict]:
 def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int = 1) -> dict:
     """Prepare every case below `src` into `out` (one `.pt` per case + manifest.json) with
     `workers` processes; cases already prepared with the same config and unchanged sources are
-    skipped. Problems go to stderr, one line each. Returns the manifest."""
+    skipped. Problems go to stderr, one line per bad case. Returns the manifest."""
     import os
     import sys
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -242,14 +242,14 @@ def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int 
 
     def record(entry: dict) -> None:
         entries[entry["id"]] = entry
-        for line in entry.get("errors", []):
-            tqdm.write(line, file=sys.stderr)
+        if "error" in entry:  # one line per bad case, however many problems it has
+            tqdm.write(entry["error"], file=sys.stderr)
         manifest["cases"] = sorted(entries.values(), key=lambda e: e["id"])
         write_json(out_dir / MANIFEST, manifest)  # after every case: an interrupted run keeps its work
 
     for entry in entries.values():
-        for line in entry.get("errors", []):
-            tqdm.write(line, file=sys.stderr)
+        if "error" in entry:
+            tqdm.write(entry["error"], file=sys.stderr)
     bar = tqdm(total=len(todo), desc=f"prep {src.name}", unit="case", file=sys.stderr)
     if workers <= 1 or len(todo) <= 1:
         if todo:

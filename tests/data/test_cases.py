@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from seg.data.cases import discover, validate
@@ -52,6 +53,20 @@ def test_grid_mismatch_names_every_offending_modality(bad_src):
     assert len(errors) == 2
     assert any("_t2.nii.gz: grid (224, 256, 26) differs" in e for e in errors)
     assert any("_flair.nii.gz: grid (208, 256, 26) differs" in e for e in errors)
+
+
+def test_grid_mismatch_names_the_odd_modality_even_when_it_is_t1(synth_small, tmp_path):
+    import nibabel as nib
+
+    case = discover(synth_small)[0]
+    for path in case.files:
+        (tmp_path / path.name).symlink_to(path)
+    t1 = nib.load(str(case.images[0]))
+    odd = tmp_path / case.images[0].name
+    odd.unlink()
+    nib.save(nib.Nifti1Image(np.asanyarray(t1.dataobj)[:, :, :-2], t1.affine), str(odd))
+    errors = validate(discover(tmp_path)[0])
+    assert len(errors) == 1 and errors[0].startswith(f"{odd}: grid"), errors
 
 
 @pytest.mark.parametrize("ext", [".nii", ".nii.gz"])

@@ -118,6 +118,8 @@ def test_bad_inputs_fail_alone_with_exit_status_1(bad_prepared, bad_src):
         assert status[cid]["status"] == "error"
         assert file_name in status[cid]["error"] and words in status[cid]["error"]
         assert any(file_name in line and words in line for line in stderr.splitlines()), cid
+        # one line per bad case, even for the native case with two modalities off its grid
+        assert sum(cid in line for line in stderr.splitlines()) == 1, cid
         assert not (out / f"{cid}.pt").exists()
     for cid in ("BraTS2021_10000", "BraTS-GLI-00001-000"):  # the good ones are still prepared
         assert status[cid]["status"] == "ok"
