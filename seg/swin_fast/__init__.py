@@ -23,9 +23,11 @@ inputs, window rows, q/k/v, the MLP's 4C hidden and dropout masks) and the whole
 ~0.75 GB. The peak then sits in the full-resolution conv blocks (encoder1/decoder1, 24-48
 channels at 128^3: ~1.5 GB saved) plus weights, grads and AdamW state (~0.25 GB) and backward
 transients: the memory-efficient kernel writes a full (rows, heads, N, N) bias gradient before
-reducing it to the table (~0.5 GB bf16 for stage 1's interior group). Expected peak ~3-4 GiB,
-inside the seed's 8 GB card; `python -m seg.swin_fast.gpu_check` records the real one with
-`profiles.memory`.
+reducing it to the table (~0.5 GB bf16 for stage 1's interior group). The footprint estimate
+(`segbench bench --suite footprint`, CPU fake tensors with CUDA's kernel choices; 2-19 % under
+ANCHORS' measured stock peaks) puts the peak at 2.97 GiB, reached in decoder1's backward (stock:
+9.38 estimated, 10.24 measured); feature 48: 5.90 GiB. Inside the seed's 8 GB card;
+`python -m seg.swin_fast.gpu_check` records the real one with `profiles.memory`.
 """
 
 from .convert import is_fast, kernels_status, to_fast
