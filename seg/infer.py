@@ -36,27 +36,27 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """The checkpoint dict written by `seg.train` (weights_only load); ValueError naming the file."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    missing = [k for k in ("model", "model_name", "model_options") if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: not a segbench training checkpoint (missing {', '.join(missing)})")
-    return ckpt
+    from seg.train.checkpoint import MODEL_KEYS, load_checkpoint
+
+    return load_checkpoint(path, device, required=MODEL_KEYS)
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+def model_from_checkpoint(
+    ckpt: dict[str, Any], device: str | torch.device = "cpu", path: str | Path = "checkpoint"
+) -> nn.Module:
+    """The model `ckpt` describes, its weights loaded, in eval mode; ValueError naming `path` when
+    the weights do not fit the model."""
     from seg.models import build
+    from seg.train.checkpoint import load_weights
 
     model = build(ckpt["model_name"], **ckpt["model_options"])
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], path)
     return model.to(device).eval()
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The trained model of `checkpoint` on `device`, in eval mode."""
-    return model_from_checkpoint(read_checkpoint(checkpoint, device), device)
+    return model_from_checkpoint(read_checkpoint(checkpoint, device), device, checkpoint)
 
 
 _CHECKPOINT_INFO = ("model_name", "model_options", "config", "prep")
@@ -71,7 +71,7 @@ def load_ensemble(
     models, infos = [], []
     for path in checkpoints:
         ckpt = read_checkpoint(path, device)
-        model = model_from_checkpoint(ckpt, device)
+        model = model_from_checkpoint(ckpt, device, path)
         if cfg is not None:
             try:
                 model = apply_speed(model, cfg)

@@ -74,13 +74,40 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> Path:
     return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+# What `seg.infer` needs to rebuild a model; a resumable training checkpoint also has "epoch".
+MODEL_KEYS = ("model", "model_name", "model_options")
+
+
+def load_checkpoint(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    required: tuple[str, ...] = (*MODEL_KEYS, "epoch"),
+) -> dict:
+    """The checkpoint dict at `path` (weights_only load); ValueError naming the file when it is
+    unreadable or lacks any of `required`."""
     path = Path(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f"{path}: not a readable segbench checkpoint: {err}") from err
-    missing = {"model", "model_name", "model_options", "epoch"} - set(checkpoint)
+    except Exception as err:  # torch raises several types for truncated / foreign files
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    missing = [k for k in required if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
-        raise RuntimeError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
+        raise ValueError(f"{path}: not a segbench training checkpoint (missing {', '.join(missing)})")
     return checkpoint
+
+
+def load_weights(model: nn.Module, state_dict: dict, path: str | Path) -> None:
+    """`model.load_state_dict(state_dict)`, or one ValueError naming `path` when the weights belong
+    to another architecture (torch's own message lists every key, hundreds of lines)."""
+    own = model.state_dict()
+    missing = sorted(own.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - own.keys())
+    reshaped = sorted(k for k in own.keys() & state_dict.keys() if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        raise ValueError(
+            f"{path}: its weights do not fit the model {type(model).__name__} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(reshaped)} of another shape, e.g. {example!r}); "
+            "a checkpoint of another model or other model options?"
+        )
+    model.load_state_dict(state_dict)

@@ -94,6 +94,12 @@ def test_load_model_roundtrip(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.pt: not a readable checkpoint"):
         load_model(tmp_path / "bad.pt")
+    # another model's weights under this name: one short message, not torch's list of every key
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
+    torch.save({**ckpt, "model_options": {**TINY_UNET, "channels": (8, 16, 32)}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other.pt: its weights do not fit .* 0 unexpected") as err:
+        load_model(tmp_path / "other.pt")
+    assert len(str(err.value)) < 300
 
 
 def test_predict_case_on_the_source_grid_and_convention(shared_data, tmp_path):
