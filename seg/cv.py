@@ -35,8 +35,6 @@ def fold_count(data_dir: str | Path, folds: int | None) -> tuple[int, dict]:
     from seg.data.splits import SPLITS, load_splits
 
     path = Path(data_dir) / SPLITS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; is {data_dir} a `segbench data prep` output?")
     splits = load_splits(data_dir)
     available = len(splits.get("folds", []))
     k = available if folds is None else folds

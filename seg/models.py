@@ -90,7 +90,12 @@ def build(name: str, **options: Any) -> nn.Module:
     """
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
-    return BUILDERS[name](**options)
+    try:
+        return BUILDERS[name](**options)
+    except TypeError as err:  # an option the network does not take, or a value of the wrong type
+        if not options:
+            raise
+        raise ValueError(f"model {name}: bad option(s) {', '.join(sorted(options))}: {err}") from err
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -29,14 +29,12 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def _split_ids(src: str, split: str) -> list[str]:
-    import json
-
     from seg.data.splits import SPLITS, load_splits
 
     try:
         splits = load_splits(src)
-    except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"{src}/{SPLITS}: cannot read the splits ({err})") from None
+    except (OSError, ValueError) as err:  # the message names the file
+        raise SystemExit(f"segbench data pack: {err}") from None
     if split not in splits or not isinstance(splits[split], list):
         raise SystemExit(f"{src}/{SPLITS}: no split {split!r} (have train, val, test)")
     return splits[split]

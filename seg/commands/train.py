@@ -107,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from seg.speed import SpeedOptionError
     from seg.train import TrainConfig, train
 
     try:
@@ -116,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"segbench train: {err}") from err
     try:
         summary = train(cfg)
-    except SpeedOptionError as err:  # e.g. --fused-norm without a usable Triton: one line, not a traceback
+    # user errors, each naming its file or option: a missing or bad splits.json / prepared case,
+    # last.pt without --resume, a checkpoint of another model, a bad --model-option, --fused-norm
+    # without a usable Triton. One line, not a traceback.
+    except (FileNotFoundError, FileExistsError, ValueError) as err:  # SpeedOptionError is a ValueError
         raise SystemExit(f"segbench train: {err}") from err
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary))

@@ -41,11 +41,7 @@ class PtReader:
 
     def read(self, case_id: str) -> dict:
         """{"image", "label" (labelled cases)} tensors as stored; "meta" too."""
-        path = self.path(case_id)
-        try:
-            return load_case(path)
-        except Exception as err:  # a truncated/foreign file: name it, not a pickle traceback
-            raise RuntimeError(f"{path}: cannot read prepared case: {err}") from err
+        return load_case(self.path(case_id))  # ValueError naming a truncated/foreign file
 
 
 class PackedReader:

@@ -53,4 +53,14 @@ def write_splits(data_dir: str | Path, ids=None, seed: int = 200,
 
 
 def load_splits(data_dir: str | Path) -> dict:
-    return json.loads((Path(data_dir) / SPLITS).read_text())
+    """`data_dir/splits.json`; FileNotFoundError / ValueError naming the file when it cannot be used."""
+    path = Path(data_dir) / SPLITS
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: not found; is {data_dir} a `segbench data prep` output? "
+            "(`segbench data splits` writes one)"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None

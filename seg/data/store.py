@@ -82,7 +82,13 @@ def save_case(path: str | Path, image, label, meta: dict, fmt: str = PT32) -> Pa
 
 def load_case(path: str | Path, mmap: bool = False) -> dict:
     """The dict saved by `save_case` (keys image, meta and, when labelled, label). `mmap=True`
-    maps tensors from the file instead of reading them (cheap when only meta is needed)."""
+    maps tensors from the file instead of reading them (cheap when only meta is needed).
+    ValueError naming the file when it is not a readable prepared case."""
     import torch
 
-    return torch.load(path, weights_only=True, mmap=mmap)
+    try:
+        return torch.load(path, weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # a truncated/foreign file: name it, not a pickle traceback
+        raise ValueError(f"{path}: cannot read prepared case ({type(err).__name__}: {err})") from err

@@ -100,10 +100,6 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         state = ckpt.load_checkpoint(last_path)
     elif cfg.resume and layout.is_main:
         tqdm.write(f"{last_path} not found: starting from scratch")
-    if layout.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {"config": asdict(cfg), "world_size": layout.world_size})
-
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     _seed_all(cfg.seed)  # identical initial weights on every rank
@@ -130,6 +126,9 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         data_dir, val_ids, 1, train=False, workers=min(cfg.workers, 2),
         distributed=layout.distributed, pin_memory=device.type == "cuda",
     )
+    if layout.is_main:  # only now: a run refused above (bad option, missing case) leaves no folder
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {"config": asdict(cfg), "world_size": layout.world_size})
     micro_per_epoch = len(train_loader)
     if cfg.max_steps_per_epoch is not None:
         micro_per_epoch = min(micro_per_epoch, cfg.max_steps_per_epoch * cfg.accum)
@@ -146,7 +145,7 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
             raise ValueError(f"{last_path} trained model {state['model_name']!r}, not {cfg.model!r}")
         if layout.is_main:
             _note_speed_changes(last_path, state.get("config") or {}, cfg)
-        model.load_state_dict(state["model"])
+        ckpt.load_weights(model, state["model"], last_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])

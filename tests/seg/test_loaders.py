@@ -61,7 +61,7 @@ def test_dataset_names_missing_and_corrupt_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="Case_009.pt"):
         PreparedDataset(tmp_path, ["Case_000", "Case_009"])
     (tmp_path / "Case_001.pt").write_bytes(b"not a torch file")
-    with pytest.raises(RuntimeError, match="Case_001.pt: cannot read prepared case"):
+    with pytest.raises(ValueError, match="Case_001.pt: cannot read prepared case"):
         PreparedDataset(tmp_path, ["Case_001"])[0]
 
 

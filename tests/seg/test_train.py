@@ -107,6 +107,23 @@ def test_folds_and_bad_config(data_dir):
         TrainConfig(data_dir="d", out="o", precision="fp8")
 
 
+def test_cli_user_errors_are_one_line_and_leave_no_run_folder(data_dir, tmp_path, capsys):
+    from segbench.cli import main
+
+    base = ["train", "--model", "unet", "--epochs", "1", "--precision", "fp32", "--device", "cpu"]
+    cases = [
+        (["--data", str(tmp_path), "--out", str(tmp_path / "a")], "splits.json: not found"),
+        (["--data", str(data_dir), "--out", str(tmp_path / "b"), "--model-option", "foo=1"],
+         "model unet: bad option(s) foo"),
+    ]
+    for args, words in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + args)
+        assert str(exit_info.value).startswith("segbench train: ") and words in str(exit_info.value)
+        assert "\n" not in str(exit_info.value)
+        assert not Path(args[3]).exists(), "a refused run left a folder behind"
+
+
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"model": {}, "model_name": "unet", "model_options": {}, "epoch": 1})
