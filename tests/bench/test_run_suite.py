@@ -93,10 +93,15 @@ def test_every_workload_kind_measures(run):
     assert 0 <= e2e["wait_fraction"] <= 1 and e2e["data_wait_s"]["n"] == 3
     loader = r[("dataloader", "workers:0")]
     assert loader["samples_per_s"] > 0 and loader["mb_per_s"] > 0
+    # the rate and the per-batch times reconcile: samples/s = batch / mean wait
+    assert loader["samples_per_s"] * loader["mean_s_per_batch"] == pytest.approx(loader["batch"])
+    times = loader["step_times_s"]
+    assert loader["mean_s_per_batch"] == pytest.approx(sum(times) / len(times))
     norm = r[("norm_kernel", "fp32")]
     assert norm["forward_gb_per_s"] > 0 and norm["parity"]["max_rel_dev"] == 0.0
     infer = r[("infer", "fp32")]
     assert infer["samples_per_s"] > 0 and infer["parity"]["max_abs_err"] == 0.0
+    assert infer["parity"]["max_rel_dev"] == 0.0  # the contract's parity field, as every workload
 
 
 def test_report_shows_tables_verdict_parity_and_errors(run):
