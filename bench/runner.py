@@ -143,7 +143,10 @@ def _summary(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['status']}: {row.get('error', '')}"[:160]
     parts = []
-    if "s_per_iter" in row:
+    if "mean_s_per_batch" in row:  # loader rows: samples/s is batch / the mean wait, not the median
+        parts.append(f"median {row['s_per_iter']['median'] * 1e3:.2f} ms/batch, "
+                     f"mean {row['mean_s_per_batch'] * 1e3:.2f} ms/batch")
+    elif "s_per_iter" in row:
         parts.append(f"{row['s_per_iter']['median'] * 1e3:.2f} ms/iter")
     if row.get("samples_per_s"):
         parts.append(f"{row['samples_per_s']:.2f} samples/s")

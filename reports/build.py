@@ -20,6 +20,9 @@ METHOD = [
     "s/iter: median step time with the 20th–80th percentiles and n; on CUDA each step is timed with "
     "CUDA events and a synchronization, on the CPU with perf_counter; warm-up steps by count are "
     "excluded, the first step (compilation included) is reported on its own.",
+    "Loader rows (dataloader): the wait for each batch in the consuming process; samples/s is total "
+    "samples / total wait over the measured batches, i.e. batch / the mean wait shown beside the median "
+    "(workers deliver in bursts, so the median wait alone would flatter them).",
     "Speedups are ratios of median step times with 95% percentile-bootstrap intervals. Without a mark "
     "they come from baseline and variant blocks interleaved in one process (A/B, TorchBench style); "
     "* marks a ratio between two separate case processes.",

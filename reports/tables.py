@@ -113,6 +113,24 @@ def _anchor(row: dict) -> str:
     return fmt_seconds(anchor) + (f" (ours ×{ours / anchor:.2f})" if ours else "")
 
 
+# Loader rows: the median wait and the rate over total time differ when workers deliver in
+# bursts; the headers say which is which, and the mean wait the rate is made of sits beside.
+S_PER_ITER = "s/iter (median [p20–p80])"
+LOADER_MEAN = "mean wait / batch"
+LOADER_HEADERS = {
+    S_PER_ITER: "wait / batch (median [p20–p80])",
+    "samples/s": "samples/s (batch / mean wait)",
+}
+
+
+def _mean_s_per_batch(row: dict) -> float | None:
+    if row.get("mean_s_per_batch") is not None:
+        return row["mean_s_per_batch"]
+    if row.get("batch") and row.get("samples_per_s"):  # runs from before the field existed
+        return row["batch"] / row["samples_per_s"]
+    return None
+
+
 def _extra(row: dict) -> dict:
     """Columns particular to a workload kind."""
     kind = row.get("kind")
@@ -125,6 +143,7 @@ def _extra(row: dict) -> dict:
         }
     if kind == "dataloader":
         return {
+            LOADER_MEAN: fmt_seconds(_mean_s_per_batch(row)),
             "MB/s delivered": _num(row.get("mb_per_s"), ".1f"),
             "MB/s read": _num(row.get("stored_mb_per_s"), ".1f"),
             "workers": _num(row.get("workers"), "d"),
@@ -166,7 +185,7 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
         record = {
             "variant": row["variant"],
             "status": row["status"],
-            "s/iter (median [p20–p80])": _fmt_spread(row.get("s_per_iter")),
+            S_PER_ITER: _fmt_spread(row.get("s_per_iter")),
             "first step": fmt_seconds(row.get("first_step_s")),
             "vs seed": fmt_speedup(speedup(row, seed, SEED)),
             "vs fp32": fmt_speedup(speedup(row, fp32, FP32)),
@@ -182,7 +201,12 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame.from_records(records)
     # Drop columns empty in every row (e.g. MFU for the loader), keep the identifying ones.
     keep = [c for c in table.columns if c in ("variant", "status") or (table[c].astype(str) != "").any()]
-    return table[keep]
+    table = table[keep]
+    if all(r.get("kind") == "dataloader" for r in rows) and LOADER_MEAN in table.columns:
+        order = [c for c in table.columns if c != LOADER_MEAN]
+        order.insert(order.index(S_PER_ITER) + 1, LOADER_MEAN)
+        table = table[order].rename(columns=LOADER_HEADERS)
+    return table
 
 
 def by_workload(rows: list[dict]) -> dict[str, list[dict]]:

@@ -4,9 +4,10 @@
 `stored_mb_per_s` the bytes the loader's storage format holds for the samples read.
 
 Times the wait for each batch in the consuming process after the first batch (worker start-up
-and the first reads, reported as `first_step_s`) and a warm-up; `samples_per_s` is the steady
-rate over the measured batches (total samples / total time: workers deliver in bursts, so the
-median wait alone would flatter them).
+and the first reads, reported as `first_step_s`) and a warm-up. `s_per_iter` summarizes the
+per-batch waits (median, p20, p80); `samples_per_s` is the steady rate over the measured
+batches, total samples / total time = batch / `mean_s_per_batch` (workers deliver in bursts,
+so the median wait alone would flatter them).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def run(case: Case) -> dict:
     total = sum(times)
     row["s_per_iter"] = summarize(times)
     row["step_times_s"] = times
+    row["mean_s_per_batch"] = total / len(times)  # what samples_per_s is made of (batch / mean)
     row["samples_per_s"] = samples / total
     row["mb_per_s"] = nbytes / total / 1e6
     if row["stored_bytes_per_sample"]:

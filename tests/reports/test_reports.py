@@ -177,6 +177,24 @@ def test_table_quotes_paired_and_unpaired_speedups(tmp_path):
     assert table.loc["bf16+compile", "ANCHORS (H100, stock)"].startswith("74.00 ms (ours ×1.0")
 
 
+def test_loader_table_says_what_its_times_and_rate_are():
+    # workers deliver in bursts: a fast median wait, a slow mean; samples/s follows the mean
+    times = [0.001, 0.001, 0.001, 0.097]
+    row = {
+        "workload": "dataloader", "kind": "dataloader", "variant": "workers:1", "status": "ok", "batch": 2,
+        "s_per_iter": {"median": 0.001, "p20": 0.001, "p80": 0.04, "n": 4}, "step_times_s": times,
+        "mean_s_per_batch": 0.025, "samples_per_s": 8 / 0.1, "workers": 1,
+    }
+    record = workload_table([row]).iloc[0]
+    assert record["wait / batch (median [p20–p80])"].startswith("1.00 ms")
+    assert record["mean wait / batch"] == "25.00 ms"
+    assert record["samples/s (batch / mean wait)"] == "80.00"
+    columns = list(workload_table([row]).columns)
+    assert columns.index("mean wait / batch") == columns.index("wait / batch (median [p20–p80])") + 1
+    old = {k: v for k, v in row.items() if k != "mean_s_per_batch"}  # a run from before the field
+    assert workload_table([old]).iloc[0]["mean wait / batch"] == "25.00 ms"
+
+
 def test_compare_flags_a_synthetic_regression(tmp_path):
     before = write_run(tmp_path / "before")
     after = write_run(tmp_path / "after")
