@@ -119,8 +119,7 @@ def _trace_table(summaries: dict[str, dict]):
     return pd.DataFrame.from_records(records).fillna("")
 
 
-def build_blocks(run: Path, figures_dir: Path) -> list[Block]:
-    rows = load_results(run)
+def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
     env = load_env(run)
     suite = rows[0]["suite"] if rows else env.get("suite", "?")
     blocks = [
@@ -165,9 +164,10 @@ def build_blocks(run: Path, figures_dir: Path) -> list[Block]:
 def build_report(run: str | Path) -> tuple[Path, Path]:
     """Write RUN/report.md, RUN/report.html and RUN/figures/*.png; returns the two report paths."""
     run = Path(run)
+    rows = load_results(run)  # before any write: a folder that is not a run fails naming results.jsonl
     figures_dir = run / "figures"
     figures_dir.mkdir(exist_ok=True)
-    blocks = build_blocks(run, figures_dir)
+    blocks = build_blocks(run, figures_dir, rows)
     md = write_atomic(run / "report.md", to_markdown(blocks, run))
     page = write_atomic(run / "report.html", to_html(blocks, title=f"segbench report {run.name}"))
     return md, page

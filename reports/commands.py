@@ -44,9 +44,11 @@ def run(args: argparse.Namespace) -> int:
 
     from reports.build import build_report
     from reports.pytest_bench import pytest_benchmark_table
-    from reports.tables import ResultsError
+    from reports.tables import ResultsError, load_results
 
     try:
+        if args.compare:
+            load_results(args.compare)  # a bad RUN_B fails before RUN's report is rewritten
         for path in args.pytest_benchmark:
             pytest_benchmark_table(path)  # validate before copying
             shutil.copyfile(path, args.run / f"pytest-benchmark-{path.stem}.json")

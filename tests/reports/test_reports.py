@@ -227,6 +227,12 @@ def test_bad_results_line_names_file_and_line(tmp_path):
         load_results(run)
     proc = _segbench("report", str(run))
     assert proc.returncode == 2 and "results.jsonl:10" in proc.stderr
+    # not a run folder: the message names results.jsonl, and nothing is created there
+    from reports.build import build_report
+
+    with pytest.raises(ResultsError, match=r"missing/results.jsonl: no such file"):
+        build_report(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
 
 
 def test_pytest_benchmark_json_folds_into_the_report(tmp_path):
