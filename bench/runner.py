@@ -172,6 +172,13 @@ def run_suite(
 
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     device = device or suite.device
+    names = {name for _, w, v in suite.run_order() for name in (w.name, f"{w.name}/{v}")}
+    unknown = [name for name in only or () if name not in names]
+    if unknown:  # a typo would otherwise run nothing and exit 0
+        raise BenchError(
+            f"--only {', '.join(unknown)}: no such workload or workload/variant in suite {suite.name} "
+            f"(workloads: {', '.join(sorted({w.name for w in suite.workloads}))})"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)

@@ -119,3 +119,11 @@ def test_swin_goal_measures_issue_7_against_its_baselines_in_one_run():
     assert order[-1] == "swinunetr_f24/bf16+compile"  # ~200 s of compile: only after every other row
     assert order.index("swinunetr_f24/seed") < order.index("swinunetr_f24/bf16+swin_fast")
     assert suite.budget_s and suite.budget_s <= 450
+
+
+def test_only_naming_no_case_is_an_error_before_anything_is_written(tmp_path):
+    from bench.runner import BenchError, run_suite
+
+    with pytest.raises(BenchError, match=r"--only train_stp: no such workload"):
+        run_suite(HERE / "tiny_suite.toml", tmp_path / "run", only=["train_step/fp32", "train_stp"])
+    assert not (tmp_path / "run").exists()
