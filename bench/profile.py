@@ -28,7 +28,10 @@ def _spec(args: argparse.Namespace) -> tuple[dict, Path]:
         raise SuiteError(f"{suite.path}: no workload {args.workload!r} (have {names})")
     device = args.device or suite.device
     ctx = VariantContext(kind=workload.kind, model=getattr(workload.params, "model", None), device=device)
-    cfg = resolve(args.variant, ctx)  # Unavailable propagates with its reason
+    try:
+        cfg = resolve(args.variant, ctx)  # Unavailable propagates with its reason
+    except ValueError as err:  # an unknown or malformed variant name
+        raise SuiteError(f"--variant {args.variant}: {err}") from None
     data_dir = args.data
     if data_dir is None and workload.kind in ("train_e2e", "dataloader"):
         data_dir = prepare_data(suite.data, args.out / "data")

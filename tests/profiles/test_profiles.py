@@ -155,3 +155,12 @@ def test_profile_of_an_unavailable_variant_says_why(tmp_path):
         str(tmp_path),
     )
     assert proc.returncode == 2 and "TF32" in proc.stderr
+
+
+def test_profile_of_an_unknown_variant_is_one_line(tmp_path):
+    proc = _segbench(
+        "profile", "--suite", str(TINY), "--workload", "train_step", "--variant", "fp33",
+        "--out", str(tmp_path),
+    )
+    assert proc.returncode == 2 and "unknown variant 'fp33'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "profiles").exists()
