@@ -63,7 +63,7 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
         label = data["label"][0].numpy() if "label" in data else None
         volume = Volume(str(data["meta"].get("id", case.stem)), image, label)
     elif case.is_dir():
-        from seg.data.cases import discover
+        from seg.data.cases import discover, validate
 
         found = discover(case)
         if len(found) != 1:
@@ -71,6 +71,9 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
                 f"{case}: expected one BraTS case, found {len(found)} ({[c.id for c in found][:5]})"
             )
         c = found[0]
+        errors = validate(c)  # unreadable, truncated, missing or off-grid files: named, not a traceback
+        if errors:
+            raise ValueError("; ".join(errors))
         image = np.stack([np.asarray(_canonical(p).dataobj, dtype=np.float32) for p in c.images])
         label = np.asarray(_canonical(c.seg).dataobj).astype(np.uint8) if c.seg else None
         volume = Volume(c.id, image, label)
@@ -78,15 +81,20 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
         raise FileNotFoundError(f"{case}: not a case folder or a prepared .pt file")
     if pred is not None:
         pred = Path(pred)
-        if pred.suffix == ".pt":
-            import torch
+        try:
+            if pred.suffix == ".pt":
+                import torch
 
-            obj = torch.load(pred, weights_only=True)
-            volume.pred = (
-                np.asarray(obj["label"] if isinstance(obj, dict) else obj).squeeze().astype(np.uint8)
-            )
-        else:
-            volume.pred = np.asarray(_canonical(pred).dataobj).astype(np.uint8)
+                obj = torch.load(pred, weights_only=True)
+                volume.pred = (
+                    np.asarray(obj["label"] if isinstance(obj, dict) else obj).squeeze().astype(np.uint8)
+                )
+            else:
+                volume.pred = np.asarray(_canonical(pred).dataobj).astype(np.uint8)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # nibabel / torch raise several types for unreadable files
+            raise ValueError(f"{pred}: not a readable label map ({type(err).__name__}: {err})") from err
         if volume.pred.shape != volume.image.shape[1:]:
             raise ValueError(
                 f"{pred}: prediction shape {volume.pred.shape} differs from the case {volume.image.shape[1:]}"

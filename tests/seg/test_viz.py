@@ -53,6 +53,22 @@ def test_view_prepared_pt(tmp_path):
     assert main(["view", str(tmp_path / "nothing-here"), "--save", str(tmp_path / "n.png")]) == 1
 
 
+def test_view_of_a_broken_case_or_prediction_is_one_line(tmp_path, capsys):
+    from seg.data.synth import write_cases
+
+    case = write_cases(tmp_path / "raw", 1, shape=(24, 24, 16))[0]
+    t2 = next(case.glob("*_t2.nii.gz"))
+    blob = t2.read_bytes()
+    pred = tmp_path / "pred.nii.gz"
+    pred.write_bytes(blob[: len(blob) // 2])
+    assert main(["view", str(case), "--pred", str(pred), "--save", str(tmp_path / "p.png")]) == 1
+    assert f"{pred}: not a readable label map" in capsys.readouterr().err
+    t2.write_bytes(blob[: len(blob) // 2])
+    assert main(["view", str(case), "--save", str(tmp_path / "t.png")]) == 1
+    assert f"{t2}: truncated" in capsys.readouterr().err
+    assert not (tmp_path / "t.png").exists() and not (tmp_path / "p.png").exists()
+
+
 def test_scroll_moves_the_slice_in_every_pane():
     vol = _phantom()
     viewer = SliceViewer(vol, slice_index=5, headless=True)
