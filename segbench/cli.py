@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that register subcommands, in the order `--help` lists them.
@@ -43,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # `segbench eval ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as err:  # the file system said no (--out is a file, no permission, disk full):
+        name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        print(f"segbench {name}: {err}", file=sys.stderr)  # errno text names the path
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,3 +23,22 @@ def test_building_the_parser_imports_neither_torch_nor_monai():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_file_system_refusal_is_one_line_naming_the_path(tmp_path, capsys):
+    from segbench.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["data", "synth", "--out", str(blocker), "--cases", "1", "--shape", "16,16,16"]) == 1
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("segbench data synth: ")]  # besides tqdm's bar
+    assert str(blocker) in line and "Traceback" not in err
+
+
+def test_a_closed_pipe_is_not_a_traceback(tmp_path):
+    # `segbench bench --list | head -1`: the reader leaves after one line
+    proc = subprocess.run(
+        f"{sys.executable} -m segbench bench --list | head -1", shell=True, capture_output=True, text=True
+    )
+    assert proc.stdout.startswith("suites:") and "Traceback" not in proc.stderr
