@@ -14,6 +14,7 @@ from the prepared data's gets a converted copy, made once per run under the run'
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -95,37 +96,6 @@ def endless(batches: Iterable[dict]) -> Iterator[dict]:
         epoch += 1
 
 
-@loader("default", "seg.data.loaders.build_loader over the prepared .pt files (the seed's pipeline)")
-def _default(req: LoaderRequest) -> Iterable[dict]:
-    from seg.data.loaders import build_loader
-
-    return build_loader(
-        req.data_dir,
-        req.ids,
-        req.batch_size,
-        train=req.train,
-        workers=req.workers,
-        seed=req.seed,
-        patch=req.patch,
-        pin_memory=req.device == "cuda",
-    )
-
-
-@loader("no_augment", "the same files and DataLoader without the CPU augmentations (load only)")
-def _no_augment(req: LoaderRequest) -> Iterable[dict]:
-    from seg.data.loaders import build_loader
-
-    return build_loader(
-        req.data_dir,
-        req.ids,
-        req.batch_size,
-        train=False,
-        workers=req.workers,
-        seed=req.seed,
-        pin_memory=req.device == "cuda",
-    )
-
-
 def in_format(req: LoaderRequest, fmt: str) -> Path:
     """The request's data in storage `fmt`: the folder itself, or a copy converted once."""
     import tempfile
@@ -136,84 +106,63 @@ def in_format(req: LoaderRequest, fmt: str) -> Path:
     return materialize(req.data_dir, fmt, cache / "formats")
 
 
-def _seed_pipeline(req: LoaderRequest, fmt: str) -> Iterable[dict]:
+def _seed_pipeline(req: LoaderRequest, fmt: str | None = None, augment: bool = True) -> Iterable[dict]:
+    """seg.data.loaders.build_loader (MONAI augmentation in workers) over storage `fmt` (None: the
+    prepared folder as it is)."""
     from seg.data.loaders import build_loader
 
     return build_loader(
-        in_format(req, fmt),
+        req.data_dir if fmt is None else in_format(req, fmt),
         req.ids,
         req.batch_size,
-        train=req.train,
+        train=req.train and augment,
         workers=req.workers,
         seed=req.seed,
-        patch=req.patch,
+        patch=req.patch if augment else None,
         pin_memory=req.device == "cuda",
     )
 
 
-@loader("pt32-cpu-aug", "the seed's pipeline: pt32 .pt files, MONAI augmentation in workers", "pt32")
-def _pt32_cpu_aug(req: LoaderRequest) -> Iterable[dict]:
-    return _seed_pipeline(req, "pt32")
-
-
-@loader("compact-cpu-aug", "compact .pt files (fp16/uint8), MONAI augmentation in workers", "compact")
-def _compact_cpu_aug(req: LoaderRequest) -> Iterable[dict]:
-    return _seed_pipeline(req, "compact")
-
-
-@loader("mmap-cpu-aug", "memory-mapped packed arrays, MONAI augmentation in workers", "mmap")
-def _mmap_cpu_aug(req: LoaderRequest) -> Iterable[dict]:
-    return _seed_pipeline(req, "mmap")
-
-
-def _device_aug(req: LoaderRequest, fmt: str) -> Iterable[dict]:
+def _device_aug(req: LoaderRequest, fmt: str | None = None, resident: bool = False) -> Iterable[dict]:
+    """seg.data.fast_loader: workers read storage `fmt` (None: the prepared folder), the seed's
+    augmentation runs batched on the consuming device; `resident` holds the split there instead."""
     from seg.data.fast_loader import build_fast_loader
 
     return build_fast_loader(
-        in_format(req, fmt),
+        req.data_dir if fmt is None else in_format(req, fmt),
         req.ids,
         req.batch_size,
         train=req.train,
         device=req.device,
         seed=req.seed,
         patch=req.patch,
-        workers=req.workers,
+        workers=0 if resident else req.workers,
+        resident=resident,
         progress=False,
     )
 
 
-@loader("pt32", "pt32 .pt files read in workers, the seed's augmentation batched on the device", "pt32")
-def _pt32(req: LoaderRequest) -> Iterable[dict]:
-    return _device_aug(req, "pt32")
-
-
-@loader("compact", "compact .pt files read in workers, augmentation batched on the device", "compact")
-def _compact(req: LoaderRequest) -> Iterable[dict]:
-    return _device_aug(req, "compact")
-
-
-@loader("mmap", "memory-mapped packed arrays read in workers, augmentation batched on the device", "mmap")
-def _mmap(req: LoaderRequest) -> Iterable[dict]:
-    return _device_aug(req, "mmap")
-
-
-@loader(
+loader("default", "seg.data.loaders.build_loader over the prepared .pt files (the seed's pipeline)")(
+    _seed_pipeline
+)
+loader("no_augment", "the same files and DataLoader without the CPU augmentations (load only)")(
+    functools.partial(_seed_pipeline, augment=False)
+)
+# The storage comparison: the same two pipelines over each format, only the storage read changes.
+for _fmt, _storage in (
+    ("pt32", "pt32 .pt files"),
+    ("compact", "compact .pt files (fp16/uint8)"),
+    ("mmap", "memory-mapped packed arrays"),
+):
+    loader(f"{_fmt}-cpu-aug", f"the seed's pipeline over {_storage}: MONAI augmentation in workers", _fmt)(
+        functools.partial(_seed_pipeline, fmt=_fmt)
+    )
+    loader(_fmt, f"{_storage} read in workers, the seed's augmentation batched on the device", _fmt)(
+        functools.partial(_device_aug, fmt=_fmt)
+    )
+loader(
     "gpu-resident",
     "the split held in device memory (pinned host memory when it does not fit), augmented on the device",
     "resident",
     uses_workers=False,
-)
-def _gpu_resident(req: LoaderRequest) -> Iterable[dict]:
-    from seg.data.fast_loader import build_fast_loader
-
-    return build_fast_loader(
-        req.data_dir,
-        req.ids,
-        req.batch_size,
-        train=req.train,
-        device=req.device,
-        seed=req.seed,
-        patch=req.patch,
-        resident=True,
-        progress=False,
-    )
+)(functools.partial(_device_aug, resident=True))
