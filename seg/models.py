@@ -98,5 +98,19 @@ def build(name: str, **options: Any) -> nn.Module:
         raise ValueError(f"model {name}: bad option(s) {', '.join(sorted(options))}: {err}") from err
 
 
+def input_multiple(name: str, **options: Any) -> tuple[int, int, int]:
+    """Per spatial axis, the number every input edge must be a multiple of: the product of the
+    encoder's strides (SwinUNETR: 2^5, its patch embedding and four merges). Other sizes fail deep
+    inside the network with a shape mismatch that names nothing."""
+    if name == "swinunetr":
+        return (32, 32, 32)
+    default = {"unet": (2, 2, 2, 2), "dynunet": (1, 2, 2, 2, 2, 2)}[name]
+    multiple = [1, 1, 1]
+    for stride in options.get("strides", default):
+        per_axis = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
+        multiple = [m * s for m, s in zip(multiple, per_axis, strict=True)]
+    return tuple(multiple)  # type: ignore[return-value]
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

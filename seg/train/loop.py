@@ -89,6 +89,16 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     size = prep.get("size")
     if patch is not None and size is not None and max(patch) > size:
         raise ValueError(f"patch {patch} is larger than the prepared volumes ({size}^3) in {data_dir}")
+    edges = patch if patch is not None else (size,) * 3 if size is not None else None
+    multiple = models.input_multiple(cfg.model, **cfg.model_build_options())
+    # at least two multiples: instance norm in training needs more than one voxel at the bottleneck
+    if edges is not None and any(e % m or e < 2 * m for e, m in zip(edges, multiple, strict=True)):
+        raise ValueError(
+            f"model {cfg.model} needs input edges that are multiples of {multiple}, "
+            f"at least {tuple(2 * m for m in multiple)}; "
+            + (f"--patch {list(patch)}" if patch is not None else f"{data_dir} is prepared at {size}^3")
+            + " (choose a --patch, or `segbench data prep --size`, that is such a multiple)"
+        )
 
     last_path = out / "last.pt"
     state = None

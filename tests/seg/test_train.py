@@ -113,8 +113,11 @@ def test_cli_user_errors_are_one_line_and_leave_no_run_folder(data_dir, tmp_path
     base = ["train", "--model", "unet", "--epochs", "1", "--precision", "fp32", "--device", "cpu"]
     cases = [
         (["--data", str(tmp_path), "--out", str(tmp_path / "a")], "splits.json: not found"),
-        (["--data", str(data_dir), "--out", str(tmp_path / "b"), "--model-option", "foo=1"],
-         "model unet: bad option(s) foo"),
+        (["--data", str(data_dir), "--out", str(tmp_path / "b"), "--model-option", "channels=(4, 8, 16)",
+          "--model-option", "strides=(2, 2)", "--model-option", "foo=1"],
+         "model unet: bad option(s) channels, foo, strides"),
+        # the stock UNet halves four times: 16^3 volumes would fail deep inside with a shape mismatch
+        (["--data", str(data_dir), "--out", str(tmp_path / "c")], "multiples of (16, 16, 16), at least (32"),
     ]
     for args, words in cases:
         with pytest.raises(SystemExit) as exit_info:
