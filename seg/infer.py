@@ -228,6 +228,7 @@ def infer_folder(
 
     from seg.data.cases import discover
     from seg.data.store import write_json
+    from seg.models import input_multiple
 
     cfg = dataclasses.replace(cfg or InferConfig())
     dev = resolve_device(device)
@@ -239,6 +240,11 @@ def infer_folder(
                 f"{path}: prepared with {prep_config_of(ckpt)}, unlike {checkpoints[0]} ({prep_cfg})"
             )
     cfg.roi = cfg.roi or default_roi(ckpts[0])
+    for path, ckpt in zip(checkpoints, ckpts, strict=True):  # else every case fails with a shape mismatch
+        multiple = input_multiple(ckpt["model_name"], **ckpt["model_options"])
+        if any(cfg.roi % m for m in multiple):
+            raise ValueError(f"--roi {cfg.roi}: the {ckpt['model_name']} of {path} takes windows whose "
+                             f"edges are multiples of {multiple}")
     cases = discover(src)
     if not cases:
         raise FileNotFoundError(f"{src}: no BraTS cases found")

@@ -149,3 +149,8 @@ def test_infer_cli_ensemble_and_bad_case(shared_data, tmp_path, capsys):
         "BraTS2021_00009": "error",
     }
     assert summary["config"]["tta"] is True and summary["config"]["roi"] == 16
+    # a window the network cannot take (TINY_UNET halves twice): refused before any case, naming it
+    out2 = tmp_path / "p2"
+    rc = main(["infer", "--checkpoint", ckpts[0], "--src", str(src), "--out", str(out2), "--roi", "18"])
+    assert rc == 1 and "--roi 18: the unet of" in capsys.readouterr().err
+    assert not out2.exists()
