@@ -222,7 +222,8 @@ def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int 
 
     src, out_dir = Path(src), Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cases = discover(src)
+    # absolute: meta's source files and the skip signature must not depend on the working folder
+    cases = discover(src.absolute())
     previous = _previous_ok(out_dir, cfg)
     manifest = {"config": cfg.to_dict(), "source": str(src.resolve()), "cases": []}
     entries: dict[str, dict] = {}

@@ -4,6 +4,7 @@ intensity options; prepare_all / `segbench data prep` (bad inputs, skipping, wor
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,7 +130,7 @@ def test_bad_inputs_fail_alone_with_exit_status_1(bad_prepared, bad_src):
     assert sorted(splits["train"] + splits["val"] + splits["test"]) == ["BraTS2021_10000"]
 
 
-def test_rerun_skips_finished_cases_and_redoes_changed_ones(synth_small, tmp_path, capsys):
+def test_rerun_skips_finished_cases_and_redoes_changed_ones(synth_small, tmp_path, capsys, monkeypatch):
     import os
 
     args = ["data", "prep", "--src", str(synth_small), "--out", str(tmp_path), "--size", "24"]
@@ -137,8 +138,12 @@ def test_rerun_skips_finished_cases_and_redoes_changed_ones(synth_small, tmp_pat
     files = sorted(tmp_path.glob("*.pt"))
     assert len(files) == 2
     stamps = {p: p.stat().st_mtime_ns for p in files}
+    # meta names the source files whatever folder prep ran in
+    assert Path(load_case(files[0], mmap=True)["meta"]["source"]["t1"]).is_absolute()
 
-    assert main(args) == 0  # same config: nothing rewritten
+    monkeypatch.chdir(synth_small.parent)  # same sources, given relative to another folder
+    relative = ["data", "prep", "--src", synth_small.name, *args[3:]]
+    assert main(relative) == 0  # same config: nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in files} == stamps
     entries = json.loads((tmp_path / "manifest.json").read_text())["cases"]
     assert all(e.get("skipped") for e in entries)
