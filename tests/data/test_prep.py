@@ -142,7 +142,7 @@ def test_rerun_skips_finished_cases_and_redoes_changed_ones(synth_small, tmp_pat
     assert Path(load_case(files[0], mmap=True)["meta"]["source"]["t1"]).is_absolute()
 
     monkeypatch.chdir(synth_small.parent)  # same sources, given relative to another folder
-    relative = ["data", "prep", "--src", synth_small.name, *args[3:]]
+    relative = ["data", "prep", "--src", synth_small.name, *args[4:]]
     assert main(relative) == 0  # same config: nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in files} == stamps
     entries = json.loads((tmp_path / "manifest.json").read_text())["cases"]
