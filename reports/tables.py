@@ -123,7 +123,7 @@ LOADER_HEADERS = {
 }
 
 
-def _mean_s_per_batch(row: dict) -> float | None:
+def mean_s_per_batch(row: dict) -> float | None:
     if row.get("mean_s_per_batch") is not None:
         return row["mean_s_per_batch"]
     if row.get("batch") and row.get("samples_per_s"):  # runs from before the field existed
@@ -143,7 +143,7 @@ def _extra(row: dict) -> dict:
         }
     if kind == "dataloader":
         return {
-            LOADER_MEAN: fmt_seconds(_mean_s_per_batch(row)),
+            LOADER_MEAN: fmt_seconds(mean_s_per_batch(row)),
             "MB/s delivered": _num(row.get("mb_per_s"), ".1f"),
             "MB/s read": _num(row.get("stored_mb_per_s"), ".1f"),
             "workers": _num(row.get("workers"), "d"),
