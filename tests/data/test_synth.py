@@ -7,6 +7,7 @@ import hashlib
 
 import nibabel as nib
 import numpy as np
+import pytest
 from scipy.ndimage import binary_dilation
 
 from seg.data.synth import brats_affine, synth_case, write_cases
@@ -85,3 +86,10 @@ def test_no_single_threshold_on_one_modality_recovers_a_region():
         for m, img in enumerate(images):
             dice = _best_threshold_dice(img[brain].astype(np.float32), truth[brain])
             assert dice < 0.85, (name, m, dice)
+
+
+def test_zero_cases_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "synth", "--out", str(tmp_path / "none"), "--cases", "0"])
+    assert exit_info.value.code == 2
+    assert ">= 1" in capsys.readouterr().err and not (tmp_path / "none").exists()
