@@ -3,7 +3,7 @@
 #   device run: carry [".whl"], timeout_s 600, command "scripts/gpu_session.sh [SUITE]"
 # Installs the carried wheels (monai, nibabel, nvtx: the image lacks them) and the project, then
 #   1. the tests of what the suite exercises on CUDA (swin-goal: the fast SwinUNETR's GPU tests;
-#      otherwise all of tests/kernels), at most 90 s: a failing correctness test is worth knowing
+#      otherwise all of tests/kernels), at most 60/90 s: a failing correctness test is worth knowing
 #      before any timing;
 #   2. one harness suite (default gpu-check), its report under $OUT;
 #   3. for swin-goal, while the 600 s call has time left: python -m seg.swin_fast.gpu_check (SDPA
@@ -29,7 +29,8 @@ python3 -c "import torch, triton, monai; print('torch', torch.__version__, 'trit
 # ones: on CUDA the same tests check the compiled Triton kernels, which the CPU interpreter cannot)
 if [ "$suite" = "swin-goal" ]; then tests=(-m gpu tests/seg/test_swin_fast.py tests/profiles); else tests=(tests/kernels); fi
 echo "== pytest ${tests[*]}" | tee -a "$log"
-timeout 90 python3 -m pytest -q -x -p no:cacheprovider "${tests[@]}" 2>&1 | tail -15 | tee -a "$log"
+test_s=90; [ "$suite" = "swin-goal" ] && test_s=60
+timeout "$test_s" python3 -m pytest -q -x -p no:cacheprovider "${tests[@]}" 2>&1 | tail -15 | tee -a "$log"
 
 echo "== segbench bench --suite $suite" | tee -a "$log"
 run=/tmp/segbench-$suite
