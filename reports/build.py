@@ -14,6 +14,10 @@ from reports.pytest_bench import pytest_benchmark_table
 from reports.render import Block, to_html, to_markdown, write_atomic
 from reports.tables import by_workload, load_env, load_results, workload_table
 
+# A case during which other processes used more than this share of the host's CPU time
+# (host_other_cpu_fraction, measured by bench.contention) is flagged: its timings may be inflated.
+BUSY_FRACTION = 0.2
+
 METHOD = [
     "Each case (workload × variant) ran in its own process; a crash, out-of-memory or compile failure "
     "is an `error` row, a variant that cannot run on this machine an `unavailable` row.",
@@ -36,6 +40,9 @@ METHOD = [
     "on fake tensors with CUDA's autocast, attention and dropout kernels), never a measurement; "
     "workspaces and allocator rounding are not in it (2–19 % under ANCHORS' H100 peaks for "
     "SwinUNETR and DynUNet).",
+    "Host load: around each case the runner compares the host's busy CPU time (/proc/stat) with its "
+    "own case processes' CPU time; the rest is other processes' (host_other_cpu_fraction). Cases "
+    "above 20 % are flagged in the summary: their timings may be inflated.",
     "MFU: FLOPs counted by torch.utils.flop_counter over forward + loss + backward / s per iter / the "
     "matmul rate measured at the start of the run (see Environment).",
 ]
@@ -83,6 +90,15 @@ def _summary(rows: list[dict]) -> list[str]:
     lines = [
         f"{len(rows)} cases: {counts['ok']} ok, {counts['error']} error, {counts['unavailable']} unavailable"
     ]
+    busy = [r for r in rows if (r.get("host_other_cpu_fraction") or 0) > BUSY_FRACTION]
+    if busy:
+        worst = max(r["host_other_cpu_fraction"] for r in busy)
+        named = [f"{r['workload']}/{r['variant']} {r['host_other_cpu_fraction']:.0%}" for r in busy[:6]]
+        lines.append(
+            f"⚠ the machine was busy: other processes used up to {worst:.0%} of its CPU time during "
+            f"{len(busy)} of {len(rows)} cases ({', '.join(named)}{', ...' if len(busy) > 6 else ''}): "
+            "their timings may be inflated and spread; rerun on a quiet machine before quoting them"
+        )
     for r in rows:
         if r.get("verdict"):
             lines.append(

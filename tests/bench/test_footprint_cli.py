@@ -34,5 +34,6 @@ def test_tiny_unet_estimate_and_fit_verdict(tmp_path, capsys):
 
 
 def test_bad_model_option_is_a_usage_error(tmp_path, capsys):
-    assert main(["footprint", "--model", "unet", "--model-option", "nokey", "--out", str(tmp_path / "r")]) == 2
+    code = main(["footprint", "--model", "unet", "--model-option", "nokey", "--out", str(tmp_path / "r")])
+    assert code == 2
     assert "key=value" in capsys.readouterr().err

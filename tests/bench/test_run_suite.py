@@ -64,6 +64,8 @@ def test_rows_carry_the_contract_fields(run):
     assert step["parity"]["reference"] == "fp32" and step["parity"]["max_rel_dev"] < 0.05
     assert r[("train_step", "fp32")]["parity"]["max_rel_dev"] == 0.0  # same weights, batches, math
     assert step["paired"]["baseline"] == "fp32" and step["paired"]["speedup"]["ratio"] > 0
+    if sys.platform.startswith("linux"):  # how busy the host was meanwhile (bench.contention)
+        assert 0.0 <= step["host_other_cpu_fraction"] <= 1.0
 
 
 def test_failures_become_error_rows_and_the_suite_goes_on(run):

@@ -269,3 +269,16 @@ def test_pytest_benchmark_json_folds_into_the_report(tmp_path):
     bad.write_text("{}")
     proc = _segbench("report", str(run), "--pytest-benchmark", str(bad))
     assert proc.returncode == 2 and "not a pytest-benchmark JSON file" in proc.stderr
+
+
+def test_summary_flags_cases_run_on_a_busy_machine(tmp_path):
+    from reports.build import build_report
+
+    run = write_run(tmp_path / "run")
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    rows[1]["host_other_cpu_fraction"] = 0.55  # fp32: another process took one of two cores
+    rows[2]["host_other_cpu_fraction"] = 0.05  # bf16: quiet enough
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_report(run)
+    flagged = [ln for ln in (run / "report.md").read_text().splitlines() if "machine was busy" in ln]
+    assert len(flagged) == 1 and "train_step/fp32 55%" in flagged[0] and "bf16 " not in flagged[0]
