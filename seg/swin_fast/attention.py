@@ -77,11 +77,13 @@ class FastWindowAttention(WindowAttention):
         q, k, v = qkv.unbind(0)
         biases = self.group_biases(geo, q.dtype)
         dropout_p = self.attn_drop.p if self.training else 0.0
+        # The groups are consecutive runs of rows. split, not q[start:end]: a slice's backward writes
+        # a zero-filled gradient of the whole tensor per group (8 under a shift); split's is one cat.
+        sizes = [group.end - group.start for group in geo.groups]
         outs = []
-        for group, bias in zip(geo.groups, biases, strict=True):
-            s = slice(group.start, group.end)
+        for qg, kg, vg, bias in zip(q.split(sizes), k.split(sizes), v.split(sizes), biases, strict=True):
             out = F.scaled_dot_product_attention(
-                q[s], k[s], v[s], attn_mask=bias, dropout_p=dropout_p, scale=self.scale
+                qg, kg, vg, attn_mask=bias, dropout_p=dropout_p, scale=self.scale
             )
             outs.append(out.transpose(1, 2))  # (rows, N, heads, d): contiguous for the efficient kernel
         out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
