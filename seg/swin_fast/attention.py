@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import WindowAttention
+from torch._subclasses.fake_tensor import is_fake
 
 from .windows import WindowGeometry, from_windows, padded_tokens
 
@@ -47,8 +48,9 @@ class FastWindowAttention(WindowAttention):
 
     def group_biases(self, geo: WindowGeometry, dtype: torch.dtype) -> list[torch.Tensor]:
         """One (1, heads, N, N) additive bias per window group (a view of an aligned (.., N, Np) tensor)."""
-        compiling = torch.compiler.is_compiling()
         table = self.relative_position_bias_table
+        # traced or fake (profiles.footprint): no caches keyed by data pointers
+        compiling = torch.compiler.is_compiling() or is_fake(table)
         frozen = not (torch.is_grad_enabled() and table.requires_grad)
         key = None
         if frozen and not compiling:

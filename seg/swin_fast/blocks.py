@@ -20,9 +20,17 @@ from monai.networks.nets.swin_unetr import (
     SwinUNETR,
     get_window_size,
 )
-from torch._subclasses.fake_tensor import is_fake
+from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
 
-from .windows import WindowGeometry, build_geometry, cached_geometry, to_windows, traced_geometry
+from .windows import (
+    WindowGeometry,
+    build_geometry,
+    cached_geometry,
+    map_tensors,
+    to_windows,
+    traced_geometry,
+)
 
 
 class FastSwinTransformerBlock(SwinTransformerBlock):
@@ -54,8 +62,10 @@ class FastBasicLayer(BasicLayer):
             if any(isinstance(d, torch.SymInt) for d in (batch, *dims)):  # dynamic shapes: in the graph
                 return build_geometry(batch, dims, window, shift, x.device, cacheable=False)
             return traced_geometry(batch, dims, window, shift, x.device)  # graph constants
-        if is_fake(x):  # fake tensors (profiles.footprint): no data-dependent ops, nothing cached
-            return build_geometry(batch, dims, window, shift, x.device, cacheable=False)
+        if is_fake(x):  # profiles.footprint: the eager maps, built for real, handed over as fakes
+            with unset_fake_temporarily():
+                geo = cached_geometry(batch, dims, window, shift, x.device)
+            return map_tensors(geo, detect_fake_mode(x).from_tensor)
         return cached_geometry(batch, dims, window, shift, x.device)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,18 @@ class WindowGeometry(NamedTuple):
     groups: tuple[WindowGroup, ...]
 
 
+def map_tensors(geo: WindowGeometry, fn) -> WindowGeometry:
+    """`geo` with `fn` applied to each of its tensors (e.g. a fake mode's from_tensor)."""
+
+    def f(t):
+        return None if t is None else fn(t)
+
+    groups = tuple(WindowGroup(g.start, g.end, f(g.mask)) for g in geo.groups)
+    return geo._replace(
+        src=f(geo.src), valid=f(geo.valid), pad_rows=f(geo.pad_rows), inv=f(geo.inv), groups=groups
+    )
+
+
 def padded_tokens(n: int) -> int:
     return -(-n // BIAS_ALIGN) * BIAS_ALIGN
 

@@ -293,3 +293,25 @@ def test_cuda_fast_path_matches_stock_and_trains_in_bf16():
     loss.backward()
     table = fast.swinViT.layers1[0].blocks[1].attn.relative_position_bias_table
     assert torch.isfinite(loss) and table.grad is not None and table.grad.abs().sum() > 0
+
+
+def test_runs_on_fake_tensors_with_the_eager_index_maps():
+    """profiles.footprint runs the fast path on fake tensors: the eager (cached, real) index maps are
+    handed over as fakes, and no cache is keyed by a fake tensor's data pointer."""
+    import warnings
+
+    from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
+
+    from profiles.footprint import _fake_copy
+
+    _, fast = _pair(torch.float32, feature_size=12)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*data pointer of FakeTensor.*")
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            fake = _fake_copy(fast)
+            y = fake(torch.empty(2, 4, 64, 32, 32))
+            (y.float().sum()).backward()
+            stage = fake.swinViT.layers1[0]  # 32x16x16 tokens, windows of 7: padded
+            geo = stage.geometry(torch.empty(2, 32, 16, 16, 12), (32, 16, 16), stage.blocks[1].shift_size)
+    assert tuple(y.shape) == (2, 4, 64, 32, 32)
+    assert is_fake(geo.src) and geo.pad_rows is not None and is_fake(geo.pad_rows)  # eager maps, not rebuilt
