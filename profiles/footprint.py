@@ -52,6 +52,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from profiles.cuda_emulation import CudaLike
+from profiles.traffic import OpTraffic
 
 SMALL_CONSTANT_NUMEL = 64  # torch.arange results up to this size are real tensors (read back by .tolist())
 NODE_TAG = "profiles.footprint.module"  # autograd node metadata: the module whose forward made it
@@ -84,6 +85,10 @@ class Footprint:
     by_module_bytes: dict[str, dict[str, int]]  # innermost module -> category -> bytes live at the peak
     notes: list[str] = field(default_factory=list)
     estimate_s: float = 0.0  # wall time of the estimate itself
+    # the same step's eager traffic (profiles.traffic): bytes read + written op by op, and op count
+    bytes_moved: int = 0
+    ops: int = 0
+    bytes_moved_by_category: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -104,6 +109,17 @@ class Footprint:
                 lines.append(f"| {name} | {size / gib:.3f} |")
         lines += ["", "| module (activations + temps made there) | GiB at the peak |", "|---|---|"]
         lines += [f"| `{name}` | {size / gib:.3f} |" for name, size in self.top_modules]
+        if self.bytes_moved:
+            lines += [
+                "",
+                f"Eager traffic: {self.bytes_moved / 1e9:.1f} GB read + written over {self.ops} ops "
+                f"({self.bytes_moved / 3.0e12 * 1e3:.1f} ms at 3.0 TB/s).",
+                "",
+                "| op category | GB moved |",
+                "|---|---|",
+            ]
+            for name, size in sorted(self.bytes_moved_by_category.items(), key=lambda kv: -kv[1]):
+                lines.append(f"| {name} | {size / 1e9:.2f} |")
         if self.notes:
             lines += [""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines)
@@ -283,7 +299,8 @@ def estimate_step_memory(
             inputs = make_inputs()
             tracker = _Tracker()
             tracker.track_external(fake, optimizer, *inputs)
-            with cuda, tracker:
+            traffic = OpTraffic()
+            with cuda, tracker, traffic:
                 step(fake, optimizer, *inputs)
     peak = tracker.get_tracker_snapshot("peak")
     (device_snap,) = peak.values() if peak else ({},)
@@ -316,4 +333,7 @@ def estimate_step_memory(
         by_module_bytes=by_module,
         notes=notes,
         estimate_s=time.perf_counter() - start,
+        bytes_moved=traffic.traffic.bytes_moved,
+        ops=traffic.traffic.ops,
+        bytes_moved_by_category=dict(traffic.traffic.by_category_bytes),
     )

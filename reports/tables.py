@@ -168,6 +168,11 @@ def _extra(row: dict) -> dict:
                 x for x in (row.get("estimated_peak_phase"), row.get("estimated_peak_module")) if x
             ),
             "largest at the peak (estimated)": ", ".join(f"{n} {_fmt_bytes(b)}" for n, b in top[:3]),
+            # eager traffic, op by op (profiles.traffic): a floor for a memory-bound eager step
+            "GB moved / step (eager, est.)": _num(
+                row["estimated_bytes_moved"] / 1e9 if row.get("estimated_bytes_moved") else None, ".1f"
+            ),
+            "ops / step (eager)": row.get("estimated_ops") or "",
         }
     if kind == "infer":
         return {"TTA": "yes" if row.get("tta") else "no", "volume": "×".join(map(str, row.get("volume", [])))}

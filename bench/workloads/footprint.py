@@ -75,6 +75,9 @@ def run(case: Case) -> dict:
         "estimated_top_modules": [list(t) for t in fp.top_modules],
         "estimate_notes": fp.notes,
         "estimate_s": round(fp.estimate_s, 2),
+        "estimated_bytes_moved": fp.bytes_moved,  # eager, op by op (profiles.traffic)
+        "estimated_ops": fp.ops,
+        "estimated_bytes_moved_by_category": fp.bytes_moved_by_category,
     }
     anchor_gib = p.anchor_peak_gib.get(case.variant)
     if anchor_gib:

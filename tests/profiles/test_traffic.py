@@ -1,0 +1,64 @@
+"""profiles.traffic: bytes an eager step moves, op by op, counted on fake tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from profiles.footprint import estimate_step_memory
+from profiles.traffic import OpTraffic, category
+
+MAP = 1 * 4 * 8 * 8 * 8 * 4  # one (1, 4, 8, 8, 8) fp32 map: 8 KiB
+
+
+def test_hand_counted_forward():
+    """relu reads x, writes y; a permute moves nothing; contiguous() reads and writes; add reads two."""
+    with FakeTensorMode(), OpTraffic() as counter:
+        x = torch.empty(1, 4, 8, 8, 8)
+        y = torch.relu(x)
+        z = y.permute(0, 2, 3, 4, 1)  # a view
+        w = z.contiguous()  # one copy
+        _ = w + w
+    t = counter.traffic
+    assert t.ops == 3
+    assert t.by_op_bytes == {"relu": 2 * MAP, "clone": 2 * MAP, "add": 3 * MAP}
+    assert t.bytes_moved == 7 * MAP
+    assert t.by_category_bytes["layout/copy"] == 2 * MAP and t.by_category_bytes["elementwise"] == 5 * MAP
+
+
+def test_categories():
+    assert category("convolution_backward") == "conv"
+    assert category("_scaled_dot_product_efficient_attention_backward") == "attention"
+    assert category("native_layer_norm") == "norm" and category("addmm") == "matmul"
+    assert category("index_select") == "layout/copy" and category("gelu") == "elementwise"
+
+
+def test_footprint_carries_the_step_traffic_and_slicing_costs_more_than_split():
+    """A slice's backward writes a zero-filled gradient of the whole tensor per slice; split's is
+    one cat (why seg.swin_fast groups windows with split)."""
+
+    class Groups(nn.Module):
+        def __init__(self, split: bool):
+            super().__init__()
+            self.lin, self.split = nn.Linear(8, 8), split
+
+        def forward(self, x):
+            h = self.lin(x)
+            parts = h.split(16) if self.split else [h[i : i + 16] for i in range(0, 128, 16)]
+            return torch.cat([p * 2 for p in parts])
+
+    def step(model, optimizer, x):
+        model(x).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def opt(m):
+        return torch.optim.AdamW(m.parameters(), foreach=True)
+
+    moved = {}
+    for split in (False, True):
+        fp = estimate_step_memory(Groups(split), lambda: (torch.empty(128, 8),), opt, step)
+        assert fp.ops > 0 and fp.bytes_moved == sum(fp.bytes_moved_by_category.values())
+        moved[split] = fp.bytes_moved
+    assert moved[False] > moved[True] + 8 * 128 * 8 * 4  # 8 slices: at least 8 whole-size gradients more
