@@ -21,7 +21,8 @@ from monai.networks.nets.swin_unetr import (
     get_window_size,
 )
 from torch._guards import detect_fake_mode
-from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
+from torch._subclasses.fake_tensor import is_fake
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .windows import (
     WindowGeometry,
@@ -63,7 +64,9 @@ class FastBasicLayer(BasicLayer):
                 return build_geometry(batch, dims, window, shift, x.device, cacheable=False)
             return traced_geometry(batch, dims, window, shift, x.device)  # graph constants
         if is_fake(x):  # profiles.footprint: the eager maps, built for real, handed over as fakes
-            with unset_fake_temporarily():
+            # (outside every dispatch mode: counters such as profiles.traffic must not see a build
+            # that real eager steps take from the cache)
+            with _disable_current_modes():
                 geo = cached_geometry(batch, dims, window, shift, x.device)
             return map_tensors(geo, detect_fake_mode(x).from_tensor)
         return cached_geometry(batch, dims, window, shift, x.device)
