@@ -26,7 +26,8 @@ transients: the memory-efficient kernel writes a full (rows, heads, N, N) bias g
 reducing it to the table (~0.5 GB bf16 for stage 1's interior group). The footprint estimate
 (`segbench bench --suite footprint`, CPU fake tensors with CUDA's kernel choices; 2-19 % under
 ANCHORS' measured stock peaks) puts the peak at 2.97 GiB, reached in decoder1's backward (stock:
-9.38 estimated, 10.24 measured); feature 48: 5.90 GiB. Inside the seed's 8 GB card;
+9.38 estimated, 10.24 measured); feature 48: 5.89 GiB. Inside the seed's 8 GB card. Its eager
+step moves 38 GB over ~1.5k ops (stock: 119 GB; profiles.traffic), 12.7 ms at 3 TB/s;
 `python -m seg.swin_fast.gpu_check` records the real one with `profiles.memory`.
 """
 
