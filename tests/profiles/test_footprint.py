@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -168,3 +170,22 @@ def test_workload_row_for_a_tiny_unet_is_an_estimate_and_reported_as_one():
     assert {w.kind for w in suite.workloads} == {"footprint"}
     swin = VariantContext(kind="footprint", model="swinunetr", device="cpu")
     assert resolve("seed", swin).checkpointing is True and resolve("seed", swin).precision == "fp16"
+
+
+def test_fused_norm_variant_is_estimated_through_the_custom_ops_fake_kernels(tmp_path):
+    """footprint rows for `fused_norm` run kernels.patch's custom ops on fake tensors: one op each way
+    per fused block, so the step moves fewer bytes than the eager norm + activation it replaces."""
+    from bench.runner import run_suite
+
+    suite = tmp_path / "s.toml"
+    suite.write_text(
+        'name = "t"\ndescription = "t"\ndevice = "cpu"\nreference = ""\n[[workload]]\nkind = "footprint"\n'
+        'name = "dyn"\nmodel = "dynunet"\nmodel_options = { filters = [8, 16, 32], kernel_size = [3, 3, 3], '
+        "strides = [1, 2, 2], upsample_kernel_size = [2, 2] }\nshape = [32, 32, 32]\nbatch = 1\n"
+        'variants = ["bf16", "bf16+fused_norm"]\n'
+    )
+    run = run_suite(suite, tmp_path / "run", report=False)
+    rows = {r["variant"]: r for r in map(json.loads, (run / "results.jsonl").read_text().splitlines())}
+    assert rows["bf16+fused_norm"]["status"] == "ok", rows["bf16+fused_norm"].get("error")
+    assert rows["bf16+fused_norm"]["estimated_bytes_moved"] < rows["bf16"]["estimated_bytes_moved"]
+    assert rows["bf16+fused_norm"]["estimated_ops"] < rows["bf16"]["estimated_ops"]
