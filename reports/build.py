@@ -90,7 +90,11 @@ def _summary(rows: list[dict]) -> list[str]:
     lines = [
         f"{len(rows)} cases: {counts['ok']} ok, {counts['error']} error, {counts['unavailable']} unavailable"
     ]
-    busy = [r for r in rows if (r.get("host_other_cpu_fraction") or 0) > BUSY_FRACTION]
+    busy = [
+        r
+        for r in rows
+        if (r.get("host_other_cpu_fraction") or 0) > BUSY_FRACTION and not r.get("estimate")  # timed rows
+    ]
     if busy:
         worst = max(r["host_other_cpu_fraction"] for r in busy)
         named = [f"{r['workload']}/{r['variant']} {r['host_other_cpu_fraction']:.0%}" for r in busy[:6]]
