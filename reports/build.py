@@ -93,7 +93,10 @@ def _summary(rows: list[dict]) -> list[str]:
     busy = [
         r
         for r in rows
-        if (r.get("host_other_cpu_fraction") or 0) > BUSY_FRACTION and not r.get("estimate")  # timed rows
+        if (r.get("host_other_cpu_fraction") or 0) > BUSY_FRACTION
+        and r["status"] == "ok"
+        and not r.get("estimate")  # timed rows only
+
     ]
     if busy:
         worst = max(r["host_other_cpu_fraction"] for r in busy)
