@@ -214,7 +214,11 @@ def run_footprint(args: argparse.Namespace) -> int:
             fits = gib * FIT_MARGIN <= args.gpu_gib
             verdict = f"  {'fits' if fits else 'does NOT fit'} in {args.gpu_gib:g} GiB"
             verdict += f" with {FIT_MARGIN:.1f}x headroom"
-        print(f"  {row['variant']:<28} {gib:6.2f} GiB  peak in {row['estimated_peak_phase']}{verdict}")
+        moved = row.get("estimated_bytes_moved", 0) / 1e9
+        print(
+            f"  {row['variant']:<28} {gib:6.2f} GiB  peak in {row['estimated_peak_phase']}{verdict}"
+            f"  | eager: {moved:.1f} GB moved over {row.get('estimated_ops', 0)} ops"
+        )
     print(f"report: {out / 'report.md'}")
     return 0
 
