@@ -3,6 +3,8 @@
 `change` is how RUN's median step time moved relative to RUN_B's (RUN_B is the "before"):
 +10 % means RUN is 10 % slower. A change is a regression when its 95 % bootstrap interval
 excludes zero and it is over the threshold (5 %); an improvement likewise in the other direction.
+Footprint rows (estimates, no samples) compare their estimated peak memory: a growth over the
+threshold is a regression.
 """
 
 from __future__ import annotations
@@ -40,6 +42,18 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) 
             rec["verdict"] = "only in " + ("RUN_B" if ra is None else "RUN")
         elif ra["status"] != "ok" or rb["status"] != "ok":
             rec["verdict"] = f"status {rb['status']} → {ra['status']}"
+        elif ra.get("estimated_peak_bytes") and rb.get("estimated_peak_bytes"):
+            # footprint rows: a deterministic estimate, no samples; the change of the peak itself
+            peak_a, peak_b = ra["estimated_peak_bytes"], rb["estimated_peak_bytes"]
+            rec["before"], rec["after"] = (f"{p / 2**30:.2f} GiB est. peak" for p in (peak_b, peak_a))
+            rec["change"] = peak_a / peak_b - 1
+            rec["verdict"] = (
+                "REGRESSION"
+                if rec["change"] > threshold
+                else "improvement"
+                if rec["change"] < -threshold
+                else "no significant change"
+            )
         elif not sa or not sb:
             rec["verdict"] = "no step samples"
         else:
@@ -59,7 +73,11 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) 
 def _display(table: pd.DataFrame) -> pd.DataFrame:
     out = table[["workload", "variant", "before", "after"]].copy()
     out["change [95% interval]"] = [
-        "" if pd.isna(r.change) else f"{r.change:+.1%} [{r.ci_low:+.1%}, {r.ci_high:+.1%}]"
+        ""
+        if pd.isna(r.change)
+        else f"{r.change:+.1%} (estimate: no interval)"
+        if pd.isna(r.ci_low)
+        else f"{r.change:+.1%} [{r.ci_low:+.1%}, {r.ci_high:+.1%}]"
         for r in table.itertuples()
     ]
     out["verdict"] = table["verdict"]
@@ -72,7 +90,7 @@ def _figure(table: pd.DataFrame, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = table.dropna(subset=["change"])
+    t = table.dropna(subset=["change", "ci_low"])  # timed rows (estimates have no interval)
     if t.empty:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 0.4 * len(t) + 1.5))
@@ -114,7 +132,8 @@ def write_comparison(
                 f"RUN (after): {run} — {where(env_a)}",
                 f"RUN_B (before): {run_b} — {where(env_b)}",
                 f"{len(regressions)} regression(s): slower by more than {threshold:.0%} with the "
-                "95% bootstrap interval of the change excluding zero",
+                "95% bootstrap interval of the change excluding zero (footprint rows: an estimated "
+                f"peak grown by more than {threshold:.0%})",
             ],
         ),
         Block("table", _display(table)),

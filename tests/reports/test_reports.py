@@ -282,3 +282,18 @@ def test_summary_flags_cases_run_on_a_busy_machine(tmp_path):
     build_report(run)
     flagged = [ln for ln in (run / "report.md").read_text().splitlines() if "machine was busy" in ln]
     assert len(flagged) == 1 and "train_step/fp32 55%" in flagged[0] and "bf16 " not in flagged[0]
+
+
+def test_compare_footprint_estimates_by_their_peak():
+    def est(variant: str, gib: float) -> dict:
+        return {"workload": "swin", "kind": "footprint", "variant": variant, "status": "ok", "estimate": True,
+                "estimated_peak_bytes": int(gib * 2**30)}
+
+    before = [est("bf16", 9.38), est("bf16+swin_fast", 2.97), est("seed", 5.22)]
+    after = [est("bf16", 9.40), est("bf16+swin_fast", 3.50), est("seed", 4.00)]
+    table = compare_rows(after, before).set_index("variant")
+    assert table.loc["bf16", "verdict"] == "no significant change"  # +0.2 %
+    assert table.loc["bf16+swin_fast", "verdict"] == "REGRESSION"  # +18 %
+    assert table.loc["seed", "verdict"] == "improvement"
+    assert table.loc["bf16+swin_fast", "change"] == pytest.approx(3.50 / 2.97 - 1)
+    assert table.loc["bf16+swin_fast", "after"] == "3.50 GiB est. peak"
