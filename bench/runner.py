@@ -192,7 +192,6 @@ def run_suite(
     cases = [
         (i, w, v) for i, w, v in suite.run_order() if not only or w.name in only or f"{w.name}/{v}" in only
     ]
-    results = Results(out / "results.jsonl")
     started = time.perf_counter()  # the budget covers calibration and data preparation too
     env = {
         "suite": suite.name,
@@ -200,8 +199,8 @@ def run_suite(
         "requested_device": device,
         **capture_host(argv),
     }
-    write_json_atomic(out / "env.json", env, indent=2)
-
+    # Calibrate first: a device that cannot run (--device cuda without a GPU) leaves only the
+    # calibration log behind, not an env.json and an empty results.jsonl that look like a run.
     calib = run_case_process({"kind": "calibrate", "device": device}, out / "cases", "calibrate", 300)
     if calib.get("status") != "ok":
         raise BenchError(
@@ -210,6 +209,7 @@ def run_suite(
     calibration = {k: v for k, v in calib.items() if k not in ("status", "log", "case_wall_s")}
     env["calibration"] = calibration
     write_json_atomic(out / "env.json", env, indent=2)
+    results = Results(out / "results.jsonl")
 
     if data_dir is None and any(w.kind in NEEDS_DATA for _, w, _ in cases):
         print(f"no --data given: synthesizing {suite.data.cases} tiny cases into {out / 'data'}")

@@ -113,3 +113,19 @@ def test_report_shows_tables_verdict_parity_and_errors(run):
     assert "RuntimeError: boom" in md and "unavailable" in md
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="figures' not in html
+
+
+def test_a_device_that_cannot_run_leaves_no_run_behind(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "segbench", "bench", "--suite", str(HERE / "tiny_suite.toml"), "--out",
+         str(out), "--device", "cuda"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+    assert not (out / "results.jsonl").exists() and not (out / "env.json").exists()
+    assert (out / "cases" / "calibrate.log").is_file()  # the one thing to read: why
