@@ -12,7 +12,9 @@ train-mode dropout has MONAI's rates, drawn by SDPA for the attention):
 - pad + roll + window partition, and the way back, are one gather each (index maps cached per
   shape, built in-graph under torch.compile) (windows.py);
 - tokens stay channels-last between Swin stages (blocks.py);
-- no graph breaks under torch.compile; optional Triton LayerNorm + fused decoder norms (convert.py).
+- no graph breaks under torch.compile; optional Triton LayerNorm + fused decoder norms (convert.py);
+- the conv blocks' LeakyReLUs out of place (in place on InstanceNorm's view output, autograd copies
+  the whole gradient in backward).
 
 Activation memory (training, bf16, no checkpointing, 128^3, feature 24, batch 1). MONAI keeps each
 window attention's scores (windows*heads*343*343, ~0.35 G elements in stage 1) several times over

@@ -66,11 +66,26 @@ def to_fast(
     swin.__class__ = FastSwinTransformer
     for layer in stages:
         fast_layer(layer, use_checkpoint)
+    out_of_place_activations(model)
     if use_kernels:  # Swin LayerNorms and decoder InstanceNorm+LeakyReLU, by the same class swap
         import kernels
 
         model = kernels.patch(model)
     return model
+
+
+def out_of_place_activations(model: nn.Module) -> int:
+    """MONAI's conv blocks apply LeakyReLU in place to InstanceNorm's output, which is a view
+    (instance_norm runs batch_norm on a reshape); autograd then clones and copies the whole
+    gradient in backward (CopySlices). Out of place, an f24 128³ bf16 eager step moves 3.8 GB and
+    60 ops less for 0.17 GiB more peak (profiles.footprint). Same function, no parameters; under
+    torch.compile it makes no difference (in-place ops are functionalized). Returns how many."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.LeakyReLU) and module.inplace:
+            module.inplace = False
+            count += 1
+    return count
 
 
 def _check_layer(layer: nn.Module) -> None:

@@ -315,3 +315,11 @@ def test_runs_on_fake_tensors_with_the_eager_index_maps():
             geo = stage.geometry(torch.empty(2, 32, 16, 16, 12), (32, 16, 16), stage.blocks[1].shift_size)
     assert tuple(y.shape) == (2, 4, 64, 32, 32)
     assert is_fake(geo.src) and geo.pad_rows is not None and is_fake(geo.pad_rows)  # eager maps, not rebuilt
+
+
+def test_conv_block_activations_run_out_of_place():
+    """No in-place LeakyReLU on InstanceNorm's view output (its backward would copy the whole
+    gradient); the function is unchanged (the float64 tests above compare with MONAI's)."""
+    ref, fast = _pair(torch.float32, feature_size=12)
+    assert any(isinstance(m, torch.nn.LeakyReLU) and m.inplace for m in ref.modules())
+    assert not any(isinstance(m, torch.nn.LeakyReLU) and m.inplace for m in fast.modules())
