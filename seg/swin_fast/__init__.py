@@ -27,9 +27,10 @@ channels at 128^3: ~1.5 GB saved) plus weights, grads and AdamW state (~0.25 GB)
 transients: the memory-efficient kernel writes a full (rows, heads, N, N) bias gradient before
 reducing it to the table (~0.5 GB bf16 for stage 1's interior group). The footprint estimate
 (`segbench bench --suite footprint`, CPU fake tensors with CUDA's kernel choices; 2-19 % under
-ANCHORS' measured stock peaks) puts the peak at 2.97 GiB, reached in decoder1's backward (stock:
-9.38 estimated, 10.24 measured); feature 48: 5.89 GiB. Inside the seed's 8 GB card. Its eager
-step moves 38 GB over ~1.5k ops (stock: 119 GB; profiles.traffic), 12.7 ms at 3 TB/s;
+ANCHORS' measured stock peaks) puts the peak at 3.14 GiB, reached in decoder1's backward (stock:
+9.38 estimated, 10.24 measured); feature 48: 6.25 GiB; with the Triton norms 2.82 / 5.61 GiB.
+Inside the seed's 8 GB card. Its eager step moves 34 GB over ~1.4k ops (stock: 119 GB;
+profiles.traffic), 11.4 ms at 3 TB/s;
 `python -m seg.swin_fast.gpu_check` records the real one with `profiles.memory`.
 """
 
