@@ -4,6 +4,9 @@ eager bf16, trains normally. This script replays it with the harness's own step 
 DiceCE, fused AdamW, bf16 autocast) for a few steps and reports losses and non-finite gradients,
 for --stock (MONAI) or the fast path, on any device and backend. On CUDA the swin-goal row
 bf16+swin_fast+compile answers the same question (its parity column and non-finite-loss warning).
+Not reproduced yet by this script (3 steps finite with random input and with a prepared case):
+the difference to `segbench train` (augmented batches from the loader, the warm-up scheduler,
+validation between epochs) is the next thing to bisect. Stock + compile bf16 trains normally.
 
     python scripts/check_compiled_swin_fast.py [--stock] [--device cuda] [--backend aot_eager]
         [--precision bf16|fp32] [--steps 3] [--size 64] [--feature 12]
@@ -30,6 +33,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--feature", type=int, default=12)
     p.add_argument("--stock", action="store_true", help="stock MONAI instead of the fast path")
+    p.add_argument("--data", help="a prepared folder: train on its first case (default: random input)")
     args = p.parse_args()
 
     from seg import recipe
@@ -42,8 +46,16 @@ def main() -> int:
     compiled = torch.compile(model, backend=args.backend)
     loss_fn, optimizer = recipe.build_loss(), recipe.build_optimizer(model, lr=1e-4)
     scaler = recipe.make_scaler(args.precision, torch.device(args.device).type)
-    x = torch.randn(1, 4, args.size, args.size, args.size, device=args.device)
-    y = torch.randint(0, 4, (1, 1, args.size, args.size, args.size), device=args.device)
+    if args.data:
+        from pathlib import Path
+
+        from seg.data.store import load_case
+
+        case = load_case(sorted(Path(args.data).glob("*.pt"))[0])
+        x, y = case["image"][None].float().to(args.device), case["label"][None].long().to(args.device)
+    else:
+        x = torch.randn(1, 4, args.size, args.size, args.size, device=args.device)
+        y = torch.randint(0, 4, (1, 1, args.size, args.size, args.size), device=args.device)
     bad: list[str] = []
     for step in range(args.steps):
         start = time.perf_counter()
