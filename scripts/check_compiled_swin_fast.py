@@ -34,6 +34,8 @@ def main() -> int:
     p.add_argument("--feature", type=int, default=12)
     p.add_argument("--stock", action="store_true", help="stock MONAI instead of the fast path")
     p.add_argument("--data", help="a prepared folder: train on its first case (default: random input)")
+    p.add_argument("--zero-lr-first", action="store_true",
+                   help="first step at lr 0, as the warm-up schedule of segbench train starts")
     args = p.parse_args()
 
     from seg import recipe
@@ -59,6 +61,8 @@ def main() -> int:
     bad: list[str] = []
     for step in range(args.steps):
         start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = 0.0 if (args.zero_lr_first and step == 0) else 1e-4
         loss = recipe.forward_backward(compiled, x, y, loss_fn, scaler, args.precision)
         grads = [(n, q.grad) for n, q in model.named_parameters() if q.grad is not None]
         bad = [n for n, g in grads if not torch.isfinite(g).all()]
