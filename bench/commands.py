@@ -178,11 +178,11 @@ def footprint_suite_toml(model: str, options: dict, shape: list[int], batch: int
 
 
 def run_footprint(args: argparse.Namespace) -> int:
-    import json
     import sys
 
     from bench.config import SuiteError
     from bench.runner import BenchError, run_suite
+    from reports.tables import load_results
     from seg.commands.train import _option
 
     try:
@@ -203,8 +203,7 @@ def run_footprint(args: argparse.Namespace) -> int:
         return 2
     size = "x".join(map(str, shape))
     print(f"\n{args.model} {size} batch {args.batch} (CPU estimate of CUDA allocated bytes)")
-    for line in (out / "results.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in load_results(out):
         if row.get("status") != "ok":
             print(f"  {row['variant']:<28} {row.get('status')}: {row.get('error', '')}"[:200])
             continue

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.case import write_json_atomic
 from bench.config import NEEDS_DATA, DataSpec, Suite, Workload, load_suite
-from bench.contention import HostLoad
+from bench.contention import BUSY_FRACTION, HostLoad
 from bench.env import capture_host
 from bench.variants import Unavailable, VariantContext, resolve
 
@@ -156,8 +156,9 @@ def _summary(row: dict) -> str:
     speedup = row.get("paired", {}).get("speedup")
     if speedup:
         parts.append(f"x{speedup['ratio']:.2f} vs {row['paired']['baseline']}")
-    if row.get("host_note"):
-        parts.append(f"(busy host: {row['host_note']})")
+    busy = row.get("host_other_cpu_fraction") or 0
+    if busy > BUSY_FRACTION:
+        parts.append(f"(busy host: other processes used {busy:.0%} of the CPUs meanwhile)")
     return "ok " + ", ".join(parts)
 
 
@@ -248,10 +249,6 @@ def run_suite(
                     row.update(run_case_process(spec, out / "cases", stem, timeout))
                 if load.other_cpu_fraction is not None:
                     row["host_other_cpu_fraction"] = load.other_cpu_fraction
-                    if load.other_cpu_fraction > 0.2:
-                        row["host_note"] = (
-                            f"other processes used {load.other_cpu_fraction:.0%} of the CPUs meanwhile"
-                        )
         anchor = suite.anchors.get(f"{w.name}/{variant}")
         if anchor is not None:
             row["anchor_s_per_iter"] = anchor

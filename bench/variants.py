@@ -15,6 +15,8 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from seg.speed import COMPILE_MODES
+
 
 class Unavailable(Exception):
     """This variant cannot run here; the message says why."""
@@ -65,7 +67,7 @@ REGISTRY: dict[str, VariantDef] = {}
 MODEL_KINDS = ("train_step", "train_e2e", "infer", "footprint")
 TRAIN_KINDS = ("train_step", "train_e2e", "footprint")  # footprint: the train_step's estimated memory
 LOADER_KINDS = ("train_e2e", "dataloader")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# torch.compile modes: the list segbench train/infer accept too (seg.speed, standard library only)
 
 
 def variant(name: str, help: str, takes_arg: bool = False, shown: str = ""):

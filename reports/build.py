@@ -9,14 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.contention import BUSY_FRACTION  # standard library only
 from reports import figures
 from reports.pytest_bench import pytest_benchmark_table
 from reports.render import Block, to_html, to_markdown, write_atomic
 from reports.tables import by_workload, load_env, load_results, workload_table
-
-# A case during which other processes used more than this share of the host's CPU time
-# (host_other_cpu_fraction, measured by bench.contention) is flagged: its timings may be inflated.
-BUSY_FRACTION = 0.2
 
 METHOD = [
     "Each case (workload × variant) ran in its own process; a crash, out-of-memory or compile failure "

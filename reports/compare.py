@@ -18,6 +18,12 @@ from reports.render import Block, to_html, to_markdown, write_atomic
 from reports.tables import fmt_seconds, load_env, load_results
 
 
+def _verdict(change: dict[str, float], threshold: float) -> str:
+    if is_regression(change, threshold):
+        return "REGRESSION"
+    return "improvement" if is_improvement(change, threshold) else "no significant change"
+
+
 def _index(rows: list[dict]) -> dict[tuple[str, str], dict]:
     return {(r["workload"], r["variant"]): r for r in rows}
 
@@ -47,25 +53,14 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) 
             peak_a, peak_b = ra["estimated_peak_bytes"], rb["estimated_peak_bytes"]
             rec["before"], rec["after"] = (f"{p / 2**30:.2f} GiB est. peak" for p in (peak_b, peak_a))
             rec["change"] = peak_a / peak_b - 1
-            rec["verdict"] = (
-                "REGRESSION"
-                if rec["change"] > threshold
-                else "improvement"
-                if rec["change"] < -threshold
-                else "no significant change"
-            )
+            exact = {"change": rec["change"], "ci_low": rec["change"], "ci_high": rec["change"]}
+            rec["verdict"] = _verdict(exact, threshold)  # no interval: ci columns stay empty
         elif not sa or not sb:
             rec["verdict"] = "no step samples"
         else:
             change = relative_change_ci(sb, sa)
             rec.update(change)
-            rec["verdict"] = (
-                "REGRESSION"
-                if is_regression(change, threshold)
-                else "improvement"
-                if is_improvement(change, threshold)
-                else "no significant change"
-            )
+            rec["verdict"] = _verdict(change, threshold)
         records.append(rec)
     return pd.DataFrame.from_records(records)
 

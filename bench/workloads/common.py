@@ -126,8 +126,6 @@ def build_model(
     model = build(name, **model_options(name, options, cfg))
     model.load_state_dict(state)
     model = model.to(device)  # on the device first: the fast path builds its caches there
-    if cfg.fused_norm:
-        kernels_api("patch")  # Unavailable (with the reason) when Triton cannot run here
     # the same transforms, in the same order, as `segbench train` / `segbench infer` apply them
     from seg.speed import SpeedOptionError, apply_speed_options
 
@@ -139,7 +137,7 @@ def build_model(
             channels_last=cfg.channels_last,
             compile_mode=cfg.compile_mode,
         )
-    except SpeedOptionError as err:
+    except SpeedOptionError as err:  # e.g. fused_norm where Triton cannot run: the reason
         raise Unavailable(str(err)) from None
 
 
