@@ -105,6 +105,10 @@ def calibrate(device: str) -> dict:
             gpu_capability=f"{props.major}.{props.minor}",
             driver=_driver_version(),
         )
+    else:  # bf16 rows on this CPU train with oneDNN off when it has the bug (see seg.cpu_bf16)
+        from seg import cpu_bf16
+
+        info["cpu_bf16_conv3d_weight_grad_ok"] = cpu_bf16.conv3d_weight_grad_ok()
     info.update(matmul_rate(device))
     info["copy_bytes_per_s"] = copy_rate(device)
     info["mfu_basis"] = (

@@ -69,6 +69,12 @@ def _env_lines(env: dict) -> list[str]:
             f"measured ceilings: {cal['matmul_dtype']} matmul {_rate(cal['matmul_flops_per_s'])} "
             f"({cal.get('mfu_basis', '')}); copy {cal['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write)"
         )
+    if cal.get("cpu_bf16_conv3d_weight_grad_ok") is False:
+        lines.append(
+            "⚠ this CPU's oneDNN computes wrong bf16 conv3d weight gradients on 2-voxel-wide maps "
+            "(seg.cpu_bf16): bf16 training rows here ran with oneDNN off — right, but slower than "
+            "this CPU can be"
+        )
     return lines
 
 
@@ -104,6 +110,8 @@ def _summary(rows: list[dict]) -> list[str]:
             "their timings may be inflated and spread; rerun on a quiet machine before quoting them"
         )
     for r in rows:
+        if r.get("warning"):
+            lines.append(f"⚠ {r['workload']}/{r['variant']}: {r['warning']} — do not quote its speed")
         if r.get("verdict"):
             lines.append(
                 f"{r['workload']}/{r['variant']}: {r['verdict']} (the step waited for data "

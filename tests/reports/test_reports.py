@@ -297,3 +297,21 @@ def test_compare_footprint_estimates_by_their_peak():
     assert table.loc["seed", "verdict"] == "improvement"
     assert table.loc["bf16+swin_fast", "change"] == pytest.approx(3.50 / 2.97 - 1)
     assert table.loc["bf16+swin_fast", "after"] == "3.50 GiB est. peak"
+
+
+def test_summary_names_non_finite_rows_and_env_names_the_cpu_bf16_workaround(tmp_path):
+    from reports.build import build_report
+
+    run = write_run(tmp_path / "run")
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    rows[2]["warning"] = "non-finite loss in the first 3 steps: [2.3, nan, nan]"
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = json.loads((run / "env.json").read_text())
+    env.setdefault("calibration", {})["cpu_bf16_conv3d_weight_grad_ok"] = False
+    (run / "env.json").write_text(json.dumps(env))
+    build_report(run)
+    lines = (run / "report.md").read_text().splitlines()
+    flagged = [ln for ln in lines if "non-finite loss" in ln]
+    assert len(flagged) == 1 and f"train_step/{rows[2]['variant']}:" in flagged[0]
+    assert "do not quote its speed" in flagged[0]
+    assert sum("wrong bf16 conv3d weight gradients" in ln for ln in lines) == 1
