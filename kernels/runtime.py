@@ -51,6 +51,20 @@ def available() -> tuple[bool, str]:
     return False, "no CUDA device and TRITON_INTERPRET is not set, so the PyTorch reference runs instead"
 
 
+def unavailable_reason(device: torch.device | None = None) -> str | None:
+    """Why the kernels cannot serve a model (on `device`, when given), or None when they can.
+
+    With a device, a CPU model counts as unavailable outside the interpreter: the ops would silently
+    run their PyTorch reference on its tensors, nothing fused.
+    """
+    ok, reason = available()
+    if not ok:
+        return reason
+    if device is not None and device.type != "cuda" and not interpret_mode():
+        return f"the Triton kernels run on CUDA tensors and the model is on {device}"
+    return None
+
+
 def use_triton(t: torch.Tensor) -> bool:
     """Whether an op on `t` runs the Triton kernels (else the PyTorch reference, same results)."""
     ok, _ = available()

@@ -38,18 +38,9 @@ def check_compile_mode(mode: str | None) -> None:
 
 def fused_norm_unavailable(device: torch.device) -> str | None:
     """Why the Triton fused-norm kernels cannot run for a model on `device`, or None when they can."""
-    try:
-        from kernels import available
-        from kernels.runtime import interpret_mode
-    except ImportError as err:
-        return f"the kernels package is not importable ({err})"
-    ok, reason = available()
-    if not ok:
-        return reason
-    if device.type != "cuda" and not interpret_mode():
-        # kernels would silently run their PyTorch reference on a CPU tensor: nothing fused.
-        return f"the Triton kernels run on CUDA tensors and the model is on {device}"
-    return None
+    from kernels.runtime import unavailable_reason
+
+    return unavailable_reason(device)
 
 
 def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:

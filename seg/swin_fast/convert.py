@@ -16,14 +16,9 @@ FusedNorm = bool | Literal["auto"]
 
 def kernels_status() -> tuple[bool, str]:
     """Whether the fused-norm kernels can be used for this model: (ok, why not / what runs)."""
-    try:
-        import kernels
-    except ImportError as e:
-        return False, f"kernels is not importable ({e})"
-    missing = [name for name in ("available", "layer_norm", "patch") if not hasattr(kernels, name)]
-    if missing:
-        return False, f"kernels does not provide {', '.join(missing)} yet"
-    return kernels.available()
+    from kernels import available
+
+    return available()
 
 
 def _resolve_fused_norm(fused_norm: FusedNorm) -> bool:
