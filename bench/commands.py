@@ -67,6 +67,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--timeout", type=float, default=1800, help="seconds before the case is stopped")
     profile.set_defaults(func=run_profile)
     register_footprint(subparsers)
+    register_env(subparsers)
+
+
+def register_env(subparsers: argparse._SubParsersAction) -> None:
+    env = subparsers.add_parser(
+        "env",
+        help="what this machine can run: device facts and each speed feature, with why not",
+        description="Print the host, torch build and device, and one line per speed feature the harness "
+        "measures (torch.compile, CUDA graphs, Triton fused norms, flash attention, bf16, NVTX, Nsight "
+        "Systems) with why it cannot run here. --measure adds the matmul rate and copy bandwidth "
+        "(the reports' ceilings). Exit status 1 when --device cuda finds no CUDA device.",
+    )
+    env.add_argument(
+        "--device", choices=("cpu", "cuda"), help="default: cuda when PyTorch sees one, else cpu"
+    )
+    env.add_argument("--measure", action="store_true", help="also measure the matmul rate and copy bandwidth")
+    env.add_argument("--json", type=Path, metavar="PATH", help="also write the facts as JSON to PATH")
+    env.set_defaults(func=run_env)
+
+
+def run_env(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from bench.doctor import collect
+    from reports.render import write_atomic
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    report = collect(device, measure=args.measure)
+    print(report.render())
+    if args.json:
+        write_atomic(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    return 1 if report.cuda_error else 0
 
 
 def _list() -> None:

@@ -79,11 +79,10 @@ def _driver_version() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-def calibrate(device: str) -> dict:
-    """Device facts and ceilings, measured once per run: the MFU and GB/s denominators."""
+def device_facts(device: str) -> dict:
+    """torch build and device: the GPU's name, memory, driver, CUDA/cuDNN; on the CPU, threads and
+    whether bf16 training needs the oneDNN workaround. Raises Unavailable without a CUDA device."""
     import torch
-
-    from bench.measure import copy_rate, matmul_rate
 
     info: dict = {
         "device": device,
@@ -109,6 +108,14 @@ def calibrate(device: str) -> dict:
         from seg import cpu_bf16
 
         info["cpu_bf16_conv3d_weight_grad_ok"] = cpu_bf16.conv3d_weight_grad_ok()
+    return info
+
+
+def calibrate(device: str) -> dict:
+    """Device facts and ceilings, measured once per run: the MFU and GB/s denominators."""
+    from bench.measure import copy_rate, matmul_rate
+
+    info = device_facts(device)
     info.update(matmul_rate(device))
     info["copy_bytes_per_s"] = copy_rate(device)
     info["mfu_basis"] = (

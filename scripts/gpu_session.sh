@@ -24,6 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | t
 # repo on PYTHONPATH); it only gives segbench its version: log a failure, go on
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -3 | tee -a "$log"
 python3 -c "import torch, triton, monai; print('torch', torch.__version__, 'triton', triton.__version__, 'monai', monai.__version__)" | tee -a "$log"
+python3 -m segbench env --device cuda 2>&1 | tee -a "$log"  # which speed features run here, and why not
 
 # swin-goal: the fast SwinUNETR's GPU tests; otherwise every kernel test (not only the gpu-marked
 # ones: on CUDA the same tests check the compiled Triton kernels, which the CPU interpreter cannot)

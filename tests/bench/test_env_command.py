@@ -1,0 +1,39 @@
+"""`segbench env`: device facts and one line per speed feature, with why not."""
+
+import json
+
+import pytest
+import torch
+
+from segbench.cli import main
+
+
+def test_env_on_cpu_lists_each_feature_and_writes_json(tmp_path, capsys):
+    from seg import cpu_bf16
+
+    path = tmp_path / "env.json"
+    assert main(["env", "--device", "cpu", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    facts = json.loads(path.read_text())
+    features = {f["name"]: f for f in facts["features"]}
+    assert {
+        "torch.compile (inductor)",
+        "bf16",
+        "CUDA graphs",
+        "Triton fused norms",
+        "NVTX ranges",
+        "Nsight Systems",
+    } <= set(features)
+    assert not features["CUDA graphs"]["ok"] and "CUDA only" in features["CUDA graphs"]["detail"]
+    # the oneDNN bf16 workaround is named exactly where the probe finds the bug
+    assert ("oneDNN off" in features["bf16"]["detail"]) == (not cpu_bf16.conv3d_weight_grad_ok())
+    assert facts["calibration"]["cpu_bf16_conv3d_weight_grad_ok"] == cpu_bf16.conv3d_weight_grad_ok()
+    assert "matmul_flops_per_s" not in facts["calibration"]  # measured only with --measure
+    for f in features.values():
+        assert f"{'✓' if f['ok'] else '✗'} {f['name']}: {f['detail']}" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_env_cuda_without_a_gpu_says_so_and_fails(capsys):
+    assert main(["env", "--device", "cuda"]) == 1
+    assert "no CUDA device" in capsys.readouterr().out
