@@ -62,7 +62,7 @@ def _bf16_feature(device: str) -> Feature:
         "bf16",
         True,
         "runs, but this CPU's oneDNN gets bf16 conv3d weight gradients wrong on 2-voxel-wide maps: "
-        "training steps turn oneDNN off (right, slower; see seg.cpu_bf16)",
+        "training steps through such maps turn oneDNN off (right, ~10× slower; see seg.cpu_bf16)",
         variants,
     )
 

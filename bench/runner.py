@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +24,7 @@ from bench.contention import BUSY_FRACTION, HostLoad
 from bench.env import capture_host
 from bench.variants import Unavailable, VariantContext, resolve
 
+KEEP_CACHE_ENV = "SEGBENCH_KEEP_COMPILE_CACHE"  # =1: cases share your inductor/Triton caches
 PAIRED_KINDS = ("train_step",)  # workloads that interleave a baseline when a speedup is quoted
 
 
@@ -36,6 +39,28 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def keep_compile_cache() -> bool:
+    return os.environ.get(KEEP_CACHE_ENV, "0") not in ("", "0")
+
+
+def _wait_case(spec_path: Path, result_path: Path, log_path: Path, env: dict, timeout_s: float) -> int | None:
+    """Run one case process to its end; its exit code, or None when it outlived `timeout_s`."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.case", str(spec_path), str(result_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the case and its loader workers
+            proc.wait()
+            return None
+
+
 def run_case_process(spec: dict, work: Path, stem: str, timeout_s: float) -> dict:
     """Run `spec` in `python -m bench.case`; the row fields it wrote, or an error built from its exit."""
     work.mkdir(parents=True, exist_ok=True)
@@ -47,21 +72,20 @@ def run_case_process(spec: dict, work: Path, stem: str, timeout_s: float) -> dic
     spec_path.write_text(json.dumps(spec, indent=1))
     result_path.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cold_dir = None
+    if not keep_compile_cache():
+        # Empty compile caches per case: a first step's compile time is what a user pays the first
+        # time, not whatever an earlier case or run left behind (inductor's FX graph cache turned a
+        # 150 s CPU compile into 16 s on a rerun).
+        cold_dir = Path(tempfile.mkdtemp(prefix="segbench-compile-cache-"))
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(cold_dir / "inductor")
+        env["TRITON_CACHE_DIR"] = str(cold_dir / "triton")
     start = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.case", str(spec_path), str(result_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the case and its loader workers
-            proc.wait()
-            code = None
+    try:
+        code = _wait_case(spec_path, result_path, log_path, env, timeout_s)
+    finally:
+        if cold_dir is not None:
+            shutil.rmtree(cold_dir, ignore_errors=True)
     wall_s = time.perf_counter() - start
     if code is None:
         fields = {"status": "error", "error": f"timeout: the case ran past its {timeout_s:.0f} s limit"}
@@ -199,6 +223,7 @@ def run_suite(
         "suite_file": str(suite.path),
         "requested_device": device,
         **capture_host(argv),
+        "compile_cache": "warm: the user's caches" if keep_compile_cache() else "cold: empty per case",
     }
     # Calibrate first: a device that cannot run (--device cuda without a GPU) leaves only the
     # calibration log behind, not an env.json and an empty results.jsonl that look like a run.

@@ -20,7 +20,8 @@ METHOD = [
     "is an `error` row, a variant that cannot run on this machine an `unavailable` row.",
     "s/iter: median step time with the 20th–80th percentiles and n; on CUDA each step is timed with "
     "CUDA events and a synchronization, on the CPU with perf_counter; warm-up steps by count are "
-    "excluded, the first step (compilation included) is reported on its own.",
+    "excluded, the first step (compilation included) is reported on its own; each case compiles with "
+    "empty inductor and Triton caches unless SEGBENCH_KEEP_COMPILE_CACHE=1 (see Environment).",
     "Loader rows (dataloader): the wait for each batch in the consuming process; samples/s is total "
     "samples / total wait over the measured batches, i.e. batch / the mean wait shown beside the median "
     "(workers deliver in bursts, so the median wait alone would flatter them).",
@@ -64,6 +65,8 @@ def _env_lines(env: dict) -> list[str]:
         f"git: {git.get('sha', '?')}" + (" (uncommitted changes)" if git.get("dirty") else ""),
         f"command: {env.get('command', '?')}  at {env.get('time_utc', '?')}",
     ]
+    if env.get("compile_cache"):
+        lines.append(f"torch.compile / Triton caches: {env['compile_cache']}")
     if cal.get("matmul_flops_per_s"):
         lines.append(
             f"measured ceilings: {cal['matmul_dtype']} matmul {_rate(cal['matmul_flops_per_s'])} "
@@ -72,8 +75,8 @@ def _env_lines(env: dict) -> list[str]:
     if cal.get("cpu_bf16_conv3d_weight_grad_ok") is False:
         lines.append(
             "⚠ this CPU's oneDNN computes wrong bf16 conv3d weight gradients on 2-voxel-wide maps "
-            "(seg.cpu_bf16): bf16 training rows here ran with oneDNN off — right, but slower than "
-            "this CPU can be"
+            "(seg.cpu_bf16): bf16 training rows of models with such a map ran with oneDNN off — "
+            "right, but several times slower than this CPU can be"
         )
     return lines
 

@@ -3,15 +3,19 @@
 Found by chasing a NaN in bf16 CPU training (segbench train, SwinUNETR at 64³, whose bottleneck
 block convolves a 2³ map): on this project's CI CPU (AMD EPYC, AVX-512 with avx512_bf16; torch
 2.13.0+cpu) `aten.convolution_backward` in bf16 through oneDNN returns a weight gradient that is
-wrong by 1e30 or inf/NaN whenever a spatial axis is 2 wide, the kernel 3 with padding 1 and the
-channels ≥ 24 — e.g. (1, 32, 2, 2, 2) ⊛ (32, 32, 3, 3, 3). Forward and input gradient are right;
-fp32, fp16, 2D convolutions and PyTorch's own (non-oneDNN) bf16 kernels are right. The garbage is
-whatever the buffer held, so eager runs often stay finite by luck (and train on a wrong gradient)
-while a fresh torch.compile turns NaN: stock MONAI and the fast SwinUNETR alike. CUDA (cuDNN) is
-not affected. The UNet-family bottleneck reaches 2³ whenever the input is 32× its deepest stride.
+wrong by up to 1e37 or inf/NaN for stride-1 convolutions (kernel 3 or 5, padded) over maps 2 voxels
+wide — measured at 2³ and 2×2×4 (not 4×4×2, 1×2×8 or 3³), 17+ channels (16→16 is right, 16→32
+is not), e.g. (1, 32, 2, 2, 2) ⊛ (32, 32, 3, 3, 3). Forward and input gradient are right; fp32,
+fp16, transposed and strided convolutions, 2D and PyTorch's own (non-oneDNN) bf16 kernels are right.
+The garbage is whatever the buffer held, so eager runs often stay finite by luck (and train on a
+wrong gradient) while a fresh torch.compile turns NaN: stock MONAI and the fast SwinUNETR alike.
+CUDA (cuDNN) is not affected. A UNet-family model meets it when its deepest level is 2 voxels wide
+(SwinUNETR downsamples 32×: a 64³ input).
 
-`guard` turns oneDNN off for a bf16 CPU step where the probe finds the bug: slower convolutions,
-right gradients. `python -m seg.cpu_bf16` prints the probe's numbers.
+`guard` turns oneDNN off for a bf16 CPU step where the probe finds the bug and the model has such a
+convolution for this input shape (one forward on fake tensors finds out): right gradients from
+PyTorch's own bf16 convolutions, which are slow — SwinUNETR f12 at 64³ steps in 23.7 s instead of
+fp32's 2.1 s on this 2-core CPU. Other shapes keep oneDNN. `python -m seg.cpu_bf16` prints the probe.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
+import weakref
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor
+import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 # The smallest shape that shows it (channels 24+; 16 are right).
 PROBE_CHANNELS, PROBE_WIDTH = 32, 2
@@ -82,20 +88,63 @@ def affected(precision: str, x: torch.Tensor) -> bool:
     )
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile's and DDP's wrappers (a fake forward must not compile)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+_RISKY: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], bool]] = weakref.WeakKeyDictionary()
+
+
+def has_two_wide_conv(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a trainable stride-1 Conv3d (kernel > 1) of `model` sees a 2-voxel-wide map for an
+    input shaped like `x` — where the bug strikes (measured: 2³, 2×2×4, any channel count ≥ 16;
+    deliberately broader: any axis of width 2). One forward on fake tensors per input shape, cached."""
+    model = _unwrap(model)
+    shape = tuple(x.shape)
+    seen = _RISKY.setdefault(model, {})
+    if shape not in seen:
+        hits: list[bool] = []
+
+        def record(module: nn.Conv3d, args: tuple) -> None:
+            width_two = any(d == 2 for d in args[0].shape[2:])
+            hits.append(width_two and module.stride == (1, 1, 1) and max(module.kernel_size) > 1)
+
+        convs = [m for m in model.modules() if type(m) is nn.Conv3d and m.weight.requires_grad]
+        handles = [m.register_forward_pre_hook(record) for m in convs]
+        was_training = model.training
+        try:
+            model.eval()  # no running-stat updates on real buffers from fake tensors
+            with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
+                model(mode.from_tensor(x))
+        finally:
+            model.train(was_training)
+            for h in handles:
+                h.remove()
+        seen[shape] = any(hits)
+    return seen[shape]
+
+
 @functools.cache
 def _warn_once() -> None:
     warnings.warn(
         "this CPU's oneDNN computes wrong bf16 conv3d weight gradients on 2-voxel-wide maps "
-        "(see seg.cpu_bf16): bf16 training steps on the CPU run with oneDNN off (right, slower)",
+        "(see seg.cpu_bf16): bf16 training steps through such a map run with oneDNN off (right, slower)",
         RuntimeWarning,
         stacklevel=3,
     )
 
 
-def guard(precision: str, x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Context for one training step on input `x` (forward and backward): oneDNN off where
-    `affected`."""
-    if not affected(precision, x):
+def guard(precision: str, model: nn.Module, x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Context for one training step of `model` on input `x` (forward and backward): oneDNN off
+    where the CPU is `affected` and the model convolves a 2-voxel-wide map."""
+    if not (affected(precision, x) and has_two_wide_conv(model, x)):
         return contextlib.nullcontext()
     _warn_once()
     return _onednn(False)

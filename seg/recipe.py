@@ -76,7 +76,7 @@ def forward_backward(
 
     `loss_scale` divides the loss for gradient accumulation over several micro-batches.
     """
-    with cpu_bf16.guard(precision, image):  # a oneDNN bug: see seg.cpu_bf16
+    with cpu_bf16.guard(precision, model, image):  # a oneDNN bug: see seg.cpu_bf16
         with autocast(precision, image.device.type):
             with nvtx_range("forward"):
                 logits = model(image)

@@ -46,6 +46,7 @@ def test_writes_every_contract_file(run):
         assert key in env
     assert env["versions"]["torch"] and env["versions"]["monai"]
     assert env["calibration"]["matmul_flops_per_s"] > 0 and env["calibration"]["copy_bytes_per_s"] > 0
+    assert env["compile_cache"].startswith("cold")
 
 
 def test_rows_carry_the_contract_fields(run):
@@ -129,3 +130,30 @@ def test_a_device_that_cannot_run_leaves_no_run_behind(tmp_path):
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
     assert not (out / "results.jsonl").exists() and not (out / "env.json").exists()
     assert (out / "cases" / "calibrate.log").is_file()  # the one thing to read: why
+
+
+@pytest.mark.parametrize("keep", ["0", "1"])
+def test_each_case_compiles_with_empty_caches_unless_asked(tmp_path, monkeypatch, keep):
+    from bench import runner
+
+    seen = {}
+
+    def fake_wait(spec_path, result_path, log_path, env, timeout_s):
+        for key in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+            seen[key] = env.get(key)
+            if env.get(key):
+                assert not Path(env[key]).exists() or not any(Path(env[key]).iterdir())
+        result_path.write_text(json.dumps({"status": "ok"}))
+        return 0
+
+    monkeypatch.setenv("SEGBENCH_KEEP_COMPILE_CACHE", keep)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.setattr(runner, "_wait_case", fake_wait)
+    fields = runner.run_case_process({"kind": "calibrate"}, tmp_path / "cases", "c", 10)
+    assert fields["status"] == "ok"
+    if keep == "1":  # the user's own caches (whatever their environment says)
+        assert seen == {"TORCHINDUCTOR_CACHE_DIR": None, "TRITON_CACHE_DIR": None}
+    else:
+        inductor, triton = Path(seen["TORCHINDUCTOR_CACHE_DIR"]), Path(seen["TRITON_CACHE_DIR"])
+        assert inductor.parent == triton.parent and not inductor.parent.exists()  # removed after

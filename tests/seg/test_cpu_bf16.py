@@ -6,6 +6,7 @@ non-finite; on an unaffected CPU the guard does nothing and the same assertions 
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from seg import cpu_bf16, recipe
@@ -14,13 +15,27 @@ from seg import cpu_bf16, recipe
 def test_guard_gives_the_right_bf16_conv3d_weight_gradient():
     torch.manual_seed(0)
     x = torch.randn(1, 32, 2, 2, 2)
-    w = (torch.randn(32, 32, 3, 3, 3) * 0.02).requires_grad_()
-    with cpu_bf16.guard("bf16", x), torch.autocast("cpu", dtype=torch.bfloat16):
-        F.conv3d(x, w, padding=1).float().square().sum().backward()
-    w64 = w.detach().bfloat16().double().requires_grad_()
+    conv = nn.Conv3d(32, 32, 3, padding=1, bias=False)
+    with cpu_bf16.guard("bf16", conv, x), torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(x).float().square().sum().backward()
+    w64 = conv.weight.detach().bfloat16().double().requires_grad_()
     F.conv3d(x.bfloat16().double(), w64, padding=1).square().sum().backward()
-    assert torch.isfinite(w.grad).all()
-    assert (w.grad.double() - w64.grad).norm() / w64.grad.norm() < 0.02
+    assert torch.isfinite(conv.weight.grad).all()
+    assert (conv.weight.grad.double() - w64.grad).norm() / w64.grad.norm() < 0.02
+
+
+def test_two_wide_maps_are_found_by_shape_through_wrappers():
+    from monai.networks.nets import UNet
+
+    net = UNet(3, 4, 4, channels=(8, 16, 32), strides=(2, 2), num_res_units=2)
+    assert cpu_bf16.has_two_wide_conv(net, torch.zeros(1, 4, 8, 8, 8))  # 8 -> 4 -> 2
+    assert not cpu_bf16.has_two_wide_conv(net, torch.zeros(1, 4, 16, 16, 16))  # deepest 4³
+    # through torch.compile's wrapper (not compiled by the probe), without touching the weights
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert cpu_bf16.has_two_wide_conv(torch.compile(net), torch.zeros(1, 4, 8, 8, 8))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and net.training
+    strided = nn.Sequential(nn.Conv3d(4, 32, 3, stride=2, padding=1), nn.Conv3d(32, 32, 1))
+    assert not cpu_bf16.has_two_wide_conv(strided, torch.zeros(1, 4, 4, 4, 4))  # right at 2³
 
 
 def test_only_real_bf16_cpu_steps_are_guarded():
