@@ -28,6 +28,7 @@ import weakref
 import torch
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.func import functional_call
 
 # The smallest shape that shows it (channels 24+; 16 are right).
 PROBE_CHANNELS, PROBE_WIDTH = 32, 2
@@ -120,9 +121,12 @@ def has_two_wide_conv(model: nn.Module, x: torch.Tensor) -> bool:
         handles = [m.register_forward_pre_hook(record) for m in convs]
         was_training = model.training
         try:
-            model.eval()  # no running-stat updates on real buffers from fake tensors
-            with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
-                model(mode.from_tensor(x))
+            model.eval()  # no running-stat updates
+            # parameters and buffers as fakes too: a module caching something keyed by a real
+            # parameter (the fast SwinUNETR's attention biases) must not keep a fake result
+            with FakeTensorMode() as mode, torch.no_grad():
+                state = {k: mode.from_tensor(v) for k, v in model.state_dict(keep_vars=True).items()}
+                functional_call(model, state, (mode.from_tensor(x),))
         finally:
             model.train(was_training)
             for h in handles:

@@ -49,8 +49,9 @@ class FastWindowAttention(WindowAttention):
     def group_biases(self, geo: WindowGeometry, dtype: torch.dtype) -> list[torch.Tensor]:
         """One (1, heads, N, N) additive bias per window group (a view of an aligned (.., N, Np) tensor)."""
         table = self.relative_position_bias_table
-        # traced or fake (profiles.footprint): no caches keyed by data pointers
-        compiling = torch.compiler.is_compiling() or is_fake(table)
+        # traced or fake (profiles.footprint, seg.cpu_bf16's shape probe: fake inputs, perhaps real
+        # parameters): no caches keyed by data pointers, or a fake bias would outlive its mode
+        compiling = torch.compiler.is_compiling() or is_fake(table) or is_fake(geo.src)
         frozen = not (torch.is_grad_enabled() and table.requires_grad)
         key = None
         if frozen and not compiling:

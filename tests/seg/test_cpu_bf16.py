@@ -73,3 +73,24 @@ def test_bf16_training_step_through_a_2_voxel_bottleneck_matches_fp32():
         assert torch.isfinite(got).all(), name
         if want.dim() == 5:
             assert (got - want).norm() / want.norm() < 0.5, name
+
+
+def test_the_shape_probe_leaves_no_fake_tensor_in_the_fast_swin_caches():
+    """The probe's fake forward once poisoned the fast path's eval-mode bias cache (keyed by the
+    real parameters): the next real validation forward returned fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
+
+    from seg.models import build
+
+    torch.manual_seed(0)
+    model = build("swinunetr", fast=True, use_checkpoint=False, feature_size=12)
+    x = torch.rand(1, 4, 64, 64, 64)
+    assert cpu_bf16.has_two_wide_conv(model, x)  # 64 / 32 = 2
+    # the same with real parameters under an ambient fake mode (how the bug first showed)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
+        model.eval()(mode.from_tensor(x))
+    with torch.no_grad():
+        y = model.eval()(x)
+    assert not is_fake(y) and torch.isfinite(y).all()
+    caches = [m._bias_cache for m in model.modules() if hasattr(m, "_bias_cache")]
+    assert caches and not any(is_fake(t) for c in caches for biases in c.values() for t in biases)
