@@ -50,7 +50,7 @@ def _rate(flops_per_s: float) -> str:
     return f"{flops_per_s / 1e12:.1f} TFLOP/s" if flops_per_s >= 1e12 else f"{flops_per_s / 1e9:.1f} GFLOP/s"
 
 
-def _env_lines(env: dict) -> list[str]:
+def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
     cal = env.get("calibration", {})
     versions = env.get("versions", {})
     git = env.get("git", {})
@@ -72,7 +72,10 @@ def _env_lines(env: dict) -> list[str]:
             f"measured ceilings: {cal['matmul_dtype']} matmul {_rate(cal['matmul_flops_per_s'])} "
             f"({cal.get('mfu_basis', '')}); copy {cal['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write)"
         )
-    if cal.get("cpu_bf16_conv3d_weight_grad_ok") is False:
+    trained_bf16 = any(
+        r.get("precision") == "bf16" and r.get("kind") in ("train_step", "train_e2e") for r in rows
+    )
+    if cal.get("cpu_bf16_conv3d_weight_grad_ok") is False and trained_bf16:
         lines.append(
             "⚠ this CPU's oneDNN computes wrong bf16 conv3d weight gradients on 2-voxel-wide maps "
             "(seg.cpu_bf16): bf16 training rows of models with such a map ran with oneDNN off — "
@@ -156,7 +159,7 @@ def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
     blocks = [
         Block("h1", f"segbench report — suite {suite}"),
         Block("h2", "Environment"),
-        Block("list", _env_lines(env)),
+        Block("list", _env_lines(env, rows)),
         Block("h2", "Summary"),
         Block("list", _summary(rows)),
     ]

@@ -305,6 +305,7 @@ def test_summary_names_non_finite_rows_and_env_names_the_cpu_bf16_workaround(tmp
     run = write_run(tmp_path / "run")
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     rows[2]["warning"] = "non-finite loss in the first 3 steps: [2.3, nan, nan]"
+    rows[2]["precision"] = "bf16"  # the oneDNN line is shown where bf16 training rows ran
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = json.loads((run / "env.json").read_text())
     env.setdefault("calibration", {})["cpu_bf16_conv3d_weight_grad_ok"] = False
