@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--list", action="store_true", help="list the shipped suites and the variants, then exit"
     )
     bench.add_argument("--no-report", action="store_true", help="skip building the report at the end")
+    bench.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish a run cut short (time budget, lease): keep RUN's rows, run only the cases it lacks "
+        "or marked 'not run'/'timeout'",
+    )
     bench.set_defaults(func=run_bench)
 
     profile = subparsers.add_parser(
@@ -141,6 +147,7 @@ def run_bench(args: argparse.Namespace) -> int:
             only=args.only,
             report=not args.no_report,
             argv=sys.argv,
+            resume=args.resume,
         )
     except (SuiteError, BenchError) as err:
         print(f"segbench bench: {err}", file=sys.stderr)

@@ -121,15 +121,35 @@ def prepare_data(spec: DataSpec, out: Path, seed: int = 0) -> Path:
 class Results:
     """results.jsonl, one line per row, appended and flushed as each case ends."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep: list[dict] = ()):
         self.path = path
-        path.write_text("")
+        tmp = path.with_name(f".{path.name}.tmp")  # kept rows (--resume) or nothing, never half a file
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in keep))
+        tmp.replace(path)
 
     def append(self, row: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+RERUN_PREFIXES = ("not run:", "timeout:")  # rows a cut-off run left to --resume
+
+
+def _resume_state(out: Path, suite: Suite) -> tuple[dict, list[dict]]:
+    """(env.json, the rows to keep) of the run being resumed; cases without a kept row run again."""
+    try:
+        env = json.loads((out / "env.json").read_text())
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as err:
+        raise BenchError(
+            f"--resume: {out} is not a readable run folder ({err}); run without --resume"
+        ) from err
+    if env.get("suite") != suite.name:
+        raise BenchError(f"--resume: {out} is a run of suite {env.get('suite')!r}, not {suite.name!r}")
+    keep = [r for r in rows if not str(r.get("error", "")).startswith(RERUN_PREFIXES)]
+    return env, keep
 
 
 def case_spec(
@@ -194,8 +214,13 @@ def run_suite(
     only: list[str] | None = None,
     report: bool = True,
     argv: list[str] | None = None,
+    resume: bool = False,
 ) -> Path:
-    """Run `suite` into the run folder `out`; returns `out`. `only`: workload or workload/variant names."""
+    """Run `suite` into the run folder `out`; returns `out`. `only`: workload or workload/variant names.
+
+    `resume`: finish a run cut short (a time budget, a lease that ended): keep its rows and env.json,
+    run only the cases it has no row for or marked "not run" / "timeout", and note the resume in
+    env.json (its own calibration beside the run's)."""
     from tqdm import tqdm
 
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
@@ -208,15 +233,22 @@ def run_suite(
             f"(workloads: {', '.join(sorted({w.name for w in suite.workloads}))})"
         )
     out = Path(out)
+    old_env, kept = _resume_state(out, suite) if resume else (None, [])
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     # A folder reused for a new run: drop what belonged to the old one (its reference trajectories
     # were measured with other settings; its figures would sit beside the new report).
-    for stale in [*(out / "cache").glob("reference-*.json"), *(out / "figures").glob("*.png")]:
-        stale.unlink()
+    stale = [] if resume else list((out / "cache").glob("reference-*.json"))
+    for path in [*stale, *(out / "figures").glob("*.png")]:
+        path.unlink()
+    done = {(r["workload"], r["variant"]) for r in kept}
     cases = [
-        (i, w, v) for i, w, v in suite.run_order() if not only or w.name in only or f"{w.name}/{v}" in only
+        (i, w, v)
+        for i, w, v in suite.run_order()
+        if (not only or w.name in only or f"{w.name}/{v}" in only) and (w.name, v) not in done
     ]
+    if resume:
+        print(f"resuming {out}: {len(kept)} rows kept, {len(cases)} cases to run")
     started = time.perf_counter()  # the budget covers calibration and data preparation too
     env = {
         "suite": suite.name,
@@ -234,8 +266,11 @@ def run_suite(
         )
     calibration = {k: v for k, v in calib.items() if k not in ("status", "log", "case_wall_s")}
     env["calibration"] = calibration
+    if old_env is not None:  # the run's own facts stay; the resume is one more entry
+        resumed = {k: env[k] for k in ("time_utc", "command", "git", "calibration")}
+        env = {**old_env, "resumed": [*old_env.get("resumed", []), {**resumed, "cases": len(cases)}]}
     write_json_atomic(out / "env.json", env, indent=2)
-    results = Results(out / "results.jsonl")
+    results = Results(out / "results.jsonl", keep=kept)
 
     if data_dir is None and any(w.kind in NEEDS_DATA for _, w, _ in cases):
         print(f"no --data given: synthesizing {suite.data.cases} tiny cases into {out / 'data'}")

@@ -65,6 +65,11 @@ def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
         f"git: {git.get('sha', '?')}" + (" (uncommitted changes)" if git.get("dirty") else ""),
         f"command: {env.get('command', '?')}  at {env.get('time_utc', '?')}",
     ]
+    for r in env.get("resumed", []):
+        lines.append(
+            f"resumed at {r.get('time_utc', '?')}: {r.get('cases', '?')} cases "
+            f"(git {(r.get('git') or {}).get('sha', '?')}; command: {r.get('command', '?')})"
+        )
     if env.get("compile_cache"):
         lines.append(f"torch.compile / Triton caches: {env['compile_cache']}")
     if cal.get("matmul_flops_per_s"):

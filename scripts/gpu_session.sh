@@ -11,9 +11,13 @@
 #     parity, a CUDA memory snapshot summarized by category).
 # $OUT gets at most 8 files: report.md, results.jsonl, env.json, report.html, log.txt (all console
 # output), run.tar.gz (the run folder without data), and for swin-goal swin_check.tar.gz.
+# `scripts/gpu_session.sh SUITE --resume` finishes a run cut short: the run folder of a previous call
+# (still in /tmp on a warm machine, or unpacked from its run.tar.gz into runs/gpu/ here and carried)
+# gets only its missing cases; no tests first.
 # Fetch the wheels here first: scripts/fetch_gpu_wheels.sh
 set -uo pipefail
 suite=${1:-gpu-check}
+resume=${2:-}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 log="$out/log.txt"
@@ -29,15 +33,20 @@ python3 -m segbench env --device cuda 2>&1 | tee -a "$log"  # which speed featur
 
 # gpu-check: every kernel test first (not only the gpu-marked ones: on CUDA the same tests check the
 # compiled Triton kernels, which the CPU interpreter cannot)
-if [ "$suite" != "swin-goal" ]; then
+if [ "$suite" != "swin-goal" ] && [ -z "$resume" ]; then
   echo "== pytest tests/kernels" | tee -a "$log"
   timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/kernels 2>&1 | tail -15 | tee -a "$log"
 fi
 
-echo "== segbench bench --suite $suite" | tee -a "$log"
 run=/tmp/segbench-$suite
+extra=()
+if [ "$resume" = "--resume" ]; then
+  [ -d "$run" ] || cp -r "runs/gpu/segbench-$suite" /tmp/ || { echo "no run to resume: carry runs/gpu/segbench-$suite" | tee -a "$log"; exit 1; }
+  extra=(--resume)
+fi
+echo "== segbench bench --suite $suite ${extra[*]}" | tee -a "$log"
 # the suite's own budget_s stops starting cases; the timeout is the backstop for the 600 s call
-timeout "$((585 - SECONDS))" python3 -m segbench bench --suite "$suite" --out "$run" --device cuda 2>&1 | tee -a "$log"
+timeout "$((585 - SECONDS))" python3 -m segbench bench --suite "$suite" --out "$run" --device cuda "${extra[@]}" 2>&1 | tee -a "$log"
 [ -f "$run/report.md" ] || python3 -m segbench report "$run" 2>&1 | tail -3 | tee -a "$log"  # cut off: rows so far
 cp "$run"/report.md "$run"/results.jsonl "$run"/env.json "$run"/report.html "$out"/ 2>/dev/null
 # Everything but the synthesized data and its converted copies (a returned file holds at most 16 MiB).

@@ -37,7 +37,8 @@ def test_quick_suite_covers_the_demo_promises():
 
 def test_gpu_check_runs_the_expensive_compile_last_within_a_budget():
     suite = load_suite("gpu-check")
-    assert suite.budget_s and suite.budget_s <= 480
+    # one 600 s device call: ~25 s of install and `segbench env` before it, report and tarballs after
+    assert suite.budget_s and suite.budget_s <= 540
     order = suite.run_order()
     assert f"{order[-1][1].name}/{order[-1][2]}" == "swinunetr_f24/bf16+compile"
     assert {w.kind for w in suite.workloads} == {
@@ -121,7 +122,8 @@ def test_swin_goal_measures_issue_7_against_its_baselines_in_one_run():
         "seed", "bf16", "bf16+swin_fast", "bf16+swin_fast+compile", "bf16+compile")]
     assert order[5:] == ["swinunetr_f24/bf16+swin_fast+fused_norm", "swinunetr_f48/bf16",
                          "swinunetr_f48/bf16+swin_fast"]
-    assert suite.budget_s and suite.budget_s <= 480
+    # one 600 s device call: ~25 s of install and `segbench env` before it, report and tarballs after
+    assert suite.budget_s and suite.budget_s <= 540
 
 
 def test_only_naming_no_case_is_an_error_before_anything_is_written(tmp_path):

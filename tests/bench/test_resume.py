@@ -1,0 +1,62 @@
+"""`segbench bench --resume`: finish a run cut short, keeping what it measured."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.runner import BenchError, run_suite
+
+SUITE = """
+name = "resume-test"
+device = "cpu"
+reference = "fp32"
+[measure]
+warmup = 1
+iters = 3
+[[workload]]
+kind = "norm_kernel"
+name = "norm"
+shape = [1, 4, 8, 8, 8]
+variants = ["fp32", "bf16", "channels_last"]
+"""
+
+
+def _rows(run: Path) -> dict[str, dict]:
+    return {r["variant"]: r for r in map(json.loads, (run / "results.jsonl").read_text().splitlines())}
+
+
+def test_resume_runs_only_what_a_cut_run_lacks(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    run = tmp_path / "run"
+    run_suite(suite, run, only=["norm/fp32"], report=False)
+    # as a time budget leaves the next case: a "not run" row (channels_last has no row at all)
+    first = _rows(run)["fp32"]
+    with open(run / "results.jsonl", "a") as f:
+        f.write(json.dumps({**first, "variant": "bf16", "status": "error",
+                            "error": "not run: the suite's time budget of 60 s was spent"}) + "\n")
+
+    run_suite(suite, run, resume=True, argv=["segbench", "bench", "--resume"])
+    rows = _rows(run)
+    assert set(rows) == {"fp32", "bf16", "channels_last"}
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert rows["fp32"] == first  # kept as measured, not rerun
+    env = json.loads((run / "env.json").read_text())
+    assert len(env["resumed"]) == 1 and env["resumed"][0]["cases"] == 2
+    assert "calibration" in env and "calibration" in env["resumed"][0]
+    report = (run / "report.md").read_text()
+    assert "resumed at" in report and "3 cases: 3 ok" in report
+
+
+def test_resume_refuses_another_suite_or_no_run(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    with pytest.raises(BenchError, match="not a readable run folder"):
+        run_suite(suite, tmp_path / "nothing", resume=True, report=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "env.json").write_text(json.dumps({"suite": "quick"}))
+    (run / "results.jsonl").write_text("")
+    with pytest.raises(BenchError, match="a run of suite 'quick', not 'resume-test'"):
+        run_suite(suite, run, resume=True, report=False)
