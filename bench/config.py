@@ -142,6 +142,18 @@ class Workload:
 
 
 @dataclass
+class Goal:
+    """A target the report checks one case against (e.g. issue 7's); the verdict is the report's."""
+
+    case: str = _help("the 'workload/variant' judged")
+    what: str = _help("what the goal is, in words", "")
+    max_s_per_iter: float | None = _help("median s/iter at most this", None)
+    min_speedup: dict = _help("'workload/variant' -> its median s/iter over this case's, at least", {})
+    max_peak_gib: float | None = _help("peak memory at most this many GiB", None)
+    max_parity: float | None = _help("parity max_rel_dev against the reference at most this", None)
+
+
+@dataclass
 class Suite:
     name: str
     description: str
@@ -154,6 +166,7 @@ class Suite:
     run_last: list[str] = field(default_factory=list)  # "workload/variant" cases run after all others
     # "workload/variant" -> s/iter measured for ANCHORS.md (stock MONAI, one H100), shown beside ours
     anchors: dict[str, float] = field(default_factory=dict)
+    goals: list[Goal] = field(default_factory=list)
 
     def cases(self) -> list[tuple[Workload, str]]:
         """(workload, variant) in report order (the file's order)."""
@@ -226,6 +239,7 @@ def parse_suite(text: str, path: Path) -> Suite:
     _build(Measure, measure, f"{path} [measure]")
     data = _build(DataSpec, raw.pop("data", {}), f"{path} [data]")
     anchors = raw.pop("anchors", {})
+    goals = [_build(Goal, g, f"{path} [[goal]] {i + 1}") for i, g in enumerate(raw.pop("goal", []))]
     suite_keys = {
         "name",
         "description",
@@ -247,7 +261,8 @@ def parse_suite(text: str, path: Path) -> Suite:
     if len(set(names)) != len(names):
         raise SuiteError(f"{path}: workload names must be unique (give each a 'name'): {names}")
     known_cases = {f"{w.name}/{v}" for w in workloads for v in w.variants}
-    for key, names in (("run_last", raw.get("run_last", [])), ("anchors", anchors)):
+    goal_cases = [c for g in goals for c in (g.case, *g.min_speedup)]
+    for key, names in (("run_last", raw.get("run_last", [])), ("anchors", anchors), ("goal", goal_cases)):
         stray = [c for c in names if c not in known_cases]
         if stray:
             raise SuiteError(f"{path}: {key} names no case of the suite: {', '.join(stray)}")
@@ -265,6 +280,7 @@ def parse_suite(text: str, path: Path) -> Suite:
         data=data,
         run_last=list(raw.get("run_last", [])),
         anchors={k: float(v) for k, v in anchors.items()},
+        goals=goals,
     )
 
 

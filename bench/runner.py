@@ -256,6 +256,8 @@ def run_suite(
         "requested_device": device,
         **capture_host(argv),
         "compile_cache": "warm: the user's caches" if keep_compile_cache() else "cold: empty per case",
+        "anchors": suite.anchors,  # the report's goal checks fall back on them
+        "goals": [asdict(g) for g in suite.goals],
     }
     # Calibrate first: a device that cannot run (--device cuda without a GPU) leaves only the
     # calibration log behind, not an env.json and an empty results.jsonl that look like a run.

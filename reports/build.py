@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from bench.contention import BUSY_FRACTION  # standard library only
-from reports import figures
+from reports import figures, goals
 from reports.pytest_bench import pytest_benchmark_table
 from reports.render import Block, to_html, to_markdown, write_atomic
 from reports.tables import by_workload, load_env, load_results, workload_table
@@ -168,6 +168,15 @@ def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
         Block("h2", "Summary"),
         Block("list", _summary(rows)),
     ]
+    if env.get("goals"):
+        import pandas as pd
+
+        checked = [(g, goals.check(g, rows, env.get("anchors") or {})) for g in env["goals"]]
+        blocks += [
+            Block("h2", "Goals"),
+            Block("list", [goals.verdict_line(g, records) for g, records in checked]),
+            Block("table", pd.DataFrame.from_records([r for _, records in checked for r in records])),
+        ]
     for workload, wrows in by_workload(rows).items():
         blocks += [
             Block("h2", f"Workload {workload}"),

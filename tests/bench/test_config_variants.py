@@ -132,3 +132,23 @@ def test_only_naming_no_case_is_an_error_before_anything_is_written(tmp_path):
     with pytest.raises(BenchError, match=r"--only train_stp: no such workload"):
         run_suite(HERE / "tiny_suite.toml", tmp_path / "run", only=["train_step/fp32", "train_stp"])
     assert not (tmp_path / "run").exists()
+
+
+def test_goals_name_cases_of_the_suite(tmp_path):
+    from bench.config import SuiteError, parse_suite
+
+    text = """
+name = "g"
+[[workload]]
+kind = "norm_kernel"
+variants = ["fp32", "bf16"]
+[[goal]]
+case = "norm_kernel/bf16"
+min_speedup = { "norm_kernel/fp16" = 2.0 }
+"""
+    with pytest.raises(SuiteError, match="goal names no case of the suite: norm_kernel/fp16"):
+        parse_suite(text, tmp_path / "g.toml")
+    goal = parse_suite(text.replace("fp16", "fp32"), tmp_path / "g.toml").goals[0]
+    assert goal.case == "norm_kernel/bf16" and goal.min_speedup == {"norm_kernel/fp32": 2.0}
+    with pytest.raises(SuiteError, match=r"\[\[goal\]\] 1: unknown key\(s\) max_speed"):
+        parse_suite(text + "max_speed = 1\n", tmp_path / "g.toml")

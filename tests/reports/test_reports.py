@@ -316,3 +316,34 @@ def test_summary_names_non_finite_rows_and_env_names_the_cpu_bf16_workaround(tmp
     assert len(flagged) == 1 and f"train_step/{rows[2]['variant']}:" in flagged[0]
     assert "do not quote its speed" in flagged[0]
     assert sum("wrong bf16 conv3d weight gradients" in ln for ln in lines) == 1
+
+
+def test_goals_are_checked_per_criterion_with_their_sources(tmp_path):
+    from reports.build import build_report
+    from reports.goals import check, verdict_line
+
+    run = write_run(tmp_path / "run")
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    goal = {"case": "train_step/bf16", "what": "hand", "max_s_per_iter": 0.2, "max_peak_gib": 2.0,
+            "max_parity": 1e-2, "min_speedup": {
+                "train_step/seed": 1.2, "train_step/bf16+compile": 1.85, "train_step/fail:x": 1.4}}
+    records = {r["criterion"]: r for r in check(goal, rows, anchors={"train_step/fail:x": 0.2})}
+    assert {r["verdict"] for r in records.values()} == {"met", "NOT met"}
+    assert records["s/iter (median)"]["verdict"] == "met" and records["peak memory"]["measured"] == "1.00 GiB"
+    seed = records["speedup vs train_step/seed"]  # the paired baseline: the interleaved ratio
+    assert seed["measured"] == "1.22×" and "interleaved" in seed["how"] and seed["verdict"] == "met"
+    compiled = records["speedup vs train_step/bf16+compile"]  # two medians: ~0.074 / ~0.138
+    assert compiled["verdict"] == "NOT met" and "two case processes" in compiled["how"]
+    anchored = records["speedup vs train_step/fail:x"]  # an error row: its anchor stands in
+    assert anchored["verdict"] == "met" and "ANCHORS" in anchored["how"]
+    assert verdict_line(goal, list(records.values())).endswith("NOT met — speedup vs train_step/bf16+compile")
+    unavailable = check({"case": "train_step/fused_norm", "max_s_per_iter": 1.0}, rows, {})
+    assert [r["verdict"] for r in unavailable] == ["not measured"]
+    assert "not decided" in verdict_line({"case": "train_step/fused_norm"}, unavailable)
+
+    env = json.loads((run / "env.json").read_text())
+    env.update(goals=[goal], anchors={"train_step/fail:x": 0.2})
+    (run / "env.json").write_text(json.dumps(env))
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "## Goals" in md and "goal train_step/bf16 (hand): NOT met" in md

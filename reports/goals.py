@@ -1,0 +1,97 @@
+"""A suite's goals checked against its rows: one line per criterion, met / NOT met / not measured.
+
+Goals come from the suite file's `[[goal]]` tables via env.json (bench.config.Goal). A speedup
+against another case uses, in this order: the interleaved A/B ratio when that case is this row's
+paired baseline, the ratio of the two rows' medians (separate processes), or the suite's anchor
+for that case (a number measured elsewhere: ANCHORS.md) — the table says which. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+GIB = 2**30
+
+
+def _by_case(rows: list[dict]) -> dict[str, dict]:
+    return {f"{r['workload']}/{r['variant']}": r for r in rows}
+
+
+def _median(row: dict | None) -> float | None:
+    if not row or row.get("status") != "ok" or "s_per_iter" not in row:
+        return None
+    return row["s_per_iter"]["median"]
+
+
+def _speedup(row: dict, other_case: str, rows: dict[str, dict], anchors: dict) -> tuple[float, str] | None:
+    paired = row.get("paired") or {}
+    workload, _, variant = other_case.partition("/")
+    if paired.get("speedup") and paired.get("baseline") == variant and row["workload"] == workload:
+        s = paired["speedup"]
+        return s["ratio"], f"interleaved A/B, 95 % CI {s['ci_low']:.2f}–{s['ci_high']:.2f}"
+    other = _median(rows.get(other_case))
+    if other is not None:
+        return other / row["s_per_iter"]["median"], "medians of two case processes in this run"
+    if other_case in anchors:
+        return anchors[other_case] / row["s_per_iter"]["median"], (
+            f"{other_case} not measured in this run: its anchor {anchors[other_case]:g} s (ANCHORS.md)"
+        )
+    return None
+
+
+def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
+    """One record per criterion of `goal`: criterion, target, measured, verdict, how."""
+    by_case = _by_case(rows)
+    row = by_case.get(goal["case"])
+    out: list[dict] = []
+
+    def add(criterion: str, target: str, measured: str, ok: bool | None, how: str = "") -> None:
+        verdict = "not measured" if ok is None else ("met" if ok else "NOT met")
+        out.append({"goal": goal["case"], "criterion": criterion, "target": target,
+                    "measured": measured, "verdict": verdict, "how": how})
+
+    if _median(row) is None:
+        why = "no row" if row is None else f"{row.get('status')}: {row.get('error', '')}"[:120]
+        add("the case ran", "status ok", why, None)
+        return out
+    if row.get("warning"):
+        add("finite losses", "all finite", row["warning"][:120], False)
+    median = row["s_per_iter"]["median"]
+    limit = goal.get("max_s_per_iter")
+    if limit is not None:
+        add("s/iter (median)", f"≤ {limit:g} s", f"{median:.4f} s", median <= limit)
+    for other_case, target in (goal.get("min_speedup") or {}).items():
+        found = _speedup(row, other_case, by_case, anchors)
+        if found is None:
+            add(f"speedup vs {other_case}", f"≥ {target:g}×", "not measured, no anchor", None)
+        else:
+            ratio, how = found
+            add(f"speedup vs {other_case}", f"≥ {target:g}×", f"{ratio:.2f}×", ratio >= target, how)
+    if goal.get("max_peak_gib") is not None:
+        peak = row.get("peak_bytes")
+        if peak is None:
+            add("peak memory", f"≤ {goal['max_peak_gib']:g} GiB", "not recorded", None)
+        else:
+            add("peak memory", f"≤ {goal['max_peak_gib']:g} GiB", f"{peak / GIB:.2f} GiB",
+                peak / GIB <= goal["max_peak_gib"], row.get("peak_kind", ""))
+    if goal.get("max_parity") is not None:
+        dev = (row.get("parity") or {}).get("max_rel_dev")
+        if dev is None or not math.isfinite(dev):
+            add("parity vs reference", f"≤ {goal['max_parity']:g}", str(dev), None if dev is None else False)
+        else:
+            add("parity vs reference", f"≤ {goal['max_parity']:g}", f"{dev:.1e}", dev <= goal["max_parity"],
+                f"max relative deviation of the loss over {row['parity'].get('steps', '?')} steps")
+    return out
+
+
+def verdict_line(goal: dict, records: list[dict]) -> str:
+    """One summary line: met only when every criterion was measured and met."""
+    verdicts = [r["verdict"] for r in records]
+    failed = [r["criterion"] for r in records if r["verdict"] == "NOT met"]
+    missing = [r["criterion"] for r in records if r["verdict"] == "not measured"]
+    name = goal["case"] + (f" ({goal['what']})" if goal.get("what") else "")
+    if failed:
+        return f"goal {name}: NOT met — {', '.join(failed)}"
+    if missing:
+        return f"goal {name}: not decided — not measured: {', '.join(missing)}"
+    return f"goal {name}: met ({len(verdicts)} of {len(verdicts)} criteria)"
