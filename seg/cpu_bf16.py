@@ -30,7 +30,7 @@ import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.func import functional_call
 
-# The smallest shape that shows it (channels 24+; 16 are right).
+# A shape that shows it on an affected CPU: 32 channels on a 2³ map, kernel 3, padding 1.
 PROBE_CHANNELS, PROBE_WIDTH = 32, 2
 TOLERANCE = 0.05  # right bf16 results are within ~0.5 % of fp64 here; wrong ones off by 1 to 1e30 or inf
 
@@ -105,8 +105,9 @@ _RISKY: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], bool]] = weak
 
 def has_two_wide_conv(model: nn.Module, x: torch.Tensor) -> bool:
     """Whether a trainable stride-1 Conv3d (kernel > 1) of `model` sees a 2-voxel-wide map for an
-    input shaped like `x` — where the bug strikes (measured: 2³, 2×2×4, any channel count ≥ 16;
-    deliberately broader: any axis of width 2). One forward on fake tensors per input shape, cached."""
+    input shaped like `x` — where the bug strikes (measured: 2³ and 2×2×4 maps, 17+ channels or
+    16→32; deliberately broader: any axis of width 2, any channel count). One forward on fake
+    tensors per input shape, cached."""
     model = _unwrap(model)
     shape = tuple(x.shape)
     seen = _RISKY.setdefault(model, {})
@@ -117,7 +118,7 @@ def has_two_wide_conv(model: nn.Module, x: torch.Tensor) -> bool:
             width_two = any(d == 2 for d in args[0].shape[2:])
             hits.append(width_two and module.stride == (1, 1, 1) and max(module.kernel_size) > 1)
 
-        convs = [m for m in model.modules() if type(m) is nn.Conv3d and m.weight.requires_grad]
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv3d) and m.weight.requires_grad]
         handles = [m.register_forward_pre_hook(record) for m in convs]
         was_training = model.training
         try:
