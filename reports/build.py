@@ -77,14 +77,12 @@ def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
             f"measured ceilings: {cal['matmul_dtype']} matmul {_rate(cal['matmul_flops_per_s'])} "
             f"({cal.get('mfu_basis', '')}); copy {cal['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write)"
         )
-    trained_bf16 = any(
-        r.get("precision") == "bf16" and r.get("kind") in ("train_step", "train_e2e") for r in rows
-    )
-    if cal.get("cpu_bf16_conv3d_weight_grad_ok") is False and trained_bf16:
+    guarded = [f"{r['workload']}/{r['variant']}" for r in rows if r.get("cpu_bf16_workaround")]
+    if cal.get("cpu_bf16_conv3d_weight_grad_ok") is False and guarded:
         lines.append(
             "⚠ this CPU's oneDNN computes wrong bf16 conv3d weight gradients on 2-voxel-wide maps "
-            "(seg.cpu_bf16): bf16 training rows of models with such a map ran with oneDNN off — "
-            "right, but several times slower than this CPU can be"
+            f"(seg.cpu_bf16): {', '.join(guarded)} ran with oneDNN off — right, but several times "
+            "slower than this CPU can be"
         )
     return lines
 

@@ -146,10 +146,15 @@ def _warn_once() -> None:
     )
 
 
+def active(precision: str, model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `guard` turns oneDNN off for this step: an affected CPU and a 2-voxel-wide conv."""
+    return affected(precision, x) and has_two_wide_conv(model, x)
+
+
 def guard(precision: str, model: nn.Module, x: torch.Tensor) -> contextlib.AbstractContextManager:
     """Context for one training step of `model` on input `x` (forward and backward): oneDNN off
     where the CPU is `affected` and the model convolves a 2-voxel-wide map."""
-    if not (affected(precision, x) and has_two_wide_conv(model, x)):
+    if not active(precision, model, x):
         return contextlib.nullcontext()
     _warn_once()
     return _onednn(False)

@@ -186,6 +186,12 @@ class TrainState:
             self.model, image, label, self.loss_fn, self.optimizer, self.scaler, self.cfg.precision
         )
 
+    def cpu_bf16_workaround(self, image: torch.Tensor) -> bool:
+        """Whether this variant's steps on `image` run with oneDNN off (seg.cpu_bf16): rows say so."""
+        from seg import cpu_bf16
+
+        return cpu_bf16.active(self.cfg.precision, self.model, image)
+
     def forward_backward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         from seg.recipe import forward_backward
         from seg.speed import step_begin

@@ -38,7 +38,9 @@ def _setup(case: Case):
             )
         state.step(image, label)
         sync(device)
-        fields["_shape"] = list(image.shape[2:])
+        if "_shape" not in fields:  # the first step
+            fields["_shape"] = list(image.shape[2:])
+            fields["_cpu_bf16_workaround"] = state.cpu_bf16_workaround(image)
         return arrived - start, time.perf_counter() - arrived
 
     return step, device, fields
@@ -74,4 +76,6 @@ def run(case: Case) -> dict:
     row["samples_per_s"] = p.batch * len(totals) / sum(totals)
     row["compute_samples_per_s"] = p.batch * len(computes) / sum(computes)
     row["shape"] = row.pop("_shape")
+    if row.pop("_cpu_bf16_workaround"):
+        row["cpu_bf16_workaround"] = True
     return row

@@ -73,6 +73,8 @@ def run(case: Case) -> dict:
 
     state = TrainState(p, case.config, device, init)
     inputs = [(to_input(x, case.config, device), y.to(device)) for x, y in batches]
+    if state.cpu_bf16_workaround(inputs[0][0]):
+        row["cpu_bf16_workaround"] = True
     torch.manual_seed(m.seed)
     losses: list[float] = []
     row["first_step_s"] = time_once(lambda: losses.append(float(state.step(*inputs[0]))), device)

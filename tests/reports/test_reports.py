@@ -305,7 +305,7 @@ def test_summary_names_non_finite_rows_and_env_names_the_cpu_bf16_workaround(tmp
     run = write_run(tmp_path / "run")
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     rows[2]["warning"] = "non-finite loss in the first 3 steps: [2.3, nan, nan]"
-    rows[2]["precision"] = "bf16"  # the oneDNN line is shown where bf16 training rows ran
+    rows[2]["cpu_bf16_workaround"] = True  # the oneDNN line names the rows that ran with oneDNN off
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = json.loads((run / "env.json").read_text())
     env.setdefault("calibration", {})["cpu_bf16_conv3d_weight_grad_ok"] = False
@@ -315,7 +315,8 @@ def test_summary_names_non_finite_rows_and_env_names_the_cpu_bf16_workaround(tmp
     flagged = [ln for ln in lines if "non-finite loss" in ln]
     assert len(flagged) == 1 and f"train_step/{rows[2]['variant']}:" in flagged[0]
     assert "do not quote its speed" in flagged[0]
-    assert sum("wrong bf16 conv3d weight gradients" in ln for ln in lines) == 1
+    onednn = [ln for ln in lines if "wrong bf16 conv3d weight gradients" in ln]
+    assert len(onednn) == 1 and f"train_step/{rows[2]['variant']} ran with oneDNN off" in onednn[0]
 
 
 def test_goals_are_checked_per_criterion_with_their_sources(tmp_path):
