@@ -123,16 +123,19 @@ def has_two_wide_conv(model: nn.Module, x: torch.Tensor) -> bool:
         was_training = model.training
         try:
             model.eval()  # no running-stat updates
-            # parameters and buffers as fakes too: a module caching something keyed by a real
-            # parameter (the fast SwinUNETR's attention biases) must not keep a fake result
-            with FakeTensorMode() as mode, torch.no_grad():
-                state = {k: mode.from_tensor(v) for k, v in model.state_dict(keep_vars=True).items()}
-                functional_call(model, state, (mode.from_tensor(x),))
+            # parameters and buffers (non-persistent ones too) as fakes: a module caching something
+            # keyed by a real parameter (the fast SwinUNETR's attention biases) must not keep a fake
+            with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
+                tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+                fakes = {k: mode.from_tensor(v) for k, v in tensors.items()}
+                functional_call(model, fakes, (mode.from_tensor(x),))
+            seen[shape] = any(hits)
+        except RuntimeError:  # a model fake tensors cannot run (data-dependent shapes): assume the worst
+            seen[shape] = True
         finally:
             model.train(was_training)
             for h in handles:
                 h.remove()
-        seen[shape] = any(hits)
     return seen[shape]
 
 

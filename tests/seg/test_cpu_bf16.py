@@ -94,3 +94,21 @@ def test_the_shape_probe_leaves_no_fake_tensor_in_the_fast_swin_caches():
     assert not is_fake(y) and torch.isfinite(y).all()
     caches = [m._bias_cache for m in model.modules() if hasattr(m, "_bias_cache")]
     assert caches and not any(is_fake(t) for c in caches for biases in c.values() for t in biases)
+
+
+def test_probe_covers_non_persistent_buffers_and_assumes_the_worst_when_fakes_cannot_run():
+    class Net(nn.Module):
+        def __init__(self, data_dependent: bool):
+            super().__init__()
+            self.conv = nn.Conv3d(4, 32, 3, padding=1)
+            self.register_buffer("scale", torch.ones(1), persistent=False)
+            self.data_dependent = data_dependent
+
+        def forward(self, x):
+            if self.data_dependent:
+                x = x[:, :, : int((x > 0).sum().clamp(max=2))]  # a shape that depends on the data
+            return self.conv(x) * self.scale
+
+    assert cpu_bf16.has_two_wide_conv(Net(False), torch.zeros(1, 4, 2, 2, 2))
+    assert not cpu_bf16.has_two_wide_conv(Net(False), torch.zeros(1, 4, 4, 4, 4))
+    assert cpu_bf16.has_two_wide_conv(Net(True), torch.zeros(1, 4, 4, 4, 4))  # could not look: guard
