@@ -76,7 +76,7 @@ def run_case_process(spec: dict, work: Path, stem: str, timeout_s: float) -> dic
     if not keep_compile_cache():
         # Empty compile caches per case: a first step's compile time is what a user pays the first
         # time, not whatever an earlier case or run left behind (inductor's FX graph cache turned a
-        # 150 s CPU compile into 16 s on a rerun).
+        # 129 s CPU compile into 16 s on a rerun of the fast SwinUNETR).
         cold_dir = Path(tempfile.mkdtemp(prefix="segbench-compile-cache-"))
         env["TORCHINDUCTOR_CACHE_DIR"] = str(cold_dir / "inductor")
         env["TRITON_CACHE_DIR"] = str(cold_dir / "triton")
