@@ -30,6 +30,8 @@ import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.func import functional_call
 
+from seg.train.checkpoint import bare_module
+
 # A shape that shows it on an affected CPU: 32 channels on a 2³ map, kernel 3, padding 1.
 PROBE_CHANNELS, PROBE_WIDTH = 32, 2
 TOLERANCE = 0.05  # right bf16 results are within ~0.5 % of fp64 here; wrong ones off by 1 to 1e30 or inf
@@ -89,17 +91,6 @@ def affected(precision: str, x: torch.Tensor) -> bool:
     )
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile's and DDP's wrappers (a fake forward must not compile)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
 _RISKY: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], bool]] = weakref.WeakKeyDictionary()
 
 
@@ -108,7 +99,7 @@ def has_two_wide_conv(model: nn.Module, x: torch.Tensor) -> bool:
     input shaped like `x` — where the bug strikes (measured: 2³ and 2×2×4 maps, 17+ channels or
     16→32; deliberately broader: any axis of width 2, any channel count). One forward on fake
     tensors per input shape, cached."""
-    model = _unwrap(model)
+    model = bare_module(model)  # a fake forward must not go through torch.compile or DDP
     shape = tuple(x.shape)
     seen = _RISKY.setdefault(model, {})
     if shape not in seen:
