@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from reports.tables import speedup
+
 GIB = 2**30
 
 
@@ -24,14 +26,14 @@ def _median(row: dict | None) -> float | None:
 
 
 def _speedup(row: dict, other_case: str, rows: dict[str, dict], anchors: dict) -> tuple[float, str] | None:
-    paired = row.get("paired") or {}
     workload, _, variant = other_case.partition("/")
-    if paired.get("speedup") and paired.get("baseline") == variant and row["workload"] == workload:
-        s = paired["speedup"]
-        return s["ratio"], f"interleaved A/B, 95 % CI {s['ci_low']:.2f}–{s['ci_high']:.2f}"
-    other = _median(rows.get(other_case))
-    if other is not None:
-        return other / row["s_per_iter"]["median"], "medians of two case processes in this run"
+    # reports.tables.speedup: the interleaved A/B when the row was paired with that baseline (only
+    # within its own workload), else the two rows' samples
+    name = variant if row["workload"] == workload else other_case
+    measured = speedup(row, rows.get(other_case), name)
+    if measured is not None:
+        how = "interleaved A/B" if measured["paired"] else "medians of two case processes in this run"
+        return measured["ratio"], f"{how}, 95 % CI {measured['ci_low']:.2f}–{measured['ci_high']:.2f}"
     if other_case in anchors:
         return anchors[other_case] / row["s_per_iter"]["median"], (
             f"{other_case} not measured in this run: its anchor {anchors[other_case]:g} s (ANCHORS.md)"
