@@ -94,18 +94,16 @@ def register_env(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_env(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
+    from bench.case import write_json_atomic
     from bench.doctor import collect
-    from reports.render import write_atomic
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     report = collect(device, measure=args.measure)
     print(report.render())
     if args.json:
-        write_atomic(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+        write_json_atomic(args.json, report.to_dict(), indent=2)
     return 1 if report.cuda_error else 0
 
 

@@ -92,10 +92,8 @@ def features(device: str) -> list[Feature]:
         )
     )
     if cuda:
-        flash = torch.backends.cuda.is_flash_attention_available() and torch.cuda.get_device_capability() >= (
-            8,
-            0,
-        )
+        sm80 = torch.cuda.get_device_capability() >= (8, 0)  # Ampere and later
+        flash = torch.backends.cuda.is_flash_attention_available() and sm80
         out.append(
             Feature(
                 "flash attention (SDPA)",
@@ -106,7 +104,7 @@ def features(device: str) -> list[Feature]:
                 "sdpa, swin_fast",
             )
         )
-        out.append(Feature("TF32", torch.cuda.get_device_capability() >= (8, 0), "tensor-core fp32", "tf32"))
+        out.append(Feature("TF32", sm80, "tensor-core fp32", "tf32"))
     from profiles.nvtx import _nvtx
 
     out.append(
