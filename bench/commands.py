@@ -242,9 +242,11 @@ def run_footprint(args: argparse.Namespace) -> int:
         return 2
     size = "x".join(map(str, shape))
     print(f"\n{args.model} {size} batch {args.batch} (CPU estimate of CUDA allocated bytes)")
-    for row in load_results(out):
+    rows = load_results(out)
+    width = max(len(row["variant"]) for row in rows)
+    for row in rows:
         if row.get("status") != "ok":
-            print(f"  {row['variant']:<28} {row.get('status')}: {row.get('error', '')}"[:200])
+            print(f"  {row['variant']:<{width}} {row.get('status')}: {row.get('error', '')}"[:200])
             continue
         gib = row["estimated_peak_bytes"] / 2**30
         verdict = ""
@@ -254,7 +256,7 @@ def run_footprint(args: argparse.Namespace) -> int:
             verdict += f" with {FIT_MARGIN:.1f}x headroom"
         moved = row.get("estimated_bytes_moved", 0) / 1e9
         print(
-            f"  {row['variant']:<28} {gib:6.2f} GiB  peak in {row['estimated_peak_phase']}{verdict}"
+            f"  {row['variant']:<{width}} {gib:6.2f} GiB  peak in {row['estimated_peak_phase']}{verdict}"
             f"  | eager: {moved:.1f} GB moved over {row.get('estimated_ops', 0)} ops"
         )
     print(f"report: {out / 'report.md'}")

@@ -31,6 +31,7 @@ class CaseConfig:
     channels_last: bool = False  # model and inputs in channels_last_3d
     compile_mode: str | None = None  # None: eager; else a torch.compile mode
     checkpointing: bool | None = None  # None: the workload's model options decide
+    checkpoint_modules: tuple[str, ...] = ()  # seg.recompute: submodules recomputed in backward
     sdpa: bool = False  # SwinUNETR use_flash_attention (torch scaled_dot_product_attention)
     fused_norm: bool = False  # kernels.patch: Triton fused norm + activation
     swin_fast: bool = False  # seg.swin_fast weight-compatible fast SwinUNETR
@@ -44,7 +45,9 @@ class CaseConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> CaseConfig:
-        return cls(**data)
+        cfg = cls(**data)
+        cfg.checkpoint_modules = tuple(cfg.checkpoint_modules)  # a list in JSON
+        return cfg
 
 
 @dataclass
@@ -134,10 +137,21 @@ def _compile(cfg, ctx, arg):
     cfg.compile_mode = mode
 
 
-@variant("ckpt", "gradient checkpointing on (SwinUNETR use_checkpoint)")
+@variant(
+    "ckpt",
+    "gradient checkpointing: `ckpt` of the Swin blocks (SwinUNETR use_checkpoint); `ckpt:NAME,NAME` of "
+    "the named submodules of any model (seg.recompute; names or fnmatch patterns, e.g. ckpt:encoder1)",
+    True,
+    "ckpt[:MODULES]",
+)
 def _ckpt(cfg, ctx, arg):
     _need(ctx.kind in TRAIN_KINDS, "checkpointing only matters when training")
-    _need(ctx.model == "swinunetr", f"{ctx.model} has no gradient-checkpointing option")
+    if arg:
+        names = tuple(name for name in arg.split(",") if name)
+        cfg.checkpoint_modules = tuple(dict.fromkeys(cfg.checkpoint_modules + names))
+        return
+    _need(ctx.model == "swinunetr",
+          f"{ctx.model} has no gradient-checkpointing option (name its modules: ckpt:NAME)")
     cfg.checkpointing = True
 
 

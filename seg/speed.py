@@ -2,10 +2,11 @@
 
 `apply_speed_options(model, ...)` turns a built model (already on its device, weights loaded or
 not: every transform keeps the parameters and their state_dict keys) into the variant the harness
-times as `swin_fast`, `fused_norm`, `channels_last` and `compile[:MODE]`, in the harness's order
-(bench.workloads.common.build_model): fast SwinUNETR path, else kernels.patch, then channels_last_3d,
-then torch.compile. Inputs go through `to_input`. None of them changes the function the model
-computes (fp32 results agree to rounding), so checkpoints stay plain state_dicts of the bare module.
+times as `swin_fast`, `fused_norm`, `ckpt:MODULES`, `channels_last` and `compile[:MODE]`, in the
+harness's order (bench.workloads.common.build_model): fast SwinUNETR path, else kernels.patch, then
+selective checkpointing (seg.recompute), then channels_last_3d, then torch.compile. Inputs go
+through `to_input`. None of them changes the function the model computes (fp32 results agree to
+rounding), so checkpoints stay plain state_dicts of the bare module.
 
 Importing this module is cheap (standard library only); torch loads inside the functions.
 """
@@ -61,6 +62,7 @@ def apply_speed_options(
     fused_norm: bool = False,
     channels_last: bool = False,
     compile_mode: str | None = None,
+    checkpoint_modules: tuple[str, ...] = (),
 ) -> nn.Module:
     """`model` with the speed options applied (in place, except torch.compile's wrapper).
 
@@ -68,6 +70,9 @@ def apply_speed_options(
       `fused_norm`, never on its own ("auto" is not used: the flag says what runs).
     fused_norm: kernels.patch (Triton fused InstanceNorm+activation, LayerNorm); SpeedOptionError
       (a ValueError) naming why when the kernels cannot run for this model's device.
+    checkpoint_modules: submodule names or fnmatch patterns to recompute in backward
+      (seg.recompute; after the norms are patched, so the kernels still recognise MONAI's blocks);
+      SpeedOptionError when one selects nothing or cannot be checkpointed.
     channels_last: parameters in channels_last_3d (feed inputs through `to_input`).
     compile_mode: None (eager) or a torch.compile mode; the returned module is then the
       OptimizedModule, whose `_orig_mod` is the transformed model (checkpoint that one:
@@ -93,6 +98,13 @@ def apply_speed_options(
         from kernels import patch
 
         model = patch(model)
+    if checkpoint_modules:
+        from seg.recompute import recompute
+
+        try:
+            recompute(model, checkpoint_modules)
+        except ValueError as err:
+            raise SpeedOptionError(str(err)) from None
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     if compile_mode is not None:

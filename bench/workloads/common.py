@@ -136,6 +136,7 @@ def build_model(
             fused_norm=cfg.fused_norm,
             channels_last=cfg.channels_last,
             compile_mode=cfg.compile_mode,
+            checkpoint_modules=cfg.checkpoint_modules,
         )
     except SpeedOptionError as err:  # e.g. fused_norm where Triton cannot run: the reason
         raise Unavailable(str(err)) from None

@@ -46,11 +46,12 @@ def run(case: Case) -> dict:
     p, cfg = case.params, case.config
     cpu = torch.device("cpu")
     # The Triton kernels cannot run here, but their custom ops have fake implementations that
-    # allocate what the CUDA kernels do: patch them in after building without them.
+    # allocate what the CUDA kernels do: patch them in after building without them (and before
+    # seg.recompute, in apply_speed_options' order).
     model = build_model(
         p.model,
         p.model_options,
-        dataclasses.replace(cfg, fused_norm=False),
+        dataclasses.replace(cfg, fused_norm=False, checkpoint_modules=()),
         cpu,
         initial_state(p.model, p.model_options, case.measure.seed),
     )
@@ -58,6 +59,10 @@ def run(case: Case) -> dict:
         import kernels
 
         model = kernels.patch(model)
+    if cfg.checkpoint_modules:
+        from seg.recompute import recompute
+
+        recompute(model, cfg.checkpoint_modules)
     model.train()
     loss_fn = recipe.build_loss()
 

@@ -12,6 +12,10 @@ from seg.train.config import LOADERS  # standard library only
 MODELS = ("unet", "swinunetr", "dynunet")
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _option(text: str) -> tuple[str, object]:
     """`key=value` -> (key, value); value as a Python literal when it parses (8, 1e-3, (8,16),
     True), else the plain string (preset=paper)."""
@@ -49,6 +53,7 @@ TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--fused-norm", "fused_norm", {"action": "store_true"}),
     ("--fast", "fast", {"action": "store_true"}),
     ("--checkpointing", "checkpointing", {"action": argparse.BooleanOptionalAction}),
+    ("--checkpoint-modules", "checkpoint_modules", {"type": _names, "metavar": "NAME[,NAME...]"}),
 )
 
 

@@ -23,13 +23,14 @@ that is most of stock's 10.2 GiB. SDPA saves only q, k, v, its output and a log-
 biases here are heads*N*N per group, so a stage-1 block keeps ~0.27 GB (per token: LayerNorm
 inputs, window rows, q/k/v, the MLP's 4C hidden and dropout masks) and the whole Swin encoder
 ~0.75 GB. The peak then sits in the full-resolution conv blocks (encoder1/decoder1, 24-48
-channels at 128^3: ~1.5 GB saved) plus weights, grads and AdamW state (~0.25 GB) and backward
-transients: the memory-efficient kernel writes a full (rows, heads, N, N) bias gradient before
-reducing it to the table (~0.5 GB bf16 for stage 1's interior group). The footprint estimate
-(`segbench bench --suite footprint`, CPU fake tensors with CUDA's kernel choices; 2-19 % under
-ANCHORS' measured stock peaks) puts the peak at 3.14 GiB, reached in decoder1's backward (stock:
-9.38 estimated, 10.24 measured); feature 48: 6.25 GiB; with the Triton norms 2.82 / 5.61 GiB.
-Inside the seed's 8 GB card. Its eager step moves 34 GB over ~1.4k ops (stock: 119 GB;
+channels at 128^3: ~1.5 GB saved) plus weights, grads and AdamW state (~0.25 GB); in backward the
+memory-efficient kernel writes a full (rows, heads, N, N) bias gradient before reducing it to the
+table (~0.5 GB bf16 for stage 1's interior group). The footprint estimate (`segbench bench --suite
+footprint`, CPU fake tensors with CUDA's kernel choices; 2-19 % under ANCHORS' measured stock
+peaks) puts the peak at 3.14 GiB, reached at the end of the forward, in decoder1 (stock: 9.38
+estimated, 10.24 measured); feature 48: 6.25 GiB; with the Triton norms 2.82 / 5.61 GiB. Inside
+the seed's 8 GB card; recomputing encoder1 in backward (seg.recompute, variant ckpt:encoder1)
+takes 0.6 / 1.2 GiB off. Its eager step moves 34 GB over ~1.4k ops (stock: 119 GB;
 profiles.traffic), 11.4 ms at 3 TB/s;
 `python -m seg.swin_fast.gpu_check` records the real one with `profiles.memory`.
 """

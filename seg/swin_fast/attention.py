@@ -33,6 +33,8 @@ def _remember(cache: dict, key, value):
 class FastWindowAttention(WindowAttention):
     """MONAI's WindowAttention (same parameters, same `forward`) plus `forward_windows` for the fast path."""
 
+    fast_entry = "forward_windows"
+
     def init_fast(self) -> None:
         self._index_cache: dict = {}
         self._bias_cache: dict = {}

@@ -35,6 +35,8 @@ from .windows import (
 
 
 class FastSwinTransformerBlock(SwinTransformerBlock):
+    fast_entry = "forward_tokens"  # what the fast path calls instead of forward (seg.recompute checks)
+
     def _attention_part(self, x: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
         b, l, c = x.shape
         rows = to_windows(self.norm1(x).reshape(b * l, c), geo)  # pad + roll + partition, one gather
@@ -53,6 +55,8 @@ class FastSwinTransformerBlock(SwinTransformerBlock):
 
 
 class FastBasicLayer(BasicLayer):
+    fast_entry = "forward_tokens"
+
     def init_fast(self) -> None:
         pass  # geometry lives in a process-wide cache (windows.cached_geometry)
 

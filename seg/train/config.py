@@ -11,7 +11,7 @@ from typing import Any
 from seg.speed import COMPILE_MODES, CUDAGRAPH_MODES  # standard library only
 
 LOADERS = ("cpu", "device", "resident")  # see TrainConfig.loader
-SPEED_FIELDS = ("compile_mode", "channels_last", "fused_norm", "fast", "checkpointing")
+SPEED_FIELDS = ("compile_mode", "channels_last", "fused_norm", "fast", "checkpointing", "checkpoint_modules")
 
 
 def _help(text: str, **extra: Any) -> dict:
@@ -79,8 +79,14 @@ class TrainConfig:
         default=None, metadata=_help("SwinUNETR gradient checkpointing (use_checkpoint) on or off; "
                                      "None: the model's preset decides (seed: on, paper: off)")
     )
+    checkpoint_modules: tuple[str, ...] = field(
+        default=(), metadata=_help("submodules to recompute in backward instead of keeping their "
+                                   "activations (seg.recompute), names or fnmatch patterns, e.g. encoder1 "
+                                   "for SwinUNETR's full-resolution encoder block, upsamples.* for DynUNet")
+    )
 
     def __post_init__(self) -> None:
+        self.checkpoint_modules = tuple(self.checkpoint_modules)  # a list from config.json
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision {self.precision!r}: choose fp32, bf16 or fp16")
         for name in ("epochs", "batch_size", "accum"):

@@ -117,7 +117,8 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     # In place (same parameters, same state_dict keys): fast path / fused norms / channels_last.
     # torch.compile comes last, below, once the weights are loaded.
     model = speed.apply_speed_options(
-        model, fast=cfg.fast, fused_norm=cfg.fused_norm, channels_last=cfg.channels_last
+        model, fast=cfg.fast, fused_norm=cfg.fused_norm, channels_last=cfg.channels_last,
+        checkpoint_modules=cfg.checkpoint_modules,
     )
     loss_fn = recipe.build_loss()
 

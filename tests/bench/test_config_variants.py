@@ -1,9 +1,10 @@
+import json
 from pathlib import Path
 
 import pytest
 
 from bench.config import SuiteError, load_suite, parse_suite, suite_names
-from bench.variants import Unavailable, VariantContext, resolve
+from bench.variants import CaseConfig, Unavailable, VariantContext, resolve
 
 HERE = Path(__file__).parent
 
@@ -90,6 +91,12 @@ def test_variants_compose_in_order():
     seed = resolve("seed", ctx)
     assert seed.precision == "fp16" and seed.checkpointing is True and seed.compile_mode is None
     assert resolve("seed", VariantContext("train_step", "unet", "cpu")).checkpointing is None
+    # ckpt alone: the Swin blocks (MONAI's switch); ckpt:NAMES: named submodules of any model
+    both = resolve("bf16+ckpt+ckpt:encoder1,decoder1+ckpt:encoder1", ctx)
+    assert both.checkpointing is True and both.checkpoint_modules == ("encoder1", "decoder1")
+    named = resolve("ckpt:input_block", VariantContext("footprint", "dynunet", "cpu"))
+    assert named.checkpoint_modules == ("input_block",) and named.checkpointing is None
+    assert CaseConfig.from_dict(json.loads(json.dumps(both.to_dict()))) == both  # as a case receives it
 
 
 @pytest.mark.parametrize(
@@ -98,6 +105,7 @@ def test_variants_compose_in_order():
         ("tf32", VariantContext("train_step", "unet", "cpu"), "CUDA"),
         ("fused_norm", VariantContext("train_step", "unet", "cpu"), "CUDA"),
         ("ckpt", VariantContext("train_step", "unet", "cuda"), "no gradient-checkpointing"),
+        ("ckpt:encoder1", VariantContext("infer", "swinunetr", "cuda"), "only matters when training"),
         ("sdpa", VariantContext("train_step", "dynunet", "cuda"), "no attention"),
         ("tta", VariantContext("train_step", "unet", "cuda"), "inference"),
         ("workers:2", VariantContext("train_step", "unet", "cuda"), "no data loader"),

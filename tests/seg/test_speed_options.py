@@ -163,10 +163,11 @@ def test_train_cli_flags_reach_the_config(data_dir, tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(seg_train, "train", lambda cfg: seen.setdefault("cfg", cfg) and {})
     main(["train", "--data", str(data_dir), "--out", str(tmp_path), "--model", "swinunetr", "--compile",
-          "--channels-last", "--fast", "--no-checkpointing"])
+          "--channels-last", "--fast", "--no-checkpointing", "--checkpoint-modules", "encoder1, decoder1"])
     cfg = seen["cfg"]
     assert (cfg.compile_mode, cfg.channels_last, cfg.fast, cfg.checkpointing, cfg.fused_norm) == (
         "default", True, True, False, False)
+    assert cfg.checkpoint_modules == ("encoder1", "decoder1")
     seen.clear()
     main(["train", "--data", str(data_dir), "--out", str(tmp_path),
           "--compile", "max-autotune-no-cudagraphs"])

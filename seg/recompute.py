@@ -1,0 +1,101 @@
+"""Selective activation checkpointing: recompute chosen submodules in backward instead of keeping
+their activations.
+
+MONAI's own switch (SwinUNETR `use_checkpoint`) checkpoints every Swin block — the cheap part once
+attention goes through SDPA (seg.swin_fast). At 128³ the activations that fill a small card are in
+the full-resolution conv blocks: SwinUNETR's encoder1 keeps ~10 tensors of 128³ x feature channels
+(~0.5 GiB at feature 24 in bf16, ~1 GiB at 48; profiles.footprint). `recompute(model, ["encoder1"])`
+keeps only such a block's inputs and runs its forward again during backward: one extra forward of
+that block per step for its activations' memory.
+
+Any model, any submodule that is called through its `forward`: names are `named_modules()` names,
+or fnmatch patterns (`upsamples.*`); a match inside another match is dropped (nested checkpoints
+would recompute twice). The module's class is swapped for a subclass (as kernels.patch and
+seg.swin_fast do), so parameters, state_dict keys and checkpoints stay as they are; train-mode
+dropout draws the same masks in the recomputation (torch.utils.checkpoint restores the RNG).
+Under torch.compile the checkpoint becomes a region that AOTAutograd recomputes (no graph break).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+_RECOMPUTED_CLASSES: dict[type, type] = {}
+
+
+class _Recomputed(nn.Module):
+    """Mixin: forward under a non-reentrant checkpoint whenever autograd records it."""
+
+    def forward(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return super().forward(*args, **kwargs)
+        return checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+
+
+def _recomputed_class(cls: type) -> type:
+    if cls not in _RECOMPUTED_CLASSES:
+        _RECOMPUTED_CLASSES[cls] = type(f"Recomputed{cls.__name__}", (_Recomputed, cls), {
+            "_segbench_plain": cls, "__module__": __name__, "__qualname__": f"Recomputed{cls.__name__}"})
+    return _RECOMPUTED_CLASSES[cls]
+
+
+def is_recomputed(module: nn.Module) -> bool:
+    return isinstance(module, _Recomputed)
+
+
+def match_modules(model: nn.Module, patterns: Iterable[str]) -> list[str]:
+    """The outermost module names of `model` that `patterns` (names or fnmatch patterns) select.
+
+    ValueError names a pattern that selects nothing, with the top-level names to choose from."""
+    names = [name for name, _ in model.named_modules() if name]
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            top = sorted({name.split(".")[0] for name in names})
+            raise ValueError(f"checkpoint modules: {pattern!r} names no submodule of {type(model).__name__} "
+                             f"(top-level modules: {', '.join(top)})")
+        chosen.update(hits)
+    return [name for name in names if name in chosen
+            and not any(name.startswith(other + ".") for other in chosen)]
+
+
+def recompute(model: nn.Module, patterns: Iterable[str]) -> list[str]:
+    """Checkpoint the submodules of `model` that `patterns` select, in place; returns their names.
+
+    ValueError when a pattern selects nothing, or a module that is not run through its `forward`
+    (a container such as ModuleList, or a block that seg.swin_fast calls through `forward_tokens`:
+    checkpoint those with the model's own switch, e.g. SwinUNETR use_checkpoint / variant `ckpt`).
+    """
+    names = match_modules(model, patterns)
+    for name in names:
+        module = model.get_submodule(name)
+        if type(module).forward is nn.Module.forward:
+            raise ValueError(
+                f"checkpoint modules: {name} ({type(module).__name__}) has no forward of its own")
+        if getattr(module, "fast_entry", None):
+            raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) runs through "
+                             f"{module.fast_entry}, not forward, on the fast path: use the model's own "
+                             "checkpointing switch (SwinUNETR use_checkpoint, variant ckpt) for Swin blocks")
+    for name in names:
+        module = model.get_submodule(name)
+        if not is_recomputed(module):
+            module.__class__ = _recomputed_class(type(module))
+    return names
+
+
+def unrecompute(model: nn.Module) -> nn.Module:
+    """Undo `recompute` in place."""
+    for module in model.modules():
+        if is_recomputed(module):
+            module.__class__ = type(module)._segbench_plain
+    return model
+
+
+def recomputed_modules(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if is_recomputed(module)]
