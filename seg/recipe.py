@@ -1,6 +1,7 @@
 """The seed project's training recipe, as small functions shared by `seg.train` and `bench`.
 
-DiceCE (softmax, one-hot target, background excluded from Dice), fused AdamW, linear warm-up
+DiceCE (softmax, one-hot target, background excluded from Dice; deep-supervision heads weighted
+by MONAI's DeepSupervisionLoss), fused AdamW, linear warm-up
 then cosine decay stepped per optimizer step, and AMP: bf16 autocast, or fp16 autocast with a
 GradScaler. One training step is `train_step`, so the harness times exactly what training runs.
 """
@@ -35,10 +36,31 @@ def make_scaler(precision: str, device_type: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device_type, enabled=precision == "fp16")
 
 
-def build_loss() -> nn.Module:
-    from monai.losses import DiceCELoss
+class SegmentationLoss(nn.Module):
+    """DiceCE on logits [B, C, *spatial] against labels [B, 1, *spatial].
 
-    return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    A deeply supervised output — MONAI DynUNet with `deep_supervision=True` returns its heads in
+    training stacked on dim 1, [B, 1 + deep_supr_num, C, *spatial], each upsampled to full size —
+    is scored by MONAI's DeepSupervisionLoss: the same DiceCE per head, weights 1, 1/2, 1/4, ...
+    (floor 1/16; MONAI's "exp" mode, not normalised). In eval mode the network returns the main
+    head only, so validation and inference see plain logits.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+        self.deep_supervision = DeepSupervisionLoss(self.dice_ce, weight_mode="exp")
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        if logits.ndim == label.ndim + 1:
+            return self.deep_supervision(list(logits.unbind(1)), label)
+        return self.dice_ce(logits, label)
+
+
+def build_loss() -> nn.Module:
+    return SegmentationLoss()
 
 
 def build_optimizer(model: nn.Module, lr: float = 1e-4, weight_decay: float = 1e-5) -> torch.optim.Optimizer:
