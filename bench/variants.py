@@ -161,7 +161,11 @@ def _no_ckpt(cfg, ctx, arg):
     cfg.checkpointing = False
 
 
-@variant("sdpa", "SwinUNETR attention through torch scaled_dot_product_attention (use_flash_attention)")
+@variant(
+    "sdpa",
+    "MONAI SwinUNETR use_flash_attention: scaled_dot_product_attention at inference only (MONAI skips it "
+    "whenever autograd records, so training steps run the plain attention; rows' attention_kernels say so)",
+)
 def _sdpa(cfg, ctx, arg):
     _need(ctx.model == "swinunetr", f"{ctx.model} has no attention")
     cfg.sdpa = True

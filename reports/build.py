@@ -129,6 +129,20 @@ def _summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _attention_kernels_line(rows: list[dict]) -> str | None:
+    """Which SDPA kernel each variant's attention ran (profiles.attention_kernels), when any did."""
+    if not any(r.get("attention_kernels") for r in rows):
+        return None
+    named = "; ".join(
+        f"{r['variant']}: "
+        + (", ".join(f"{kernel} ×{n}" for kernel, n in r["attention_kernels"].items()) or "no SDPA call")
+        for r in rows
+        if "attention_kernels" in r
+    )
+    return ("Attention kernels (scaled_dot_product_attention calls per training step and the kernel "
+            f"PyTorch chose, counted in one eager step; math = the unfused composite): {named}.")
+
+
 def _trace_summaries(run: Path) -> dict[str, dict]:
     out = {}
     for path in sorted(run.glob("profiles/*/summary.json")):
@@ -181,6 +195,9 @@ def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
             Block("p", _describe(wrows)),
             Block("table", workload_table(wrows)),
         ]
+        attention = _attention_kernels_line(wrows)
+        if attention:
+            blocks.append(Block("p", attention))
         for draw in (figures.step_times, figures.speedups, figures.memory):
             path = draw(workload, wrows, figures_dir)
             if path:

@@ -193,6 +193,22 @@ class TrainState:
 
         return cpu_bf16.active(self.cfg.precision, self.model, image)
 
+    def attention_kernels(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, int]:
+        """The SDPA kernels of one eager forward + backward of this variant's model (the bare module
+        under a torch.compile wrapper: compiled graphs call the kernels chosen for the same inputs
+        when they were traced); the gradients are dropped, the optimizer does not step."""
+        from profiles.attention_kernels import count_attention_kernels
+        from seg.recipe import forward_backward
+        from seg.train.checkpoint import bare_module
+
+        bare = bare_module(self.model)
+        try:
+            return count_attention_kernels(
+                lambda: forward_backward(bare, image, label, self.loss_fn, self.scaler, self.cfg.precision)
+            )
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+
     def forward_backward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         from seg.recipe import forward_backward
         from seg.speed import step_begin

@@ -110,6 +110,12 @@ def run(case: Case) -> dict:
 
     if case.baseline is not None:
         row["paired"] = _paired(case, device, init, step)
+    try:  # last: one more (eager) step, whose gradients are dropped
+        kernels = state.attention_kernels(x, y)
+    except torch.OutOfMemoryError:  # e.g. an eager step of a model that fits only compiled
+        kernels = None
+    if kernels is not None:
+        row["attention_kernels"] = kernels  # {} when the model made no SDPA call
     return row
 
 

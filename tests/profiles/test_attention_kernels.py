@@ -1,0 +1,53 @@
+"""profiles.attention_kernels: which kernel each scaled_dot_product_attention call ran."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from profiles.attention_kernels import count_attention_kernels
+
+
+def test_fused_and_math_calls_are_told_apart():
+    q = torch.randn(2, 3, 16, 8, requires_grad=True)
+    bias = torch.randn(1, 3, 16, 16, requires_grad=True)
+
+    def plain():
+        F.scaled_dot_product_attention(q, q, q).sum().backward()
+
+    def with_trained_bias():  # the CPU's fused kernel takes no mask that needs a gradient
+        F.scaled_dot_product_attention(q, q, q, attn_mask=bias).sum().backward()
+
+    def both_and_a_written_out_one():
+        plain()
+        with_trained_bias()
+        torch.softmax(q @ q.transpose(-1, -2), -1).sum().backward()  # not an SDPA call
+
+    assert count_attention_kernels(plain) == {"flash_cpu": 1}
+    assert count_attention_kernels(with_trained_bias) == {"math": 1}
+    assert count_attention_kernels(both_and_a_written_out_one) == {"flash_cpu": 1, "math": 1}
+    assert count_attention_kernels(lambda: None) == {}
+
+
+def test_monai_flash_flag_is_inference_only_and_the_fast_path_always_calls_sdpa():
+    from bench.config import TrainParams
+    from bench.variants import VariantContext, resolve
+    from bench.workloads.common import TrainState, synthetic_batch
+    from seg.models import build
+
+    torch.manual_seed(0)
+    stock = build("swinunetr", preset="paper", feature_size=12, use_flash_attention=True)
+    x = torch.randn(1, 4, 64, 64, 64)
+    assert count_attention_kernels(lambda: stock(x).sum().backward()) == {}  # training: MONAI's own path
+    with torch.no_grad():
+        assert sum(count_attention_kernels(lambda: stock(x)).values()) == 8  # 2 blocks x 4 stages
+
+    params = TrainParams(model="swinunetr", model_options={"preset": "paper", "feature_size": 12},
+                         shape=[64, 64, 64], batch=1)
+    ctx = VariantContext("train_step", "swinunetr", "cpu")
+    state = TrainState(params, resolve("swin_fast", ctx), torch.device("cpu"),
+                       build("swinunetr", preset="paper", feature_size=12).state_dict())
+    image, label = synthetic_batch(1, [64, 64, 64], 0)
+    kernels = state.attention_kernels(image, label)
+    assert sum(kernels.values()) >= 8  # every block, one call per window group (shifted blocks: several)
+    assert all(p.grad is None for p in state.model.parameters())  # the probe leaves no gradients
