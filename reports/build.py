@@ -139,8 +139,9 @@ def _attention_kernels_line(rows: list[dict]) -> str | None:
         for r in rows
         if "attention_kernels" in r
     )
-    return ("Attention kernels (scaled_dot_product_attention calls per training step and the kernel "
-            f"PyTorch chose, counted in one eager step; math = the unfused composite): {named}.")
+    unit = "one inference window's forward" if rows[0].get("kind") == "infer" else "one training step"
+    return (f"Attention kernels (scaled_dot_product_attention calls in {unit}, counted eagerly, and the "
+            f"kernel PyTorch chose for each; math = the unfused composite): {named}.")
 
 
 def _trace_summaries(run: Path) -> dict[str, dict]:

@@ -26,12 +26,16 @@ from bench.workloads.common import (
 
 
 def _predictor(case: Case, cfg: CaseConfig, device: torch.device, state: dict, image: torch.Tensor):
+    return _model_and_predictor(case, cfg, device, state, image)[1]
+
+
+def _model_and_predictor(case: Case, cfg: CaseConfig, device: torch.device, state: dict, image: torch.Tensor):
     from seg.infer import sliding_window_predict
 
     p = case.params
     model = build_model(p.model, p.model_options, cfg, device, state).eval()
     x = to_input(image, cfg, device)
-    return lambda: sliding_window_predict(
+    return model, lambda: sliding_window_predict(
         model,
         x,
         roi=p.roi,
@@ -81,7 +85,8 @@ def run(case: Case) -> dict:
         predict_ref = out = None
         release(device)
 
-    predict = _predictor(case, case.config, device, state, image)
+    model, predict = _model_and_predictor(case, case.config, device, state, image)
+    row["attention_kernels"] = _attention_kernels(model, case.config, device, p.roi)
     result: list[torch.Tensor] = []
     row["first_step_s"] = time_once(lambda: result.append(predict()), device)
     if reference is not None:
@@ -105,3 +110,19 @@ def run(case: Case) -> dict:
     if row.get("flops_per_step") and rate:
         row["mfu"] = row["flops_per_step"] / median / rate
     return row
+
+
+def _attention_kernels(model: torch.nn.Module, cfg: CaseConfig, device: torch.device, roi) -> dict[str, int]:
+    """The SDPA kernels of one window's forward (profiles.attention_kernels), eager, no autograd:
+    inference may pick another kernel than training (cuDNN takes a mask that needs no gradient)."""
+    from profiles.attention_kernels import count_attention_kernels
+    from seg.recipe import autocast
+    from seg.train.checkpoint import bare_module
+
+    window = to_input(torch.zeros(1, 4, *roi), cfg, device)
+
+    def forward() -> None:
+        with torch.no_grad(), autocast(cfg.precision, device.type):
+            bare_module(model)(window)
+
+    return count_attention_kernels(forward)

@@ -51,3 +51,17 @@ def test_monai_flash_flag_is_inference_only_and_the_fast_path_always_calls_sdpa(
     kernels = state.attention_kernels(image, label)
     assert sum(kernels.values()) >= 8  # every block, one call per window group (shifted blocks: several)
     assert all(p.grad is None for p in state.model.parameters())  # the probe leaves no gradients
+
+
+def test_inference_rows_count_one_windows_kernels_without_autograd():
+    """Without autograd the fast path's cached biases need no gradient, so a fused kernel may take
+    them (here the CPU's flash kernel; cuDNN on a Hopper GPU with recent PyTorch)."""
+    from bench.variants import CaseConfig
+    from bench.workloads.infer import _attention_kernels
+    from seg.models import build
+    from seg.speed import apply_speed_options
+
+    torch.manual_seed(0)
+    model = apply_speed_options(build("swinunetr", preset="paper", feature_size=12), fast=True).eval()
+    kernels = _attention_kernels(model, CaseConfig(), torch.device("cpu"), [64, 64, 64])
+    assert kernels.get("flash_cpu", 0) >= 8 and "math" not in kernels

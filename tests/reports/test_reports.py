@@ -348,3 +348,19 @@ def test_goals_are_checked_per_criterion_with_their_sources(tmp_path):
     build_report(run)
     md = (run / "report.md").read_text()
     assert "## Goals" in md and "goal train_step/bf16 (hand): NOT met" in md
+
+
+def test_attention_kernels_are_named_per_variant_only_where_a_row_has_some(tmp_path):
+    from reports.build import build_report
+
+    run = write_run(tmp_path / "run")
+    build_report(run)
+    assert "Attention kernels" not in (run / "report.md").read_text()  # no row recorded any
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    rows[0]["attention_kernels"] = {}  # e.g. stock MONAI in training: attention written out
+    rows[2]["attention_kernels"] = {"efficient": 24, "math": 2}
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_report(run)
+    lines = [ln for ln in (run / "report.md").read_text().splitlines() if "Attention kernels" in ln]
+    assert len(lines) == 1 and "one training step" in lines[0]
+    assert f"{rows[0]['variant']}: no SDPA call; {rows[2]['variant']}: efficient ×24, math ×2." in lines[0]
