@@ -105,6 +105,10 @@ def test_every_workload_kind_measures(run):
     infer = r[("infer", "fp32")]
     assert infer["samples_per_s"] > 0 and infer["parity"]["max_abs_err"] == 0.0
     assert infer["parity"]["max_rel_dev"] == 0.0  # the contract's parity field, as every workload
+    # the attention-kernel record ran (a UNet makes no SDPA call) and did not fail
+    step_rows = [row for (workload, _), row in r.items() if workload in ("train_step", "infer")
+                 and row["status"] == "ok"]
+    assert step_rows and all(row.get("attention_kernels") == {} for row in step_rows)
 
 
 def test_report_shows_tables_verdict_parity_and_errors(run):
