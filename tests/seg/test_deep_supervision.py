@@ -54,3 +54,27 @@ def test_plain_logits_keep_dicece():
     logits, label = torch.randn(1, 4, 8, 8, 8), torch.randint(0, 4, (1, 1, 8, 8, 8))
     reference = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)(logits, label)
     torch.testing.assert_close(build_loss()(logits, label), reference)
+
+
+def test_compiled_deep_supervision_matches_eager(monkeypatch):
+    """DynUNet fills its heads list during forward; torch.compile must see the same heads each step."""
+    import copy
+
+    from seg.speed import COMPILE_BACKEND_ENV, apply_speed_options
+
+    monkeypatch.setenv(COMPILE_BACKEND_ENV, "aot_eager")  # dynamo + AOTAutograd, no C++ compile
+    torch.manual_seed(0)
+    eager = models.build("dynunet", **TINY_DS).train()
+    compiled = apply_speed_options(copy.deepcopy(eager), compile_mode="default")
+    image, label = torch.randn(2, 4, 32, 32, 32), torch.randint(0, 4, (2, 1, 32, 32, 32))
+    loss_fn = build_loss()
+    results = []
+    for model in (eager, compiled):
+        for _ in range(2):  # the second step reuses the heads list the first one filled
+            model.zero_grad(set_to_none=True)
+            loss = loss_fn(model(image), label)
+            loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for got, want in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
