@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -65,3 +66,28 @@ def test_inference_rows_count_one_windows_kernels_without_autograd():
     model = apply_speed_options(build("swinunetr", preset="paper", feature_size=12), fast=True).eval()
     kernels = _attention_kernels(model, CaseConfig(), torch.device("cpu"), [64, 64, 64])
     assert kernels.get("flash_cpu", 0) >= 8 and "math" not in kernels
+
+
+@pytest.mark.gpu
+def test_cuda_fast_path_attention_runs_fused_kernels_in_training_and_inference():
+    """The fast path exists to put window attention on a fused kernel: in bf16 training (a bias that
+    needs a gradient, the seed's attention dropout) every call must reach one (efficient: flash takes
+    no mask, cuDNN no mask that needs a gradient), and none may fall back to the math composite."""
+    from seg.models import build
+    from seg.speed import apply_speed_options
+
+    torch.manual_seed(0)
+    model = apply_speed_options(build("swinunetr", preset="seed", use_checkpoint=False).cuda(), fast=True)
+    x = torch.randn(1, 4, 64, 64, 64, device="cuda")
+
+    def train_step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().sum().backward()
+
+    training = count_attention_kernels(train_step)
+    assert "math" not in training and sum(training.values()) >= 8, training
+    model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        inference = count_attention_kernels(lambda: model(x))
+    assert "math" not in inference and sum(inference.values()) >= 8, inference
