@@ -166,7 +166,8 @@ def register_footprint(subparsers: argparse._SubParsersAction) -> None:
         "Writes RUN/suite.toml (a one-workload footprint suite: rerun it with segbench bench), "
         "RUN/results.jsonl and RUN/report.md with the peak by category and module. The estimate "
         "leaves out cuDNN workspaces and allocator rounding: it ran 2-19 %% under measured H100 "
-        "peaks for SwinUNETR and DynUNet, more for small nets.",
+        "peaks for SwinUNETR and DynUNet, more for small nets. --infer estimates one sliding-window "
+        "batch instead (--batch windows of --shape, eval mode, no autograd).",
     )
     fp.add_argument("--model", required=True, choices=("unet", "swinunetr", "dynunet"))
     fp.add_argument(
@@ -174,7 +175,11 @@ def register_footprint(subparsers: argparse._SubParsersAction) -> None:
         help="seg.models.build override, repeatable (preset=paper, use_checkpoint=False, ...)",
     )
     fp.add_argument("--shape", default="128,128,128", help="input X,Y,Z (or one edge) in voxels")
-    fp.add_argument("--batch", type=int, default=1, help="samples per step")
+    fp.add_argument("--batch", type=int, default=1, help="samples per step (with --infer: windows per batch)")
+    fp.add_argument(
+        "--infer", action="store_true",
+        help="estimate inference: one sliding-window batch (sw_batch_size = --batch, roi = --shape)",
+    )
     fp.add_argument(
         "--variant", action="append", metavar="VARIANT",
         help="harness variant, repeatable (default: bf16); e.g. seed, fp32, bf16+ckpt, bf16+swin_fast",
@@ -187,7 +192,9 @@ def register_footprint(subparsers: argparse._SubParsersAction) -> None:
 FIT_MARGIN = 1.2  # the estimate ran up to 19 % under measured peaks: ask for that much headroom
 
 
-def footprint_suite_toml(model: str, options: dict, shape: list[int], batch: int, variants: list[str]) -> str:
+def footprint_suite_toml(
+    model: str, options: dict, shape: list[int], batch: int, variants: list[str], step: str = "train"
+) -> str:
     """A one-workload `footprint` suite (TOML) for these settings."""
     import json
 
@@ -198,7 +205,7 @@ def footprint_suite_toml(model: str, options: dict, shape: list[int], batch: int
     return "\n".join(
         [
             'name = "footprint-cli"',
-            'description = "segbench footprint: estimated peak memory of a training step"',
+            f'description = "segbench footprint: estimated peak memory of a {step} step"',
             'device = "cpu"',
             'reference = ""',
             "timeout_s = 900",
@@ -210,6 +217,7 @@ def footprint_suite_toml(model: str, options: dict, shape: list[int], batch: int
             f"model_options = {{ {table} }}",
             f"shape = {value(shape)}",
             f"batch = {batch}",
+            f"step = {value(step)}",
             f"variants = {value(variants)}",
             "",
         ]
@@ -234,14 +242,16 @@ def run_footprint(args: argparse.Namespace) -> int:
     variants = args.variant or ["bf16"]
     args.out.mkdir(parents=True, exist_ok=True)
     suite_file = args.out / "suite.toml"
-    suite_file.write_text(footprint_suite_toml(args.model, options, shape, args.batch, variants))
+    step = "infer" if args.infer else "train"
+    suite_file.write_text(footprint_suite_toml(args.model, options, shape, args.batch, variants, step))
     try:
         out = run_suite(suite_file, args.out, device="cpu", argv=sys.argv)
     except (SuiteError, BenchError) as err:
         print(f"segbench footprint: {err}", file=sys.stderr)
         return 2
     size = "x".join(map(str, shape))
-    print(f"\n{args.model} {size} batch {args.batch} (CPU estimate of CUDA allocated bytes)")
+    what = f"inference, {args.batch} window(s) of {size}" if args.infer else f"{size} batch {args.batch}"
+    print(f"\n{args.model} {what} (CPU estimate of CUDA allocated bytes)")
     rows = load_results(out)
     width = max(len(row["variant"]) for row in rows)
     for row in rows:

@@ -62,6 +62,9 @@ class TrainParams:
     lr: float = _help("AdamW learning rate", 1e-4)
 
 
+FOOTPRINT_STEPS = ("train", "infer")
+
+
 @dataclass
 class FootprintParams(TrainParams):
     """TrainParams of the step whose peak memory `footprint` estimates (no step runs)."""
@@ -69,6 +72,14 @@ class FootprintParams(TrainParams):
     anchor_peak_gib: dict = _help(
         "variant -> peak GiB measured for the same configuration (shared/ANCHORS.md), shown beside", {}
     )
+    step: str = _help(
+        "what to estimate: 'train' (one optimizer step of `batch` samples) or 'infer' (one sliding-window "
+        "batch: `batch` windows of `shape`, forward without autograd, eval mode)", "train"
+    )
+
+    def __post_init__(self) -> None:
+        if self.step not in FOOTPRINT_STEPS:
+            raise ValueError(f"step {self.step!r}: choose {' or '.join(FOOTPRINT_STEPS)}")
 
 
 @dataclass
@@ -186,7 +197,10 @@ def _build(cls: type, values: dict, where: str) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise SuiteError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as err:  # a value a params class refuses (its __post_init__)
+        raise SuiteError(f"{where}: {err}") from None
 
 
 def _workload(raw: dict, index: int, suite: dict, measure: dict, path: Path) -> Workload:

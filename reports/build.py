@@ -90,7 +90,7 @@ def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
 def _describe(rows: list[dict]) -> str:
     r = rows[0]
     parts = [f"kind `{r.get('kind', '?')}`"]
-    for key in ("model", "shape", "batch", "volume", "roi", "tensor_shape", "loader"):
+    for key in ("model", "shape", "batch", "volume", "roi", "tensor_shape", "loader", "estimated_step"):
         first = next((x[key] for x in rows if x.get(key) is not None), None)
         if first is not None:
             parts.append(f"{key} {'×'.join(map(str, first)) if isinstance(first, list) else first}")

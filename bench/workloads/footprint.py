@@ -1,5 +1,10 @@
 """`footprint`: the peak memory of the `train_step` workload's step, estimated on the CPU.
 
+With `step = "infer"`: the peak of one sliding-window batch instead (`batch` windows of `shape`,
+eval mode, no autograd, autocast) — what decides whether inference fits a card; the stitching
+buffers of the whole volume (a few hundred MB for a BraTS volume in fp32) are not in it.
+Checkpointing switches change nothing there (no autograd: checkpoints run the plain forward).
+
 The same model (seg.models with the variant's options and transforms, the workload's initial
 weights), the same batch shape and the same step (seg.recipe.train_step: autocast forward,
 DiceCE, backward, fused AdamW, GradScaler for fp16) as `train_step`, replayed on fake tensors by
@@ -39,9 +44,6 @@ def make_step(case: Case) -> tuple[Callable[[], object], torch.device]:
 
 
 def run(case: Case) -> dict:
-    from profiles.footprint import estimate_step_memory
-    from seg import recipe
-
     _supported(case)
     p, cfg = case.params, case.config
     cpu = torch.device("cpu")
@@ -63,24 +65,17 @@ def run(case: Case) -> dict:
         from seg.recompute import recompute
 
         recompute(model, cfg.checkpoint_modules)
-    model.train()
-    loss_fn = recipe.build_loss()
-
-    def make_inputs() -> tuple[torch.Tensor, torch.Tensor]:
-        image = to_input(torch.empty(p.batch, 4, *p.shape), cfg, cpu)
-        return image, torch.zeros(p.batch, 1, *p.shape, dtype=torch.long)
-
-    def step(m, optimizer, image, label) -> None:
-        scaler = recipe.make_scaler(cfg.precision, "cpu")
-        recipe.train_step(m, image, label, loss_fn, optimizer, scaler, cfg.precision)
-
-    fp = estimate_step_memory(model, make_inputs, lambda m: recipe.build_optimizer(m, lr=p.lr), step)
+    if p.step == "infer":
+        fp = _estimate_inference(model, p, cfg)
+    else:
+        fp = _estimate_training(model, p, cfg)
     row: dict = {
         "model": p.model,
         "shape": p.shape,
         "batch": p.batch,
         "precision": cfg.precision,
         "estimate": True,
+        "estimated_step": p.step,
         "estimate_device": ESTIMATE_DEVICE,
         "estimated_peak_bytes": fp.peak_bytes,
         "estimated_peak_phase": fp.peak_phase,
@@ -98,3 +93,39 @@ def run(case: Case) -> dict:
         row["anchor_peak_bytes"] = int(anchor_gib * 2**30)
         row["estimate_vs_anchor"] = fp.peak_bytes / row["anchor_peak_bytes"] - 1
     return row
+
+
+def _estimate_training(model: torch.nn.Module, p, cfg):
+    from profiles.footprint import estimate_step_memory
+    from seg import recipe
+
+    cpu = torch.device("cpu")
+    model.train()
+    loss_fn = recipe.build_loss()
+
+    def make_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+        image = to_input(torch.empty(p.batch, 4, *p.shape), cfg, cpu)
+        return image, torch.zeros(p.batch, 1, *p.shape, dtype=torch.long)
+
+    def step(m, optimizer, image, label) -> None:
+        scaler = recipe.make_scaler(cfg.precision, "cpu")
+        recipe.train_step(m, image, label, loss_fn, optimizer, scaler, cfg.precision)
+
+    return estimate_step_memory(model, make_inputs, lambda m: recipe.build_optimizer(m, lr=p.lr), step)
+
+
+def _estimate_inference(model: torch.nn.Module, p, cfg):
+    from profiles.footprint import estimate_step_memory
+    from seg.recipe import autocast
+
+    model.eval()
+
+    def make_inputs() -> tuple[torch.Tensor]:
+        return (to_input(torch.empty(p.batch, 4, *p.shape), cfg, torch.device("cpu")),)
+
+    def step(m, optimizer, windows) -> None:
+        with torch.no_grad(), autocast(cfg.precision, "cpu"):
+            m(windows)
+
+    # plain SGD keeps no state: the estimate holds the weights and what the forward makes
+    return estimate_step_memory(model, make_inputs, lambda m: torch.optim.SGD(m.parameters(), lr=0.0), step)

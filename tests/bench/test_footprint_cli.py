@@ -37,3 +37,36 @@ def test_bad_model_option_is_a_usage_error(tmp_path, capsys):
     code = main(["footprint", "--model", "unet", "--model-option", "nokey", "--out", str(tmp_path / "r")])
     assert code == 2
     assert "key=value" in capsys.readouterr().err
+
+
+def test_inference_estimate_holds_weights_and_one_window_batch(tmp_path, capsys):
+    """--infer: one sliding-window batch without autograd — no gradients, no optimizer state, and
+    less than a training step of the same batch; more windows per batch, more memory."""
+    import json
+
+    def estimate(*flags: str) -> dict:
+        run = tmp_path / "-".join(flags or ("train",)).replace("-", "")
+        code = main(["footprint", "--model", "dynunet", "--model-option", "filters=(8,16,32)",
+                     "--model-option", "strides=(1,2,2)", "--shape", "32", *flags, "--out", str(run)])
+        assert code == 0
+        (row,) = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+        return row
+
+    train, infer1, infer2 = estimate(), estimate("--infer"), estimate("--infer", "--batch", "2")
+    assert (train["estimated_step"], infer1["estimated_step"]) == ("train", "infer")
+    assert "inference, 2 window(s) of 32x32x32" in capsys.readouterr().out
+    by_category = infer1["estimated_bytes_by_category"]
+    assert by_category.get("Gradient", 0) == 0 and by_category.get("Optstate", 0) == 0
+    assert infer1["estimated_peak_phase"] == "forward"
+    assert infer1["estimated_peak_bytes"] < train["estimated_peak_bytes"]
+    assert infer2["estimated_peak_bytes"] > infer1["estimated_peak_bytes"]
+
+
+def test_footprint_step_must_be_train_or_infer(tmp_path):
+    import pytest
+
+    from bench.config import SuiteError
+
+    text = footprint_suite_toml("unet", {}, [32, 32, 32], 1, ["bf16"], step="predict")
+    with pytest.raises(SuiteError, match="workload 'unet': step 'predict': choose train or infer"):
+        parse_suite(text, tmp_path / "suite.toml")
