@@ -94,13 +94,20 @@ def features(device: str) -> list[Feature]:
     if cuda:
         sm80 = torch.cuda.get_device_capability() >= (8, 0)  # Ampere and later
         flash = torch.backends.cuda.is_flash_attention_available() and sm80
+        from profiles.attention_kernels import sdpa_priority_order
+
+        try:  # private API: a fact worth showing, never worth failing on
+            order = sdpa_priority_order("cuda")
+        except Exception:
+            order = None
         out.append(
             Feature(
                 "flash attention (SDPA)",
                 flash,
-                "FlashAttention-2 kernels for unmasked windows"
-                if flash
-                else "not on this GPU / build: SDPA falls back to the memory-efficient or math kernels",
+                ("FlashAttention-2 kernels for unmasked windows"
+                 if flash
+                 else "not on this GPU / build: SDPA falls back to the memory-efficient or math kernels")
+                + (f"; SDPA tries {' > '.join(order)}" if order else ""),
                 "sdpa, swin_fast",
             )
         )

@@ -104,6 +104,12 @@ def device_facts(device: str) -> dict:
             gpu_capability=f"{props.major}.{props.minor}",
             driver=_driver_version(),
         )
+        from profiles.attention_kernels import sdpa_priority_order
+
+        try:  # which attention kernel a call tries first: private API, a fact for the report only
+            info["sdpa_order"] = sdpa_priority_order("cuda")
+        except Exception as err:  # never let a report fact stop the run
+            info["sdpa_order_error"] = f"{type(err).__name__}: {err}"[:200]
     else:  # bf16 rows on this CPU train with oneDNN off when it has the bug (see seg.cpu_bf16)
         from seg import cpu_bf16
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -64,3 +65,19 @@ def count_attention_kernels(fn: Callable[[], object]) -> dict[str, int]:
         counts["math"] = math_calls
     return dict(sorted(counts.items()))
 
+
+
+def sdpa_priority_order(device: str) -> list[str] | None:
+    """The order in which SDPA tries its kernels on `device`, e.g. ["cudnn", "flash", "efficient",
+    "math"] (recent PyTorch puts cuDNN first on Hopper). PyTorch settles the order at the first SDPA
+    call, so one tiny call runs first. None where this PyTorch does not expose the order."""
+    from torch.nn.attention import SDPBackend
+
+    if not hasattr(torch._C, "_get_sdp_priority_order"):
+        return None
+    q = torch.zeros(1, 1, 8, 8, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
+    F.scaled_dot_product_attention(q, q, q)
+    names = {int(value): name.lower() for name, value in SDPBackend.__members__.items()}
+    short = {"flash_attention": "flash", "efficient_attention": "efficient", "cudnn_attention": "cudnn"}
+    order = [names.get(int(b), str(b)) for b in torch._C._get_sdp_priority_order()]
+    return [short.get(name, name) for name in order]

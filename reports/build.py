@@ -70,6 +70,11 @@ def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
             f"resumed at {r.get('time_utc', '?')}: {r.get('cases', '?')} cases "
             f"(git {(r.get('git') or {}).get('sha', '?')}; command: {r.get('command', '?')})"
         )
+    if cal.get("sdpa_order"):
+        lines.append(
+            f"scaled_dot_product_attention tries, in order: {' > '.join(cal['sdpa_order'])} (the first "
+            "kernel whose constraints a call meets runs; rows say which did)"
+        )
     if env.get("compile_cache"):
         lines.append(f"torch.compile / Triton caches: {env['compile_cache']}")
     if cal.get("matmul_flops_per_s"):

@@ -91,3 +91,11 @@ def test_cuda_fast_path_attention_runs_fused_kernels_in_training_and_inference()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         inference = count_attention_kernels(lambda: model(x))
     assert "math" not in inference and sum(inference.values()) >= 8, inference
+
+
+def test_sdpa_priority_order_names_every_kernel_once():
+    from profiles.attention_kernels import sdpa_priority_order
+
+    order = sdpa_priority_order("cpu")
+    assert order is not None and len(order) == len(set(order))
+    assert {"flash", "efficient", "math", "cudnn"} <= set(order)

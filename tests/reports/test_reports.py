@@ -364,3 +364,8 @@ def test_attention_kernels_are_named_per_variant_only_where_a_row_has_some(tmp_p
     lines = [ln for ln in (run / "report.md").read_text().splitlines() if "Attention kernels" in ln]
     assert len(lines) == 1 and "one training step" in lines[0]
     assert f"{rows[0]['variant']}: no SDPA call; {rows[2]['variant']}: efficient ×24, math ×2." in lines[0]
+    env = json.loads((run / "env.json").read_text())
+    env.setdefault("calibration", {})["sdpa_order"] = ["cudnn", "flash", "efficient", "math"]
+    (run / "env.json").write_text(json.dumps(env))
+    build_report(run)
+    assert "attention tries, in order: cudnn > flash > efficient > math" in (run / "report.md").read_text()
