@@ -65,6 +65,24 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) 
     return pd.DataFrame.from_records(records)
 
 
+def attention_kernel_changes(rows: list[dict], rows_b: list[dict]) -> list[str]:
+    """Cases whose attention ran other SDPA kernels in RUN than in RUN_B (a PyTorch or cuDNN upgrade,
+    a changed mask or dtype): often the reason for a change of their time or memory."""
+
+    def kernels(counts: dict) -> str:
+        return ", ".join(f"{name} ×{n}" for name, n in counts.items()) or "no SDPA call"
+
+    a, b = _index(rows), _index(rows_b)
+    changes = []
+    for key, before in b.items():
+        after = a.get(key, {})
+        if "attention_kernels" in before and "attention_kernels" in after:
+            old, new = before["attention_kernels"], after["attention_kernels"]
+            if old != new:
+                changes.append(f"{key[0]}/{key[1]}: {kernels(old)} → {kernels(new)}")
+    return changes
+
+
 def _display(table: pd.DataFrame) -> pd.DataFrame:
     out = table[["workload", "variant", "before", "after"]].copy()
     out["change [95% interval]"] = [
@@ -111,7 +129,8 @@ def write_comparison(
 ) -> tuple[Path, Path, pd.DataFrame]:
     """RUN/compare.md and RUN/compare.html; returns their paths and the comparison table."""
     run, run_b = Path(run), Path(run_b)
-    table = compare_rows(load_results(run), load_results(run_b), threshold)
+    rows, rows_b = load_results(run), load_results(run_b)
+    table = compare_rows(rows, rows_b, threshold)
     env_a, env_b = load_env(run), load_env(run_b)
 
     def where(env: dict) -> str:
@@ -133,6 +152,9 @@ def write_comparison(
         ),
         Block("table", _display(table)),
     ]
+    changed = attention_kernel_changes(rows, rows_b)
+    if changed:
+        blocks += [Block("h2", "Attention kernels that changed (RUN_B → RUN)"), Block("list", changed)]
     fig = _figure(table, run / "figures" / "compare.png")
     if fig:
         blocks.append(Block("img", fig, alt="compare"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports.compare import compare_rows
+from reports.compare import attention_kernel_changes, compare_rows
 from reports.tables import ResultsError, load_results, workload_table
 
 
@@ -203,9 +203,16 @@ def test_compare_flags_a_synthetic_regression(tmp_path):
         if r["variant"] == "bf16+compile":  # 25 % slower
             r["step_times_s"] = [s * 1.25 for s in r["step_times_s"]]
             r["s_per_iter"] = {k: v * 1.25 if k != "n" else v for k, v in r["s_per_iter"].items()}
+            r["attention_kernels"] = {"cudnn": 24}  # and its attention went to another kernel
         if r["variant"] == "fp32":  # 1 % slower: under the threshold
             r["step_times_s"] = [s * 1.01 for s in r["step_times_s"]]
+            r["attention_kernels"] = {"efficient": 24}  # unchanged
     (after / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows_b = [json.loads(line) for line in (before / "results.jsonl").read_text().splitlines()]
+    for r in rows_b:
+        if r["variant"] in ("bf16+compile", "fp32"):
+            r["attention_kernels"] = {"efficient": 24}
+    (before / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_b))
     table = compare_rows(load_results(after), load_results(before)).set_index("variant")
     assert table.loc["bf16+compile", "verdict"] == "REGRESSION"
     assert table.loc["bf16+compile", "change"] == pytest.approx(0.25, abs=0.01)
@@ -216,6 +223,8 @@ def test_compare_flags_a_synthetic_regression(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "REGRESSION train_step/bf16+compile" in proc.stdout
     assert "REGRESSION" in (after / "compare.md").read_text()
+    assert attention_kernel_changes(rows, rows_b) == ["train_step/bf16+compile: efficient ×24 → cudnn ×24"]
+    assert "train_step/bf16+compile: efficient ×24 → cudnn ×24" in (after / "compare.md").read_text()
     assert "data:image/png;base64," in (after / "compare.html").read_text()
 
 
