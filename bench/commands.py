@@ -182,7 +182,8 @@ def register_footprint(subparsers: argparse._SubParsersAction) -> None:
     )
     fp.add_argument(
         "--variant", action="append", metavar="VARIANT",
-        help="harness variant, repeatable (default: bf16); e.g. seed, fp32, bf16+ckpt, bf16+swin_fast",
+        help="harness variant, repeatable (default: bf16); e.g. seed, fp32, bf16+ckpt, bf16+swin_fast, "
+        "bf16+swin_fast+ckpt:encoder1",
     )
     fp.add_argument("--gpu-gib", type=float, help="say whether each variant fits a card of this size")
     fp.add_argument("--out", type=Path, required=True, help="run folder (created)")
