@@ -13,7 +13,7 @@ from bench.contention import BUSY_FRACTION  # standard library only
 from reports import figures, goals
 from reports.pytest_bench import pytest_benchmark_table
 from reports.render import Block, to_html, to_markdown, write_atomic
-from reports.tables import by_workload, load_env, load_results, workload_table
+from reports.tables import by_workload, fmt_attention_kernels, load_env, load_results, workload_table
 
 METHOD = [
     "Each case (workload × variant) ran in its own process; a crash, out-of-memory or compile failure "
@@ -139,8 +139,7 @@ def _attention_kernels_line(rows: list[dict]) -> str | None:
     if not any(r.get("attention_kernels") for r in rows):
         return None
     named = "; ".join(
-        f"{r['variant']}: "
-        + (", ".join(f"{kernel} ×{n}" for kernel, n in r["attention_kernels"].items()) or "no SDPA call")
+        f"{r['variant']}: {fmt_attention_kernels(r['attention_kernels'])}"
         for r in rows
         if "attention_kernels" in r
     )

@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.stats import is_improvement, is_regression, relative_change_ci
 from reports.render import Block, to_html, to_markdown, write_atomic
-from reports.tables import fmt_seconds, load_env, load_results
+from reports.tables import fmt_attention_kernels, fmt_seconds, load_env, load_results
 
 
 def _verdict(change: dict[str, float], threshold: float) -> str:
@@ -68,10 +68,6 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) 
 def attention_kernel_changes(rows: list[dict], rows_b: list[dict]) -> list[str]:
     """Cases whose attention ran other SDPA kernels in RUN than in RUN_B (a PyTorch or cuDNN upgrade,
     a changed mask or dtype): often the reason for a change of their time or memory."""
-
-    def kernels(counts: dict) -> str:
-        return ", ".join(f"{name} ×{n}" for name, n in counts.items()) or "no SDPA call"
-
     a, b = _index(rows), _index(rows_b)
     changes = []
     for key, before in b.items():
@@ -79,7 +75,9 @@ def attention_kernel_changes(rows: list[dict], rows_b: list[dict]) -> list[str]:
         if "attention_kernels" in before and "attention_kernels" in after:
             old, new = before["attention_kernels"], after["attention_kernels"]
             if old != new:
-                changes.append(f"{key[0]}/{key[1]}: {kernels(old)} → {kernels(new)}")
+                changes.append(
+                    f"{key[0]}/{key[1]}: {fmt_attention_kernels(old)} → {fmt_attention_kernels(new)}"
+                )
     return changes
 
 

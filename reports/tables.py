@@ -86,6 +86,11 @@ def _fmt_bytes(b: float | None) -> str:
     return f"{b:.0f} B"
 
 
+def fmt_attention_kernels(counts: dict[str, int]) -> str:
+    """A row's `attention_kernels` in words: "efficient ×24, math ×2", or "no SDPA call"."""
+    return ", ".join(f"{kernel} ×{n}" for kernel, n in counts.items()) or "no SDPA call"
+
+
 def fmt_speedup(s: dict | None) -> str:
     if not s:
         return ""
