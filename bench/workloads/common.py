@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +146,16 @@ def to_input(x: torch.Tensor, cfg: CaseConfig, device: torch.device) -> torch.Te
     from seg.speed import to_input as speed_input
 
     return speed_input(x.to(device, non_blocking=True), cfg.channels_last)
+
+
+def attention_kernels_fields(probe: Callable[[], dict[str, int]]) -> dict:
+    """Row fields from an attention-kernel probe run after the measurement: `attention_kernels` ({}
+    when the model made no SDPA call), or `attention_kernels_error`. A diagnostic: its failure (e.g.
+    out of memory eagerly for a model that fits only compiled) is noted, never costs the row."""
+    try:
+        return {"attention_kernels": probe()}
+    except Exception as err:
+        return {"attention_kernels_error": f"{type(err).__name__}: {err}"[:300]}
 
 
 def synthetic_batch(batch: int, shape: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ from bench.variants import CaseConfig
 from bench.workloads.common import (
     Case,
     apply_backend,
+    attention_kernels_fields,
     build_model,
     initial_state,
     math_mode,
@@ -26,10 +27,7 @@ from bench.workloads.common import (
 
 
 def _predictor(case: Case, cfg: CaseConfig, device: torch.device, state: dict, image: torch.Tensor):
-    return _model_and_predictor(case, cfg, device, state, image)[1]
-
-
-def _model_and_predictor(case: Case, cfg: CaseConfig, device: torch.device, state: dict, image: torch.Tensor):
+    """(the eval model, a call that predicts the whole volume with it)."""
     from seg.infer import sliding_window_predict
 
     p = case.params
@@ -57,7 +55,7 @@ def make_step(case: Case):
     apply_backend(case.config, device)
     p = case.params
     state = initial_state(p.model, p.model_options, case.measure.seed)
-    return _predictor(case, case.config, device, state, _volume(case)), device
+    return _predictor(case, case.config, device, state, _volume(case))[1], device
 
 
 def run(case: Case) -> dict:
@@ -77,7 +75,7 @@ def run(case: Case) -> dict:
     reference = None
     if m.parity_steps and case.reference:
         ref_name, ref_cfg = case.reference
-        predict_ref = _predictor(case, ref_cfg, device, state, image)
+        _, predict_ref = _predictor(case, ref_cfg, device, state, image)
         out: list[torch.Tensor] = []
         with math_mode(ref_cfg, device):
             row["flops_per_step"] = count_flops(lambda: out.append(predict_ref()))
@@ -85,7 +83,7 @@ def run(case: Case) -> dict:
         predict_ref = out = None
         release(device)
 
-    model, predict = _model_and_predictor(case, case.config, device, state, image)
+    model, predict = _predictor(case, case.config, device, state, image)
     result: list[torch.Tensor] = []
     row["first_step_s"] = time_once(lambda: result.append(predict()), device)
     if reference is not None:
@@ -108,10 +106,7 @@ def run(case: Case) -> dict:
     rate = case.calibration.get("matmul_flops_per_s")
     if row.get("flops_per_step") and rate:
         row["mfu"] = row["flops_per_step"] / median / rate
-    try:  # a diagnostic after the measurement: its failure is noted, never costs the row
-        row["attention_kernels"] = _attention_kernels(model, case.config, device, p.roi)
-    except Exception as err:
-        row["attention_kernels_error"] = f"{type(err).__name__}: {err}"[:300]
+    row.update(attention_kernels_fields(lambda: _attention_kernels(model, case.config, device, p.roi)))
     return row
 
 

@@ -23,6 +23,7 @@ from bench.workloads.common import (
     Case,
     TrainState,
     apply_backend,
+    attention_kernels_fields,
     disable_dropout_note,
     initial_state,
     synthetic_batch,
@@ -110,12 +111,8 @@ def run(case: Case) -> dict:
 
     if case.baseline is not None:
         row["paired"] = _paired(case, device, init, step)
-    # Last: one more (eager) step, whose gradients are dropped. A diagnostic: its failure (e.g. out
-    # of memory eagerly for a model that fits only compiled) is noted, never costs the row.
-    try:
-        row["attention_kernels"] = state.attention_kernels(x, y)  # {} when the model made no SDPA call
-    except Exception as err:
-        row["attention_kernels_error"] = f"{type(err).__name__}: {err}"[:300]
+    # Last: one more (eager) step, whose gradients are dropped.
+    row.update(attention_kernels_fields(lambda: state.attention_kernels(x, y)))
     return row
 
 
