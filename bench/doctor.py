@@ -67,7 +67,9 @@ def _bf16_feature(device: str) -> Feature:
     )
 
 
-def features(device: str) -> list[Feature]:
+def features(device: str, sdpa_order: list[str] | None = None) -> list[Feature]:
+    """One Feature per speed feature; `sdpa_order`: the order SDPA tries its kernels on this device
+    (bench.env.device_facts' `sdpa_order`), shown with flash attention."""
     import torch
 
     from kernels.runtime import unavailable_reason
@@ -94,12 +96,6 @@ def features(device: str) -> list[Feature]:
     if cuda:
         sm80 = torch.cuda.get_device_capability() >= (8, 0)  # Ampere and later
         flash = torch.backends.cuda.is_flash_attention_available() and sm80
-        from profiles.attention_kernels import sdpa_priority_order
-
-        try:  # private API: a fact worth showing, never worth failing on
-            order = sdpa_priority_order("cuda")
-        except Exception:
-            order = None
         out.append(
             Feature(
                 "flash attention (SDPA)",
@@ -107,7 +103,7 @@ def features(device: str) -> list[Feature]:
                 ("FlashAttention-2 kernels for unmasked windows"
                  if flash
                  else "not on this GPU / build: SDPA falls back to the memory-efficient or math kernels")
-                + (f"; SDPA tries {' > '.join(order)}" if order else ""),
+                + (f"; SDPA tries {' > '.join(sdpa_order)}" if sdpa_order else ""),
                 "sdpa, swin_fast",
             )
         )
@@ -188,4 +184,4 @@ def collect(device: str, measure: bool = False) -> EnvReport:
         calibration = calibrate(device) if measure else device_facts(device)
     except Unavailable as e:  # --device cuda on a machine without one: say so, list the CPU's features
         return EnvReport(device, host, None, features("cpu"), cuda_error=str(e))
-    return EnvReport(device, host, calibration, features(device))
+    return EnvReport(device, host, calibration, features(device, calibration.get("sdpa_order")))
