@@ -63,13 +63,16 @@ def apply_speed_options(
     channels_last: bool = False,
     compile_mode: str | None = None,
     checkpoint_modules: tuple[str, ...] = (),
+    require_kernels: bool = True,
 ) -> nn.Module:
     """`model` with the speed options applied (in place, except torch.compile's wrapper).
 
-    fast: seg.swin_fast.to_fast (MONAI SwinUNETR only); it applies the fused norms itself when
-      `fused_norm`, never on its own ("auto" is not used: the flag says what runs).
+    fast: seg.swin_fast.to_fast (MONAI SwinUNETR only), without fused norms of its own ("auto" is
+      not used: the flag says what runs).
     fused_norm: kernels.patch (Triton fused InstanceNorm+activation, LayerNorm); SpeedOptionError
-      (a ValueError) naming why when the kernels cannot run for this model's device.
+      (a ValueError) naming why when the kernels cannot run for this model's device, unless
+      `require_kernels` is False: then they are patched in anyway, for tracing on fake tensors (their
+      custom ops' fake kernels allocate what the CUDA kernels do: profiles.footprint's estimates).
     checkpoint_modules: submodule names or fnmatch patterns to recompute in backward
       (seg.recompute; after the norms are patched, so the kernels still recognise MONAI's blocks);
       SpeedOptionError when one selects nothing or cannot be checkpointed.
@@ -81,7 +84,7 @@ def apply_speed_options(
     import torch
 
     check_compile_mode(compile_mode)
-    if fused_norm:
+    if fused_norm and require_kernels:
         device = next(model.parameters()).device
         why = fused_norm_unavailable(device)
         if why is not None:
@@ -93,8 +96,8 @@ def apply_speed_options(
 
         if not isinstance(model, SwinUNETR):
             raise SpeedOptionError(f"--fast is SwinUNETR's fast path; this model is a {type(model).__name__}")
-        model = to_fast(model, fused_norm=fused_norm)
-    elif fused_norm:
+        model = to_fast(model, fused_norm=False)
+    if fused_norm:  # after to_fast, as to_fast(fused_norm=True) does it
         from kernels import patch
 
         model = patch(model)

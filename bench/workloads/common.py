@@ -118,9 +118,15 @@ def initial_state(name: str, options: dict, seed: int) -> dict[str, torch.Tensor
 
 
 def build_model(
-    name: str, options: dict, cfg: CaseConfig, device: torch.device, state: dict[str, torch.Tensor]
+    name: str,
+    options: dict,
+    cfg: CaseConfig,
+    device: torch.device,
+    state: dict[str, torch.Tensor],
+    require_kernels: bool = True,
 ) -> nn.Module:
-    """`name` with the variant's options, the shared initial weights, then its transforms."""
+    """`name` with the variant's options, the shared initial weights, then its transforms
+    (`require_kernels=False`: fused norms patched in where Triton cannot run, for fake tensors)."""
     from seg.models import build
 
     model = build(name, **model_options(name, options, cfg))
@@ -137,6 +143,7 @@ def build_model(
             channels_last=cfg.channels_last,
             compile_mode=cfg.compile_mode,
             checkpoint_modules=cfg.checkpoint_modules,
+            require_kernels=require_kernels,
         )
     except SpeedOptionError as err:  # e.g. fused_norm where Triton cannot run: the reason
         raise Unavailable(str(err)) from None

@@ -20,7 +20,6 @@ puts the ANCHORS.md measurement of the same configuration beside it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -46,25 +45,16 @@ def make_step(case: Case) -> tuple[Callable[[], object], torch.device]:
 def run(case: Case) -> dict:
     _supported(case)
     p, cfg = case.params, case.config
-    cpu = torch.device("cpu")
     # The Triton kernels cannot run here, but their custom ops have fake implementations that
-    # allocate what the CUDA kernels do: patch them in after building without them (and before
-    # seg.recompute, in apply_speed_options' order).
+    # allocate what the CUDA kernels do.
     model = build_model(
         p.model,
         p.model_options,
-        dataclasses.replace(cfg, fused_norm=False, checkpoint_modules=()),
-        cpu,
+        cfg,
+        torch.device("cpu"),
         initial_state(p.model, p.model_options, case.measure.seed),
+        require_kernels=False,
     )
-    if cfg.fused_norm:
-        import kernels
-
-        model = kernels.patch(model)
-    if cfg.checkpoint_modules:
-        from seg.recompute import recompute
-
-        recompute(model, cfg.checkpoint_modules)
     if p.step == "infer":
         fp = _estimate_inference(model, p, cfg)
     else:

@@ -138,6 +138,26 @@ def test_fused_norm_without_triton_is_a_clear_error(data_dir, tmp_path, monkeypa
         main(["train", "--data", str(data_dir), "--out", str(out), "--device", "cpu", "--fused-norm"])
 
 
+def test_fused_norm_unchecked_patches_where_triton_cannot_run(monkeypatch):
+    """require_kernels=False (profiles.footprint's fake tensors): the same modules fused as
+    to_fast(fused_norm=True) would, the same state_dict, though the kernels could not run here."""
+    import kernels
+    from seg.speed import apply_speed_options
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("this machine can run the kernels")
+    stock = models.build("swinunetr", **TINY_SWIN)
+    keys = list(stock.state_dict())
+    with pytest.raises(SpeedOptionError, match="cannot run here"):
+        apply_speed_options(stock, fast=True, fused_norm=True)
+    fast = apply_speed_options(stock, fast=True, fused_norm=True, require_kernels=False)
+    assert type(fast).__name__ == "FastSwinUNETR"
+    fused = kernels.patched_modules(fast)
+    assert any("norm" in name for name in fused) and any("conv_block" in name for name in fused)
+    assert list(fast.state_dict()) == keys
+
+
 def test_config_rejects_options_that_cannot_apply(data_dir, tmp_path):
     with pytest.raises(ValueError, match="--fast is SwinUNETR's fast path; model unet has none"):
         _config(data_dir, tmp_path, fast=True)
