@@ -33,6 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--no-report", action="store_true", help="skip building the report at the end")
     bench.add_argument(
+        "--profile-steps",
+        type=int,
+        metavar="N",
+        help="trace N steps of every train_step/infer case with torch.profiler after its timing (the "
+        "suite's measure.profile_steps otherwise; 0: none): RUN/profiles/, the rows' `profile`, the report",
+    )
+    bench.add_argument(
         "--resume",
         action="store_true",
         help="finish a run cut short (time budget, lease): keep RUN's rows, run only the cases it lacks "
@@ -123,6 +130,19 @@ def _list() -> None:
         print(f"  {name:<16} {text}")
 
 
+def _with_profile_steps(name: str, steps: int):
+    import dataclasses
+
+    from bench.config import SuiteError, load_suite
+
+    if steps < 0:
+        raise SuiteError(f"--profile-steps {steps}: give 0 (none) or more steps")
+    suite = load_suite(name)
+    for w in suite.workloads:
+        w.measure = dataclasses.replace(w.measure, profile_steps=steps)
+    return suite
+
+
 def run_bench(args: argparse.Namespace) -> int:
     import sys
 
@@ -137,8 +157,11 @@ def run_bench(args: argparse.Namespace) -> int:
     from bench.runner import BenchError, run_suite
 
     try:
+        suite = args.suite
+        if args.profile_steps is not None:
+            suite = _with_profile_steps(args.suite, args.profile_steps)
         out = run_suite(
-            args.suite,
+            suite,
             args.out,
             device=args.device,
             data_dir=args.data,

@@ -51,6 +51,10 @@ class Measure:
     block: int = _help("steps per interleaved block", 5)
     parity_steps: int = _help("steps of the loss trajectory compared with the reference (0: none)", 3)
     seed: int = _help("seed of the initial weights and the synthetic batches", 0)
+    profile_steps: int = _help(
+        "steps traced with torch.profiler after the timing (train_step, infer; 0: none): time by "
+        "category and top kernels in the row and RUN/profiles/<workload>__<variant>/", 0
+    )
 
 
 @dataclass

@@ -16,6 +16,11 @@ import sys
 from pathlib import Path
 
 
+def profile_dir(run: Path, workload: str, variant: str) -> Path:
+    """Where a case's traces go: RUN/profiles/<workload>__<variant>/ (`segbench report` reads them)."""
+    return run / "profiles" / f"{workload}__{variant}".replace("/", "_").replace(":", "_")
+
+
 def _spec(args: argparse.Namespace) -> tuple[dict, Path]:
     from bench.config import SuiteError, load_suite
     from bench.runner import case_spec, prepare_data
@@ -44,8 +49,7 @@ def _spec(args: argparse.Namespace) -> tuple[dict, Path]:
         "memory": args.memory,
         "emit_nvtx": args.emit_nvtx,
     }
-    slug = f"{workload.name}__{args.variant}".replace("/", "_").replace(":", "_")
-    return spec, args.out / "profiles" / slug
+    return spec, profile_dir(args.out, workload.name, args.variant)
 
 
 def profile_case(args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
-"""Summarize a torch.profiler Chrome trace: time by category (convolution, normalization,
-attention/matmul, elementwise, copies, other, idle).
+"""Summarize a torch.profiler Chrome trace: time by category (copies, attention, convolution,
+normalization, matmul, elementwise, other, idle) and the kernels (or CPU operators) that took most.
 
 On CUDA the GPU timeline is used: every kernel, memcpy and memset, classified by name, and idle
 = the profiled window minus the union of busy intervals. On the CPU, where there is no device
@@ -14,8 +14,9 @@ import gzip
 import json
 from pathlib import Path
 
-# Checked in order: the first category with a matching substring wins (cuDNN's convolutions are
-# "implicit_gemm" kernels, so convolution is tested before matmul).
+# Checked in order: the first category with a matching substring wins. Attention before convolution
+# (cuDNN's SDPA kernels are "cudnn_..._sdpa_..."; the memory-efficient ones "fmha_cutlass..."), and
+# convolution before matmul (cuDNN's convolutions are "implicit_gemm" kernels).
 PATTERNS: list[tuple[str, tuple[str, ...]]] = [
     (
         "copies",
@@ -25,7 +26,7 @@ PATTERNS: list[tuple[str, tuple[str, ...]]] = [
             "copy",
             "nchwtonhwc",
             "nhwctonchw",
-            "transpose",
+            "transpose_",  # transpose_readWrite kernels, not conv_transpose3d
             "aten::to",
             "contiguous",
             "clone",
@@ -33,6 +34,7 @@ PATTERNS: list[tuple[str, tuple[str, ...]]] = [
             "aten::cat",
         ),
     ),
+    ("attention", ("attention", "flash", "fmha", "sdpa", "attn")),
     ("convolution", ("conv", "fprop", "dgrad", "wgrad", "winograd", "implicit_gemm", "cudnn")),
     (
         "normalization",
@@ -48,22 +50,7 @@ PATTERNS: list[tuple[str, tuple[str, ...]]] = [
             "_ln_",
         ),
     ),
-    (
-        "attention/matmul",
-        (
-            "gemm",
-            "matmul",
-            "aten::mm",
-            "aten::bmm",
-            "addmm",
-            "linear",
-            "flash",
-            "fmha",
-            "attention",
-            "cutlass",
-            "cublas",
-        ),
-    ),
+    ("matmul", ("gemm", "matmul", "aten::mm", "aten::bmm", "addmm", "linear", "cutlass", "cublas")),
     (
         "elementwise",
         (
@@ -106,6 +93,7 @@ PATTERNS: list[tuple[str, tuple[str, ...]]] = [
 ]
 CATEGORIES = [name for name, _ in PATTERNS] + ["other", "idle"]
 GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
+TOP = 12  # kernels (operators on the CPU) listed by time
 
 
 def classify(name: str) -> str:
@@ -137,15 +125,30 @@ def load_trace(path: str | Path) -> list[dict]:
     return [e for e in events if e.get("ph") == "X" and "dur" in e]
 
 
+def _top(timed: list[tuple[str, str, float]]) -> list[dict]:
+    """The TOP names by total time: {name, category, us, calls}; `timed` is (name, category, us)."""
+    by_name: dict[str, list] = {}
+    for name, cat, us in timed:
+        entry = by_name.setdefault(name, [cat, 0.0, 0])
+        entry[1] += us
+        entry[2] += 1
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:TOP]
+    # kernel names can be template instantiations of hundreds of characters
+    return [{"name": n[:160], "category": c, "us": us, "calls": calls} for n, (c, us, calls) in ranked]
+
+
 def _gpu_summary(events: list[dict]) -> dict:
     gpu = [e for e in events if e.get("cat") in GPU_CATS]
     cats = {c: 0.0 for c in CATEGORIES}
+    timed = []
     for e in gpu:
-        cats[classify(e["name"]) if e["cat"] == "kernel" else "copies"] += e["dur"]
+        cat = classify(e["name"]) if e["cat"] == "kernel" else "copies"
+        cats[cat] += e["dur"]
+        timed.append((e["name"], cat, e["dur"]))
     spans = [(e["ts"], e["ts"] + e["dur"]) for e in gpu]
     window = max(e for _, e in spans) - min(s for s, _ in spans)
     cats["idle"] = max(0.0, window - _union_length(spans))
-    return {"device": "cuda", "total_us": window, "categories": cats}
+    return {"device": "cuda", "total_us": window, "categories": cats, "top": _top(timed)}
 
 
 def _self_times(ops: list[dict]) -> list[tuple[dict, float]]:
@@ -171,8 +174,11 @@ def _self_times(ops: list[dict]) -> list[tuple[dict, float]]:
 def _cpu_summary(events: list[dict]) -> dict:
     ops = [e for e in events if e.get("cat") == "cpu_op"]
     cats = {c: 0.0 for c in CATEGORIES}
+    timed = []
     for op, self_us in _self_times(ops):
-        cats[classify(op["name"])] += max(0.0, self_us)
+        cat = classify(op["name"])
+        cats[cat] += max(0.0, self_us)
+        timed.append((op["name"], cat, max(0.0, self_us)))
     spans = [(e["ts"], e["ts"] + e["dur"]) for e in ops]
     window = max(e for _, e in spans) - min(s for s, _ in spans)
     threads = len({(e.get("pid"), e.get("tid")) for e in ops})
@@ -184,11 +190,14 @@ def _cpu_summary(events: list[dict]) -> dict:
         "window_us": window,
         "threads": threads,
         "categories": cats,
+        "top": _top(timed),
     }
 
 
 def summarize_trace(path: str | Path, steps: int | None = None) -> dict:
-    """`{device, total_us, categories: {name: us}, steps}` for a Chrome trace (.json or .json.gz)."""
+    """`{device, total_us, categories: {name: us}, top: [{name, category, us, calls}], steps}` for a
+    Chrome trace (.json or .json.gz); `top` is kernels by device time on CUDA, else CPU operators by
+    self time."""
     events = load_trace(path)
     if any(e.get("cat") in GPU_CATS for e in events):
         summary = _gpu_summary(events)
@@ -209,4 +218,8 @@ def format_summary(summary: dict) -> str:
     for cat, us in sorted(summary["categories"].items(), key=lambda kv: -kv[1]):
         if us > 0:
             lines.append(f"  {cat:<17} {us / 1e3:9.2f} ms  {us / total:6.1%}")
+    if summary.get("top"):
+        lines.append("top by time:")
+        lines += [f"  {t['us'] / 1e3:9.2f} ms  {t['calls']:5d}x  {t['category']:<13} {t['name'][:90]}"
+                  for t in summary["top"]]
     return "\n".join(lines)

@@ -175,6 +175,24 @@ def _trace_table(summaries: dict[str, dict]):
     return pd.DataFrame.from_records(records).fillna("")
 
 
+def _top_kernels_table(summaries: dict[str, dict], per_profile: int = 5):
+    """The kernels (CPU: operators) that took most time in each profile, per step."""
+    import pandas as pd
+
+    records = []
+    for name, s in summaries.items():
+        steps = max(s.get("steps") or 1, 1)
+        for t in s.get("top", [])[:per_profile]:
+            records.append({
+                "profile": name,
+                "kernel" if s.get("device") == "cuda" else "operator": t["name"][:100],
+                "category": t["category"],
+                "ms / step": f"{t['us'] / steps / 1e3:.3f}",
+                "calls / step": f"{t['calls'] / steps:g}",
+            })
+    return pd.DataFrame.from_records(records).fillna("") if records else None
+
+
 def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
     env = load_env(run)
     suite = rows[0]["suite"] if rows else env.get("suite", "?")
@@ -217,6 +235,10 @@ def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
     traces = _trace_summaries(run)
     if traces:
         blocks += [Block("h2", "Where the time goes (profiles)"), Block("table", _trace_table(traces))]
+        top = _top_kernels_table(traces)
+        if top is not None:
+            blocks += [Block("p", "Most time per profile (CUDA: kernels by device time; CPU: operators by "
+                                  "self time):"), Block("table", top)]
         path = figures.trace_breakdown(traces, figures_dir)
         if path:
             blocks.append(Block("img", path, alt=path.stem))

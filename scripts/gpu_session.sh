@@ -10,7 +10,9 @@
 #     left, the fast SwinUNETR's GPU tests and python -m seg.swin_fast.gpu_check (SDPA backends,
 #     parity, a CUDA memory snapshot summarized by category).
 # $OUT gets at most 8 files: report.md, results.jsonl, env.json, report.html, log.txt (all console
-# output), run.tar.gz (the run folder without data), and for swin-goal swin_check.tar.gz.
+# output), run.tar.gz (the run folder without data and traces), traces.tar (the rows' torch.profiler
+# traces, profile_steps; dropped if over the 16 MiB a returned file may have), and for swin-goal
+# swin_check.tar.gz.
 # `scripts/gpu_session.sh SUITE --resume` finishes a run cut short: the run folder of a previous call
 # (still in /tmp on a warm machine, or unpacked from its run.tar.gz into runs/gpu/ here and carried)
 # gets only its missing cases; no tests first.
@@ -50,7 +52,10 @@ timeout "$((585 - SECONDS))" python3 -m segbench bench --suite "$suite" --out "$
 [ -f "$run/report.md" ] || python3 -m segbench report "$run" 2>&1 | tail -3 | tee -a "$log"  # cut off: rows so far
 cp "$run"/report.md "$run"/results.jsonl "$run"/env.json "$run"/report.html "$out"/ 2>/dev/null
 # Everything but the synthesized data and its converted copies (a returned file holds at most 16 MiB).
-tar -czf "$out/run.tar.gz" --exclude="segbench-$suite/cache/formats" --exclude="segbench-$suite/data" --exclude="*.pt" --exclude="*.npy" -C /tmp "segbench-$suite"
+tar -czf "$out/run.tar.gz" --exclude="segbench-$suite/cache/formats" --exclude="segbench-$suite/data" --exclude="*.pt" --exclude="*.npy" --exclude="trace.json.gz" -C /tmp "segbench-$suite"
+# the traces apart (already gzipped; each row's summary is in run.tar.gz and the report either way)
+(cd /tmp && find "segbench-$suite/profiles" -name trace.json.gz 2>/dev/null | tar -cf "$out/traces.tar" -T -)
+[ "$(stat -c %s "$out/traces.tar" 2>/dev/null || echo 0)" -le 16000000 ] || { rm -f "$out/traces.tar"; echo "traces.tar over 16 MB: not returned" | tee -a "$log"; }
 
 left_s=$((570 - SECONDS))
 if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 30 ]; then

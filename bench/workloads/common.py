@@ -155,6 +155,42 @@ def to_input(x: torch.Tensor, cfg: CaseConfig, device: torch.device) -> torch.Te
     return speed_input(x.to(device, non_blocking=True), cfg.channels_last)
 
 
+def profile_fields(case: Case, step: Callable[[], object], device: torch.device) -> dict:
+    """With `measure.profile_steps`: that many more steps traced by torch.profiler (after one traced
+    warm-up step), the trace and its summary in RUN/profiles/<workload>__<variant>/ (the report's
+    "where the time goes"), and the row's `profile`: ms per step, by category, the top kernels.
+    A diagnostic after the timing: its failure is noted (`profile_error`), never costs the row."""
+    steps = case.measure.profile_steps
+    if not steps or case.cache_dir is None:
+        return {}
+    from pathlib import Path
+
+    from bench.profile import profile_dir
+    from profiles.torch_trace import capture_torch
+
+    run = Path(case.cache_dir).parent
+    out = profile_dir(run, case.workload, case.variant)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        summary = capture_torch(step, device, {"wait": 0, "warmup": 1, "active": steps}, out)
+    except Exception as err:
+        return {"profile_error": f"{type(err).__name__}: {err}"[:300]}
+    per_step = 1e-3 / steps  # us over all steps -> ms per step
+    return {
+        "profile": {
+            "dir": str(out.relative_to(run)),
+            "steps": steps,
+            "device": summary["device"],
+            "ms_per_step": summary["total_us"] * per_step,
+            "ms_per_step_by_category": {c: us * per_step for c, us in summary["categories"].items() if us},
+            "top_kernels": [
+                {"name": t["name"], "ms_per_step": t["us"] * per_step, "calls_per_step": t["calls"] / steps}
+                for t in summary.get("top", [])[:5]
+            ],
+        }
+    }
+
+
 def attention_kernels_fields(probe: Callable[[], dict[str, int]]) -> dict:
     """Row fields from an attention-kernel probe run after the measurement: `attention_kernels` ({}
     when the model made no SDPA call), or `attention_kernels_error`. A diagnostic: its failure (e.g.

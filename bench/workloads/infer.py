@@ -20,6 +20,7 @@ from bench.workloads.common import (
     build_model,
     initial_state,
     math_mode,
+    profile_fields,
     release,
     to_input,
     torch_device,
@@ -106,6 +107,7 @@ def run(case: Case) -> dict:
     rate = case.calibration.get("matmul_flops_per_s")
     if row.get("flops_per_step") and rate:
         row["mfu"] = row["flops_per_step"] / median / rate
+    row.update(profile_fields(case, predict, device))
     row.update(attention_kernels_fields(lambda: _attention_kernels(model, case.config, device, p.roi)))
     return row
 

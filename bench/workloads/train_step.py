@@ -26,6 +26,7 @@ from bench.workloads.common import (
     attention_kernels_fields,
     disable_dropout_note,
     initial_state,
+    profile_fields,
     synthetic_batch,
     to_input,
     torch_device,
@@ -111,6 +112,7 @@ def run(case: Case) -> dict:
 
     if case.baseline is not None:
         row["paired"] = _paired(case, device, init, step)
+    row.update(profile_fields(case, step, device))
     # Last: one more (eager) step, whose gradients are dropped.
     row.update(attention_kernels_fields(lambda: state.attention_kernels(x, y)))
     return row

@@ -111,6 +111,27 @@ def test_every_workload_kind_measures(run):
     assert step_rows and all(row.get("attention_kernels") == {} for row in step_rows)
 
 
+def test_profiled_rows_say_where_the_time_went(run):
+    """measure.profile_steps: a torch.profiler trace per ok step case, in its row and the report."""
+    r = rows(run)
+    profiled = {key: row for key, row in r.items() if "profile" in row}
+    assert set(profiled) == {
+        ("train_step", v) for v in ("fp32", "bf16", "seed", "channels_last")
+    } | {("infer", "fp32")}
+    for (workload, variant), row in profiled.items():
+        prof = row["profile"]
+        folder = run / prof["dir"]
+        assert folder.name == f"{workload}__{variant}"
+        assert (folder / "trace.json.gz").is_file() and (folder / "summary.json").is_file()
+        assert prof["device"] == "cpu" and prof["steps"] == 1 and prof["ms_per_step"] > 0
+        assert prof["ms_per_step_by_category"]["convolution"] > 0  # a UNet
+        assert prof["top_kernels"] and all(t["ms_per_step"] > 0 for t in prof["top_kernels"])
+    assert "profile" not in r[("train_e2e", "fp32")]  # a workload without the setting
+    md = (run / "report.md").read_text()
+    assert "## Where the time goes (profiles)" in md and "| train_step__bf16 |" in md
+    assert "Most time per profile" in md and "aten::convolution" in md
+
+
 def test_report_shows_tables_verdict_parity_and_errors(run):
     md = (run / "report.md").read_text()
     assert "| variant | status |" in md and "parity" in md
@@ -161,3 +182,16 @@ def test_each_case_compiles_with_empty_caches_unless_asked(tmp_path, monkeypatch
     else:
         inductor, triton = Path(seen["TORCHINDUCTOR_CACHE_DIR"]), Path(seen["TRITON_CACHE_DIR"])
         assert inductor.parent == triton.parent and not inductor.parent.exists()  # removed after
+
+
+def test_profile_steps_flag_overrides_the_suite(tmp_path):
+    from segbench.cli import main
+
+    out = tmp_path / "run"
+    suite = str(HERE / "tiny_suite.toml")
+    assert main(["bench", "--suite", suite, "--out", str(out), "--only", "infer", "--profile-steps", "0",
+                 "--no-report"]) == 0
+    (row,) = rows(out).values()
+    assert row["status"] == "ok" and "profile" not in row and not (out / "profiles").exists()
+    assert main(["bench", "--suite", suite, "--out", str(tmp_path / "bad"), "--profile-steps", "-1"]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -21,13 +21,19 @@ TINY = Path(__file__).parents[1] / "bench" / "tiny_suite.toml"
         ("void cudnn::engines_precompiled::nchwToNhwcKernel", "copies"),
         ("void at::native::batch_norm_collect_statistics_kernel", "normalization"),
         ("_stats_kernel", "normalization"),
-        ("ampere_bf16_s16816gemm_bf16_128x64", "attention/matmul"),
-        ("pytorch_flash::flash_fwd_kernel", "attention/matmul"),
+        ("ampere_bf16_s16816gemm_bf16_128x64", "matmul"),
+        ("cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_64x4_tn_align8", "matmul"),
+        ("pytorch_flash::flash_fwd_kernel", "attention"),
+        ("fmha_cutlassB_bf16_aligned_64x64_k32_dropout_sm80", "attention"),
+        ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64", "attention"),
+        ("aten::_scaled_dot_product_efficient_attention", "attention"),
         ("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add>", "elementwise"),
         ("triton_poi_fused_add_leaky_relu_0", "elementwise"),
         ("Memcpy HtoD (Pageable -> Device)", "copies"),
         ("aten::convolution_backward", "convolution"),
-        ("aten::addmm", "attention/matmul"),
+        ("aten::addmm", "matmul"),
+        ("aten::slow_conv_transpose3d", "convolution"),
+        ("void transpose_readWrite_alignment_kernel<float2, float2, 1, false, 6, 4, 4>", "copies"),
         ("some_unknown_kernel", "other"),
     ],
 )
@@ -52,8 +58,13 @@ def test_gpu_summary_counts_kernels_and_idle(tmp_path):
     s = summarize_trace(_write(tmp_path / "t.json.gz", events), steps=1)
     assert s["device"] == "cuda" and s["total_us"] == 100
     assert s["categories"]["convolution"] == 40 and s["categories"]["normalization"] == 20
-    assert s["categories"]["copies"] == 10 and s["categories"]["attention/matmul"] == 10
+    assert s["categories"]["copies"] == 10 and s["categories"]["matmul"] == 10
     assert s["categories"]["idle"] == 20  # 40..50 and 80..90
+    assert [t["name"] for t in s["top"]] == [
+        "sm90_xmma_fprop_implicit_gemm", "instance_norm_kernel", "Memcpy DtoD", "ampere_sgemm"
+    ]
+    top = {"name": "sm90_xmma_fprop_implicit_gemm", "category": "convolution", "us": 40, "calls": 1}
+    assert s["top"][0] == top
 
 
 def test_cpu_summary_uses_self_time_of_nested_ops(tmp_path):
