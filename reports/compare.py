@@ -81,6 +81,30 @@ def attention_kernel_changes(rows: list[dict], rows_b: list[dict]) -> list[str]:
     return changes
 
 
+def profile_changes(rows: list[dict], rows_b: list[dict], min_ms: float = 0.05) -> pd.DataFrame | None:
+    """Where the time moved, for cases traced in both runs (measure.profile_steps): ms per step by
+    category, before and after, the categories that moved by at least `min_ms`, largest first."""
+    a, b = _index(rows), _index(rows_b)
+    records = []
+    for key, before in b.items():
+        pa, pb = a.get(key, {}).get("profile"), before.get("profile")
+        if not pa or not pb or pa.get("device") != pb.get("device"):
+            continue
+        ca, cb = pa["ms_per_step_by_category"], pb["ms_per_step_by_category"]
+        moved = [(cat, cb.get(cat, 0.0), ca.get(cat, 0.0)) for cat in dict.fromkeys([*cb, *ca])]
+        moved = [m for m in moved if abs(m[2] - m[1]) >= min_ms]
+        for cat, ms_b, ms_a in sorted(moved, key=lambda m: -abs(m[2] - m[1])):
+            records.append({
+                "workload": key[0],
+                "variant": key[1],
+                "category": cat,
+                "before ms/step": f"{ms_b:.2f}",
+                "after ms/step": f"{ms_a:.2f}",
+                "change ms/step": f"{ms_a - ms_b:+.2f}",
+            })
+    return pd.DataFrame.from_records(records) if records else None
+
+
 def _display(table: pd.DataFrame) -> pd.DataFrame:
     out = table[["workload", "variant", "before", "after"]].copy()
     out["change [95% interval]"] = [
@@ -153,6 +177,12 @@ def write_comparison(
     changed = attention_kernel_changes(rows, rows_b)
     if changed:
         blocks += [Block("h2", "Attention kernels that changed (RUN_B → RUN)"), Block("list", changed)]
+    moved = profile_changes(rows, rows_b)
+    if moved is not None:
+        blocks += [
+            Block("h2", "Where the time moved (cases traced in both runs, torch.profiler, ms per step)"),
+            Block("table", moved),
+        ]
     fig = _figure(table, run / "figures" / "compare.png")
     if fig:
         blocks.append(Block("img", fig, alt="compare"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports.compare import attention_kernel_changes, compare_rows
+from reports.compare import attention_kernel_changes, compare_rows, profile_changes
 from reports.tables import ResultsError, load_results, workload_table
 
 
@@ -204,6 +204,7 @@ def test_compare_flags_a_synthetic_regression(tmp_path):
             r["step_times_s"] = [s * 1.25 for s in r["step_times_s"]]
             r["s_per_iter"] = {k: v * 1.25 if k != "n" else v for k, v in r["s_per_iter"].items()}
             r["attention_kernels"] = {"cudnn": 24}  # and its attention went to another kernel
+            r["profile"] = {"device": "cuda", "ms_per_step_by_category": {"attention": 30.0, "matmul": 10.02}}
         if r["variant"] == "fp32":  # 1 % slower: under the threshold
             r["step_times_s"] = [s * 1.01 for s in r["step_times_s"]]
             r["attention_kernels"] = {"efficient": 24}  # unchanged
@@ -212,6 +213,9 @@ def test_compare_flags_a_synthetic_regression(tmp_path):
     for r in rows_b:
         if r["variant"] in ("bf16+compile", "fp32"):
             r["attention_kernels"] = {"efficient": 24}
+        if r["variant"] == "bf16+compile":
+            r["profile"] = {"device": "cuda", "ms_per_step_by_category": {"attention": 12.5, "matmul": 10.0,
+                                                                          "copies": 1.0}}
     (before / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_b))
     table = compare_rows(load_results(after), load_results(before)).set_index("variant")
     assert table.loc["bf16+compile", "verdict"] == "REGRESSION"
@@ -226,6 +230,13 @@ def test_compare_flags_a_synthetic_regression(tmp_path):
     assert attention_kernel_changes(rows, rows_b) == ["train_step/bf16+compile: efficient ×24 → cudnn ×24"]
     assert "train_step/bf16+compile: efficient ×24 → cudnn ×24" in (after / "compare.md").read_text()
     assert "data:image/png;base64," in (after / "compare.html").read_text()
+    # where the time moved: attention +17.5 ms, copies gone; matmul's 0.02 ms is under the floor
+    moved = profile_changes(rows, rows_b)
+    assert moved[["category", "before ms/step", "after ms/step", "change ms/step"]].values.tolist() == [
+        ["attention", "12.50", "30.00", "+17.50"], ["copies", "1.00", "0.00", "-1.00"]
+    ]
+    line = "| train_step | bf16+compile | attention | 12.50 | 30.00 | +17.50 |"
+    assert line in (after / "compare.md").read_text()
 
 
 def test_bad_results_line_names_file_and_line(tmp_path):
