@@ -1,0 +1,202 @@
+"""Triton kernels behind `kernels.window_attention`: softmax(q kᵀ·scale + bias) v over many small windows
+that share one additive bias (Swin's relative-position bias + shift mask), with attention dropout.
+
+Shapes: q, k, v, o are (R, H, N, D) with any strides (R = windows × batch rows of one window group, N
+tokens per window, e.g. 343, D the head dim, e.g. 8), bias is (H, N, N). One program per (query block,
+row·head) in forward, FlashAttention-2 style (online softmax, scores never leave registers); LSE is
+kept per query for backward. D is padded to BLOCK_D ≥ 16 (tl.dot's minimum) by masked loads.
+
+Dropout: keep[r, h, m, n] = rand(seed + r·H + h, m·N + n) ≥ p (Philox), recomputed in backward, so
+no mask is stored; `_keep_mask_kernel` writes it out for tests.
+
+Backward: dK/dV per (key block, row·head) and dQ per (query block, row·head) recompute the scores;
+the bias gradient Σ_r dS[r] — what the memory-efficient SDPA kernel writes at full (R, H, N, N) size
+and then reduces — is accumulated over a chunk of rows in registers per (query block, key block,
+head, chunk) and written once per chunk (fp32 partials, summed on the host).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .runtime import interpret_mode
+
+INTERPRETED = interpret_mode()  # Triton chose interpreter or compiler for the kernels below just now
+
+
+@triton.jit
+def _scores(q, K, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn, sbh, sbm, scale, seed, H, p_drop,
+            DROPOUT: tl.constexpr):
+    """(masked scores s, keep mask) of a [BLOCK_M, BLOCK_N] tile; s = -inf outside the N×N window."""
+    n_ok = offs_n < N
+    kt = tl.load(K + r * skr + h * skh + offs_n[None, :] * skn + offs_d[:, None],
+                 mask=n_ok[None, :] & (offs_d[:, None] < D), other=0.0)
+    s = tl.dot(q, kt) * scale
+    m_ok = offs_m < N
+    bias = tl.load(B + h * sbh + offs_m[:, None] * sbm + offs_n[None, :],
+                   mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+    s = tl.where(n_ok[None, :], s + bias.to(tl.float32), float("-inf"))
+    if DROPOUT:
+        keep = tl.rand(seed + r * H + h, offs_m[:, None] * N + offs_n[None, :]) >= p_drop
+    else:
+        keep = n_ok[None, :]
+    return s, keep
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
+                sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sor, soh, son, sbh, sbm,
+                scale, p_drop, seed, DROPOUT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    mb = tl.program_id(0)
+    rh = tl.program_id(1)
+    r = rh // H
+    h = rh % H
+    offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < N
+    d_ok = offs_d < D
+    q = tl.load(Q + r * sqr + h * sqh + offs_m[:, None] * sqn + offs_d[None, :],
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        s, keep = _scores(q, K, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn, sbh, sbm, scale, seed,
+                          H, p_drop, DROPOUT)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            p = tl.where(keep, p / (1.0 - p_drop), 0.0)
+        v = tl.load(V + r * svr + h * svh + offs_n[:, None] * svn + offs_d[None, :],
+                    mask=(offs_n[:, None] < N) & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    tl.store(O + r * sor + h * soh + offs_m[:, None] * son + offs_d[None, :], acc.to(O.dtype.element_ty),
+             mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + rh * N + offs_m, m_i + tl.log(l_i), mask=m_ok)
+
+
+@triton.jit
+def _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn, svr, svh, svn,
+             sbh, sbm, scale, seed, H, p_drop, DROPOUT: tl.constexpr):
+    """(p with dropout applied, dS) of one tile: dS = P ∘ (dP − delta), the softmax input's gradient."""
+    s, keep = _scores(q, K, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn, sbh, sbm, scale, seed, H,
+                      p_drop, DROPOUT)
+    p = tl.exp(s - lse[:, None])
+    p = tl.where((offs_m < N)[:, None], p, 0.0)
+    vt = tl.load(V + r * svr + h * svh + offs_n[None, :] * svn + offs_d[:, None],
+                 mask=(offs_n[None, :] < N) & (offs_d[:, None] < D), other=0.0)
+    dp = tl.dot(do, vt)
+    if DROPOUT:
+        dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
+        p_used = tl.where(keep, p / (1.0 - p_drop), 0.0)
+    else:
+        p_used = p
+    return p_used, p * (dp - delta[:, None])
+
+
+@triton.jit
+def _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn, sdr, sdh, sdn):
+    ok = (offs_m < N)[:, None] & (offs_d < D)[None, :]
+    q = tl.load(Q + r * sqr + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=ok, other=0.0)
+    do = tl.load(DO + r * sdr + h * sdh + offs_m[:, None] * sdn + offs_d[None, :], mask=ok, other=0.0)
+    lse = tl.load(LSE + rh * N + offs_m, mask=offs_m < N, other=0.0)
+    delta = tl.load(DELTA + rh * N + offs_m, mask=offs_m < N, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
+                     sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
+                     scale, p_drop, seed, DROPOUT: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    nb = tl.program_id(0)
+    rh = tl.program_id(1)
+    r = rh // H
+    h = rh % H
+    offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for start in range(0, N, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        q, do, lse, delta = _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
+                                       sdr, sdh, sdn)
+        p_used, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn,
+                              svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT)
+        dv += tl.dot(tl.trans(p_used.to(do.dtype)), do)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    ok = (offs_n < N)[:, None] & (offs_d < D)[None, :]
+    out = rh * N * D + offs_n[:, None] * D + offs_d[None, :]  # dK, dV: contiguous (R, H, N, D)
+    tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=ok)
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
+                   sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
+                   scale, p_drop, seed, DROPOUT: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    mb = tl.program_id(0)
+    rh = tl.program_id(1)
+    r = rh // H
+    h = rh % H
+    offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q, do, lse, delta = _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
+                                   sdr, sdh, sdn)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        _, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn,
+                         svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT)
+        k = tl.load(K + r * skr + h * skh + offs_n[:, None] * skn + offs_d[None, :],
+                    mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)
+        dq += tl.dot(ds.to(k.dtype), k)
+    out = rh * N * D + offs_m[:, None] * D + offs_d[None, :]
+    ok = (offs_m < N)[:, None] & (offs_d < D)[None, :]
+    tl.store(DQ + out, (dq * scale).to(DQ.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _bwd_dbias_kernel(Q, K, V, B, DO, LSE, DELTA, PDB, R, H, N, D, rows_per_chunk,
+                      sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
+                      scale, p_drop, seed, DROPOUT: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    mb = tl.program_id(0) // tiles_n
+    nb = tl.program_id(0) % tiles_n
+    h = tl.program_id(1)
+    chunk = tl.program_id(2)
+    offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for r in range(chunk * rows_per_chunk, tl.minimum(chunk * rows_per_chunk + rows_per_chunk, R)):
+        rh = r * H + h
+        q, do, lse, delta = _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
+                                       sdr, sdh, sdn)
+        _, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn,
+                         svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT)
+        acc += ds
+    ok = (offs_m < N)[:, None] & (offs_n < N)[None, :]
+    tl.store(PDB + (chunk * H + h) * N * N + offs_m[:, None] * N + offs_n[None, :], acc, mask=ok)
+
+
+@triton.jit
+def _keep_mask_kernel(KEEP, H, N, p_drop, seed, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """keep[r, h, m, n] as the attention kernels draw it (tests compare against a reference with it)."""
+    mb = tl.program_id(0)
+    rh = tl.program_id(1)
+    offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    for start in range(0, N, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        keep = tl.rand(seed + rh, offs_m[:, None] * N + offs_n[None, :]) >= p_drop
+        tl.store(KEEP + rh * N * N + offs_m[:, None] * N + offs_n[None, :], keep.to(tl.int8),
+                 mask=(offs_m < N)[:, None] & (offs_n < N)[None, :])

@@ -1,0 +1,172 @@
+"""`window_attention`: attention over many small windows sharing one additive bias, as Triton custom ops.
+
+    out = window_attention(q, k, v, bias, dropout_p=0.2, scale=d**-0.5)
+
+q, k, v: (R, H, N, D), any strides (R rows = windows × batch of one Swin window group, N tokens per
+window, D the head dim); bias: (H, N, N), broadcast over the rows (relative-position bias + the
+group's shift mask), differentiable. Returns (R, H, N, D) — a transposed view of a contiguous
+(R, N, H, D) tensor, the layout Swin's projection reads next.
+
+What it is for: the fast SwinUNETR's training attention runs SDPA's memory-efficient kernel, whose
+backward writes the bias gradient at full (R, H, N, N) size before autograd sums it over the rows
+(0.7 GB per stage-1 block of a 128³ input at feature 24, written then read). Here the rows' sum is
+taken inside the backward, per chunk of rows. Whether that beats the efficient kernel on a GPU is
+what `python -m kernels.bench_window_attention` measures; nothing uses it by default.
+
+Dropout masks come from Philox in the kernels (`keep_mask` returns them) and differ from torch's
+RNG; the kernels need Triton (a CUDA device, or TRITON_INTERPRET=1 for tests): there is no PyTorch
+fallback, since the reference cannot draw the same masks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import runtime
+
+_BLOCK_M = 64
+_BLOCK_N = 64
+_DBIAS_CHUNKS_PER_SM = 2  # dbias programs: tiles × heads × chunks, about this many per SM
+
+
+def _blocks(D: int) -> tuple[int, int, int]:
+    return _BLOCK_M, _BLOCK_N, max(16, runtime.next_pow2(D))  # tl.dot needs every dim >= 16
+
+
+def _strides(t: Tensor) -> tuple[int, int, int]:
+    if t.stride(-1) != 1:
+        raise ValueError(f"window_attention: the head dim must be contiguous (strides {t.stride()})")
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> None:
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"window_attention: q, k, v must be (R, H, N, D) alike, got {q.shape}, {k.shape}, "
+                         f"{v.shape}")
+    R, H, N, D = q.shape
+    if bias.shape != (H, N, N):
+        raise ValueError(f"window_attention: bias must be ({H}, {N}, {N}), got {tuple(bias.shape)}")
+    if bias.stride(-1) != 1:
+        raise ValueError("window_attention: the bias's last dim must be contiguous")
+    if not runtime.use_triton(q):
+        raise RuntimeError(f"window_attention needs the Triton kernels: {runtime.available()[1]}")
+
+
+def _launch_args(q, k, v, bias):
+    R, H, N, D = q.shape
+    return (R, H, N, D, *_strides(q), *_strides(k), *_strides(v))
+
+
+@torch.library.custom_op("segbench::window_attention_fwd", mutates_args=())
+def _fwd_op(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, scale: float, seed: int
+            ) -> tuple[Tensor, Tensor]:
+    """(out, lse): out (R, H, N, D) as a view of (R, N, H, D); lse (R, H, N) float32 for backward."""
+    _check(q, k, v, bias)
+    K = runtime.load_kernels("kernels._window_attention_triton")
+    R, H, N, D = q.shape
+    block_m, block_n, block_d = _blocks(D)
+    out = runtime.empty(R, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
+    lse = runtime.empty(R, H, N, device=q.device, dtype=torch.float32)
+    K._fwd_kernel[(runtime.cdiv(N, block_m), R * H)](
+        q, k, v, bias, out, lse, *_launch_args(q, k, v, bias), *_strides(out), bias.stride(0), bias.stride(1),
+        scale, dropout_p, seed, DROPOUT=dropout_p > 0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
+    return out, lse
+
+
+@_fwd_op.register_fake
+def _fwd_fake(q, k, v, bias, dropout_p, scale, seed):
+    R, H, N, D = q.shape
+    return q.new_empty(R, N, H, D).transpose(1, 2), q.new_empty(R, H, N, dtype=torch.float32)
+
+
+@torch.library.custom_op("segbench::window_attention_bwd", mutates_args=())
+def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Tensor, lse: Tensor,
+            dropout_p: float, scale: float, seed: int, want_dbias: bool
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dbias): dq/dk/dv contiguous (R, H, N, D); dbias (H, N, N) or empty."""
+    K = runtime.load_kernels("kernels._window_attention_triton")
+    R, H, N, D = q.shape
+    block_m, block_n, block_d = _blocks(D)
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    delta = (dout.float() * out.float()).sum(-1).contiguous()  # rowsum(dO ∘ O): one cheap pass
+    dq, dk, dv = (runtime.empty(R, H, N, D, device=q.device, dtype=q.dtype) for _ in range(3))
+    common = (*_launch_args(q, k, v, bias), *_strides(dout), bias.stride(0), bias.stride(1), scale,
+              dropout_p, seed)
+    meta = dict(DROPOUT=dropout_p > 0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
+    K._bwd_dkdv_kernel[(runtime.cdiv(N, block_n), R * H)](q, k, v, bias, dout, lse, delta, dk, dv, *common,
+                                                          **meta)
+    K._bwd_dq_kernel[(runtime.cdiv(N, block_m), R * H)](q, k, v, bias, dout, lse, delta, dq, *common, **meta)
+    dbias = q.new_empty(0)
+    if want_dbias:
+        tiles = runtime.cdiv(N, block_m) * runtime.cdiv(N, block_n)
+        chunks = max(1, min(R, _DBIAS_CHUNKS_PER_SM * runtime.sm_count(q.device) // max(tiles * H, 1)))
+        rows_per_chunk = runtime.cdiv(R, chunks)
+        chunks = runtime.cdiv(R, rows_per_chunk)
+        partial = runtime.empty(chunks, H, N, N, device=q.device, dtype=torch.float32)
+        K._bwd_dbias_kernel[(tiles, H, chunks)](q, k, v, bias, dout, lse, delta, partial, *common[:4],
+                                                 rows_per_chunk, *common[4:], **meta)
+        dbias = partial.sum(0).to(bias.dtype)
+    return dq, dk, dv, dbias
+
+
+@_bwd_op.register_fake
+def _bwd_fake(dout, q, k, v, bias, out, lse, dropout_p, scale, seed, want_dbias):
+    R, H, N, D = q.shape
+    grads = [q.new_empty(R, H, N, D) for _ in range(3)]
+    return (*grads, bias.new_empty(bias.shape) if want_dbias else q.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, bias, dropout_p, scale, seed = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, bias, out, lse)
+    ctx.args = (dropout_p, scale, seed)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, bias, out, lse = ctx.saved_tensors
+    want_dbias = ctx.needs_input_grad[3]
+    dq, dk, dv, dbias = torch.ops.segbench.window_attention_bwd(dout, q, k, v, bias, out, lse, *ctx.args,
+                                                                want_dbias)
+    return dq, dk, dv, dbias if want_dbias else None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float = 0.0,
+                     scale: float | None = None, seed: int | None = None) -> Tensor:
+    """softmax(q kᵀ·scale + bias) v with dropout on the attention weights; see the module docstring.
+
+    seed: the dropout masks' Philox seed (drawn from torch's generator when None, so torch.manual_seed
+    makes a run repeatable); ignored without dropout.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if dropout_p > 0 and seed is None:
+        seed = int(torch.randint(0, 2**30, (1,)).item())
+    out, _ = torch.ops.segbench.window_attention_fwd(q, k, v, bias, float(dropout_p), float(scale), seed or 0)
+    return out
+
+
+def keep_mask(R: int, H: int, N: int, dropout_p: float, seed: int, device: torch.device) -> Tensor:
+    """The (R, H, N, N) bool mask of kept attention weights the kernels draw for (dropout_p, seed)."""
+    K = runtime.load_kernels("kernels._window_attention_triton")
+    keep = torch.full((R, H, N, N), -1, device=device, dtype=torch.int8)  # -1: never written
+    K._keep_mask_kernel[(runtime.cdiv(N, _BLOCK_M), R * H)](keep, H, N, dropout_p, seed, BLOCK_M=_BLOCK_M,
+                                                            BLOCK_N=_BLOCK_N)
+    if (keep < 0).any():
+        raise RuntimeError("keep_mask: the kernel left elements unwritten")
+    return keep.bool()
+
+
+def window_attention_ref(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float = 0.0,
+                         scale: float | None = None, keep: Tensor | None = None) -> Tensor:
+    """PyTorch reference (scores materialized), with the dropout mask `keep` given."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    attn = torch.softmax((q @ k.transpose(-1, -2)).float() * scale + bias.float(), dim=-1)
+    if dropout_p > 0:
+        attn = torch.where(keep, attn / (1 - dropout_p), torch.zeros_like(attn))
+    return (attn.to(v.dtype) @ v).to(q.dtype)

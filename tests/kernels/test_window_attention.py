@@ -1,0 +1,120 @@
+"""kernels.window_attention against a float64 reference with the kernels' own dropout mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import window_attention as wa
+
+
+def _inputs(R, H, N, D, device, dtype=torch.float32, bias_grad=True, seed=0):
+    """q, k, v as Swin makes them: strided views of one (R, N, 3, H, D) projection."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(R, N, 3, H, D, generator=g).to(device, dtype)
+    q, k, v = (t.detach().requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))
+    bias = (torch.randn(H, N, N, generator=g) * 2).to(device, dtype).requires_grad_(bias_grad)
+    return q, k, v, bias
+
+
+def _reference(q, k, v, bias, dropout_p, keep, grad_out):
+    """Outputs and gradients in float64 (METHOD: the reference in higher precision)."""
+    leaves = [t.detach().double().requires_grad_(t.requires_grad) for t in (q, k, v, bias)]
+    out = wa.window_attention_ref(*leaves, dropout_p, scale=0.3, keep=keep)
+    out.backward(grad_out.double())
+    return out, [t.grad for t in leaves]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("N, D", [(20, 8), (70, 8), (27, 32)])  # 70: two tiles, the second partial
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
+def test_forward_and_gradients_match_the_reference(triton_backend, poisoned, N, D, dropout_p):
+    R, H = 3, 2
+    q, k, v, bias = _inputs(R, H, N, D, triton_backend)
+    out = wa.window_attention(q, k, v, bias, dropout_p, scale=0.3, seed=11)
+    assert out.shape == (R, H, N, D) and out.transpose(1, 2).is_contiguous()
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    keep = wa.keep_mask(R, H, N, dropout_p, 11, triton_backend) if dropout_p else None
+    ref, ref_grads = _reference(q, k, v, bias, dropout_p, keep, grad_out)
+    assert _rel(out, ref) < 1e-5
+    for name, t, g in zip("q k v bias".split(), (q, k, v, bias), ref_grads, strict=True):
+        assert torch.isfinite(t.grad).all(), name
+        assert _rel(t.grad, g) < 1e-5, name
+
+
+def test_bias_gradient_summed_over_chunks_of_rows(triton_backend, monkeypatch):
+    # many dbias programs per SM: each takes one or two rows, the host sums the partials
+    monkeypatch.setattr(wa, "_DBIAS_CHUNKS_PER_SM", 64)
+    q, k, v, bias = _inputs(5, 2, 20, 8, triton_backend)
+    out = wa.window_attention(q, k, v, bias, 0.1, scale=0.3, seed=3)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    _, ref_grads = _reference(q, k, v, bias, 0.1, wa.keep_mask(5, 2, 20, 0.1, 3, triton_backend), grad_out)
+    assert _rel(bias.grad, ref_grads[3]) < 1e-5
+
+
+def test_a_frozen_bias_gets_no_gradient(triton_backend):
+    q, k, v, bias = _inputs(2, 1, 20, 8, triton_backend, bias_grad=False)
+    out = wa.window_attention(q, k, v, bias, scale=0.3)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    _, ref_grads = _reference(q, k, v, bias, 0.0, None, grad_out)
+    assert bias.grad is None and _rel(q.grad, ref_grads[0]) < 1e-5
+
+
+def test_dropout_masks_keep_1_minus_p_and_follow_the_seed(triton_backend):
+    keep = wa.keep_mask(8, 3, 40, 0.2, 5, triton_backend)
+    assert keep.float().mean().item() == pytest.approx(0.8, abs=0.01)
+    assert torch.equal(keep, wa.keep_mask(8, 3, 40, 0.2, 5, triton_backend))
+    other = wa.keep_mask(8, 3, 40, 0.2, 6, triton_backend)
+    assert (keep != other).float().mean().item() > 0.2
+    assert (keep[0, 0] != keep[1, 0]).any() and (keep[0, 0] != keep[0, 1]).any()  # per (row, head)
+    q, k, v, bias = _inputs(2, 1, 20, 8, triton_backend)
+    torch.manual_seed(0)
+    a = wa.window_attention(q, k, v, bias, 0.2)
+    torch.manual_seed(0)
+    assert torch.equal(a, wa.window_attention(q, k, v, bias, 0.2))  # seed drawn from torch's generator
+
+
+def test_half_precision_inputs(triton_backend):
+    dtype = torch.bfloat16 if triton_backend.type == "cuda" else torch.float16
+    q, k, v, bias = _inputs(2, 2, 30, 8, triton_backend, dtype=dtype)
+    out = wa.window_attention(q, k, v, bias, scale=0.3)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    ref, ref_grads = _reference(q, k, v, bias, 0.0, None, grad_out)
+    assert out.dtype == dtype and _rel(out, ref) < 1e-2
+    for t, g in zip((q, k, v, bias), ref_grads, strict=True):
+        assert t.grad.dtype == dtype and _rel(t.grad, g) < 2e-2
+
+
+def test_compiles_as_one_graph(triton_backend):
+    q, k, v, bias = _inputs(2, 2, 20, 8, triton_backend)
+
+    def f(q, k, v, bias):
+        return wa.window_attention(q, k, v, bias, 0.0, scale=0.3).sum()
+
+    explain = torch._dynamo.explain(f)(q, k, v, bias)
+    assert explain.graph_break_count == 0
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    compiled(q, k, v, bias).backward()
+    grads = [t.grad.clone() for t in (q, k, v, bias)]
+    for t in (q, k, v, bias):
+        t.grad = None
+    f(q, k, v, bias).backward()
+    for a, t in zip(grads, (q, k, v, bias), strict=True):
+        torch.testing.assert_close(a, t.grad)
+
+
+def test_bad_shapes_are_one_clear_error(triton_backend):
+    q, k, v, bias = _inputs(2, 2, 20, 8, triton_backend)
+    with pytest.raises(ValueError, match=r"bias must be \(2, 20, 20\)"):
+        wa.window_attention(q, k, v, bias[:, :10])
+    with pytest.raises(ValueError, match="q, k, v must be"):
+        wa.window_attention(q, k[:1], v, bias)
+    with pytest.raises(ValueError, match="head dim must be contiguous"):
+        wa.window_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), bias[:, :8, :8])
