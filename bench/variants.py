@@ -35,6 +35,7 @@ class CaseConfig:
     sdpa: bool = False  # SwinUNETR use_flash_attention (torch scaled_dot_product_attention)
     fused_norm: bool = False  # kernels.patch: Triton fused norm + activation
     swin_fast: bool = False  # seg.swin_fast weight-compatible fast SwinUNETR
+    swin_attention: str = "sdpa"  # the fast path's window attention: sdpa | triton (kernels.window_attention)
     tta: bool = False  # inference with test-time augmentation (flips)
     workers: int | None = None  # DataLoader workers (None: the workload's)
     loader: str | None = None  # bench.loaders name (None: the workload's)
@@ -185,6 +186,18 @@ def _fused_norm(cfg, ctx, arg):
 def _swin_fast(cfg, ctx, arg):
     _need(ctx.model == "swinunetr", f"swin_fast is a SwinUNETR path, not {ctx.model}")
     cfg.swin_fast = True
+
+
+@variant(
+    "triton_attn",
+    "with swin_fast: window attention through kernels.window_attention (Triton, the bias gradient summed "
+    "inside the backward) instead of SDPA; experimental",
+)
+def _triton_attn(cfg, ctx, arg):
+    _need(ctx.model == "swinunetr", f"triton_attn is a SwinUNETR option, not {ctx.model}")
+    _need(ctx.device == "cuda" or ctx.kind == "footprint",
+          "the Triton kernels run on CUDA (the interpreter is for tests, not timing)")
+    cfg.swin_attention = "triton"
 
 
 @variant("tta", "inference with test-time augmentation (flips)")

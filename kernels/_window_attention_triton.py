@@ -47,8 +47,9 @@ def _scores(q, K, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn, sbh, sbm
 @triton.jit
 def _fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
                 sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sor, soh, son, sbh, sbm,
-                scale, p_drop, seed, DROPOUT: tl.constexpr,
+                scale, p_drop, SEED, DROPOUT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
     mb = tl.program_id(0)
     rh = tl.program_id(1)
     r = rh // H
@@ -114,8 +115,9 @@ def _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
                      sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
-                     scale, p_drop, seed, DROPOUT: tl.constexpr,
+                     scale, p_drop, SEED, DROPOUT: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
     nb = tl.program_id(0)
     rh = tl.program_id(1)
     r = rh // H
@@ -141,8 +143,9 @@ def _bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
                    sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
-                   scale, p_drop, seed, DROPOUT: tl.constexpr,
+                   scale, p_drop, SEED, DROPOUT: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
     mb = tl.program_id(0)
     rh = tl.program_id(1)
     r = rh // H
@@ -167,8 +170,9 @@ def _bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
 @triton.jit
 def _bwd_dbias_kernel(Q, K, V, B, DO, LSE, DELTA, PDB, R, H, N, D, rows_per_chunk,
                       sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
-                      scale, p_drop, seed, DROPOUT: tl.constexpr,
+                      scale, p_drop, SEED, DROPOUT: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
     tiles_n = tl.cdiv(N, BLOCK_N)
     mb = tl.program_id(0) // tiles_n
     nb = tl.program_id(0) % tiles_n
@@ -190,8 +194,9 @@ def _bwd_dbias_kernel(Q, K, V, B, DO, LSE, DELTA, PDB, R, H, N, D, rows_per_chun
 
 
 @triton.jit
-def _keep_mask_kernel(KEEP, H, N, p_drop, seed, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _keep_mask_kernel(KEEP, H, N, p_drop, SEED, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """keep[r, h, m, n] as the attention kernels draw it (tests compare against a reference with it)."""
+    seed = tl.load(SEED)
     mb = tl.program_id(0)
     rh = tl.program_id(1)
     offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)

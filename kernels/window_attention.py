@@ -59,7 +59,7 @@ def _launch_args(q, k, v, bias):
 
 
 @torch.library.custom_op("segbench::window_attention_fwd", mutates_args=())
-def _fwd_op(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, scale: float, seed: int
+def _fwd_op(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, scale: float, seed: Tensor
             ) -> tuple[Tensor, Tensor]:
     """(out, lse): out (R, H, N, D) as a view of (R, N, H, D); lse (R, H, N) float32 for backward."""
     _check(q, k, v, bias)
@@ -82,7 +82,7 @@ def _fwd_fake(q, k, v, bias, dropout_p, scale, seed):
 
 @torch.library.custom_op("segbench::window_attention_bwd", mutates_args=())
 def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Tensor, lse: Tensor,
-            dropout_p: float, scale: float, seed: int, want_dbias: bool
+            dropout_p: float, scale: float, seed: Tensor, want_dbias: bool
             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, dbias): dq/dk/dv contiguous (R, H, N, D); dbias (H, N, N) or empty."""
     K = runtime.load_kernels("kernels._window_attention_triton")
@@ -121,16 +121,16 @@ def _bwd_fake(dout, q, k, v, bias, out, lse, dropout_p, scale, seed, want_dbias)
 def _setup_context(ctx, inputs, output):
     q, k, v, bias, dropout_p, scale, seed = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, bias, out, lse)
-    ctx.args = (dropout_p, scale, seed)
+    ctx.save_for_backward(q, k, v, bias, out, lse, seed)
+    ctx.args = (dropout_p, scale)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, dout, _dlse):
-    q, k, v, bias, out, lse = ctx.saved_tensors
+    q, k, v, bias, out, lse, seed = ctx.saved_tensors
     want_dbias = ctx.needs_input_grad[3]
     dq, dk, dv, dbias = torch.ops.segbench.window_attention_bwd(dout, q, k, v, bias, out, lse, *ctx.args,
-                                                                want_dbias)
+                                                                seed, want_dbias)
     return dq, dk, dv, dbias if want_dbias else None, None, None, None
 
 
@@ -141,13 +141,15 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: f
                      scale: float | None = None, seed: int | None = None) -> Tensor:
     """softmax(q kᵀ·scale + bias) v with dropout on the attention weights; see the module docstring.
 
-    seed: the dropout masks' Philox seed (drawn from torch's generator when None, so torch.manual_seed
-    makes a run repeatable); ignored without dropout.
+    seed: the dropout masks' Philox seed; None draws it on q's device from torch's generator (a
+    tensor: no host sync, a fresh draw per step under torch.compile; torch.manual_seed repeats a run).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if dropout_p > 0 and seed is None:
-        seed = int(torch.randint(0, 2**30, (1,)).item())
-    out, _ = torch.ops.segbench.window_attention_fwd(q, k, v, bias, float(dropout_p), float(scale), seed or 0)
+    if seed is None and dropout_p > 0:
+        seed_t = torch.randint(0, 2**30, (1,), device=q.device, dtype=torch.int32)
+    else:
+        seed_t = torch.full((1,), seed or 0, device=q.device, dtype=torch.int32)
+    out, _ = torch.ops.segbench.window_attention_fwd(q, k, v, bias, float(dropout_p), float(scale), seed_t)
     return out
 
 
@@ -155,7 +157,8 @@ def keep_mask(R: int, H: int, N: int, dropout_p: float, seed: int, device: torch
     """The (R, H, N, N) bool mask of kept attention weights the kernels draw for (dropout_p, seed)."""
     K = runtime.load_kernels("kernels._window_attention_triton")
     keep = torch.full((R, H, N, N), -1, device=device, dtype=torch.int8)  # -1: never written
-    K._keep_mask_kernel[(runtime.cdiv(N, _BLOCK_M), R * H)](keep, H, N, dropout_p, seed, BLOCK_M=_BLOCK_M,
+    seed_t = torch.full((1,), seed, device=device, dtype=torch.int32)
+    K._keep_mask_kernel[(runtime.cdiv(N, _BLOCK_M), R * H)](keep, H, N, dropout_p, seed_t, BLOCK_M=_BLOCK_M,
                                                             BLOCK_N=_BLOCK_N)
     if (keep < 0).any():
         raise RuntimeError("keep_mask: the kernel left elements unwritten")

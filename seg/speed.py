@@ -64,6 +64,7 @@ def apply_speed_options(
     compile_mode: str | None = None,
     checkpoint_modules: tuple[str, ...] = (),
     require_kernels: bool = True,
+    swin_attention: str = "sdpa",
 ) -> nn.Module:
     """`model` with the speed options applied (in place, except torch.compile's wrapper).
 
@@ -76,6 +77,8 @@ def apply_speed_options(
     checkpoint_modules: submodule names or fnmatch patterns to recompute in backward
       (seg.recompute; after the norms are patched, so the kernels still recognise MONAI's blocks);
       SpeedOptionError when one selects nothing or cannot be checkpointed.
+    swin_attention: the fast path's window attention, "sdpa" or "triton" (kernels.window_attention,
+      experimental; Triton must run for the model's device, as for fused_norm).
     channels_last: parameters in channels_last_3d (feed inputs through `to_input`).
     compile_mode: None (eager) or a torch.compile mode; the returned module is then the
       OptimizedModule, whose `_orig_mod` is the transformed model (checkpoint that one:
@@ -84,11 +87,14 @@ def apply_speed_options(
     import torch
 
     check_compile_mode(compile_mode)
-    if fused_norm and require_kernels:
-        device = next(model.parameters()).device
-        why = fused_norm_unavailable(device)
+    if swin_attention != "sdpa" and not fast:
+        raise SpeedOptionError(f"window attention {swin_attention!r} is an option of the fast SwinUNETR path")
+    triton_options = [flag for flag, on in (("--fused-norm", fused_norm),
+                                            ("triton window attention", swin_attention == "triton")) if on]
+    if triton_options and require_kernels:
+        why = fused_norm_unavailable(next(model.parameters()).device)
         if why is not None:
-            raise SpeedOptionError(f"--fused-norm: the Triton kernels cannot run here: {why}")
+            raise SpeedOptionError(f"{triton_options[0]}: the Triton kernels cannot run here: {why}")
     if fast:
         from monai.networks.nets import SwinUNETR
 
@@ -96,7 +102,10 @@ def apply_speed_options(
 
         if not isinstance(model, SwinUNETR):
             raise SpeedOptionError(f"--fast is SwinUNETR's fast path; this model is a {type(model).__name__}")
-        model = to_fast(model, fused_norm=False)
+        try:
+            model = to_fast(model, fused_norm=False, attention=swin_attention)
+        except ValueError as err:
+            raise SpeedOptionError(str(err)) from None
     if fused_norm:  # after to_fast, as to_fast(fused_norm=True) does it
         from kernels import patch
 

@@ -144,6 +144,7 @@ def build_model(
             compile_mode=cfg.compile_mode,
             checkpoint_modules=cfg.checkpoint_modules,
             require_kernels=require_kernels,
+            swin_attention=cfg.swin_attention,
         )
     except SpeedOptionError as err:  # e.g. fused_norm where Triton cannot run: the reason
         raise Unavailable(str(err)) from None

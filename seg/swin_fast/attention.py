@@ -34,8 +34,14 @@ class FastWindowAttention(WindowAttention):
     """MONAI's WindowAttention (same parameters, same `forward`) plus `forward_windows` for the fast path."""
 
     fast_entry = "forward_windows"
+    IMPLS = ("sdpa", "triton")
 
-    def init_fast(self) -> None:
+    def init_fast(self, impl: str = "sdpa") -> None:
+        """impl: "sdpa" (torch's scaled_dot_product_attention) or "triton" (kernels.window_attention,
+        which sums the bias gradient over the windows inside its backward; experimental)."""
+        if impl not in self.IMPLS:
+            raise ValueError(f"window attention {impl!r}: choose {' or '.join(self.IMPLS)}")
+        self.impl = impl
         self._index_cache: dict = {}
         self._bias_cache: dict = {}
 
@@ -87,10 +93,15 @@ class FastWindowAttention(WindowAttention):
         sizes = [group.end - group.start for group in geo.groups]
         outs = []
         for qg, kg, vg, bias in zip(q.split(sizes), k.split(sizes), v.split(sizes), biases, strict=True):
-            out = F.scaled_dot_product_attention(
-                qg, kg, vg, attn_mask=bias, dropout_p=dropout_p, scale=self.scale
-            )
-            outs.append(out.transpose(1, 2))  # (rows, N, heads, d): contiguous for the efficient kernel
+            if self.impl == "triton":
+                from kernels.window_attention import window_attention
+
+                out = window_attention(qg, kg, vg, bias[0], dropout_p, scale=self.scale)
+            else:
+                out = F.scaled_dot_product_attention(
+                    qg, kg, vg, attn_mask=bias, dropout_p=dropout_p, scale=self.scale
+                )
+            outs.append(out.transpose(1, 2))  # (rows, N, heads, d): contiguous (both kernels write it so)
         out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
         out = from_windows(out.reshape(-1, c), geo)
         return self.proj_drop(self.proj(out))

@@ -34,7 +34,8 @@ def _resolve_fused_norm(fused_norm: FusedNorm) -> bool:
 
 
 def to_fast(
-    model: nn.Module, fused_norm: FusedNorm = "auto", use_checkpoint: bool | None = None
+    model: nn.Module, fused_norm: FusedNorm = "auto", use_checkpoint: bool | None = None,
+    attention: str = "sdpa",
 ) -> nn.Module:
     """Make a MONAI SwinUNETR take the fast path; returns the same object (or kernels.patch's result).
 
@@ -47,6 +48,8 @@ def to_fast(
       ops to torch.compile, which then does not fuse the norms into their neighbours itself).
     use_checkpoint: None keeps the model's setting; True/False sets gradient checkpointing of every
       Swin block (the seed preset turns it on; the fast path is meant to run without it).
+    attention: "sdpa" (default) or "triton": the window attention through kernels.window_attention
+      (experimental: Triton on CUDA, or the interpreter; measure it with kernels.bench_window_attention).
     """
     if not isinstance(model, SwinUNETR):
         raise TypeError(f"to_fast expects a MONAI SwinUNETR, got {type(model).__name__}")
@@ -56,11 +59,13 @@ def to_fast(
     stages = [stage[0] for stage in (swin.layers1, swin.layers2, swin.layers3, swin.layers4)]
     for layer in stages:  # check everything before changing anything
         _check_layer(layer)
+    if attention not in FastWindowAttention.IMPLS:
+        raise ValueError(f"to_fast: attention {attention!r}: choose {' or '.join(FastWindowAttention.IMPLS)}")
     use_kernels = _resolve_fused_norm(fused_norm)
     model.__class__ = FastSwinUNETR
     swin.__class__ = FastSwinTransformer
     for layer in stages:
-        fast_layer(layer, use_checkpoint)
+        fast_layer(layer, use_checkpoint, attention)
     out_of_place_activations(model)
     if use_kernels:  # Swin LayerNorms and decoder InstanceNorm+LeakyReLU, by the same class swap
         import kernels
@@ -93,7 +98,9 @@ def _check_layer(layer: nn.Module) -> None:
             raise TypeError(f"to_fast: unexpected window attention {type(blk.attn).__name__}")
 
 
-def fast_layer(layer: nn.Module, use_checkpoint: bool | None = None) -> FastBasicLayer:
+def fast_layer(
+    layer: nn.Module, use_checkpoint: bool | None = None, attention: str = "sdpa"
+) -> FastBasicLayer:
     """Swap one MONAI BasicLayer (a Swin stage) and its blocks to the fast classes, in place."""
     _check_layer(layer)
     layer.__class__ = FastBasicLayer
@@ -101,7 +108,7 @@ def fast_layer(layer: nn.Module, use_checkpoint: bool | None = None) -> FastBasi
     for blk in layer.blocks:
         blk.__class__ = FastSwinTransformerBlock
         blk.attn.__class__ = FastWindowAttention
-        blk.attn.init_fast()
+        blk.attn.init_fast(attention)
         if use_checkpoint is not None:
             blk.use_checkpoint = use_checkpoint
     return layer

@@ -97,6 +97,9 @@ def test_variants_compose_in_order():
     named = resolve("ckpt:input_block", VariantContext("footprint", "dynunet", "cpu"))
     assert named.checkpoint_modules == ("input_block",) and named.checkpointing is None
     assert CaseConfig.from_dict(json.loads(json.dumps(both.to_dict()))) == both  # as a case receives it
+    fast = resolve("bf16+swin_fast+triton_attn", ctx)
+    assert fast.swin_fast and fast.swin_attention == "triton"
+    assert resolve("bf16+swin_fast", ctx).swin_attention == "sdpa"
 
 
 @pytest.mark.parametrize(
@@ -104,6 +107,8 @@ def test_variants_compose_in_order():
     [
         ("tf32", VariantContext("train_step", "unet", "cpu"), "CUDA"),
         ("fused_norm", VariantContext("train_step", "unet", "cpu"), "CUDA"),
+        ("swin_fast+triton_attn", VariantContext("train_step", "swinunetr", "cpu"), "CUDA"),
+        ("triton_attn", VariantContext("train_step", "unet", "cuda"), "SwinUNETR option"),
         ("ckpt", VariantContext("train_step", "unet", "cuda"), "no gradient-checkpointing"),
         ("ckpt:encoder1", VariantContext("infer", "swinunetr", "cuda"), "only matters when training"),
         ("sdpa", VariantContext("train_step", "dynunet", "cuda"), "no attention"),

@@ -95,10 +95,11 @@ def test_half_precision_inputs(triton_backend):
 def test_compiles_as_one_graph(triton_backend):
     q, k, v, bias = _inputs(2, 2, 20, 8, triton_backend)
 
-    def f(q, k, v, bias):
-        return wa.window_attention(q, k, v, bias, 0.0, scale=0.3).sum()
+    def f(q, k, v, bias, seed=5):
+        return wa.window_attention(q, k, v, bias, 0.2, scale=0.3, seed=seed).sum()
 
-    explain = torch._dynamo.explain(f)(q, k, v, bias)
+    # the seed drawn per call is a device tensor: no .item(), no graph break, no constant baked in
+    explain = torch._dynamo.explain(lambda *a: f(*a, seed=None))(q, k, v, bias)
     assert explain.graph_break_count == 0
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     compiled(q, k, v, bias).backward()
@@ -108,6 +109,8 @@ def test_compiles_as_one_graph(triton_backend):
     f(q, k, v, bias).backward()
     for a, t in zip(grads, (q, k, v, bias), strict=True):
         torch.testing.assert_close(a, t.grad)
+    drawn = torch.compile(lambda *a: f(*a, seed=None), backend="aot_eager", fullgraph=True)
+    assert not torch.equal(drawn(q, k, v, bias), drawn(q, k, v, bias))  # a fresh mask per call
 
 
 def test_bad_shapes_are_one_clear_error(triton_backend):
@@ -118,3 +121,17 @@ def test_bad_shapes_are_one_clear_error(triton_backend):
         wa.window_attention(q, k[:1], v, bias)
     with pytest.raises(ValueError, match="head dim must be contiguous"):
         wa.window_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), bias[:, :8, :8])
+
+
+def test_benchmark_shapes_and_parity_glue(triton_backend):
+    """kernels.bench_window_attention (GPU only) on the interpreter's scale: its stage shapes and parity."""
+    from kernels import bench_window_attention as bench
+
+    s1, s2, s3, s4 = bench.stage_shapes(24, 128)
+    assert (s1["rows"], s1["heads"], s1["tokens"], s1["head_dim"]) == (729, 3, 343, 8)
+    assert (s2["rows"], s2["heads"], s2["head_dim"]) == (64, 6, 8) and s4["rows"] == 1
+    assert bench.stage_shapes(48, 128)[0]["head_dim"] == 16
+    tiny = dict(rows=2, heads=2, tokens=20, head_dim=8)
+    for fn in bench.IMPLS.values():
+        errors = bench.parity(fn, tiny, torch.float32, triton_backend.type)
+        assert set(errors) == {"out", "dq", "dk", "dv", "dbias"} and max(errors.values()) < 1e-5
