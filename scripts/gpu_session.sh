@@ -7,8 +7,9 @@
 #     before any timing), then the suite;
 #   swin-goal: the suite first (its compile rows are cold, ~200 s for stock + compile alone, and
 #     its parity column is the fast path's correctness check), then, while the 600 s call has time
-#     left, the fast SwinUNETR's GPU tests and python -m seg.swin_fast.gpu_check (SDPA backends,
-#     parity, a CUDA memory snapshot summarized by category).
+#     left, the fast SwinUNETR's GPU tests, python -m kernels.bench_window_attention (SDPA vs the
+#     Triton window attention at stage 1-2 shapes, with parity) and python -m seg.swin_fast.gpu_check
+#     (SDPA backends, parity, a CUDA memory snapshot summarized by category).
 # $OUT gets at most 8 files: report.md, results.jsonl, env.json, report.html, log.txt (all console
 # output), run.tar.gz (the run folder without data and traces), traces.tar (the rows' torch.profiler
 # traces, profile_steps; dropped if over the 16 MiB a returned file may have), and for swin-goal
@@ -63,9 +64,14 @@ if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 30 ]; then
   timeout "$((left_s < 60 ? left_s : 60))" python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/seg/test_swin_fast.py tests/profiles 2>&1 | tail -15 | tee -a "$log"
 fi
 left_s=$((570 - SECONDS))
+if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 40 ]; then
+  echo "== kernels.bench_window_attention: SDPA vs the Triton window attention (${left_s} s left)" | tee -a "$log"
+  timeout "$((left_s < 90 ? left_s : 90))" python3 -m kernels.bench_window_attention --out /tmp/swin_check 2>&1 | tail -8 | tee -a "$log"
+fi
+left_s=$((570 - SECONDS))
 if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 45 ]; then
   echo "== seg.swin_fast.gpu_check (${left_s} s left)" | tee -a "$log"
   timeout "$left_s" python3 -m seg.swin_fast.gpu_check --out /tmp/swin_check 2>&1 | tail -40 | tee -a "$log"
-  tar -czf "$out/swin_check.tar.gz" --exclude="*.pickle" -C /tmp swin_check
 fi
+[ -d /tmp/swin_check ] && tar -czf "$out/swin_check.tar.gz" --exclude="*.pickle" -C /tmp swin_check
 ls -la "$out"
