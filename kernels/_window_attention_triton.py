@@ -6,8 +6,9 @@ tokens per window, e.g. 343, D the head dim, e.g. 8), bias is (H, N, N). One pro
 row·head) in forward, FlashAttention-2 style (online softmax, scores never leave registers); LSE is
 kept per query for backward. D is padded to BLOCK_D ≥ 16 (tl.dot's minimum) by masked loads.
 
-Dropout: keep[r, h, m, n] = rand(seed + r·H + h, m·N + n) ≥ p (Philox), recomputed in backward, so
-no mask is stored; `_keep_mask_kernel` writes it out for tests.
+Dropout: Philox keyed by seed + r·H + h, one call per 4 keys of a query row (tl.randint4x: a quarter
+of tl.rand's integer work, which is most of what dropout costs here), recomputed in backward, so no
+mask is stored; `_keep_mask_kernel` writes it out for tests. Tiles start at multiples of 4 keys.
 
 Backward: dK/dV per (key block, row·head) and dQ per (query block, row·head) recompute the scores;
 the bias gradient Σ_r dS[r] — what the memory-efficient SDPA kernel writes at full (R, H, N, N) size
@@ -26,8 +27,18 @@ INTERPRETED = interpret_mode()  # Triton chose interpreter or compiler for the k
 
 
 @triton.jit
-def _scores(q, K, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn, sbh, sbm, scale, seed, H, p_drop,
-            DROPOUT: tl.constexpr):
+def _keep(seed, rh, offs_m, start, N, p_drop, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Kept attention weights of the [BLOCK_M, BLOCK_N] tile whose keys begin at `start` (4 | start):
+    Philox counter m·⌈N/4⌉ + n//4, its 4 outputs spread over keys 4j, 4j+2, 4j+1, 4j+3."""
+    offs_j = start // 4 + tl.arange(0, BLOCK_N // 4)
+    r0, r1, r2, r3 = tl.randint4x(seed + rh, offs_m[:, None] * ((N + 3) // 4) + offs_j[None, :])
+    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_M, BLOCK_N))
+    return tl.random.uint_to_uniform_float(r) >= p_drop
+
+
+@triton.jit
+def _scores(q, K, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, sbh, sbm, scale, seed, H,
+            p_drop, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """(masked scores s, keep mask) of a [BLOCK_M, BLOCK_N] tile; s = -inf outside the N×N window."""
     n_ok = offs_n < N
     kt = tl.load(K + r * skr + h * skh + offs_n[None, :] * skn + offs_d[:, None],
@@ -38,7 +49,7 @@ def _scores(q, K, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn, sbh, sbm
                    mask=m_ok[:, None] & n_ok[None, :], other=0.0)
     s = tl.where(n_ok[None, :], s + bias.to(tl.float32), float("-inf"))
     if DROPOUT:
-        keep = tl.rand(seed + r * H + h, offs_m[:, None] * N + offs_n[None, :]) >= p_drop
+        keep = _keep(seed, r * H + h, offs_m, start, N, p_drop, BLOCK_M, BLOCK_N)
     else:
         keep = n_ok[None, :]
     return s, keep
@@ -65,8 +76,8 @@ def _fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(0, N, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        s, keep = _scores(q, K, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn, sbh, sbm, scale, seed,
-                          H, p_drop, DROPOUT)
+        s, keep = _scores(q, K, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, sbh, sbm, scale,
+                          seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
@@ -84,11 +95,12 @@ def _fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
 
 
 @triton.jit
-def _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn, svr, svh, svn,
-             sbh, sbm, scale, seed, H, p_drop, DROPOUT: tl.constexpr):
+def _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, svr, svh,
+             svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr):
     """(p with dropout applied, dS) of one tile: dS = P ∘ (dP − delta), the softmax input's gradient."""
-    s, keep = _scores(q, K, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn, sbh, sbm, scale, seed, H,
-                      p_drop, DROPOUT)
+    s, keep = _scores(q, K, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, sbh, sbm, scale,
+                      seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N)
     p = tl.exp(s - lse[:, None])
     p = tl.where((offs_m < N)[:, None], p, 0.0)
     vt = tl.load(V + r * svr + h * svh + offs_n[None, :] * svn + offs_d[:, None],
@@ -122,16 +134,17 @@ def _bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
     rh = tl.program_id(1)
     r = rh // H
     h = rh % H
-    offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    start = nb * BLOCK_N
+    offs_n = start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    for start in range(0, N, BLOCK_M):
-        offs_m = start + tl.arange(0, BLOCK_M)
+    for m_start in range(0, N, BLOCK_M):
+        offs_m = m_start + tl.arange(0, BLOCK_M)
         q, do, lse, delta = _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
                                        sdr, sdh, sdn)
-        p_used, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn,
-                              svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT)
+        p_used, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh,
+                              skn, svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N)
         dv += tl.dot(tl.trans(p_used.to(do.dtype)), do)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
     ok = (offs_n < N)[:, None] & (offs_d < D)[None, :]
@@ -157,8 +170,8 @@ def _bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(0, N, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        _, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn,
-                         svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT)
+        _, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn,
+                         svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N)
         k = tl.load(K + r * skr + h * skh + offs_n[:, None] * skn + offs_d[None, :],
                     mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)
         dq += tl.dot(ds.to(k.dtype), k)
@@ -179,15 +192,16 @@ def _bwd_dbias_kernel(Q, K, V, B, DO, LSE, DELTA, PDB, R, H, N, D, rows_per_chun
     h = tl.program_id(1)
     chunk = tl.program_id(2)
     offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    start = nb * BLOCK_N
+    offs_n = start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for r in range(chunk * rows_per_chunk, tl.minimum(chunk * rows_per_chunk + rows_per_chunk, R)):
         rh = r * H + h
         q, do, lse, delta = _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
                                        sdr, sdh, sdn)
-        _, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, offs_d, N, D, skr, skh, skn,
-                         svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT)
+        _, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn,
+                         svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N)
         acc += ds
     ok = (offs_m < N)[:, None] & (offs_n < N)[None, :]
     tl.store(PDB + (chunk * H + h) * N * N + offs_m[:, None] * N + offs_n[None, :], acc, mask=ok)
@@ -202,6 +216,6 @@ def _keep_mask_kernel(KEEP, H, N, p_drop, SEED, BLOCK_M: tl.constexpr, BLOCK_N: 
     offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     for start in range(0, N, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        keep = tl.rand(seed + rh, offs_m[:, None] * N + offs_n[None, :]) >= p_drop
+        keep = _keep(seed, rh, offs_m, start, N, p_drop, BLOCK_M, BLOCK_N)
         tl.store(KEEP + rh * N * N + offs_m[:, None] * N + offs_n[None, :], keep.to(tl.int8),
                  mask=(offs_m < N)[:, None] & (offs_n < N)[None, :])

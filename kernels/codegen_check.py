@@ -1,4 +1,4 @@
-"""Compile the fused-norm kernels for an H100 (sm_90) without a GPU and report their code.
+"""Compile the Triton kernels for an H100 (sm_90) without a GPU and report their code.
 
     python -m kernels.codegen_check      (must run without TRITON_INTERPRET)
 
@@ -6,7 +6,9 @@ For the headline (2, 32, 128³) bf16 launch in both layouts, and LayerNorm over 
 stage 2 at feature size 48), it prints per kernel the registers per thread, stack bytes (spills)
 and the widest global load/store, and exits 1 when a kernel lost its 128-bit vector accesses or
 spills. This catches compiled-mode errors the CPU interpreter lets through and checks the
-layout/vectorization design on a machine without a GPU.
+layout/vectorization design on a machine without a GPU. The window-attention kernels (Swin stage-1
+head dims 8 and 16, dropout on and off, kernels.window_attention.CONFIGS) must not spill and must
+run their products on the tensor cores (mma/wgmma in the PTX).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def check() -> list[str]:
             if name in ("_apply_kernel", "_bwd_apply_kernel") and store < 128:
                 problems.append(f"{name} ({layout}): widest store {store} bit")
     problems += _check_layer_norm(target, D=96)
+    problems += _check_window_attention(target)
     return problems
 
 
@@ -117,6 +120,46 @@ def _check_layer_norm(target, D: int) -> list[str]:
               f"widest load {load} bit, store {store} bit")
         if load < 128 or store < 128 or stack:
             problems.append(f"{fn.__name__} (D={D}): widest load {load}, store {store} bit, stack {stack} B")
+    return problems
+
+
+_ATTN_PTRS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "B": "*bf16", "O": "*bf16", "DO": "*bf16",
+              "DK": "*bf16", "DV": "*bf16", "DQ": "*bf16", "LSE": "*fp32", "DELTA": "*fp32", "PDB": "*fp32",
+              "SEED": "*i32"}
+
+
+def _check_window_attention(target) -> list[str]:
+    import triton
+    from triton.compiler import ASTSource
+
+    from . import _window_attention_triton as A
+    from .window_attention import _meta
+
+    problems = []
+    for kernel, fn in (("fwd", A._fwd_kernel), ("dkdv", A._bwd_dkdv_kernel), ("dq", A._bwd_dq_kernel),
+                       ("dbias", A._bwd_dbias_kernel)):
+        for D in (8, 16):
+            for dropout_p in (0.2, 0.0):
+                meta = _meta(kernel, D, dropout_p)
+                warps = meta.pop("num_warps")
+                signature, attrs = {}, {}
+                for i, p in enumerate(fn.params):
+                    if p.is_constexpr:
+                        signature[p.name] = "constexpr"
+                    else:
+                        scalar = "fp32" if p.name in ("scale", "p_drop") else "i32"
+                        signature[p.name] = _ATTN_PTRS.get(p.name, scalar)
+                        if p.name in _ATTN_PTRS and p.name != "SEED":
+                            attrs[(i,)] = [["tt.divisibility", 16]]
+                compiled = triton.compile(ASTSource(fn, signature, meta, attrs), target=target,
+                                          options={"num_warps": warps})
+                regs, stack = _resources(compiled.asm["cubin"])
+                tensor_cores = "mma" in compiled.asm["ptx"]
+                print(f"{fn.__name__:20s} D={D:<2d} dropout={dropout_p:<3} tile [{meta['BLOCK_M']}, "
+                      f"{meta['BLOCK_N']}] warps {warps}  regs {regs:3d}  stack {stack}  mma {tensor_cores}")
+                if stack or not tensor_cores:
+                    problems.append(f"{fn.__name__} (D={D}, dropout {dropout_p}): stack {stack} B, "
+                                    f"tensor cores {tensor_cores}")
     return problems
 
 

@@ -25,13 +25,20 @@ from torch import Tensor
 
 from . import runtime
 
-_BLOCK_M = 64
-_BLOCK_N = 64
+# (BLOCK_M, BLOCK_N, num_warps) per kernel: the largest tiles that compile for sm_90 without spilling
+# registers at head dim 8-16 with dropout (kernels.codegen_check prints them); BLOCK_N a multiple of 4
+# (dropout draws 4 keys per Philox call). Not yet tuned on a GPU.
+CONFIGS = {"fwd": (64, 32, 8), "dkdv": (32, 64, 8), "dq": (64, 32, 8), "dbias": (64, 32, 8)}
 _DBIAS_CHUNKS_PER_SM = 2  # dbias programs: tiles × heads × chunks, about this many per SM
 
 
-def _blocks(D: int) -> tuple[int, int, int]:
-    return _BLOCK_M, _BLOCK_N, max(16, runtime.next_pow2(D))  # tl.dot needs every dim >= 16
+def _block_d(D: int) -> int:
+    return max(16, runtime.next_pow2(D))  # tl.dot needs every dim >= 16
+
+
+def _meta(kernel: str, D: int, dropout_p: float) -> dict:
+    block_m, block_n, warps = CONFIGS[kernel]
+    return dict(DROPOUT=dropout_p > 0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_d(D), num_warps=warps)
 
 
 def _strides(t: Tensor) -> tuple[int, int, int]:
@@ -65,12 +72,12 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, sca
     _check(q, k, v, bias)
     K = runtime.load_kernels("kernels._window_attention_triton")
     R, H, N, D = q.shape
-    block_m, block_n, block_d = _blocks(D)
     out = runtime.empty(R, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
     lse = runtime.empty(R, H, N, device=q.device, dtype=torch.float32)
-    K._fwd_kernel[(runtime.cdiv(N, block_m), R * H)](
+    meta = _meta("fwd", D, dropout_p)
+    K._fwd_kernel[(runtime.cdiv(N, meta["BLOCK_M"]), R * H)](
         q, k, v, bias, out, lse, *_launch_args(q, k, v, bias), *_strides(out), bias.stride(0), bias.stride(1),
-        scale, dropout_p, seed, DROPOUT=dropout_p > 0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
+        scale, dropout_p, seed, **meta)
     return out, lse
 
 
@@ -87,20 +94,22 @@ def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Te
     """(dq, dk, dv, dbias): dq/dk/dv contiguous (R, H, N, D); dbias (H, N, N) or empty."""
     K = runtime.load_kernels("kernels._window_attention_triton")
     R, H, N, D = q.shape
-    block_m, block_n, block_d = _blocks(D)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1).contiguous()  # rowsum(dO ∘ O): one cheap pass
     dq, dk, dv = (runtime.empty(R, H, N, D, device=q.device, dtype=q.dtype) for _ in range(3))
     common = (*_launch_args(q, k, v, bias), *_strides(dout), bias.stride(0), bias.stride(1), scale,
               dropout_p, seed)
-    meta = dict(DROPOUT=dropout_p > 0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
-    K._bwd_dkdv_kernel[(runtime.cdiv(N, block_n), R * H)](q, k, v, bias, dout, lse, delta, dk, dv, *common,
-                                                          **meta)
-    K._bwd_dq_kernel[(runtime.cdiv(N, block_m), R * H)](q, k, v, bias, dout, lse, delta, dq, *common, **meta)
+    meta = _meta("dkdv", D, dropout_p)
+    K._bwd_dkdv_kernel[(runtime.cdiv(N, meta["BLOCK_N"]), R * H)](q, k, v, bias, dout, lse, delta, dk, dv,
+                                                                  *common, **meta)
+    meta = _meta("dq", D, dropout_p)
+    K._bwd_dq_kernel[(runtime.cdiv(N, meta["BLOCK_M"]), R * H)](q, k, v, bias, dout, lse, delta, dq, *common,
+                                                                **meta)
     dbias = q.new_empty(0)
     if want_dbias:
-        tiles = runtime.cdiv(N, block_m) * runtime.cdiv(N, block_n)
+        meta = _meta("dbias", D, dropout_p)
+        tiles = runtime.cdiv(N, meta["BLOCK_M"]) * runtime.cdiv(N, meta["BLOCK_N"])
         chunks = max(1, min(R, _DBIAS_CHUNKS_PER_SM * runtime.sm_count(q.device) // max(tiles * H, 1)))
         rows_per_chunk = runtime.cdiv(R, chunks)
         chunks = runtime.cdiv(R, rows_per_chunk)
@@ -158,8 +167,9 @@ def keep_mask(R: int, H: int, N: int, dropout_p: float, seed: int, device: torch
     K = runtime.load_kernels("kernels._window_attention_triton")
     keep = torch.full((R, H, N, N), -1, device=device, dtype=torch.int8)  # -1: never written
     seed_t = torch.full((1,), seed, device=device, dtype=torch.int32)
-    K._keep_mask_kernel[(runtime.cdiv(N, _BLOCK_M), R * H)](keep, H, N, dropout_p, seed_t, BLOCK_M=_BLOCK_M,
-                                                            BLOCK_N=_BLOCK_N)
+    block_m, block_n, _ = CONFIGS["fwd"]
+    K._keep_mask_kernel[(runtime.cdiv(N, block_m), R * H)](keep, H, N, dropout_p, seed_t, BLOCK_M=block_m,
+                                                           BLOCK_N=block_n)
     if (keep < 0).any():
         raise RuntimeError("keep_mask: the kernel left elements unwritten")
     return keep.bool()
