@@ -1,6 +1,6 @@
 """The fast SwinUNETR's window attention: SDPA (what the fast path runs) vs kernels.window_attention.
 
-    python -m kernels.bench_window_attention [--feature 24] [--size 128] [--out DIR]
+    python -m kernels.bench_window_attention [--feature 24] [--size 128] [--out DIR] [--sweep]
 
 For each stage's interior window group of a batch-1 training step (stage 1 of a 128³ input: 729
 windows × 3 heads × 343 tokens × head dim 8), bf16, bias = one (heads, N, N) tensor that needs a
@@ -123,12 +123,42 @@ def bench_shape(shape: dict) -> list[dict]:
     return rows
 
 
+# Tile sets tried by --sweep (kernels.window_attention.CONFIGS is "default"): (BLOCK_M, BLOCK_N, warps).
+TILE_SETS = {
+    "warps4": {"fwd": (64, 32, 4), "dkdv": (32, 64, 4), "dq": (64, 32, 4), "dbias": (64, 32, 4)},
+    "square64": {"fwd": (64, 64, 8), "dkdv": (64, 64, 8), "dq": (64, 64, 8), "dbias": (64, 64, 8)},
+    "small32": {"fwd": (32, 32, 4), "dkdv": (32, 32, 4), "dq": (32, 32, 4), "dbias": (32, 32, 4)},
+}
+
+
+def sweep(shape: dict) -> list[dict]:
+    """The Triton kernels at each tile set of TILE_SETS, on one shape (time and parity per set)."""
+    from . import window_attention as wa
+
+    default = dict(wa.CONFIGS)
+    rows = []
+    try:
+        for name, tiles in TILE_SETS.items():
+            wa.CONFIGS.update(tiles)
+            row = {**shape, "impl": f"triton[{name}]", "dropout_p": DROPOUT_P, "tiles": tiles}
+            try:
+                row.update(_time(_triton, shape))
+                row["parity_vs_fp32"] = parity(_triton, shape)
+            except Exception as err:
+                row["error"] = f"{type(err).__name__}: {err}"[:300]
+            rows.append(row)
+    finally:
+        wa.CONFIGS.update(default)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feature", type=int, default=24, help="SwinUNETR feature_size (24 seed, 48 paper)")
     parser.add_argument("--size", type=int, default=128, help="input side (voxels)")
     parser.add_argument("--stages", type=int, default=2, help="how many stages, from the first")
     parser.add_argument("--out", type=Path, help="folder for window_attention.json")
+    parser.add_argument("--sweep", action="store_true", help="also time the Triton TILE_SETS (stage 1)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernels.bench_window_attention needs a CUDA device")
@@ -139,15 +169,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:  # after every stage: a later failure loses nothing
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "window_attention.json").write_text(json.dumps(results, indent=1))
-    print(f"{'stage':>5} {'impl':>6} {'rows×heads×N×d':>18} {'fwd ms':>8} {'fwd+bwd ms':>10} {'GB/s':>7}  "
+    if args.sweep:
+        results += sweep(stage_shapes(args.feature, args.size)[0])
+        if args.out:
+            (args.out / "window_attention.json").write_text(json.dumps(results, indent=1))
+    print(f"{'stage':>5} {'impl':>16} {'rows×heads×N×d':>18} {'fwd ms':>8} {'fwd+bwd ms':>10} {'GB/s':>7}  "
           "parity (worst of out, grads)")
     for r in results:
         dims = f"{r['rows']}×{r['heads']}×{r['tokens']}×{r['head_dim']}"
         if "error" in r:
-            print(f"{r['stage']:>5} {r['impl']:>6} {dims:>18}  {r['error']}")
+            print(f"{r['stage']:>5} {r['impl']:>16} {dims:>18}  {r['error']}")
             continue
         worst = max(r["parity_vs_fp32"].values())
-        print(f"{r['stage']:>5} {r['impl']:>6} {dims:>18} {r['fwd_ms']:8.3f} {r['fwd_bwd_ms']:10.3f} "
+        print(f"{r['stage']:>5} {r['impl']:>16} {dims:>18} {r['fwd_ms']:8.3f} {r['fwd_bwd_ms']:10.3f} "
               f"{r['fwd_bwd_gb_per_s']:7.0f}  {worst:.1e}")
     return 0
 

@@ -135,3 +135,27 @@ def test_benchmark_shapes_and_parity_glue(triton_backend):
     for fn in bench.IMPLS.values():
         errors = bench.parity(fn, tiny, torch.float32, triton_backend.type)
         assert set(errors) == {"out", "dq", "dk", "dv", "dbias"} and max(errors.values()) < 1e-5
+
+
+def test_every_benchmarked_tile_set_computes_the_same_function(triton_backend):
+    """--sweep times kernels.window_attention at other tiles: each must stay right (dropout masks too)."""
+    from kernels import bench_window_attention as bench
+
+    q, k, v, bias = _inputs(2, 2, 70, 8, triton_backend)
+    out = wa.window_attention(q, k, v, bias, 0.3, scale=0.3, seed=4)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    default = [t.grad.clone() for t in (q, k, v, bias)]
+    saved = dict(wa.CONFIGS)
+    try:
+        for tiles in bench.TILE_SETS.values():
+            wa.CONFIGS.update(tiles)
+            for t in (q, k, v, bias):
+                t.grad = None
+            again = wa.window_attention(q, k, v, bias, 0.3, scale=0.3, seed=4)
+            again.backward(grad_out)
+            assert _rel(again, out) < 1e-6
+            for a, t in zip(default, (q, k, v, bias), strict=True):
+                assert _rel(t.grad, a) < 1e-5
+    finally:
+        wa.CONFIGS.update(saved)
