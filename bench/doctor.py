@@ -89,8 +89,16 @@ def features(device: str, sdpa_order: list[str] | None = None) -> list[Feature]:
         Feature(
             "Triton fused norms",
             why is None,
-            why or "kernels run as Triton on this device",
+            f"{why}: the ops run their PyTorch reference" if why else "kernels run as Triton on this device",
             "fused_norm, --fused-norm",
+        )
+    )
+    out.append(
+        Feature(
+            "Triton window attention",
+            why is None,
+            why or "the fast SwinUNETR's attention as Triton (experimental; the default stays SDPA)",
+            "swin_fast+triton_attn",
         )
     )
     if cuda:

@@ -48,7 +48,7 @@ def available() -> tuple[bool, str]:
         return True, "Triton interpreter (TRITON_INTERPRET=1)"
     if torch.cuda.is_available():
         return True, "Triton on CUDA"
-    return False, "no CUDA device and TRITON_INTERPRET is not set, so the PyTorch reference runs instead"
+    return False, "no CUDA device and TRITON_INTERPRET is not set"
 
 
 def unavailable_reason(device: torch.device | None = None) -> str | None:
