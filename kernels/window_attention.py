@@ -29,7 +29,10 @@ from . import runtime
 # registers at head dim 8-16 with dropout (kernels.codegen_check prints them); BLOCK_N a multiple of 4
 # (dropout draws 4 keys per Philox call). Not yet tuned on a GPU.
 CONFIGS = {"fwd": (64, 32, 8), "dkdv": (32, 64, 8), "dq": (64, 32, 8), "dbias": (64, 32, 8)}
-_DBIAS_CHUNKS_PER_SM = 2  # dbias programs: tiles × heads × chunks, about this many per SM
+# dbias programs = tiles × heads × chunks of rows: about this many per SM, so that each SM has several
+# programs to hide the loads of its row loop (stage 1 of f24: 66 tiles × 3 heads × 5 chunks on 132 SMs);
+# the fp32 partials (chunks × heads × N × N, 9 MB there) are summed on the host.
+_DBIAS_PROGRAMS_PER_SM = 8
 
 
 def _block_d(D: int) -> int:
@@ -110,7 +113,7 @@ def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Te
     if want_dbias:
         meta = _meta("dbias", D, dropout_p)
         tiles = runtime.cdiv(N, meta["BLOCK_M"]) * runtime.cdiv(N, meta["BLOCK_N"])
-        chunks = max(1, min(R, _DBIAS_CHUNKS_PER_SM * runtime.sm_count(q.device) // max(tiles * H, 1)))
+        chunks = max(1, min(R, _DBIAS_PROGRAMS_PER_SM * runtime.sm_count(q.device) // max(tiles * H, 1)))
         rows_per_chunk = runtime.cdiv(R, chunks)
         chunks = runtime.cdiv(R, rows_per_chunk)
         partial = runtime.empty(chunks, H, N, N, device=q.device, dtype=torch.float32)

@@ -48,7 +48,7 @@ def test_forward_and_gradients_match_the_reference(triton_backend, poisoned, N, 
 
 def test_bias_gradient_summed_over_chunks_of_rows(triton_backend, monkeypatch):
     # many dbias programs per SM: each takes one or two rows, the host sums the partials
-    monkeypatch.setattr(wa, "_DBIAS_CHUNKS_PER_SM", 64)
+    monkeypatch.setattr(wa, "_DBIAS_PROGRAMS_PER_SM", 64)
     q, k, v, bias = _inputs(5, 2, 20, 8, triton_backend)
     out = wa.window_attention(q, k, v, bias, 0.1, scale=0.3, seed=3)
     grad_out = torch.randn_like(out)
