@@ -172,13 +172,17 @@ def _sdpa(cfg, ctx, arg):
     cfg.sdpa = True
 
 
-@variant("fused_norm", "Triton fused normalization + activation (kernels.patch / kernels.fused_norm_act)")
-def _fused_norm(cfg, ctx, arg):
-    _need(ctx.kind != "dataloader", "the loader alone has no model")
+def _need_triton(ctx: VariantContext) -> None:
     _need(
         ctx.device == "cuda" or ctx.kind == "footprint",  # an estimate runs the ops' fake kernels
         "the Triton kernels run on CUDA (the interpreter is for tests, not timing)",
     )
+
+
+@variant("fused_norm", "Triton fused normalization + activation (kernels.patch / kernels.fused_norm_act)")
+def _fused_norm(cfg, ctx, arg):
+    _need(ctx.kind != "dataloader", "the loader alone has no model")
+    _need_triton(ctx)
     cfg.fused_norm = True
 
 
@@ -195,8 +199,7 @@ def _swin_fast(cfg, ctx, arg):
 )
 def _triton_attn(cfg, ctx, arg):
     _need(ctx.model == "swinunetr", f"triton_attn is a SwinUNETR option, not {ctx.model}")
-    _need(ctx.device == "cuda" or ctx.kind == "footprint",
-          "the Triton kernels run on CUDA (the interpreter is for tests, not timing)")
+    _need_triton(ctx)
     cfg.swin_attention = "triton"
 
 

@@ -56,15 +56,20 @@ def _scores(q, K, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, s
 
 
 @triton.jit
+def _row_head(H):
+    """(r, h, r·H + h) of the program's row and head: grid axis 1 enumerates rows × heads."""
+    rh = tl.program_id(1)
+    return rh // H, rh % H, rh
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
                 sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sor, soh, son, sbh, sbm,
                 scale, p_drop, SEED, DROPOUT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
     mb = tl.program_id(0)
-    rh = tl.program_id(1)
-    r = rh // H
-    h = rh % H
+    r, h, rh = _row_head(H)
     offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < N
@@ -131,9 +136,7 @@ def _bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
     nb = tl.program_id(0)
-    rh = tl.program_id(1)
-    r = rh // H
-    h = rh % H
+    r, h, rh = _row_head(H)
     start = nb * BLOCK_N
     offs_n = start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -160,9 +163,7 @@ def _bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
     mb = tl.program_id(0)
-    rh = tl.program_id(1)
-    r = rh // H
-    h = rh % H
+    r, h, rh = _row_head(H)
     offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q, do, lse, delta = _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
