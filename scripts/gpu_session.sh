@@ -4,7 +4,9 @@
 # Installs the carried wheels (monai, nibabel, nvtx: the image lacks them) and the project, logs
 # `segbench env`, then
 #   gpu-check (default): all of tests/kernels on CUDA (<= 90 s: a failing kernel is worth knowing
-#     before any timing), then the suite;
+#     before any timing), then the suite. Other suites likewise, then, in the time left, python -m
+#     kernels.bench_window_attention (with --sweep for the `kernels` suite: the Triton window
+#     attention's tile sets too) — `scripts/gpu_session.sh kernels` is the kernel-focused call.
 #   swin-goal: the suite first (its compile rows are cold, ~200 s for stock + compile alone, and
 #     its parity column is the fast path's correctness check), then, while the 600 s call has time
 #     left, the fast SwinUNETR's GPU tests, python -m kernels.bench_window_attention (SDPA vs the
@@ -12,8 +14,8 @@
 #     (SDPA backends, parity, a CUDA memory snapshot summarized by category).
 # $OUT gets at most 8 files: report.md, results.jsonl, env.json, report.html, log.txt (all console
 # output), run.tar.gz (the run folder without data and traces), traces.tar (the rows' torch.profiler
-# traces, profile_steps; dropped if over the 16 MiB a returned file may have), and for swin-goal
-# swin_check.tar.gz.
+# traces, profile_steps; dropped if over the 16 MiB a returned file may have), and swin_check.tar.gz
+# when the window-attention bench or gpu_check wrote something.
 # `scripts/gpu_session.sh SUITE --resume` finishes a run cut short: the run folder of a previous call
 # (still in /tmp on a warm machine, or unpacked from its run.tar.gz into runs/gpu/ here and carried)
 # gets only its missing cases; no tests first.
@@ -64,9 +66,11 @@ if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 30 ]; then
   timeout "$((left_s < 60 ? left_s : 60))" python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/seg/test_swin_fast.py tests/profiles 2>&1 | tail -15 | tee -a "$log"
 fi
 left_s=$((570 - SECONDS))
-if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 40 ]; then
-  echo "== kernels.bench_window_attention: SDPA vs the Triton window attention (${left_s} s left)" | tee -a "$log"
-  timeout "$((left_s < 90 ? left_s : 90))" python3 -m kernels.bench_window_attention --out /tmp/swin_check 2>&1 | tail -8 | tee -a "$log"
+if [ "$suite" != "gpu-check" ] && [ "$left_s" -gt 40 ]; then
+  # the kernels suite's call has the time for the tile sweep too
+  sweep=(); [ "$suite" = "kernels" ] && sweep=(--sweep)
+  echo "== kernels.bench_window_attention ${sweep[*]}: SDPA vs the Triton window attention (${left_s} s left)" | tee -a "$log"
+  timeout "$((left_s < 150 ? left_s : 150))" python3 -m kernels.bench_window_attention --out /tmp/swin_check "${sweep[@]}" 2>&1 | tail -12 | tee -a "$log"
 fi
 left_s=$((570 - SECONDS))
 if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 45 ]; then
