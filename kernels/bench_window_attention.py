@@ -38,11 +38,18 @@ def stage_shapes(feature: int, size: int) -> list[dict]:
     return shapes
 
 
+BIAS_ALIGN = 16  # as the fast path stores its biases (seg.swin_fast.windows): rows padded to 16 elements,
+# so SDPA's memory-efficient kernel takes the mask as is instead of copying it into an aligned buffer
+
+
 def _inputs(rows, heads, tokens, head_dim, dtype, seed=0, device="cuda"):
+    """q, k, v as views of one (rows, N, 3, heads, d) projection; bias an aligned (heads, N, N) view."""
     g = torch.Generator(device=device).manual_seed(seed)
     qkv = torch.randn(rows, tokens, 3, heads, head_dim, device=device, generator=g).to(dtype)
     q, k, v = (t.detach().requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))
-    bias = torch.randn(heads, tokens, tokens, device=device, generator=g).to(dtype).requires_grad_()
+    padded = -(-tokens // BIAS_ALIGN) * BIAS_ALIGN
+    storage = torch.randn(heads, tokens, padded, device=device, generator=g).to(dtype)
+    bias = storage[:, :, :tokens].requires_grad_()
     return q, k, v, bias
 
 
