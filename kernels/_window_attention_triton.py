@@ -8,7 +8,7 @@ kept per query for backward. D is padded to BLOCK_D ≥ 16 (tl.dot's minimum) by
 
 Dropout: Philox keyed by seed + r·H + h, one call per 4 keys of a query row (tl.randint4x: a quarter
 of tl.rand's integer work, which is most of what dropout costs here), recomputed in backward, so no
-mask is stored; `_keep_mask_kernel` writes it out for tests. Tiles start at multiples of 4 keys.
+mask is stored; `_wattn_keep_mask_kernel` writes it out for tests. Tiles start at multiples of 4 keys.
 
 Backward: dK/dV per (key block, row·head) and dQ per (query block, row·head) recompute the scores;
 the bias gradient Σ_r dS[r] — what the memory-efficient SDPA kernel writes at full (R, H, N, N) size
@@ -63,7 +63,7 @@ def _row_head(H):
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
+def _wattn_fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
                 sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sor, soh, son, sbh, sbm,
                 scale, p_drop, SEED, DROPOUT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -130,7 +130,7 @@ def _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
+def _wattn_bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
                      sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
                      scale, p_drop, SEED, DROPOUT: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -157,7 +157,7 @@ def _bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
+def _wattn_bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
                    sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
                    scale, p_drop, SEED, DROPOUT: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -182,7 +182,7 @@ def _bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
 
 
 @triton.jit
-def _bwd_dbias_kernel(Q, K, V, B, DO, LSE, DELTA, PDB, R, H, N, D, rows_per_chunk,
+def _wattn_bwd_dbias_kernel(Q, K, V, B, DO, LSE, DELTA, PDB, R, H, N, D, rows_per_chunk,
                       sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
                       scale, p_drop, SEED, DROPOUT: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -209,7 +209,7 @@ def _bwd_dbias_kernel(Q, K, V, B, DO, LSE, DELTA, PDB, R, H, N, D, rows_per_chun
 
 
 @triton.jit
-def _keep_mask_kernel(KEEP, H, N, p_drop, SEED, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _wattn_keep_mask_kernel(KEEP, H, N, p_drop, SEED, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """keep[r, h, m, n] as the attention kernels draw it (tests compare against a reference with it)."""
     seed = tl.load(SEED)
     mb = tl.program_id(0)

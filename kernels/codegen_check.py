@@ -136,8 +136,8 @@ def _check_window_attention(target) -> list[str]:
     from .window_attention import _meta
 
     problems = []
-    for kernel, fn in (("fwd", A._fwd_kernel), ("dkdv", A._bwd_dkdv_kernel), ("dq", A._bwd_dq_kernel),
-                       ("dbias", A._bwd_dbias_kernel)):
+    for kernel, fn in (("fwd", A._wattn_fwd_kernel), ("dkdv", A._wattn_bwd_dkdv_kernel),
+                       ("dq", A._wattn_bwd_dq_kernel), ("dbias", A._wattn_bwd_dbias_kernel)):
         for D in (8, 16):
             for dropout_p in (0.2, 0.0):
                 meta = _meta(kernel, D, dropout_p)

@@ -34,6 +34,7 @@ PATTERNS: list[tuple[str, tuple[str, ...]]] = [
             "aten::cat",
         ),
     ),
+    # "attn": also kernels.window_attention's Triton kernels (_wattn_*)
     ("attention", ("attention", "flash", "fmha", "sdpa", "attn")),
     ("convolution", ("conv", "fprop", "dgrad", "wgrad", "winograd", "implicit_gemm", "cudnn")),
     (

@@ -27,6 +27,8 @@ TINY = Path(__file__).parents[1] / "bench" / "tiny_suite.toml"
         ("fmha_cutlassB_bf16_aligned_64x64_k32_dropout_sm80", "attention"),
         ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64", "attention"),
         ("aten::_scaled_dot_product_efficient_attention", "attention"),
+        ("_wattn_bwd_dbias_kernel", "attention"),  # kernels.window_attention
+        ("segbench::window_attention_fwd", "attention"),
         ("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add>", "elementwise"),
         ("triton_poi_fused_add_leaky_relu_0", "elementwise"),
         ("Memcpy HtoD (Pageable -> Device)", "copies"),
