@@ -43,6 +43,10 @@ METHOD = [
     "above 20 % are flagged in the summary: their timings may be inflated.",
     "MFU: FLOPs counted by torch.utils.flop_counter over forward + loss + backward / s per iter / the "
     "matmul rate measured at the start of the run (see Environment).",
+    "Where the time goes (profiles): steps traced with torch.profiler after the timing (a suite's "
+    "profile_steps, in the case's own process, after one traced warm-up step), or by `segbench profile`. "
+    "CUDA: kernel time on the GPU timeline by category, idle = the traced window no kernel covered; CPU: "
+    "operators' self time summed over threads (it can exceed the wall time).",
 ]
 
 
