@@ -190,7 +190,8 @@ def register_footprint(subparsers: argparse._SubParsersAction) -> None:
         "RUN/results.jsonl and RUN/report.md with the peak by category and module. The estimate "
         "leaves out cuDNN workspaces and allocator rounding: it ran 2-19 %% under measured H100 "
         "peaks for SwinUNETR and DynUNet, more for small nets. --infer estimates one sliding-window "
-        "batch instead (--batch windows of --shape, eval mode, no autograd).",
+        "batch instead (--batch windows of --shape, eval mode, no autograd); --volume X,Y,Z the whole "
+        "sliding-window inference of such a volume (stitching buffers included; variant +tta: 8 flips).",
     )
     fp.add_argument("--model", required=True, choices=("unet", "swinunetr", "dynunet"))
     fp.add_argument(
@@ -202,6 +203,11 @@ def register_footprint(subparsers: argparse._SubParsersAction) -> None:
     fp.add_argument(
         "--infer", action="store_true",
         help="estimate inference: one sliding-window batch (sw_batch_size = --batch, roi = --shape)",
+    )
+    fp.add_argument(
+        "--volume", metavar="X,Y,Z",
+        help="with --infer: estimate the whole inference of a volume this size (e.g. 240,240,155: BraTS), "
+        "windows of --shape, --batch per forward, overlap 0.5, Gaussian blending",
     )
     fp.add_argument(
         "--variant", action="append", metavar="VARIANT",
@@ -217,7 +223,8 @@ FIT_MARGIN = 1.2  # the estimate ran up to 19 % under measured peaks: ask for th
 
 
 def footprint_suite_toml(
-    model: str, options: dict, shape: list[int], batch: int, variants: list[str], step: str = "train"
+    model: str, options: dict, shape: list[int], batch: int, variants: list[str], step: str = "train",
+    volume: list[int] | None = None,
 ) -> str:
     """A one-workload `footprint` suite (TOML) for these settings."""
     import json
@@ -242,6 +249,7 @@ def footprint_suite_toml(
             f"shape = {value(shape)}",
             f"batch = {batch}",
             f"step = {value(step)}",
+            *([f"volume = {value(volume)}"] if volume else []),
             f"variants = {value(variants)}",
             "",
         ]
@@ -259,6 +267,9 @@ def run_footprint(args: argparse.Namespace) -> int:
     try:
         edges = [int(v) for v in args.shape.split(",")]
         options = dict(_option(text) for text in args.model_option)
+        volume = [int(v) for v in args.volume.split(",")] if args.volume else None
+        if volume is not None and (not args.infer or len(volume) != 3):
+            raise ValueError(f"--volume {args.volume}: give X,Y,Z, with --infer")
     except (ValueError, argparse.ArgumentTypeError) as err:
         print(f"segbench footprint: {err}", file=sys.stderr)
         return 2
@@ -266,8 +277,9 @@ def run_footprint(args: argparse.Namespace) -> int:
     variants = args.variant or ["bf16"]
     args.out.mkdir(parents=True, exist_ok=True)
     suite_file = args.out / "suite.toml"
-    step = "infer" if args.infer else "train"
-    suite_file.write_text(footprint_suite_toml(args.model, options, shape, args.batch, variants, step))
+    step = "infer_volume" if volume else "infer" if args.infer else "train"
+    text = footprint_suite_toml(args.model, options, shape, args.batch, variants, step, volume)
+    suite_file.write_text(text)
     try:
         out = run_suite(suite_file, args.out, device="cpu", argv=sys.argv)
     except (SuiteError, BenchError) as err:
@@ -275,6 +287,9 @@ def run_footprint(args: argparse.Namespace) -> int:
         return 2
     size = "x".join(map(str, shape))
     what = f"inference, {args.batch} window(s) of {size}" if args.infer else f"{size} batch {args.batch}"
+    if volume:
+        vol = "x".join(map(str, volume))
+        what = f"inference of a {vol} volume, windows of {size}, {args.batch} per forward"
     print(f"\n{args.model} {what} (CPU estimate of CUDA allocated bytes)")
     rows = load_results(out)
     width = max(len(row["variant"]) for row in rows)

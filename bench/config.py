@@ -66,7 +66,7 @@ class TrainParams:
     lr: float = _help("AdamW learning rate", 1e-4)
 
 
-FOOTPRINT_STEPS = ("train", "infer")
+FOOTPRINT_STEPS = ("train", "infer", "infer_volume")
 
 
 @dataclass
@@ -77,13 +77,17 @@ class FootprintParams(TrainParams):
         "variant -> peak GiB measured for the same configuration (shared/ANCHORS.md), shown beside", {}
     )
     step: str = _help(
-        "what to estimate: 'train' (one optimizer step of `batch` samples) or 'infer' (one sliding-window "
-        "batch: `batch` windows of `shape`, forward without autograd, eval mode)", "train"
+        "what to estimate: 'train' (one optimizer step of `batch` samples), 'infer' (one sliding-window "
+        "batch: `batch` windows of `shape`, forward without autograd, eval mode) or 'infer_volume' (the "
+        "whole sliding-window inference of one `volume`: windows of `shape`, `batch` per forward, "
+        "stitching buffers and softmax included; tta variants: all 8 flips)", "train"
     )
+    volume: list = _help("infer_volume: the input volume (X, Y, Z), 4 channels", [240, 240, 155])
+    overlap: float = _help("infer_volume: sliding-window overlap", 0.5)
 
     def __post_init__(self) -> None:
         if self.step not in FOOTPRINT_STEPS:
-            raise ValueError(f"step {self.step!r}: choose {' or '.join(FOOTPRINT_STEPS)}")
+            raise ValueError(f"step {self.step!r}: choose {', '.join(FOOTPRINT_STEPS)}")
 
 
 @dataclass

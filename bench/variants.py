@@ -205,7 +205,8 @@ def _triton_attn(cfg, ctx, arg):
 
 @variant("tta", "inference with test-time augmentation (flips)")
 def _tta(cfg, ctx, arg):
-    _need(ctx.kind == "infer", "test-time augmentation is an inference option")
+    # footprint: for its whole-volume inference estimates (step = "infer_volume")
+    _need(ctx.kind in ("infer", "footprint"), "test-time augmentation is an inference option")
     cfg.tta = True
 
 

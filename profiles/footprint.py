@@ -162,6 +162,11 @@ class _Tracker(MemTracker):
         self.peak_module = ""
 
     def _pre_fw_hook(self, module: nn.Module, inputs: Any) -> None:
+        if not self._stack and not self._mod_tracker.is_bw and module in self.memory_tracking:
+            # The root called again in one step (sliding-window inference: once per window batch).
+            # MemTracker refuses a second iteration; its per-module stats are not what this reports
+            # (the storages' owners and the peak are tracked above), so they start over.
+            self.reset_mod_stats()
         super()._pre_fw_hook(module, inputs)
         _tag_nodes(inputs, self._stack[-1] if self._stack else "(outside modules)")  # the caller made them
         self._stack.append(self._mod_tracker.get_known_fqn(module) or type(module).__name__)

@@ -108,10 +108,13 @@ def sliding_window_predict(
     mode: str = "gaussian",
     tta: bool = False,
     precision: str = "bf16",
+    roi_weight_map: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities [B, C, *spatial] (float32, on `image`'s device) for `image` [B, 4, *spatial].
 
     The mean over `models` (an ensemble) and, with `tta`, over the 8 flips of `TTA_FLIPS`.
+    roi_weight_map: MONAI's window blending weights made in advance (else MONAI makes them from `mode`;
+    profiles.footprint passes them, as MONAI's own reads a value back, which fake tensors cannot).
     """
     from monai.inferers import sliding_window_inference
 
@@ -124,7 +127,8 @@ def sliding_window_predict(
             x = image.flip(dims) if dims else image
             with autocast(precision, image.device.type):
                 logits = sliding_window_inference(
-                    x, roi_size, sw_batch_size, model, overlap=overlap, mode=mode
+                    x, roi_size, sw_batch_size, model, overlap=overlap, mode=mode,
+                    roi_weight_map=roi_weight_map,
                 )
             probs = torch.softmax(torch.as_tensor(logits).float(), dim=1)
             if dims:

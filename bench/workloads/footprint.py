@@ -2,7 +2,11 @@
 
 With `step = "infer"`: the peak of one sliding-window batch instead (`batch` windows of `shape`,
 eval mode, no autograd, autocast) — what decides whether inference fits a card; the stitching
-buffers of the whole volume (a few hundred MB for a BraTS volume in fp32) are not in it.
+buffers of the whole volume (a few hundred MB for a BraTS volume in fp32) are not in it. With
+`step = "infer_volume"`: the whole inference of one `volume` as `segbench infer` runs it
+(seg.infer.sliding_window_predict: MONAI's sliding window with Gaussian blending, `batch` windows per
+forward, softmax; with the `tta` variant all 8 flips), stitching buffers included; the Gaussian
+weight map (a `shape`-sized float32 tensor) is made beforehand, outside the estimate.
 Checkpointing switches change nothing there (no autograd: checkpoints run the plain forward).
 
 The same model (seg.models with the variant's options and transforms, the workload's initial
@@ -32,6 +36,8 @@ ESTIMATE_DEVICE = "cpu (fake tensors, CUDA kernel and autocast rules; no compute
 
 def _supported(case: Case) -> None:
     cfg = case.config
+    if cfg.tta and case.params.step != "infer_volume":
+        raise Unavailable("test-time augmentation is estimated with step = 'infer_volume' only")
     if cfg.compile_mode:
         raise Unavailable(
             "torch.compile is not estimated: inductor's fused kernels save and free other tensors than eager"
@@ -57,6 +63,8 @@ def run(case: Case) -> dict:
     )
     if p.step == "infer":
         fp = _estimate_inference(model, p, cfg)
+    elif p.step == "infer_volume":
+        fp = _estimate_volume(model, p, cfg)
     else:
         fp = _estimate_training(model, p, cfg)
     row: dict = {
@@ -66,6 +74,7 @@ def run(case: Case) -> dict:
         "precision": cfg.precision,
         "estimate": True,
         "estimated_step": p.step,
+        **({"volume": p.volume, "overlap": p.overlap} if p.step == "infer_volume" else {}),
         "estimate_device": ESTIMATE_DEVICE,
         "estimated_peak_bytes": fp.peak_bytes,
         "estimated_peak_phase": fp.peak_phase,
@@ -118,4 +127,24 @@ def _estimate_inference(model: torch.nn.Module, p, cfg):
             m(windows)
 
     # plain SGD keeps no state: the estimate holds the weights and what the forward makes
+    return estimate_step_memory(model, make_inputs, lambda m: torch.optim.SGD(m.parameters(), lr=0.0), step)
+
+
+def _estimate_volume(model: torch.nn.Module, p, cfg):
+    from monai.data.utils import compute_importance_map
+
+    from profiles.footprint import estimate_step_memory
+    from seg.infer import sliding_window_predict
+
+    model.eval()
+    # MONAI's default blending weights (gaussian, sigma 0.125), made for real: MONAI reads one back
+    weights = compute_importance_map(tuple(p.shape), mode="gaussian", sigma_scale=0.125, device="cpu")
+
+    def make_inputs() -> tuple[torch.Tensor]:
+        return (to_input(torch.empty(1, 4, *p.volume), cfg, torch.device("cpu")),)
+
+    def step(m, optimizer, volume) -> None:
+        sliding_window_predict(m, volume, tuple(p.shape), overlap=p.overlap, sw_batch_size=p.batch,
+                               tta=cfg.tta, precision=cfg.precision, roi_weight_map=weights)
+
     return estimate_step_memory(model, make_inputs, lambda m: torch.optim.SGD(m.parameters(), lr=0.0), step)

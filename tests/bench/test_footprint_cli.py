@@ -62,11 +62,45 @@ def test_inference_estimate_holds_weights_and_one_window_batch(tmp_path, capsys)
     assert infer2["estimated_peak_bytes"] > infer1["estimated_peak_bytes"]
 
 
-def test_footprint_step_must_be_train_or_infer(tmp_path):
+def test_footprint_step_must_be_a_known_one(tmp_path):
     import pytest
 
     from bench.config import SuiteError
 
     text = footprint_suite_toml("unet", {}, [32, 32, 32], 1, ["bf16"], step="predict")
-    with pytest.raises(SuiteError, match="workload 'unet': step 'predict': choose train or infer"):
+    with pytest.raises(SuiteError, match="step .predict.: choose train, infer, infer_volume"):
         parse_suite(text, tmp_path / "suite.toml")
+
+
+def test_whole_volume_inference_estimate_adds_the_stitching_buffers(tmp_path, capsys):
+    """--infer --volume: the whole sliding-window inference (MONAI's sliding window, called once per
+    window batch) — more than one window batch by the volume's buffers; TTA's flips more again."""
+    import json
+
+    def rows(*flags: str) -> dict:
+        run = tmp_path / "".join(flags).replace("-", "").replace(",", "_")
+        code = main(["footprint", "--model", "unet", "--model-option", "channels=(4,8)",
+                     "--model-option", "strides=(2,)", "--shape", "16", "--batch", "2", "--infer", *flags,
+                     "--variant", "bf16", "--variant", "bf16+tta", "--out", str(run)])
+        assert code == 0
+        return {r["variant"]: r for r in map(json.loads, (run / "results.jsonl").read_text().splitlines())}
+
+    window = rows()
+    volume = rows("--volume", "48,40,24")
+    assert window["bf16+tta"]["status"] == "unavailable"  # one window batch has no flips
+    plain, tta = volume["bf16"], volume["bf16+tta"]
+    assert plain["status"] == "ok" and plain["estimated_step"] == "infer_volume"
+    assert plain["volume"] == [48, 40, 24]
+    voxels = 48 * 40 * 24
+    assert plain["estimated_bytes_by_category"]["Input"] == 4 * voxels * 4  # the fp32 volume
+    # the window batch, plus at least the float32 output image (4 classes) being stitched
+    assert plain["estimated_peak_bytes"] > window["bf16"]["estimated_peak_bytes"] + 4 * voxels * 4
+    assert tta["estimated_peak_bytes"] > plain["estimated_peak_bytes"]
+    assert "inference of a 48x40x24 volume" in capsys.readouterr().out
+
+
+def test_volume_needs_infer_and_three_edges(tmp_path, capsys):
+    assert main(["footprint", "--model", "unet", "--volume", "48,40,24", "--out", str(tmp_path / "a")]) == 2
+    assert main(["footprint", "--model", "unet", "--infer", "--volume", "48,40", "--out",
+                 str(tmp_path / "b")]) == 2
+    assert "give X,Y,Z, with --infer" in capsys.readouterr().err
