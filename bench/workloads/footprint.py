@@ -113,38 +113,40 @@ def _estimate_training(model: torch.nn.Module, p, cfg):
     return estimate_step_memory(model, make_inputs, lambda m: recipe.build_optimizer(m, lr=p.lr), step)
 
 
-def _estimate_inference(model: torch.nn.Module, p, cfg):
+def _estimate_eval(model: torch.nn.Module, cfg, input_shape: tuple[int, ...], forward):
+    """An inference estimate: `forward(model, x)` in eval mode on an input of `input_shape`."""
     from profiles.footprint import estimate_step_memory
-    from seg.recipe import autocast
 
     model.eval()
 
     def make_inputs() -> tuple[torch.Tensor]:
-        return (to_input(torch.empty(p.batch, 4, *p.shape), cfg, torch.device("cpu")),)
+        return (to_input(torch.empty(*input_shape), cfg, torch.device("cpu")),)
 
-    def step(m, optimizer, windows) -> None:
+    # plain SGD keeps no state: the estimate holds the weights and what the forward makes
+    return estimate_step_memory(model, make_inputs, lambda m: torch.optim.SGD(m.parameters(), lr=0.0),
+                                lambda m, optimizer, x: forward(m, x))
+
+
+def _estimate_inference(model: torch.nn.Module, p, cfg):
+    from seg.recipe import autocast
+
+    def forward(m, windows) -> None:
         with torch.no_grad(), autocast(cfg.precision, "cpu"):
             m(windows)
 
-    # plain SGD keeps no state: the estimate holds the weights and what the forward makes
-    return estimate_step_memory(model, make_inputs, lambda m: torch.optim.SGD(m.parameters(), lr=0.0), step)
+    return _estimate_eval(model, cfg, (p.batch, 4, *p.shape), forward)
 
 
 def _estimate_volume(model: torch.nn.Module, p, cfg):
     from monai.data.utils import compute_importance_map
 
-    from profiles.footprint import estimate_step_memory
     from seg.infer import sliding_window_predict
 
-    model.eval()
     # MONAI's default blending weights (gaussian, sigma 0.125), made for real: MONAI reads one back
     weights = compute_importance_map(tuple(p.shape), mode="gaussian", sigma_scale=0.125, device="cpu")
 
-    def make_inputs() -> tuple[torch.Tensor]:
-        return (to_input(torch.empty(1, 4, *p.volume), cfg, torch.device("cpu")),)
-
-    def step(m, optimizer, volume) -> None:
+    def forward(m, volume) -> None:
         sliding_window_predict(m, volume, tuple(p.shape), overlap=p.overlap, sw_batch_size=p.batch,
                                tta=cfg.tta, precision=cfg.precision, roi_weight_map=weights)
 
-    return estimate_step_memory(model, make_inputs, lambda m: torch.optim.SGD(m.parameters(), lr=0.0), step)
+    return _estimate_eval(model, cfg, (1, 4, *p.volume), forward)
