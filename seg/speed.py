@@ -37,11 +37,17 @@ def check_compile_mode(mode: str | None) -> None:
         raise SpeedOptionError(f"torch.compile mode {mode!r}: choose {', '.join(COMPILE_MODES)}")
 
 
-def fused_norm_unavailable(device: torch.device) -> str | None:
-    """Why the Triton fused-norm kernels cannot run for a model on `device`, or None when they can."""
+def check_triton_options(
+    device: torch.device, fused_norm: bool = False, swin_attention: str = "sdpa"
+) -> None:
+    """SpeedOptionError naming the first option asked for that needs the Triton kernels, and why, when
+    they cannot run for a model on `device`."""
     from kernels.runtime import unavailable_reason
 
-    return unavailable_reason(device)
+    wanted = [flag for flag, on in (("--fused-norm", fused_norm),
+                                    ("triton window attention", swin_attention == "triton")) if on]
+    if wanted and (why := unavailable_reason(device)) is not None:
+        raise SpeedOptionError(f"{wanted[0]}: the Triton kernels cannot run here: {why}")
 
 
 def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
@@ -89,12 +95,8 @@ def apply_speed_options(
     check_compile_mode(compile_mode)
     if swin_attention != "sdpa" and not fast:
         raise SpeedOptionError(f"window attention {swin_attention!r} is an option of the fast SwinUNETR path")
-    triton_options = [flag for flag, on in (("--fused-norm", fused_norm),
-                                            ("triton window attention", swin_attention == "triton")) if on]
-    if triton_options and require_kernels:
-        why = fused_norm_unavailable(next(model.parameters()).device)
-        if why is not None:
-            raise SpeedOptionError(f"{triton_options[0]}: the Triton kernels cannot run here: {why}")
+    if require_kernels:
+        check_triton_options(next(model.parameters()).device, fused_norm, swin_attention)
     if fast:
         from monai.networks.nets import SwinUNETR
 

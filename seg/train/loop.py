@@ -79,8 +79,7 @@ def _seed_all(seed: int) -> None:
 
 def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     start_time = time.perf_counter()
-    if cfg.fused_norm and (why := speed.fused_norm_unavailable(device)) is not None:
-        raise speed.SpeedOptionError(f"--fused-norm: the Triton kernels cannot run here: {why}")
+    speed.check_triton_options(device, fused_norm=cfg.fused_norm)  # before the run folder is made
     out = Path(cfg.out)
     data_dir = Path(cfg.data_dir)
     train_ids, val_ids = select_ids(data_dir, cfg.fold)
