@@ -63,7 +63,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> None:
         raise RuntimeError(f"window_attention needs the Triton kernels: {runtime.available()[1]}")
 
 
-def _launch_args(q, k, v, bias):
+def _launch_args(q, k, v):
     R, H, N, D = q.shape
     return (R, H, N, D, *_strides(q), *_strides(k), *_strides(v))
 
@@ -79,7 +79,7 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, sca
     lse = runtime.empty(R, H, N, device=q.device, dtype=torch.float32)
     meta = _meta("fwd", D, dropout_p)
     K._wattn_fwd_kernel[(runtime.cdiv(N, meta["BLOCK_M"]), R * H)](
-        q, k, v, bias, out, lse, *_launch_args(q, k, v, bias), *_strides(out), bias.stride(0), bias.stride(1),
+        q, k, v, bias, out, lse, *_launch_args(q, k, v), *_strides(out), bias.stride(0), bias.stride(1),
         scale, dropout_p, seed, **meta)
     return out, lse
 
@@ -101,7 +101,7 @@ def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Te
         dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1).contiguous()  # rowsum(dO ∘ O): one cheap pass
     dq, dk, dv = (runtime.empty(R, H, N, D, device=q.device, dtype=q.dtype) for _ in range(3))
-    common = (*_launch_args(q, k, v, bias), *_strides(dout), bias.stride(0), bias.stride(1), scale,
+    common = (*_launch_args(q, k, v), *_strides(dout), bias.stride(0), bias.stride(1), scale,
               dropout_p, seed)
     meta = _meta("dkdv", D, dropout_p)
     K._wattn_bwd_dkdv_kernel[(runtime.cdiv(N, meta["BLOCK_N"]), R * H)](

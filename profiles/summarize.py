@@ -177,9 +177,9 @@ def _cpu_summary(events: list[dict]) -> dict:
     cats = {c: 0.0 for c in CATEGORIES}
     timed = []
     for op, self_us in _self_times(ops):
-        cat = classify(op["name"])
-        cats[cat] += max(0.0, self_us)
-        timed.append((op["name"], cat, max(0.0, self_us)))
+        cat, self_us = classify(op["name"]), max(0.0, self_us)
+        cats[cat] += self_us
+        timed.append((op["name"], cat, self_us))
     spans = [(e["ts"], e["ts"] + e["dur"]) for e in ops]
     window = max(e for _, e in spans) - min(s for s, _ in spans)
     threads = len({(e.get("pid"), e.get("tid")) for e in ops})
