@@ -65,29 +65,30 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) 
     return pd.DataFrame.from_records(records)
 
 
+def _in_both(rows: list[dict], rows_b: list[dict], field: str):
+    """(case key, RUN_B's value, RUN's value) of `field` for the cases whose rows have it in both runs."""
+    a = _index(rows)
+    for key, before in _index(rows_b).items():
+        after = a.get(key, {})
+        if field in before and field in after:
+            yield key, before[field], after[field]
+
+
 def attention_kernel_changes(rows: list[dict], rows_b: list[dict]) -> list[str]:
     """Cases whose attention ran other SDPA kernels in RUN than in RUN_B (a PyTorch or cuDNN upgrade,
     a changed mask or dtype): often the reason for a change of their time or memory."""
-    a, b = _index(rows), _index(rows_b)
-    changes = []
-    for key, before in b.items():
-        after = a.get(key, {})
-        if "attention_kernels" in before and "attention_kernels" in after:
-            old, new = before["attention_kernels"], after["attention_kernels"]
-            if old != new:
-                changes.append(
-                    f"{key[0]}/{key[1]}: {fmt_attention_kernels(old)} → {fmt_attention_kernels(new)}"
-                )
-    return changes
+    return [
+        f"{key[0]}/{key[1]}: {fmt_attention_kernels(old)} → {fmt_attention_kernels(new)}"
+        for key, old, new in _in_both(rows, rows_b, "attention_kernels")
+        if old != new
+    ]
 
 
 def profile_changes(rows: list[dict], rows_b: list[dict], min_ms: float = 0.05) -> pd.DataFrame | None:
     """Where the time moved, for cases traced in both runs (measure.profile_steps): ms per step by
     category, before and after, the categories that moved by at least `min_ms`, largest first."""
-    a, b = _index(rows), _index(rows_b)
     records = []
-    for key, before in b.items():
-        pa, pb = a.get(key, {}).get("profile"), before.get("profile")
+    for key, pb, pa in _in_both(rows, rows_b, "profile"):
         if not pa or not pb or pa.get("device") != pb.get("device"):
             continue
         ca, cb = pa["ms_per_step_by_category"], pb["ms_per_step_by_category"]
