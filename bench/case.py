@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from bench.config import PARAMS, Measure
+from bench.hints import error_at, hint_for
 from bench.variants import CaseConfig, Unavailable
 
 
@@ -55,12 +56,21 @@ def run_spec(spec: dict) -> dict:
         return {"status": "unavailable", "error": str(err)}
     except Exception as err:  # noqa: BLE001 - any failure of the case is its row
         traceback.print_exc()
-        return {"status": "error", "error": error_message(err)}
+        row = {"status": "error", "error": error_message(err), "error_at": error_at(err)}
+        hint = hint_for(row["error"], row["error_at"])
+        return row | ({"hint": hint} if hint else {})
+
+
+# dynamo's advice appended to every compile error: it would fill the row's error field
+_BOILERPLATE = ("Set TORCHDYNAMO_VERBOSE=1", "Set TORCH_LOGS=")
 
 
 def error_message(err: BaseException, limit: int = 600) -> str:
     """`Type: message`, multi-line messages joined (compiler errors put the cause on a later line)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    lines = [
+        line.strip() for line in str(err).splitlines()
+        if line.strip() and not line.lstrip().startswith(_BOILERPLATE)
+    ]
     return f"{type(err).__name__}: {' | '.join(lines)}"[:limit]
 
 

@@ -30,6 +30,7 @@ class CaseConfig:
     tf32: bool = False  # TF32 tensor cores for fp32 matmuls and convolutions
     channels_last: bool = False  # model and inputs in channels_last_3d
     compile_mode: str | None = None  # None: eager; else a torch.compile mode
+    inductor: tuple[str, ...] = ()  # torch._inductor.config options for the compile, "NAME=VALUE"
     checkpointing: bool | None = None  # None: the workload's model options decide
     checkpoint_modules: tuple[str, ...] = ()  # seg.recompute: submodules recomputed in backward
     sdpa: bool = False  # SwinUNETR use_flash_attention (torch scaled_dot_product_attention)
@@ -47,7 +48,8 @@ class CaseConfig:
     @classmethod
     def from_dict(cls, data: dict) -> CaseConfig:
         cfg = cls(**data)
-        cfg.checkpoint_modules = tuple(cfg.checkpoint_modules)  # a list in JSON
+        cfg.checkpoint_modules = tuple(cfg.checkpoint_modules)  # lists in JSON
+        cfg.inductor = tuple(cfg.inductor)
         return cfg
 
 
@@ -136,6 +138,21 @@ def _compile(cfg, ctx, arg):
         raise ValueError(f"unknown torch.compile mode {mode!r}; choose from {', '.join(COMPILE_MODES)}")
     _need(ctx.kind != "dataloader", "the loader alone has no model")
     cfg.compile_mode = mode
+
+
+@variant(
+    "inductor",
+    "with compile: set one torch._inductor.config option for the case, repeatable (e.g. "
+    "inductor:triton.mix_order_reduction=0, inductor:coordinate_descent_tuning=1); names and values are "
+    "checked in the case",
+    True,
+    "inductor:NAME=VALUE",
+)
+def _inductor(cfg, ctx, arg):
+    name, sep, value = (arg or "").partition("=")
+    if not sep or not name or not value:
+        raise ValueError(f"inductor takes NAME=VALUE, e.g. inductor:coordinate_descent_tuning=1, not {arg!r}")
+    cfg.inductor = (*cfg.inductor, arg)
 
 
 @variant(
@@ -276,6 +293,8 @@ def resolve(name: str, ctx: VariantContext) -> CaseConfig:
     cfg = CaseConfig()
     for key, arg in _parts(name):
         REGISTRY[key].apply(cfg, ctx, arg)
+    if cfg.inductor and cfg.compile_mode is None:
+        raise ValueError(f"{name!r}: inductor options set how torch.compile compiles; add compile")
     return cfg
 
 

@@ -128,6 +128,9 @@ def _summary(rows: list[dict]) -> list[str]:
             "their timings may be inflated and spread; rerun on a quiet machine before quoting them"
         )
     for r in rows:
+        if r.get("hint"):
+            where = f" (raised in {r['error_at']})" if r.get("error_at") else ""
+            lines.append(f"✗ {r['workload']}/{r['variant']} failed{where}; try: {r['hint']}")
         if r.get("warning"):
             lines.append(f"⚠ {r['workload']}/{r['variant']}: {r['warning']} — do not quote its speed")
         if r.get("verdict"):

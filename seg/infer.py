@@ -85,11 +85,11 @@ def load_ensemble(
 def apply_speed(model: nn.Module, cfg: InferConfig) -> nn.Module:
     """`model` (weights loaded, eval mode) with `cfg`'s speed options, as `segbench bench` applies
     them (seg.speed); the fast SwinUNETR path is weight compatible, so it goes on after loading."""
-    from seg.speed import apply_speed_options
+    from seg.speed import apply_speed_options, inductor_options
 
     return apply_speed_options(
         model, fast=cfg.fast, fused_norm=cfg.fused_norm, channels_last=cfg.channels_last,
-        compile_mode=cfg.compile_mode,
+        compile_mode=cfg.compile_mode, inductor=inductor_options(cfg.inductor),
     ).eval()
 
 
@@ -157,6 +157,9 @@ class InferConfig:
     # Speed switches (seg.speed): the predictions stay the same up to floating-point rounding.
     compile_mode: str | None = dataclasses.field(
         default=None, metadata={"help": "torch.compile mode for the models (None: eager)"}
+    )
+    inductor: tuple[str, ...] = dataclasses.field(
+        default=(), metadata={"help": "torch._inductor.config options for the compile, NAME=VALUE each"}
     )
     channels_last: bool = dataclasses.field(
         default=False, metadata={"help": "models and input volumes in channels_last_3d"}

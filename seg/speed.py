@@ -13,8 +13,11 @@ Importing this module is cheap (standard library only); torch loads inside the f
 
 from __future__ import annotations
 
+import ast
+import difflib
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -50,11 +53,79 @@ def check_triton_options(
         raise SpeedOptionError(f"{wanted[0]}: the Triton kernels cannot run here: {why}")
 
 
-def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
-    """torch.compile(model) as the harness does it ("default" is torch's mode=None)."""
+_TRUE, _FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
+
+
+def inductor_options(items: Iterable[str]) -> dict[str, Any]:
+    """{name: value} from "NAME=VALUE" items, each NAME an option of torch._inductor.config (sections
+    dotted: triton.mix_order_reduction) and VALUE read as that option's type (bools: 1/0, true/false,
+    on/off); SpeedOptionError naming an unknown option (with its near names) or a value it cannot take.
+
+    Why a harness needs them: inductor's passes are switches, and a pass that fails or slows a model
+    (e.g. the mix-order reduction fusion) is found by timing the model with it off.
+    """
+    import torch._inductor.config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    options: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name:
+            raise SpeedOptionError(
+                f"inductor option {item!r}: write NAME=VALUE, e.g. triton.mix_order_reduction=0"
+            )
+        if name not in known:
+            near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise SpeedOptionError(
+                f"inductor option {name!r}: torch._inductor.config has no such option{hint}"
+            )
+        options[name] = _typed(name, text, type(known[name]))
+    return options
+
+
+def _typed(name: str, text: str, kind: type) -> Any:
+    if kind is bool:
+        if text.lower() not in _TRUE + _FALSE:
+            raise SpeedOptionError(
+                f"inductor option {name} is a bool: give 1/0, true/false or on/off, not {text!r}"
+            )
+        return text.lower() in _TRUE
+    if kind is str:
+        return text
+    try:  # ints, floats, None, lists: Python literals
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise SpeedOptionError(f"inductor option {name}: {text!r} is not a Python literal") from None
+    if kind in (int, float):
+        allowed = (int,) if kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            what = "an int" if kind is int else "a number"
+            raise SpeedOptionError(f"inductor option {name} is {what}, not {text!r}")
+        return kind(value)
+    return value
+
+
+def set_inductor_options(options: dict[str, Any]) -> None:
+    """Set torch._inductor.config options for this process (torch.compile reads them when it first
+    compiles, so a context manager around the compile call would be gone by then)."""
+    import torch._inductor.config as inductor_config
+
+    for name, value in options.items():
+        setattr(inductor_config, name, value)
+
+
+def compile_model(
+    model: nn.Module, mode: str = "default", inductor: dict[str, Any] | None = None
+) -> nn.Module:
+    """torch.compile(model) as the harness does it ("default" is torch's mode=None); `inductor`:
+    options from `inductor_options`, set for the process (torch.compile takes a mode or options, not
+    both)."""
     import torch
 
     check_compile_mode(mode)
+    set_inductor_options(inductor or {})
     backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
     if backend != "inductor":  # modes are inductor settings; other backends take none
         return torch.compile(model, backend=backend)
@@ -71,6 +142,7 @@ def apply_speed_options(
     checkpoint_modules: tuple[str, ...] = (),
     require_kernels: bool = True,
     swin_attention: str = "sdpa",
+    inductor: dict[str, Any] | None = None,
 ) -> nn.Module:
     """`model` with the speed options applied (in place, except torch.compile's wrapper).
 
@@ -89,10 +161,14 @@ def apply_speed_options(
     compile_mode: None (eager) or a torch.compile mode; the returned module is then the
       OptimizedModule, whose `_orig_mod` is the transformed model (checkpoint that one:
       seg.train.checkpoint.bare_module unwraps it).
+    inductor: torch._inductor.config options for the compile (`inductor_options`); they need a
+      compile_mode.
     """
     import torch
 
     check_compile_mode(compile_mode)
+    if inductor and compile_mode is None:
+        raise SpeedOptionError("inductor options set how torch.compile compiles: add --compile")
     if swin_attention != "sdpa" and not fast:
         raise SpeedOptionError(f"window attention {swin_attention!r} is an option of the fast SwinUNETR path")
     if require_kernels:
@@ -122,7 +198,7 @@ def apply_speed_options(
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     if compile_mode is not None:
-        model = compile_model(model, compile_mode)
+        model = compile_model(model, compile_mode, inductor)
     return model
 
 

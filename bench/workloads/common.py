@@ -133,7 +133,7 @@ def build_model(
     model.load_state_dict(state)
     model = model.to(device)  # on the device first: the fast path builds its caches there
     # the same transforms, in the same order, as `segbench train` / `segbench infer` apply them
-    from seg.speed import SpeedOptionError, apply_speed_options
+    from seg.speed import SpeedOptionError, apply_speed_options, inductor_options
 
     try:
         return apply_speed_options(
@@ -145,6 +145,7 @@ def build_model(
             checkpoint_modules=cfg.checkpoint_modules,
             require_kernels=require_kernels,
             swin_attention=cfg.swin_attention,
+            inductor=inductor_options(cfg.inductor),
         )
     except SpeedOptionError as err:  # e.g. fused_norm where Triton cannot run: the reason
         raise Unavailable(str(err)) from None

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from bench.measure import peak_memory, reset_peak_memory, time_once, time_steps
 from bench.stats import summarize
+from bench.variants import Unavailable
 from bench.workloads.common import Case, apply_backend, kernels_api, torch_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,7 +40,12 @@ def _function(case: Case):
     else:
         fn = _eager(p.negative_slope, p.eps)
     if cfg.compile_mode:
-        fn = torch.compile(fn, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+        from seg.speed import SpeedOptionError, compile_model, inductor_options
+
+        try:
+            fn = compile_model(fn, cfg.compile_mode, inductor_options(cfg.inductor))
+        except SpeedOptionError as err:  # an option this torch's inductor does not have
+            raise Unavailable(str(err)) from None
     return fn
 
 

@@ -17,6 +17,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         precision=args.precision,
         compile_mode=args.compile_mode,
+        inductor=tuple(args.inductor),
         channels_last=args.channels_last,
         fused_norm=args.fused_norm,
         fast=args.fast,
@@ -74,6 +75,10 @@ def add_speed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile", dest="compile_mode", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
         help=f"torch.compile the models; MODE: {', '.join(COMPILE_MODES)} ('default' when omitted)",
+    )
+    p.add_argument(
+        "--inductor", action="append", default=[], metavar="NAME=VALUE",
+        help="a torch._inductor.config option for --compile, repeatable (e.g. triton.mix_order_reduction=0)",
     )
     p.add_argument("--channels-last", action="store_true", help="models and volumes in channels_last_3d")
     p.add_argument(

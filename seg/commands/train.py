@@ -49,6 +49,7 @@ TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     # swin_fast and ckpt/no_ckpt; results stay the same.
     ("--compile", "compile_mode", {"nargs": "?", "const": "default", "choices": COMPILE_MODES,
                                    "metavar": "MODE"}),
+    ("--inductor", "inductor", {"action": "append", "default": [], "metavar": "NAME=VALUE"}),
     ("--channels-last", "channels_last", {"action": "store_true"}),
     ("--fused-norm", "fused_norm", {"action": "store_true"}),
     ("--fast", "fast", {"action": "store_true"}),

@@ -11,7 +11,9 @@ from typing import Any
 from seg.speed import COMPILE_MODES, CUDAGRAPH_MODES  # standard library only
 
 LOADERS = ("cpu", "device", "resident")  # see TrainConfig.loader
-SPEED_FIELDS = ("compile_mode", "channels_last", "fused_norm", "fast", "checkpointing", "checkpoint_modules")
+SPEED_FIELDS = (
+    "compile_mode", "inductor", "channels_last", "fused_norm", "fast", "checkpointing", "checkpoint_modules"
+)
 
 
 def _help(text: str, **extra: Any) -> dict:
@@ -64,6 +66,10 @@ class TrainConfig:
                        "the flag has none); None: eager. CUDA-graph modes (reduce-overhead, max-autotune) "
                        "need --accum 1"),
     )
+    inductor: tuple[str, ...] = field(
+        default=(), metadata=_help("torch._inductor.config options for --compile, NAME=VALUE each (e.g. "
+                                   "triton.mix_order_reduction=0); seg.speed.inductor_options")
+    )
     channels_last: bool = field(
         default=False, metadata=_help("model weights and input batches in channels_last_3d memory format")
     )
@@ -86,7 +92,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        self.checkpoint_modules = tuple(self.checkpoint_modules)  # a list from config.json
+        self.checkpoint_modules = tuple(self.checkpoint_modules)  # lists from config.json
+        self.inductor = tuple(self.inductor)
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision {self.precision!r}: choose fp32, bf16 or fp16")
         for name in ("epochs", "batch_size", "accum"):
@@ -98,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile mode {self.compile_mode!r}: choose {', '.join(COMPILE_MODES)}")
+        if self.inductor and self.compile_mode is None:
+            raise ValueError("--inductor options set how torch.compile compiles: add --compile")
         if self.compile_mode in CUDAGRAPH_MODES and self.accum > 1:
             # CUDA graph trees hand the backward graph's static output buffer to .grad on the
             # first micro-batch and overwrite it on the next: accumulated gradients come out wrong

@@ -80,6 +80,7 @@ def _seed_all(seed: int) -> None:
 def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     start_time = time.perf_counter()
     speed.check_triton_options(device, fused_norm=cfg.fused_norm)  # before the run folder is made
+    inductor = speed.inductor_options(cfg.inductor)
     out = Path(cfg.out)
     data_dir = Path(cfg.data_dir)
     train_ids, val_ids = select_ids(data_dir, cfg.fold)
@@ -172,7 +173,7 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     # Validation runs the uncompiled module: eval mode and whole volumes would be new graphs.
     train_model: nn.Module = model
     if cfg.compile_mode is not None:
-        train_model = speed.compile_model(model, cfg.compile_mode)
+        train_model = speed.compile_model(model, cfg.compile_mode, inductor)
     if layout.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None

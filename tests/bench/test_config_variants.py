@@ -100,6 +100,16 @@ def test_variants_compose_in_order():
     fast = resolve("bf16+swin_fast+triton_attn", ctx)
     assert fast.swin_fast and fast.swin_attention == "triton"
     assert resolve("bf16+swin_fast", ctx).swin_attention == "sdpa"
+    # inductor options: one per part, in order, kept as written (the case types them with torch)
+    tuned = resolve(
+        "bf16+compile+inductor:triton.mix_order_reduction=0+inductor:max_autotune_gemm_backends=A,B", ctx
+    )
+    assert tuned.inductor == ("triton.mix_order_reduction=0", "max_autotune_gemm_backends=A,B")
+    assert CaseConfig.from_dict(json.loads(json.dumps(tuned.to_dict()))) == tuned
+    with pytest.raises(ValueError, match="add compile"):
+        resolve("bf16+inductor:triton.mix_order_reduction=0", ctx)
+    with pytest.raises(ValueError, match="inductor takes NAME=VALUE"):
+        resolve("compile+inductor:triton.mix_order_reduction", ctx)
 
 
 @pytest.mark.parametrize(

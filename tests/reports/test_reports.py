@@ -389,3 +389,21 @@ def test_attention_kernels_are_named_per_variant_only_where_a_row_has_some(tmp_p
     (run / "env.json").write_text(json.dumps(env))
     build_report(run)
     assert "attention tries, in order: cudnn > flash > efficient > math" in (run / "report.md").read_text()
+
+
+def test_the_report_says_what_to_try_beside_a_failed_row(tmp_path):
+    from bench.hints import hint_for
+    from reports.build import build_report
+
+    run = write_run(tmp_path / "run")
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    rows[2] |= {"status": "error", "error": "InductorError: AssertionError: 1 v.s. 4",
+                "error_at": "torch/_inductor/scheduler.py:get_numel_rnumel",
+                "hint": hint_for("", "torch/_inductor/scheduler.py:get_numel_rnumel")}
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_report(run)
+    lines = [ln for ln in (run / "report.md").read_text().splitlines() if "try:" in ln]
+    assert len(lines) == 1
+    where = "(raised in torch/_inductor/scheduler.py:get_numel_rnumel)"
+    assert f"train_step/{rows[2]['variant']} failed {where}" in lines[0]
+    assert "triton.mix_order_reduction=0" in lines[0]

@@ -18,7 +18,7 @@ from test_loaders import write_prepared
 
 from seg import models
 from seg.infer import InferConfig, apply_speed, load_model, sliding_window_predict
-from seg.speed import COMPILE_BACKEND_ENV, SpeedOptionError
+from seg.speed import COMPILE_BACKEND_ENV, SpeedOptionError, inductor_options
 from seg.train import TrainConfig, train
 from seg.train.checkpoint import load_checkpoint
 from segbench.cli import main
@@ -77,19 +77,32 @@ def test_channels_last_training_matches_contiguous(data_dir, eager_run, tmp_path
     assert load_checkpoint(out / "last.pt")["config"]["channels_last"] is True
 
 
+@pytest.fixture
+def inductor_config():
+    """torch._inductor.config, restored after the test (options are set for the process)."""
+    import torch._inductor.config as config
+
+    saved = config.save_config()
+    yield config
+    config.load_config(saved)
+
+
 def test_compiled_training_matches_eager_and_saves_a_bare_checkpoint(
-    data_dir, eager_run, tmp_path, monkeypatch, capsys
+    data_dir, eager_run, tmp_path, monkeypatch, capsys, inductor_config
 ):
     monkeypatch.setenv(COMPILE_BACKEND_ENV, "aot_eager")
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
     out = tmp_path / "compiled"
-    train(_config(data_dir, out, compile_mode="default"))
+    inductor_config.triton.mix_order_reduction = True
+    train(_config(data_dir, out, compile_mode="default", inductor=["triton.mix_order_reduction=off"]))
+    assert inductor_config.triton.mix_order_reduction is False  # set before the (lazy) compile
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo really compiled the training model
     _assert_same_run(eager_run, out)
     last = load_checkpoint(out / "last.pt")
     assert last["config"]["compile_mode"] == "default"
+    assert tuple(last["config"]["inductor"]) == ("triton.mix_order_reduction=off",)
     assert not [k for k in last["model"] if "_orig_mod" in k]
     model = models.build(last["model_name"], **last["model_options"])  # uncompiled
     model.load_state_dict(last["model"])  # strict: every key, no wrapper prefix
@@ -158,7 +171,33 @@ def test_fused_norm_unchecked_patches_where_triton_cannot_run(monkeypatch):
     assert list(fast.state_dict()) == keys
 
 
+def test_inductor_options_are_typed_by_the_option_and_checked():
+    items = ["triton.mix_order_reduction=0", "coordinate_descent_tuning = on",
+             "max_autotune_gemm_backends=ATEN,TRITON", "triton.mix_order_reduction_max_reads=4"]
+    assert inductor_options(items) == {
+        "triton.mix_order_reduction": False, "coordinate_descent_tuning": True,
+        "max_autotune_gemm_backends": "ATEN,TRITON", "triton.mix_order_reduction_max_reads": 4}
+    with pytest.raises(SpeedOptionError, match="no such option; did you mean triton.mix_order_reduction"):
+        inductor_options(["mix_order_reduction=0"])
+    with pytest.raises(SpeedOptionError, match="is a bool: give 1/0"):
+        inductor_options(["triton.mix_order_reduction=maybe"])
+    with pytest.raises(SpeedOptionError, match="is an int, not '2.5'"):
+        inductor_options(["triton.mix_order_reduction_max_reads=2.5"])
+    with pytest.raises(SpeedOptionError, match="write NAME=VALUE"):
+        inductor_options(["triton.mix_order_reduction"])
+
+
+def test_a_bad_inductor_option_stops_training_before_the_run_folder(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(COMPILE_BACKEND_ENV, "aot_eager")
+    with pytest.raises(SystemExit, match="segbench train: inductor option 'nope'"):
+        main(["train", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--compile",
+              "--inductor", "nope=1", "--device", "cpu"])
+    assert not (tmp_path / "run").exists()
+
+
 def test_config_rejects_options_that_cannot_apply(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="add --compile"):
+        _config(data_dir, tmp_path, inductor=["triton.mix_order_reduction=0"])
     with pytest.raises(ValueError, match="--fast is SwinUNETR's fast path; model unet has none"):
         _config(data_dir, tmp_path, fast=True)
     with pytest.raises(ValueError, match="as --fast"):
@@ -183,8 +222,10 @@ def test_train_cli_flags_reach_the_config(data_dir, tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(seg_train, "train", lambda cfg: seen.setdefault("cfg", cfg) and {})
     main(["train", "--data", str(data_dir), "--out", str(tmp_path), "--model", "swinunetr", "--compile",
-          "--channels-last", "--fast", "--no-checkpointing", "--checkpoint-modules", "encoder1, decoder1"])
+          "--channels-last", "--fast", "--no-checkpointing", "--checkpoint-modules", "encoder1, decoder1",
+          "--inductor", "triton.mix_order_reduction=0", "--inductor", "coordinate_descent_tuning=1"])
     cfg = seen["cfg"]
+    assert cfg.inductor == ("triton.mix_order_reduction=0", "coordinate_descent_tuning=1")
     assert (cfg.compile_mode, cfg.channels_last, cfg.fast, cfg.checkpointing, cfg.fused_norm) == (
         "default", True, True, False, False)
     assert cfg.checkpoint_modules == ("encoder1", "decoder1")
