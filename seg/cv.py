@@ -53,12 +53,14 @@ def evaluate_test(
     from tqdm import tqdm
 
     from seg.data.store import load_case
-    from seg.infer import sliding_window_predict
+    from seg.infer import ensemble_target, sliding_window_predict
     from seg.speed import to_input
+    from seg.targets import to_labels
 
     dev = resolve_device(device)
     models, ckpts = load_ensemble(checkpoints, dev, cfg)
     roi = cfg.roi or default_roi(ckpts[0])
+    target = ensemble_target(checkpoints, ckpts)
     precision = resolve_precision(cfg.precision, dev)
     per_fold: list[dict[str, Any]] = [{} for _ in models]
     ensemble: dict[str, Any] = {}
@@ -72,12 +74,12 @@ def evaluate_test(
         total = None
         for k, model in enumerate(models):
             probs = sliding_window_predict(
-                model, image, roi, cfg.overlap, cfg.sw_batch_size, cfg.mode, cfg.tta, precision
+                model, image, roi, cfg.overlap, cfg.sw_batch_size, cfg.mode, cfg.tta, precision, target=target
             )
-            pred = probs.argmax(1)[0].cpu().numpy()
+            pred = to_labels(probs, target)[0].cpu().numpy()
             per_fold[k][case_id] = metrics.evaluate_case(pred, ref, spacing, "prepared")
             total = probs if total is None else total.add_(probs)
-        pred = total.argmax(1)[0].cpu().numpy()
+        pred = to_labels(total / len(models), target)[0].cpu().numpy()  # the mean: regions threshold it
         ensemble[case_id] = metrics.evaluate_case(pred, ref, spacing, "prepared")
     return {
         "ensemble": {"cases": ensemble, "mean": metrics.mean_over_cases(ensemble)},

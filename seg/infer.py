@@ -1,11 +1,13 @@
 """Inference: checkpoints → sliding-window probabilities (TTA, ensembles) → label maps on the source grid.
 
 - `sliding_window_predict`: MONAI `sliding_window_inference` (roi, overlap, Gaussian blending,
-  sw batch) under autocast; softmax probabilities averaged over the models of an ensemble and,
+  sw batch) under autocast; probabilities (softmax, or sigmoids for a "regions" checkpoint:
+  seg.targets) averaged over the models of an ensemble and,
   with `tta=True`, over all 8 flip combinations of the three spatial axes (identity, 3 single,
   3 pairs, all three: nnU-Net's mirroring), each flipped back before averaging.
 - `predict_case`: a raw case prepared in memory with the checkpoint's own prep configuration,
-  predicted, argmax, put back on the original grid and label convention by
+  predicted, made a label map (argmax, or the nested regions painted), put back on the original
+  grid and label convention by
   `seg.data.inverse.write_prediction` (same shape, affine and header as the source; atomic).
 """
 
@@ -22,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from seg.recipe import autocast
+from seg.targets import probabilities, to_labels
 
 SPATIAL_DIMS = (2, 3, 4)  # of a [B, C, X, Y, Z] batch
 # All 8 subsets of the spatial axes; () is the identity.
@@ -109,8 +112,10 @@ def sliding_window_predict(
     tta: bool = False,
     precision: str = "bf16",
     roi_weight_map: torch.Tensor | None = None,
+    target: str = "labels",
 ) -> torch.Tensor:
-    """Softmax probabilities [B, C, *spatial] (float32, on `image`'s device) for `image` [B, 4, *spatial].
+    """Probabilities [B, C, *spatial] (float32, on `image`'s device) for `image` [B, 4, *spatial]:
+    softmax over labels, or one sigmoid per region, as the models' `target` (seg.targets) says.
 
     The mean over `models` (an ensemble) and, with `tta`, over the 8 flips of `TTA_FLIPS`.
     roi_weight_map: MONAI's window blending weights made in advance (else MONAI makes them from `mode`;
@@ -130,7 +135,7 @@ def sliding_window_predict(
                     x, roi_size, sw_batch_size, model, overlap=overlap, mode=mode,
                     roi_weight_map=roi_weight_map,
                 )
-            probs = torch.softmax(torch.as_tensor(logits).float(), dim=1)
+            probs = probabilities(torch.as_tensor(logits), target)
             if dims:
                 probs = probs.flip(dims)
             total = probs if total is None else total.add_(probs)
@@ -181,6 +186,16 @@ def prep_config_of(ckpt: dict[str, Any]):
     return PrepConfig(**{k: v for k, v in stored.items() if k in names})
 
 
+def ensemble_target(checkpoints: Sequence[str | Path], ckpts: Sequence[dict[str, Any]]) -> str:
+    """The output target (seg.targets) the checkpoints were trained for; ValueError naming a checkpoint
+    whose target differs from the first's (softmax labels and region sigmoids do not average)."""
+    targets = [(ckpt.get("config") or {}).get("target", "labels") for ckpt in ckpts]
+    for path, target in zip(checkpoints, targets, strict=True):
+        if target != targets[0]:
+            raise ValueError(f"{path}: trained for target {target}, unlike {checkpoints[0]} ({targets[0]})")
+    return targets[0]
+
+
 def default_roi(ckpt: dict[str, Any]) -> int:
     """The window a checkpoint was trained for: its training patch, else the full prepared volume."""
     patch = (ckpt.get("config") or {}).get("patch")
@@ -194,6 +209,7 @@ def predict_case(
     out_dir: str | Path,
     cfg: InferConfig | None = None,
     device: str | torch.device = "cpu",
+    target: str = "labels",
 ) -> Path:
     """Predict one raw case (`seg.data.cases.Case`) and write `<out_dir>/<case_id>_pred.nii.gz`.
 
@@ -215,9 +231,10 @@ def predict_case(
     image = to_input(prepared["image"][None].to(device), cfg.channels_last)
     precision = resolve_precision(cfg.precision, device)
     probs = sliding_window_predict(
-        models, image, cfg.roi or prep_cfg.size, cfg.overlap, cfg.sw_batch_size, cfg.mode, cfg.tta, precision
+        models, image, cfg.roi or prep_cfg.size, cfg.overlap, cfg.sw_batch_size, cfg.mode, cfg.tta, precision,
+        target=target,
     )
-    label = probs.argmax(dim=1)[0].to("cpu", torch.uint8)
+    label = to_labels(probs, target)[0].to("cpu", torch.uint8)
     return write_prediction(Path(out_dir) / f"{case.id}_pred.nii.gz", label, prepared["meta"])
 
 
@@ -246,6 +263,7 @@ def infer_folder(
             raise ValueError(
                 f"{path}: prepared with {prep_config_of(ckpt)}, unlike {checkpoints[0]} ({prep_cfg})"
             )
+    target = ensemble_target(checkpoints, ckpts)
     cfg.roi = cfg.roi or default_roi(ckpts[0])
     for path, ckpt in zip(checkpoints, ckpts, strict=True):  # else every case fails with a shape mismatch
         multiple = input_multiple(ckpt["model_name"], **ckpt["model_options"])
@@ -259,7 +277,7 @@ def infer_folder(
     for case in tqdm(cases, desc="infer", unit="case", disable=None):
         start = time.perf_counter()
         try:
-            path = predict_case(models, case, prep_cfg, out_dir, cfg, dev)
+            path = predict_case(models, case, prep_cfg, out_dir, cfg, dev, target)
             row = {"id": case.id, "status": "ok", "file": str(path)}
         except Exception as err:  # one bad case must not stop the others; its reason is kept
             row = {"id": case.id, "status": "error", "error": f"{case.images[0].parent}: {err}"}

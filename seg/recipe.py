@@ -37,30 +37,37 @@ def make_scaler(precision: str, device_type: str) -> torch.amp.GradScaler:
 
 
 class SegmentationLoss(nn.Module):
-    """DiceCE on logits [B, C, *spatial] against labels [B, 1, *spatial].
+    """The target's loss on logits [B, C, *spatial] against labels [B, 1, *spatial] (seg.targets):
+    DiceCE over the 4 labels (softmax, the seed's), or Dice + BCE over the 3 nested regions (sigmoid).
 
     A deeply supervised output — MONAI DynUNet with `deep_supervision=True` returns its heads in
     training stacked on dim 1, [B, 1 + deep_supr_num, C, *spatial], each upsampled to full size —
-    is scored by MONAI's DeepSupervisionLoss: the same DiceCE per head, weights 1, 1/2, 1/4, ...
+    is scored by MONAI's DeepSupervisionLoss: the same loss per head, weights 1, 1/2, 1/4, ...
     (floor 1/16; MONAI's "exp" mode, not normalised). In eval mode the network returns the main
     head only, so validation and inference see plain logits.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, target: str = "labels") -> None:
         super().__init__()
         from monai.losses import DeepSupervisionLoss, DiceCELoss
 
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-        self.deep_supervision = DeepSupervisionLoss(self.dice_ce, weight_mode="exp")
+        from seg.targets import RegionLoss, check_target
+
+        check_target(target)
+        if target == "labels":
+            self.head_loss: nn.Module = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+        else:
+            self.head_loss = RegionLoss()
+        self.deep_supervision = DeepSupervisionLoss(self.head_loss, weight_mode="exp")
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if logits.ndim == label.ndim + 1:
             return self.deep_supervision(list(logits.unbind(1)), label)
-        return self.dice_ce(logits, label)
+        return self.head_loss(logits, label)
 
 
-def build_loss() -> nn.Module:
-    return SegmentationLoss()
+def build_loss(target: str = "labels") -> nn.Module:
+    return SegmentationLoss(target)
 
 
 def build_optimizer(model: nn.Module, lr: float = 1e-4, weight_decay: float = 1e-5) -> torch.optim.Optimizer:

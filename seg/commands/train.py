@@ -30,6 +30,7 @@ def _option(text: str) -> tuple[str, object]:
 
 # (flag, TrainConfig field, argparse keywords): the training options `train` and `cv` share.
 TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
+    ("--target", "target", {"metavar": "labels|regions"}),
     ("--epochs", "epochs", {"type": int}),
     ("--batch-size", "batch_size", {"type": int}),
     ("--accum", "accum", {"type": int}),

@@ -28,6 +28,12 @@ class TrainConfig:
     model_options: dict = field(
         default_factory=dict, metadata=_help("overrides for seg.models.build, e.g. {'preset': 'paper'}")
     )
+    target: str = field(
+        default="labels",
+        metadata=_help("what the output channels learn (seg.targets): labels = 4 labels, softmax, DiceCE "
+                       "(the seed's); regions = the nested WT/TC/ET regions BraTS scores, 3 sigmoids, Dice "
+                       "+ BCE (nnU-Net's BraTS setting, MONAI's BraTS tutorials)"),
+    )
     epochs: int = field(default=100, metadata=_help("total epochs (a resumed run continues to this count)"))
     batch_size: int = field(default=1, metadata=_help("samples per micro-batch per process"))
     accum: int = field(default=1, metadata=_help("micro-batches accumulated per optimizer step"))
@@ -105,6 +111,14 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile mode {self.compile_mode!r}: choose {', '.join(COMPILE_MODES)}")
+        from seg.targets import check_target  # torch: parsing is done by now
+
+        check_target(self.target)
+        if self.target == "regions":  # a 3-channel head; stored in the checkpoint's model options
+            self.model_options = {"out_channels": 3, **self.model_options}
+            if self.model_options["out_channels"] != 3:
+                raise ValueError("target regions trains 3 output channels (WT, TC, ET), not "
+                                 f"out_channels={self.model_options['out_channels']}")
         if self.inductor and self.compile_mode is None:
             raise ValueError("--inductor options set how torch.compile compiles: add --compile")
         if self.compile_mode in CUDAGRAPH_MODES and self.accum > 1:

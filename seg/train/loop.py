@@ -120,7 +120,7 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         model, fast=cfg.fast, fused_norm=cfg.fused_norm, channels_last=cfg.channels_last,
         checkpoint_modules=cfg.checkpoint_modules,
     )
-    loss_fn = recipe.build_loss()
+    loss_fn = recipe.build_loss(cfg.target)
 
     if cfg.loader == "cpu":
         train_loader = build_loader(
@@ -189,7 +189,7 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         )
         train_seconds = time.perf_counter() - epoch_start
         val_start = time.perf_counter()
-        val = validate(model, val_loader, loss_fn, cfg.precision, device, layout, patch)
+        val = validate(model, val_loader, loss_fn, cfg.precision, device, layout, patch, cfg.target)
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,

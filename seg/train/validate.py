@@ -10,6 +10,7 @@ import torch.nn as nn
 from profiles.nvtx import nvtx_range
 from seg.metrics import REGIONS, region_dice
 from seg.recipe import autocast
+from seg.targets import probabilities, to_labels
 from seg.train.distributed import Layout, all_reduce_sum
 
 SLIDING_WINDOW_OVERLAP = 0.25
@@ -24,11 +25,13 @@ def validate(
     device: torch.device,
     layout: Layout,
     patch: Sequence[int] | None = None,
+    target: str = "labels",
 ) -> dict[str, float]:
     """Mean validation loss and Dice over every case of `loader` (summed over DDP ranks).
 
     With `patch` the model saw only crops in training, so volumes go through MONAI's sliding
-    window with roi = patch; otherwise the whole volume is one forward pass.
+    window with roi = patch; otherwise the whole volume is one forward pass. `target` (seg.targets)
+    says how the output channels become a label map.
     Returns {"val_loss", "val_dice" (mean of the three regions), "val_dice_et", ...}.
     """
     model.eval()
@@ -51,7 +54,7 @@ def validate(
         # The loss is a batch mean; weight it by the batch so the epoch value is a per-case mean.
         totals[0] += loss_fn(logits, label).double() * image.shape[0]
         totals[1] += image.shape[0]
-        totals[2:] += region_dice(logits, label).double().sum(0)
+        totals[2:] += region_dice(to_labels(probabilities(logits, target), target), label).double().sum(0)
     all_reduce_sum(totals, layout)
     count = totals[1].item()
     if count == 0:
