@@ -18,11 +18,21 @@
 # when the window-attention bench or gpu_check wrote something.
 # `scripts/gpu_session.sh SUITE --resume` finishes a run cut short: the run folder of a previous call
 # (still in /tmp on a warm machine, or unpacked from its run.tar.gz into runs/gpu/ here and carried)
-# gets only its missing cases; no tests first.
+# gets only its missing cases; no tests first. Other arguments go to `segbench bench` (no tests
+# first either), e.g. a short follow-up call on the warm machine:
+#   GPU_CALL_S=200 scripts/gpu_session.sh unet --only unet/bf16+compile \
+#     --only unet/bf16+compile+inductor:triton.mix_order_reduction=0
+# GPU_CALL_S: the device call's timeout_s (default 600); every step keeps inside it.
 # Fetch the wheels here first: scripts/fetch_gpu_wheels.sh
 set -uo pipefail
 suite=${1:-gpu-check}
-resume=${2:-}
+shift || true
+resume=""
+bench_args=()
+for arg in "$@"; do
+  if [ "$arg" = "--resume" ]; then resume=--resume; else bench_args+=("$arg"); fi
+done
+call_s=${GPU_CALL_S:-600}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 log="$out/log.txt"
@@ -38,20 +48,20 @@ python3 -m segbench env --device cuda 2>&1 | tee -a "$log"  # which speed featur
 
 # gpu-check: every kernel test first (not only the gpu-marked ones: on CUDA the same tests check the
 # compiled Triton kernels, which the CPU interpreter cannot)
-if [ "$suite" != "swin-goal" ] && [ -z "$resume" ]; then
+if [ "$suite" != "swin-goal" ] && [ -z "$resume" ] && [ ${#bench_args[@]} -eq 0 ]; then
   echo "== pytest tests/kernels" | tee -a "$log"
   timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/kernels 2>&1 | tail -15 | tee -a "$log"
 fi
 
 run=/tmp/segbench-$suite
-extra=()
+extra=("${bench_args[@]}")
 if [ "$resume" = "--resume" ]; then
   [ -d "$run" ] || cp -r "runs/gpu/segbench-$suite" /tmp/ || { echo "no run to resume: carry runs/gpu/segbench-$suite" | tee -a "$log"; exit 1; }
-  extra=(--resume)
+  extra+=(--resume)
 fi
 echo "== segbench bench --suite $suite ${extra[*]}" | tee -a "$log"
 # the suite's own budget_s stops starting cases; the timeout is the backstop for the 600 s call
-timeout "$((585 - SECONDS))" python3 -m segbench bench --suite "$suite" --out "$run" --device cuda "${extra[@]}" 2>&1 | tee -a "$log"
+timeout "$((call_s - 15 - SECONDS))" python3 -m segbench bench --suite "$suite" --out "$run" --device cuda "${extra[@]}" 2>&1 | tee -a "$log"
 [ -f "$run/report.md" ] || python3 -m segbench report "$run" 2>&1 | tail -3 | tee -a "$log"  # cut off: rows so far
 cp "$run"/report.md "$run"/results.jsonl "$run"/env.json "$run"/report.html "$out"/ 2>/dev/null
 # Everything but the synthesized data and its converted copies (a returned file holds at most 16 MiB).
@@ -60,19 +70,19 @@ tar -czf "$out/run.tar.gz" --exclude="segbench-$suite/cache/formats" --exclude="
 (cd /tmp && find "segbench-$suite/profiles" -name trace.json.gz 2>/dev/null | tar -cf "$out/traces.tar" -T -)
 [ "$(stat -c %s "$out/traces.tar" 2>/dev/null || echo 0)" -le 16000000 ] || { rm -f "$out/traces.tar"; echo "traces.tar over 16 MB: not returned" | tee -a "$log"; }
 
-left_s=$((570 - SECONDS))
+left_s=$((call_s - 30 - SECONDS))
 if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 30 ]; then
   echo "== pytest -m gpu tests/seg/test_swin_fast.py tests/profiles (${left_s} s left)" | tee -a "$log"
   timeout "$((left_s < 60 ? left_s : 60))" python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/seg/test_swin_fast.py tests/profiles 2>&1 | tail -15 | tee -a "$log"
 fi
-left_s=$((570 - SECONDS))
-if [ "$suite" != "gpu-check" ] && [ "$left_s" -gt 40 ]; then
+left_s=$((call_s - 30 - SECONDS))
+if [ "$suite" != "gpu-check" ] && [ ${#bench_args[@]} -eq 0 ] && [ "$left_s" -gt 40 ]; then
   # the kernels suite's call has the time for the tile sweep too
   sweep=(); [ "$suite" = "kernels" ] && sweep=(--sweep)
   echo "== kernels.bench_window_attention ${sweep[*]}: SDPA vs the Triton window attention (${left_s} s left)" | tee -a "$log"
   timeout "$((left_s < 150 ? left_s : 150))" python3 -m kernels.bench_window_attention --out /tmp/swin_check "${sweep[@]}" 2>&1 | tail -12 | tee -a "$log"
 fi
-left_s=$((570 - SECONDS))
+left_s=$((call_s - 30 - SECONDS))
 if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 45 ]; then
   echo "== seg.swin_fast.gpu_check (${left_s} s left)" | tee -a "$log"
   timeout "$left_s" python3 -m seg.swin_fast.gpu_check --out /tmp/swin_check 2>&1 | tail -40 | tee -a "$log"
