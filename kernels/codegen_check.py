@@ -1,6 +1,13 @@
-"""Compile the Triton kernels for an H100 (sm_90) without a GPU and report their code.
+"""Compile the Triton kernels for NVIDIA GPUs without a GPU and report their code.
 
-    python -m kernels.codegen_check      (must run without TRITON_INTERPRET)
+    python -m kernels.codegen_check [--arch 90,89,86,80]      (must run without TRITON_INTERPRET)
+
+Architectures (ARCHS): sm_90 (H100/H200, what the kernels are tuned for), and the cards users
+train on below it: sm_89 (RTX 40xx, L4, L40), sm_86 (RTX 30xx, A10, A40; 8 GB cards among them),
+sm_80 (A100). Per architecture the same checks, plus each kernel's shared memory against that
+architecture's per-block limit (consumer cards have under half an H100's): a tile that does not fit
+fails at launch with Triton's OutOfResources on the user's card, so it is caught here. sm_75
+(Turing) is left out: it has no bf16.
 
 For the headline (2, 32, 128³) bf16 launch in both layouts, and LayerNorm over 96 channels (Swin
 stage 2 at feature size 48), it prints per kernel the registers per thread, stack bytes (spills)
@@ -71,15 +78,45 @@ def _widest(ptx: str, op: str) -> int:
     return best
 
 
-def check() -> list[str]:
-    """Compile each streaming kernel for both layouts; return the problems found (empty: all good)."""
+# capability -> (cards, shared memory per block in bytes: the opt-in maximum of the CUDA docs'
+# compute capability table, which Triton's launch checks against)
+ARCHS: dict[int, tuple[str, int]] = {
+    90: ("H100, H200", 227 * 1024),
+    89: ("RTX 40xx, L4, L40", 99 * 1024),
+    86: ("RTX 30xx, A10, A40", 99 * 1024),
+    80: ("A100, A30", 163 * 1024),
+}
+
+
+def _shared_problem(compiled, name: str, arch: int) -> list[str]:
+    limit = ARCHS[arch][1]
+    used = compiled.metadata.shared
+    if used <= limit:
+        return []
+    return [f"sm_{arch} {name}: {used} B of shared memory, over the {limit} B a block may have"]
+
+
+def check(archs: tuple[int, ...] = tuple(ARCHS)) -> list[str]:
+    """Compile every kernel for each of `archs`; return the problems found (empty: all good)."""
     from triton.backends.compiler import GPUTarget
 
     from . import _fused_norm_act_triton as K
 
     if K.INTERPRETED:
         raise RuntimeError("run without TRITON_INTERPRET: the interpreter's kernels cannot be compiled")
-    target = GPUTarget("cuda", 90, 32)
+    problems = []
+    for arch in archs:
+        print(f"== sm_{arch} ({ARCHS[arch][0]})")
+        target = GPUTarget("cuda", arch, 32)
+        problems += _check_fused_norm(target, arch)
+        problems += _check_layer_norm(target, arch, D=96)
+        problems += _check_window_attention(target, arch)
+    return problems
+
+
+def _check_fused_norm(target, arch: int) -> list[str]:
+    from . import _fused_norm_act_triton as K
+
     x = torch.empty(2, 32, 128, 128, 128, device="meta")
     problems = []
     for channels_last in (False, True):
@@ -95,17 +132,16 @@ def check() -> list[str]:
             load, store = _widest(ptx, "ld"), _widest(ptx, "st")
             layout = "channels_last" if channels_last else "contiguous"
             print(f"{name:20s} {layout:13s} tile [{p.block_c}, {p.block_s}]  regs {regs:3d}  stack {stack}  "
-                  f"widest load {load} bit, store {store} bit")
+                  f"shared {compiled.metadata.shared} B  widest load {load} bit, store {store} bit")
             if load < 128 or stack:
-                problems.append(f"{name} ({layout}): widest load {load} bit, stack {stack} bytes")
+                problems.append(f"sm_{arch} {name} ({layout}): widest load {load} bit, stack {stack} bytes")
             if name in ("_apply_kernel", "_bwd_apply_kernel") and store < 128:
-                problems.append(f"{name} ({layout}): widest store {store} bit")
-    problems += _check_layer_norm(target, D=96)
-    problems += _check_window_attention(target)
+                problems.append(f"sm_{arch} {name} ({layout}): widest store {store} bit")
+            problems += _shared_problem(compiled, f"{name} ({layout})", arch)
     return problems
 
 
-def _check_layer_norm(target, D: int) -> list[str]:
+def _check_layer_norm(target, arch: int, D: int) -> list[str]:
     from . import _layer_norm_triton as L
     from .layer_norm import _blocks
 
@@ -117,9 +153,11 @@ def _check_layer_norm(target, D: int) -> list[str]:
         regs, stack = _resources(compiled.asm["cubin"])
         load, store = _widest(compiled.asm["ptx"], "ld"), _widest(compiled.asm["ptx"], "st")
         print(f"{fn.__name__:20s} D={D:<11d} tile [{block_m}, {block_d}]  regs {regs:3d}  stack {stack}  "
-              f"widest load {load} bit, store {store} bit")
+              f"shared {compiled.metadata.shared} B  widest load {load} bit, store {store} bit")
         if load < 128 or store < 128 or stack:
-            problems.append(f"{fn.__name__} (D={D}): widest load {load}, store {store} bit, stack {stack} B")
+            problems.append(f"sm_{arch} {fn.__name__} (D={D}): widest load {load}, store {store} bit, "
+                            f"stack {stack} B")
+        problems += _shared_problem(compiled, f"{fn.__name__} (D={D})", arch)
     return problems
 
 
@@ -128,7 +166,7 @@ _ATTN_PTRS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "B": "*bf16", "O": "*bf1
               "SEED": "*i32"}
 
 
-def _check_window_attention(target) -> list[str]:
+def _check_window_attention(target, arch: int) -> list[str]:
     import triton
     from triton.compiler import ASTSource
 
@@ -156,15 +194,27 @@ def _check_window_attention(target) -> list[str]:
                 regs, stack = _resources(compiled.asm["cubin"])
                 tensor_cores = "mma" in compiled.asm["ptx"]
                 print(f"{fn.__name__:20s} D={D:<2d} dropout={dropout_p:<3} tile [{meta['BLOCK_M']}, "
-                      f"{meta['BLOCK_N']}] warps {warps}  regs {regs:3d}  stack {stack}  mma {tensor_cores}")
+                      f"{meta['BLOCK_N']}] warps {warps}  regs {regs:3d}  stack {stack}  "
+                      f"shared {compiled.metadata.shared} B  mma {tensor_cores}")
                 if stack or not tensor_cores:
-                    problems.append(f"{fn.__name__} (D={D}, dropout {dropout_p}): stack {stack} B, "
+                    problems.append(f"sm_{arch} {fn.__name__} (D={D}, dropout {dropout_p}): stack {stack} B, "
                                     f"tensor cores {tensor_cores}")
+                problems += _shared_problem(compiled, f"{fn.__name__} (D={D}, dropout {dropout_p})", arch)
     return problems
 
 
-def main() -> int:
-    problems = check()
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m kernels.codegen_check",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default=",".join(map(str, ARCHS)),
+                        help=f"compute capabilities, comma-separated, of {', '.join(map(str, ARCHS))}")
+    archs = tuple(int(a) for a in parser.parse_args(argv).arch.split(","))
+    unknown = [a for a in archs if a not in ARCHS]
+    if unknown:
+        parser.error(f"--arch {unknown[0]}: choose from {', '.join(map(str, ARCHS))}")
+    problems = check(archs)
     for line in problems:
         print("PROBLEM:", line, file=sys.stderr)
     return 1 if problems else 0
