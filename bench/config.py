@@ -262,6 +262,10 @@ def parse_suite(text: str, path: Path) -> Suite:
     data = _build(DataSpec, raw.pop("data", {}), f"{path} [data]")
     anchors = raw.pop("anchors", {})
     goals = [_build(Goal, g, f"{path} [[goal]] {i + 1}") for i, g in enumerate(raw.pop("goal", []))]
+    for i, g in enumerate(goals):  # a goal without a criterion would always read "met"
+        if g.max_s_per_iter is None and not g.min_speedup and g.max_peak_gib is None and g.max_parity is None:
+            raise SuiteError(f"{path} [[goal]] {i + 1} ({g.case}): no criterion; give max_s_per_iter, "
+                             "min_speedup, max_peak_gib or max_parity")
     suite_keys = {
         "name",
         "description",

@@ -72,8 +72,10 @@ def _rss_peak_bytes() -> int | None:
     if match:
         return int(match.group(1)) * 1024
     import resource  # not Linux: lifetime peak, cannot be reset
+    import sys
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on the BSDs
 
 
 def steady_state(step: Callable[[], object], warmup: int, iters: int, device: torch.device | str) -> dict:

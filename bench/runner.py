@@ -59,6 +59,10 @@ def _wait_case(spec_path: Path, result_path: Path, log_path: Path, env: dict, ti
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: the case and its loader workers
             proc.wait()
             return None
+        except BaseException:  # Ctrl-C never reaches the case's own session: end it with the runner
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
 
 
 def run_case_process(spec: dict, work: Path, stem: str, timeout_s: float) -> dict:
@@ -104,17 +108,25 @@ def run_case_process(spec: dict, work: Path, stem: str, timeout_s: float) -> dic
 
 
 def prepare_data(spec: DataSpec, out: Path, seed: int = 0) -> Path:
-    """Synthesize and prepare the suite's tiny data set under `out` (skipped when already there)."""
+    """Synthesize and prepare the suite's tiny data set under `out` (skipped when the same spec is
+    already there; a folder reused by a suite with other data is made again)."""
+    import shutil
+
     from seg.data.prep import PrepConfig, prepare_all
     from seg.data.synth import write_cases
 
-    raw, prepared = out / "raw", out / "prepared"
+    raw, prepared, made = out / "raw", out / "prepared", out / "data-spec.json"
+    wanted = {**asdict(spec), "seed": seed}
+    if made.is_file() and json.loads(made.read_text()) != wanted:
+        shutil.rmtree(raw, ignore_errors=True)
+        shutil.rmtree(prepared, ignore_errors=True)
     if not (prepared / "manifest.json").is_file():
         write_cases(raw, spec.cases, seed=seed, shape=tuple(spec.shape))
         workers = min(8, os.cpu_count() or 1)
         manifest = prepare_all(raw, prepared, PrepConfig(size=spec.size, format=spec.format), workers=workers)
         if not any(c["status"] == "ok" for c in manifest["cases"]):
             raise BenchError(f"no case of {raw} could be prepared; see {prepared / 'manifest.json'}")
+        write_json_atomic(made, wanted)
     return prepared
 
 
@@ -150,6 +162,17 @@ def _resume_state(out: Path, suite: Suite) -> tuple[dict, list[dict]]:
         raise BenchError(f"--resume: {out} is a run of suite {env.get('suite')!r}, not {suite.name!r}")
     keep = [r for r in rows if not str(r.get("error", "")).startswith(RERUN_PREFIXES)]
     return env, keep
+
+
+def _resumed_inputs(out: Path, env: dict, device: str | None, data_dir) -> tuple[str | None, str | None]:
+    """The device and data the resumed run measured (its rows must not mix others in); BenchError when
+    the resume names different ones."""
+    old_device, old_data = env.get("requested_device"), env.get("data_dir")
+    if device and old_device and device != old_device:
+        raise BenchError(f"--resume: {out} ran on {old_device}; resume it there, not on {device}")
+    if data_dir and str(Path(data_dir).resolve()) != (old_data or str((out / "data" / "prepared").resolve())):
+        raise BenchError(f"--resume: {out} measured the data in {old_data or out / 'data'}, not {data_dir}")
+    return device or old_device, data_dir or old_data
 
 
 def case_spec(
@@ -224,7 +247,6 @@ def run_suite(
     from tqdm import tqdm
 
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
-    device = device or suite.device
     names = {name for _, w, v in suite.run_order() for name in (w.name, f"{w.name}/{v}")}
     unknown = [name for name in only or () if name not in names]
     if unknown:  # a typo would otherwise run nothing and exit 0
@@ -234,6 +256,9 @@ def run_suite(
         )
     out = Path(out)
     old_env, kept = _resume_state(out, suite) if resume else (None, [])
+    if old_env is not None:
+        device, data_dir = _resumed_inputs(out, old_env, device, data_dir)
+    device = device or suite.device
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     # A folder reused for a new run: drop what belonged to the old one (its reference trajectories
@@ -254,6 +279,7 @@ def run_suite(
         "suite": suite.name,
         "suite_file": str(suite.path),
         "requested_device": device,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,  # None: synthesized under RUN/data
         **capture_host(argv),
         "compile_cache": "warm: the user's caches" if keep_compile_cache() else "cold: empty per case",
         "anchors": suite.anchors,  # the report's goal checks fall back on them

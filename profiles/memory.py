@@ -82,7 +82,10 @@ def classify(frames: list[dict[str, Any]]) -> tuple[str, str]:
     if any("/torch/optim/" in filename for filename, _ in names):
         category = "optimizer"
     elif any(
-        (filename.endswith("torch/_tensor.py") and name == "backward") or "/torch/autograd/" in filename
+        (filename.endswith("torch/_tensor.py") and name == "backward")
+        # the autograd engine's entry points; not autograd/function.py, which every custom
+        # Function's forward also runs through (Function.apply)
+        or ("/torch/autograd/" in filename and not filename.endswith("autograd/function.py"))
         for filename, name in names
     ):
         category = "backward"

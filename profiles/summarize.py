@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 # Checked in order: the first category with a matching substring wins. Attention before convolution
@@ -97,8 +98,26 @@ GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 TOP = 12  # kernels (operators on the CPU) listed by time
 
 
+# Inductor names a generated kernel after the ops fused into it (triton_poi_fused_convolution_leaky_relu_0):
+# "convolution" there is the epilogue that reads a cuDNN convolution's output, not the convolution.
+_INDUCTOR_KERNEL = re.compile(r"^triton_(?:poi|per|red)_fused_(.*?)(?:_\d+)?$")
+_INDUCTOR_COPIES = ("clone", "cat", "_to_copy", "copy", "constant_pad_nd", "permute", "flip", "roll")
+
+
 def classify(name: str) -> str:
     low = name.lower()
+    fused = _INDUCTOR_KERNEL.match(low)
+    if fused:
+        ops = fused.group(1)
+        if any(k in ops for k in ("norm", "var_mean", "welford")):
+            return "normalization"
+        return "copies" if ops in _INDUCTOR_COPIES else "elementwise"
+    if low.startswith("triton_tem_"):  # inductor templates: max-autotune matmuls, convs, flex attention
+        return "attention" if "attention" in low else "convolution" if "conv" in low else "matmul"
+    if "upsample" in low:  # upsample_trilinear3d is no matmul
+        return "elementwise"
+    if "cudnn" in low and ("bn_fw" in low or "bn_bw" in low):  # cuDNN's batch-norm kernels
+        return "normalization"
     for category, needles in PATTERNS:
         if any(n in low for n in needles):
             return category

@@ -50,6 +50,15 @@ def _bytes(tree) -> int:
     return sum(t.numel() * t.element_size() for t in tree_leaves(tree) if isinstance(t, torch.Tensor))
 
 
+def _mutated_bytes(func, args: tuple, kwargs: dict) -> int:
+    """Bytes of the arguments `func`'s schema marks as written (Tensor(a!) / Tensor(a!)[])."""
+    total = 0
+    for i, arg in enumerate(func._schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            total += _bytes(args[i] if i < len(args) else kwargs.get(arg.name))
+    return total
+
+
 @dataclass
 class Traffic:
     """Bytes read + written by the ops of one step, and how many ops (kernel launches, eager)."""
@@ -75,9 +84,15 @@ class OpTraffic(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = func.overloadpacket.__name__
-        if name in _NO_TRAFFIC or not any(isinstance(t, torch.Tensor) for t in tree_leaves(out)):
+        if name in _NO_TRAFFIC:
             return out
-        moved = _bytes((args, kwargs)) + _bytes(out)
+        if any(isinstance(t, torch.Tensor) for t in tree_leaves(out)):
+            moved = _bytes((args, kwargs)) + _bytes(out)
+        else:  # in-place ops that return nothing (fused AdamW, _foreach_*_): they write what they mutate
+            written = _mutated_bytes(func, args, kwargs)
+            if not written:  # metadata queries
+                return out
+            moved = _bytes((args, kwargs)) + written
         t, cat = self.traffic, category(name)
         t.bytes_moved += moved
         t.ops += 1

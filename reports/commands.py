@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             cmd, chtml, table = write_comparison(args.run, args.compare, args.threshold)
             flagged = table[table.verdict == "REGRESSION"]
             for r in flagged.itertuples():
-                print(f"REGRESSION {r.workload}/{r.variant}: {r.before} -> {r.after} ({r.change:+.1%})")
+                change = "" if r.change != r.change else f" ({r.change:+.1%})"  # NaN: it fails now
+                print(f"REGRESSION {r.workload}/{r.variant}: {r.before} -> {r.after}{change}")
             print(f"comparison: {cmd} and {chtml} ({len(flagged)} regression(s))")
             if args.fail_on_regression and len(flagged):
                 return 1

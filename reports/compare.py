@@ -46,6 +46,9 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) 
         sa, sb = (ra or {}).get("step_times_s"), (rb or {}).get("step_times_s")
         if ra is None or rb is None:
             rec["verdict"] = "only in " + ("RUN_B" if ra is None else "RUN")
+        elif rb["status"] == "ok" and ra["status"] != "ok":  # e.g. now out of memory: --fail-on-regression
+            rec["after"] = ra["status"]
+            rec["verdict"] = "REGRESSION"
         elif ra["status"] != "ok" or rb["status"] != "ok":
             rec["verdict"] = f"status {rb['status']} → {ra['status']}"
         elif ra.get("estimated_peak_bytes") and rb.get("estimated_peak_bytes"):
@@ -62,7 +65,8 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) 
             rec.update(change)
             rec["verdict"] = _verdict(change, threshold)
         records.append(rec)
-    return pd.DataFrame.from_records(records)
+    columns = ["workload", "variant", "before", "after", "change", "ci_low", "ci_high", "verdict"]
+    return pd.DataFrame.from_records(records, columns=columns)  # columns: a run without rows too
 
 
 def _in_both(rows: list[dict], rows_b: list[dict], field: str):
@@ -170,7 +174,7 @@ def write_comparison(
                 f"RUN_B (before): {run_b} — {where(env_b)}",
                 f"{len(regressions)} regression(s): slower by more than {threshold:.0%} with the "
                 "95% bootstrap interval of the change excluding zero (footprint rows: an estimated "
-                f"peak grown by more than {threshold:.0%})",
+                f"peak grown by more than {threshold:.0%}), or ok before and failing now",
             ],
         ),
         Block("table", _display(table)),

@@ -52,7 +52,7 @@ def evaluate_test(
     """{"ensemble": {"cases", "mean"}, "folds": [{"checkpoint", "cases", "mean"}]} on `test_ids`."""
     from tqdm import tqdm
 
-    from seg.data.store import load_case
+    from seg.data.formats import open_reader
     from seg.infer import ensemble_target, sliding_window_predict
     from seg.speed import to_input
     from seg.targets import to_labels
@@ -64,10 +64,16 @@ def evaluate_test(
     precision = resolve_precision(cfg.precision, dev)
     per_fold: list[dict[str, Any]] = [{} for _ in models]
     ensemble: dict[str, Any] = {}
+    errors: list[str] = []
+    reader = open_reader(data_dir)  # a prepared or a packed folder, as training reads it
     for case_id in tqdm(test_ids, desc="cv test", unit="case", disable=None):
-        case = load_case(Path(data_dir) / f"{case_id}.pt")
-        if "label" not in case:
-            raise ValueError(f"{data_dir}/{case_id}.pt: test case has no label")
+        try:  # one unreadable or unlabelled test case must not cost the others' scores
+            case = reader.read(case_id)
+            if "label" not in case:
+                raise ValueError("test case has no label")
+        except (OSError, ValueError, KeyError) as err:
+            errors.append(f"{data_dir}: {case_id}: {err}")
+            continue
         image = to_input(case["image"][None].float().to(dev), cfg.channels_last)
         ref = case["label"][0].numpy()
         spacing = prepared_spacing_mm(case["meta"])
@@ -89,6 +95,7 @@ def evaluate_test(
         ],
         "roi": roi,
         "precision": precision,
+        "errors": errors,
     }
 
 
@@ -119,6 +126,10 @@ def markdown_table(doc: dict[str, Any]) -> str:
         ]
         cells += [f"{h:.2f}" for h in hd]
         lines.append("| " + " | ".join(cells) + " |")
+    errors = doc["test"].get("errors", [])
+    if errors:
+        lines += ["", f"{len(errors)} test case(s) could not be scored, left out of the means:"]
+        lines += [f"- {e}" for e in errors]
     return "\n".join(lines) + "\n"
 
 

@@ -273,6 +273,12 @@ def infer_folder(
     cases = discover(src)
     if not cases:
         raise FileNotFoundError(f"{src}: no BraTS cases found")
+    seen: dict[str, Path] = {}
+    for case in cases:  # two folders of one id would write one file, the second over the first
+        folder = case.images[0].parent
+        if case.id in seen:
+            raise ValueError(f"case {case.id} is in both {seen[case.id]} and {folder}: predict them apart")
+        seen[case.id] = folder
     rows = []
     for case in tqdm(cases, desc="infer", unit="case", disable=None):
         start = time.perf_counter()
@@ -281,6 +287,8 @@ def infer_folder(
             row = {"id": case.id, "status": "ok", "file": str(path)}
         except Exception as err:  # one bad case must not stop the others; its reason is kept
             row = {"id": case.id, "status": "error", "error": f"{case.images[0].parent}: {err}"}
+            # an earlier run's prediction of this case must not pass for this run's
+            (Path(out_dir) / f"{case.id}_pred.nii.gz").unlink(missing_ok=True)
         row["seconds"] = round(time.perf_counter() - start, 3)
         rows.append(row)
     summary = {

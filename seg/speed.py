@@ -64,6 +64,9 @@ def inductor_options(items: Iterable[str]) -> dict[str, Any]:
     Why a harness needs them: inductor's passes are switches, and a pass that fails or slows a model
     (e.g. the mix-order reduction fusion) is found by timing the model with it off.
     """
+    items = list(items)
+    if not items:  # importing inductor is not free (and eager runs never need it)
+        return {}
     import torch._inductor.config as inductor_config
 
     known = inductor_config.get_config_copy()
@@ -110,6 +113,8 @@ def _typed(name: str, text: str, kind: type) -> Any:
 def set_inductor_options(options: dict[str, Any]) -> None:
     """Set torch._inductor.config options for this process (torch.compile reads them when it first
     compiles, so a context manager around the compile call would be gone by then)."""
+    if not options:
+        return
     import torch._inductor.config as inductor_config
 
     for name, value in options.items():

@@ -76,12 +76,12 @@ def run(case: Case) -> dict:
     reference = None
     if m.parity_steps and case.reference:
         ref_name, ref_cfg = case.reference
-        _, predict_ref = _predictor(case, ref_cfg, device, state, image)
+        ref_model, predict_ref = _predictor(case, ref_cfg, device, state, image)
         out: list[torch.Tensor] = []
         with math_mode(ref_cfg, device):
             row["flops_per_step"] = count_flops(lambda: out.append(predict_ref()))
         reference = out[0]
-        predict_ref = out = None
+        del ref_model, predict_ref, out  # the reference's weights must not count in the variant's peak
         release(device)
 
     model, predict = _predictor(case, case.config, device, state, image)

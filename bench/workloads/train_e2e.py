@@ -41,7 +41,7 @@ def _setup(case: Case):
         if "_shape" not in fields:  # the first step
             fields["_shape"] = list(image.shape[2:])
             fields["_cpu_bf16_workaround"] = state.cpu_bf16_workaround(image)
-        return arrived - start, time.perf_counter() - arrived
+        return arrived - start, time.perf_counter() - arrived, image.shape[0]  # a last batch may be short
 
     return step, device, fields
 
@@ -55,16 +55,17 @@ def run(case: Case) -> dict:
     p, m = case.params, case.measure
     step, device, row = _setup(case)
     row.update(model=p.model, batch=p.batch, precision=case.config.precision)
-    wait, compute = step()
+    wait, compute, _ = step()
     row["first_step_s"] = wait + compute
     for _ in range(m.warmup):
         step()
     reset_peak_memory(device)
-    waits, computes = [], []
+    waits, computes, samples = [], [], 0
     for _ in range(m.iters):
-        wait, compute = step()
+        wait, compute, n = step()
         waits.append(wait)
         computes.append(compute)
+        samples += n
     row.update(peak_memory(device))
     totals = [w + c for w, c in zip(waits, computes, strict=True)]
     row["s_per_iter"] = summarize(totals)
@@ -73,8 +74,8 @@ def run(case: Case) -> dict:
     row["compute_s"] = summarize(computes)
     row["wait_fraction"] = sum(waits) / sum(totals)
     row["verdict"] = "input-bound" if row["wait_fraction"] > INPUT_BOUND_SHARE else "compute-bound"
-    row["samples_per_s"] = p.batch * len(totals) / sum(totals)
-    row["compute_samples_per_s"] = p.batch * len(computes) / sum(computes)
+    row["samples_per_s"] = samples / sum(totals)
+    row["compute_samples_per_s"] = samples / sum(computes)
     row["shape"] = row.pop("_shape")
     if row.pop("_cpu_bf16_workaround"):
         row["cpu_bf16_workaround"] = True

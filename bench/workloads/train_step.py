@@ -26,6 +26,7 @@ from bench.workloads.common import (
     attention_kernels_fields,
     disable_dropout_note,
     initial_state,
+    math_mode,
     profile_fields,
     synthetic_batch,
     to_input,
@@ -125,7 +126,11 @@ def _paired(case: Case, device: torch.device, init: dict, variant_step: Callable
         base = TrainState(case.params, cfg, device, init)
         bx, by = synthetic_batch(case.params.batch, case.params.shape, case.measure.seed)
         bx, by = to_input(bx, cfg, device), by.to(device)
-        base_step = lambda: base.step(bx, by)  # noqa: E731
+
+        def base_step():
+            with math_mode(cfg, device):  # the process runs the variant's TF32 setting
+                return base.step(bx, by)
+
         for _ in range(1 + case.measure.warmup):
             base_step()
         base_times, var_times = interleaved(variant_step, base_step, case, device)

@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     print(markdown_table(doc))
     print(f"wrote {args.out}/cv.json and {args.out}/cv.md")
-    return 0
+    for error in doc["test"]["errors"]:
+        print(f"segbench cv: {error}", file=sys.stderr)
+    return 1 if doc["test"]["errors"] else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

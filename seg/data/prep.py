@@ -206,14 +206,34 @@ def _previous_ok(out_dir: Path, cfg: PrepConfig) -> dict[str, dict]:
             if e.get("status") == "ok" and (out_dir / e.get("file", "")).is_file()}
 
 
+def _prepare_in_pool(cases: list[Case], cfg: PrepConfig, out_dir: Path, workers: int, threads: int,
+                     done) -> list[Case]:
+    """Prepare `cases` in a pool of `workers` processes, calling `done(entry)` per case; returns the
+    cases whose worker died (a broken pool) before it returned them."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    lost = []
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_prepare_one, case, cfg, out_dir): case for case in cases}
+        for fut in as_completed(futures):
+            try:
+                entry = fut.result()
+            except BrokenProcessPool:
+                lost.append(futures[fut])
+                continue
+            done(entry)
+    return lost
+
+
 def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int = 1) -> dict:
     """Prepare every case below `src` into `out` (one `.pt` per case + manifest.json) with
     `workers` processes; cases already prepared with the same config and unchanged sources are
     skipped. Problems go to stderr, one line per bad case. Returns the manifest."""
     import os
     import sys
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
 
     from tqdm import tqdm
 
@@ -260,12 +280,21 @@ def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int 
             bar.update()
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(threads,)) as pool:
-            futures = [pool.submit(_prepare_one, case, cfg, out_dir) for case in todo]
-            for fut in as_completed(futures):
-                record(fut.result())
-                bar.update()
+
+        def done(entry: dict) -> None:
+            record(entry)
+            bar.update()
+
+        # A worker that dies (the OOM killer, a crash in native code) breaks the whole pool: every case
+        # it still held comes back unprepared. Each is retried alone, so only a case that kills its own
+        # worker fails.
+        for case in _prepare_in_pool(todo, cfg, out_dir, workers, threads, done):
+            for lost in _prepare_in_pool([case], cfg, out_dir, 1, threads, done):
+                folder = lost.images[0].parent
+                msg = f"{folder}: the worker process preparing {lost.id} died (out of memory?); not prepared"
+                for tmp in out_dir.glob(f".{lost.id}.pt.*.tmp"):  # what it was writing when killed
+                    tmp.unlink(missing_ok=True)
+                done({"id": lost.id, "status": "error", "error": msg, "errors": [msg]})
     bar.close()
     manifest["cases"] = sorted(entries.values(), key=lambda e: e["id"])
     write_json(out_dir / MANIFEST, manifest)

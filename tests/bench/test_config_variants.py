@@ -66,6 +66,9 @@ def _suite(text: str) -> str:
         ('run_last = ["a/b"]\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n', "run_last"),
         ('[anchors]\n"x/fp32" = 1.0\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n', "anchors"),
         ("[[workload]\n", "not valid TOML"),
+        ('[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n[[goal]]\ncase = "train_step/fp32"\n',
+         "no criterion"),
+        ('[[workload]]\nkind = "train_step"\nvariants = ["bf16+inductor:x=1"]\n', "add compile"),
     ],
 )
 def test_bad_suite_files_name_the_file_and_the_problem(text, message):

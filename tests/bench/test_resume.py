@@ -60,3 +60,30 @@ def test_resume_refuses_another_suite_or_no_run(tmp_path):
     (run / "results.jsonl").write_text("")
     with pytest.raises(BenchError, match="a run of suite 'quick', not 'resume-test'"):
         run_suite(suite, run, resume=True, report=False)
+
+
+def test_resume_keeps_the_device_and_data_the_run_measured(tmp_path):
+    from bench.runner import _resumed_inputs
+
+    env = {"requested_device": "cuda", "data_dir": str(tmp_path / "mine")}
+    assert _resumed_inputs(tmp_path, env, None, None) == ("cuda", str(tmp_path / "mine"))
+    with pytest.raises(BenchError, match="ran on cuda; resume it there, not on cpu"):
+        _resumed_inputs(tmp_path, env, "cpu", None)
+    with pytest.raises(BenchError, match="measured the data in"):
+        _resumed_inputs(tmp_path, env, None, tmp_path / "other")
+    # synthesized data (no --data): the run's own RUN/data/prepared is the same data
+    own = {"requested_device": "cpu", "data_dir": None}
+    assert _resumed_inputs(tmp_path, own, "cpu", tmp_path / "data" / "prepared")[0] == "cpu"
+
+
+def test_a_run_folder_reused_with_other_data_makes_it_again(tmp_path):
+    from bench.config import DataSpec
+    from bench.runner import prepare_data
+
+    small = prepare_data(DataSpec(cases=2, shape=[24, 24, 16], size=8), tmp_path)
+    assert json.loads((small / "manifest.json").read_text())["config"]["size"] == 8
+    again = prepare_data(DataSpec(cases=2, shape=[24, 24, 16], size=8), tmp_path)  # same: kept
+    assert again == small
+    bigger = prepare_data(DataSpec(cases=3, shape=[24, 24, 16], size=12), tmp_path)
+    manifest = json.loads((bigger / "manifest.json").read_text())
+    assert manifest["config"]["size"] == 12 and len(manifest["cases"]) == 3

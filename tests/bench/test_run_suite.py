@@ -195,3 +195,27 @@ def test_profile_steps_flag_overrides_the_suite(tmp_path):
     assert row["status"] == "ok" and "profile" not in row and not (out / "profiles").exists()
     assert main(["bench", "--suite", suite, "--out", str(tmp_path / "bad"), "--profile-steps", "-1"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_interrupted_runner_takes_its_case_process_down(tmp_path, monkeypatch):
+    """Case processes run in their own session (so a timeout can kill their loader workers too):
+    Ctrl-C reaches only the runner, which must then end the case, not leave it running."""
+    import subprocess as sp
+
+    from bench import runner
+
+    started = []
+    real_wait = sp.Popen.wait
+
+    def interrupted_wait(self, timeout=None):
+        if timeout is not None and not started:  # the runner's first wait: as if Ctrl-C arrived
+            started.append(self)
+            raise KeyboardInterrupt
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(sp.Popen, "wait", interrupted_wait)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"kind": "calibrate", "device": "cpu"}))
+    with pytest.raises(KeyboardInterrupt):
+        runner._wait_case(spec, tmp_path / "result.json", tmp_path / "case.log", {}, 60)
+    assert started and started[0].poll() is not None  # killed and reaped

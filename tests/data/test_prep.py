@@ -173,6 +173,30 @@ def test_two_worker_processes_give_the_same_files(synth_small, tmp_path):
         assert torch.equal(a["label"], b["label"])
 
 
+def _killed_on_the_first_case(case, cfg, out_dir):
+    """Runs in a pool worker (spawned: this module is imported there, seg.data.prep unpatched)."""
+    import os
+    import signal
+
+    from seg.data import prep
+
+    if case.id.endswith("00001"):  # as the OOM killer would
+        os.kill(os.getpid(), signal.SIGKILL)
+    return prep._prepare_one(case, cfg, out_dir)
+
+
+def test_a_worker_killed_mid_case_costs_only_that_case(synth_small, tmp_path, monkeypatch, capsys):
+    from seg.data import prep
+
+    monkeypatch.setattr(prep, "_prepare_one", _killed_on_the_first_case)
+    manifest = prepare_all(synth_small, tmp_path / "out", PrepConfig(size=24), workers=2)
+    status = {e["id"]: e["status"] for e in manifest["cases"]}
+    killed = next(i for i in status if i.endswith("00001"))
+    assert status.pop(killed) == "error" and set(status.values()) == {"ok"} and status
+    assert "died (out of memory?)" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob(f"{killed}*")) and not list((tmp_path / "out").glob(".*.tmp"))
+
+
 def test_empty_source_is_an_error(tmp_path, capsys):
     (tmp_path / "src").mkdir()
     assert main(["data", "prep", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 1

@@ -43,6 +43,12 @@ def test_peak_replay_splits_live_memory_by_category_and_site():
     assert sites["[backward] workloads/train_step.py:40 step"] == (500, 1)
     assert "optimizer" not in summary.by_category  # allocated after the peak
     assert memory.classify([ADAM, STEP])[0] == "optimizer"
+    # a custom autograd.Function's forward runs through autograd/function.py: still the forward
+    apply = {"filename": "/site-packages/torch/autograd/function.py", "line": 575, "name": "apply"}
+    windows = {"filename": "/work/main/seg/swin_fast/windows.py", "line": 40, "name": "forward"}
+    assert memory.classify([windows, apply, MODEL, STEP])[0] == "forward"
+    engine = {"filename": "/site-packages/torch/autograd/graph.py", "line": 8, "name": "_engine_run_backward"}
+    assert memory.classify([windows, apply, engine, BACKWARD, STEP])[0] == "backward"
     assert "GiB" in memory.format_summary(summary)
 
 

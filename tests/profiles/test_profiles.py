@@ -31,6 +31,13 @@ TINY = Path(__file__).parents[1] / "bench" / "tiny_suite.toml"
         ("segbench::window_attention_fwd", "attention"),
         ("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add>", "elementwise"),
         ("triton_poi_fused_add_leaky_relu_0", "elementwise"),
+        ("triton_poi_fused_convolution_leaky_relu_0", "elementwise"),  # an epilogue after cuDNN's conv
+        ("triton_red_fused_native_layer_norm_backward_3", "normalization"),
+        ("triton_per_fused__native_batch_norm_legit_functional_1", "normalization"),
+        ("triton_poi_fused_clone_7", "copies"),
+        ("triton_tem_fused_mm_2", "matmul"),
+        ("void cudnn::bn_fw_tr_1C11_kernel_NCHW<float, float, int, 512, true, 1>", "normalization"),
+        ("aten::upsample_trilinear3d", "elementwise"),
         ("Memcpy HtoD (Pageable -> Device)", "copies"),
         ("aten::convolution_backward", "convolution"),
         ("aten::addmm", "matmul"),

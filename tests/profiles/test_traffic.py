@@ -62,3 +62,19 @@ def test_footprint_carries_the_step_traffic_and_slicing_costs_more_than_split():
         assert fp.ops > 0 and fp.bytes_moved == sum(fp.bytes_moved_by_category.values())
         moved[split] = fp.bytes_moved
     assert moved[False] > moved[True] + 8 * 128 * 8 * 4  # 8 slices: at least 8 whole-size gradients more
+
+
+def test_the_fused_optimizer_step_counts_though_it_returns_nothing():
+    """Fused AdamW (what the recipe uses) mutates its tensor lists in place and returns None: its
+    traffic is the lists it reads plus the ones its schema says it writes."""
+    params = [nn.Parameter(torch.randn(1000)) for _ in range(3)]
+    for p in params:
+        p.grad = torch.randn(1000)
+    opt = torch.optim.AdamW(params, fused=True)
+    opt.step()  # the state exists from here on
+    with OpTraffic() as mode:
+        opt.step()
+    per_list = 3 * 1000 * 4
+    # read: params, grads, exp_avg, exp_avg_sq; written: the same four (grads: unscaled in place)
+    assert mode.traffic.by_category_bytes["optimizer"] >= 8 * per_list
+    assert mode.traffic.by_category_ops["optimizer"] >= 1

@@ -361,6 +361,13 @@ def test_goals_are_checked_per_criterion_with_their_sources(tmp_path):
     unavailable = check({"case": "train_step/fused_norm", "max_s_per_iter": 1.0}, rows, {})
     assert [r["verdict"] for r in unavailable] == ["not measured"]
     assert "not decided" in verdict_line({"case": "train_step/fused_norm"}, unavailable)
+    # a case that ran and failed misses its goal; one the budget cut decides nothing
+    failed = check({"case": "train_step/fail:x", "max_s_per_iter": 1.0}, rows, {})
+    assert [r["verdict"] for r in failed] == ["NOT met"]
+    cut = [dict(r, error="not run: the suite's time budget of 520 s was spent") if r["variant"] == "fail:x"
+           else r for r in rows]
+    assert [r["verdict"] for r in check({"case": "train_step/fail:x", "max_s_per_iter": 1.0}, cut, {})] == [
+        "not measured"]
 
     env = json.loads((run / "env.json").read_text())
     env.update(goals=[goal], anchors={"train_step/fail:x": 0.2})
@@ -407,3 +414,14 @@ def test_the_report_says_what_to_try_beside_a_failed_row(tmp_path):
     where = "(raised in torch/_inductor/scheduler.py:get_numel_rnumel)"
     assert f"train_step/{rows[2]['variant']} failed {where}" in lines[0]
     assert "triton.mix_order_reduction=0" in lines[0]
+
+
+def test_compare_counts_a_case_that_now_fails_as_a_regression_and_takes_an_empty_run():
+    case = {"workload": "w", "variant": "v"}
+    ok = {**case, "status": "ok", "s_per_iter": {"median": 0.1}, "step_times_s": [0.1] * 5}
+    failed = {**case, "status": "error", "error": "OutOfMemoryError: CUDA out of memory"}
+    table = compare_rows([failed], [ok]).set_index("variant")
+    assert table.loc["v", "verdict"] == "REGRESSION" and table.loc["v", "after"] == "error"
+    assert compare_rows([ok], [failed]).set_index("variant").loc["v", "verdict"] == "status error → ok"
+    empty = compare_rows([], [])
+    assert empty.empty and (empty.verdict == "REGRESSION").sum() == 0

@@ -130,3 +130,16 @@ def test_cv_trains_folds_and_scores_the_ensemble(data_dir, tmp_path, capsys):
     assert (run / "fold0" / "best.pt").stat().st_mtime_ns == stamp
     assert json.loads((run / "cv.json").read_text())["test"] == doc["test"]
     assert all(t["start_epoch"] == 1 for t in json.loads((run / "cv.json").read_text())["train"])
+
+    # The test split of a packed folder scores the same; a test case that cannot be read is named and
+    # left out, the others still scored.
+    from seg.cv import evaluate_test
+    from seg.data.mmap_store import pack
+    from seg.infer import InferConfig
+
+    packed = tmp_path / "packed"
+    pack(data_dir, packed, progress=False)
+    ckpts = [run / f"fold{k}" / "best.pt" for k in (0, 1)]
+    scored = evaluate_test(ckpts, packed, [case_id, "Case_404"], InferConfig(roi=16, precision="fp32"), "cpu")
+    assert _flat(scored["ensemble"]["cases"][case_id]) == pytest.approx(_flat(ensemble))
+    assert len(scored["errors"]) == 1 and "Case_404" in scored["errors"][0]

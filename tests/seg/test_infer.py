@@ -134,6 +134,8 @@ def test_infer_cli_ensemble_and_bad_case(shared_data, tmp_path, capsys):
     for i in (0, 1):
         _save_checkpoint(tmp_path / f"fold{i}.pt", _tiny_unet(i))
     out = tmp_path / "pred"
+    out.mkdir()
+    (out / "BraTS2021_00009_pred.nii.gz").write_bytes(b"an earlier run's prediction")  # must not survive
     ckpts = [str(tmp_path / "fold0.pt"), str(tmp_path / "fold1.pt")]
     rc = main(["infer", "--checkpoint", *ckpts, "--src", str(src), "--out", str(out), "--roi", "16", "--tta"])
     assert rc == 1
@@ -154,3 +156,10 @@ def test_infer_cli_ensemble_and_bad_case(shared_data, tmp_path, capsys):
     rc = main(["infer", "--checkpoint", ckpts[0], "--src", str(src), "--out", str(out2), "--roi", "18"])
     assert rc == 1 and "--roi 18: the unet of" in capsys.readouterr().err
     assert not out2.exists()
+    # one id in two folders would write one file twice: refused, naming both
+    twice = tmp_path / "twice"
+    for sub in ("a", "b"):
+        shutil.copytree(src / "BraTS2021_90001", twice / sub / "BraTS2021_90001")
+    rc = main(["infer", "--checkpoint", ckpts[0], "--src", str(twice), "--out", str(out2), "--roi", "16"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "case BraTS2021_90001 is in both" in err and "twice/a" in err and "twice/b" in err
