@@ -84,8 +84,11 @@ def _wattn_fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
         s, keep = _scores(q, K, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, sbh, sbm, scale,
                           seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N)
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
+        # a row whose keys so far are all masked (-inf bias) has m_new = -inf: exp(-inf - -inf) would
+        # be NaN; shifting by 0 instead keeps its p and alpha at 0 until a finite score arrives
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_use)
+        p = tl.exp(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
             p = tl.where(keep, p / (1.0 - p_drop), 0.0)

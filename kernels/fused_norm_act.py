@@ -327,6 +327,8 @@ def fused_norm_act(
     torch.compile it is one opaque node (no graph break), forward and backward.
     """
     groups = _check(x, weight, bias, num_groups, activation, prelu_weight, residual)
+    # the kernels index the per-channel vectors as W + c: a strided view (w[::2]) must be copied
+    weight, bias, prelu_weight = (None if t is None else t.contiguous() for t in (weight, bias, prelu_weight))
     y, _, _ = torch.ops.segbench.fused_norm_act_fwd(
         x, weight, bias, prelu_weight if activation == "prelu" else None, residual, groups, activation,
         float(negative_slope), float(eps), split_size)

@@ -130,5 +130,6 @@ def layer_norm(
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.shape != (D,):
             raise ValueError(f"layer_norm: {name} must have shape ({D},), got {tuple(t.shape)}")
+    weight, bias = (None if t is None else t.contiguous() for t in (weight, bias))  # the kernels read W + d
     y, _, _ = torch.ops.segbench.layer_norm_fwd(x, weight, bias, float(eps))
     return y

@@ -35,6 +35,20 @@ profiles.traffic), 11.4 ms at 3 TB/s;
 `python -m seg.swin_fast.gpu_check` records the real one with `profiles.memory`.
 """
 
+import torch.nn as nn
+
 from .convert import is_fast, kernels_status, to_fast
 
-__all__ = ["to_fast", "is_fast", "kernels_status"]
+__all__ = ["to_fast", "is_fast", "kernels_status", "clear_caches"]
+
+
+def clear_caches(model: nn.Module) -> None:
+    """Forget the fast path's cached index maps and inference biases. Needed only after editing a
+    relative-position table through `.data`, which its version counter (the cache key) does not see."""
+    from .attention import FastWindowAttention
+    from .windows import cached_geometry
+
+    for module in model.modules():
+        if isinstance(module, FastWindowAttention):
+            module.clear_caches()
+    cached_geometry.cache_clear()

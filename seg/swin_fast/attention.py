@@ -8,7 +8,10 @@ bias = relative-position bias + that group's shift mask, broadcast over its (win
 The table is a trained parameter, so with autograd on the gather stays in the graph (one small
 gather + one broadcast add per group, no larger than heads*N*N); the padded index is cached. With
 autograd off (inference) the finished biases are cached per (geometry, dtype) and rebuilt when the
-table changes (its version counter moves on every in-place update: optimizer steps, load_state_dict).
+table changes (its version counter moves on every in-place update: optimizer steps, load_state_dict,
+EMA updates through state_dict()/detach()). Edits through `table.data` bypass that counter: call
+`seg.swin_fast.clear_caches(model)` after them. Cached tensors are built outside inference mode,
+so a first forward under torch.inference_mode does not poison later training.
 """
 
 from __future__ import annotations
@@ -51,8 +54,10 @@ class FastWindowAttention(WindowAttention):
         key = (n, index.device, index._version, index.data_ptr()) if not compiling else None
         if key is not None and key in self._index_cache:
             return self._index_cache[key]
-        padded = F.pad(index[:n, :n], (0, padded_tokens(n) - n))
-        return padded if key is None else _remember(self._index_cache, key, padded)
+        if key is None:
+            return F.pad(index[:n, :n], (0, padded_tokens(n) - n))
+        with torch.inference_mode(False):  # a cached index is saved for backward in later training
+            return _remember(self._index_cache, key, F.pad(index[:n, :n], (0, padded_tokens(n) - n)))
 
     def group_biases(self, geo: WindowGeometry, dtype: torch.dtype) -> list[torch.Tensor]:
         """One (1, heads, N, N) additive bias per window group (a view of an aligned (.., N, Np) tensor)."""
@@ -61,11 +66,17 @@ class FastWindowAttention(WindowAttention):
         # parameters): no caches keyed by data pointers, or a fake bias would outlive its mode
         compiling = torch.compiler.is_compiling() or is_fake(table) or is_fake(geo.src)
         frozen = not (torch.is_grad_enabled() and table.requires_grad)
-        key = None
-        if frozen and not compiling:
-            key = (geo.window, geo.shift, geo.dims, table.device, dtype, table._version, table.data_ptr())
-            if key in self._bias_cache:
-                return self._bias_cache[key]
+        if not frozen or compiling:
+            return self._biases(table, geo, dtype, compiling)
+        key = (geo.window, geo.shift, geo.dims, table.device, dtype, table._version, table.data_ptr())
+        if key not in self._bias_cache:
+            with torch.inference_mode(False):  # SDPA saves them for backward when only the table is frozen
+                biases = self._biases(table, geo, dtype, False)
+            # the entry holds the table's storage: its address cannot be reused by another table
+            _remember(self._bias_cache, key, (table.detach(), biases))
+        return self._bias_cache[key][1]
+
+    def _biases(self, table: torch.Tensor, geo: WindowGeometry, dtype: torch.dtype, compiling: bool):
         n = geo.tokens
         index = self._padded_index(n, compiling)
         # one gather, (heads, N, Np); index_select's backward is an index_add (no sort, unlike indexing)
@@ -74,7 +85,12 @@ class FastWindowAttention(WindowAttention):
         for group in geo.groups:
             bias = rel if group.mask is None else rel + group.mask.to(device=rel.device, dtype=dtype)
             biases.append(bias[None, :, :, :n])
-        return biases if key is None else _remember(self._bias_cache, key, biases)
+        return biases
+
+    def clear_caches(self) -> None:
+        """Forget the cached index and biases (after editing the table through `.data`)."""
+        self._index_cache.clear()
+        self._bias_cache.clear()
 
     def forward_windows(self, rows: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
         """Window rows (windows*B*N, C) -> attention output as raster rows (B*L, C), projected.

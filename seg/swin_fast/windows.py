@@ -102,7 +102,10 @@ def cached_geometry(
 ) -> WindowGeometry:
     """`build_geometry`, once per (batch, shape, window, shift, device) for the whole process (the
     blocks of a stage share theirs; ~7 MB of index maps at 64^3 tokens)."""
-    return build_geometry(batch, dims, window, shift, device)
+    # normal tensors even when first asked for under torch.inference_mode: training later saves
+    # them for backward, which inference tensors refuse
+    with torch.inference_mode(False):
+        return build_geometry(batch, dims, window, shift, device)
 
 
 # Under torch.compile the geometry is built eagerly at trace time and embedded in the graph as

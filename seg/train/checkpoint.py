@@ -65,7 +65,24 @@ def restore_rng(state: dict) -> None:
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per device the saving process saw; a machine with fewer takes the first ones
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+def match_optimizer_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (AdamW's moments) its parameter's memory layout.
+
+    `load_state_dict` keeps the saved layout; a run resumed with channels_last switched on or off
+    then pairs channels-last moments with contiguous parameters, and the fused AdamW kernels match
+    elements by memory position, not by index: silently wrong updates.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> Path:

@@ -158,6 +158,7 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
             _note_speed_changes(last_path, state.get("config") or {}, cfg)
         ckpt.load_weights(model, state["model"], last_path)
         optimizer.load_state_dict(state["optimizer"])
+        ckpt.match_optimizer_layout(optimizer)  # a resume may switch channels_last
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng(state["rng"])

@@ -149,6 +149,22 @@ def test_2d_images_and_non_dense_inputs(channels_last, triton_backend, poisoned)
     assert is_channels_last(y) == channels_last
 
 
+def test_strided_per_channel_vectors(triton_backend, poisoned):
+    """weight, bias and prelu_weight given as strided views (w[::2]) read the right channels."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 6, 5, 4, 3, generator=g).to(triton_backend).requires_grad_()
+    w, b, a = (torch.randn(12, generator=g).to(triton_backend)[::2].requires_grad_() for _ in range(3))
+    y = kernels.fused_norm_act(x, w, b, activation="prelu", prelu_weight=a, split_size=16)
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, b, a)]
+    y_ref = fused_norm_act_ref(*leaves[:3], activation="prelu", prelu_weight=leaves[3])
+    assert _rel_err(y, y_ref) <= 1e-5
+    dy = torch.randn(y.shape, generator=g).to(triton_backend)
+    grads = torch.autograd.grad(y, [x, w, b, a], dy)
+    grads_ref = torch.autograd.grad(y_ref, leaves, dy.double())
+    for name, got, ref in zip("x w b a".split(), grads, grads_ref, strict=True):
+        assert _rel_err(got, ref) <= 1e-5, name
+
+
 def test_dy_in_the_other_layout(triton_backend, poisoned):
     # autograd may hand backward a dy whose strides differ from x's: still correct, x's layout out.
     g = torch.Generator().manual_seed(6)

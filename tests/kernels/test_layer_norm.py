@@ -52,3 +52,7 @@ def test_non_contiguous_tokens(triton_backend, poisoned):
     x = torch.randn(2, 24, 3, 5, 4, generator=g).to(triton_backend).permute(0, 2, 3, 4, 1)
     w, b = torch.randn(24, generator=g).to(triton_backend), torch.randn(24, generator=g).to(triton_backend)
     assert _rel_err(kernels.layer_norm(x, w, b), layer_norm_ref(x.double(), w.double(), b.double())) <= 1e-5
+    # strided weight and bias views (w[::2]): the kernels must read channel d, not element d
+    w2, b2 = (torch.randn(48, generator=g).to(triton_backend)[::2] for _ in range(2))
+    ref = layer_norm_ref(x.double(), w2.double(), b2.double())
+    assert _rel_err(kernels.layer_norm(x, w2, b2), ref) <= 1e-5

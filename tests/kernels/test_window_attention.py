@@ -57,6 +57,22 @@ def test_bias_gradient_summed_over_chunks_of_rows(triton_backend, monkeypatch):
     assert _rel(bias.grad, ref_grads[3]) < 1e-5
 
 
+def test_rows_whose_first_key_tile_is_all_masked_stay_finite(triton_backend):
+    """A -inf bias over a whole first key tile (a boolean-style mask): the online softmax must not
+    take exp(-inf - -inf) for those rows (Swin's own mask is -100, but callers may pass -inf)."""
+    q, k, v, bias = _inputs(2, 2, 40, 8, triton_backend, bias_grad=False)
+    block_n = wa.CONFIGS["fwd"][1]
+    bias = bias.detach().clone()
+    bias[:, :5, :block_n] = float("-inf")  # rows 0-4 see keys only from the second tile on
+    out = wa.window_attention(q, k, v, bias, 0.0, scale=0.3)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    ref, ref_grads = _reference(q, k, v, bias, 0.0, None, grad_out)
+    assert torch.isfinite(out).all() and _rel(out, ref) < 1e-5
+    for name, t, g in zip("q k v".split(), (q, k, v), ref_grads[:3], strict=True):
+        assert torch.isfinite(t.grad).all() and _rel(t.grad, g) < 1e-5, name
+
+
 def test_a_frozen_bias_gets_no_gradient(triton_backend):
     q, k, v, bias = _inputs(2, 1, 20, 8, triton_backend, bias_grad=False)
     out = wa.window_attention(q, k, v, bias, scale=0.3)

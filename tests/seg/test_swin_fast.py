@@ -18,7 +18,7 @@ from monai.networks.nets import SwinUNETR
 from monai.networks.nets import swin_unetr as monai_swin
 
 from seg.models import build
-from seg.swin_fast import is_fast, to_fast
+from seg.swin_fast import clear_caches, is_fast, to_fast
 from seg.swin_fast.convert import fast_layer
 from seg.swin_fast.windows import build_geometry, to_windows
 
@@ -115,12 +115,42 @@ def test_inference_bias_cache_follows_parameter_updates():
     with torch.no_grad():
         before = fast(x)
         assert torch.allclose(fast(x), before)  # served from the cache
-        for layer in (ref, fast):  # an optimizer-style in-place update of the trained table
+        # an optimizer-style in-place update of the trained table (not uniform: softmax ignores a shift)
+        for layer in (ref, fast):
+            gen = torch.Generator().manual_seed(1)
             for blk in layer.blocks:
-                blk.attn.relative_position_bias_table.add_(0.5)
+                table = blk.attn.relative_position_bias_table
+                table.add_(torch.randn(table.shape, generator=gen) * 0.5)
         after, expected = fast(x), ref(x)
-    assert not torch.allclose(after, before)
-    assert _rel(after, expected) < 1e-5
+        assert _rel(after, before) > 1e-3
+        assert _rel(after, expected) < 1e-5
+        # an edit through .data bypasses the version counter: clear_caches makes the cache see it
+        for layer in (ref, fast):
+            for blk in layer.blocks:
+                blk.attn.relative_position_bias_table.data.mul_(-1)
+        clear_caches(fast)
+        assert _rel(fast(x), ref(x)) < 1e-5
+
+
+def test_caches_first_built_under_inference_mode_still_train():
+    """A first forward under torch.inference_mode (a sanity or validation pass) caches index maps and
+    biases; training afterwards must be able to save them for backward, as stock MONAI can."""
+    torch.manual_seed(0)
+    fast = fast_layer(_perturbed(
+        monai_swin.BasicLayer(dim=12, depth=2, num_heads=3, window_size=(7, 7, 7), drop_path=[0, 0])
+    ))
+    clear_caches(fast)  # this process's earlier tests must not have built the maps already
+    x = torch.randn(1, 12, 5, 6, 11)
+    fast.eval()
+    with torch.inference_mode():
+        fast(x)
+    fast.train()
+    fast(x).square().mean().backward()
+    assert all(p.grad is not None for p in fast.parameters() if p.requires_grad)
+    # fine-tuning with the tables frozen: the cached biases go into SDPA, which saves them
+    for blk in fast.blocks:
+        blk.attn.relative_position_bias_table.requires_grad_(False)
+    fast(x).square().mean().backward()
 
 
 def test_dropout_matches_monai_statistically():

@@ -70,3 +70,38 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(value["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
     assert a["scheduler"] == b["scheduler"] and a["best_dice"] == b["best_dice"]
     assert _losses(whole) == _losses(killed)  # one row per epoch, no duplicates from the replay
+
+
+def test_resuming_in_another_memory_layout_keeps_the_adamw_steps_exact():
+    """A run resumed with --channels-last switched: the saved moments are contiguous, the parameters
+    channels-last; fused AdamW pairs elements by memory position, so the layouts must be matched."""
+    import copy
+
+    import torch.nn as nn
+
+    from seg.recipe import build_optimizer
+    from seg.train.checkpoint import match_optimizer_layout
+
+    torch.manual_seed(0)
+    conv = nn.Conv3d(3, 4, 3)
+    x = torch.randn(2, 3, 6, 6, 6)
+
+    def step(model, optimizer):
+        optimizer.zero_grad()
+        model(x.contiguous(memory_format=torch.channels_last_3d)).square().mean().backward()
+        optimizer.step()
+
+    ref = copy.deepcopy(conv)
+    opt_ref = build_optimizer(ref, lr=1e-2)
+    step(ref, opt_ref)
+    saved_model, saved_opt = copy.deepcopy(ref.state_dict()), copy.deepcopy(opt_ref.state_dict())
+    step(ref, opt_ref)  # the uninterrupted second step
+
+    resumed = copy.deepcopy(conv).to(memory_format=torch.channels_last_3d)
+    resumed.load_state_dict(saved_model)
+    optimizer = build_optimizer(resumed, lr=1e-2)
+    optimizer.load_state_dict(saved_opt)
+    match_optimizer_layout(optimizer)
+    assert optimizer.state[resumed.weight]["exp_avg"].is_contiguous(memory_format=torch.channels_last_3d)
+    step(resumed, optimizer)
+    torch.testing.assert_close(resumed.weight, ref.weight, rtol=1e-5, atol=1e-6)
