@@ -92,7 +92,13 @@ def _default_dtype(op: torch._ops.OpOverload, args: tuple, kwargs: dict, dtype: 
 
 
 def _kernel(op: torch._ops.OpOverload, policy: str):
-    """A Python AutocastCPU kernel applying CUDA's `policy`, then running `op` below autocast."""
+    """A Python AutocastCPU kernel applying CUDA's `policy`, then running `op` below autocast.
+
+    "none" (CPU casts the op, CUDA does not): a fallthrough, as CUDA has no autocast kernel for it —
+    the ops it calls inside (a conv with padding="same", cross_entropy's log_softmax) stay under
+    autocast, which a kernel running the op with autocast excluded would switch off."""
+    if policy == "none":
+        return torch.library.fallthrough_kernel
 
     def kernel(*args, **kwargs):
         with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):

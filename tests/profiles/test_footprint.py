@@ -125,6 +125,19 @@ def test_autocast_follows_cudas_lists_inside_and_cpus_outside():
         assert F.layer_norm(F.linear(x, w), [8]).dtype == torch.bfloat16  # CPU's own lists again
 
 
+def test_ops_only_cpu_autocast_lists_pass_autocast_through_to_the_ops_inside():
+    """On CUDA a composite op without an autocast kernel (conv with padding="same", cross_entropy)
+    runs its inner ops under autocast: conv in bf16, cross_entropy's log_softmax in fp32."""
+    x = torch.randn(1, 4, 6, 6, 6)
+    conv = torch.nn.Conv3d(4, 8, 3, padding="same")
+    logits = torch.randn(2, 4, 6, 6, 6).bfloat16()
+    with CudaLike() as cuda, torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16
+        assert F.cross_entropy(logits, torch.randint(0, 4, (2, 6, 6, 6))).dtype == torch.float32
+        assert torch.cat([x.bfloat16(), x]).dtype == torch.float32  # CUDA's promote list
+    assert "none" in cuda.policies.values()
+
+
 def test_dropout_saves_a_bool_mask_as_on_cuda():
     x = torch.randn(64, 64, requires_grad=True)
     with CudaLike(autocast=False):
