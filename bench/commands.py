@@ -309,7 +309,7 @@ def run_footprint(args: argparse.Namespace) -> int:
             f"  | eager: {moved:.1f} GB moved over {row.get('estimated_ops', 0)} ops"
         )
     print(f"report: {out / 'report.md'}")
-    return 0
+    return 1 if any(row.get("status") == "error" for row in rows) else 0  # a bad shape or option
 
 
 def run_profile(args: argparse.Namespace) -> int:

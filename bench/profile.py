@@ -77,10 +77,10 @@ def profile_case(args: argparse.Namespace) -> int:
     print(f"profiling {spec['workload']}/{spec['variant']} on {spec['device']} -> {out}")
     code = subprocess.run(child, timeout=args.timeout).returncode
     if code == 0 and not args.nsys:
-        print(
-            f"trace: {out / 'trace.json.gz'}; table: {out / 'key_averages.txt'}; "
-            f"`segbench report {args.out}` adds the summary to the report"
-        )
+        # a bench run folder: its report picks the summary up; a fresh folder has no report to fold into
+        fold = (f"`segbench report {args.out}` adds the summary to the report"
+                if (Path(args.out) / "results.jsonl").is_file() else f"summary: {out / 'summary.json'}")
+        print(f"trace: {out / 'trace.json.gz'}; table: {out / 'key_averages.txt'}; {fold}")
     return code
 
 

@@ -164,6 +164,20 @@ def _resume_state(out: Path, suite: Suite) -> tuple[dict, list[dict]]:
     return env, keep
 
 
+def _clear_old_run(out: Path) -> None:
+    """A new run into a folder holding another: everything of the old run goes (rows, reports, traces,
+    case logs, reference trajectories, figures), so none of it sits beside the new rows; the
+    synthesized data stays (prepare_data remakes it when the spec differs)."""
+    rows = sum(1 for line in (out / "results.jsonl").read_text().splitlines() if line.strip())
+    print(f"{out} holds a run of {rows} rows: replacing it (--resume finishes it instead)", file=sys.stderr)
+    for name in ("results.jsonl", "env.json", "report.md", "report.html", "compare.md", "compare.html"):
+        (out / name).unlink(missing_ok=True)
+    for name in ("cases", "profiles", "figures"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for path in (out / "cache").glob("reference-*.json"):
+        path.unlink()
+
+
 def _resumed_inputs(out: Path, env: dict, device: str | None, data_dir) -> tuple[str | None, str | None]:
     """The device and data the resumed run measured (its rows must not mix others in); BenchError when
     the resume names different ones."""
@@ -259,13 +273,10 @@ def run_suite(
     if old_env is not None:
         device, data_dir = _resumed_inputs(out, old_env, device, data_dir)
     device = device or suite.device
+    if not resume and (out / "results.jsonl").is_file():
+        _clear_old_run(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
-    # A folder reused for a new run: drop what belonged to the old one (its reference trajectories
-    # were measured with other settings; its figures would sit beside the new report).
-    stale = [] if resume else list((out / "cache").glob("reference-*.json"))
-    for path in [*stale, *(out / "figures").glob("*.png")]:
-        path.unlink()
     done = {(r["workload"], r["variant"]) for r in kept}
     cases = [
         (i, w, v)

@@ -28,6 +28,18 @@ def _index(rows: list[dict]) -> dict[tuple[str, str], dict]:
     return {(r["workload"], r["variant"]): r for r in rows}
 
 
+_SETUP_KEYS = ("model", "shape", "batch", "volume", "roi", "tensor_shape")
+
+
+def _setup_difference(ra: dict, rb: dict) -> str:
+    """What differs between two rows' workload set-ups (runs of other suites share case names)."""
+    return ", ".join(
+        f"{key} {rb.get(key)} → {ra.get(key)}"
+        for key in _SETUP_KEYS
+        if ra.get(key) is not None and rb.get(key) is not None and ra.get(key) != rb.get(key)
+    )
+
+
 def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) -> pd.DataFrame:
     a, b = _index(rows), _index(rows_b)
     keys = list(b) + [k for k in a if k not in b]
@@ -46,6 +58,8 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) 
         sa, sb = (ra or {}).get("step_times_s"), (rb or {}).get("step_times_s")
         if ra is None or rb is None:
             rec["verdict"] = "only in " + ("RUN_B" if ra is None else "RUN")
+        elif differs := _setup_difference(ra, rb):  # another shape or model: no verdict on the timing
+            rec["verdict"] = f"not comparable: {differs}"
         elif rb["status"] == "ok" and ra["status"] != "ok":  # e.g. now out of memory: --fail-on-regression
             rec["after"] = ra["status"]
             rec["verdict"] = "REGRESSION"

@@ -34,7 +34,10 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = tuple(
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    """"auto" -> cuda if present, else cpu; ValueError for a device this machine does not have."""
+    from seg.train.distributed import resolve_device as resolve
+
+    return resolve(device)
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -175,6 +178,16 @@ class InferConfig:
     fast: bool = dataclasses.field(
         default=False, metadata={"help": "SwinUNETR checkpoints through seg.swin_fast (same weights)"}
     )
+
+    def __post_init__(self) -> None:  # one clear error up front, not one per case
+        if self.roi is not None and self.roi < 1:
+            raise ValueError(f"--roi {self.roi}: a window edge is at least 1 voxel")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"--overlap {self.overlap}: windows overlap by a fraction in [0, 1)")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"--sw-batch {self.sw_batch_size}: at least 1 window per forward pass")
+        if self.mode not in ("gaussian", "constant"):
+            raise ValueError(f"--mode {self.mode}: choose gaussian or constant")
 
 
 def prep_config_of(ckpt: dict[str, Any]):

@@ -12,18 +12,22 @@ def run(args: argparse.Namespace) -> int:
     from seg.infer import InferConfig
     from seg.train import TrainConfig
 
-    infer_cfg = InferConfig(
-        roi=args.roi,
-        overlap=args.overlap,
-        sw_batch_size=args.sw_batch,
-        tta=args.tta,
-        precision=args.infer_precision,
-        # the training switches that speed up inference too (compile is left out: a new graph per
-        # fold model for a handful of test volumes costs more than it saves)
-        channels_last=args.channels_last,
-        fused_norm=args.fused_norm,
-        fast=args.fast,
-    )
+    try:
+        infer_cfg = InferConfig(
+            roi=args.roi,
+            overlap=args.overlap,
+            sw_batch_size=args.sw_batch,
+            tta=args.tta,
+            precision=args.infer_precision,
+            # the training switches that speed up inference too (compile is left out: a new graph per
+            # fold model for a handful of test volumes costs more than it saves)
+            channels_last=args.channels_last,
+            fused_norm=args.fused_norm,
+            fast=args.fast,
+        )
+    except ValueError as err:  # a bad --roi / --overlap / --sw-batch: once, before any work
+        print(f"segbench cv: {err}", file=sys.stderr)
+        return 1
     try:
         doc = run_cv(TrainConfig(**config_values(args)), args.folds, infer_cfg)
     except (FileNotFoundError, ValueError) as err:

@@ -20,7 +20,10 @@ def _pack(args: argparse.Namespace) -> int:
     from seg.data.mmap_store import pack
 
     ids = _split_ids(args.src, args.split) if args.split else None
-    index = pack(args.src, args.out, ids=ids)
+    try:
+        index = pack(args.src, args.out, ids=ids)
+    except (OSError, ValueError) as err:  # the message names the folder or file
+        raise SystemExit(f"segbench data pack: {err}") from None
     rows, errors = index["rows"], index["errors"]
     # float16 image [4,S,S,S] and uint8 label [1,S,S,S] per row
     size_gb = rows * (2 * math.prod(index["shape"]) + math.prod(index["shape"][1:])) / 1e9
@@ -43,7 +46,10 @@ def _split_ids(src: str, split: str) -> list[str]:
 def _convert(args: argparse.Namespace) -> int:
     from seg.data.formats import convert
 
-    out = convert(args.src, args.out, args.format)
+    try:
+        out = convert(args.src, args.out, args.format)
+    except (OSError, ValueError) as err:  # the message names the folder or file
+        raise SystemExit(f"segbench data convert: {err}") from None
     print(f"{args.src} -> {out} ({args.format})")
     return 0
 
@@ -52,7 +58,8 @@ def add_parsers(sub) -> None:
     """Add `pack` and `convert` to the `data` command's sub-parsers."""
     p = sub.add_parser("pack", help="prepared folder -> memory-mapped layout (images/labels.npy, index.json)")
     p.add_argument("--src", required=True, help="a prepared folder (segbench data prep; pt32 or compact)")
-    p.add_argument("--out", required=True, help="folder to write (replaced as a whole when it exists)")
+    p.add_argument("--out", required=True,
+                   help="folder to write (a packed folder there is replaced whole; other content is refused)")
     p.add_argument("--split", help="only this split of SRC/splits.json (train, val, test); default: all")
     p.set_defaults(func=_pack)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from seg.data import mmap_store
+from seg.data.splits import SPLITS
 from seg.data.store import COMPACT, MANIFEST, PT32, load_case, save_case, write_json
 
 MMAP = "mmap"
@@ -108,6 +109,8 @@ def convert(src: str | Path, out: str | Path, fmt: str, progress: bool = True) -
             raise ValueError(f"{src} is already packed (mmap); use it directly")
         mmap_store.pack(src, out, progress=progress)
         return out
+    if out.resolve() == src.resolve():
+        raise ValueError(f"{out}: the converted folder must not be its source")
     stamp = _source_stamp(src)
     done = out / MANIFEST
     if done.is_file() and json.loads(done.read_text()).get("converted_from", {}).get("fingerprint") == stamp:
@@ -124,6 +127,8 @@ def convert(src: str | Path, out: str | Path, fmt: str, progress: bool = True) -
             print(f"{src}: case {case_id}: cannot convert to {fmt}: {err}", file=sys.stderr)
             entries.append({"id": case_id, "status": "error", "error": str(err)})
     config = read_prep_config(src)
+    if (src / SPLITS).is_file():  # the same splits: a training run on `out` sees the same cases
+        write_json(out / SPLITS, json.loads((src / SPLITS).read_text()))
     write_json(done, {"config": {**config, "format": fmt}, "source": str(src.resolve()),
                       "converted_from": {"path": str(src.resolve()), "fingerprint": stamp}, "cases": entries})
     return out

@@ -73,6 +73,10 @@ def pack(src: str | Path, out: str | Path, ids: Sequence[str] | None = None, pro
     from tqdm import tqdm
 
     src, out = Path(src), Path(out)
+    if out.resolve() == src.resolve():
+        raise ValueError(f"{out}: the packed folder must not be its source {src}")
+    if out.exists() and not is_packed(out) and any(out.iterdir()):  # replaced as a whole: only a pack
+        raise ValueError(f"{out} exists and is not a packed folder: pack into a new or packed folder")
     ids = list(prepared_ids(src) if ids is None else ids)
     files = [src / f"{i}.pt" for i in ids]
     missing = [f for f in files if not f.is_file()]

@@ -32,9 +32,19 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """"auto" -> cuda (this process's LOCAL_RANK GPU) if present, else cpu; else as given."""
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(preference)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+    try:
+        device = torch.device(preference)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {preference}: choose auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {preference}: PyTorch {torch.__version__} sees no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
     return device
 
 

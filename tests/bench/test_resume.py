@@ -87,3 +87,15 @@ def test_a_run_folder_reused_with_other_data_makes_it_again(tmp_path):
     bigger = prepare_data(DataSpec(cases=3, shape=[24, 24, 16], size=12), tmp_path)
     manifest = json.loads((bigger / "manifest.json").read_text())
     assert manifest["config"]["size"] == 12 and len(manifest["cases"]) == 3
+
+
+def test_a_new_run_into_an_old_run_folder_replaces_all_of_it(tmp_path, capsys):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    run = tmp_path / "run"
+    run_suite(suite, run, only=["norm/fp32", "norm/bf16"], report=False)
+    (run / "profiles" / "old__case").mkdir(parents=True)  # as a traced case of the old run leaves
+    run_suite(suite, run, only=["norm/channels_last"], report=False)
+    assert set(_rows(run)) == {"channels_last"}
+    assert not (run / "profiles" / "old__case").exists()
+    assert "holds a run of 2 rows: replacing it" in capsys.readouterr().err

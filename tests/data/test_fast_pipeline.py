@@ -101,6 +101,24 @@ def test_convert_between_formats_keeps_values(prepared, formats, tmp_path):
     stamp = (back / "manifest.json").stat().st_mtime_ns
     convert(formats["mmap"], back, "pt32", progress=False)  # same source: skipped
     assert (back / "manifest.json").stat().st_mtime_ns == stamp
+    # the splits travel with the cases: a training run on the converted folder sees the same split
+    splits = (back / "splits.json", prepared / "splits.json")
+    assert json.loads(splits[0].read_text()) == json.loads(splits[1].read_text())
+
+
+def test_pack_and_convert_refuse_to_overwrite_what_is_not_theirs(prepared, tmp_path, capsys):
+    from segbench.cli import main
+
+    with pytest.raises(SystemExit, match="must not be its source"):
+        main(["data", "pack", "--src", str(prepared), "--out", str(prepared)])
+    other = tmp_path / "raw"
+    other.mkdir()
+    (other / "keep.nii.gz").write_bytes(b"someone's data")
+    with pytest.raises(SystemExit, match="exists and is not a packed folder"):
+        main(["data", "pack", "--src", str(prepared), "--out", str(other)])
+    assert (other / "keep.nii.gz").read_bytes() == b"someone's data"
+    with pytest.raises(SystemExit, match="must not be its source"):
+        main(["data", "convert", "--src", str(prepared), "--out", str(prepared), "--format", "compact"])
 
 
 def _epochs(loader, epochs=(0, 1)) -> list[tuple[list, torch.Tensor, torch.Tensor]]:

@@ -425,3 +425,11 @@ def test_compare_counts_a_case_that_now_fails_as_a_regression_and_takes_an_empty
     assert compare_rows([ok], [failed]).set_index("variant").loc["v", "verdict"] == "status error → ok"
     empty = compare_rows([], [])
     assert empty.empty and (empty.verdict == "REGRESSION").sum() == 0
+
+
+def test_compare_gives_no_verdict_on_cases_of_another_shape():
+    case = {"workload": "w", "variant": "v", "status": "ok"}
+    big = {**case, "shape": [128, 128, 128], "s_per_iter": {"median": 0.2}, "step_times_s": [0.2] * 5}
+    small = {**case, "shape": [32, 32, 32], "s_per_iter": {"median": 0.01}, "step_times_s": [0.01] * 5}
+    verdict = compare_rows([big], [small]).verdict.iloc[0]
+    assert verdict.startswith("not comparable: shape [32, 32, 32] → [128, 128, 128]")

@@ -163,3 +163,20 @@ def test_infer_cli_ensemble_and_bad_case(shared_data, tmp_path, capsys):
     rc = main(["infer", "--checkpoint", ckpts[0], "--src", str(twice), "--out", str(out2), "--roi", "16"])
     err = capsys.readouterr().err
     assert rc == 1 and "case BraTS2021_90001 is in both" in err and "twice/a" in err and "twice/b" in err
+
+
+def test_bad_window_settings_are_refused_up_front():
+    for kwargs, message in (({"roi": 0}, "--roi 0"), ({"overlap": 1.0}, "--overlap 1.0"),
+                            ({"sw_batch_size": 0}, "--sw-batch 0"), ({"mode": "mean"}, "--mode mean")):
+        with pytest.raises(ValueError, match=message):
+            InferConfig(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_a_device_this_machine_lacks_is_one_clear_error(tmp_path, capsys):
+    _save_checkpoint(tmp_path / "m.pt", _tiny_unet(0))
+    rc = main(["infer", "--checkpoint", str(tmp_path / "m.pt"), "--src", str(tmp_path), "--out",
+               str(tmp_path / "p"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--device cuda: PyTorch" in err and "sees no CUDA device" in err
+    assert not (tmp_path / "p").exists()
