@@ -50,9 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as err:  # the file system said no (--out is a file, no permission, disk full):
-        name = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
-        print(f"segbench {name}: {err}", file=sys.stderr)  # errno text names the path
+        print(f"segbench {_name(args)}: {err}", file=sys.stderr)  # errno text names the path
         return 1
+    except ValueError as err:  # a value the command cannot take (--seed -5, --size 7, --fractions 0.5,0.5)
+        if os.environ.get("SEGBENCH_TRACEBACK"):  # for debugging segbench itself
+            raise
+        print(f"segbench {_name(args)}: {err}", file=sys.stderr)
+        return 2
+
+
+def _name(args: argparse.Namespace) -> str:
+    return " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
 
 
 if __name__ == "__main__":

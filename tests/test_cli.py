@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from segbench.cli import build_parser
+from segbench.cli import build_parser, main
 
 COMMANDS = {"data", "train", "cv", "infer", "eval", "view", "bench", "profile", "report", "demo"}
 
@@ -42,3 +42,14 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path):
         f"{sys.executable} -m segbench bench --list | head -1", shell=True, capture_output=True, text=True
     )
     assert proc.stdout.startswith("suites:") and "Traceback" not in proc.stderr
+
+
+def test_a_value_a_command_cannot_take_is_one_line_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--cases", "1", "--seed", "-5"]) == 2
+    prep = ["data", "prep", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "p"), "--size", "7"]
+    assert main(prep) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["segbench data synth: --seed -5 --cases 1: the seed is >= 0, the count >= 1",
+                   "segbench data prep: size 7 is too small (need >= 8)"]
+    assert not (tmp_path / "s").exists() and not (tmp_path / "p").exists()

@@ -27,6 +27,8 @@ def _positive(text: str) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from seg.data.synth import write_cases
 
+    if args.seed < 0 or args.cases < 1:
+        raise ValueError(f"--seed {args.seed} --cases {args.cases}: the seed is >= 0, the count >= 1")
     folders = write_cases(args.out, args.cases, seed=args.seed, shape=args.shape)
     print(f"wrote {len(folders)} cases of shape {'x'.join(map(str, args.shape))} to {args.out}")
     return 0

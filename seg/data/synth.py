@@ -127,6 +127,8 @@ def _anatomy(rng: np.random.Generator, shape):
 
 def _tumour(rng: np.random.Generator, shape, brain, axes, center):
     """(seg labels in {0,1,2,4}, edema contrast weight in [0.35, 1]) for one glioma in `brain`."""
+    from scipy.ndimage import binary_erosion
+
     shape = tuple(shape)
     for _ in range(100):
         offset = rng.uniform(-0.5, 0.5, 3) * axes
@@ -143,14 +145,20 @@ def _tumour(rng: np.random.Generator, shape, brain, axes, center):
     d_core += 0.15 * _smooth_noise(rng, shape, 0.6 * r_core)
     ring_vox = max(2.5, rng.uniform(0.3, 0.55) * r_core)  # enhancing rim thickness
     nec = d_core < 1.0 - ring_vox / r_core + 0.08 * _smooth_noise(rng, shape, 0.4 * r_core)
-    core = brain & (d_core < 1.0)
-    # edema always surrounds the core by a margin, as in real gliomas
+    # edema always surrounds the core by a margin, as in real gliomas: so the core keeps that margin
+    # from the brain's edge too (at small --shape the tumour reaches it), or it would touch background
     margin = max(2.0, 0.15 * r_core) / r_core
+    inner = binary_erosion(brain, iterations=int(np.ceil(margin * r_core)) + 1)
+    core = inner & (d_core < 1.0)
     whole = brain & ((d_wt < 1.0) | (d_core < 1.0 + margin))
     seg = np.zeros(shape, np.uint8)
     seg[whole] = 2
     seg[core] = 4
-    seg[core & nec] = 1
+    necrosis = binary_erosion(core) & nec  # the ring keeps at least a voxel between necrosis and edema
+    if core.any() and not necrosis.any():  # a core too small for its noisy necrosis (tiny --shape)
+        middle = np.where(core, d_core, np.inf)  # its middle voxel
+        necrosis = middle == middle.min()
+    seg[necrosis] = 1
     strength = np.clip((1.0 - d_wt) / 0.3, 0.0, 1.0)  # edema contrast fades toward its border
     strength[d_core < 1.0 + margin] = 1.0
     return seg, 0.35 + 0.65 * strength

@@ -43,20 +43,22 @@ def test_geometry_and_dtypes_like_brats(synth_small):
     assert set(np.unique(np.asarray(img.dataobj)).tolist()) == {0, 1, 2, 4}
 
 
-def test_tumour_is_nested_and_inside_the_brain():
+@pytest.mark.parametrize("seed, shape", [(7, (64, 64, 48)), (11, (24, 24, 24)), (11, (48, 48, 32))])
+def test_tumour_is_nested_and_inside_the_brain(seed, shape):
+    """Also at small --shape, where the tumour reaches the brain's edge: the core keeps its edema."""
     for index in range(3):
-        images, seg = synth_case(7, index, (64, 64, 48))
+        images, seg = synth_case(seed, index, shape)
         brain = images[0] > 0
         assert not (seg > 0)[~brain].any()  # skull-stripped: tumour only in brain
         assert np.all(images[m][~brain] == 0 for m in range(4))
         core = np.isin(seg, [1, 4])
-        # edema surrounds the core: growing the core by one voxel stays in the tumour (or leaves
-        # the brain); the necrosis sits inside the enhancing ring the same way
+        # edema surrounds the core: growing the core by one voxel stays in the tumour, everywhere;
+        # the necrosis sits inside the enhancing ring the same way
+        assert (seg[binary_dilation(core)] > 0).all()
         grown = binary_dilation(core) & brain
-        assert (seg[grown] > 0).mean() > 0.99
         grown = binary_dilation(seg == 1) & brain
         assert np.isin(seg[grown], [1, 4]).mean() > 0.97
-        assert min(np.count_nonzero(seg == v) for v in (1, 2, 4)) >= 20
+        assert min(np.count_nonzero(seg == v) for v in (1, 2, 4)) >= (20 if min(shape) >= 32 else 5)
 
 
 def test_each_modality_has_its_own_contrast():
