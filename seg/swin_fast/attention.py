@@ -56,7 +56,7 @@ class FastWindowAttention(WindowAttention):
             return self._index_cache[key]
         if key is None:
             return F.pad(index[:n, :n], (0, padded_tokens(n) - n))
-        with torch.inference_mode(False):  # a cached index is saved for backward in later training
+        with torch.inference_mode(False), torch.no_grad():  # saved for backward in later training
             return _remember(self._index_cache, key, F.pad(index[:n, :n], (0, padded_tokens(n) - n)))
 
     def group_biases(self, geo: WindowGeometry, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -70,7 +70,9 @@ class FastWindowAttention(WindowAttention):
             return self._biases(table, geo, dtype, compiling)
         key = (geo.window, geo.shift, geo.dims, table.device, dtype, table._version, table.data_ptr())
         if key not in self._bias_cache:
-            with torch.inference_mode(False):  # SDPA saves them for backward when only the table is frozen
+            # normal tensors (SDPA saves them for backward when only the table is frozen), without a
+            # graph: inference_mode(False) alone would turn grad mode on
+            with torch.inference_mode(False), torch.no_grad():
                 biases = self._biases(table, geo, dtype, False)
             # the entry holds the table's storage: its address cannot be reused by another table
             _remember(self._bias_cache, key, (table.detach(), biases))

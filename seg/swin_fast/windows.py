@@ -104,7 +104,7 @@ def cached_geometry(
     blocks of a stage share theirs; ~7 MB of index maps at 64^3 tokens)."""
     # normal tensors even when first asked for under torch.inference_mode: training later saves
     # them for backward, which inference tensors refuse
-    with torch.inference_mode(False):
+    with torch.inference_mode(False), torch.no_grad():  # (inference_mode(False) turns grad mode on)
         return build_geometry(batch, dims, window, shift, device)
 
 

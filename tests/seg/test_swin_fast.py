@@ -144,6 +144,8 @@ def test_caches_first_built_under_inference_mode_still_train():
     fast.eval()
     with torch.inference_mode():
         fast(x)
+    cached = [b for blk in fast.blocks for _, biases in blk.attn._bias_cache.values() for b in biases]
+    assert cached and not any(b.requires_grad or b.is_inference() for b in cached)  # no graph kept
     fast.train()
     fast(x).square().mean().backward()
     assert all(p.grad is not None for p in fast.parameters() if p.requires_grad)
