@@ -318,6 +318,10 @@ def run_profile(args: argparse.Namespace) -> int:
     from bench.config import SuiteError
     from bench.profile import profile_case
 
+    if args.active < 1 or args.warmup < 0:
+        print(f"segbench profile: --active {args.active} --warmup {args.warmup}: record at least one step, "
+              "drop none or more", file=sys.stderr)
+        return 2
     try:
         return profile_case(args)
     except SuiteError as err:

@@ -142,9 +142,9 @@ class SliceViewer:
     def __init__(self, volume: Volume, slice_index: int | None = None, headless: bool = False):
         self.volume = volume
         self.depth = volume.image.shape[-1]
-        self.z = int(
-            np.clip(default_slice(volume) if slice_index is None else slice_index, 0, self.depth - 1)
-        )
+        if slice_index is not None and not 0 <= slice_index < self.depth:
+            raise ValueError(f"--slice {slice_index}: {volume.id} has axial slices 0..{self.depth - 1}")
+        self.z = default_slice(volume) if slice_index is None else slice_index
         rows = [("reference", volume.label)] if volume.label is not None or volume.pred is None else []
         if volume.pred is not None:
             rows.append(("prediction", volume.pred))

@@ -19,6 +19,8 @@ def make_splits(ids, seed: int = 200, fractions: tuple[float, float, float] = (0
     With 3 or more ids, val and test get at least one id each (tiny demo sets stay usable)."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+    if folds < 2:
+        raise ValueError(f"--folds {folds}: cross-validation needs at least 2 folds")
     order = sorted(set(ids))
     random.Random(seed).shuffle(order)
     n = len(order)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from seg.data.splits import load_splits, make_splits, write_splits
 
 IDS = [f"BraTS2021_{i:05d}" for i in range(50)]
@@ -45,3 +47,8 @@ def test_write_then_load(tmp_path):
     path = write_splits(tmp_path, IDS[:10], seed=5, folds=3)
     assert path == tmp_path / "splits.json"
     assert load_splits(tmp_path) == make_splits(IDS[:10], seed=5, folds=3)
+
+
+def test_fewer_than_two_folds_are_refused():
+    with pytest.raises(ValueError, match="--folds 1: cross-validation needs at least 2 folds"):
+        make_splits([f"c{i}" for i in range(6)], folds=1)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import matplotlib.image as mpimg
 import numpy as np
+import pytest
 import torch
 
 from seg.data.store import save_case
@@ -77,6 +78,8 @@ def test_scroll_moves_the_slice_in_every_pane():
     viewer.on_scroll(SimpleNamespace(button="up"))
     viewer.on_scroll(SimpleNamespace(button="down"))
     assert viewer.z == 6
+    with pytest.raises(ValueError, match=f"--slice {vol.image.shape[-1]}: .* has axial slices 0.."):
+        SliceViewer(vol, slice_index=vol.image.shape[-1], headless=True)
     for m, artist in enumerate(viewer.images):
         assert np.array_equal(artist.get_array(), _axial(vol.image[m], 6))
     viewer.show_slice(10)  # the ET slice: 36 tumour voxels, 4 of them enhancing (yellow)
