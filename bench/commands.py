@@ -154,8 +154,13 @@ def run_bench(args: argparse.Namespace) -> int:
     if not args.suite or not args.out:
         print("segbench bench: --suite and --out are required (or --list)", file=sys.stderr)
         return 2
+    import signal
+
     from bench.runner import BenchError, run_suite
 
+    # `timeout` (a lease's end, gpu_session.sh) sends SIGTERM: as SystemExit it reaches the runner's
+    # wait, which then ends the running case (its own session) instead of leaving it on the GPU
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         suite = args.suite
         if args.profile_steps is not None:

@@ -79,8 +79,14 @@ def _in_torch(filename: str) -> bool:
 def classify(frames: list[dict[str, Any]]) -> tuple[str, str]:
     """(category, site) of one allocation from its Python frames (innermost first)."""
     names = [(f.get("filename", ""), f.get("name", "")) for f in frames]
+    # On CUDA the backward runs on autograd's own thread, whose allocations the allocator records
+    # without Python frames, or (a custom Function's Python backward) with a stack whose outermost
+    # frame is autograd's Function.apply, called from C++ rather than from the step's code.
+    from_autograd_thread = not names or names[-1][0].endswith("autograd/function.py")
     if any("/torch/optim/" in filename for filename, _ in names):
         category = "optimizer"
+    elif from_autograd_thread:
+        category = "backward"
     elif any(
         (filename.endswith("torch/_tensor.py") and name == "backward")
         # the autograd engine's entry points; not autograd/function.py, which every custom

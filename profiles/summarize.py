@@ -52,7 +52,8 @@ PATTERNS: list[tuple[str, tuple[str, ...]]] = [
             "_ln_",
         ),
     ),
-    ("matmul", ("gemm", "matmul", "aten::mm", "aten::bmm", "addmm", "linear", "cutlass", "cublas")),
+    # nvjet_*: cuBLAS's Hopper GEMM kernels in recent CUDA builds
+    ("matmul", ("gemm", "matmul", "aten::mm", "aten::bmm", "addmm", "linear", "cutlass", "cublas", "nvjet")),
     (
         "elementwise",
         (

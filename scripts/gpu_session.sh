@@ -23,6 +23,8 @@
 #   GPU_CALL_S=200 scripts/gpu_session.sh unet --only unet/bf16+compile \
 #     --only unet/bf16+compile+inductor:triton.mix_order_reduction=0
 # GPU_CALL_S: the device call's timeout_s (default 600); every step keeps inside it.
+# swin-extras: no suite, only swin-goal's spare-time steps (its 520 s budget leaves them no time in
+# the same call): a second call, e.g. GPU_CALL_S=240 scripts/gpu_session.sh swin-extras.
 # Fetch the wheels here first: scripts/fetch_gpu_wheels.sh
 set -uo pipefail
 suite=${1:-gpu-check}
@@ -48,30 +50,33 @@ python3 -m segbench env --device cuda 2>&1 | tee -a "$log"  # which speed featur
 
 # gpu-check: every kernel test first (not only the gpu-marked ones: on CUDA the same tests check the
 # compiled Triton kernels, which the CPU interpreter cannot)
-if [ "$suite" != "swin-goal" ] && [ -z "$resume" ] && [ ${#bench_args[@]} -eq 0 ]; then
+swin=0; case "$suite" in swin-goal|swin-extras) swin=1;; esac
+if [ "$swin" = 0 ] && [ -z "$resume" ] && [ ${#bench_args[@]} -eq 0 ]; then
   echo "== pytest tests/kernels" | tee -a "$log"
   timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/kernels 2>&1 | tail -15 | tee -a "$log"
 fi
 
 run=/tmp/segbench-$suite
-extra=("${bench_args[@]}")
-if [ "$resume" = "--resume" ]; then
-  [ -d "$run" ] || cp -r "runs/gpu/segbench-$suite" /tmp/ || { echo "no run to resume: carry runs/gpu/segbench-$suite" | tee -a "$log"; exit 1; }
-  extra+=(--resume)
+if [ "$suite" != "swin-extras" ]; then
+  extra=("${bench_args[@]}")
+  if [ "$resume" = "--resume" ]; then
+    [ -d "$run" ] || cp -r "runs/gpu/segbench-$suite" /tmp/ || { echo "no run to resume: carry runs/gpu/segbench-$suite" | tee -a "$log"; exit 1; }
+    extra+=(--resume)
+  fi
+  echo "== segbench bench --suite $suite ${extra[*]}" | tee -a "$log"
+  # the suite's own budget_s stops starting cases; the timeout is the backstop for the 600 s call
+  timeout "$((call_s - 15 - SECONDS))" python3 -m segbench bench --suite "$suite" --out "$run" --device cuda "${extra[@]}" 2>&1 | tee -a "$log"
+  [ -f "$run/report.md" ] || python3 -m segbench report "$run" 2>&1 | tail -3 | tee -a "$log"  # cut off: rows so far
+  cp "$run"/report.md "$run"/results.jsonl "$run"/env.json "$run"/report.html "$out"/ 2>/dev/null
+  # Everything but the synthesized data and its converted copies (a returned file holds at most 16 MiB).
+  tar -czf "$out/run.tar.gz" --exclude="segbench-$suite/cache/formats" --exclude="segbench-$suite/data" --exclude="*.pt" --exclude="*.npy" --exclude="trace.json.gz" -C /tmp "segbench-$suite"
+  # the traces apart (already gzipped; each row's summary is in run.tar.gz and the report either way)
+  (cd /tmp && find "segbench-$suite/profiles" -name trace.json.gz 2>/dev/null | tar -cf "$out/traces.tar" -T -)
+  [ "$(stat -c %s "$out/traces.tar" 2>/dev/null || echo 0)" -le 16000000 ] || { rm -f "$out/traces.tar"; echo "traces.tar over 16 MB: not returned" | tee -a "$log"; }
 fi
-echo "== segbench bench --suite $suite ${extra[*]}" | tee -a "$log"
-# the suite's own budget_s stops starting cases; the timeout is the backstop for the 600 s call
-timeout "$((call_s - 15 - SECONDS))" python3 -m segbench bench --suite "$suite" --out "$run" --device cuda "${extra[@]}" 2>&1 | tee -a "$log"
-[ -f "$run/report.md" ] || python3 -m segbench report "$run" 2>&1 | tail -3 | tee -a "$log"  # cut off: rows so far
-cp "$run"/report.md "$run"/results.jsonl "$run"/env.json "$run"/report.html "$out"/ 2>/dev/null
-# Everything but the synthesized data and its converted copies (a returned file holds at most 16 MiB).
-tar -czf "$out/run.tar.gz" --exclude="segbench-$suite/cache/formats" --exclude="segbench-$suite/data" --exclude="*.pt" --exclude="*.npy" --exclude="trace.json.gz" -C /tmp "segbench-$suite"
-# the traces apart (already gzipped; each row's summary is in run.tar.gz and the report either way)
-(cd /tmp && find "segbench-$suite/profiles" -name trace.json.gz 2>/dev/null | tar -cf "$out/traces.tar" -T -)
-[ "$(stat -c %s "$out/traces.tar" 2>/dev/null || echo 0)" -le 16000000 ] || { rm -f "$out/traces.tar"; echo "traces.tar over 16 MB: not returned" | tee -a "$log"; }
 
 left_s=$((call_s - 30 - SECONDS))
-if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 30 ]; then
+if [ "$swin" = 1 ] && [ "$left_s" -gt 30 ]; then
   echo "== pytest -m gpu tests/seg/test_swin_fast.py tests/profiles (${left_s} s left)" | tee -a "$log"
   timeout "$((left_s < 60 ? left_s : 60))" python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/seg/test_swin_fast.py tests/profiles 2>&1 | tail -15 | tee -a "$log"
 fi
@@ -83,7 +88,7 @@ if [ "$suite" != "gpu-check" ] && [ ${#bench_args[@]} -eq 0 ] && [ "$left_s" -gt
   timeout "$((left_s < 150 ? left_s : 150))" python3 -m kernels.bench_window_attention --out /tmp/swin_check "${sweep[@]}" 2>&1 | tail -12 | tee -a "$log"
 fi
 left_s=$((call_s - 30 - SECONDS))
-if [ "$suite" = "swin-goal" ] && [ "$left_s" -gt 45 ]; then
+if [ "$swin" = 1 ] && [ "$left_s" -gt 45 ]; then
   echo "== seg.swin_fast.gpu_check (${left_s} s left)" | tee -a "$log"
   timeout "$left_s" python3 -m seg.swin_fast.gpu_check --out /tmp/swin_check 2>&1 | tail -40 | tee -a "$log"
 fi

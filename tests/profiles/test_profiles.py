@@ -22,6 +22,7 @@ TINY = Path(__file__).parents[1] / "bench" / "tiny_suite.toml"
         ("void at::native::batch_norm_collect_statistics_kernel", "normalization"),
         ("_stats_kernel", "normalization"),
         ("ampere_bf16_s16816gemm_bf16_128x64", "matmul"),
+        ("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT", "matmul"),  # cuBLAS on Hopper, CUDA 13
         ("cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_64x4_tn_align8", "matmul"),
         ("pytorch_flash::flash_fwd_kernel", "attention"),
         ("fmha_cutlassB_bf16_aligned_64x64_k32_dropout_sm80", "attention"),
