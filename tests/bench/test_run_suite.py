@@ -219,3 +219,39 @@ def test_an_interrupted_runner_takes_its_case_process_down(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         runner._wait_case(spec, tmp_path / "result.json", tmp_path / "case.log", {}, 60)
     assert started and started[0].poll() is not None  # killed and reaped
+
+
+def test_sigterm_to_segbench_bench_ends_the_running_case_too(tmp_path):
+    """`timeout` (or a lease's end) signals the bench process; its case runs in its own session and
+    must not outlive it (on a GPU it would hold the device while the caller packs up)."""
+    import os
+    import signal
+    import time
+
+    suite = tmp_path / "hang.toml"
+    suite.write_text('name = "hang"\ndevice = "cpu"\n[[workload]]\nkind = "norm_kernel"\nname = "hang"\n'
+                     'shape = [1, 2, 4, 4, 4]\nvariants = ["fail:hang"]\ntimeout_s = 300\n')
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "segbench", "bench", "--suite", str(suite), "--out", str(run)]
+    bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spec = run / "cases" / "000-hang-fail_hang.spec.json"
+    deadline = time.monotonic() + 120
+    case_pid = None
+    while case_pid is None and time.monotonic() < deadline:  # the hanging case has started
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and str(spec) in (proc / "cmdline").read_text().replace("\0", " "):
+                    case_pid = int(proc.name)
+            except OSError:
+                continue
+        time.sleep(0.2)
+    assert case_pid is not None, "the case process never started"
+    bench.send_signal(signal.SIGTERM)
+    assert bench.wait(timeout=60) != 0
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{case_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gone = not Path(f"/proc/{case_pid}").exists()
+    if not gone:  # do not leave it running whatever the verdict
+        os.kill(case_pid, signal.SIGKILL)
+    assert gone, "the case process outlived the bench process"
