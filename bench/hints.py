@@ -30,7 +30,7 @@ HINTS: tuple[Hint, ...] = (
         # instance norm's per-channel sums): the likely pair, unconfirmed until a GPU run of the unet
         # suite's `+inductor:triton.mix_order_reduction=0` row.
         r"_inductor/scheduler\.py:get_numel_rnumel|MixOrderReduction",
-        "inductor's mix-order reduction fusion (GPU, on by default since torch 2.10) rejected split "
+        "inductor's mix-order reduction fusion (GPU-only, on by default in recent torch) rejected split "
         "reductions: compile without it, variant `+inductor:triton.mix_order_reduction=0` (segbench "
         "train/infer --inductor triton.mix_order_reduction=0; TORCHINDUCTOR_MIX_ORDER_REDUCTION=0)",
     ),
