@@ -24,7 +24,8 @@ METHOD = [
     "empty inductor and Triton caches unless SEGBENCH_KEEP_COMPILE_CACHE=1 (see Environment).",
     "Loader rows (dataloader): the wait for each batch in the consuming process; samples/s is total "
     "samples / total wait over the measured batches, i.e. batch / the mean wait shown beside the median "
-    "(workers deliver in bursts, so the median wait alone would flatter them).",
+    "(workers deliver in bursts, so the median wait alone would flatter them); timing starts after the "
+    "workers' first wave (at least 2 × workers + 2 batches, `warmup_batches`), which arrives at once.",
     "Speedups are ratios of median step times with 95% percentile-bootstrap intervals. Without a mark "
     "they come from baseline and variant blocks interleaved in one process (A/B, TorchBench style); "
     "* marks a ratio between two separate case processes.",

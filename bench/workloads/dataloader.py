@@ -50,6 +50,13 @@ def loader_for(case: Case, batch: int, workers: int, patch, train: bool) -> tupl
     }
 
 
+def start_up_batches(warmup: int, workers: int) -> int:
+    """Batches to take before timing: at least the first wave the workers (DataLoader's prefetch
+    factor 2 each) or a prefetcher (depth 2) finish together while the first batch is awaited; timed,
+    they would arrive at ~0 s and overstate the steady rate."""
+    return max(warmup, 2 * workers + 2)
+
+
 def wait_ready(batch: dict) -> None:
     """Until a device batch's queued work (copies, augmentation) is done. Only the consuming
     stream: a device-wide sync would also wait for the next batches being prefetched."""
@@ -89,7 +96,8 @@ def run(case: Case) -> dict:
     take = _timed_next(it)
     row["first_step_s"], first = take()
     row["sample_shape"] = list(first["image"].shape[1:])
-    for _ in range(m.warmup):
+    row["warmup_batches"] = start_up_batches(m.warmup, row["workers"])
+    for _ in range(row["warmup_batches"]):
         take()
     reset_peak_memory("cpu")  # the loader's memory is host memory, whatever the device
     times, nbytes, samples = [], 0, 0

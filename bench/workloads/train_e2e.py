@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 
-from bench.measure import peak_memory, reset_peak_memory, sync
+import torch
+
+from bench.measure import peak_memory, reset_peak_memory
 from bench.stats import summarize
 from bench.workloads.common import Case, TrainState, apply_backend, initial_state, to_input, torch_device
-from bench.workloads.dataloader import loader_for, wait_ready
+from bench.workloads.dataloader import loader_for, start_up_batches, wait_ready
 from profiles.nvtx import nvtx_range
 
 INPUT_BOUND_SHARE = 0.10  # waiting more than this share of the step: the loader is the bottleneck
@@ -37,7 +39,10 @@ def _setup(case: Case):
                 batch["label"].to(device, non_blocking=True),
             )
         state.step(image, label)
-        sync(device)
+        # the step's stream only: a device-wide sync would also wait for the prefetcher's side stream
+        # (the next batches' copies and augmentation), counting the loader's GPU work as compute
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
         if "_shape" not in fields:  # the first step
             fields["_shape"] = list(image.shape[2:])
             fields["_cpu_bf16_workaround"] = state.cpu_bf16_workaround(image)
@@ -57,7 +62,8 @@ def run(case: Case) -> dict:
     row.update(model=p.model, batch=p.batch, precision=case.config.precision)
     wait, compute, _ = step()
     row["first_step_s"] = wait + compute
-    for _ in range(m.warmup):
+    row["warmup_steps"] = start_up_batches(m.warmup, row.get("workers", 0))
+    for _ in range(row["warmup_steps"]):
         step()
     reset_peak_memory(device)
     waits, computes, samples = [], [], 0

@@ -100,6 +100,8 @@ def test_every_workload_kind_measures(run):
     assert loader["samples_per_s"] * loader["mean_s_per_batch"] == pytest.approx(loader["batch"])
     times = loader["step_times_s"]
     assert loader["mean_s_per_batch"] == pytest.approx(sum(times) / len(times))
+    # timing starts after the workers' first wave (here the suite's warm-up of 1 is below it)
+    assert loader["warmup_batches"] == 2 * loader["workers"] + 2 and e2e["warmup_steps"] >= 2
     norm = r[("norm_kernel", "fp32")]
     assert norm["forward_gb_per_s"] > 0 and norm["parity"]["max_rel_dev"] == 0.0
     infer = r[("infer", "fp32")]
