@@ -1,143 +1,13 @@
-"""Reports from hand-written result files: no torch, tables, figures, comparison, pytest-benchmark."""
+"""Reports from hand-written result files: no torch, tables, figures, goals, pytest-benchmark."""
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
+from report_runs import run_segbench, write_run
 
-from reports.compare import attention_kernel_changes, compare_rows, profile_changes
 from reports.tables import ResultsError, load_results, workload_table
-
-
-def _step(
-    variant: str, seconds: float, order: int, spread: float = 0.01, n: int = 12, seed: int = 0, **extra
-):
-    samples = list(seconds * (1 + spread * np.random.default_rng(seed).standard_normal(n)))
-    p20, med, p80 = np.percentile(samples, [20, 50, 80])
-    return {
-        "suite": "hand",
-        "workload": "train_step",
-        "kind": "train_step",
-        "variant": variant,
-        "order": order,
-        "status": "ok",
-        "s_per_iter": {"median": med, "p20": p20, "p80": p80, "n": n},
-        "step_times_s": samples,
-        "samples_per_s": 1 / med,
-        "peak_bytes": 2**30,
-        "first_step_s": 3 * seconds,
-        "mfu": 0.02,
-        "parity": {"reference": "fp32", "max_rel_dev": 0.0 if variant == "fp32" else 1e-3},
-        **extra,
-    }
-
-
-def write_run(path: Path, scale: float = 1.0) -> Path:
-    path.mkdir(parents=True)
-    rows = [
-        _step("seed", 0.169 * scale, 0, seed=1),
-        _step("fp32", 0.145 * scale, 1, seed=2),
-        _step(
-            "bf16",
-            0.138 * scale,
-            2,
-            seed=3,
-            paired={"baseline": "seed", "speedup": {"ratio": 1.22, "ci_low": 1.18, "ci_high": 1.26}},
-        ),
-        _step("bf16+compile", 0.074 * scale, 3, seed=4, anchor_s_per_iter=0.074),
-        {
-            "suite": "hand",
-            "workload": "train_step",
-            "kind": "train_step",
-            "variant": "fused_norm",
-            "order": 4,
-            "status": "unavailable",
-            "error": "the Triton kernels run on CUDA",
-        },
-        {
-            "suite": "hand",
-            "workload": "train_step",
-            "kind": "train_step",
-            "variant": "fail:x",
-            "order": 5,
-            "status": "error",
-            "error": "RuntimeError: x",
-        },
-        {
-            "suite": "hand",
-            "workload": "train_e2e",
-            "kind": "train_e2e",
-            "variant": "bf16",
-            "order": 6,
-            "status": "ok",
-            "s_per_iter": {"median": 0.2, "p20": 0.19, "p80": 0.21, "n": 3},
-            "step_times_s": [0.19, 0.2, 0.21],
-            "samples_per_s": 5.0,
-            "data_wait_s": {"median": 0.1},
-            "compute_s": {"median": 0.1},
-            "wait_fraction": 0.5,
-            "verdict": "input-bound",
-        },
-        {
-            "suite": "hand",
-            "workload": "dataloader",
-            "kind": "dataloader",
-            "variant": "workers:8",
-            "order": 7,
-            "status": "ok",
-            "s_per_iter": {"median": 0.03, "p20": 0.02, "p80": 0.04, "n": 3},
-            "step_times_s": [0.02, 0.03, 0.04],
-            "samples_per_s": 33.0,
-            "mb_per_s": 1650.0,
-            "workers": 8,
-        },
-        {
-            "suite": "hand",
-            "workload": "norm",
-            "kind": "norm_kernel",
-            "variant": "bf16",
-            "order": 8,
-            "status": "ok",
-            "s_per_iter": {"median": 0.0088, "p20": 0.0087, "p80": 0.0089, "n": 3},
-            "step_times_s": [0.0087, 0.0088, 0.0089],
-            "forward_s": {"median": 0.00405},
-            "backward_s": {"median": 0.00471},
-            "forward_gb_per_s": 132.0,
-            "backward_gb_per_s": 171.0,
-            "copy_gb_per_s": 3000.0,
-            "fraction_of_copy": 0.05,
-            "parity": {"reference": "fp32 eager", "max_abs_err": 0.004},
-        },
-    ]
-    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (path / "env.json").write_text(
-        json.dumps(
-            {
-                "suite": "hand",
-                "requested_device": "cuda",
-                "command": "segbench bench --suite hand",
-                "cpu_count": 16,
-                "versions": {"torch": "2.11.0"},
-                "git": {"sha": "abc", "dirty": False},
-                "calibration": {
-                    "gpu": "NVIDIA H100 80GB HBM3",
-                    "matmul_flops_per_s": 7.7e14,
-                    "matmul_dtype": "bfloat16",
-                    "copy_bytes_per_s": 3e12,
-                },
-            }
-        )
-    )
-    return path
-
-
-def _segbench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "segbench", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def test_report_builds_without_torch(tmp_path):
@@ -195,57 +65,13 @@ def test_loader_table_says_what_its_times_and_rate_are():
     assert workload_table([old]).iloc[0]["mean wait / batch"] == "25.00 ms"
 
 
-def test_compare_flags_a_synthetic_regression(tmp_path):
-    before = write_run(tmp_path / "before")
-    after = write_run(tmp_path / "after")
-    rows = [json.loads(line) for line in (after / "results.jsonl").read_text().splitlines()]
-    for r in rows:
-        if r["variant"] == "bf16+compile":  # 25 % slower
-            r["step_times_s"] = [s * 1.25 for s in r["step_times_s"]]
-            r["s_per_iter"] = {k: v * 1.25 if k != "n" else v for k, v in r["s_per_iter"].items()}
-            r["attention_kernels"] = {"cudnn": 24}  # and its attention went to another kernel
-            r["profile"] = {"device": "cuda", "ms_per_step_by_category": {"attention": 30.0, "matmul": 10.02}}
-        if r["variant"] == "fp32":  # 1 % slower: under the threshold
-            r["step_times_s"] = [s * 1.01 for s in r["step_times_s"]]
-            r["attention_kernels"] = {"efficient": 24}  # unchanged
-    (after / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    rows_b = [json.loads(line) for line in (before / "results.jsonl").read_text().splitlines()]
-    for r in rows_b:
-        if r["variant"] in ("bf16+compile", "fp32"):
-            r["attention_kernels"] = {"efficient": 24}
-        if r["variant"] == "bf16+compile":
-            r["profile"] = {"device": "cuda", "ms_per_step_by_category": {"attention": 12.5, "matmul": 10.0,
-                                                                          "copies": 1.0}}
-    (before / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_b))
-    table = compare_rows(load_results(after), load_results(before)).set_index("variant")
-    assert table.loc["bf16+compile", "verdict"] == "REGRESSION"
-    assert table.loc["bf16+compile", "change"] == pytest.approx(0.25, abs=0.01)
-    assert table.loc["fp32", "verdict"] == "no significant change"
-    assert table.loc["fused_norm", "verdict"].startswith("status")
-
-    proc = _segbench("report", str(after), "--compare", str(before), "--fail-on-regression")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "REGRESSION train_step/bf16+compile" in proc.stdout
-    assert "REGRESSION" in (after / "compare.md").read_text()
-    assert attention_kernel_changes(rows, rows_b) == ["train_step/bf16+compile: efficient ×24 → cudnn ×24"]
-    assert "train_step/bf16+compile: efficient ×24 → cudnn ×24" in (after / "compare.md").read_text()
-    assert "data:image/png;base64," in (after / "compare.html").read_text()
-    # where the time moved: attention +17.5 ms, copies gone; matmul's 0.02 ms is under the floor
-    moved = profile_changes(rows, rows_b)
-    assert moved[["category", "before ms/step", "after ms/step", "change ms/step"]].values.tolist() == [
-        ["attention", "12.50", "30.00", "+17.50"], ["copies", "1.00", "0.00", "-1.00"]
-    ]
-    line = "| train_step | bf16+compile | attention | 12.50 | 30.00 | +17.50 |"
-    assert line in (after / "compare.md").read_text()
-
-
 def test_bad_results_line_names_file_and_line(tmp_path):
     run = write_run(tmp_path / "run")
     with open(run / "results.jsonl", "a") as f:
         f.write("{not json\n")
     with pytest.raises(ResultsError, match=r"results.jsonl:10: not JSON"):
         load_results(run)
-    proc = _segbench("report", str(run))
+    proc = run_segbench("report", str(run))
     assert proc.returncode == 2 and "results.jsonl:10" in proc.stderr
     # not a run folder: the message names results.jsonl, and nothing is created there
     from reports.build import build_report
@@ -281,13 +107,13 @@ def test_pytest_benchmark_json_folds_into_the_report(tmp_path):
             }
         )
     )
-    proc = _segbench("report", str(run), "--pytest-benchmark", str(bench))
+    proc = run_segbench("report", str(run), "--pytest-benchmark", str(bench))
     assert proc.returncode == 0, proc.stderr
     md = (run / "report.md").read_text()
     assert "Micro-benchmarks" in md and "test_dice_128" in md and "11.800 ms" in md
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    proc = _segbench("report", str(run), "--pytest-benchmark", str(bad))
+    proc = run_segbench("report", str(run), "--pytest-benchmark", str(bad))
     assert proc.returncode == 2 and "not a pytest-benchmark JSON file" in proc.stderr
 
 
@@ -302,21 +128,6 @@ def test_summary_flags_cases_run_on_a_busy_machine(tmp_path):
     build_report(run)
     flagged = [ln for ln in (run / "report.md").read_text().splitlines() if "machine was busy" in ln]
     assert len(flagged) == 1 and "train_step/fp32 55%" in flagged[0] and "bf16 " not in flagged[0]
-
-
-def test_compare_footprint_estimates_by_their_peak():
-    def est(variant: str, gib: float) -> dict:
-        return {"workload": "swin", "kind": "footprint", "variant": variant, "status": "ok", "estimate": True,
-                "estimated_peak_bytes": int(gib * 2**30)}
-
-    before = [est("bf16", 9.38), est("bf16+swin_fast", 2.97), est("seed", 5.22)]
-    after = [est("bf16", 9.40), est("bf16+swin_fast", 3.50), est("seed", 4.00)]
-    table = compare_rows(after, before).set_index("variant")
-    assert table.loc["bf16", "verdict"] == "no significant change"  # +0.2 %
-    assert table.loc["bf16+swin_fast", "verdict"] == "REGRESSION"  # +18 %
-    assert table.loc["seed", "verdict"] == "improvement"
-    assert table.loc["bf16+swin_fast", "change"] == pytest.approx(3.50 / 2.97 - 1)
-    assert table.loc["bf16+swin_fast", "after"] == "3.50 GiB est. peak"
 
 
 def test_summary_names_non_finite_rows_and_env_names_the_cpu_bf16_workaround(tmp_path):
@@ -414,22 +225,3 @@ def test_the_report_says_what_to_try_beside_a_failed_row(tmp_path):
     where = "(raised in torch/_inductor/scheduler.py:get_numel_rnumel)"
     assert f"train_step/{rows[2]['variant']} failed {where}" in lines[0]
     assert "triton.mix_order_reduction=0" in lines[0]
-
-
-def test_compare_counts_a_case_that_now_fails_as_a_regression_and_takes_an_empty_run():
-    case = {"workload": "w", "variant": "v"}
-    ok = {**case, "status": "ok", "s_per_iter": {"median": 0.1}, "step_times_s": [0.1] * 5}
-    failed = {**case, "status": "error", "error": "OutOfMemoryError: CUDA out of memory"}
-    table = compare_rows([failed], [ok]).set_index("variant")
-    assert table.loc["v", "verdict"] == "REGRESSION" and table.loc["v", "after"] == "error"
-    assert compare_rows([ok], [failed]).set_index("variant").loc["v", "verdict"] == "status error → ok"
-    empty = compare_rows([], [])
-    assert empty.empty and (empty.verdict == "REGRESSION").sum() == 0
-
-
-def test_compare_gives_no_verdict_on_cases_of_another_shape():
-    case = {"workload": "w", "variant": "v", "status": "ok"}
-    big = {**case, "shape": [128, 128, 128], "s_per_iter": {"median": 0.2}, "step_times_s": [0.2] * 5}
-    small = {**case, "shape": [32, 32, 32], "s_per_iter": {"median": 0.01}, "step_times_s": [0.01] * 5}
-    verdict = compare_rows([big], [small]).verdict.iloc[0]
-    assert verdict.startswith("not comparable: shape [32, 32, 32] → [128, 128, 128]")

@@ -1,0 +1,87 @@
+"""`segbench report --compare`: verdicts per case, regressions, kernels and time that moved."""
+
+import json
+
+import pytest
+from report_runs import run_segbench, write_run
+
+from reports.compare import attention_kernel_changes, compare_rows, profile_changes
+from reports.tables import load_results
+
+
+def test_compare_flags_a_synthetic_regression(tmp_path):
+    before = write_run(tmp_path / "before")
+    after = write_run(tmp_path / "after")
+    rows = [json.loads(line) for line in (after / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        if r["variant"] == "bf16+compile":  # 25 % slower
+            r["step_times_s"] = [s * 1.25 for s in r["step_times_s"]]
+            r["s_per_iter"] = {k: v * 1.25 if k != "n" else v for k, v in r["s_per_iter"].items()}
+            r["attention_kernels"] = {"cudnn": 24}  # and its attention went to another kernel
+            r["profile"] = {"device": "cuda", "ms_per_step_by_category": {"attention": 30.0, "matmul": 10.02}}
+        if r["variant"] == "fp32":  # 1 % slower: under the threshold
+            r["step_times_s"] = [s * 1.01 for s in r["step_times_s"]]
+            r["attention_kernels"] = {"efficient": 24}  # unchanged
+    (after / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows_b = [json.loads(line) for line in (before / "results.jsonl").read_text().splitlines()]
+    for r in rows_b:
+        if r["variant"] in ("bf16+compile", "fp32"):
+            r["attention_kernels"] = {"efficient": 24}
+        if r["variant"] == "bf16+compile":
+            r["profile"] = {"device": "cuda", "ms_per_step_by_category": {"attention": 12.5, "matmul": 10.0,
+                                                                          "copies": 1.0}}
+    (before / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_b))
+    table = compare_rows(load_results(after), load_results(before)).set_index("variant")
+    assert table.loc["bf16+compile", "verdict"] == "REGRESSION"
+    assert table.loc["bf16+compile", "change"] == pytest.approx(0.25, abs=0.01)
+    assert table.loc["fp32", "verdict"] == "no significant change"
+    assert table.loc["fused_norm", "verdict"].startswith("status")
+
+    proc = run_segbench("report", str(after), "--compare", str(before), "--fail-on-regression")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "REGRESSION train_step/bf16+compile" in proc.stdout
+    assert "REGRESSION" in (after / "compare.md").read_text()
+    assert attention_kernel_changes(rows, rows_b) == ["train_step/bf16+compile: efficient ×24 → cudnn ×24"]
+    assert "train_step/bf16+compile: efficient ×24 → cudnn ×24" in (after / "compare.md").read_text()
+    assert "data:image/png;base64," in (after / "compare.html").read_text()
+    # where the time moved: attention +17.5 ms, copies gone; matmul's 0.02 ms is under the floor
+    moved = profile_changes(rows, rows_b)
+    assert moved[["category", "before ms/step", "after ms/step", "change ms/step"]].values.tolist() == [
+        ["attention", "12.50", "30.00", "+17.50"], ["copies", "1.00", "0.00", "-1.00"]
+    ]
+    line = "| train_step | bf16+compile | attention | 12.50 | 30.00 | +17.50 |"
+    assert line in (after / "compare.md").read_text()
+
+
+def test_compare_footprint_estimates_by_their_peak():
+    def est(variant: str, gib: float) -> dict:
+        return {"workload": "swin", "kind": "footprint", "variant": variant, "status": "ok", "estimate": True,
+                "estimated_peak_bytes": int(gib * 2**30)}
+
+    before = [est("bf16", 9.38), est("bf16+swin_fast", 2.97), est("seed", 5.22)]
+    after = [est("bf16", 9.40), est("bf16+swin_fast", 3.50), est("seed", 4.00)]
+    table = compare_rows(after, before).set_index("variant")
+    assert table.loc["bf16", "verdict"] == "no significant change"  # +0.2 %
+    assert table.loc["bf16+swin_fast", "verdict"] == "REGRESSION"  # +18 %
+    assert table.loc["seed", "verdict"] == "improvement"
+    assert table.loc["bf16+swin_fast", "change"] == pytest.approx(3.50 / 2.97 - 1)
+    assert table.loc["bf16+swin_fast", "after"] == "3.50 GiB est. peak"
+
+
+def test_compare_counts_a_case_that_now_fails_as_a_regression_and_takes_an_empty_run():
+    case = {"workload": "w", "variant": "v"}
+    ok = {**case, "status": "ok", "s_per_iter": {"median": 0.1}, "step_times_s": [0.1] * 5}
+    failed = {**case, "status": "error", "error": "OutOfMemoryError: CUDA out of memory"}
+    table = compare_rows([failed], [ok]).set_index("variant")
+    assert table.loc["v", "verdict"] == "REGRESSION" and table.loc["v", "after"] == "error"
+    assert compare_rows([ok], [failed]).set_index("variant").loc["v", "verdict"] == "status error → ok"
+    empty = compare_rows([], [])
+    assert empty.empty and (empty.verdict == "REGRESSION").sum() == 0
+
+
+def test_compare_gives_no_verdict_on_cases_of_another_shape():
+    case = {"workload": "w", "variant": "v", "status": "ok"}
+    big = {**case, "shape": [128, 128, 128], "s_per_iter": {"median": 0.2}, "step_times_s": [0.2] * 5}
+    small = {**case, "shape": [32, 32, 32], "s_per_iter": {"median": 0.01}, "step_times_s": [0.01] * 5}
+    verdict = compare_rows([big], [small]).verdict.iloc[0]
+    assert verdict.startswith("not comparable: shape [32, 32, 32] → [128, 128, 128]")
