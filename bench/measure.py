@@ -21,6 +21,12 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def sync_stream(device: torch.device | str) -> None:
+    """Until the current stream's queued work is done; other streams (a prefetcher's) run on."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
 def time_once(fn: Callable[[], object], device: torch.device | str) -> float:
     """Wall seconds of one call, synchronized before and after (first step, compile included)."""
     sync(device)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from bench.loaders import LOADERS, LoaderRequest, endless, labelled_ids, storage_fields
-from bench.measure import peak_memory, reset_peak_memory
+from bench.measure import peak_memory, reset_peak_memory, sync_stream
 from bench.stats import summarize
 from bench.variants import Unavailable
 from bench.workloads.common import Case, apply_backend, torch_device
@@ -60,11 +60,7 @@ def start_up_batches(warmup: int, workers: int) -> int:
 def wait_ready(batch: dict) -> None:
     """Until a device batch's queued work (copies, augmentation) is done. Only the consuming
     stream: a device-wide sync would also wait for the next batches being prefetched."""
-    image = batch["image"]
-    if image.device.type == "cuda":
-        import torch
-
-        torch.cuda.current_stream(image.device).synchronize()
+    sync_stream(batch["image"].device)
 
 
 def batch_bytes(batch: dict) -> int:

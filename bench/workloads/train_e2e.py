@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import time
 
-import torch
-
-from bench.measure import peak_memory, reset_peak_memory
+from bench.measure import peak_memory, reset_peak_memory, sync_stream
 from bench.stats import summarize
 from bench.workloads.common import Case, TrainState, apply_backend, initial_state, to_input, torch_device
 from bench.workloads.dataloader import loader_for, start_up_batches, wait_ready
@@ -41,8 +39,7 @@ def _setup(case: Case):
         state.step(image, label)
         # the step's stream only: a device-wide sync would also wait for the prefetcher's side stream
         # (the next batches' copies and augmentation), counting the loader's GPU work as compute
-        if device.type == "cuda":
-            torch.cuda.current_stream(device).synchronize()
+        sync_stream(device)
         if "_shape" not in fields:  # the first step
             fields["_shape"] = list(image.shape[2:])
             fields["_cpu_bf16_workaround"] = state.cpu_bf16_workaround(image)
