@@ -236,6 +236,10 @@ def _train_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     samples = 0
     batches = iter(loader)
+    # Only the epoch's last micro-batch can be short; a group's loss is the mean over its samples,
+    # so each micro-batch's loss is weighted by its share of the group's samples.
+    per_rank = len(loader.sampler)
+    sizes = [min(cfg.batch_size, per_rank - j * cfg.batch_size) for j in range(micro_batches)]
     progress = tqdm(range(micro_batches), desc=desc, leave=False, disable=not layout.is_main)
     for j in progress:
         with nvtx_range("data_wait"):
@@ -245,15 +249,15 @@ def _train_epoch(
             label = batch["label"].to(device, non_blocking=True)
         # Each micro-batch is a step of its own for CUDA graphs (their modes require accum 1).
         speed.step_begin(cfg.compile_mode)
-        # Micro-batches are grouped by `accum`; a short last group divides by its own size.
+        # Micro-batches are grouped by `accum`; a short last group steps on what it has.
         group_start = (j // cfg.accum) * cfg.accum
-        group_size = min(cfg.accum, micro_batches - group_start)
-        steps_now = j == group_start + group_size - 1
+        group_end = min(group_start + cfg.accum, micro_batches)
+        steps_now = j == group_end - 1
         # DDP all-reduces gradients only on the micro-batch that ends a group.
         sync = contextlib.nullcontext() if steps_now or not layout.distributed else model.no_sync()
         with sync:
             loss = recipe.forward_backward(
-                model, image, label, loss_fn, scaler, cfg.precision, loss_scale=group_size
+                model, image, label, loss_fn, scaler, cfg.precision, loss_scale=sum(sizes[group_start:group_end]) / image.shape[0]
             )
         if steps_now:
             recipe.optimizer_step(optimizer, scaler, scheduler)
