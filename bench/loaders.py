@@ -82,10 +82,18 @@ def storage_fields(name: str, data_dir: str | Path) -> dict:
 
 
 def endless(batches: Iterable[dict]) -> Iterator[dict]:
-    """Batches epoch after epoch (a DataLoader's sampler told the epoch, as training does); a
-    loader with its own `endless()` (seg.data.fast_loader) prefetches across epoch boundaries."""
+    """Batches epoch after epoch (a DataLoader's sampler told the epoch, as training does). Loaders
+    read on across epoch boundaries: a benchmark's few cases would otherwise make each epoch's
+    restart of the workers a large part of the measured time."""
+    from torch.utils.data import DataLoader
+
+    from seg.data.loaders import endless_batches
+
     if hasattr(batches, "endless"):
         yield from batches.endless()
+        return
+    if isinstance(batches, DataLoader):
+        yield from endless_batches(batches)
         return
     epoch = 0
     while True:

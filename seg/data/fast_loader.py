@@ -27,7 +27,7 @@ import torch
 
 from seg.data.batch_augment import augment_batch, draw_batch
 from seg.data.device_dataset import DEFAULT_FRACTION, ResidentData
-from seg.data.loaders import RawDataset, _replicas, data_loader, make_sampler
+from seg.data.loaders import RawDataset, _replicas, data_loader, endless_batches, make_sampler
 from seg.data.prefetch import Prefetcher, resolve_device
 
 DEFAULT_PREFETCH = 2
@@ -127,6 +127,11 @@ class WorkerLoader(_PrefetchingLoader):
 
     def _batches(self) -> Iterator[dict]:
         return iter(self.loader)
+
+    def endless(self, start_epoch: int = 0) -> Iterator[dict]:
+        # The workers, too, read on across epoch boundaries (the base class restarts them each epoch).
+        return iter(Prefetcher(endless_batches(self.loader, start_epoch), self._produce, self.device,
+                               self.prefetch))
 
 
 def build_fast_loader(

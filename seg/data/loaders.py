@@ -14,6 +14,7 @@ an epoch boundary replays exactly, and a DDP run over K processes sees the same 
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -156,6 +157,42 @@ def build_loader(
         pin_memory = torch.cuda.is_available()
     sampler = make_sampler(len(dataset), train, seed, world_size, rank)
     return data_loader(dataset, batch_size, sampler, workers, seed, pin_memory)
+
+
+class EpochBatches:
+    """A batch sampler over `sampler`'s epochs one after another from `start_epoch`, each epoch
+    batched as a DataLoader batches it (no batch spans two epochs).
+
+    A DataLoader built on it keeps its workers reading across epoch boundaries; a fresh iterator
+    per epoch stops them at each epoch's end and waits for a whole sample read before its first
+    batch, which on a small dataset (an 8-case benchmark with 8+ workers) is most of the time."""
+
+    def __init__(self, sampler, batch_size: int, start_epoch: int = 0):
+        self.sampler, self.batch_size, self.start_epoch = sampler, batch_size, start_epoch
+
+    def __iter__(self) -> Iterator[list]:
+        for epoch in itertools.count(self.start_epoch):
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(epoch)
+            keys = list(self.sampler)
+            for start in range(0, len(keys), self.batch_size):
+                yield keys[start:start + self.batch_size]
+
+
+def endless_batches(loader: DataLoader, start_epoch: int = 0) -> Iterator[dict]:
+    """`loader`'s batches epoch after epoch, the same batches as `set_epoch(e)` + `iter(loader)` for
+    each e, with its workers prefetching across epoch boundaries (see EpochBatches)."""
+    workers = loader.num_workers
+    return iter(DataLoader(
+        loader.dataset,
+        batch_sampler=EpochBatches(loader.sampler, loader.batch_size, start_epoch),
+        num_workers=workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor if workers > 0 else None,
+    ))
 
 
 def make_sampler(n: int, train: bool, seed: int, world_size: int, rank: int) -> SeededSampler | list[int]:

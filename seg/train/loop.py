@@ -255,9 +255,10 @@ def _train_epoch(
         steps_now = j == group_end - 1
         # DDP all-reduces gradients only on the micro-batch that ends a group.
         sync = contextlib.nullcontext() if steps_now or not layout.distributed else model.no_sync()
+        group_samples = sum(sizes[group_start:group_end])
         with sync:
             loss = recipe.forward_backward(
-                model, image, label, loss_fn, scaler, cfg.precision, loss_scale=sum(sizes[group_start:group_end]) / image.shape[0]
+                model, image, label, loss_fn, scaler, cfg.precision, loss_scale=group_samples / image.shape[0]
             )
         if steps_now:
             recipe.optimizer_step(optimizer, scaler, scheduler)

@@ -18,7 +18,7 @@ from seg.data.batch_augment import draw_batch
 from seg.data.device_dataset import ResidentData, choose_placement, copy_rows
 from seg.data.fast_loader import ResidentLoader, build_fast_loader
 from seg.data.formats import convert, materialize, open_reader, storage_format
-from seg.data.loaders import build_loader
+from seg.data.loaders import build_loader, endless_batches
 from seg.data.prefetch import Prefetcher
 from seg.data.splits import write_splits
 from seg.data.store import save_case, write_json
@@ -204,11 +204,23 @@ def test_resident_evaluation_order_and_shards(formats):
     assert one[:4] == [x for pair in zip(*two, strict=False) for x in pair][:4]
 
 
-def test_endless_crosses_epochs_like_set_epoch(formats):
-    kwargs = dict(train=True, device="cpu", seed=1, progress=False)
-    per_epoch = _epochs(build_fast_loader(formats["mmap"], IDS, 2, resident=True, **kwargs), epochs=(0, 1))
-    it = build_fast_loader(formats["mmap"], IDS, 2, resident=True, **kwargs).endless()
+@pytest.mark.parametrize("resident, workers", [(True, 0), (False, 0), (False, 2)])
+def test_endless_crosses_epochs_like_set_epoch(formats, resident, workers):
+    kwargs = dict(train=True, device="cpu", seed=1, progress=False, resident=resident, workers=workers)
+    per_epoch = _epochs(build_fast_loader(formats["mmap"], IDS, 2, **kwargs), epochs=(0, 1, 2))
+    it = build_fast_loader(formats["mmap"], IDS, 2, **kwargs).endless()
     _same(per_epoch, [(b["id"], b["image"], b["label"]) for b in (next(it) for _ in range(len(per_epoch)))])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_endless_batches_of_a_dataloader_are_its_epochs(formats, workers):
+    # 5 cases in batches of 2: each epoch ends on a short batch, which must not borrow from the next.
+    per_epoch = _epochs(build_loader(formats["pt32"], IDS, 2, train=True, seed=5, patch=8, workers=workers),
+                        epochs=(0, 1, 2))
+    it = endless_batches(build_loader(formats["pt32"], IDS, 2, train=True, seed=5, patch=8, workers=workers))
+    got = [next(it) for _ in range(len(per_epoch))]
+    assert [len(b["id"]) for b in got] == [2, 2, 1] * 3
+    _same(per_epoch, [(b["id"], b["image"], b["label"]) for b in got], atol=0)
 
 
 def test_prefetcher_keeps_order_bounds_depth_and_reports_errors():
