@@ -12,22 +12,19 @@ def run(args: argparse.Namespace) -> int:
     from seg.infer import InferConfig
     from seg.train import TrainConfig
 
-    try:
-        infer_cfg = InferConfig(
-            roi=args.roi,
-            overlap=args.overlap,
-            sw_batch_size=args.sw_batch,
-            tta=args.tta,
-            precision=args.infer_precision,
-            # the training switches that speed up inference too (compile is left out: a new graph per
-            # fold model for a handful of test volumes costs more than it saves)
-            channels_last=args.channels_last,
-            fused_norm=args.fused_norm,
-            fast=args.fast,
-        )
-    except ValueError as err:  # a bad --roi / --overlap / --sw-batch: once, before any work
-        print(f"segbench cv: {err}", file=sys.stderr)
-        return 1
+    # a bad --roi / --overlap / --sw-batch fails here, once, before any work (exit 2, segbench.cli)
+    infer_cfg = InferConfig(
+        roi=args.roi,
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch,
+        tta=args.tta,
+        precision=args.infer_precision,
+        # the training switches that speed up inference too (compile is left out: a new graph per
+        # fold model for a handful of test volumes costs more than it saves)
+        channels_last=args.channels_last,
+        fused_norm=args.fused_norm,
+        fast=args.fast,
+    )
     try:
         doc = run_cv(TrainConfig(**config_values(args)), args.folds, infer_cfg)
     except (FileNotFoundError, ValueError) as err:

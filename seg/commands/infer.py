@@ -9,23 +9,20 @@ import sys
 def run(args: argparse.Namespace) -> int:
     from seg.infer import InferConfig, infer_folder
 
-    try:
-        cfg = InferConfig(
-            roi=args.roi,
-            overlap=args.overlap,
-            sw_batch_size=args.sw_batch,
-            mode=args.mode,
-            tta=args.tta,
-            precision=args.precision,
-            compile_mode=args.compile_mode,
-            inductor=tuple(args.inductor),
-            channels_last=args.channels_last,
-            fused_norm=args.fused_norm,
-            fast=args.fast,
-        )
-    except ValueError as err:  # a bad --roi / --overlap / --sw-batch: once, before any work
-        print(f"segbench infer: {err}", file=sys.stderr)
-        return 1
+    # a bad --roi / --overlap / --sw-batch fails here, once, before any work (exit 2, segbench.cli)
+    cfg = InferConfig(
+        roi=args.roi,
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch,
+        mode=args.mode,
+        tta=args.tta,
+        precision=args.precision,
+        compile_mode=args.compile_mode,
+        inductor=tuple(args.inductor),
+        channels_last=args.channels_last,
+        fused_norm=args.fused_norm,
+        fast=args.fast,
+    )
     try:
         summary = infer_folder(args.checkpoint, args.src, args.out, cfg, args.device)
     except (FileNotFoundError, ValueError) as err:

@@ -172,6 +172,16 @@ def test_bad_window_settings_are_refused_up_front():
             InferConfig(**kwargs)
 
 
+@pytest.mark.parametrize("command", ["infer", "cv"])
+def test_bad_window_settings_are_a_usage_error_before_any_work(tmp_path, capsys, command):
+    args = (["--checkpoint", str(tmp_path / "m.pt"), "--src", str(tmp_path)] if command == "infer"
+            else ["--data", str(tmp_path)])
+    rc = main([command, *args, "--out", str(tmp_path / "out"), "--roi", "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"segbench {command}: --roi 0: a window edge is at least 1 voxel"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_a_device_this_machine_lacks_is_one_clear_error(tmp_path, capsys):
     _save_checkpoint(tmp_path / "m.pt", _tiny_unet(0))
