@@ -3,8 +3,10 @@
 `mb_per_s` counts the bytes of the batches delivered (float32 image, int64 label);
 `stored_mb_per_s` the bytes the loader's storage format holds for the samples read.
 
-Times the wait for each batch in the consuming process after the first batch (worker start-up
-and the first reads, reported as `first_step_s`) and a warm-up. `s_per_iter` summarizes the
+Times the wait for each batch in the consuming process until it is on the case's device (a CPU
+batch's host-to-device copy included, as the device-augmenting loaders' time includes theirs),
+after the first batch (worker start-up and the first reads, reported as `first_step_s`) and a
+warm-up. `s_per_iter` summarizes the
 per-batch waits (median, p20, p80); `samples_per_s` is the steady rate over the measured
 batches, total samples / total time = batch / `mean_s_per_batch` (workers deliver in bursts,
 so the median wait alone would flatter them).
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+
+import torch
 
 from bench.loaders import LOADERS, LoaderRequest, endless, labelled_ids, storage_fields
 from bench.measure import peak_memory, reset_peak_memory, sync_stream
@@ -67,10 +71,17 @@ def batch_bytes(batch: dict) -> int:
     return sum(v.numel() * v.element_size() for v in batch.values() if hasattr(v, "numel"))
 
 
-def _timed_next(it: Iterator[dict]) -> Callable[[], tuple[float, dict]]:
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A batch on `device`: the CPU-augmenting loaders' batches get the copy training gives them,
+    so every row times delivery to where the step runs (the device loaders' time includes it)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def _timed_next(it: Iterator[dict], device: torch.device) -> Callable[[], tuple[float, dict]]:
     def take() -> tuple[float, dict]:
         start = time.perf_counter()
-        batch = next(it)
+        batch = to_device(next(it), device)
         wait_ready(batch)
         return time.perf_counter() - start, batch
 
@@ -81,7 +92,7 @@ def make_step(case: Case):
     device = torch_device(case.device)
     p = case.params
     it, _ = loader_for(case, p.batch, p.workers, p.patch, p.train)
-    return (lambda: next(it)), device
+    return (lambda: to_device(next(it), device)), device
 
 
 def run(case: Case) -> dict:
@@ -89,7 +100,7 @@ def run(case: Case) -> dict:
     apply_backend(case.config, device)
     p, m = case.params, case.measure
     it, row = loader_for(case, p.batch, p.workers, p.patch, p.train)
-    take = _timed_next(it)
+    take = _timed_next(it, device)
     row["first_step_s"], first = take()
     row["sample_shape"] = list(first["image"].shape[1:])
     row["warmup_batches"] = start_up_batches(m.warmup, row["workers"])

@@ -97,3 +97,14 @@ def test_suites_compare_the_storage_formats_and_feed_the_unet_from_the_gpu():
     full = {v for w in load_suite("dataloader").workloads for v in w.variants}
     for name in ("pt32-cpu-aug", "compact-cpu-aug", "mmap-cpu-aug", "compact", "mmap", "gpu-resident"):
         assert any(f"loader:{name}" in v for v in full), name
+
+
+def test_timed_batches_are_delivered_on_the_case_device(prepared, tmp_path):
+    # A CPU-augmenting loader's batch is timed until it is where the step runs, as the device loaders'
+    # are ("meta" stands in for CUDA: the copy is made, nothing waits on it).
+    from bench.workloads.dataloader import _timed_next
+
+    batches = endless(LOADERS["pt32-cpu-aug"].build(_request(prepared, tmp_path)))
+    seconds, batch = _timed_next(batches, torch.device("meta"))()
+    assert seconds >= 0 and batch["image"].is_meta and batch["label"].is_meta
+    assert batch["image"].shape == (2, 4, 8, 8, 8) and len(batch["id"]) == 2
