@@ -127,13 +127,22 @@ def speedups(workload: str, rows: list[dict], out: Path) -> Path | None:
     return _save(fig, out / f"{_slug(workload)}_speedup.png")
 
 
+def matched_consumers(supply: list[dict], demand: list[dict], top: int = 4) -> list[dict]:
+    """The fastest `top` train_step rows whose input has the spatial shape the loaders deliver: a
+    step on 96³ patches consumes samples at another rate than one on whole 128³ volumes."""
+    shapes = {tuple(r["sample_shape"][1:]) for r in supply if r.get("sample_shape")}
+    same = [r for r in demand if tuple(r.get("shape") or ()) in shapes]
+    return sorted(same, key=lambda r: -r["samples_per_s"])[:top]
+
+
 def loader_vs_compute(rows: list[dict], out: Path) -> Path | None:
-    """Loader supply (dataloader rows) against what the model consumes (train_step rows), samples/s."""
+    """Loader supply (dataloader rows) against what the model consumes (train_step rows on samples of
+    the same shape), samples/s."""
     supply = _ok([r for r in rows if r.get("kind") == "dataloader"], "samples_per_s")
-    demand = _ok([r for r in rows if r.get("kind") == "train_step"], "samples_per_s")
+    steps = _ok([r for r in rows if r.get("kind") == "train_step"], "samples_per_s")
+    demand = matched_consumers(supply, steps)
     if not supply or not demand:
         return None
-    demand = sorted(demand, key=lambda r: -r["samples_per_s"])[:4]  # the fastest consumers matter
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(supply) + 2))
     ax.barh(
         [f"{r['workload']}/{r['variant']}" for r in supply],

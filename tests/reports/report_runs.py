@@ -24,6 +24,7 @@ def _step(
         "step_times_s": samples,
         "samples_per_s": 1 / med,
         "peak_bytes": 2**30,
+        "shape": [128, 128, 128],
         "first_step_s": 3 * seconds,
         "mfu": 0.02,
         "parity": {"reference": "fp32", "max_rel_dev": 0.0 if variant == "fp32" else 1e-3},
@@ -89,6 +90,7 @@ def write_run(path: Path, scale: float = 1.0) -> Path:
             "samples_per_s": 33.0,
             "mb_per_s": 1650.0,
             "workers": 8,
+            "sample_shape": [4, 128, 128, 128],
         },
         {
             "suite": "hand",

@@ -32,6 +32,18 @@ def test_report_builds_without_torch(tmp_path):
     assert html.count("data:image/png;base64,") >= 5 and "RuntimeError: x" in html
 
 
+def test_loader_supply_is_compared_with_steps_on_samples_of_its_shape():
+    from reports.figures import matched_consumers
+
+    supply = [{"sample_shape": [4, 128, 128, 128], "samples_per_s": 30.0}]
+    demand = [{"variant": f"v{i}", "shape": shape, "samples_per_s": rate}
+              for i, (shape, rate) in enumerate([([96, 96, 96], 50.0), ([128, 128, 128], 9.0),
+                                                 ([128, 128, 128], 12.0), (None, 99.0)])]
+    assert [r["variant"] for r in matched_consumers(supply, demand)] == ["v2", "v1"]
+    assert matched_consumers(supply, demand, top=1)[0]["variant"] == "v2"
+    assert matched_consumers([{"sample_shape": [4, 64, 64, 64]}], demand) == []
+
+
 def test_table_quotes_paired_and_unpaired_speedups(tmp_path):
     run = write_run(tmp_path / "run")
     table = workload_table([r for r in load_results(run) if r["workload"] == "train_step"]).set_index(
