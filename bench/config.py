@@ -56,6 +56,14 @@ class Measure:
         "category and top kernels in the row and RUN/profiles/<workload>__<variant>/", 0
     )
 
+    def __post_init__(self) -> None:
+        # a median of no steps, or a speedup from empty blocks, would fail only once the case has run
+        least = {"warmup": 0, "iters": 1, "repeats": 1, "block": 1, "parity_steps": 0, "profile_steps": 0}
+        bad = [f"{name} = {getattr(self, name)} (at least {low})" for name, low in least.items()
+               if getattr(self, name) < low]
+        if bad:
+            raise ValueError(", ".join(bad))
+
 
 @dataclass
 class TrainParams:

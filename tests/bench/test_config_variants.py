@@ -69,6 +69,10 @@ def _suite(text: str) -> str:
         ('[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n[[goal]]\ncase = "train_step/fp32"\n',
          "no criterion"),
         ('[[workload]]\nkind = "train_step"\nvariants = ["bf16+inductor:x=1"]\n', "add compile"),
+        ('[measure]\niters = 0\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n',
+         "[measure]: iters = 0 (at least 1)"),
+        ('[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\nmeasure = { repeats = 0, warmup = -1 }\n',
+         "workload 'train_step' [measure]: warmup = -1 (at least 0), repeats = 0 (at least 1)"),
     ],
 )
 def test_bad_suite_files_name_the_file_and_the_problem(text, message):
