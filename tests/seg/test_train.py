@@ -79,20 +79,13 @@ def _log(run: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def test_accumulation_matches_the_larger_batch(data_dir, tmp_path):
+@pytest.mark.parametrize("big, micro, accum", [(2, 1, 2), (4, 3, 2)])
+def test_accumulation_matches_the_larger_batch(data_dir, tmp_path, big, micro, accum):
+    # 4 training cases. Batch 3 x accum 2 is one group of micro-batches of 3 and 1 samples, which must
+    # step like one batch of 4: equal weights per micro-batch would give the lone sample 3x its share.
     # lr 2e-3: see test_train_ddp for why a large lr amplifies summation-order differences.
-    train(_config(data_dir, tmp_path / "big", batch_size=2, accum=1, lr=2e-3))
-    train(_config(data_dir, tmp_path / "acc", batch_size=1, accum=2, lr=2e-3))
-    for a, b in zip(_log(tmp_path / "big"), _log(tmp_path / "acc"), strict=True):
-        for key in ("train_loss", "val_loss", "lr"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-
-
-def test_accumulation_weights_a_short_micro_batch_by_its_samples(data_dir, tmp_path):
-    # 4 training cases: batch 3 x accum 2 is one group of micro-batches of 3 and 1 samples, which
-    # must step like one batch of 4 (equal weights per micro-batch would give the 1 sample 3x its share).
-    train(_config(data_dir, tmp_path / "big", batch_size=4, accum=1, lr=2e-3))
-    train(_config(data_dir, tmp_path / "acc", batch_size=3, accum=2, lr=2e-3))
+    train(_config(data_dir, tmp_path / "big", batch_size=big, accum=1, lr=2e-3))
+    train(_config(data_dir, tmp_path / "acc", batch_size=micro, accum=accum, lr=2e-3))
     for a, b in zip(_log(tmp_path / "big"), _log(tmp_path / "acc"), strict=True):
         for key in ("train_loss", "val_loss", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
