@@ -87,25 +87,27 @@ def pack(src: str | Path, out: str | Path, ids: Sequence[str] | None = None, pro
     stamp = fingerprint(files)
     if is_packed(out):
         old = json.loads((out / INDEX).read_text())
-        if old.get("fingerprint") == stamp and [c["id"] for c in old["cases"]] + [
-            e["id"] for e in old["errors"]
-        ] == ids and old.get("version") == VERSION:
+        # sorted: cases that failed are listed apart, and readers look rows up by id
+        packed = sorted([c["id"] for c in old["cases"]] + [e["id"] for e in old["errors"]])
+        if old.get("fingerprint") == stamp and packed == sorted(ids) and old.get("version") == VERSION:
             return old
     config = json.loads((src / MANIFEST).read_text()).get("config", {}) if (src / MANIFEST).is_file() else {}
 
-    first = load_case(files[0], mmap=True)
-    shape = list(first["image"].shape)
     tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir(parents=True)
     try:
-        images = np.lib.format.open_memmap(tmp / IMAGES, "w+", np.float16, (len(ids), *shape))
-        labels = np.lib.format.open_memmap(tmp / LABELS, "w+", np.uint8, (len(ids), 1, *shape[1:]))
+        images = labels = shape = None  # made once the first readable case gives the shape
         cases, errors = [], []
         bar = tqdm(ids, desc="pack", unit="case", disable=not progress)
         for case_id, path in zip(bar, files, strict=True):
             try:
                 case = load_case(path)
                 image = case["image"]
+                if shape is None:
+                    shape = list(image.shape)
+                    images = np.lib.format.open_memmap(tmp / IMAGES, "w+", np.float16, (len(ids), *shape))
+                    labels = np.lib.format.open_memmap(tmp / LABELS, "w+", np.uint8,
+                                                       (len(ids), 1, *shape[1:]))
                 if list(image.shape) != shape:
                     raise ValueError(f"image shape {list(image.shape)}, the others {shape}")
                 row = len(cases)

@@ -76,16 +76,20 @@ def test_pack_round_trip_and_skip(prepared, tmp_path, capsys):
     assert not list(tmp_path.glob(".packed*"))  # no temporary folder left behind
 
 
-def test_pack_reports_a_bad_case_and_packs_the_others(tmp_path, capsys):
+@pytest.mark.parametrize("bad", ["Case_000", "Case_001"])  # the first case, too, gives no shape
+def test_pack_reports_a_bad_case_and_packs_the_others(tmp_path, capsys, bad):
     src = write_prepared(tmp_path / "src", ids=IDS[:3])
-    (src / "Case_001.pt").write_bytes(b"truncated")
+    (src / f"{bad}.pt").write_bytes(b"truncated")
     index = mmap_store.pack(src, tmp_path / "out", progress=False)
-    assert [c["id"] for c in index["cases"]] == ["Case_000", "Case_002"]
-    assert [e["id"] for e in index["errors"]] == ["Case_001"]
+    assert [c["id"] for c in index["cases"]] == [i for i in IDS[:3] if i != bad]
+    assert [e["id"] for e in index["errors"]] == [bad] and index["shape"] == [4, 10, 10, 10]
     err = capsys.readouterr().err
-    assert "Case_001.pt: cannot pack prepared case" in err and err.count("\n") == 1
+    assert f"{bad}.pt: cannot pack prepared case" in err and err.count("\n") == 1
     index_path = tmp_path / "out" / "index.json"
-    assert open_reader(tmp_path / "out").missing(["Case_001"]) == [f"Case_001 (not in {index_path})"]
+    assert open_reader(tmp_path / "out").missing([bad]) == [f"{bad} (not in {index_path})"]
+    stamp = (tmp_path / "out" / "index.json").stat().st_mtime_ns
+    mmap_store.pack(src, tmp_path / "out", progress=False)  # unchanged source, bad case and all: skipped
+    assert (tmp_path / "out" / "index.json").stat().st_mtime_ns == stamp and not capsys.readouterr().err
 
 
 def test_convert_between_formats_keeps_values(prepared, formats, tmp_path):
