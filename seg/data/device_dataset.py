@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from seg.data.formats import open_reader
+from seg.data.formats import open_reader, split_has_labels
 
 PLACEMENTS = ("device", "pinned", "host")
 READ_THREADS = 4
@@ -119,18 +119,16 @@ class ResidentData:
         missing = reader.missing(ids)
         if missing:
             raise FileNotFoundError(f"{data_dir}: {len(missing)} prepared case(s) missing, e.g. {missing[0]}")
-        labelled = {reader.has_label(i) for i in ids}
-        if len(labelled) > 1:
-            raise ValueError(f"{data_dir}: the split mixes labelled and image-only cases")
+        labelled = split_has_labels(reader, ids, data_dir)
         shape = tuple(reader.read(ids[0])["image"].shape)
         n_voxels = shape[1] * shape[2] * shape[3]
-        nbytes = len(ids) * n_voxels * (2 * shape[0] + (1 if True in labelled else 0))
+        nbytes = len(ids) * n_voxels * (2 * shape[0] + (1 if labelled else 0))
         placement = placement or choose_placement(nbytes, device, fraction)
         if placement not in PLACEMENTS:
             raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
         images = _empty((len(ids), *shape), torch.float16, placement, device)
         labels = None
-        if True in labelled:
+        if labelled:
             labels = _empty((len(ids), 1, *shape[1:]), torch.uint8, placement, device)
         cases = tqdm(_read_ahead(reader, ids), total=len(ids), desc=f"load ({placement})", unit="case",
                      disable=not progress)

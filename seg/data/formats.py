@@ -69,6 +69,17 @@ def open_reader(path: str | Path) -> PtReader | PackedReader:
     return PackedReader(path) if mmap_store.is_packed(path) else PtReader(path)
 
 
+def split_has_labels(reader: PtReader | PackedReader, ids: list[str], where: str | Path) -> bool:
+    """Whether the cases `ids` are labelled; ValueError when some are and some are not (a training
+    transform built for one kind would mishandle the other: labels left unaligned, or a KeyError)."""
+    labelled = {reader.has_label(i) for i in ids}
+    if len(labelled) > 1:
+        unlabelled = [i for i in ids if not reader.has_label(i)]
+        raise ValueError(f"{where}: the split mixes labelled and image-only cases "
+                         f"({len(unlabelled)} without a label, e.g. {unlabelled[0]})")
+    return labelled == {True}
+
+
 def storage_format(path: str | Path) -> str:
     """`mmap` for a packed folder, else the prepared manifest's format (pt32 when it names none)."""
     path = Path(path)

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from seg.data.augment import seed_train_transforms
-from seg.data.formats import open_reader
+from seg.data.formats import open_reader, split_has_labels
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -146,11 +146,9 @@ def build_loader(
     """
     world_size, rank = _replicas(distributed)
     if train:
-        keys = ("image", "label")
         dataset = PreparedDataset(data_dir, ids, transform=None)
-        if dataset.ids and not dataset.reader.has_label(dataset.ids[0]):
-            keys = ("image",)
-        dataset.transform = seed_train_transforms(patch, keys=keys)
+        labelled = split_has_labels(dataset.reader, dataset.ids, data_dir) if dataset.ids else True
+        dataset.transform = seed_train_transforms(patch, keys=("image", "label") if labelled else ("image",))
     else:
         dataset = PreparedDataset(data_dir, ids)
     if pin_memory is None:

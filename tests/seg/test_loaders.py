@@ -115,3 +115,17 @@ def test_validation_loader_keeps_order_without_augmentation(tmp_path):
     assert [b["id"][0] for b in loader] == ids
     image = next(iter(loader))["image"]
     assert torch.equal(image[0], PreparedDataset(tmp_path, ids)[0]["image"])  # no augmentation
+
+
+def test_a_training_split_mixing_labelled_and_image_only_cases_is_refused(tmp_path):
+    # The augmentation is built for one kind; an image-only case first used to leave every label after
+    # it unflipped and uncropped beside its augmented image, with no error.
+    write_prepared(tmp_path, n=3, size=8)
+    save_case(tmp_path / "Case_000.pt", torch.rand(4, 8, 8, 8), None, {"id": "Case_000"})
+    ids = ["Case_000", "Case_001", "Case_002"]
+    for order in (ids, ids[::-1]):
+        with pytest.raises(ValueError, match=r"mixes labelled and image-only cases \(1 without a label, "
+                                             r"e.g. Case_000\)"):
+            build_loader(tmp_path, order, 1, train=True)
+    only_images = build_loader(tmp_path, ["Case_000"], 1, train=True, patch=4)
+    assert next(iter(only_images))["image"].shape == (1, 4, 4, 4, 4)
