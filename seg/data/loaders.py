@@ -110,10 +110,16 @@ class SeededSampler(DistributedSampler):
 
 
 def _seed_worker(worker_id: int) -> None:
-    # The augmentation is reseeded per sample; this seeds anything else a worker might draw from.
+    # SeededSampler's keys reseed the augmentation per sample; this seeds anything else a worker
+    # draws from, and a MONAI transform's own generator for plain int indices (every worker gets a
+    # copy of the same one, so their samples would be augmented alike).
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=worker_seed)
 
 
 def _replicas(distributed: bool) -> tuple[int, int]:

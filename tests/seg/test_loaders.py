@@ -129,3 +129,21 @@ def test_a_training_split_mixing_labelled_and_image_only_cases_is_refused(tmp_pa
             build_loader(tmp_path, order, 1, train=True)
     only_images = build_loader(tmp_path, ["Case_000"], 1, train=True, patch=4)
     assert next(iter(only_images))["image"].shape == (1, 4, 4, 4, 4)
+
+
+def test_workers_augment_plain_indices_differently(tmp_path):
+    # Without SeededSampler's keys the transform draws from its own generator, copied into each worker.
+    from torch.utils.data import DataLoader
+
+    from seg.data.augment import seed_train_transforms
+    from seg.data.loaders import _seed_worker
+
+    image, label = torch.rand(4, 8, 8, 8, generator=torch.Generator().manual_seed(0)), torch.zeros(1, 8, 8, 8)
+    ids = [f"s{i}" for i in range(8)]
+    for case_id in ids:
+        save_case(tmp_path / f"{case_id}.pt", image, label.long(), {"id": case_id})
+    dataset = PreparedDataset(tmp_path, ids, transform=seed_train_transforms(4))
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_init_fn=_seed_worker,
+                        generator=torch.Generator().manual_seed(0))
+    out = [b["image"][0] for b in loader]  # worker 0 reads samples 0, 2, 4, 6; worker 1 the others
+    assert not any(torch.equal(out[2 * k], out[2 * k + 1]) for k in range(4))
