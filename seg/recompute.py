@@ -68,9 +68,10 @@ def match_modules(model: nn.Module, patterns: Iterable[str]) -> list[str]:
 def recompute(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     """Checkpoint the submodules of `model` that `patterns` select, in place; returns their names.
 
-    ValueError when a pattern selects nothing, or a module that is not run through its `forward`
-    (a container such as ModuleList, or a block that seg.swin_fast calls through `forward_tokens`:
-    checkpoint those with the model's own switch, e.g. SwinUNETR use_checkpoint / variant `ckpt`).
+    ValueError when a pattern selects nothing, a module that works in place on its input (an
+    `inplace=True` activation), or a module that is not run through its `forward` (a container such
+    as ModuleList, or a block that seg.swin_fast calls through `forward_tokens`: checkpoint those
+    with the model's own switch, e.g. SwinUNETR use_checkpoint / variant `ckpt`).
     """
     names = match_modules(model, patterns)
     for name in names:
@@ -78,6 +79,9 @@ def recompute(model: nn.Module, patterns: Iterable[str]) -> list[str]:
         if type(module).forward is nn.Module.forward:
             raise ValueError(
                 f"checkpoint modules: {name} ({type(module).__name__}) has no forward of its own")
+        if getattr(module, "inplace", False):  # it would overwrite the input the checkpoint keeps
+            raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) works in place on its "
+                             "input; checkpoint the block around it instead")
         if getattr(module, "fast_entry", None):
             raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) runs through "
                              f"{module.fast_entry}, not forward, on the fast path: use the model's own "

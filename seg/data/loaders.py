@@ -97,8 +97,11 @@ class SeededSampler(DistributedSampler):
     replica count, shard `rank::num_replicas`) that yields `(index, sample_seed)` pairs.
 
     The permutation depends only on (seed, epoch), not on the replica count, so the union of the
-    ranks' k-th batches is the single-process k-th global batch. Works without a process group
-    when `num_replicas` and `rank` are given (1 and 0 for a single process).
+    ranks' k-th batches is the single-process k-th global batch; except where the case count is not
+    a multiple of the replica count: the padding repeats the epoch's first cases, which then appear
+    twice in the last global batch, augmented alike (PyTorch's padding, kept so every rank steps
+    the same number of times). Works without a process group when `num_replicas` and `rank` are
+    given (1 and 0 for a single process).
     """
 
     def __iter__(self) -> Iterator[tuple[int, int]]:

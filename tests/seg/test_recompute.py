@@ -65,6 +65,9 @@ def test_patterns_select_the_outermost_modules_and_bad_ones_are_named():
         recompute(model, ["decoder1"])
     with pytest.raises(ValueError, match="upsamples \\(ModuleList\\) has no forward of its own"):
         recompute(model, ["upsamples"])
+    # backward would fail with "modified by an inplace operation" (DynUNet's LeakyReLUs are in place)
+    with pytest.raises(ValueError, match=r"input_block.lrelu \(LeakyReLU\) works in place on its input"):
+        recompute(model, ["*.lrelu"])
     assert recomputed_modules(model) == []  # a refused call changes nothing
     swin = apply_speed_options(build("swinunetr", preset="paper", feature_size=12), fast=True)
     with pytest.raises(SpeedOptionError, match="runs through forward_tokens.*use_checkpoint"):
