@@ -38,12 +38,13 @@ def _keep(seed, rh, offs_m, start, N, p_drop, BLOCK_M: tl.constexpr, BLOCK_N: tl
 
 @triton.jit
 def _scores(q, K, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, sbh, sbm, scale, seed, H,
-            p_drop, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+            p_drop, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+            PRECISION: tl.constexpr):
     """(masked scores s, keep mask) of a [BLOCK_M, BLOCK_N] tile; s = -inf outside the N×N window."""
     n_ok = offs_n < N
     kt = tl.load(K + r * skr + h * skh + offs_n[None, :] * skn + offs_d[:, None],
                  mask=n_ok[None, :] & (offs_d[:, None] < D), other=0.0)
-    s = tl.dot(q, kt) * scale
+    s = tl.dot(q, kt, input_precision=PRECISION) * scale
     m_ok = offs_m < N
     bias = tl.load(B + h * sbh + offs_m[:, None] * sbm + offs_n[None, :],
                    mask=m_ok[:, None] & n_ok[None, :], other=0.0)
@@ -66,7 +67,8 @@ def _row_head(H):
 def _wattn_fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
                 sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sor, soh, son, sbh, sbm,
                 scale, p_drop, SEED, DROPOUT: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                PRECISION: tl.constexpr):
     seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
     mb = tl.program_id(0)
     r, h, rh = _row_head(H)
@@ -82,7 +84,7 @@ def _wattn_fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
     for start in range(0, N, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         s, keep = _scores(q, K, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, sbh, sbm, scale,
-                          seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N)
+                          seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N, PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row whose keys so far are all masked (-inf bias) has m_new = -inf: exp(-inf - -inf) would
         # be NaN; shifting by 0 instead keeps its p and alpha at 0 until a finite score arrives
@@ -94,7 +96,7 @@ def _wattn_fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
             p = tl.where(keep, p / (1.0 - p_drop), 0.0)
         v = tl.load(V + r * svr + h * svh + offs_n[:, None] * svn + offs_d[None, :],
                     mask=(offs_n[:, None] < N) & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]
     tl.store(O + r * sor + h * soh + offs_m[:, None] * son + offs_d[None, :], acc.to(O.dtype.element_ty),
@@ -105,15 +107,15 @@ def _wattn_fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
 @triton.jit
 def _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, svr, svh,
              svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_N: tl.constexpr):
+             BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """(p with dropout applied, dS) of one tile: dS = P ∘ (dP − delta), the softmax input's gradient."""
     s, keep = _scores(q, K, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, sbh, sbm, scale,
-                      seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N)
+                      seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N, PRECISION)
     p = tl.exp(s - lse[:, None])
     p = tl.where((offs_m < N)[:, None], p, 0.0)
     vt = tl.load(V + r * svr + h * svh + offs_n[None, :] * svn + offs_d[:, None],
                  mask=(offs_n[None, :] < N) & (offs_d[:, None] < D), other=0.0)
-    dp = tl.dot(do, vt)
+    dp = tl.dot(do, vt, input_precision=PRECISION)
     if DROPOUT:
         dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
         p_used = tl.where(keep, p / (1.0 - p_drop), 0.0)
@@ -136,7 +138,8 @@ def _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
 def _wattn_bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
                      sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
                      scale, p_drop, SEED, DROPOUT: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                PRECISION: tl.constexpr):
     seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
     nb = tl.program_id(0)
     r, h, rh = _row_head(H)
@@ -150,9 +153,10 @@ def _wattn_bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
         q, do, lse, delta = _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
                                        sdr, sdh, sdn)
         p_used, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh,
-                              skn, svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N)
-        dv += tl.dot(tl.trans(p_used.to(do.dtype)), do)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+                              skn, svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N,
+                              PRECISION)
+        dv += tl.dot(tl.trans(p_used.to(do.dtype)), do, input_precision=PRECISION)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
     ok = (offs_n < N)[:, None] & (offs_d < D)[None, :]
     out = rh * N * D + offs_n[:, None] * D + offs_d[None, :]  # dK, dV: contiguous (R, H, N, D)
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=ok)
@@ -163,7 +167,8 @@ def _wattn_bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
 def _wattn_bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
                    sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
                    scale, p_drop, SEED, DROPOUT: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                PRECISION: tl.constexpr):
     seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
     mb = tl.program_id(0)
     r, h, rh = _row_head(H)
@@ -175,10 +180,11 @@ def _wattn_bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
     for start in range(0, N, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         _, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn,
-                         svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N)
+                         svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N,
+                         PRECISION)
         k = tl.load(K + r * skr + h * skh + offs_n[:, None] * skn + offs_d[None, :],
                     mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)
-        dq += tl.dot(ds.to(k.dtype), k)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     out = rh * N * D + offs_m[:, None] * D + offs_d[None, :]
     ok = (offs_m < N)[:, None] & (offs_d < D)[None, :]
     tl.store(DQ + out, (dq * scale).to(DQ.dtype.element_ty), mask=ok)
@@ -188,7 +194,8 @@ def _wattn_bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
 def _wattn_bwd_dbias_kernel(Q, K, V, B, DO, LSE, DELTA, PDB, R, H, N, D, rows_per_chunk,
                       sqr, sqh, sqn, skr, skh, skn, svr, svh, svn, sdr, sdh, sdn, sbh, sbm,
                       scale, p_drop, SEED, DROPOUT: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                PRECISION: tl.constexpr):
     seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
     tiles_n = tl.cdiv(N, BLOCK_N)
     mb = tl.program_id(0) // tiles_n
@@ -205,7 +212,8 @@ def _wattn_bwd_dbias_kernel(Q, K, V, B, DO, LSE, DELTA, PDB, R, H, N, D, rows_pe
         q, do, lse, delta = _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
                                        sdr, sdh, sdn)
         _, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn,
-                         svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N)
+                         svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N,
+                         PRECISION)
         acc += ds
     ok = (offs_m < N)[:, None] & (offs_n < N)[None, :]
     tl.store(PDB + (chunk * H + h) * N * N + offs_m[:, None] * N + offs_n[None, :], acc, mask=ok)

@@ -178,7 +178,7 @@ def _check_window_attention(target, arch: int) -> list[str]:
                        ("dq", A._wattn_bwd_dq_kernel), ("dbias", A._wattn_bwd_dbias_kernel)):
         for D in (8, 16):
             for dropout_p in (0.2, 0.0):
-                meta = _meta(kernel, D, dropout_p)
+                meta = _meta(kernel, D, dropout_p, torch.bfloat16)
                 warps = meta.pop("num_warps")
                 signature, attrs = {}, {}
                 for i, p in enumerate(fn.params):

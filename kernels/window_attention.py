@@ -39,9 +39,19 @@ def _block_d(D: int) -> int:
     return max(16, runtime.next_pow2(D))  # tl.dot needs every dim >= 16
 
 
-def _meta(kernel: str, D: int, dropout_p: float) -> dict:
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: float32 inputs multiply in IEEE fp32 unless PyTorch's matmuls may
+    use TF32 (`torch.backends.cuda.matmul.allow_tf32`, off by default), as SDPA's would; Triton's
+    own default is TF32 on sm_80+, which the interpreter never shows (it multiplies in fp32)."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"  # has no effect on half-precision inputs
+
+
+def _meta(kernel: str, D: int, dropout_p: float, dtype: torch.dtype) -> dict:
     block_m, block_n, warps = CONFIGS[kernel]
-    return dict(DROPOUT=dropout_p > 0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_d(D), num_warps=warps)
+    return dict(DROPOUT=dropout_p > 0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_d(D),
+                PRECISION=dot_precision(dtype), num_warps=warps)
 
 
 def _strides(t: Tensor) -> tuple[int, int, int]:
@@ -77,7 +87,7 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, sca
     R, H, N, D = q.shape
     out = runtime.empty(R, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
     lse = runtime.empty(R, H, N, device=q.device, dtype=torch.float32)
-    meta = _meta("fwd", D, dropout_p)
+    meta = _meta("fwd", D, dropout_p, q.dtype)
     K._wattn_fwd_kernel[(runtime.cdiv(N, meta["BLOCK_M"]), R * H)](
         q, k, v, bias, out, lse, *_launch_args(q, k, v), *_strides(out), bias.stride(0), bias.stride(1),
         scale, dropout_p, seed, **meta)
@@ -103,15 +113,15 @@ def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Te
     dq, dk, dv = (runtime.empty(R, H, N, D, device=q.device, dtype=q.dtype) for _ in range(3))
     common = (*_launch_args(q, k, v), *_strides(dout), bias.stride(0), bias.stride(1), scale,
               dropout_p, seed)
-    meta = _meta("dkdv", D, dropout_p)
+    meta = _meta("dkdv", D, dropout_p, q.dtype)
     K._wattn_bwd_dkdv_kernel[(runtime.cdiv(N, meta["BLOCK_N"]), R * H)](
         q, k, v, bias, dout, lse, delta, dk, dv, *common, **meta)
-    meta = _meta("dq", D, dropout_p)
+    meta = _meta("dq", D, dropout_p, q.dtype)
     K._wattn_bwd_dq_kernel[(runtime.cdiv(N, meta["BLOCK_M"]), R * H)](
         q, k, v, bias, dout, lse, delta, dq, *common, **meta)
     dbias = q.new_empty(0)
     if want_dbias:
-        meta = _meta("dbias", D, dropout_p)
+        meta = _meta("dbias", D, dropout_p, q.dtype)
         tiles = runtime.cdiv(N, meta["BLOCK_M"]) * runtime.cdiv(N, meta["BLOCK_N"])
         chunks = max(1, min(R, _DBIAS_PROGRAMS_PER_SM * runtime.sm_count(q.device) // max(tiles * H, 1)))
         rows_per_chunk = runtime.cdiv(R, chunks)

@@ -37,6 +37,41 @@ def triton_interpreter(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
+def _round_to_tf32(x):
+    """float32 array rounded to TF32's 10 mantissa bits (to nearest, ties away), as tensor cores read it."""
+    import numpy as np
+
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def tf32_like_the_gpu(monkeypatch):
+    """The interpreter multiplies a float32 tl.dot exactly, where a compiled kernel on sm_80+ rounds
+    its inputs to TF32 unless told `input_precision="ieee"`; this makes the interpreter do the same, so
+    a float32 parity test here fails as it would on the GPU. On CUDA: PyTorch's own TF32 switches off
+    (cuDNN's is on by default), so the references are fp32 too."""
+    if CUDA:
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        return
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    import triton.language as tl
+
+    plain = interpreter.InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if a.dtype.scalar == tl.float32 and "IEEE" not in str(input_precision).upper():
+            a = interpreter.TensorHandle(_round_to_tf32(a.data), a.dtype.scalar)
+            b = interpreter.TensorHandle(_round_to_tf32(b.data), b.dtype.scalar)
+        return plain(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
+
+
 @pytest.fixture
 def device() -> torch.device:
     return torch.device("cuda" if CUDA else "cpu")

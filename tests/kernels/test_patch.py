@@ -38,7 +38,7 @@ def _check_patched_training(model, x, *kinds: str):
     expected = [n for n, m in model.named_modules() if type(m).__name__ in kinds and has_norm(m)]
     assert expected
     torch.manual_seed(0)
-    target = torch.randint(0, 4, (x.shape[0], *x.shape[2:]))
+    target = torch.randint(0, 4, (x.shape[0], *x.shape[2:]), device=x.device)
     state = copy.deepcopy(model.state_dict())
     loss_ref, grads_ref = _loss_and_grads(model, x, target)
 

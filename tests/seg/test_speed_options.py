@@ -173,16 +173,16 @@ def test_fused_norm_unchecked_patches_where_triton_cannot_run(monkeypatch):
 
 def test_inductor_options_are_typed_by_the_option_and_checked():
     items = ["triton.mix_order_reduction=0", "coordinate_descent_tuning = on",
-             "max_autotune_gemm_backends=ATEN,TRITON", "triton.mix_order_reduction_max_reads=4"]
+             "max_autotune_gemm_backends=ATEN,TRITON", "triton.mix_order_reduction_initial_xblock=4"]
     assert inductor_options(items) == {
         "triton.mix_order_reduction": False, "coordinate_descent_tuning": True,
-        "max_autotune_gemm_backends": "ATEN,TRITON", "triton.mix_order_reduction_max_reads": 4}
+        "max_autotune_gemm_backends": "ATEN,TRITON", "triton.mix_order_reduction_initial_xblock": 4}
     with pytest.raises(SpeedOptionError, match="no such option; did you mean triton.mix_order_reduction"):
         inductor_options(["mix_order_reduction=0"])
     with pytest.raises(SpeedOptionError, match="is a bool: give 1/0"):
         inductor_options(["triton.mix_order_reduction=maybe"])
     with pytest.raises(SpeedOptionError, match="is an int, not '2.5'"):
-        inductor_options(["triton.mix_order_reduction_max_reads=2.5"])
+        inductor_options(["triton.mix_order_reduction_initial_xblock=2.5"])
     with pytest.raises(SpeedOptionError, match="write NAME=VALUE"):
         inductor_options(["triton.mix_order_reduction"])
 
