@@ -92,16 +92,18 @@ def check_parity(size: int, feature: int, device: str = "cuda") -> dict:
     x = torch.randn(1, 4, size, size, size, device=device)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    with torch.no_grad():
-        ref = stock(x)
+    try:  # restored whatever happens: main() goes on to the timed checks after a failure here
+        with torch.no_grad():
+            ref = stock(x)
 
-        def rel(y: torch.Tensor) -> float:
-            return ((y.float() - ref).norm() / ref.norm()).item()
+            def rel(y: torch.Tensor) -> float:
+                return ((y.float() - ref).norm() / ref.norm()).item()
 
-        fp32 = rel(fast(x))
-        with autocast("bf16", torch.device(device).type):
-            bf16_fast, bf16_stock = rel(fast(x)), rel(stock(x))
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+            fp32 = rel(fast(x))
+            with autocast("bf16", torch.device(device).type):
+                bf16_fast, bf16_stock = rel(fast(x)), rel(stock(x))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return {
         "fast_fp32_vs_stock_fp32": fp32,
         "fast_bf16_vs_stock_fp32": bf16_fast,
