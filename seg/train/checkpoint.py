@@ -91,6 +91,26 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> Path:
     return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
+def settle_best(run: Path, last_epoch: int) -> None:
+    """Finish or undo an epoch's checkpoint writes cut by a crash (see `seg.train.loop._write_epoch`:
+    best.next.pt, then last.pt, then best.next.pt renamed to best.pt). A best.next.pt of last.pt's epoch
+    was complete: it becomes best.pt. One of a later epoch belongs to the epoch the resume replays: it
+    is dropped, so best.pt never holds weights the log and last.pt do not know of."""
+    pending = run / BEST_NEXT
+    if not pending.exists():
+        return
+    try:
+        epoch = torch.load(pending, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    except Exception:  # cut while written (atomic_write makes that unlikely): nothing to keep
+        epoch = None
+    if epoch == last_epoch:
+        pending.replace(run / "best.pt")
+    else:
+        pending.unlink()
+
+
+BEST_NEXT = "best.next.pt"
+
 # What `seg.infer` needs to rebuild a model; a resumable training checkpoint also has "epoch".
 MODEL_KEYS = ("model", "model_name", "model_options")
 

@@ -108,6 +108,8 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
                 f"{last_path} exists: pass --resume to continue that run, or pick another --out"
             )
         state = ckpt.load_checkpoint(last_path)
+        if layout.is_main:
+            ckpt.settle_best(out, state["epoch"])
     elif cfg.resume and layout.is_main:
         tqdm.write(f"{last_path} not found: starting from scratch")
     if device.type == "cuda":
@@ -303,10 +305,13 @@ def _write_epoch(
             "best_epoch": best_epoch,
             "prep": prep,
         }
-        # last.pt goes last: a crash before it replays this epoch, which rewrites best.pt and the
-        # log row identically (the log keeps rows up to last.pt's epoch on resume).
+        # last.pt marks the epoch done: a crash before it replays the epoch (the log keeps rows up to
+        # last.pt's epoch on resume). The new best goes to best.next.pt first and becomes best.pt only
+        # after last.pt, so best.pt never runs ahead of last.pt (ckpt.settle_best on resume).
         if improved:
-            ckpt.save_checkpoint(out / "best.pt", state)
+            ckpt.save_checkpoint(out / ckpt.BEST_NEXT, state)
         write_log(out / "log.csv", rows)
         ckpt.save_checkpoint(out / "last.pt", state)
+        if improved:
+            (out / ckpt.BEST_NEXT).replace(out / "best.pt")
     plot_curves(out / "log.csv", out / "curves.png")

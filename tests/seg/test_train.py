@@ -91,6 +91,47 @@ def test_accumulation_matches_the_larger_batch(data_dir, tmp_path, big, micro, a
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 
 
+def test_a_crash_between_checkpoint_writes_never_leaves_best_ahead_of_last(data_dir, tmp_path, monkeypatch):
+    import itertools
+
+    from seg.train import loop
+
+    dice = itertools.count(1)  # every epoch improves, so every epoch writes a new best
+    real_validate, real_save = loop.validate, loop.ckpt.save_checkpoint
+    monkeypatch.setattr(loop, "validate",
+                        lambda *a, **k: {**real_validate(*a, **k), "val_dice": next(dice) / 10})
+    out = tmp_path / "run"
+
+    def crash_before_last(path, state):  # epoch 2's best is written, its last.pt is not
+        if Path(path).name == "last.pt" and state["epoch"] == 2:
+            raise RuntimeError("simulated crash")
+        return real_save(path, state)
+
+    monkeypatch.setattr(loop.ckpt, "save_checkpoint", crash_before_last)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(_config(data_dir, out, epochs=2, max_steps_per_epoch=1))
+    assert (out / "best.next.pt").exists() and load_checkpoint(out / "best.pt")["epoch"] == 1
+    monkeypatch.setattr(loop.ckpt, "save_checkpoint", real_save)
+    train(_config(data_dir, out, epochs=1, max_steps_per_epoch=1, resume=True))  # resumes, trains nothing
+    assert not (out / "best.next.pt").exists() and load_checkpoint(out / "best.pt")["epoch"] == 1
+
+    real_replace = Path.replace
+
+    def crash_before_rename(self, target):  # epoch 2's best and last.pt are written, the rename is not
+        if self.name == "best.next.pt":
+            raise RuntimeError("simulated crash")
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", crash_before_rename)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(_config(data_dir, out, epochs=2, max_steps_per_epoch=1, resume=True))
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2 and load_checkpoint(out / "best.pt")["epoch"] == 1
+    monkeypatch.setattr(Path, "replace", real_replace)
+    summary = train(_config(data_dir, out, epochs=2, max_steps_per_epoch=1, resume=True))
+    assert not (out / "best.next.pt").exists() and load_checkpoint(out / "best.pt")["epoch"] == 2
+    assert summary["best_epoch"] == 2
+
+
 def test_patch_training_and_bf16(data_dir, tmp_path):
     summary = train(_config(data_dir, tmp_path / "patch", epochs=1, patch=8, precision="bf16"))
     assert 0.0 <= summary["final_dice"] <= 1.0
