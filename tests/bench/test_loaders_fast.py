@@ -56,12 +56,22 @@ def test_every_loader_yields_training_batches(prepared, tmp_path_factory, name):
         assert not list(prepared.parent.glob(f"*.{fmt}"))
 
 
-def test_the_seed_variant_is_the_default_pipeline(prepared, tmp_path):
+def test_the_seed_variants_are_the_seed_pipeline_and_the_device_one_replays_it(prepared, tmp_path):
+    from seg.data.loaders import build_loader, endless_batches
+
+    seed = endless_batches(build_loader(prepared, labelled_ids(prepared), 2, train=True, seed=3,
+                                        patch=[8, 8, 8]))
     a = endless(LOADERS["default"].build(_request(prepared, tmp_path)))
     b = endless(LOADERS["pt32-cpu-aug"].build(_request(prepared, tmp_path)))
+    device = endless(LOADERS["pt32"].build(_request(prepared, tmp_path)))  # the same draws, on the device
     for _ in range(3):
-        x, y = next(a), next(b)
-        assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+        ref, x, y, d = next(seed), next(a), next(b), next(device)
+        for got in (x, y):
+            assert torch.equal(got["image"], ref["image"]) and torch.equal(got["label"], ref["label"])
+        assert d["id"] == ref["id"] and torch.equal(d["label"], ref["label"])
+        # same crops, flips and rotations, only the noise values differ (drawn on the device): at most
+        # ~0.11 mean |difference| from noise, ~0.33 from uniform voxels put in the wrong place
+        assert ((d["image"] - ref["image"]).abs().mean(dim=(1, 2, 3, 4)) < 0.2).all()
 
 
 def test_storage_fields_name_the_bytes_read(prepared):
@@ -108,3 +118,27 @@ def test_timed_batches_are_delivered_on_the_case_device(prepared, tmp_path):
     seconds, batch = _timed_next(batches, torch.device("meta"))()
     assert seconds >= 0 and batch["image"].is_meta and batch["label"].is_meta
     assert batch["image"].shape == (2, 4, 8, 8, 8) and len(batch["id"]) == 2
+
+
+@pytest.mark.parametrize("wait_s, compute_s, verdict",
+                         [(0.05, 0.15, "input-bound"), (0.01, 0.19, "compute-bound")])
+def test_train_e2e_verdict_follows_the_share_of_time_spent_waiting(monkeypatch, wait_s, compute_s, verdict):
+    # the step's (wait, compute, samples) stubbed: the row's arithmetic, not this machine's timing
+    from bench.config import E2EParams
+    from bench.workloads import train_e2e
+    from bench.workloads.common import Case
+
+    def setup(case):
+        fields = {"workers": 2, "_shape": [8, 8, 8], "_cpu_bf16_workaround": False}
+        return (lambda: (wait_s, compute_s, 2)), torch.device("cpu"), fields
+
+    monkeypatch.setattr(train_e2e, "_setup", setup)
+    case = Case(suite="t", workload="e2e", kind="train_e2e", variant="fp32", device="cpu",
+                params=E2EParams(batch=2), config=resolve("fp32", VariantContext("train_e2e", "unet", "cpu")),
+                measure=Measure(warmup=0, iters=4))
+    row = train_e2e.run(case)
+    assert row["wait_fraction"] == pytest.approx(wait_s / (wait_s + compute_s))
+    assert row["verdict"] == verdict and train_e2e.INPUT_BOUND_SHARE == 0.10
+    assert row["samples_per_s"] == pytest.approx(2 / (wait_s + compute_s))
+    assert row["compute_samples_per_s"] == pytest.approx(2 / compute_s)
+    assert row["warmup_steps"] == 6 and row["data_wait_s"]["n"] == 4  # 2 x workers + 2 before timing
