@@ -64,7 +64,7 @@ def make_step(impl: str, shape: tuple[int, ...], dtype: torch.dtype | str, layou
         return lambda: fn(x, w, b)
     x.requires_grad_(True)
     y = fn(x, w, b)
-    dy = torch.randn_like(y)
+    dy = torch.empty_like(y).copy_(torch.randn(y.shape, generator=gen))  # y's layout, drawn like x
     return lambda: torch.autograd.grad(y, (x, w, b), dy, retain_graph=True)
 
 

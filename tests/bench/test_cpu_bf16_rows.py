@@ -1,5 +1,6 @@
 """Harness rows say when a bf16 CPU step ran with oneDNN off (seg.cpu_bf16's workaround)."""
 
+import pytest
 import torch
 
 from bench.config import TrainParams
@@ -8,13 +9,14 @@ from bench.workloads.common import TrainState, initial_state
 from seg import cpu_bf16
 
 
-def test_train_state_reports_the_workaround_by_shape_and_precision():
+@pytest.mark.parametrize("bug", [True, False])  # both answers of the probe, whatever this CPU's is
+def test_train_state_reports_the_workaround_by_shape_and_precision(monkeypatch, bug):
+    monkeypatch.setattr(cpu_bf16, "conv3d_weight_grad_ok", lambda: not bug)
     options = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 2}
     params = TrainParams(model="unet", model_options=options, shape=[8, 8, 8])
     init = initial_state("unet", options, 0)
     bf16 = TrainState(params, CaseConfig(precision="bf16"), torch.device("cpu"), init)
     fp32 = TrainState(params, CaseConfig(precision="fp32"), torch.device("cpu"), init)
-    bug = not cpu_bf16.conv3d_weight_grad_ok()
     assert bf16.cpu_bf16_workaround(torch.zeros(1, 4, 8, 8, 8)) == bug  # 8 -> 4 -> 2: a 2³ bottleneck
     assert not bf16.cpu_bf16_workaround(torch.zeros(1, 4, 16, 16, 16))  # deepest map 4³
     assert not fp32.cpu_bf16_workaround(torch.zeros(1, 4, 8, 8, 8))

@@ -1,6 +1,7 @@
 """End to end on the CPU: `segbench bench` over a tiny suite with injected failures."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,12 @@ def test_rows_carry_the_contract_fields(run):
     assert step["s_per_iter"]["p20"] <= step["s_per_iter"]["median"] <= step["s_per_iter"]["p80"]
     for key in ("samples_per_s", "voxels_per_s", "peak_bytes", "first_step_s", "flops_per_step", "mfu"):
         assert step[key] > 0, key
+    # the derived rates reconcile with the median step and the calibration they are made of
+    median, env = step["s_per_iter"]["median"], json.loads((run / "env.json").read_text())
+    assert step["samples_per_s"] == pytest.approx(step["batch"] / median)
+    assert step["voxels_per_s"] == pytest.approx(step["samples_per_s"] * math.prod(step["shape"]))
+    matmul_rate = env["calibration"]["matmul_flops_per_s"]
+    assert step["mfu"] == pytest.approx(step["flops_per_step"] / median / matmul_rate)
     assert step["parity"]["reference"] == "fp32" and step["parity"]["max_rel_dev"] < 0.05
     assert r[("train_step", "fp32")]["parity"]["max_rel_dev"] == 0.0  # same weights, batches, math
     assert step["paired"]["baseline"] == "fp32" and step["paired"]["speedup"]["ratio"] > 0

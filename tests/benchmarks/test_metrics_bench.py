@@ -55,4 +55,8 @@ def test_bench_hd95_128(benchmark, case_pair):
 def test_bench_region_dice_torch_128(benchmark, case_pair):
     pred, ref = (torch.from_numpy(a.astype(np.int64))[None, None] for a in case_pair)
     result = benchmark(metrics.region_dice, pred, ref)
-    assert result.shape == (1, 3) and bool(((result > 0.5) & (result < 1.0)).all())
+    # the batched torch Dice (validation's) equals the per-case numpy one (evaluation's), region by region
+    masks = [metrics.region_masks(a, "prepared") for a in case_pair]
+    expected = [metrics.dice(masks[0][r], masks[1][r]) for r in metrics.REGIONS]
+    assert result.shape == (1, 3) and result[0].tolist() == pytest.approx(expected, rel=1e-6)
+    assert bool(((result > 0.5) & (result < 1.0)).all())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -95,6 +96,14 @@ def test_other_intensity_modes_stay_in_unit_range(synth_small, intensity):
         assert float(img[:, 0, 0, 0].abs().max()) == 0.0
         brain = img[0] > 0
         assert 0.35 < float(img[0][brain].median()) < 0.65
+    if intensity == "window":  # raw / 3000, where min-max would be raw / max (background is 0)
+        minmax = prepare_case(case, PrepConfig(size=32))["image"]
+        for c, path in enumerate(case.images):
+            raw_max = float(np.asanyarray(nib.load(str(path)).dataobj).max())
+            inside = minmax[c] > 0.05
+            ratio = img[c][inside] / minmax[c][inside]
+            assert float(ratio.min()) == pytest.approx(raw_max / 3000, rel=1e-3)
+            assert float(ratio.max()) == pytest.approx(raw_max / 3000, rel=1e-3)
 
 
 def test_compact_format_halves_the_image_and_keeps_values(synth_small, tmp_path):

@@ -75,6 +75,10 @@ def test_the_fused_optimizer_step_counts_though_it_returns_nothing():
     with OpTraffic() as mode:
         opt.step()
     per_list = 3 * 1000 * 4
-    # read: params, grads, exp_avg, exp_avg_sq; written: the same four (grads: unscaled in place)
-    assert mode.traffic.by_category_bytes["optimizer"] >= 8 * per_list
+    # read: params, grads, exp_avg, exp_avg_sq; written: the same four (grads: unscaled in place);
+    # plus the 3 float32 step counters, read (and, as the schema may say, written): once each, no more
+    adamw = mode.traffic.by_op_bytes["_fused_adamw_"]
+    assert 8 * per_list + 3 * 4 <= adamw <= 8 * per_list + 2 * 3 * 4
+    # the step counters' += 1 (read and write 3 x 4 bytes) is the optimizer's only other op
+    assert mode.traffic.by_op_bytes == {"_fused_adamw_": adamw, "_foreach_add_": 2 * 3 * 4}
     assert mode.traffic.by_category_ops["optimizer"] >= 1

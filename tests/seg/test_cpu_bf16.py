@@ -38,14 +38,16 @@ def test_two_wide_maps_are_found_by_shape_through_wrappers():
     assert not cpu_bf16.has_two_wide_conv(strided, torch.zeros(1, 4, 4, 4, 4))  # right at 2³
 
 
-def test_only_real_bf16_cpu_steps_are_guarded():
+@pytest.mark.parametrize("bug", [True, False])  # both answers of the probe, whatever this CPU's is
+def test_only_real_bf16_cpu_steps_are_guarded(monkeypatch, bug):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    monkeypatch.setattr(cpu_bf16, "conv3d_weight_grad_ok", lambda: not bug)
     x = torch.zeros(1)
     assert not cpu_bf16.affected("fp32", x) and not cpu_bf16.affected("bf16", torch.zeros(1, device="meta"))
     with FakeTensorMode() as mode:  # footprint estimates emulate CUDA on fake CPU tensors
         assert not cpu_bf16.affected("bf16", mode.from_tensor(x))
-    assert cpu_bf16.affected("bf16", x) == (not cpu_bf16.conv3d_weight_grad_ok())
+    assert cpu_bf16.affected("bf16", x) == bug
 
 
 @pytest.mark.filterwarnings("ignore:this CPU's oneDNN")

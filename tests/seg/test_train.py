@@ -132,9 +132,25 @@ def test_a_crash_between_checkpoint_writes_never_leaves_best_ahead_of_last(data_
     assert summary["best_epoch"] == 2
 
 
-def test_patch_training_and_bf16(data_dir, tmp_path):
+def test_patch_training_and_bf16(data_dir, tmp_path, monkeypatch):
+    seen = []  # what each training forward got: its input's spatial shape and the autocast dtype
+
+    def record(module, inputs):
+        if module.training:
+            autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")
+            seen.append((tuple(inputs[0].shape[2:]), autocast))
+
+    def build(*args, **kwargs):
+        model = models_build(*args, **kwargs)
+        model.register_forward_pre_hook(record)
+        return model
+
+    models_build = models.build
+    monkeypatch.setattr(models, "build", build)
     summary = train(_config(data_dir, tmp_path / "patch", epochs=1, patch=8, precision="bf16"))
     assert 0.0 <= summary["final_dice"] <= 1.0
+    assert seen and set(seen) == {((8, 8, 8), torch.bfloat16)}
+    assert load_checkpoint(tmp_path / "patch" / "last.pt")["config"]["patch"] == 8
     with pytest.raises(ValueError, match="larger than the prepared volumes"):
         train(_config(data_dir, tmp_path / "too_big", patch=32))
 
@@ -201,18 +217,31 @@ def test_trains_on_a_packed_mmap_folder(data_dir, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["prep"]["size"] == 16
 
 
-def test_device_loaders_train_alike_and_checkpoint(data_dir, tmp_path):
-    # The device-augmenting loader (workers read, augmentation batched on the device) and the
-    # resident one (the split held in memory) draw the same samples and augmentations, so the
-    # same seed gives the same curve up to the resident store's fp16 rounding of pt32 images; the
-    # CPU pipeline differs only in the noise values.
-    for loader in ("device", "resident", "cpu"):
-        train(_config(data_dir, tmp_path / loader, epochs=2, loader=loader))
-    device, resident, cpu = (_log(tmp_path / name) for name in ("device", "resident", "cpu"))
+def test_device_loaders_train_alike_and_checkpoint(data_dir, tmp_path, monkeypatch):
+    # The device-augmenting loader (workers read, augmentation batched on the device), the resident
+    # one (the split held in memory) and the CPU pipeline draw the same samples, crops, flips and
+    # rotations for a seed: every step of every epoch gets the same labels (noise touches only
+    # images). Device and resident also give the same curve, up to the resident store's fp16
+    # rounding of pt32 images; the CPU pipeline's noise values are its own.
+    from seg.train import loop
+
+    labels: dict[str, list[torch.Tensor]] = {}
+    forward_backward = loop.recipe.forward_backward
+
+    def recording(model, image, label, *args, **kwargs):
+        labels[current].append(label.clone())
+        return forward_backward(model, image, label, *args, **kwargs)
+
+    monkeypatch.setattr(loop.recipe, "forward_backward", recording)
+    for current in ("device", "resident", "cpu"):
+        labels[current] = []
+        train(_config(data_dir, tmp_path / current, epochs=2, loader=current, patch=8))
+    assert len(labels["cpu"]) == 4  # 2 epochs x 2 batches of 2
+    for name in ("device", "resident"):
+        assert all(torch.equal(a, b) for a, b in zip(labels[name], labels["cpu"], strict=True)), name
+    device, resident = _log(tmp_path / "device"), _log(tmp_path / "resident")
     for a, b in zip(device, resident, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-3)
-    for a, b in zip(device, cpu, strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
     assert load_checkpoint(tmp_path / "resident" / "last.pt")["epoch"] == 2
     with pytest.raises(ValueError, match="loader"):
         _config(data_dir, tmp_path / "bad", loader="gpu")

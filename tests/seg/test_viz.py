@@ -101,6 +101,13 @@ def test_plot_overlay_and_curves(tmp_path):
     _read_png(
         plot_overlay(torch.from_numpy(vol.image), vol.label[None], torch.from_numpy(pred), tmp_path / "o.png")
     )
+    # the prediction is drawn: another prediction, or none, gives another picture of the same slice
+    same = _read_png(plot_overlay(vol.image, vol.label, vol.label, tmp_path / "same.png", slice_index=9))
+    empty = _read_png(plot_overlay(vol.image, vol.label, 0 * vol.label, tmp_path / "empty.png",
+                                   slice_index=9))
+    shifted = _read_png(plot_overlay(vol.image, vol.label, pred, tmp_path / "shift.png", slice_index=9))
+    assert same.shape == empty.shape == shifted.shape
+    assert not np.array_equal(same, empty) and not np.array_equal(same, shifted)
     _read_png(plot_overlay(vol.image, None, pred, tmp_path / "o2.png", slice_index=3))
     log = tmp_path / "run" / "log.csv"
     log.parent.mkdir()
