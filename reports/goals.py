@@ -84,8 +84,10 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
         if dev is None or not math.isfinite(dev):
             add("parity vs reference", f"≤ {goal['max_parity']:g}", str(dev), None if dev is None else False)
         else:
-            add("parity vs reference", f"≤ {goal['max_parity']:g}", f"{dev:.1e}", dev <= goal["max_parity"],
+            what = row["parity"].get("metric") or (
                 f"max relative deviation of the loss over {row['parity'].get('steps', '?')} steps")
+            add("parity vs reference", f"≤ {goal['max_parity']:g}", f"{dev:.1e}", dev <= goal["max_parity"],
+                what)
     return out
 
 

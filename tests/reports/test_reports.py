@@ -174,6 +174,11 @@ def test_goals_are_checked_per_criterion_with_their_sources(tmp_path):
     records = {r["criterion"]: r for r in check(goal, rows, anchors={"train_step/fail:x": 0.2})}
     assert {r["verdict"] for r in records.values()} == {"met", "NOT met"}
     assert records["s/iter (median)"]["verdict"] == "met" and records["peak memory"]["measured"] == "1.00 GiB"
+    assert records["parity vs reference"]["how"] == "max relative deviation of the loss over ? steps"
+    kernel = [{**rows[-1], "workload": "train_step", "variant": "norm", "parity": {
+        "max_rel_dev": 3e-3, "metric": "relative L2 error of y and dx (the larger)"}}]
+    parity = check({"case": "train_step/norm", "max_parity": 1e-2}, kernel, {})[0]  # a row names its metric
+    assert parity["verdict"] == "met" and parity["how"] == "relative L2 error of y and dx (the larger)"
     seed = records["speedup vs train_step/seed"]  # the paired baseline: the interleaved ratio
     assert seed["measured"] == "1.22×" and "interleaved" in seed["how"] and seed["verdict"] == "met"
     compiled = records["speedup vs train_step/bf16+compile"]  # two medians: ~0.074 / ~0.138
