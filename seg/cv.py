@@ -54,6 +54,7 @@ def evaluate_test(
 
     from seg.data.formats import open_reader
     from seg.infer import ensemble_target, sliding_window_predict
+    from seg.postprocess import small_et_to_core
     from seg.speed import to_input
     from seg.targets import to_labels
 
@@ -77,15 +78,17 @@ def evaluate_test(
         image = to_input(case["image"][None].float().to(dev), cfg.channels_last)
         ref = case["label"][0].numpy()
         spacing = prepared_spacing_mm(case["meta"])
+        voxel_mm3 = float(np.prod(spacing))
         total = None
         for k, model in enumerate(models):
             probs = sliding_window_predict(
                 model, image, roi, cfg.overlap, cfg.sw_batch_size, cfg.mode, cfg.tta, precision, target=target
             )
-            pred = to_labels(probs, target)[0].cpu().numpy()
+            pred, _ = small_et_to_core(to_labels(probs, target)[0].cpu().numpy(), voxel_mm3, cfg.min_et_mm3)
             per_fold[k][case_id] = metrics.evaluate_case(pred, ref, spacing, "prepared")
             total = probs if total is None else total.add_(probs)
         pred = to_labels(total / len(models), target)[0].cpu().numpy()  # the mean: regions threshold it
+        pred, _ = small_et_to_core(pred, voxel_mm3, cfg.min_et_mm3)
         ensemble[case_id] = metrics.evaluate_case(pred, ref, spacing, "prepared")
     return {
         "ensemble": {"cases": ensemble, "mean": metrics.mean_over_cases(ensemble)},

@@ -162,6 +162,10 @@ class InferConfig:
     precision: str = dataclasses.field(
         default="auto", metadata={"help": "fp32, bf16, fp16; auto: bf16 on CUDA"}
     )
+    min_et_mm3: float = dataclasses.field(
+        default=0.0, metadata={"help": "a predicted enhancing tumour smaller than this (mm³) becomes "
+                               "necrotic core (seg.postprocess); 0: off"}
+    )
     # Speed switches (seg.speed): the predictions stay the same up to floating-point rounding.
     compile_mode: str | None = dataclasses.field(
         default=None, metadata={"help": "torch.compile mode for the models (None: eager)"}
@@ -186,6 +190,8 @@ class InferConfig:
             raise ValueError(f"--overlap {self.overlap}: windows overlap by a fraction in [0, 1)")
         if self.sw_batch_size < 1:
             raise ValueError(f"--sw-batch {self.sw_batch_size}: at least 1 window per forward pass")
+        if self.min_et_mm3 < 0:
+            raise ValueError(f"--min-et-mm3 {self.min_et_mm3}: a volume is at least 0")
         if self.mode not in ("gaussian", "constant"):
             raise ValueError(f"--mode {self.mode}: choose gaussian or constant")
 
@@ -248,7 +254,7 @@ def predict_case(
         target=target,
     )
     label = to_labels(probs, target)[0].to("cpu", torch.uint8)
-    return write_prediction(Path(out_dir) / f"{case.id}_pred.nii.gz", label, prepared["meta"])
+    return write_prediction(Path(out_dir) / f"{case.id}_pred.nii.gz", label, prepared["meta"], cfg.min_et_mm3)
 
 
 def infer_folder(

@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         sw_batch_size=args.sw_batch,
         tta=args.tta,
+        min_et_mm3=args.min_et_mm3,
         precision=args.infer_precision,
         # the training switches that speed up inference too (compile is left out: a new graph per
         # fold model for a handful of test volumes costs more than it saves)
@@ -68,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     test.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     test.add_argument("--sw-batch", type=int, default=4, help="windows per forward pass (default 4)")
     test.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations")
+    test.add_argument("--min-et-mm3", type=float, default=0.0, metavar="MM3",
+                      help="a predicted enhancing tumour smaller than this becomes necrotic core (0: off)")
     test.add_argument(
         "--infer-precision",
         choices=("auto", "fp32", "bf16", "fp16"),

@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
         sw_batch_size=args.sw_batch,
         mode=args.mode,
         tta=args.tta,
+        min_et_mm3=args.min_et_mm3,
         precision=args.precision,
         compile_mode=args.compile_mode,
         inductor=tuple(args.inductor),
@@ -57,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--sw-batch", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--mode", choices=("gaussian", "constant"), default="gaussian", help="window blending")
+    p.add_argument("--min-et-mm3", type=float, default=0.0, metavar="MM3",
+                   help="a predicted enhancing tumour smaller than this volume becomes necrotic core "
+                        "(BraTS scores a false ET in a case without one as Dice 0); default 0: off")
     p.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16", "fp16"),

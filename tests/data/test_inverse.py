@@ -47,6 +47,22 @@ def test_write_prediction_lands_on_the_source_grid_in_its_convention(real_prepar
     assert set(np.unique(np.asarray(pred.dataobj)).tolist()) == {0, 1, 2, 4}
 
 
+def test_a_small_enhancing_tumour_is_written_as_core_on_request(real_prepared, tmp_path):
+    from seg.data.inverse import write_prediction
+
+    case, out = real_prepared["BraTS2021_90001"]
+    plain = np.asarray(nib.load(str(write_prediction(tmp_path / "a.nii.gz", out["label"], out["meta"])))
+                       .dataobj)
+    et_mm3 = int((plain == 4).sum())  # 1 mm voxels on this case's grid
+    assert et_mm3 > 0
+    kept = write_prediction(tmp_path / "b.nii.gz", out["label"], out["meta"], min_et_mm3=et_mm3)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(kept)).dataobj), plain)  # not smaller: kept
+    moved = np.asarray(nib.load(str(write_prediction(tmp_path / "c.nii.gz", out["label"], out["meta"],
+                                                      min_et_mm3=et_mm3 + 1))).dataobj)
+    assert not (moved == 4).any() and ((moved == 1) == np.isin(plain, [1, 4])).all()  # TC unchanged
+    assert ((moved == 2) == (plain == 2)).all()
+
+
 def test_inverse_through_oblique_native_grid(shared_data, tmp_path):
     """Native t1/t1ce share one oblique LAS 0.9x0.9x5.5 mm grid: a case built from them goes
     through real reorientation and resampling, and a label drawn on that grid comes back."""

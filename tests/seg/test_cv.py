@@ -143,3 +143,17 @@ def test_cv_trains_folds_and_scores_the_ensemble(data_dir, tmp_path, capsys):
     scored = evaluate_test(ckpts, packed, [case_id, "Case_404"], InferConfig(roi=16, precision="fp32"), "cpu")
     assert _flat(scored["ensemble"]["cases"][case_id]) == pytest.approx(_flat(ensemble))
     assert len(scored["errors"]) == 1 and "Case_404" in scored["errors"][0]
+
+    # With a volume threshold above the ensemble's predicted ET, the ET scores are those of a map
+    # whose ET became core (seg.postprocess), the other regions' scores unchanged.
+    from seg.postprocess import small_et_to_core
+
+    mean = ((probs[0] + probs[1]) / 2).argmax(1)[0].numpy()
+    voxel_mm3, et_voxels = 10.0 * 12.0 * 9.0, int((mean == 3).sum())
+    assert et_voxels > 0, "the check needs a predicted ET"
+    cfg = InferConfig(roi=16, precision="fp32", min_et_mm3=(et_voxels + 1) * voxel_mm3)
+    cut = evaluate_test(ckpts, packed, [case_id], cfg, "cpu")["ensemble"]["cases"][case_id]
+    moved, count = small_et_to_core(mean, voxel_mm3, float("inf"))
+    assert count == et_voxels
+    assert _flat(cut) == pytest.approx(_flat(metrics.evaluate_case(moved, ref, spacing, "prepared")))
+    assert cut["TC"] == ensemble["TC"] and cut["WT"] == ensemble["WT"]
