@@ -42,6 +42,7 @@ TRAIN_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--loader", "loader", {"choices": LOADERS}),
     ("--seed", "seed", {"type": int}),
     ("--patch", "patch", {"type": int}),
+    ("--fg-fraction", "fg_fraction", {"type": float}),
     ("--fold", "fold", {"type": int}),
     ("--device", "device", {}),
     ("--resume", "resume", {"action": "store_true"}),

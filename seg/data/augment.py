@@ -9,6 +9,11 @@ transform, only the image gets noise:
 - RandGaussianNoised on the image, p = 0.2, mean 0, std drawn uniformly from [0, 0.1]
   (MONAI's `sample_std=True`, which the seed ran with).
 
+Foreground oversampling (`fg_fraction` > 0, with a patch; nnU-Net's scheme, off in the seed): the
+crop becomes `RandForegroundCropd`, which with probability `fg_fraction` centres the patch on a
+foreground voxel (label > 0) drawn uniformly, else draws the corner as RandSpatialCropd does; small
+tumours then appear in a steady share of the patches instead of by chance.
+
 Reproducibility: `transform.set_random_state(seed)` makes the whole chain deterministic; the
 loaders call it once per sample with a seed derived from (run seed, epoch, sample index), so a
 sample's augmentation does not depend on the worker, the process count or the resume point.
@@ -17,6 +22,8 @@ sample's augmentation does not depend on the worker, the process count or the re
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import numpy as np
 
 KEYS = ("image", "label")
 ROTATE_AXES = (0, 1)
@@ -38,10 +45,36 @@ def as_patch_size(patch: int | Sequence[int] | None) -> tuple[int, int, int] | N
     return size  # type: ignore[return-value]
 
 
-def seed_train_transforms(patch: int | Sequence[int] | None = None, keys: Sequence[str] = KEYS):
+def uniform_corner(rs: np.random.RandomState, spatial_shape: Sequence[int], size: Sequence[int]):
+    """A patch corner drawn as MONAI's RandSpatialCropd draws it (monai.data.utils.get_random_patch
+    over get_valid_patch_size: the patch clipped to the volume, one randint per axis it fits in)."""
+    pairs = zip(spatial_shape, size, strict=True)
+    return tuple(int(rs.randint(0, d - min(d, p) + 1)) if d > p else 0 for d, p in pairs)
+
+
+def foreground_corner(rs: np.random.RandomState, spatial_shape: Sequence[int], size: Sequence[int],
+                      fg_fraction: float, foreground) -> tuple[int, ...]:
+    """RandForegroundCropd's corner: with probability `fg_fraction` (one `rand()`), the patch centred
+    (then kept inside the volume) on the k-th voxel of `foreground` in C order, k = randint(count);
+    else `uniform_corner`. `foreground`: a boolean [X,Y,Z] tensor or array on any device, or None."""
+    import torch
+
+    if rs.rand() < fg_fraction and foreground is not None:
+        flat = torch.as_tensor(foreground).reshape(-1).nonzero().squeeze(1)
+        if len(flat):
+            index = int(flat[int(rs.randint(len(flat)))])
+            centre = np.unravel_index(index, tuple(spatial_shape))
+            return tuple(int(min(max(c - p // 2, 0), max(d - p, 0)))
+                         for c, d, p in zip(centre, spatial_shape, size, strict=True))
+    return uniform_corner(rs, spatial_shape, size)
+
+
+def seed_train_transforms(patch: int | Sequence[int] | None = None, keys: Sequence[str] = KEYS,
+                          fg_fraction: float = 0.0):
     """The seed's training augmentation as a MONAI `Compose` (see the module docstring).
 
-    `keys` lists the keys present: pass ("image",) for image-only samples.
+    `keys` lists the keys present: pass ("image",) for image-only samples. `fg_fraction` > 0 (with
+    a patch): crops centred on the foreground that often (RandForegroundCropd).
     """
     from monai.transforms import (
         Compose,
@@ -54,7 +87,11 @@ def seed_train_transforms(patch: int | Sequence[int] | None = None, keys: Sequen
     keys = list(keys)
     transforms = []
     size = as_patch_size(patch)
-    if size is not None:
+    if size is not None and fg_fraction > 0:
+        from seg.data.fg_crop import RandForegroundCropd
+
+        transforms.append(RandForegroundCropd(keys=keys, roi_size=size, fg_fraction=fg_fraction))
+    elif size is not None:
         transforms.append(RandSpatialCropd(keys=keys, roi_size=size, random_size=False))
     transforms += [RandFlipd(keys=keys, prob=FLIP_PROB, spatial_axis=axis) for axis in range(3)]
     transforms.append(RandRotate90d(keys=keys, prob=ROTATE_PROB, max_k=3, spatial_axes=ROTATE_AXES))

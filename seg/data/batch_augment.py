@@ -4,7 +4,8 @@ Distribution — and, for the same sample seed, the very draws — of `seg.data.
 CPU, one sample at a time). `draw_batch` replays MONAI's seeding: `Compose.set_random_state(seed)`
 gives each transform, in order, a seed drawn from `RandomState(seed)`, and each transform then
 draws from its own `RandomState`:
-- RandSpatialCropd (only with a patch): corner `randint(0, dim - patch + 1)` per axis;
+- RandSpatialCropd (only with a patch): corner `randint(0, dim - patch + 1)` per axis (or, with
+  foreground oversampling, RandForegroundCropd's draws: seg.data.augment.foreground_corner);
 - RandFlipd, axes 0, 1, 2: `rand() < 0.5` each;
 - RandRotate90d: `k = randint(3) + 1`, then `rand() < 0.5`; plane = spatial axes (0, 1);
 - RandGaussianNoised: `rand() < 0.2`; its inner RandGaussianNoise, seeded alike, draws the same
@@ -26,7 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from seg.data.augment import FLIP_PROB, NOISE_PROB, NOISE_STD, ROTATE_AXES, ROTATE_PROB, as_patch_size
+from seg.data.augment import (
+    FLIP_PROB,
+    NOISE_PROB,
+    NOISE_STD,
+    ROTATE_AXES,
+    ROTATE_PROB,
+    as_patch_size,
+    foreground_corner,
+    uniform_corner,
+)
 
 MAX_SEED = 2**32  # monai.utils.MAX_SEED: Randomizable.set_random_state reduces seeds modulo this
 MAX_K = 3
@@ -56,27 +66,29 @@ class SampleAug:
         return tuple(sorted(flipped)), self.k % 2 == 1
 
 
-def _crop_corner(rs: np.random.RandomState, spatial_shape: Sequence[int], size: Sequence[int]):
-    # monai.data.utils.get_random_patch over get_valid_patch_size (patch clipped to the volume)
-    pairs = zip(spatial_shape, size, strict=True)
-    return tuple(int(rs.randint(0, d - min(d, p) + 1)) if d > p else 0 for d, p in pairs)
-
-
 def draw_batch(
-    sample_seeds: Sequence[int], spatial_shape: Sequence[int], patch: int | Sequence[int] | None = None
+    sample_seeds: Sequence[int], spatial_shape: Sequence[int], patch: int | Sequence[int] | None = None,
+    fg_fraction: float = 0.0, label: torch.Tensor | None = None,
 ) -> list[SampleAug]:
-    """The seed pipeline's draws for each sample seed (see the module docstring)."""
+    """The seed pipeline's draws for each sample seed (see the module docstring). With
+    `fg_fraction` > 0 and a patch, the crops are RandForegroundCropd's (seg.data.fg_crop), drawn
+    from `label` [B,1,*S] (any device; None: no foreground, uniform corners)."""
     size = as_patch_size(patch)
     outer, rs = np.random.RandomState(0), np.random.RandomState(0)  # reseeded: construction is slow
     n_transforms = 3 + 1 + 1 + (size is not None)
     augs = []
-    for seed in sample_seeds:
+    for i, seed in enumerate(sample_seeds):
         outer.seed(int(np.int64(seed) % MAX_SEED))
         seeds = iter([int(outer.randint(MAX_SEED, dtype="uint32")) for _ in range(n_transforms)])
         crop = crop_size = None
         if size is not None:
             rs.seed(next(seeds))
-            crop, crop_size = _crop_corner(rs, spatial_shape, size), patch_shape(spatial_shape, size)
+            if fg_fraction > 0:
+                foreground = None if label is None else label[i, 0] > 0
+                crop = foreground_corner(rs, spatial_shape, size, fg_fraction, foreground)
+            else:
+                crop = uniform_corner(rs, spatial_shape, size)
+            crop_size = patch_shape(spatial_shape, size)
         flips = []
         for _ in range(3):
             rs.seed(next(seeds))

@@ -36,13 +36,13 @@ DEFAULT_PREFETCH = 2
 class _BatchFinisher:
     """What both loaders do to a batch on the device: augment (training) or cast (evaluation)."""
 
-    def __init__(self, device: torch.device, train: bool, patch):
-        self.device, self.train, self.patch = device, train, patch
+    def __init__(self, device: torch.device, train: bool, patch, fg_fraction: float = 0.0):
+        self.device, self.train, self.patch, self.fg_fraction = device, train, patch, fg_fraction
         self.generator = torch.Generator(device=device) if train else None
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None, seeds: Sequence[int], ids) -> dict:
         if self.train:
-            augs = draw_batch(seeds, image.shape[2:], self.patch)
+            augs = draw_batch(seeds, image.shape[2:], self.patch, self.fg_fraction, label)
             image, label = augment_batch(image, label, augs, generator=self.generator)
         else:
             image, label = image.float(), None if label is None else label.long()
@@ -81,11 +81,11 @@ class ResidentLoader(_PrefetchingLoader):
 
     def __init__(self, data: ResidentData, batch_size: int, *, train: bool, device: torch.device | str,
                  seed: int = 0, patch=None, world_size: int = 1, rank: int = 0,
-                 prefetch: int = DEFAULT_PREFETCH):
+                 prefetch: int = DEFAULT_PREFETCH, fg_fraction: float = 0.0):
         self.data, self.batch_size, self.device = data, batch_size, resolve_device(device)
         self.sampler = make_sampler(len(data.ids), train, seed, world_size, rank)
         self.prefetch = prefetch
-        self.finish = _BatchFinisher(self.device, train, patch)
+        self.finish = _BatchFinisher(self.device, train, patch, fg_fraction)
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
@@ -107,14 +107,15 @@ class WorkerLoader(_PrefetchingLoader):
 
     def __init__(self, data_dir: str | Path, ids: Sequence[str], batch_size: int, *, train: bool,
                  device: torch.device | str, seed: int = 0, patch=None, workers: int = 0,
-                 world_size: int = 1, rank: int = 0, prefetch: int = DEFAULT_PREFETCH):
+                 world_size: int = 1, rank: int = 0, prefetch: int = DEFAULT_PREFETCH,
+                 fg_fraction: float = 0.0):
         self.device = resolve_device(device)
         dataset = RawDataset(data_dir, ids)
         self.sampler = make_sampler(len(dataset), train, seed, world_size, rank)
         self.loader = data_loader(dataset, batch_size, self.sampler, workers, seed,
                                   pin_memory=self.device.type == "cuda")
         self.prefetch = prefetch
-        self.finish = _BatchFinisher(self.device, train, patch)
+        self.finish = _BatchFinisher(self.device, train, patch, fg_fraction)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -150,16 +151,18 @@ def build_fast_loader(
     placement: str | None = None,
     prefetch: int = DEFAULT_PREFETCH,
     progress: bool = True,
+    fg_fraction: float = 0.0,
 ) -> ResidentLoader | WorkerLoader:
     """A loader over prepared (pt32/compact) or packed (mmap) cases `ids` whose batches arrive on
     `device` augmented (train) like build_loader's. `resident=True` holds the split in device
     memory (or pinned host memory when it takes more than `fraction` of the free device memory;
-    `placement` forces one), else `workers` DataLoader processes read it. Under DDP
+    `placement` forces one), else `workers` DataLoader processes read it. `fg_fraction`: foreground
+    oversampling of the patches (seg.data.fg_crop), drawn as build_loader's. Under DDP
     (`distributed`) each rank gets its shard of the global order, as with build_loader."""
     world_size, rank = _replicas(distributed)
     device = resolve_device(device)
-    common = dict(train=train, device=device, seed=seed, patch=patch, world_size=world_size, rank=rank,
-                  prefetch=prefetch)
+    common = dict(train=train, device=device, seed=seed, patch=patch, fg_fraction=fg_fraction,
+                  world_size=world_size, rank=rank, prefetch=prefetch)
     if resident:
         # every rank holds the whole split: its shard of the order changes every epoch
         data = ResidentData.load(data_dir, ids, device, fraction=fraction, placement=placement,

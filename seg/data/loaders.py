@@ -144,6 +144,7 @@ def build_loader(
     patch: int | Sequence[int] | None = None,
     distributed: bool = False,
     pin_memory: bool | None = None,
+    fg_fraction: float = 0.0,
 ) -> DataLoader:
     """A DataLoader over prepared cases `ids`.
 
@@ -151,13 +152,15 @@ def build_loader(
     `SeededSampler` (call `loader.sampler.set_epoch(epoch)` each epoch), `batch_size` per process.
     train=False: no augmentation, fixed order; when `distributed`, rank r reads cases r, r+K, ...
     without padding, so reducing sums over ranks counts every case once.
-    `pin_memory` defaults to "CUDA is available". Workers persist across epochs.
+    `pin_memory` defaults to "CUDA is available". Workers persist across epochs. `fg_fraction`: the
+    share of patches centred on the foreground (seg.data.fg_crop; 0, the seed's: uniform crops).
     """
     world_size, rank = _replicas(distributed)
     if train:
         dataset = PreparedDataset(data_dir, ids, transform=None)
         labelled = split_has_labels(dataset.reader, dataset.ids, data_dir) if dataset.ids else True
-        dataset.transform = seed_train_transforms(patch, keys=("image", "label") if labelled else ("image",))
+        dataset.transform = seed_train_transforms(patch, keys=("image", "label") if labelled else ("image",),
+                                                  fg_fraction=fg_fraction)
     else:
         dataset = PreparedDataset(data_dir, ids)
     if pin_memory is None:

@@ -57,6 +57,10 @@ class TrainConfig:
         default=None, metadata=_help("random crop edge for training (validation then uses a sliding "
                                      "window of this size); None trains on full volumes")
     )
+    fg_fraction: float = field(
+        default=0.0, metadata=_help("share of the training patches centred on a foreground voxel "
+                                    "(nnU-Net's oversampling; needs --patch); 0: uniform crops, the seed's")
+    )
     fold: int | None = field(
         default=None, metadata=_help("None: the splits' train/val; k: cross-validation fold k")
     )
@@ -107,6 +111,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.loader not in LOADERS:
             raise ValueError(f"loader {self.loader!r}: choose {', '.join(LOADERS)}")
+        if not 0.0 <= self.fg_fraction <= 1.0:
+            raise ValueError(f"fg_fraction {self.fg_fraction}: a share of the patches, in [0, 1]")
+        if self.fg_fraction > 0 and self.patch is None:
+            raise ValueError("fg_fraction chooses where patches are cropped: give --patch too")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:

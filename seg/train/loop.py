@@ -128,12 +128,13 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         train_loader = build_loader(
             data_dir, train_ids, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed,
             patch=patch, distributed=layout.distributed, pin_memory=device.type == "cuda",
+            fg_fraction=cfg.fg_fraction,
         )
     else:  # same sample order and augmentation draws as the CPU pipeline, batches arrive on `device`
         train_loader = build_fast_loader(
             data_dir, train_ids, cfg.batch_size, train=True, device=device, seed=cfg.seed, patch=patch,
             workers=cfg.workers, resident=cfg.loader == "resident", distributed=layout.distributed,
-            progress=layout.is_main,
+            progress=layout.is_main, fg_fraction=cfg.fg_fraction,
         )
     val_loader = build_loader(
         data_dir, val_ids, 1, train=False, workers=min(cfg.workers, 2),

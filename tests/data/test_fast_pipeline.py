@@ -151,11 +151,15 @@ def test_fast_loaders_give_the_same_samples_whatever_the_storage(formats):
     _same(ref, _epochs(build_fast_loader(formats["compact"], IDS, 2, resident=True, prefetch=0, **kwargs)))
 
 
-def test_fast_loader_matches_the_seed_loader_sample_for_sample(formats):
+@pytest.mark.parametrize("fg_fraction", [0.0, 0.5])
+def test_fast_loader_matches_the_seed_loader_sample_for_sample(formats, fg_fraction):
     # The seed pipeline (MONAI on the CPU) and the batched one agree on the order, the crops, flips
     # and rotations (labels equal) and on the noise-free samples; noise values are each their own.
-    seed_batches = _epochs(build_loader(formats["pt32"], IDS, 2, train=True, seed=4, patch=8))
-    fast = build_fast_loader(formats["mmap"], IDS, 2, train=True, device="cpu", seed=4, patch=8)
+    # With foreground oversampling too: the crop's draws depend on the label, on either side.
+    seed_batches = _epochs(build_loader(formats["pt32"], IDS, 2, train=True, seed=4, patch=8,
+                                        fg_fraction=fg_fraction))
+    fast = build_fast_loader(formats["mmap"], IDS, 2, train=True, device="cpu", seed=4, patch=8,
+                             fg_fraction=fg_fraction)
     fast_batches = _epochs(fast)
     keys = []
     for epoch in (0, 1):

@@ -71,3 +71,44 @@ def test_probabilities_match_the_seed_recipe():
     assert abs(rotated / draws - 0.5) < 0.09
     assert ks == {1, 2, 3}
     assert abs(noisy / draws - 0.2) < 0.07
+
+
+def _blob_sample(shape=(32, 32, 32)) -> dict:
+    # a 3-voxel tumour in a corner: a uniform 8³ crop rarely meets it
+    label = torch.zeros(1, *shape, dtype=torch.int64)
+    label[0, 27:30, 2:5, 28:31] = torch.tensor([1, 2, 3])[None, None, :]
+    image = torch.zeros(4, *shape)
+    image[0] = label[0].float() * 10
+    return {"image": image, "label": label}
+
+
+def test_foreground_oversampling_centres_that_share_of_the_patches_on_the_tumour():
+    import pickle
+
+    sample = _blob_sample()
+    hits = {}
+    for fraction in (0.0, 0.5, 1.0):
+        transform = seed_train_transforms(patch=8, fg_fraction=fraction)
+        outs = [_run(transform, seed, sample) for seed in range(200)]
+        assert all(o["label"].shape == (1, 8, 8, 8) for o in outs)
+        assert all(torch.equal(torch.round(o["image"][0] / 10).long(), o["label"][0]) for o in outs)
+        hits[fraction] = sum(bool((o["label"] > 0).any()) for o in outs) / len(outs)
+    assert hits[1.0] == 1.0  # every patch holds the tumour, a corner one included (kept inside)
+    assert hits[0.0] < 0.1 and 0.4 < hits[0.5] < 0.7
+    transform = seed_train_transforms(patch=8, fg_fraction=0.5)  # DataLoader workers may pickle it
+    again = pickle.loads(pickle.dumps(transform))
+    assert torch.equal(_run(again, 3, sample)["label"], _run(transform, 3, sample)["label"])
+    # no foreground, or no label: the uniform crop
+    empty = {"image": sample["image"], "label": torch.zeros_like(sample["label"])}
+    assert _run(transform, 5, empty)["label"].shape == (1, 8, 8, 8)
+    image_only = seed_train_transforms(patch=8, keys=("image",), fg_fraction=1.0)
+    assert _run(image_only, 5, {"image": sample["image"]})["image"].shape == (4, 8, 8, 8)
+
+
+def test_foreground_oversampling_needs_a_patch_and_a_share():
+    from seg.train import TrainConfig
+
+    with pytest.raises(ValueError, match="give --patch too"):
+        TrainConfig(data_dir="d", out="o", fg_fraction=0.3)
+    with pytest.raises(ValueError, match="fg_fraction 1.5: a share of the patches"):
+        TrainConfig(data_dir="d", out="o", patch=64, fg_fraction=1.5)

@@ -217,7 +217,8 @@ def test_trains_on_a_packed_mmap_folder(data_dir, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["prep"]["size"] == 16
 
 
-def test_device_loaders_train_alike_and_checkpoint(data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fg_fraction", [0.0, 0.5])  # and with foreground oversampling of the patches
+def test_device_loaders_train_alike_and_checkpoint(data_dir, tmp_path, monkeypatch, fg_fraction):
     # The device-augmenting loader (workers read, augmentation batched on the device), the resident
     # one (the split held in memory) and the CPU pipeline draw the same samples, crops, flips and
     # rotations for a seed: every step of every epoch gets the same labels (noise touches only
@@ -235,7 +236,8 @@ def test_device_loaders_train_alike_and_checkpoint(data_dir, tmp_path, monkeypat
     monkeypatch.setattr(loop.recipe, "forward_backward", recording)
     for current in ("device", "resident", "cpu"):
         labels[current] = []
-        train(_config(data_dir, tmp_path / current, epochs=2, loader=current, patch=8))
+        train(_config(data_dir, tmp_path / current, epochs=2, loader=current, patch=8,
+                      fg_fraction=fg_fraction))
     assert len(labels["cpu"]) == 4  # 2 epochs x 2 batches of 2
     for name in ("device", "resident"):
         assert all(torch.equal(a, b) for a, b in zip(labels[name], labels["cpu"], strict=True)), name
