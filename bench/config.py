@@ -58,9 +58,12 @@ class Measure:
 
     def __post_init__(self) -> None:
         # a median of no steps, or a speedup from empty blocks, would fail only once the case has run
-        least = {"warmup": 0, "iters": 1, "repeats": 1, "block": 1, "parity_steps": 0, "profile_steps": 0}
-        bad = [f"{name} = {getattr(self, name)} (at least {low})" for name, low in least.items()
-               if getattr(self, name) < low]
+        least = {"warmup": 0, "iters": 1, "repeats": 1, "block": 1, "parity_steps": 0, "profile_steps": 0,
+                 "seed": None}
+        bad = [f"{name} = {getattr(self, name)!r} (a whole number)" for name in least
+               if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool)]
+        bad += [f"{name} = {getattr(self, name)} (at least {low})" for name, low in least.items()
+                if low is not None and isinstance(getattr(self, name), int) and getattr(self, name) < low]
         if bad:
             raise ValueError(", ".join(bad))
 

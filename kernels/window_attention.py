@@ -39,13 +39,22 @@ def _block_d(D: int) -> int:
     return max(16, runtime.next_pow2(D))  # tl.dot needs every dim >= 16
 
 
-def dot_precision(dtype: torch.dtype) -> str:
+def matmul_tf32() -> bool:
+    """Whether PyTorch's float32 CUDA matmuls may use TF32: the `fp32_precision` switch (torch >= 2.9;
+    reading the legacy `allow_tf32` after it was set raises), else `allow_tf32`. Off by default."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    return precision == "tf32" if precision is not None else bool(matmul.allow_tf32)
+
+
+def dot_precision(dtype: torch.dtype) -> str | None:
     """tl.dot's input precision: float32 inputs multiply in IEEE fp32 unless PyTorch's matmuls may
-    use TF32 (`torch.backends.cuda.matmul.allow_tf32`, off by default), as SDPA's would; Triton's
-    own default is TF32 on sm_80+, which the interpreter never shows (it multiplies in fp32)."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    use TF32 (`matmul_tf32`), as SDPA's would; Triton's own default for them is TF32 on sm_80+,
+    which the interpreter never shows (it multiplies in fp32). Otherwise None: the backend's default
+    (half-precision inputs are exact either way; AMD backends accept no "tf32" on most chips)."""
+    if dtype == torch.float32 and not matmul_tf32():
         return "ieee"
-    return "tf32"  # has no effect on half-precision inputs
+    return None
 
 
 def _meta(kernel: str, D: int, dropout_p: float, dtype: torch.dtype) -> dict:

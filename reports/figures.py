@@ -127,12 +127,20 @@ def speedups(workload: str, rows: list[dict], out: Path) -> Path | None:
     return _save(fig, out / f"{_slug(workload)}_speedup.png")
 
 
-def matched_consumers(supply: list[dict], demand: list[dict], top: int = 4) -> list[dict]:
-    """The fastest `top` train_step rows whose input has the spatial shape the loaders deliver: a
-    step on 96³ patches consumes samples at another rate than one on whole 128³ volumes."""
-    shapes = {tuple(r["sample_shape"][1:]) for r in supply if r.get("sample_shape")}
-    same = [r for r in demand if tuple(r.get("shape") or ()) in shapes]
-    return sorted(same, key=lambda r: -r["samples_per_s"])[:top]
+def matched_consumers(
+    supply: list[dict], demand: list[dict], top: int = 4
+) -> tuple[list[dict], list[dict]]:
+    """(loader rows, the fastest `top` train_step rows) on samples of one spatial shape: a step on 96³
+    patches consumes samples at another rate than one on whole 128³ volumes. The shape is the one
+    most loader rows deliver."""
+    shape_of = {id(r): tuple(r["sample_shape"][1:]) for r in supply if r.get("sample_shape")}
+    if not shape_of:
+        return [], []
+    shapes = list(shape_of.values())
+    shape = max(shapes, key=shapes.count)
+    same = [r for r in demand if tuple(r.get("shape") or ()) == shape]
+    loaders = [r for r in supply if shape_of.get(id(r)) == shape]
+    return loaders, sorted(same, key=lambda r: -r["samples_per_s"])[:top]
 
 
 def loader_vs_compute(rows: list[dict], out: Path) -> Path | None:
@@ -140,7 +148,7 @@ def loader_vs_compute(rows: list[dict], out: Path) -> Path | None:
     the same shape), samples/s."""
     supply = _ok([r for r in rows if r.get("kind") == "dataloader"], "samples_per_s")
     steps = _ok([r for r in rows if r.get("kind") == "train_step"], "samples_per_s")
-    demand = matched_consumers(supply, steps)
+    supply, demand = matched_consumers(supply, steps)
     if not supply or not demand:
         return None
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(supply) + 2))
@@ -158,7 +166,8 @@ def loader_vs_compute(rows: list[dict], out: Path) -> Path | None:
         ax.set_xscale("log")
     ax.invert_yaxis()
     ax.set_xlabel("samples/s")
-    ax.set_title("input pipeline supply vs model consumption")
+    shape = "×".join(map(str, demand[0]["shape"]))
+    ax.set_title(f"input pipeline supply vs model consumption, samples of {shape}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out / "loader_vs_compute.png")
 

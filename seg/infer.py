@@ -190,8 +190,8 @@ class InferConfig:
             raise ValueError(f"--overlap {self.overlap}: windows overlap by a fraction in [0, 1)")
         if self.sw_batch_size < 1:
             raise ValueError(f"--sw-batch {self.sw_batch_size}: at least 1 window per forward pass")
-        if self.min_et_mm3 < 0:
-            raise ValueError(f"--min-et-mm3 {self.min_et_mm3}: a volume is at least 0")
+        if not 0 <= self.min_et_mm3 < float("inf"):  # NaN too: it would remove every ET
+            raise ValueError(f"--min-et-mm3 {self.min_et_mm3}: a volume in mm³, at least 0")
         if self.mode not in ("gaussian", "constant"):
             raise ValueError(f"--mode {self.mode}: choose gaussian or constant")
 

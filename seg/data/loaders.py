@@ -98,10 +98,10 @@ class SeededSampler(DistributedSampler):
 
     The permutation depends only on (seed, epoch), not on the replica count, so the union of the
     ranks' k-th batches is the single-process k-th global batch; except where the case count is not
-    a multiple of the replica count: the padding repeats the epoch's first cases, which then appear
-    twice in the last global batch, augmented alike (PyTorch's padding, kept so every rank steps
-    the same number of times). Works without a process group when `num_replicas` and `rank` are
-    given (1 and 0 for a single process).
+    a multiple of the replica count: the padding repeats the epoch's first cases at its end, so they
+    appear in the first global batch and again, augmented alike, in the last (PyTorch's padding,
+    kept so every rank steps the same number of times). Works without a process group when
+    `num_replicas` and `rank` are given (1 and 0 for a single process).
     """
 
     def __iter__(self) -> Iterator[tuple[int, int]]:

@@ -73,6 +73,8 @@ def _suite(text: str) -> str:
          "[measure]: iters = 0 (at least 1)"),
         ('[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\nmeasure = { repeats = 0, warmup = -1 }\n',
          "workload 'train_step' [measure]: warmup = -1 (at least 0), repeats = 0 (at least 1)"),
+        ('[measure]\niters = "5"\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n',
+         "[measure]: iters = '5' (a whole number)"),
     ],
 )
 def test_bad_suite_files_name_the_file_and_the_problem(text, message):

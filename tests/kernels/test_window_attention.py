@@ -46,6 +46,32 @@ def test_forward_and_gradients_match_the_reference(triton_backend, poisoned, N, 
         assert _rel(t.grad, g) < 1e-5, name
 
 
+@pytest.fixture(params=["fp32_precision", "allow_tf32"])  # torch's new and legacy TF32 switches
+def tf32_matmuls(request):
+    # set and restored by hand: monkeypatch cannot undo cuBLASModule's computed attributes
+    matmul, switch = torch.backends.cuda.matmul, request.param
+    before = getattr(matmul, switch)
+    setattr(matmul, switch, "tf32" if switch == "fp32_precision" else True)
+    yield
+    setattr(matmul, switch, before)
+
+
+def test_float32_takes_tf32_only_when_torch_matmuls_do(triton_backend):
+    assert wa.dot_precision(torch.float32) == "ieee" and wa.dot_precision(torch.bfloat16) is None
+
+
+def test_float32_with_tf32_matmuls_on(triton_backend, tf32_matmuls):
+    assert wa.dot_precision(torch.float32) is None  # the backend's default: TF32 on NVIDIA sm_80+
+    q, k, v, bias = _inputs(3, 2, 20, 8, triton_backend)
+    out = wa.window_attention(q, k, v, bias, 0.0, scale=0.3, seed=1)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    ref, ref_grads = _reference(q, k, v, bias, 0.0, None, grad_out)
+    # TF32 keeps 10 mantissa bits (the interpreter rounds like the GPU here): ~1e-3, not fp32's 1e-7
+    assert 1e-5 < _rel(out, ref) < 5e-3
+    assert all(_rel(t.grad, g) < 5e-3 for t, g in zip((q, k, v, bias), ref_grads, strict=True))
+
+
 def test_bias_gradient_summed_over_chunks_of_rows(triton_backend, monkeypatch):
     # many dbias programs per SM: each takes one or two rows, the host sums the partials
     monkeypatch.setattr(wa, "_DBIAS_PROGRAMS_PER_SM", 64)

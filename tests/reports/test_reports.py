@@ -39,9 +39,14 @@ def test_loader_supply_is_compared_with_steps_on_samples_of_its_shape():
     demand = [{"variant": f"v{i}", "shape": shape, "samples_per_s": rate}
               for i, (shape, rate) in enumerate([([96, 96, 96], 50.0), ([128, 128, 128], 9.0),
                                                  ([128, 128, 128], 12.0), (None, 99.0)])]
-    assert [r["variant"] for r in matched_consumers(supply, demand)] == ["v2", "v1"]
-    assert matched_consumers(supply, demand, top=1)[0]["variant"] == "v2"
-    assert matched_consumers([{"sample_shape": [4, 64, 64, 64]}], demand) == []
+    assert [r["variant"] for r in matched_consumers(supply, demand)[1]] == ["v2", "v1"]
+    assert matched_consumers(supply, demand, top=1)[1][0]["variant"] == "v2"
+    assert matched_consumers([{"sample_shape": [4, 64, 64, 64]}], demand)[1] == []
+    # loaders of two shapes: the shape most of them deliver, its loaders and its consumers only
+    mixed = supply * 2 + [{"sample_shape": [4, 96, 96, 96], "samples_per_s": 80.0}]
+    loaders, consumers = matched_consumers(mixed, demand)
+    assert len(loaders) == 2 and all(r["sample_shape"][1] == 128 for r in loaders)
+    assert [r["variant"] for r in consumers] == ["v2", "v1"]
 
 
 def test_table_quotes_paired_and_unpaired_speedups(tmp_path):

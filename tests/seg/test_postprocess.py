@@ -23,6 +23,7 @@ def test_small_et_becomes_core_and_the_other_regions_stay():
     assert small_et_to_core(np.zeros((2, 2, 2), np.uint8), 1.0, 100.0)[1] == 0  # no ET: nothing to move
 
 
-def test_a_negative_volume_is_refused():
-    with pytest.raises(ValueError, match="--min-et-mm3 -1.0"):
-        InferConfig(min_et_mm3=-1.0)
+@pytest.mark.parametrize("volume", [-1.0, float("nan"), float("inf")])
+def test_a_volume_that_is_not_one_is_refused(volume):
+    with pytest.raises(ValueError, match=f"--min-et-mm3 {volume}: a volume in mm³"):
+        InferConfig(min_et_mm3=volume)
