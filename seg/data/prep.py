@@ -206,6 +206,12 @@ def _previous_ok(out_dir: Path, cfg: PrepConfig) -> dict[str, dict]:
             if e.get("status") == "ok" and (out_dir / e.get("file", "")).is_file()}
 
 
+def _remove_partial_writes(out_dir: Path, case: Case) -> None:
+    """The temporary files (seg.data.store.atomic_write) a killed worker left for `case`."""
+    for tmp in out_dir.glob(f".{case.id}.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _prepare_in_pool(cases: list[Case], cfg: PrepConfig, out_dir: Path, workers: int, threads: int,
                      done) -> list[Case]:
     """Prepare `cases` in a pool of `workers` processes, calling `done(entry)` per case; returns the
@@ -286,14 +292,14 @@ def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int 
             bar.update()
 
         # A worker that dies (the OOM killer, a crash in native code) breaks the whole pool: every case
-        # it still held comes back unprepared. Each is retried alone, so only a case that kills its own
-        # worker fails.
+        # it still held comes back unprepared, and the pool's other workers are killed too, perhaps
+        # mid-write. Each case is retried alone, so only a case that kills its own worker fails.
         for case in _prepare_in_pool(todo, cfg, out_dir, workers, threads, done):
+            _remove_partial_writes(out_dir, case)  # the pool is gone: nobody writes these any more
             for lost in _prepare_in_pool([case], cfg, out_dir, 1, threads, done):
                 folder = lost.images[0].parent
                 msg = f"{folder}: the worker process preparing {lost.id} died (out of memory?); not prepared"
-                for tmp in out_dir.glob(f".{lost.id}.pt.*.tmp"):  # what it was writing when killed
-                    tmp.unlink(missing_ok=True)
+                _remove_partial_writes(out_dir, lost)
                 done({"id": lost.id, "status": "error", "error": msg, "errors": [msg]})
     bar.close()
     manifest["cases"] = sorted(entries.values(), key=lambda e: e["id"])

@@ -206,6 +206,29 @@ def test_a_worker_killed_mid_case_costs_only_that_case(synth_small, tmp_path, mo
     assert not list((tmp_path / "out").glob(f"{killed}*")) and not list((tmp_path / "out").glob(".*.tmp"))
 
 
+def test_a_case_whose_worker_the_broken_pool_killed_mid_write_is_redone_cleanly(synth_small, tmp_path,
+                                                                                 monkeypatch):
+    # When one worker dies the pool kills the others, perhaps inside atomic_write: their temporary
+    # files stay behind unless removed before the case is retried (seen once in a full test run).
+    from seg.data import prep
+
+    real = prep._prepare_in_pool
+    out = tmp_path / "out"
+
+    def pool(cases, cfg, out_dir, workers, threads, done):
+        if len(cases) == 1:
+            return real(cases, cfg, out_dir, workers, threads, done)
+        victim = cases[0]
+        (out_dir / f".{victim.id}.pt.4242.deadbeef.tmp").write_bytes(b"half a case")
+        real(cases[1:], cfg, out_dir, workers, threads, done)
+        return [victim]
+
+    monkeypatch.setattr(prep, "_prepare_in_pool", pool)
+    manifest = prepare_all(synth_small, out, PrepConfig(size=24), workers=2)
+    assert {e["status"] for e in manifest["cases"]} == {"ok"}
+    assert not list(out.glob(".*.tmp"))
+
+
 def test_empty_source_is_an_error(tmp_path, capsys):
     (tmp_path / "src").mkdir()
     assert main(["data", "prep", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 1
