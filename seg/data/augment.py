@@ -9,10 +9,11 @@ transform, only the image gets noise:
 - RandGaussianNoised on the image, p = 0.2, mean 0, std drawn uniformly from [0, 0.1]
   (MONAI's `sample_std=True`, which the seed ran with).
 
-Foreground oversampling (`fg_fraction` > 0, with a patch; nnU-Net's scheme, off in the seed): the
-crop becomes `RandForegroundCropd`, which with probability `fg_fraction` centres the patch on a
-foreground voxel (label > 0) drawn uniformly, else draws the corner as RandSpatialCropd does; small
-tumours then appear in a steady share of the patches instead of by chance.
+Foreground oversampling (`fg_fraction` > 0, with a patch; off in the seed): the crop becomes
+`RandForegroundCropd`, which with probability `fg_fraction` centres the patch on a voxel of a
+foreground class drawn first (nnU-Net draws class, then voxel), else draws the corner as
+RandSpatialCropd does; small tumours and the enhancing ring then appear in a steady share of the
+patches instead of by chance. (nnU-Net also fixes the share per batch; here each sample draws.)
 
 Reproducibility: `transform.set_random_state(seed)` makes the whole chain deterministic; the
 loaders call it once per sample with a seed derived from (run seed, epoch, sample index), so a
@@ -53,17 +54,22 @@ def uniform_corner(rs: np.random.RandomState, spatial_shape: Sequence[int], size
 
 
 def foreground_corner(rs: np.random.RandomState, spatial_shape: Sequence[int], size: Sequence[int],
-                      fg_fraction: float, foreground) -> tuple[int, ...]:
-    """RandForegroundCropd's corner: with probability `fg_fraction` (one `rand()`), the patch centred
-    (then kept inside the volume) on the k-th voxel of `foreground` in C order, k = randint(count);
-    else `uniform_corner`. `foreground`: a boolean [X,Y,Z] tensor or array on any device, or None."""
+                      fg_fraction: float, label) -> tuple[int, ...]:
+    """RandForegroundCropd's corner. With probability `fg_fraction` (one `rand()`): a foreground class
+    present in `label` (sorted, `randint(classes)`), then its k-th voxel in C order (`randint(count)`),
+    and the patch centred on it, kept inside the volume; class first, as nnU-Net samples, so a small
+    enhancing tumour gets its share beside the edema. Else `uniform_corner`. `label`: an integer
+    [X,Y,Z] tensor or array on any device (brought to the host once, only when a class is drawn), or
+    None."""
     import torch
 
-    if rs.rand() < fg_fraction and foreground is not None:
-        flat = torch.as_tensor(foreground).reshape(-1).nonzero().squeeze(1)
-        if len(flat):
-            index = int(flat[int(rs.randint(len(flat)))])
-            centre = np.unravel_index(index, tuple(spatial_shape))
+    if rs.rand() < fg_fraction and label is not None:
+        host = torch.as_tensor(label).cpu()
+        classes = [int(c) for c in torch.unique(host) if c > 0]  # sorted
+        if classes:
+            cls = classes[int(rs.randint(len(classes)))]
+            flat = (host == cls).reshape(-1).nonzero().squeeze(1)
+            centre = np.unravel_index(int(flat[int(rs.randint(len(flat)))]), tuple(host.shape))
             return tuple(int(min(max(c - p // 2, 0), max(d - p, 0)))
                          for c, d, p in zip(centre, spatial_shape, size, strict=True))
     return uniform_corner(rs, spatial_shape, size)

@@ -84,8 +84,8 @@ def draw_batch(
         if size is not None:
             rs.seed(next(seeds))
             if fg_fraction > 0:
-                foreground = None if label is None else label[i, 0] > 0
-                crop = foreground_corner(rs, spatial_shape, size, fg_fraction, foreground)
+                crop = foreground_corner(rs, spatial_shape, size, fg_fraction,
+                                         None if label is None else label[i, 0])
             else:
                 crop = uniform_corner(rs, spatial_shape, size)
             crop_size = patch_shape(spatial_shape, size)

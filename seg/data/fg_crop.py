@@ -1,10 +1,12 @@
-"""`RandForegroundCropd`: nnU-Net's foreground oversampling as a MONAI dictionary transform.
+"""`RandForegroundCropd`: foreground oversampling (as nnU-Net draws it) as a MONAI dictionary transform.
 
-With probability `fg_fraction` the patch is centred (then kept inside the volume) on a foreground
-voxel (label > 0) drawn uniformly; otherwise its corner is drawn as RandSpatialCropd draws it. All
-draws come from the transform's own RandomState (`seg.data.augment.foreground_corner`), so
+With probability `fg_fraction` the patch is centred (then kept inside the volume) on a voxel of a
+foreground class drawn first; otherwise its corner is drawn as RandSpatialCropd draws it. All draws
+come from the transform's own RandomState (`seg.data.augment.foreground_corner`), so
 `Compose.set_random_state` makes them reproducible and seg.data.batch_augment replays them on the
-device. A sample without a label, or without foreground, gets the uniform corner.
+device. A sample without a label, or without foreground, gets the uniform corner. The crop is a
+plain slice: it records no MONAI crop operation, so it cannot be inverted (nothing here inverts
+training crops).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class RandForegroundCropd(Randomizable, MapTransform):
         spatial = tuple(d[self.keys[0]].shape[1:])
         label = d.get(self.label_key)
         corner = foreground_corner(self.R, spatial, self.roi_size, self.fg_fraction,
-                                   None if label is None else label[0] > 0)
+                                   None if label is None else label[0])
         box = (slice(None), *(slice(c, c + min(edge, p))
                               for c, edge, p in zip(corner, spatial, self.roi_size, strict=True)))
         for key in self.key_iterator(d):

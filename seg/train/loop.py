@@ -275,16 +275,20 @@ def _train_epoch(
     return (totals[0] / totals[1]).item(), samples
 
 
+# options that choose which samples (crops) training draws: a resume may change them, but says so
+SAMPLING_FIELDS = ("patch", "fg_fraction", "seed")
+
+
 def _note_speed_changes(last_path: Path, stored: dict, cfg: TrainConfig) -> None:
     """Say when a resumed run's speed switches differ from the checkpoint's (allowed: none of them
-    changes what is computed, e.g. resuming an H100 run without CUDA graphs elsewhere)."""
-    changed = [
-        f"{name} {stored[name]!r} -> {getattr(cfg, name)!r}"
-        for name in SPEED_FIELDS
-        if name in stored and stored[name] != getattr(cfg, name)
-    ]
-    if changed:
-        tqdm.write(f"{last_path} was trained with other speed options; continuing with: {', '.join(changed)}")
+    changes what is computed, e.g. resuming an H100 run without CUDA graphs elsewhere), and when its
+    sampling options do (allowed too, but the run then no longer replays one configuration)."""
+    for fields, what in ((SPEED_FIELDS, "speed options"), (SAMPLING_FIELDS, "sampling options (other samples "
+                                                                         "from here on)")):
+        changed = [f"{name} {stored[name]!r} -> {getattr(cfg, name)!r}"
+                   for name in fields if name in stored and stored[name] != getattr(cfg, name)]
+        if changed:
+            tqdm.write(f"{last_path} was trained with other {what}; continuing with: {', '.join(changed)}")
 
 
 def _write_epoch(

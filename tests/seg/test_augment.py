@@ -105,6 +105,19 @@ def test_foreground_oversampling_centres_that_share_of_the_patches_on_the_tumour
     assert _run(image_only, 5, {"image": sample["image"]})["image"].shape == (4, 8, 8, 8)
 
 
+def test_foreground_oversampling_draws_the_class_first():
+    # a large edema and one enhancing voxel far from it: drawn voxel-first, the enhancing voxel would
+    # be centred once in 1729 draws; class-first (nnU-Net's order), in about a third of them
+    label = torch.zeros(1, 32, 32, 32, dtype=torch.int64)
+    label[0, 2:14, 2:14, 2:14] = 2
+    label[0, 4:6, 4:6, 4:6] = 1
+    label[0, 29, 29, 29] = 3
+    sample = {"image": torch.zeros(4, 32, 32, 32), "label": label}
+    transform = seed_train_transforms(patch=8, fg_fraction=1.0)
+    share = sum(bool((_run(transform, seed, sample)["label"] == 3).any()) for seed in range(300)) / 300
+    assert 0.25 < share < 0.42
+
+
 def test_foreground_oversampling_needs_a_patch_and_a_share():
     from seg.train import TrainConfig
 

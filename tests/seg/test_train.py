@@ -132,6 +132,18 @@ def test_a_crash_between_checkpoint_writes_never_leaves_best_ahead_of_last(data_
     assert summary["best_epoch"] == 2
 
 
+def test_a_resume_names_the_options_it_changes(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(_config(data_dir, out, epochs=1, max_steps_per_epoch=1, patch=8))
+    capsys.readouterr()
+    train(_config(data_dir, out, epochs=2, max_steps_per_epoch=1, patch=8, fg_fraction=0.5,
+                  channels_last=True, resume=True))
+    printed = capsys.readouterr().out
+    assert "other speed options; continuing with: channels_last False -> True" in printed
+    assert ("other sampling options (other samples from here on); continuing with: fg_fraction 0.0 -> 0.5"
+            in printed)
+
+
 def test_patch_training_and_bf16(data_dir, tmp_path, monkeypatch):
     seen = []  # what each training forward got: its input's spatial shape and the autocast dtype
 
