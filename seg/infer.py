@@ -229,11 +229,13 @@ def predict_case(
     cfg: InferConfig | None = None,
     device: str | torch.device = "cpu",
     target: str = "labels",
+    info: dict | None = None,
 ) -> Path:
     """Predict one raw case (`seg.data.cases.Case`) and write `<out_dir>/<case_id>_pred.nii.gz`.
 
     The case is validated and prepared in memory with `prep_cfg` (the training data's), so the
-    model sees what it was trained on; its seg file, if any, is not read.
+    model sees what it was trained on; its seg file, if any, is not read. `info` (when given) gets
+    what post-processing changed (`et_to_core_voxels`).
     """
     from seg.data.cases import validate
     from seg.data.inverse import write_prediction
@@ -254,7 +256,8 @@ def predict_case(
         target=target,
     )
     label = to_labels(probs, target)[0].to("cpu", torch.uint8)
-    return write_prediction(Path(out_dir) / f"{case.id}_pred.nii.gz", label, prepared["meta"], cfg.min_et_mm3)
+    return write_prediction(Path(out_dir) / f"{case.id}_pred.nii.gz", label, prepared["meta"], cfg.min_et_mm3,
+                            info)
 
 
 def infer_folder(
@@ -302,8 +305,11 @@ def infer_folder(
     for case in tqdm(cases, desc="infer", unit="case", disable=None):
         start = time.perf_counter()
         try:
-            path = predict_case(models, case, prep_cfg, out_dir, cfg, dev, target)
+            info: dict = {}
+            path = predict_case(models, case, prep_cfg, out_dir, cfg, dev, target, info)
             row = {"id": case.id, "status": "ok", "file": str(path)}
+            if cfg.min_et_mm3 > 0:  # how often the threshold acts, for tuning it
+                row.update(info)
         except Exception as err:  # one bad case must not stop the others; its reason is kept
             row = {"id": case.id, "status": "error", "error": f"{case.images[0].parent}: {err}"}
             # an earlier run's prediction of this case must not pass for this run's

@@ -53,17 +53,21 @@ def to_convention(labels_0123: np.ndarray, convention: str) -> np.ndarray:
     return labels
 
 
-def write_prediction(path: str | Path, label, meta: dict, min_et_mm3: float = 0.0) -> Path:
+def write_prediction(path: str | Path, label, meta: dict, min_et_mm3: float = 0.0, info: dict | None = None
+                     ) -> Path:
     """`label` (`.pt` space, 0..3) as a NIfTI on the case's original grid, in its convention,
     with the source image's header (same shape, affine, qform/sform codes). Atomic.
-    `min_et_mm3`: an enhancing tumour smaller than this becomes necrotic core (seg.postprocess)."""
+    `min_et_mm3`: an enhancing tumour smaller than this becomes necrotic core (seg.postprocess); the
+    voxels it moved go to `info["et_to_core_voxels"]` when `info` is given."""
     import nibabel as nib
 
     from seg.data.store import save_nifti
     from seg.postprocess import small_et_to_core
 
     labels, affine = label_to_original(label, meta)
-    labels, _ = small_et_to_core(labels, abs(float(np.linalg.det(affine[:3, :3]))), min_et_mm3)
+    labels, moved = small_et_to_core(labels, abs(float(np.linalg.det(affine[:3, :3]))), min_et_mm3)
+    if info is not None:
+        info["et_to_core_voxels"] = moved
     header = nib.load(meta["source"]["t1"]).header.copy()
     header.set_data_dtype(np.uint8)
     img = nib.Nifti1Image(to_convention(labels, meta["convention"]), affine, header)

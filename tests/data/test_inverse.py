@@ -57,8 +57,10 @@ def test_a_small_enhancing_tumour_is_written_as_core_on_request(real_prepared, t
     assert et_mm3 > 0
     kept = write_prediction(tmp_path / "b.nii.gz", out["label"], out["meta"], min_et_mm3=et_mm3)
     np.testing.assert_array_equal(np.asarray(nib.load(str(kept)).dataobj), plain)  # not smaller: kept
+    info: dict = {}
     moved = np.asarray(nib.load(str(write_prediction(tmp_path / "c.nii.gz", out["label"], out["meta"],
-                                                      min_et_mm3=et_mm3 + 1))).dataobj)
+                                                      min_et_mm3=et_mm3 + 1, info=info))).dataobj)
+    assert info == {"et_to_core_voxels": et_mm3}
     assert not (moved == 4).any() and ((moved == 1) == np.isin(plain, [1, 4])).all()  # TC unchanged
     assert ((moved == 2) == (plain == 2)).all()
 

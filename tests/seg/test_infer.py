@@ -137,7 +137,8 @@ def test_infer_cli_ensemble_and_bad_case(shared_data, tmp_path, capsys):
     out.mkdir()
     (out / "BraTS2021_00009_pred.nii.gz").write_bytes(b"an earlier run's prediction")  # must not survive
     ckpts = [str(tmp_path / "fold0.pt"), str(tmp_path / "fold1.pt")]
-    rc = main(["infer", "--checkpoint", *ckpts, "--src", str(src), "--out", str(out), "--roi", "16", "--tta"])
+    rc = main(["infer", "--checkpoint", *ckpts, "--src", str(src), "--out", str(out), "--roi", "16", "--tta",
+               "--min-et-mm3", "1e9"])  # every predicted enhancing tumour is "small": written as core
     assert rc == 1
     assert "BraTS2021_00009_t1.nii.gz" in capsys.readouterr().err
     img = nib.load(str(out / "BraTS2021_90001_pred.nii.gz"))
@@ -151,6 +152,8 @@ def test_infer_cli_ensemble_and_bad_case(shared_data, tmp_path, capsys):
         "BraTS2021_00009": "error",
     }
     assert summary["config"]["tta"] is True and summary["config"]["roi"] == 16
+    ok_row = next(r for r in summary["cases"] if r["status"] == "ok")
+    assert ok_row["et_to_core_voxels"] >= 0 and not (np.asarray(img.dataobj) == 4).any()
     # a window the network cannot take (TINY_UNET halves twice): refused before any case, naming it
     out2 = tmp_path / "p2"
     rc = main(["infer", "--checkpoint", ckpts[0], "--src", str(src), "--out", str(out2), "--roi", "18"])
