@@ -46,6 +46,46 @@ def fold_count(data_dir: str | Path, folds: int | None) -> tuple[int, dict]:
 
 
 @torch.no_grad()
+def tune_min_et(
+    checkpoints: list[Path], val_ids: list[list[str]], data_dir: str | Path, cfg: InferConfig,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Choose `--min-et-mm3` as nnU-Net chooses its post-processing: on out-of-fold predictions (fold
+    k's model on fold k's validation cases), the volume of `seg.postprocess.MIN_ET_CANDIDATES_MM3`
+    with the best mean ET Dice. Returns `seg.postprocess.choose_min_et`'s dict plus "errors"."""
+    from tqdm import tqdm
+
+    from seg.data.formats import open_reader
+    from seg.infer import sliding_window_predict
+    from seg.postprocess import choose_min_et, et_dice_by_threshold
+    from seg.speed import to_input
+    from seg.targets import to_labels
+
+    dev = resolve_device(device)
+    reader = open_reader(data_dir)
+    per_case, errors = [], []
+    for checkpoint, ids in zip(checkpoints, val_ids, strict=True):
+        (model,), (ckpt,) = load_ensemble([checkpoint], dev, cfg)
+        roi = cfg.roi or default_roi(ckpt)
+        target = (ckpt.get("config") or {}).get("target", "labels")
+        precision = resolve_precision(cfg.precision, dev)
+        for case_id in tqdm(ids, desc=f"cv tune {Path(checkpoint).parent.name}", unit="case", disable=None):
+            try:
+                case = reader.read(case_id)
+                ref = case["label"][0].numpy()
+            except (OSError, ValueError, KeyError) as err:
+                errors.append(f"{data_dir}: {case_id}: {err}")
+                continue
+            image = to_input(case["image"][None].float().to(dev), cfg.channels_last)
+            probs = sliding_window_predict(model, image, roi, cfg.overlap, cfg.sw_batch_size, cfg.mode,
+                                           cfg.tta, precision, target=target)
+            pred = to_labels(probs, target)[0].cpu().numpy()
+            voxel_mm3 = float(np.prod(prepared_spacing_mm(case["meta"])))
+            per_case.append(et_dice_by_threshold(pred, ref, voxel_mm3))
+    return {**choose_min_et(per_case), "errors": errors}
+
+
+@torch.no_grad()
 def evaluate_test(
     checkpoints: list[Path], data_dir: str | Path, test_ids: list[str], cfg: InferConfig, device: str = "auto"
 ) -> dict[str, Any]:
@@ -129,6 +169,12 @@ def markdown_table(doc: dict[str, Any]) -> str:
         ]
         cells += [f"{h:.2f}" for h in hd]
         lines.append("| " + " | ".join(cells) + " |")
+    post = doc.get("postprocess")
+    if post:
+        dice = dict(zip(post["candidates_mm3"], post["mean_et_dice"], strict=True))
+        lines += ["", f"Post-processing chosen on {post['cases']} out-of-fold validation cases: a predicted "
+                  f"ET under {post['min_et_mm3']:g} mm³ becomes necrotic core (mean ET Dice "
+                  f"{dice[post['min_et_mm3']]:.4f}, without: {dice[0.0]:.4f}); the test scores above use it."]
     errors = doc["test"].get("errors", [])
     if errors:
         lines += ["", f"{len(errors)} test case(s) could not be scored, left out of the means:"]
@@ -136,9 +182,12 @@ def markdown_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_cv(base, folds: int | None = None, infer_cfg: InferConfig | None = None) -> dict[str, Any]:
+def run_cv(base, folds: int | None = None, infer_cfg: InferConfig | None = None,
+           tune_postprocessing: bool = False) -> dict[str, Any]:
     """Train folds 0..K-1 from `base` (a `seg.train.TrainConfig`; its `out` is the RUN folder),
-    then score them and their ensemble on the test split. Returns the cv.json document."""
+    then score them and their ensemble on the test split. `tune_postprocessing`: choose the ET
+    post-processing volume on the folds' validation cases first (`tune_min_et`) and score the test
+    split with it. Returns the cv.json document."""
     from seg.data.store import atomic_write, write_json
     from seg.train import train
 
@@ -153,6 +202,12 @@ def run_cv(base, folds: int | None = None, infer_cfg: InferConfig | None = None)
             raise RuntimeError(f"fold {fold}: training finished without {best}")
         trained.append({"fold": fold, "checkpoint": str(best), **summary})
     infer_cfg = infer_cfg or InferConfig()
+    postprocess = None
+    if tune_postprocessing:  # on the folds' validation cases; the test split stays untouched
+        checkpoints = [Path(t["checkpoint"]) for t in trained]
+        val_ids = [splits["folds"][t["fold"]]["val"] for t in trained]
+        postprocess = tune_min_et(checkpoints, val_ids, base.data_dir, infer_cfg, base.device)
+        infer_cfg = dataclasses.replace(infer_cfg, min_et_mm3=postprocess["min_et_mm3"])
     test = evaluate_test(
         [Path(t["checkpoint"]) for t in trained], base.data_dir, list(splits["test"]), infer_cfg, base.device
     )
@@ -170,6 +225,8 @@ def run_cv(base, folds: int | None = None, infer_cfg: InferConfig | None = None)
         },
         "test": {"ids": list(splits["test"]), "labels": "prepared", **test},
     }
+    if postprocess is not None:
+        doc["postprocess"] = postprocess
     write_json(run_dir / "cv.json", doc)
     table = markdown_table(doc)
     atomic_write(run_dir / "cv.md", lambda tmp: tmp.write_text(table))

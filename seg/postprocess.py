@@ -26,3 +26,26 @@ def small_et_to_core(labels: np.ndarray, voxel_mm3: float, min_et_mm3: float) ->
     out = labels.copy()
     out[et] = NECROTIC_CORE
     return out, count
+
+
+# volumes tried when the threshold is chosen on validation data (`segbench cv --tune-min-et`)
+MIN_ET_CANDIDATES_MM3 = (0.0, 50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1200.0)
+
+
+def et_dice_by_threshold(pred: np.ndarray, ref: np.ndarray, voxel_mm3: float,
+                         candidates: tuple[float, ...] = MIN_ET_CANDIDATES_MM3) -> list[float]:
+    """One case's ET Dice (BraTS's: 1 when both are empty) after `small_et_to_core` at each volume.
+    `pred`, `ref`: labels 0..3 on one grid."""
+    from seg.metrics import dice
+
+    ref_et = ref == ENHANCING
+    return [dice(small_et_to_core(pred, voxel_mm3, volume)[0] == ENHANCING, ref_et) for volume in candidates]
+
+
+def choose_min_et(per_case: list[list[float]], candidates: tuple[float, ...] = MIN_ET_CANDIDATES_MM3) -> dict:
+    """The volume whose mean ET Dice over the cases (rows of `et_dice_by_threshold`) is highest, the
+    smallest on a tie (0 when nothing gains): {"candidates_mm3", "mean_et_dice", "min_et_mm3", "cases"}."""
+    means = np.mean(np.asarray(per_case, dtype=np.float64), axis=0) if per_case else np.zeros(len(candidates))
+    best = int(np.flatnonzero(means >= means.max() - 1e-12)[0])
+    return {"candidates_mm3": list(candidates), "mean_et_dice": [float(m) for m in means],
+            "min_et_mm3": float(candidates[best]), "cases": len(per_case)}

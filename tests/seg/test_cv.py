@@ -157,3 +157,25 @@ def test_cv_trains_folds_and_scores_the_ensemble(data_dir, tmp_path, capsys):
     assert count == et_voxels
     assert _flat(cut) == pytest.approx(_flat(metrics.evaluate_case(moved, ref, spacing, "prepared")))
     assert cut["TC"] == ensemble["TC"] and cut["WT"] == ensemble["WT"]
+
+    # --tune-min-et: the volume chosen on the folds' out-of-fold validation cases, recomputed here from
+    # each fold's model on its own validation split; the test split is then scored with it.
+    from seg.postprocess import MIN_ET_CANDIDATES_MM3, choose_min_et, et_dice_by_threshold
+
+    rows = []
+    for k in (0, 1):
+        for val_id in splits["folds"][k]["val"]:
+            val = load_case(data_dir / f"{val_id}.pt")
+            val_probs = sliding_window_predict(models[k], val["image"][None], 16, precision="fp32")
+            rows.append(et_dice_by_threshold(val_probs.argmax(1)[0].numpy(), val["label"][0].numpy(),
+                                             float(np.prod(prepared_spacing_mm(val["meta"])))))
+    expected_choice = choose_min_et(rows)
+    capsys.readouterr()
+    assert main([*args, "--tune-min-et"]) == 0
+    tuned = json.loads((run / "cv.json").read_text())
+    assert tuned["postprocess"]["min_et_mm3"] == expected_choice["min_et_mm3"]
+    assert tuned["postprocess"]["mean_et_dice"] == pytest.approx(expected_choice["mean_et_dice"])
+    assert tuned["postprocess"]["candidates_mm3"] == list(MIN_ET_CANDIDATES_MM3)
+    assert tuned["postprocess"]["cases"] == sum(len(f["val"]) for f in splits["folds"][:2])
+    assert tuned["infer"]["min_et_mm3"] == expected_choice["min_et_mm3"]
+    assert "out-of-fold validation cases" in (run / "cv.md").read_text()

@@ -27,3 +27,20 @@ def test_small_et_becomes_core_and_the_other_regions_stay():
 def test_a_volume_that_is_not_one_is_refused(volume):
     with pytest.raises(ValueError, match=f"--min-et-mm3 {volume}: a volume in mm³"):
         InferConfig(min_et_mm3=volume)
+
+
+def test_the_volume_is_chosen_by_mean_et_dice_smallest_on_a_tie():
+    from seg.postprocess import choose_min_et, et_dice_by_threshold
+
+    ref_without_et = np.zeros((4, 4, 4), np.uint8)
+    pred = ref_without_et.copy()
+    pred[0, 0, :2] = 3  # a 2-voxel false ET: Dice 0 until the threshold removes it, then 1 (both empty)
+    assert et_dice_by_threshold(pred, ref_without_et, 10.0, (0.0, 20.0, 21.0)) == [0.0, 0.0, 1.0]
+    ref_with_et = pred.copy()  # the same 2 voxels are right: removing them costs the case its ET
+    assert et_dice_by_threshold(pred, ref_with_et, 10.0, (0.0, 20.0, 21.0)) == [1.0, 1.0, 0.0]
+    rows = [[0.0, 0.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    chosen = choose_min_et(rows, (0.0, 20.0, 21.0))
+    assert chosen["min_et_mm3"] == 0.0 and chosen["mean_et_dice"] == pytest.approx([2 / 3, 2 / 3, 2 / 3])
+    assert choose_min_et(rows[:1] + rows[2:], (0.0, 20.0, 21.0))["min_et_mm3"] == 21.0
+    assert choose_min_et([[0.5, 0.9, 0.9]], (0.0, 20.0, 21.0))["min_et_mm3"] == 20.0  # the smaller of two
+    assert choose_min_et([], (0.0, 20.0))["min_et_mm3"] == 0.0
