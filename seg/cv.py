@@ -142,6 +142,18 @@ def evaluate_test(
     }
 
 
+def _postprocess_line(post: dict[str, Any]) -> str:
+    where = f"{post['cases']} out-of-fold validation case(s)"
+    if not post["mean_et_dice"]:
+        return "Post-processing: no out-of-fold validation case could be scored; none applied."
+    dice = dict(zip(post["candidates_mm3"], post["mean_et_dice"], strict=True))
+    if post["min_et_mm3"] == 0:
+        return f"Post-processing tuned on {where}: none helps (mean ET Dice without it {dice[0.0]:.4f})."
+    return (f"Post-processing tuned on {where}: a predicted ET under {post['min_et_mm3']:g} mm³ becomes "
+            f"necrotic core (mean ET Dice {dice[post['min_et_mm3']]:.4f}, without: {dice[0.0]:.4f}); the "
+            "test scores above use it.")
+
+
 def markdown_table(doc: dict[str, Any]) -> str:
     """One row per fold model and one for the ensemble: validation Dice, test Dice / HD95 per region."""
     header = (
@@ -171,10 +183,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     post = doc.get("postprocess")
     if post:
-        dice = dict(zip(post["candidates_mm3"], post["mean_et_dice"], strict=True))
-        lines += ["", f"Post-processing chosen on {post['cases']} out-of-fold validation cases: a predicted "
-                  f"ET under {post['min_et_mm3']:g} mm³ becomes necrotic core (mean ET Dice "
-                  f"{dice[post['min_et_mm3']]:.4f}, without: {dice[0.0]:.4f}); the test scores above use it."]
+        lines += ["", _postprocess_line(post)] + [f"- {e}" for e in post.get("errors", [])]
     errors = doc["test"].get("errors", [])
     if errors:
         lines += ["", f"{len(errors)} test case(s) could not be scored, left out of the means:"]

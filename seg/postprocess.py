@@ -44,8 +44,12 @@ def et_dice_by_threshold(pred: np.ndarray, ref: np.ndarray, voxel_mm3: float,
 
 def choose_min_et(per_case: list[list[float]], candidates: tuple[float, ...] = MIN_ET_CANDIDATES_MM3) -> dict:
     """The volume whose mean ET Dice over the cases (rows of `et_dice_by_threshold`) is highest, the
-    smallest on a tie (0 when nothing gains): {"candidates_mm3", "mean_et_dice", "min_et_mm3", "cases"}."""
-    means = np.mean(np.asarray(per_case, dtype=np.float64), axis=0) if per_case else np.zeros(len(candidates))
-    best = int(np.flatnonzero(means >= means.max() - 1e-12)[0])
+    smallest on a tie (0: off, when nothing gains or there are no cases):
+    {"candidates_mm3", "mean_et_dice" (None without cases), "min_et_mm3", "cases"}."""
+    if not per_case:
+        return {"candidates_mm3": list(candidates), "mean_et_dice": None, "min_et_mm3": 0.0, "cases": 0}
+    means = np.mean(np.asarray(per_case, dtype=np.float64), axis=0)
+    best = max(means)
+    chosen = min(c for c, m in zip(candidates, means, strict=True) if m >= best - 1e-12)
     return {"candidates_mm3": list(candidates), "mean_et_dice": [float(m) for m in means],
-            "min_et_mm3": float(candidates[best]), "cases": len(per_case)}
+            "min_et_mm3": float(chosen), "cases": len(per_case)}

@@ -12,6 +12,9 @@ def run(args: argparse.Namespace) -> int:
     from seg.infer import InferConfig
     from seg.train import TrainConfig
 
+    if args.tune_min_et and args.min_et_mm3:
+        raise ValueError(f"--min-et-mm3 {args.min_et_mm3:g} and --tune-min-et: give the volume or let cv "
+                         "choose it, not both")
     # a bad --roi / --overlap / --sw-batch fails here, once, before any work (exit 2, segbench.cli)
     infer_cfg = InferConfig(
         roi=args.roi,

@@ -13,6 +13,7 @@ import contextlib
 import math
 import time
 from dataclasses import asdict
+from dataclasses import fields as fields_of
 from pathlib import Path
 
 import numpy as np
@@ -283,10 +284,12 @@ def _note_speed_changes(last_path: Path, stored: dict, cfg: TrainConfig) -> None
     """Say when a resumed run's speed switches differ from the checkpoint's (allowed: none of them
     changes what is computed, e.g. resuming an H100 run without CUDA graphs elsewhere), and when its
     sampling options do (allowed too, but the run then no longer replays one configuration)."""
+    defaults = {f.name: f.default for f in fields_of(TrainConfig)}  # a field newer than the checkpoint
     for fields, what in ((SPEED_FIELDS, "speed options"), (SAMPLING_FIELDS, "sampling options (other samples "
                                                                          "from here on)")):
-        changed = [f"{name} {stored[name]!r} -> {getattr(cfg, name)!r}"
-                   for name in fields if name in stored and stored[name] != getattr(cfg, name)]
+        before = {name: stored.get(name, defaults[name]) for name in fields}
+        changed = [f"{name} {before[name]!r} -> {getattr(cfg, name)!r}"
+                   for name in fields if before[name] != getattr(cfg, name)]
         if changed:
             tqdm.write(f"{last_path} was trained with other {what}; continuing with: {', '.join(changed)}")
 

@@ -43,4 +43,23 @@ def test_the_volume_is_chosen_by_mean_et_dice_smallest_on_a_tie():
     assert chosen["min_et_mm3"] == 0.0 and chosen["mean_et_dice"] == pytest.approx([2 / 3, 2 / 3, 2 / 3])
     assert choose_min_et(rows[:1] + rows[2:], (0.0, 20.0, 21.0))["min_et_mm3"] == 21.0
     assert choose_min_et([[0.5, 0.9, 0.9]], (0.0, 20.0, 21.0))["min_et_mm3"] == 20.0  # the smaller of two
-    assert choose_min_et([], (0.0, 20.0))["min_et_mm3"] == 0.0
+    assert choose_min_et([[0.5, 0.9, 0.9]], (0.0, 21.0, 20.0))["min_et_mm3"] == 20.0  # whatever the order
+    assert choose_min_et([], (0.0, 20.0)) == {"candidates_mm3": [0.0, 20.0], "mean_et_dice": None,
+                                             "min_et_mm3": 0.0, "cases": 0}
+
+
+def test_cv_reports_the_tuned_post_processing_and_refuses_two_volumes(tmp_path, capsys):
+    from seg.cv import _postprocess_line
+    from segbench.cli import main
+
+    post = {"candidates_mm3": [0.0, 50.0], "mean_et_dice": [0.7, 0.8], "min_et_mm3": 50.0, "cases": 4}
+    line = _postprocess_line(post)
+    assert "under 50 mm³ becomes necrotic core (mean ET Dice 0.8000, without: 0.7000)" in line
+    assert "none helps (mean ET Dice without it 0.7000)" in _postprocess_line(
+        {**post, "mean_et_dice": [0.7, 0.6], "min_et_mm3": 0.0})
+    assert "no out-of-fold validation case could be scored" in _postprocess_line(
+        {**post, "mean_et_dice": None, "min_et_mm3": 0.0, "cases": 0})
+    rc = main(["cv", "--data", str(tmp_path), "--out", str(tmp_path / "cv"), "--min-et-mm3", "300",
+               "--tune-min-et"])
+    assert rc == 2 and "give the volume or let cv choose it, not both" in capsys.readouterr().err
+    assert not (tmp_path / "cv").exists()

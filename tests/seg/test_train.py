@@ -142,6 +142,14 @@ def test_a_resume_names_the_options_it_changes(data_dir, tmp_path, capsys):
     assert "other speed options; continuing with: channels_last False -> True" in printed
     assert ("other sampling options (other samples from here on); continuing with: fg_fraction 0.0 -> 0.5"
             in printed)
+    # a checkpoint older than an option stands for the option's default
+    state = load_checkpoint(out / "last.pt")
+    del state["config"]["fg_fraction"]
+    save_checkpoint(out / "last.pt", state)
+    train(_config(data_dir, out, epochs=3, max_steps_per_epoch=1, patch=8, fg_fraction=0.25,
+                  channels_last=True, resume=True))
+    printed = capsys.readouterr().out
+    assert "continuing with: fg_fraction 0.0 -> 0.25" in printed and "speed options" not in printed
 
 
 def test_patch_training_and_bf16(data_dir, tmp_path, monkeypatch):
