@@ -178,4 +178,4 @@ def test_cv_trains_folds_and_scores_the_ensemble(data_dir, tmp_path, capsys):
     assert tuned["postprocess"]["candidates_mm3"] == list(MIN_ET_CANDIDATES_MM3)
     assert tuned["postprocess"]["cases"] == sum(len(f["val"]) for f in splits["folds"][:2])
     assert tuned["infer"]["min_et_mm3"] == expected_choice["min_et_mm3"]
-    assert "out-of-fold validation cases" in (run / "cv.md").read_text()
+    assert "Post-processing tuned on 5 out-of-fold validation case(s)" in (run / "cv.md").read_text()
