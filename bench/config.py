@@ -47,8 +47,9 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
 class Measure:
     warmup: int = _help("untimed steps after the first step, before timing", 3)
     iters: int = _help("timed steps (the n of the median)", 15)
-    repeats: int = _help("interleaved baseline/variant block pairs when a speedup is quoted", 3)
-    block: int = _help("steps per interleaved block", 5)
+    repeats: int = _help("interleaved baseline/variant block pairs when a speedup is quoted (even: AB BA … "
+                         "cancels a linear drift; the interval is over these pairs)", 6)
+    block: int = _help("steps per interleaved block", 3)
     parity_steps: int = _help("steps of the loss trajectory compared with the reference (0: none)", 3)
     seed: int = _help("seed of the initial weights and the synthetic batches", 0)
     profile_steps: int = _help(
@@ -64,6 +65,9 @@ class Measure:
                if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool)]
         bad += [f"{name} = {getattr(self, name)} (at least {low})" for name, low in least.items()
                 if low is not None and isinstance(getattr(self, name), int) and getattr(self, name) < low]
+        if isinstance(self.repeats, int) and self.repeats >= 1 and self.repeats % 2:
+            bad.append(f"repeats = {self.repeats} (an even number: block pairs AB BA … cancel a linear drift "
+                       "only in twos)")
         if bad:
             raise ValueError(", ".join(bad))
 

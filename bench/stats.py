@@ -1,4 +1,5 @@
-"""Statistics over timing samples: summaries, ratio-of-medians speedups with bootstrap intervals.
+"""Statistics over timing samples: summaries, speedups of interleaved A/B blocks with t-intervals over
+the block pairs, ratio-of-medians with bootstrap intervals (run-vs-run changes).
 
 NumPy only (no torch), so `reports` can recompute speedups from the raw samples stored in
 results.jsonl on a machine without torch.
@@ -48,6 +49,33 @@ def ratio_of_medians_ci(
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return {"ratio": float(np.median(a) / np.median(b)), "ci_low": float(low), "ci_high": float(high)}
+
+
+# two-sided 95 % Student-t quantiles by degrees of freedom (1..30); the normal's beyond
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
+
+
+def paired_blocks_ratio_ci(baseline_blocks: Sequence[Sequence[float]],
+                           variant_blocks: Sequence[Sequence[float]]) -> dict[str, float | int | None]:
+    """Speedup of a variant over its baseline from interleaved A/B blocks (> 1: the variant is faster).
+
+    The block pairs, not the steps, are the independent units: steps inside a block share the GPU's
+    state of the moment (clocks, temperature, the allocator), so resampling steps would claim more
+    confidence than the measurement has. Per pair, r = log(median(baseline block) / median(variant
+    block)); the ratio is exp(mean r) and its 95 % interval exp(mean r ± t · sd(r) / √pairs). With one
+    pair there is no interval (ci_low / ci_high None)."""
+    if len(baseline_blocks) != len(variant_blocks) or not baseline_blocks:
+        raise ValueError("need as many baseline blocks as variant blocks, at least one")
+    r = np.log([np.median(b) / np.median(v) for b, v in zip(baseline_blocks, variant_blocks, strict=True)])
+    out: dict[str, float | int | None] = {"ratio": float(np.exp(r.mean())), "ci_low": None, "ci_high": None,
+                                          "pairs": int(r.size)}
+    if r.size > 1:
+        t = _T95[r.size - 2] if r.size - 1 <= len(_T95) else 1.96
+        half = t * r.std(ddof=1) / np.sqrt(r.size)
+        out["ci_low"], out["ci_high"] = float(np.exp(r.mean() - half)), float(np.exp(r.mean() + half))
+    return out
 
 
 def relative_change_ci(before: Sequence[float], after: Sequence[float], **kwargs) -> dict[str, float]:

@@ -26,9 +26,11 @@ METHOD = [
     "samples / total wait over the measured batches, i.e. batch / the mean wait shown beside the median "
     "(workers deliver in bursts, so the median wait alone would flatter them); timing starts after the "
     "workers' first wave (at least 2 × workers + 2 batches, `warmup_batches`), which arrives at once.",
-    "Speedups are ratios of median step times with 95% percentile-bootstrap intervals. Without a mark "
-    "they come from baseline and variant blocks interleaved in one process (A/B, TorchBench style); "
-    "* marks a ratio between two separate case processes.",
+    "Speedups without a mark come from baseline and variant blocks interleaved in one process (A/B in "
+    "the order AB BA …, TorchBench style): the geometric mean over block pairs of the ratio of the "
+    "pairs' median step times, with a 95% t-interval over the pairs (the pairs, not the steps, are "
+    "independent). * marks a ratio of two separate case processes' medians, given without an "
+    "interval: the spread between processes is not measured.",
     "Parity: the variant's loss trajectory over the first K steps from the same initial weights and "
     "batches as the fp32 eager reference, max relative deviation (kernels: max error against the "
     "reference on the same input). † the model uses dropout, whose masks differ between variants "

@@ -109,12 +109,12 @@ def speedups(workload: str, rows: list[dict], out: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 0.45 * len(rows) + 1.6), squeeze=False)
     for ax, (name, points) in zip(axes[0], series, strict=False):
         ratios = [s["ratio"] for _, s in points]
-        err = [
-            [max(0.0, s["ratio"] - s["ci_low"]) for _, s in points],
-            [max(0.0, s["ci_high"] - s["ratio"]) for _, s in points],
+        err = [  # no bar where there is no interval (two processes' medians, or a single block pair)
+            [max(0.0, s["ratio"] - s["ci_low"]) if s.get("ci_low") is not None else 0.0 for _, s in points],
+            [max(0.0, s["ci_high"] - s["ratio"]) if s.get("ci_high") is not None else 0.0 for _, s in points],
         ]
         ax.barh(
-            [v for v, _ in points],
+            [v if s.get("paired") else f"{v} *" for v, s in points],
             ratios,
             xerr=err,
             capsize=3,
@@ -122,7 +122,8 @@ def speedups(workload: str, rows: list[dict], out: Path) -> Path | None:
         )
         ax.axvline(1.0, color="k", lw=0.8)
         ax.invert_yaxis()
-        ax.set_xlabel(f"speedup vs {name} (ratio of medians, 95% bootstrap interval)")
+        ax.set_xlabel(f"speedup vs {name} (interleaved A/B, 95% interval over block pairs; "
+                      "* two processes' medians, no interval)")
     fig.suptitle(f"{workload}: speedups")
     return _save(fig, out / f"{_slug(workload)}_speedup.png")
 

@@ -32,8 +32,14 @@ def _speedup(row: dict, other_case: str, rows: dict[str, dict], anchors: dict) -
     name = variant if row["workload"] == workload else other_case
     measured = speedup(row, rows.get(other_case), name)
     if measured is not None:
-        how = "interleaved A/B" if measured["paired"] else "medians of two case processes in this run"
-        return measured["ratio"], f"{how}, 95 % CI {measured['ci_low']:.2f}–{measured['ci_high']:.2f}"
+        if not measured["paired"]:
+            return measured["ratio"], ("medians of two case processes in this run (no interval: the spread "
+                                       "between processes is not measured)")
+        if measured.get("ci_low") is None:
+            return measured["ratio"], "interleaved A/B, one block pair (no interval)"
+        low, high = measured["ci_low"], measured["ci_high"]
+        return measured["ratio"], (f"interleaved A/B, 95 % CI {low:.2f}–{high:.2f} over "
+                                   f"{measured.get('pairs', '?')} block pairs")
     if other_case in anchors:
         return anchors[other_case] / row["s_per_iter"]["median"], (
             f"{other_case} not measured in this run: its anchor {anchors[other_case]:g} s (ANCHORS.md)"

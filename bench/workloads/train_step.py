@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from bench.measure import max_rel_dev, steady_state, time_once, time_steps
-from bench.stats import ratio_of_medians_ci, summarize
+from bench.stats import paired_blocks_ratio_ci, summarize
 from bench.workloads.common import (
     Case,
     TrainState,
@@ -55,13 +55,14 @@ def make_step(case: Case) -> tuple[Callable[[], object], torch.device]:
 
 def interleaved(
     variant_step: Callable[[], object], baseline_step: Callable[[], object], case: Case, device: torch.device
-) -> tuple[list[float], list[float]]:
-    """Alternating blocks of baseline and variant steps; returns (baseline, variant) step times."""
+) -> tuple[list[list[float]], list[list[float]]]:
+    """`repeats` pairs of blocks, ordered AB BA AB BA … (an even count cancels a linear drift);
+    returns (baseline blocks, variant blocks) of step times, pair i at index i in both."""
     base, var = [], []
     for r in range(case.measure.repeats):
         order = ((base, baseline_step), (var, variant_step))
-        for times, step in order if r % 2 == 0 else order[::-1]:
-            times += time_steps(step, case.measure.block, device)
+        for blocks, step in order if r % 2 == 0 else order[::-1]:
+            blocks.append(time_steps(step, case.measure.block, device))
     return base, var
 
 
@@ -133,14 +134,14 @@ def _paired(case: Case, device: torch.device, init: dict, variant_step: Callable
 
         for _ in range(1 + case.measure.warmup):
             base_step()
-        base_times, var_times = interleaved(variant_step, base_step, case, device)
+        base_blocks, var_blocks = interleaved(variant_step, base_step, case, device)
     except Exception as err:  # e.g. OOM with two models resident: the variant's own timing stands
         paired["error"] = f"{type(err).__name__}: {err}"[:500]
         return paired
-    paired["baseline_s"] = summarize(base_times)
-    paired["variant_s"] = summarize(var_times)
-    paired["baseline_step_times_s"] = base_times
-    paired["variant_step_times_s"] = var_times
-    # speedup > 1: the variant is faster than the baseline
-    paired["speedup"] = ratio_of_medians_ci(base_times, var_times)
+    paired["baseline_s"] = summarize([t for b in base_blocks for t in b])
+    paired["variant_s"] = summarize([t for b in var_blocks for t in b])
+    paired["baseline_blocks_s"] = base_blocks
+    paired["variant_blocks_s"] = var_blocks
+    # speedup > 1: the variant is faster than the baseline; its interval is over the block pairs
+    paired["speedup"] = paired_blocks_ratio_ci(base_blocks, var_blocks)
     return paired
