@@ -78,8 +78,20 @@ def paired_blocks_ratio_ci(baseline_blocks: Sequence[Sequence[float]],
     return out
 
 
-def relative_change_ci(before: Sequence[float], after: Sequence[float], **kwargs) -> dict[str, float]:
-    """Relative change of the median, median(after)/median(before) - 1, with its bootstrap interval."""
+def relative_change_ci(before: Sequence[float], after: Sequence[float], *, statistic: str = "median",
+                       **kwargs) -> dict[str, float]:
+    """Relative change of the median (or, `statistic="mean"`, of the mean: a loader's rate is its mean
+    wait), after/before - 1, with its bootstrap interval."""
+    if statistic == "mean":
+        a, b = np.asarray(after, dtype=float), np.asarray(before, dtype=float)
+        rng = np.random.default_rng(kwargs.get("seed", 0))
+        n = kwargs.get("resamples", BOOTSTRAP_RESAMPLES)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a resample of only zero waits
+            ratios = (a[rng.integers(0, a.size, size=(n, a.size))].mean(1)
+                      / b[rng.integers(0, b.size, size=(n, b.size))].mean(1))
+        low, high = np.nanpercentile(ratios, [2.5, 97.5])
+        change = float(a.mean() / b.mean() - 1)
+        return {"change": change, "ci_low": float(low - 1), "ci_high": float(high - 1)}
     r = ratio_of_medians_ci(after, before, **kwargs)
     return {"change": r["ratio"] - 1, "ci_low": r["ci_low"] - 1, "ci_high": r["ci_high"] - 1}
 

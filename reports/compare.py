@@ -1,8 +1,11 @@
 """Compare two runs: the same (workload, variant) side by side, regressions flagged.
 
 `change` is how RUN's median step time moved relative to RUN_B's (RUN_B is the "before"):
-+10 % means RUN is 10 % slower. A change is a regression when its 95 % bootstrap interval
-excludes zero and it is over the threshold (5 %); an improvement likewise in the other direction.
++10 % means RUN is 10 % slower (loader rows: the mean wait per batch, what samples/s is made of).
+A change is a regression when its 95 % bootstrap interval excludes zero and it is over the threshold
+(5 %); an improvement likewise in the other direction. The interval covers the steps' spread within
+each run, not the spread between runs (not measured): a change near the threshold may be noise;
+rerun both to be sure. Runs on other machines (GPU or CPU, torch version) get no verdict.
 Footprint rows (estimates, no samples) compare their estimated peak memory: a growth over the
 threshold is a regression.
 """
@@ -40,8 +43,18 @@ def _setup_difference(ra: dict, rb: dict) -> str:
     )
 
 
-def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) -> pd.DataFrame:
+def machine(env: dict) -> str:
+    """What a run's timings depend on beyond the code: the GPU (or CPU) and the torch version."""
+    cal = env.get("calibration", {})
+    return f"{cal.get('gpu') or env.get('cpu', '?')}, torch {env.get('versions', {}).get('torch', '?')}"
+
+
+def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
+                 machines: tuple[str, str] | None = None) -> pd.DataFrame:
+    """One record per case. `machines` (RUN's, RUN_B's, see `machine`): when they differ, timing rows
+    show their change but get no verdict (an H200 is not a regression of an H100's code)."""
     a, b = _index(rows), _index(rows_b)
+    other_machine = machines is not None and machines[0] != machines[1]
     keys = list(b) + [k for k in a if k not in b]
     records = []
     for key in keys:
@@ -75,9 +88,12 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05) 
         elif not sa or not sb:
             rec["verdict"] = "no step samples"
         else:
-            change = relative_change_ci(sb, sa)
+            # a loader's rate is its mean wait (workers deliver in bursts); a step's time, its median
+            statistic = "mean" if ra.get("kind") == "dataloader" else "median"
+            change = relative_change_ci(sb, sa, statistic=statistic)
             rec.update(change)
-            rec["verdict"] = _verdict(change, threshold)
+            rec["verdict"] = (f"other machine ({machines[1]} → {machines[0]}): no verdict" if other_machine
+                              else _verdict(change, threshold))
         records.append(rec)
     columns = ["workload", "variant", "before", "after", "change", "ci_low", "ci_high", "verdict"]
     return pd.DataFrame.from_records(records, columns=columns)  # columns: a run without rows too
@@ -171,8 +187,8 @@ def write_comparison(
     """RUN/compare.md and RUN/compare.html; returns their paths and the comparison table."""
     run, run_b = Path(run), Path(run_b)
     rows, rows_b = load_results(run), load_results(run_b)
-    table = compare_rows(rows, rows_b, threshold)
     env_a, env_b = load_env(run), load_env(run_b)
+    table = compare_rows(rows, rows_b, threshold, (machine(env_a), machine(env_b)))
 
     def where(env: dict) -> str:
         cal = env.get("calibration", {})
@@ -188,7 +204,9 @@ def write_comparison(
                 f"RUN_B (before): {run_b} — {where(env_b)}",
                 f"{len(regressions)} regression(s): slower by more than {threshold:.0%} with the "
                 "95% bootstrap interval of the change excluding zero (footprint rows: an estimated "
-                f"peak grown by more than {threshold:.0%}), or ok before and failing now",
+                f"peak grown by more than {threshold:.0%}), or ok before and failing now. The interval "
+                "holds each run's step-to-step spread, not the spread between runs, which one run pair "
+                "cannot show: near the threshold, rerun both before trusting a verdict",
             ],
         ),
         Block("table", _display(table)),

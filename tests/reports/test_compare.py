@@ -85,3 +85,22 @@ def test_compare_gives_no_verdict_on_cases_of_another_shape():
     small = {**case, "shape": [32, 32, 32], "s_per_iter": {"median": 0.01}, "step_times_s": [0.01] * 5}
     verdict = compare_rows([big], [small]).verdict.iloc[0]
     assert verdict.startswith("not comparable: shape [32, 32, 32] → [128, 128, 128]")
+
+
+def test_compare_gives_no_verdict_across_machines_and_reads_loaders_by_their_rate():
+    case = {"workload": "w", "variant": "v", "status": "ok", "s_per_iter": {"median": 0.1}}
+    before, after = {**case, "step_times_s": [0.1] * 8}, {**case, "step_times_s": [0.2] * 8}
+    assert compare_rows([after], [before]).verdict.iloc[0] == "REGRESSION"
+    other = compare_rows([after], [before], machines=("NVIDIA H200, torch 2.11", "NVIDIA H100, torch 2.11"))
+    assert other.verdict.iloc[0] == ("other machine (NVIDIA H100, torch 2.11 → NVIDIA H200, torch 2.11): "
+                                     "no verdict")
+    assert other.change.iloc[0] == pytest.approx(1.0)  # the change is still shown
+    same = compare_rows([after], [before], machines=("NVIDIA H100, torch 2.11",) * 2)
+    assert same.verdict.iloc[0] == "REGRESSION"
+    # a loader's waits come in bursts: its rate (the mean wait) moved 1 %, its median wait doubled
+    loader = {"workload": "d", "variant": "workers:8", "status": "ok", "kind": "dataloader",
+              "s_per_iter": {"median": 0.01}}
+    bursty_b = {**loader, "step_times_s": [0.0, 0.0, 0.0, 0.4] * 4}
+    bursty_a = {**loader, "step_times_s": [0.0, 0.0, 0.004, 0.4] * 4}
+    row = compare_rows([bursty_a], [bursty_b]).iloc[0]
+    assert row.change == pytest.approx(0.01) and row.verdict == "no significant change"
