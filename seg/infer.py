@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from seg import speed
 from seg.recipe import autocast
 from seg.targets import probabilities, to_labels
 
@@ -278,6 +279,7 @@ def infer_folder(
 
     cfg = dataclasses.replace(cfg or InferConfig())
     dev = resolve_device(device)
+    speed.cudnn_autotune(dev)  # the windows all have one shape
     models, ckpts = load_ensemble(checkpoints, dev, cfg)
     prep_cfg = prep_config_of(ckpts[0])
     for path, ckpt in zip(checkpoints[1:], ckpts[1:], strict=True):

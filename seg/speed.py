@@ -214,6 +214,17 @@ def to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.to(memory_format=torch.channels_last_3d) if channels_last else x
 
 
+def cudnn_autotune(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms for each new input shape and keep the
+    fastest (`cudnn.benchmark`): every input here has a fixed shape (the patch, the prepared volume,
+    the sliding window), so the search runs once per shape, in the first steps. Training, inference,
+    cv and the harness's cases all call this, so a benchmark times what they run."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def step_begin(compile_mode: str | None) -> None:
     """Call at the start of every training step of a model compiled with a CUDA-graph mode.
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from bench.variants import CaseConfig, Unavailable
+from seg.speed import cudnn_autotune
 
 
 @dataclass
@@ -67,6 +68,7 @@ def apply_backend(cfg: CaseConfig, device: torch.device) -> None:
         # tf32 turns it on for matmuls too.
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = True
+    cudnn_autotune(device)  # as training and inference run (the warm-up steps cover its search)
 
 
 @contextlib.contextmanager

@@ -113,8 +113,7 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
             ckpt.settle_best(out, state["epoch"])
     elif cfg.resume and layout.is_main:
         tqdm.write(f"{last_path} not found: starting from scratch")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    speed.cudnn_autotune(device)
     _seed_all(cfg.seed)  # identical initial weights on every rank
     model = models.build(cfg.model, **cfg.model_build_options()).to(device)
     # In place (same parameters, same state_dict keys): fast path / fused norms / channels_last.

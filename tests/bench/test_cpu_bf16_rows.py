@@ -20,3 +20,19 @@ def test_train_state_reports_the_workaround_by_shape_and_precision(monkeypatch, 
     assert bf16.cpu_bf16_workaround(torch.zeros(1, 4, 8, 8, 8)) == bug  # 8 -> 4 -> 2: a 2³ bottleneck
     assert not bf16.cpu_bf16_workaround(torch.zeros(1, 4, 16, 16, 16))  # deepest map 4³
     assert not fp32.cpu_bf16_workaround(torch.zeros(1, 4, 8, 8, 8))
+
+
+def test_cuda_cases_autotune_cudnn_as_training_does(monkeypatch):
+    # bench cases time what seg.train / seg.infer run: cuDNN's algorithm search on (flags only: no GPU here)
+    from bench.workloads.common import apply_backend
+
+    for flag in ("benchmark", "allow_tf32"):
+        monkeypatch.setattr(torch.backends.cudnn, flag, False)
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32  # by hand: monkeypatch cannot undo cuBLAS's flags
+    try:
+        apply_backend(CaseConfig(), torch.device("cpu"))
+        assert not torch.backends.cudnn.benchmark
+        apply_backend(CaseConfig(), torch.device("cuda"))
+        assert torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32

@@ -52,12 +52,21 @@ def tf32_like_the_gpu(monkeypatch):
     a float32 parity test here fails as it would on the GPU. On CUDA: PyTorch's own TF32 switches off
     (cuDNN's is on by default), so the references are fp32 too."""
     if CUDA:
-        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+        # by hand for cuBLAS: monkeypatch would undo its computed attribute with a delattr, which fails
+        matmul = torch.backends.cuda.matmul
+        before = matmul.fp32_precision if hasattr(matmul, "fp32_precision") else matmul.allow_tf32
+        matmul.allow_tf32 = False
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        yield
+        if isinstance(before, str):
+            matmul.fp32_precision = before
+        else:
+            matmul.allow_tf32 = before
         return
     try:
         from triton.runtime import interpreter
     except ImportError:
+        yield
         return
     import triton.language as tl
 
@@ -70,6 +79,7 @@ def tf32_like_the_gpu(monkeypatch):
         return plain(self, a, b, d, input_precision, max_num_imprecise_acc)
 
     monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
+    yield
 
 
 @pytest.fixture
