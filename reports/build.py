@@ -45,7 +45,9 @@ METHOD = [
     "own case processes' CPU time; the rest is other processes' (host_other_cpu_fraction). Cases "
     "above 20 % are flagged in the summary: their timings may be inflated.",
     "MFU: FLOPs counted by torch.utils.flop_counter over forward + loss + backward / s per iter / the "
-    "matmul rate measured at the start of the run (see Environment).",
+    "matmul rate measured at the start of the run (see Environment: one large bf16 matmul on CUDA, "
+    "fp32 on a CPU; achieved, not the datasheet peak), the same divisor for every precision: so it "
+    "compares variants of this run, not numbers published against a datasheet.",
     "Where the time goes (profiles): steps traced with torch.profiler after the timing (a suite's "
     "profile_steps, in the case's own process, after one traced warm-up step), or by `segbench profile`. "
     "CUDA: kernel time on the GPU timeline by category, idle = the traced window no kernel covered; CPU: "
