@@ -32,7 +32,8 @@ METHOD = [
     "independent). * marks a ratio of two separate case processes' medians, given without an "
     "interval: the spread between processes is not measured.",
     "Parity: the variant's loss trajectory over the first K steps from the same initial weights and "
-    "batches as the fp32 eager reference, max relative deviation (kernels: max error against the "
+    "batches as the fp32 eager reference (PyTorch's defaults on CUDA: cuDNN may run its convolutions "
+    "in TF32, matmuls stay fp32), max relative deviation (kernels: max error against the "
     "reference on the same input). † the model uses dropout, whose masks differ between variants "
     "that draw random numbers differently.",
     "Peak memory: CUDA max allocated (reserved marked) reset before the measured steps; on the CPU the "
