@@ -88,7 +88,7 @@ def steady_state(step: Callable[[], object], warmup: int, iters: int, device: to
     """Warm up by count, reset the peak-memory counters, then time `iters` steps one by one.
 
     Returns the row fields every step workload reports: peak memory, `s_per_iter`
-    {median, p20, p80, n} and the raw `step_times_s`.
+    {median, p20, p80, n}, the raw `step_times_s` and, on CUDA, `gpu_state` (bench.gpu_state).
     """
     from bench.stats import summarize
 
@@ -96,7 +96,14 @@ def steady_state(step: Callable[[], object], warmup: int, iters: int, device: to
         step()
     reset_peak_memory(device)
     samples = time_steps(step, iters, device)
-    return {**peak_memory(device), "s_per_iter": summarize(samples), "step_times_s": samples}
+    row = {**peak_memory(device), "s_per_iter": summarize(samples), "step_times_s": samples}
+    if torch.device(device).type == "cuda":
+        from bench.gpu_state import sample
+
+        state = sample()  # right after the timed steps, while the GPU is still hot
+        if state is not None:
+            row["gpu_state"] = state
+    return row
 
 
 def reset_peak_memory(device: torch.device | str) -> None:

@@ -133,6 +133,15 @@ def _summary(rows: list[dict]) -> list[str]:
             f"{len(busy)} of {len(rows)} cases ({', '.join(named)}{', ...' if len(busy) > 6 else ''}): "
             "their timings may be inflated and spread; rerun on a quiet machine before quoting them"
         )
+    slowed = [r for r in rows if r["status"] == "ok" and (r.get("gpu_state") or {}).get("slowdowns")]
+    if slowed:
+        named = [f"{r['workload']}/{r['variant']} ({', '.join(r['gpu_state']['slowdowns'])}, "
+                 f"{r['gpu_state']['sm_clock_mhz']:g} MHz)" for r in slowed[:6]]
+        lines.append(
+            f"⚠ the GPU slowed itself down for heat or a hardware limit when {len(slowed)} case(s) ended "
+            f"({', '.join(named)}{', ...' if len(slowed) > 6 else ''}): their timings may be low; check "
+            "the cooling and rerun them before quoting them"
+        )
     for r in rows:
         if r.get("hint"):
             where = f" (raised in {r['error_at']})" if r.get("error_at") else ""

@@ -112,6 +112,22 @@ def _fmt_spread(stats: dict | None) -> str:
     return f"{median} [{p20}–{p80}] n={stats['n']}"
 
 
+def _fmt_gpu_state(state: dict | None) -> str:
+    """"1755/1980 MHz, 61 °C, 452 W" (+ "; HW slowdown" ...) from bench.gpu_state, or ""."""
+    if not state:
+        return ""
+    parts = []
+    if state.get("sm_clock_mhz") is not None:
+        top = f"/{state['max_sm_clock_mhz']:g}" if state.get("max_sm_clock_mhz") else ""
+        parts.append(f"{state['sm_clock_mhz']:g}{top} MHz")
+    if state.get("temperature_c") is not None:
+        parts.append(f"{state['temperature_c']:g} °C")
+    if state.get("power_w") is not None:
+        parts.append(f"{state['power_w']:.0f} W")
+    slow = "; ".join(state.get("slowdowns") or [])
+    return ", ".join(parts) + (f"; {slow}" if slow else "")
+
+
 def _num(value, fmt: str) -> str:
     return "" if value is None or (isinstance(value, float) and pd.isna(value)) else format(value, fmt)
 
@@ -211,6 +227,7 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
             "MFU": _num(row.get("mfu"), ".2%"),
             "ANCHORS (H100, stock)": _anchor(row),
             "parity": "" if dev is None else f"{dev:.1e}" + ("†" if parity.get("note") else ""),
+            "GPU at end": _fmt_gpu_state(row.get("gpu_state")),
             **_extra(row),
             "error": (row.get("error") or "")[:200],
         }

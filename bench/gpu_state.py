@@ -1,0 +1,72 @@
+"""What the GPU was doing when a case's timing ended: SM clock, temperature, power and the reasons
+the driver gave for holding the clocks down — read with nvidia-smi, never set.
+
+A timing is only as good as the GPU's clocks were steady. An H100 under a long training loop may
+run into its power cap (normal, and part of what a user gets) or slow down for heat (the cooling's
+problem, not the code's); `slowdowns` names the latter, and the report flags cases that had one.
+Standard library only: the report reads these fields on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+QUERY = "clocks.sm,clocks.max.sm,temperature.gpu,power.draw,{reasons}"
+# nvidia-smi renamed clocks_throttle_reasons to clocks_event_reasons (driver 535); either may answer
+REASON_FIELDS = ("clocks_event_reasons.active", "clocks_throttle_reasons.active")
+# NVML clock event reason bits that mean "slowed down for heat or a hardware limit" (nvml.h)
+SLOWDOWNS = {
+    0x20: "SW thermal slowdown",
+    0x40: "HW slowdown",
+    0x80: "HW thermal slowdown",
+    0x100: "HW power brake",
+}
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:  # "[N/A]", "[Not Supported]"
+        return None
+
+
+def sample(index: int | None = None) -> dict | None:
+    """{"sm_clock_mhz", "max_sm_clock_mhz", "temperature_c", "power_w", "event_reasons", "slowdowns"}
+    of GPU `index` (default: the first visible one), or None without nvidia-smi or an answer."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    if index is None:  # nvidia-smi numbers GPUs physically; CUDA_VISIBLE_DEVICES may renumber them
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+        index = int(visible) if visible.isdigit() else 0
+    for reasons in REASON_FIELDS:
+        try:
+            query = f"--query-gpu={QUERY.format(reasons=reasons)}"
+            out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader,nounits", "-i", str(index)],
+                                 capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.returncode == 0 and out.stdout.strip():
+            return parse(out.stdout.strip().splitlines()[0])
+    return None
+
+
+def parse(line: str) -> dict | None:
+    """One nvidia-smi CSV line of QUERY (no header, no units)."""
+    fields = [f.strip() for f in line.split(",")]
+    if len(fields) != 5:
+        return None
+    sm, max_sm, temperature, power, reasons = fields
+    try:
+        bits = int(reasons, 16)
+    except ValueError:
+        bits = None
+    return {
+        "sm_clock_mhz": _number(sm),
+        "max_sm_clock_mhz": _number(max_sm),
+        "temperature_c": _number(temperature),
+        "power_w": _number(power),
+        "event_reasons": reasons,
+        "slowdowns": [] if bits is None else [name for bit, name in SLOWDOWNS.items() if bits & bit],
+    }
