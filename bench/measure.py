@@ -57,6 +57,9 @@ def time_steps(
     for start, end in events:
         if setup is not None:
             setup()
+            # the GPU idle at the start event, as for a call without setup: else the call's launch
+            # overhead hides behind the setup's kernels (a timed backward behind its forward)
+            torch.cuda.synchronize()
         start.record()
         fn()
         end.record()
