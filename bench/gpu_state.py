@@ -16,12 +16,14 @@ import subprocess
 QUERY = "clocks.sm,clocks.max.sm,temperature.gpu,power.draw,{reasons}"
 # nvidia-smi renamed clocks_throttle_reasons to clocks_event_reasons (driver 535); either may answer
 REASON_FIELDS = ("clocks_event_reasons.active", "clocks_throttle_reasons.active")
-# NVML clock event reason bits that mean "slowed down for heat or a hardware limit" (nvml.h)
+# NVML clock event reason bits that mean "slowed down for heat or a hardware limit" (nvml.h:
+# nvmlClocksEventReasonHwSlowdown 0x8, SwThermalSlowdown 0x20, HwThermalSlowdown 0x40,
+# HwPowerBrakeSlowdown 0x80; SwPowerCap 0x4 is a normal power cap, 0x100 a display clock setting)
 SLOWDOWNS = {
+    0x8: "HW slowdown",
     0x20: "SW thermal slowdown",
-    0x40: "HW slowdown",
-    0x80: "HW thermal slowdown",
-    0x100: "HW power brake",
+    0x40: "HW thermal slowdown",
+    0x80: "HW power brake",
 }
 
 
@@ -32,18 +34,28 @@ def _number(text: str) -> float | None:
         return None
 
 
-def sample(index: int | None = None) -> dict | None:
+def visible_gpu() -> str | None:
+    """nvidia-smi's id of the first GPU CUDA_VISIBLE_DEVICES shows (an index or a GPU-<uuid>), or None
+    when it cannot be told (a MIG instance: its clocks are its parent's anyway, not worth guessing)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+    if visible.isdigit() or visible.startswith("GPU-"):
+        return visible
+    if visible.startswith("MIG-GPU-"):  # MIG-GPU-<uuid>/<gi>/<ci>: the parent GPU
+        return visible[len("MIG-"):].split("/")[0]
+    return None
+
+
+def sample(gpu: str | None = None) -> dict | None:
     """{"sm_clock_mhz", "max_sm_clock_mhz", "temperature_c", "power_w", "event_reasons", "slowdowns"}
-    of GPU `index` (default: the first visible one), or None without nvidia-smi or an answer."""
-    if not shutil.which("nvidia-smi"):
+    of GPU `gpu` (an nvidia-smi id: "GPU-<uuid>" best, as torch's device properties give it; default
+    `visible_gpu()`), or None without nvidia-smi, an id or an answer."""
+    gpu = gpu or visible_gpu()
+    if gpu is None or not shutil.which("nvidia-smi"):
         return None
-    if index is None:  # nvidia-smi numbers GPUs physically; CUDA_VISIBLE_DEVICES may renumber them
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
-        index = int(visible) if visible.isdigit() else 0
     for reasons in REASON_FIELDS:
         try:
             query = f"--query-gpu={QUERY.format(reasons=reasons)}"
-            out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader,nounits", "-i", str(index)],
+            out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader,nounits", "-i", gpu],
                                  capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired):
             return None

@@ -103,7 +103,10 @@ def steady_state(step: Callable[[], object], warmup: int, iters: int, device: to
     if torch.device(device).type == "cuda":
         from bench.gpu_state import sample
 
-        state = sample()  # right after the timed steps, while the GPU is still hot
+        # right after the timed steps, while the GPU is still hot; by UUID: CUDA's device numbers
+        # need not be nvidia-smi's
+        uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+        state = sample(f"GPU-{uuid}" if uuid else None)
         if state is not None:
             row["gpu_state"] = state
     return row

@@ -135,8 +135,11 @@ def _summary(rows: list[dict]) -> list[str]:
         )
     slowed = [r for r in rows if r["status"] == "ok" and (r.get("gpu_state") or {}).get("slowdowns")]
     if slowed:
-        named = [f"{r['workload']}/{r['variant']} ({', '.join(r['gpu_state']['slowdowns'])}, "
-                 f"{r['gpu_state']['sm_clock_mhz']:g} MHz)" for r in slowed[:6]]
+        def why(state: dict) -> str:  # the clock may read [N/A]
+            clock = f", {state['sm_clock_mhz']:g} MHz" if state.get("sm_clock_mhz") is not None else ""
+            return ", ".join(state["slowdowns"]) + clock
+
+        named = [f"{r['workload']}/{r['variant']} ({why(r['gpu_state'])})" for r in slowed[:6]]
         lines.append(
             f"⚠ the GPU slowed itself down for heat or a hardware limit when {len(slowed)} case(s) ended "
             f"({', '.join(named)}{', ...' if len(slowed) > 6 else ''}): their timings may be low; check "

@@ -44,9 +44,11 @@ def _setup_difference(ra: dict, rb: dict) -> str:
 
 
 def machine(env: dict) -> str:
-    """What a run's timings depend on beyond the code: the GPU (or CPU) and the torch version."""
+    """What a run's timings depend on beyond the code: the GPU (or the CPU and its core count) and the
+    torch version."""
     cal = env.get("calibration", {})
-    return f"{cal.get('gpu') or env.get('cpu', '?')}, torch {env.get('versions', {}).get('torch', '?')}"
+    where = cal.get("gpu") or f"{env.get('cpu', '?')} × {env.get('cpu_count', '?')}"
+    return f"{where}, torch {env.get('versions', {}).get('torch', '?')}"
 
 
 def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
@@ -75,7 +77,8 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
             rec["verdict"] = f"not comparable: {differs}"
         elif rb["status"] == "ok" and ra["status"] != "ok":  # e.g. now out of memory: --fail-on-regression
             rec["after"] = ra["status"]
-            rec["verdict"] = "REGRESSION"
+            rec["verdict"] = (f"status ok → {ra['status']} on another machine ({machines[0]}): no verdict"
+                              if other_machine else "REGRESSION")
         elif ra["status"] != "ok" or rb["status"] != "ok":
             rec["verdict"] = f"status {rb['status']} → {ra['status']}"
         elif ra.get("estimated_peak_bytes") and rb.get("estimated_peak_bytes"):
@@ -90,6 +93,8 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
         else:
             # a loader's rate is its mean wait (workers deliver in bursts); a step's time, its median
             statistic = "mean" if ra.get("kind") == "dataloader" else "median"
+            if statistic == "mean":
+                rec["before"], rec["after"] = (f"mean {fmt_seconds(sum(s) / len(s))}" for s in (sb, sa))
             change = relative_change_ci(sb, sa, statistic=statistic)
             rec.update(change)
             rec["verdict"] = (f"other machine ({machines[1]} → {machines[0]}): no verdict" if other_machine
@@ -173,7 +178,7 @@ def _figure(table: pd.DataFrame, path: Path) -> Path | None:
     ax.barh(labels, t.change * 100, xerr=err, color=colors, capsize=3)
     ax.axvline(0, color="k", lw=0.8)
     ax.invert_yaxis()
-    ax.set_xlabel("change of median step time, % (RUN vs RUN_B; + is slower)")
+    ax.set_xlabel("change of median step time (loaders: mean wait), % (RUN vs RUN_B; + is slower)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -40,7 +40,9 @@ def _speedup(row: dict, other_case: str, rows: dict[str, dict], anchors: dict
         if measured.get("ci_low") is None:
             return measured["ratio"], "interleaved A/B, one block pair (no interval)", None
         low, high = measured["ci_low"], measured["ci_high"]
-        how = f"interleaved A/B, 95 % CI {low:.2f}–{high:.2f} over {measured.get('pairs', '?')} block pairs"
+        over = (f"over {measured['pairs']} block pairs" if "pairs" in measured
+                else "a bootstrap over steps (a run before block pairs)")
+        how = f"interleaved A/B, 95 % CI {low:.2f}–{high:.2f}, {over}"
         return measured["ratio"], how, low
     if other_case in anchors:
         return anchors[other_case] / row["s_per_iter"]["median"], (

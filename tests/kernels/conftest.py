@@ -58,10 +58,12 @@ def tf32_like_the_gpu(monkeypatch):
         matmul.allow_tf32 = False
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
         yield
-        if isinstance(before, str):
+        # the legacy switch unless the state was the new API's untouched "none": restoring "tf32"
+        # through the new API would make every later read of allow_tf32 raise (mixed APIs)
+        if before == "none":
             matmul.fp32_precision = before
         else:
-            matmul.allow_tf32 = before
+            matmul.allow_tf32 = before in ("tf32", True)
         return
     try:
         from triton.runtime import interpreter

@@ -104,3 +104,10 @@ def test_compare_gives_no_verdict_across_machines_and_reads_loaders_by_their_rat
     bursty_a = {**loader, "step_times_s": [0.0, 0.0, 0.004, 0.4] * 4}
     row = compare_rows([bursty_a], [bursty_b]).iloc[0]
     assert row.change == pytest.approx(0.01) and row.verdict == "no significant change"
+    assert (row.before, row.after) == ("mean 100.00 ms", "mean 101.00 ms")  # what the change is of
+    # failing where it ran before is no regression of the code when the machine changed too
+    failed = {**case, "status": "error", "error": "CUDA out of memory"}
+    other = compare_rows([failed], [before], machines=("NVIDIA L4, torch 2.11", "NVIDIA H100, torch 2.11"))
+    assert other.verdict.iloc[0] == ("status ok → error on another machine (NVIDIA L4, torch 2.11): "
+                                     "no verdict")
+    assert compare_rows([failed], [before]).verdict.iloc[0] == "REGRESSION"

@@ -256,12 +256,14 @@ def test_the_report_flags_a_case_that_ended_slowed_down(tmp_path):
 
     run = write_run(tmp_path / "run")
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
-    rows[2]["gpu_state"] = parse("1410, 1980, 88, 699.5, 0x0000000000000080")
+    rows[2]["gpu_state"] = parse("1410, 1980, 88, 699.5, 0x0000000000000040")
     rows[1]["gpu_state"] = parse("1980, 1980, 55, 480, 0x0000000000000004")
+    rows[0]["gpu_state"] = parse("[N/A], [N/A], 90, [N/A], 0x0000000000000020")  # no clock reading
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     build_report(run)
     md = (run / "report.md").read_text()
     flag = [line for line in md.splitlines() if "the GPU slowed itself down" in line]
     case = f"{rows[2]['workload']}/{rows[2]['variant']}"
     assert len(flag) == 1 and f"{case} (HW thermal slowdown, 1410 MHz)" in flag[0]
+    assert f"{rows[0]['workload']}/{rows[0]['variant']} (SW thermal slowdown)" in flag[0]
     assert "1410/1980 MHz, 88 °C, 700 W; HW thermal slowdown" in md and "1980/1980 MHz, 55 °C, 480 W |" in md
