@@ -21,7 +21,6 @@ import torch
 
 from seg import metrics
 from seg.infer import InferConfig, default_roi, load_ensemble, resolve_device, resolve_precision
-from seg.speed import cudnn_autotune
 
 
 def prepared_spacing_mm(meta: dict) -> tuple[float, float, float]:
@@ -63,7 +62,6 @@ def tune_min_et(
     from seg.targets import to_labels
 
     dev = resolve_device(device)
-    cudnn_autotune(dev)
     reader = open_reader(data_dir)
     per_case, errors = [], []
     for checkpoint, ids in zip(checkpoints, val_ids, strict=True):
@@ -101,7 +99,6 @@ def evaluate_test(
     from seg.targets import to_labels
 
     dev = resolve_device(device)
-    cudnn_autotune(dev)
     models, ckpts = load_ensemble(checkpoints, dev, cfg)
     roi = cfg.roi or default_roi(ckpts[0])
     target = ensemble_target(checkpoints, ckpts)

@@ -74,7 +74,9 @@ def load_ensemble(
 ) -> tuple[list[nn.Module], list[dict[str, Any]]]:
     """(models in eval mode, each checkpoint's description) for an ensemble on `device`; the
     descriptions keep only the small entries (the weights and optimizer state are let go).
-    With `cfg`, its speed options are applied to each model after its weights are loaded."""
+    With `cfg`, its speed options are applied to each model after its weights are loaded.
+    On CUDA, cuDNN autotunes from here on (seg.speed.cudnn_autotune: the windows all have one shape)."""
+    speed.cudnn_autotune(device)
     models, infos = [], []
     for path in checkpoints:
         ckpt = read_checkpoint(path, device)
@@ -279,7 +281,6 @@ def infer_folder(
 
     cfg = dataclasses.replace(cfg or InferConfig())
     dev = resolve_device(device)
-    speed.cudnn_autotune(dev)  # the windows all have one shape
     models, ckpts = load_ensemble(checkpoints, dev, cfg)
     prep_cfg = prep_config_of(ckpts[0])
     for path, ckpt in zip(checkpoints[1:], ckpts[1:], strict=True):

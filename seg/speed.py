@@ -217,8 +217,9 @@ def to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def cudnn_autotune(device: torch.device) -> None:
     """On CUDA, let cuDNN time its convolution algorithms for each new input shape and keep the
     fastest (`cudnn.benchmark`): every input here has a fixed shape (the patch, the prepared volume,
-    the sliding window), so the search runs once per shape, in the first steps. Training, inference,
-    cv and the harness's cases all call this, so a benchmark times what they run."""
+    the sliding window), so the search runs once per shape, in the first steps. Training, every
+    inference path (through seg.infer.load_ensemble) and the harness's cases all call this, so a
+    benchmark times what they run."""
     import torch
 
     if torch.device(device).type == "cuda":
