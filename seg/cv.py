@@ -45,6 +45,26 @@ def fold_count(data_dir: str | Path, folds: int | None) -> tuple[int, dict]:
     return k, splits
 
 
+def _labelled_cases(data_dir: str | Path, ids: list[str], errors: list[str], desc: str):
+    """(case id, prepared case) for each of `ids` in a prepared or packed folder, as training reads
+    it; a case that cannot be read or has no label is added to `errors` and skipped, so it never
+    costs the others their scores."""
+    from tqdm import tqdm
+
+    from seg.data.formats import open_reader
+
+    reader = open_reader(data_dir)
+    for case_id in tqdm(ids, desc=desc, unit="case", disable=None):
+        try:
+            case = reader.read(case_id)
+            if "label" not in case:
+                raise ValueError("case has no label")
+        except (OSError, ValueError, KeyError) as err:
+            errors.append(f"{data_dir}: {case_id}: {err}")
+            continue
+        yield case_id, case
+
+
 @torch.no_grad()
 def tune_min_et(
     checkpoints: list[Path], val_ids: list[list[str]], data_dir: str | Path, cfg: InferConfig,
@@ -53,35 +73,25 @@ def tune_min_et(
     """Choose `--min-et-mm3` as nnU-Net chooses its post-processing: on out-of-fold predictions (fold
     k's model on fold k's validation cases), the volume of `seg.postprocess.MIN_ET_CANDIDATES_MM3`
     with the best mean ET Dice. Returns `seg.postprocess.choose_min_et`'s dict plus "errors"."""
-    from tqdm import tqdm
-
-    from seg.data.formats import open_reader
-    from seg.infer import sliding_window_predict
+    from seg.infer import ensemble_target, sliding_window_predict
     from seg.postprocess import choose_min_et, et_dice_by_threshold
     from seg.speed import to_input
     from seg.targets import to_labels
 
     dev = resolve_device(device)
-    reader = open_reader(data_dir)
+    precision = resolve_precision(cfg.precision, dev)
     per_case, errors = [], []
     for checkpoint, ids in zip(checkpoints, val_ids, strict=True):
         (model,), (ckpt,) = load_ensemble([checkpoint], dev, cfg)
         roi = cfg.roi or default_roi(ckpt)
-        target = (ckpt.get("config") or {}).get("target", "labels")
-        precision = resolve_precision(cfg.precision, dev)
-        for case_id in tqdm(ids, desc=f"cv tune {Path(checkpoint).parent.name}", unit="case", disable=None):
-            try:
-                case = reader.read(case_id)
-                ref = case["label"][0].numpy()
-            except (OSError, ValueError, KeyError) as err:
-                errors.append(f"{data_dir}: {case_id}: {err}")
-                continue
+        target = ensemble_target([checkpoint], [ckpt])
+        for _, case in _labelled_cases(data_dir, ids, errors, f"cv tune {Path(checkpoint).parent.name}"):
             image = to_input(case["image"][None].float().to(dev), cfg.channels_last)
             probs = sliding_window_predict(model, image, roi, cfg.overlap, cfg.sw_batch_size, cfg.mode,
                                            cfg.tta, precision, target=target)
             pred = to_labels(probs, target)[0].cpu().numpy()
             voxel_mm3 = float(np.prod(prepared_spacing_mm(case["meta"])))
-            per_case.append(et_dice_by_threshold(pred, ref, voxel_mm3))
+            per_case.append(et_dice_by_threshold(pred, case["label"][0].numpy(), voxel_mm3))
     return {**choose_min_et(per_case), "errors": errors}
 
 
@@ -90,9 +100,6 @@ def evaluate_test(
     checkpoints: list[Path], data_dir: str | Path, test_ids: list[str], cfg: InferConfig, device: str = "auto"
 ) -> dict[str, Any]:
     """{"ensemble": {"cases", "mean"}, "folds": [{"checkpoint", "cases", "mean"}]} on `test_ids`."""
-    from tqdm import tqdm
-
-    from seg.data.formats import open_reader
     from seg.infer import ensemble_target, sliding_window_predict
     from seg.postprocess import small_et_to_core
     from seg.speed import to_input
@@ -106,15 +113,7 @@ def evaluate_test(
     per_fold: list[dict[str, Any]] = [{} for _ in models]
     ensemble: dict[str, Any] = {}
     errors: list[str] = []
-    reader = open_reader(data_dir)  # a prepared or a packed folder, as training reads it
-    for case_id in tqdm(test_ids, desc="cv test", unit="case", disable=None):
-        try:  # one unreadable or unlabelled test case must not cost the others' scores
-            case = reader.read(case_id)
-            if "label" not in case:
-                raise ValueError("test case has no label")
-        except (OSError, ValueError, KeyError) as err:
-            errors.append(f"{data_dir}: {case_id}: {err}")
-            continue
+    for case_id, case in _labelled_cases(data_dir, test_ids, errors, "cv test"):
         image = to_input(case["image"][None].float().to(dev), cfg.channels_last)
         ref = case["label"][0].numpy()
         spacing = prepared_spacing_mm(case["meta"])
