@@ -1,5 +1,5 @@
 """Statistics over timing samples: summaries, speedups of interleaved A/B blocks with t-intervals over
-the block pairs, ratio-of-medians with bootstrap intervals (run-vs-run changes).
+the block pairs, ratios of medians (or means) with bootstrap intervals (run-vs-run changes).
 
 NumPy only (no torch), so `reports` can recompute speedups from the raw samples stored in
 results.jsonl on a machine without torch.
@@ -25,15 +25,17 @@ def summarize(samples: Sequence[float]) -> dict[str, float | int]:
     return {"median": float(median), "p20": float(p20), "p80": float(p80), "n": int(values.size)}
 
 
-def ratio_of_medians_ci(
+def ratio_ci(
     numerator: Sequence[float],
     denominator: Sequence[float],
     *,
+    statistic: str = "median",
     confidence: float = 0.95,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
 ) -> dict[str, float]:
-    """median(numerator) / median(denominator) with a percentile-bootstrap interval.
+    """statistic(numerator) / statistic(denominator), the median or the mean, with a
+    percentile-bootstrap interval.
 
     Each group is resampled with replacement on its own (the samples are step times, not pairs).
     For a speedup of B over A pass A's times as `numerator`: > 1 means B is faster.
@@ -42,13 +44,14 @@ def ratio_of_medians_ci(
     b = np.asarray(denominator, dtype=float)
     if a.size == 0 or b.size == 0:
         raise ValueError("both groups need at least one sample")
+    stat = {"median": np.median, "mean": np.mean}[statistic]
     rng = np.random.default_rng(seed)
-    med_a = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
-    med_b = np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
-    ratios = med_a / med_b
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample of only zero waits
+        ratios = (stat(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
+                  / stat(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1))
     tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(ratios, [tail, 100 - tail])
-    return {"ratio": float(np.median(a) / np.median(b)), "ci_low": float(low), "ci_high": float(high)}
+    low, high = np.nanpercentile(ratios, [tail, 100 - tail])
+    return {"ratio": float(stat(a) / stat(b)), "ci_low": float(low), "ci_high": float(high)}
 
 
 # two-sided 95 % Student-t quantiles by degrees of freedom (1..30); the normal's beyond
@@ -78,21 +81,10 @@ def paired_blocks_ratio_ci(baseline_blocks: Sequence[Sequence[float]],
     return out
 
 
-def relative_change_ci(before: Sequence[float], after: Sequence[float], *, statistic: str = "median",
-                       **kwargs) -> dict[str, float]:
+def relative_change_ci(before: Sequence[float], after: Sequence[float], **kwargs) -> dict[str, float]:
     """Relative change of the median (or, `statistic="mean"`, of the mean: a loader's rate is its mean
-    wait), after/before - 1, with its bootstrap interval."""
-    if statistic == "mean":
-        a, b = np.asarray(after, dtype=float), np.asarray(before, dtype=float)
-        rng = np.random.default_rng(kwargs.get("seed", 0))
-        n = kwargs.get("resamples", BOOTSTRAP_RESAMPLES)
-        with np.errstate(divide="ignore", invalid="ignore"):  # a resample of only zero waits
-            ratios = (a[rng.integers(0, a.size, size=(n, a.size))].mean(1)
-                      / b[rng.integers(0, b.size, size=(n, b.size))].mean(1))
-        low, high = np.nanpercentile(ratios, [2.5, 97.5])
-        change = float(a.mean() / b.mean() - 1)
-        return {"change": change, "ci_low": float(low - 1), "ci_high": float(high - 1)}
-    r = ratio_of_medians_ci(after, before, **kwargs)
+    wait), after/before - 1, with its bootstrap interval (`ratio_ci`'s keywords)."""
+    r = ratio_ci(after, before, **kwargs)
     return {"change": r["ratio"] - 1, "ci_low": r["ci_low"] - 1, "ci_high": r["ci_high"] - 1}
 
 
