@@ -72,12 +72,11 @@ def open_reader(path: str | Path) -> PtReader | PackedReader:
 def split_has_labels(reader: PtReader | PackedReader, ids: list[str], where: str | Path) -> bool:
     """Whether the cases `ids` are labelled; ValueError when some are and some are not (a training
     transform built for one kind would mishandle the other: labels left unaligned, or a KeyError)."""
-    labelled = {reader.has_label(i) for i in ids}
-    if len(labelled) > 1:
-        unlabelled = [i for i in ids if not reader.has_label(i)]
+    unlabelled = [i for i in ids if not reader.has_label(i)]  # one look per case (a .pt is opened)
+    if unlabelled and len(unlabelled) < len(ids):
         raise ValueError(f"{where}: the split mixes labelled and image-only cases "
                          f"({len(unlabelled)} without a label, e.g. {unlabelled[0]})")
-    return labelled == {True}
+    return bool(ids) and not unlabelled
 
 
 def storage_format(path: str | Path) -> str:
