@@ -1,5 +1,5 @@
-"""What the GPU was doing when a case's timing ended: SM clock, temperature, power and the reasons
-the driver gave for holding the clocks down — read with nvidia-smi, never set.
+"""What the GPU was doing while a case was timed, and when its timing ended: SM clock, temperature,
+power and the reasons the driver gave for holding the clocks down — read with nvidia-smi, never set.
 
 A timing is only as good as the GPU's clocks were steady. An H100 under a long training loop may
 run into its power cap (normal, and part of what a user gets) or slow down for heat (the cooling's
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
+import threading
 
 QUERY = "clocks.sm,clocks.max.sm,temperature.gpu,power.draw,{reasons}"
 # nvidia-smi renamed clocks_throttle_reasons to clocks_event_reasons (driver 535); either may answer
@@ -25,6 +27,8 @@ SLOWDOWNS = {
     0x40: "HW thermal slowdown",
     0x80: "HW power brake",
 }
+
+_answered = [REASON_FIELDS[0]]  # the field name this driver answered last: a watch asks it many times
 
 
 def _number(text: str) -> float | None:
@@ -52,7 +56,7 @@ def sample(gpu: str | None = None) -> dict | None:
     gpu = gpu or visible_gpu()
     if gpu is None or not shutil.which("nvidia-smi"):
         return None
-    for reasons in REASON_FIELDS:
+    for reasons in sorted(REASON_FIELDS, key=lambda field: field != _answered[0]):  # known first
         try:
             query = f"--query-gpu={QUERY.format(reasons=reasons)}"
             out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader,nounits", "-i", gpu],
@@ -60,8 +64,76 @@ def sample(gpu: str | None = None) -> dict | None:
         except (OSError, subprocess.TimeoutExpired):
             return None
         if out.returncode == 0 and out.stdout.strip():
+            _answered[0] = reasons
             return parse(out.stdout.strip().splitlines()[0])
     return None
+
+
+class Watch:
+    """Samples the GPU from a background thread while its block runs: one sample at once, then one
+    every `interval_s`. `summary()` gives what the timed steps ran at, where one sample after them
+    may read a clock already recovering; the thread only waits on nvidia-smi, so the timed loop
+    keeps the interpreter.
+
+        with Watch(gpu) as watch:
+            times = time_steps(...)
+        row["gpu_during"] = watch.summary()
+    """
+
+    def __init__(self, gpu: str | None, interval_s: float = 1.0):
+        self.gpu, self.interval_s = gpu, interval_s
+        self.samples: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gpu-watch", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            state = sample(self.gpu)
+            if state is None:  # no nvidia-smi or no answer: asking again will not help
+                return
+            self.samples.append(state)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict | None:
+        return summarize(self.samples)
+
+
+def summarize(samples: list[dict]) -> dict | None:
+    """Samples as one state: the median SM clock beside the lowest, the highest temperature, the
+    median power, every event reason seen (ORed) and every slowdown; None without samples."""
+    if not samples:
+        return None
+
+    def values(key: str) -> list[float]:
+        return [s[key] for s in samples if s.get(key) is not None]
+
+    clocks, tops, temps, powers = (values(k) for k in ("sm_clock_mhz", "max_sm_clock_mhz", "temperature_c",
+                                                       "power_w"))
+    bits = 0
+    for s in samples:
+        try:
+            bits |= int(s.get("event_reasons") or "", 16)
+        except ValueError:
+            pass
+    return {
+        "samples": len(samples),
+        "sm_clock_mhz": statistics.median(clocks) if clocks else None,
+        "min_sm_clock_mhz": min(clocks) if clocks else None,
+        "max_sm_clock_mhz": max(tops) if tops else None,
+        "temperature_c": max(temps) if temps else None,
+        "power_w": statistics.median(powers) if powers else None,
+        "event_reasons": hex(bits),
+        "slowdowns": [name for name in SLOWDOWNS.values() if any(name in s["slowdowns"] for s in samples)],
+    }
 
 
 def parse(line: str) -> dict | None:

@@ -12,8 +12,11 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def sync(device: torch.device | str) -> None:
@@ -91,25 +94,43 @@ def steady_state(step: Callable[[], object], warmup: int, iters: int, device: to
     """Warm up by count, reset the peak-memory counters, then time `iters` steps one by one.
 
     Returns the row fields every step workload reports: peak memory, `s_per_iter`
-    {median, p20, p80, n}, the raw `step_times_s` and, on CUDA, `gpu_state` (bench.gpu_state).
+    {median, p20, p80, n}, the raw `step_times_s` and, on CUDA, the GPU's state during the timed steps
+    (`gpu_during`) and just after them (`gpu_state`) (bench.gpu_state).
     """
     from bench.stats import summarize
 
     for _ in range(warmup):
         step()
     reset_peak_memory(device)
-    samples = time_steps(step, iters, device)
+    samples, during = watched(lambda: time_steps(step, iters, device), device)
     row = {**peak_memory(device), "s_per_iter": summarize(samples), "step_times_s": samples}
+    if during is not None:
+        row["gpu_during"] = during
     if torch.device(device).type == "cuda":
         from bench.gpu_state import sample
 
-        # right after the timed steps, while the GPU is still hot; by UUID: CUDA's device numbers
-        # need not be nvidia-smi's
-        uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
-        state = sample(f"GPU-{uuid}" if uuid else None)
+        state = sample(gpu_id(device))  # right after the timed steps, while the GPU is still hot
         if state is not None:
             row["gpu_state"] = state
     return row
+
+
+def gpu_id(device: torch.device | str) -> str | None:
+    """nvidia-smi's id of a CUDA device: by UUID, since CUDA's device numbers need not be nvidia-smi's."""
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    return f"GPU-{uuid}" if uuid else None
+
+
+def watched(fn: Callable[[], T], device: torch.device | str) -> tuple[T, dict | None]:
+    """fn()'s result and, on CUDA, the GPU's clocks, temperature and slowdowns while it ran
+    (bench.gpu_state.Watch's summary; None off CUDA or without nvidia-smi)."""
+    if torch.device(device).type != "cuda":
+        return fn(), None
+    from bench.gpu_state import Watch
+
+    with Watch(gpu_id(device)) as watch:
+        result = fn()
+    return result, watch.summary()
 
 
 def reset_peak_memory(device: torch.device | str) -> None:

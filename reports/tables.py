@@ -113,17 +113,22 @@ def _fmt_spread(stats: dict | None) -> str:
 
 
 def _fmt_gpu_state(state: dict | None) -> str:
-    """"1755/1980 MHz, 61 °C, 452 W" (+ "; HW slowdown" ...) from bench.gpu_state, or ""."""
+    """"1755/1980 MHz, 61 °C, 452 W" (+ "; HW slowdown" ...) from bench.gpu_state, or "". A summary of
+    several samples adds its lowest clock and gives its highest temperature, median clock and power."""
     if not state:
         return ""
     parts = []
     if state.get("sm_clock_mhz") is not None:
         top = f"/{state['max_sm_clock_mhz']:g}" if state.get("max_sm_clock_mhz") else ""
-        parts.append(f"{state['sm_clock_mhz']:g}{top} MHz")
+        low = state.get("min_sm_clock_mhz")
+        low = f" (min {low:g})" if low is not None and low < state["sm_clock_mhz"] else ""
+        parts.append(f"{state['sm_clock_mhz']:g}{top} MHz{low}")
     if state.get("temperature_c") is not None:
-        parts.append(f"{state['temperature_c']:g} °C")
+        parts.append(f"{'≤' if state.get('samples', 1) > 1 else ''}{state['temperature_c']:g} °C")
     if state.get("power_w") is not None:
         parts.append(f"{state['power_w']:.0f} W")
+    if state.get("samples", 1) > 1:
+        parts.append(f"{state['samples']} samples")
     slow = "; ".join(state.get("slowdowns") or [])
     return ", ".join(parts) + (f"; {slow}" if slow else "")
 
@@ -227,7 +232,9 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
             "MFU": _num(row.get("mfu"), ".2%"),
             "ANCHORS (H100, stock)": _anchor(row),
             "parity": "" if dev is None else f"{dev:.1e}" + ("†" if parity.get("note") else ""),
-            "GPU at end": _fmt_gpu_state(row.get("gpu_state")),
+            "GPU while timed": _fmt_gpu_state(row.get("gpu_during")),
+            # older runs sampled the GPU once, after the timed steps
+            "GPU at end": "" if row.get("gpu_during") else _fmt_gpu_state(row.get("gpu_state")),
             **_extra(row),
             "error": (row.get("error") or "")[:200],
         }

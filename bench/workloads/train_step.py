@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.measure import max_rel_dev, steady_state, time_once, time_steps
+from bench.measure import max_rel_dev, steady_state, time_once, time_steps, watched
 from bench.stats import paired_blocks_ratio_ci, summarize
 from bench.workloads.common import (
     Case,
@@ -135,7 +135,9 @@ def _paired(case: Case, device: torch.device, init: dict, variant_step: Callable
 
         for _ in range(1 + case.measure.warmup):
             base_step()
-        base_blocks, var_blocks = interleaved(variant_step, base_step, case, device)
+        (base_blocks, var_blocks), during = watched(
+            lambda: interleaved(variant_step, base_step, case, device), device
+        )
     except Exception as err:  # e.g. OOM with two models resident: the variant's own timing stands
         paired["error"] = f"{type(err).__name__}: {err}"[:500]
         return paired
@@ -143,6 +145,8 @@ def _paired(case: Case, device: torch.device, init: dict, variant_step: Callable
     paired["variant_s"] = summarize([t for b in var_blocks for t in b])
     paired["baseline_blocks_s"] = base_blocks
     paired["variant_blocks_s"] = var_blocks
+    if during is not None:
+        paired["gpu_during"] = during
     # speedup > 1: the variant is faster than the baseline; its interval is over the block pairs
     paired["speedup"] = paired_blocks_ratio_ci(base_blocks, var_blocks)
     return paired

@@ -46,3 +46,58 @@ echo "1410, 1980, 83, 699.5, 0x0000000000000008"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert sample() is None
+
+
+def _fake_smi(tmp_path, answers: list[str]):
+    """An nvidia-smi that gives the next of `answers` on each call (the last one from then on)."""
+    count = tmp_path / "count"
+    count.write_text("0")
+    lines = "\n".join(f'{i}) echo "{a}";;' for i, a in enumerate(answers))
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f"""#!/bin/sh
+read n < {count}; echo $((n + 1)) > {count}  # shell builtins only: PATH holds just this
+case $n in
+{lines}
+*) echo "{answers[-1]}";;
+esac
+""")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return count
+
+
+def test_a_watch_samples_while_its_block_runs_and_sums_up_what_the_timed_steps_ran_at(tmp_path, monkeypatch):
+    import time
+
+    from bench.gpu_state import Watch
+
+    count = _fake_smi(tmp_path, ["1980, 1980, 50, 400, 0x0", "1755, 1980, 61, 690, 0x4",
+                                 "1410, 1980, 88, 700, 0x40", "1800, 1980, 70, 650, 0x0"])
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with Watch("0", interval_s=0.05) as watch:
+        deadline = time.monotonic() + 30
+        while int(count.read_text() or 0) < 5 and time.monotonic() < deadline:  # asked 5 times
+            time.sleep(0.01)
+    summary = watch.summary()
+    n = summary.pop("samples")
+    assert n >= 4 and n == len(watch.samples)
+    assert summary == {"sm_clock_mhz": 1800.0 if n > 4 else 1777.5, "min_sm_clock_mhz": 1410.0,
+                       "max_sm_clock_mhz": 1980.0, "temperature_c": 88.0,
+                       "power_w": 650.0 if n > 4 else 670.0, "event_reasons": "0x44",
+                       "slowdowns": ["HW thermal slowdown"]}
+    asked = int(count.read_text())
+    time.sleep(0.2)
+    assert int(count.read_text()) == asked  # the thread stopped with its block
+
+
+def test_a_watch_without_nvidia_smi_sums_up_to_none_and_ends_at_once(tmp_path, monkeypatch):
+    from bench.gpu_state import Watch, summarize
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    with Watch("0", interval_s=60) as watch:
+        pass
+    assert watch.summary() is None and not watch._thread.is_alive()
+    assert summarize([]) is None
+    # one [N/A] clock among the samples: the others still give the clocks
+    states = [parse("[N/A], [N/A], 40, [N/A], 0x0"), parse("1500, 1980, 45, 300, 0x20")]
+    assert summarize(states)["sm_clock_mhz"] == 1500.0 and summarize(states)["slowdowns"] == [
+        "SW thermal slowdown"]

@@ -267,3 +267,24 @@ def test_the_report_flags_a_case_that_ended_slowed_down(tmp_path):
     assert len(flag) == 1 and f"{case} (HW thermal slowdown, 1410 MHz)" in flag[0]
     assert f"{rows[0]['workload']}/{rows[0]['variant']} (SW thermal slowdown)" in flag[0]
     assert "1410/1980 MHz, 88 °C, 700 W; HW thermal slowdown" in md and "1980/1980 MHz, 55 °C, 480 W |" in md
+
+
+def test_the_report_shows_the_gpu_while_timed_and_flags_a_slowdown_seen_in_the_interleaved_blocks(tmp_path):
+    from bench.gpu_state import parse, summarize
+    from reports.build import build_report
+
+    run = write_run(tmp_path / "run")
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    hot = [parse(line) for line in ("1980, 1980, 60, 500, 0x4", "1410, 1980, 88, 699.5, 0x40",
+                                    "1755, 1980, 80, 690, 0x0")]
+    rows[1]["gpu_during"] = summarize(hot[:1] + hot[2:])  # the timed steps ran clean
+    rows[1]["paired"] = {**rows[1].get("paired", {}), "gpu_during": summarize(hot)}  # the blocks did not
+    rows[1]["gpu_state"] = parse("1700, 1980, 70, 300, 0x0")  # superseded by gpu_during in the table
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "GPU while timed" in md and "GPU at end" not in md
+    assert "1867.5/1980 MHz (min 1755), ≤80 °C, 595 W, 2 samples |" in md
+    flag = [line for line in md.splitlines() if "the GPU slowed itself down" in line]
+    case = f"{rows[1]['workload']}/{rows[1]['variant']}"
+    assert len(flag) == 1 and f"{case} (HW thermal slowdown, 1755 MHz)" in flag[0]
