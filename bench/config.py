@@ -340,3 +340,13 @@ def load_suite(name_or_path: str | Path) -> Suite:
             )
         path = shipped
     return parse_suite(path.read_text(), path)
+
+
+BUDGET_CUT = "the suite's time budget"  # in the error of a row the budget cut (not run, or stopped)
+
+
+def cut_by_budget(row: dict) -> bool:
+    """Whether the run's time budget, not the case, ended this row: `--resume` runs it again, a
+    compare gives it no verdict."""
+    error = str(row.get("error") or "")
+    return error.startswith(("not run:", "timeout:")) and BUDGET_CUT in error

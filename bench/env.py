@@ -130,3 +130,13 @@ def calibrate(device: str) -> dict:
         else "fp32 dense matmul rate measured on this CPU (no bf16 tensor cores)"
     )
     return info
+
+
+def machine(env: dict) -> str:
+    """What a run's timings depend on beyond the code: the GPU (or the CPU and its core count) and the
+    torch version; a run resumed elsewhere (older runs: the runner now refuses it) names each."""
+    torch_version = (env.get("versions") or {}).get("torch", "?")
+    sessions = [env.get("calibration") or {}] + [r.get("calibration") or {} for r in env.get("resumed", [])]
+    cpu = f"{env.get('cpu', '?')} × {env.get('cpu_count', '?')}"
+    where = dict.fromkeys(cal.get("gpu") or cpu for cal in sessions)
+    return f"{' + '.join(where)}, torch {torch_version}"

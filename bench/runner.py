@@ -19,9 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.case import write_json_atomic
-from bench.config import NEEDS_DATA, DataSpec, Suite, Workload, load_suite
+from bench.config import BUDGET_CUT, NEEDS_DATA, DataSpec, Suite, Workload, load_suite
 from bench.contention import BUSY_FRACTION, HostLoad
-from bench.env import capture_host
+from bench.env import capture_host, machine
 from bench.variants import Unavailable, VariantContext, resolve
 
 KEEP_CACHE_ENV = "SEGBENCH_KEEP_COMPILE_CACHE"  # =1: cases share your inductor/Triton caches
@@ -306,6 +306,11 @@ def run_suite(
     calibration = {k: v for k, v in calib.items() if k not in ("status", "log", "case_wall_s")}
     env["calibration"] = calibration
     if old_env is not None:  # the run's own facts stay; the resume is one more entry
+        if machine(env) != machine(old_env):  # one run's rows, one card: its ratios cross rows
+            raise BenchError(
+                f"--resume: {out} was measured on {machine(old_env)}, this is {machine(env)}; its rows "
+                "would mix two machines (a cross-row speedup would compare them): start a new run"
+            )
         resumed = {k: env[k] for k in ("time_utc", "command", "git", "calibration")}
         env = {**old_env, "resumed": [*old_env.get("resumed", []), {**resumed, "cases": len(cases)}]}
     write_json_atomic(out / "env.json", env, indent=2)
@@ -338,7 +343,7 @@ def run_suite(
             if remaining is not None and remaining <= 10:
                 row.update(
                     status="error",
-                    error=f"not run: the suite's time budget of {suite.budget_s:.0f} s was spent",
+                    error=f"not run: {BUDGET_CUT} of {suite.budget_s:.0f} s was spent",
                 )
             else:
                 timeout = w.timeout_s if remaining is None else min(w.timeout_s, remaining)
@@ -346,6 +351,9 @@ def run_suite(
                 stem = f"{index:03d}-{w.name}-{variant}".replace("/", "_").replace(":", "_")
                 with HostLoad() as load:
                     row.update(run_case_process(spec, out / "cases", stem, timeout))
+                if timeout < w.timeout_s and str(row.get("error", "")).startswith("timeout:"):
+                    row["error"] = (f"timeout: {BUDGET_CUT} of {suite.budget_s:.0f} s ran out "
+                                    f"{timeout:.0f} s into the case (its own limit: {w.timeout_s:.0f} s)")
                 if load.other_cpu_fraction is not None:
                     row["host_other_cpu_fraction"] = load.other_cpu_fraction
         anchor = suite.anchors.get(f"{w.name}/{variant}")

@@ -82,8 +82,9 @@ def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
         f"command: {env.get('command', '?')}  at {env.get('time_utc', '?')}",
     ]
     for r in env.get("resumed", []):
+        gpu = (r.get("calibration") or {}).get("gpu")
         lines.append(
-            f"resumed at {r.get('time_utc', '?')}: {r.get('cases', '?')} cases "
+            f"resumed at {r.get('time_utc', '?')}: {r.get('cases', '?')} cases{f' on {gpu}' if gpu else ''} "
             f"(git {(r.get('git') or {}).get('sha', '?')}; command: {r.get('command', '?')})"
         )
     if cal.get("sdpa_order"):

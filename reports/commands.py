@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             from reports.compare import write_comparison
 
             cmd, chtml, table = write_comparison(args.run, args.compare, args.threshold)
-            flagged = table[table.verdict == "REGRESSION"]
+            flagged = table[table.verdict.str.startswith("REGRESSION")]
             for r in flagged.itertuples():
                 change = "" if r.change != r.change else f" ({r.change:+.1%})"  # NaN: it fails now
                 print(f"REGRESSION {r.workload}/{r.variant}: {r.before} -> {r.after}{change}")

@@ -12,10 +12,13 @@ threshold is a regression.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pandas as pd
 
+from bench.config import cut_by_budget
+from bench.env import machine
 from bench.stats import is_improvement, is_regression, relative_change_ci
 from reports.render import Block, to_html, to_markdown, write_atomic
 from reports.tables import fmt_attention_kernels, fmt_seconds, load_env, load_results
@@ -31,7 +34,8 @@ def _index(rows: list[dict]) -> dict[tuple[str, str], dict]:
     return {(r["workload"], r["variant"]): r for r in rows}
 
 
-_SETUP_KEYS = ("model", "shape", "batch", "volume", "roi", "tensor_shape")
+_SETUP_KEYS = ("model", "shape", "sample_shape", "batch", "volume", "roi", "tensor_shape", "estimated_step",
+               "overlap")
 
 
 def _setup_difference(ra: dict, rb: dict) -> str:
@@ -41,14 +45,6 @@ def _setup_difference(ra: dict, rb: dict) -> str:
         for key in _SETUP_KEYS
         if ra.get(key) is not None and rb.get(key) is not None and ra.get(key) != rb.get(key)
     )
-
-
-def machine(env: dict) -> str:
-    """What a run's timings depend on beyond the code: the GPU (or the CPU and its core count) and the
-    torch version."""
-    cal = env.get("calibration", {})
-    where = cal.get("gpu") or f"{env.get('cpu', '?')} × {env.get('cpu_count', '?')}"
-    return f"{where}, torch {env.get('versions', {}).get('torch', '?')}"
 
 
 def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
@@ -75,6 +71,9 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
             rec["verdict"] = "only in " + ("RUN_B" if ra is None else "RUN")
         elif differs := _setup_difference(ra, rb):  # another shape or model: no verdict on the timing
             rec["verdict"] = f"not comparable: {differs}"
+        elif cut_by_budget(ra) or cut_by_budget(rb):  # the case did not fail: the run ran out of time
+            cut = "RUN" if cut_by_budget(ra) else "RUN_B"
+            rec["verdict"] = f"cut by the time budget in {cut}: no verdict"
         elif rb["status"] == "ok" and ra["status"] != "ok":  # e.g. now out of memory: --fail-on-regression
             rec["after"] = ra["status"]
             rec["verdict"] = (f"status ok → {ra['status']} on another machine ({machines[0]}): no verdict"
@@ -88,6 +87,14 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
             rec["change"] = peak_a / peak_b - 1
             exact = {"change": rec["change"], "ci_low": rec["change"], "ci_high": rec["change"]}
             rec["verdict"] = _verdict(exact, threshold)  # no interval: ci columns stay empty
+        elif ra.get("warning") or rb.get("warning"):  # a non-finite loss: its speed is not quotable
+            rec["after"] += " (non-finite loss)" if ra.get("warning") else ""
+            rec["verdict"] = (
+                "non-finite loss in both: no verdict" if ra.get("warning") and rb.get("warning")
+                else "losses finite now (were not): no speed verdict" if rb.get("warning")
+                else f"non-finite loss now, on another machine ({machines[0]}): no verdict" if other_machine
+                else "REGRESSION (non-finite loss)"
+            )
         elif not sa or not sb:
             rec["verdict"] = "no step samples"
         else:
@@ -171,14 +178,16 @@ def _figure(table: pd.DataFrame, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7.5, 0.4 * len(t) + 1.5))
     labels = [f"{w}/{v}" for w, v in zip(t.workload, t.variant, strict=False)]
     colors = [
-        "#C44E52" if v == "REGRESSION" else "#55A868" if v == "improvement" else "#8C8C8C" for v in t.verdict
+        "#C44E52" if v.startswith("REGRESSION") else "#55A868" if v == "improvement" else "#8C8C8C"
+        for v in t.verdict
     ]
     # The median of the data can sit just outside the percentile-bootstrap interval: clip at 0.
     err = [((t.change - t.ci_low) * 100).clip(lower=0), ((t.ci_high - t.change) * 100).clip(lower=0)]
     ax.barh(labels, t.change * 100, xerr=err, color=colors, capsize=3)
     ax.axvline(0, color="k", lw=0.8)
     ax.invert_yaxis()
-    ax.set_xlabel("change of median step time (loaders: mean wait), % (RUN vs RUN_B; + is slower)")
+    ax.set_xlabel(textwrap.fill("change of median step time (loaders: mean wait), %: RUN vs RUN_B, + is "
+                                "slower", 60))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -199,7 +208,7 @@ def write_comparison(
         cal = env.get("calibration", {})
         return f"{cal.get('gpu') or env.get('cpu', '?')}, git {str(env.get('git', {}).get('sha'))[:10]}"
 
-    regressions = table[table.verdict == "REGRESSION"]
+    regressions = table[table.verdict.str.startswith("REGRESSION")]
     blocks = [
         Block("h1", f"segbench comparison: {run.name} vs {run_b.name}"),
         Block(

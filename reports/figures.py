@@ -6,6 +6,7 @@ rows hold nothing to draw).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -109,9 +110,10 @@ def speedups(workload: str, rows: list[dict], out: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 0.45 * len(rows) + 1.6), squeeze=False)
     for ax, (name, points) in zip(axes[0], series, strict=False):
         ratios = [s["ratio"] for _, s in points]
-        err = [  # no bar where there is no interval (two processes' medians, or a single block pair)
-            [max(0.0, s["ratio"] - s["ci_low"]) if s.get("ci_low") is not None else 0.0 for _, s in points],
-            [max(0.0, s["ci_high"] - s["ratio"]) if s.get("ci_high") is not None else 0.0 for _, s in points],
+        nan = float("nan")  # no error bar, not even its caps, where there is no interval
+        err = [  # (two processes' medians, or a single block pair)
+            [max(0.0, s["ratio"] - s["ci_low"]) if s.get("ci_low") is not None else nan for _, s in points],
+            [max(0.0, s["ci_high"] - s["ratio"]) if s.get("ci_high") is not None else nan for _, s in points],
         ]
         ax.barh(
             [v if s.get("paired") else f"{v} *" for v, s in points],
@@ -122,9 +124,13 @@ def speedups(workload: str, rows: list[dict], out: Path) -> Path | None:
         )
         ax.axvline(1.0, color="k", lw=0.8)
         ax.invert_yaxis()
-        ax.set_xlabel(f"speedup vs {name} (interleaved A/B, 95% interval over block pairs; "
-                      "* two processes' medians, no interval)")
+        ax.set_title(f"vs {name}")
+        ax.set_xlabel(f"speedup vs {name} (> 1: faster)")
     fig.suptitle(f"{workload}: speedups")
+    # the method once, wrapped to the figure's width: one long label per panel overlapped the next
+    fig.supxlabel(textwrap.fill("bars: interleaved A/B blocks in one process, 95% interval over block "
+                                "pairs; * two processes' medians, no interval", 55 * len(series)),
+                  fontsize="small")
     return _save(fig, out / f"{_slug(workload)}_speedup.png")
 
 

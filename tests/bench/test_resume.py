@@ -99,3 +99,22 @@ def test_a_new_run_into_an_old_run_folder_replaces_all_of_it(tmp_path, capsys):
     assert set(_rows(run)) == {"channels_last"}
     assert not (run / "profiles" / "old__case").exists()
     assert "holds a run of 2 rows: replacing it" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_machine_and_the_budget_names_its_cuts(tmp_path):
+    from bench.config import cut_by_budget
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    run = tmp_path / "run"
+    run_suite(suite, run, only=["norm/fp32"], report=False)
+    env = json.loads((run / "env.json").read_text())
+    env["calibration"]["gpu"] = "NVIDIA H100 80GB HBM3"  # as if measured on a lent H100
+    (run / "env.json").write_text(json.dumps(env))
+    with pytest.raises(BenchError, match="was measured on NVIDIA H100 80GB HBM3, torch .*: start a new run"):
+        run_suite(suite, run, resume=True, report=False)
+    assert set(_rows(run)) == {"fp32"}  # nothing was run or written
+    assert cut_by_budget({"error": "not run: the suite's time budget of 60 s was spent"})
+    assert cut_by_budget({"error": "timeout: the suite's time budget of 60 s ran out 12 s into the case"})
+    assert not cut_by_budget({"error": "timeout: the case ran past its 900 s limit"})
+    assert not cut_by_budget({"status": "ok"})

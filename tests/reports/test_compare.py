@@ -111,3 +111,54 @@ def test_compare_gives_no_verdict_across_machines_and_reads_loaders_by_their_rat
     assert other.verdict.iloc[0] == ("status ok → error on another machine (NVIDIA L4, torch 2.11): "
                                      "no verdict")
     assert compare_rows([failed], [before]).verdict.iloc[0] == "REGRESSION"
+
+
+def test_compare_gives_no_verdict_to_a_case_the_time_budget_cut_but_counts_a_timeout_of_its_own():
+    case = {"workload": "w", "variant": "v"}
+    ok = {**case, "status": "ok", "s_per_iter": {"median": 0.1}, "step_times_s": [0.1] * 5}
+    not_run = {**case, "status": "error", "error": "not run: the suite's time budget of 520 s was spent"}
+    stopped = {**case, "status": "error", "error": "timeout: the suite's time budget of 520 s ran out 35 s "
+                                                   "into the case (its own limit: 900 s)"}
+    own = {**case, "status": "error", "error": "timeout: the case ran past its 900 s limit"}
+    assert compare_rows([not_run], [ok]).verdict.iloc[0] == "cut by the time budget in RUN: no verdict"
+    assert compare_rows([stopped], [ok]).verdict.iloc[0] == "cut by the time budget in RUN: no verdict"
+    assert compare_rows([ok], [stopped]).verdict.iloc[0] == "cut by the time budget in RUN_B: no verdict"
+    assert compare_rows([own], [ok]).verdict.iloc[0] == "REGRESSION"
+
+
+def test_compare_flags_losses_that_went_non_finite_whatever_the_speed(tmp_path):
+    case = {"workload": "w", "variant": "bf16", "status": "ok", "s_per_iter": {"median": 0.1}}
+    before = {**case, "step_times_s": [0.1] * 8}
+    nan = {**case, "step_times_s": [0.08] * 8, "warning": "non-finite loss in the first 3 steps: [nan]"}
+    assert compare_rows([nan], [before]).verdict.iloc[0] == "REGRESSION (non-finite loss)"
+    assert compare_rows([before], [nan]).verdict.iloc[0] == "losses finite now (were not): no speed verdict"
+    assert compare_rows([nan], [nan]).verdict.iloc[0] == "non-finite loss in both: no verdict"
+    other = compare_rows([nan], [before], machines=("NVIDIA H200, torch 2.11", "NVIDIA H100, torch 2.11"))
+    assert other.verdict.iloc[0].endswith("no verdict")
+    # and --fail-on-regression fails on it
+    before_run, after_run = write_run(tmp_path / "before"), write_run(tmp_path / "after")
+    rows = [json.loads(line) for line in (after_run / "results.jsonl").read_text().splitlines()]
+    faster = next(r for r in rows if r["status"] == "ok" and r.get("step_times_s"))
+    faster["step_times_s"] = [t * 0.8 for t in faster["step_times_s"]]
+    faster["warning"] = nan["warning"]
+    (after_run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_segbench("report", str(after_run), "--compare", str(before_run), "--fail-on-regression")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"REGRESSION {faster['workload']}/{faster['variant']}" in proc.stdout
+
+
+def test_compare_gives_no_verdict_on_loaders_of_another_sample_shape_and_names_every_machine_of_a_run():
+    from bench.env import machine
+
+    loader = {"workload": "dataloader", "variant": "workers:1", "status": "ok", "kind": "dataloader",
+              "s_per_iter": {"median": 0.01}, "batch": 2}
+    small = {**loader, "sample_shape": [4, 64, 64, 64], "step_times_s": [0.01] * 8}
+    big = {**loader, "sample_shape": [4, 128, 128, 128], "step_times_s": [0.1] * 8}
+    assert compare_rows([big], [small]).verdict.iloc[0].startswith("not comparable: sample_shape")
+    env = {"cpu": "EPYC", "cpu_count": 16, "versions": {"torch": "2.11.0"},
+           "calibration": {"gpu": "NVIDIA H100"}}
+    assert machine(env) == "NVIDIA H100, torch 2.11.0"
+    resumed = {**env, "resumed": [{"calibration": {"gpu": gpu}} for gpu in ("NVIDIA H200", "NVIDIA H100")]}
+    assert machine(resumed) == "NVIDIA H100 + NVIDIA H200, torch 2.11.0"
+    cpu = {"cpu": "EPYC", "cpu_count": 2, "versions": {"torch": "2.13.0"}}
+    assert machine(cpu) == "EPYC × 2, torch 2.13.0"
