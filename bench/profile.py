@@ -10,7 +10,10 @@ memory_snapshot.pickle, or the .nsys-rep), which `segbench report RUN` folds in.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -75,13 +78,37 @@ def profile_case(args: argparse.Namespace) -> int:
             return 0
         child = command
     print(f"profiling {spec['workload']}/{spec['variant']} on {spec['device']} -> {out}")
-    code = subprocess.run(child, timeout=args.timeout).returncode
+    code = _run_with_timeout(child, args.timeout)
+    if code is None:
+        print(f"segbench profile: stopped after its --timeout of {args.timeout:g} s", file=sys.stderr)
+        return 1
     if code == 0 and not args.nsys:
         # a bench run folder: its report picks the summary up; a fresh folder has no report to fold into
         fold = (f"`segbench report {args.out}` adds the summary to the report"
                 if (Path(args.out) / "results.jsonl").is_file() else f"summary: {out / 'summary.json'}")
         print(f"trace: {out / 'trace.json.gz'}; table: {out / 'key_averages.txt'}; {fold}")
     return code
+
+
+def _run_with_timeout(command: list[str], timeout_s: float | None, grace_s: float = 30.0) -> int | None:
+    """The command's exit status, or None when it ran past `timeout_s`. Then its whole process group is
+    stopped: SIGINT first, on which nsys writes its report and stops its application, SIGKILL to what
+    is left after `grace_s`; killing only the direct child would leave nsys's Python holding the GPU.
+    The group is its own session, so a Ctrl-C here is passed on the same way."""
+    proc = subprocess.Popen(command, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt) as stop:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if isinstance(stop, KeyboardInterrupt):
+            raise
+        return None
 
 
 def main(argv: list[str]) -> int:

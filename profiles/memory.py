@@ -109,7 +109,12 @@ def classify(frames: list[dict[str, Any]]) -> tuple[str, str]:
 def summarize_snapshot(
     snapshot: dict, baseline_bytes: int = 0, device: int = 0, top: int = 15
 ) -> MemorySummary:
-    """Replay the allocator trace of `device` and describe what was live at the peak."""
+    """Replay the allocator trace of `device` and describe what was live at the peak.
+
+    The trace records requested bytes, not the allocator's rounded blocks (512 B multiples, larger for
+    big tensors) that `memory_allocated()` counts: the replayed peak reads a little under
+    `max_memory_allocated()`, and the "before recording" share is `baseline_bytes` (rounded) less the
+    requested sizes of older blocks freed while recording."""
     traces = snapshot.get("device_traces") or []
     if device >= len(traces):
         raise ValueError(f"snapshot has no trace for device {device} (record with record_memory_history)")

@@ -159,17 +159,40 @@ def _top(timed: list[tuple[str, str, float]]) -> list[dict]:
 
 
 def _gpu_summary(events: list[dict]) -> dict:
+    """Kernel and copy time by category over the traced window. Kernels of several streams that ran at
+    once (a prefetcher's copies beside the step's kernels) share the overlapping time, so the
+    categories and idle add up to the window; `overlap_us` is how long two or more ran at once."""
     gpu = [e for e in events if e.get("cat") in GPU_CATS]
-    cats = {c: 0.0 for c in CATEGORIES}
-    timed = []
+    timed, spans = [], []
     for e in gpu:
         cat = classify(e["name"]) if e["cat"] == "kernel" else "copies"
-        cats[cat] += e["dur"]
         timed.append((e["name"], cat, e["dur"]))
-    spans = [(e["ts"], e["ts"] + e["dur"]) for e in gpu]
-    window = max(e for _, e in spans) - min(s for s, _ in spans)
-    cats["idle"] = max(0.0, window - _union_length(spans))
-    return {"device": "cuda", "total_us": window, "categories": cats, "top": _top(timed)}
+        spans.append((e["ts"], e["ts"] + e["dur"], cat))
+    cats, overlap_us = _shared_time(spans)
+    window = max(e for _, e, _ in spans) - min(s for s, _, _ in spans)
+    cats["idle"] = max(0.0, window - _union_length([(s, e) for s, e, _ in spans]))
+    return {"device": "cuda", "total_us": window, "categories": cats, "overlap_us": overlap_us,
+            "top": _top(timed)}
+
+
+def _shared_time(spans: list[tuple[float, float, str]]) -> tuple[dict[str, float], float]:
+    """({category: time}, time two or more spans overlapped): a sweep over the spans' ends, each slice
+    of time shared equally among the spans running in it."""
+    cats = {c: 0.0 for c in CATEGORIES}
+    edges = sorted([(s, 1, c) for s, _, c in spans] + [(e, -1, c) for _, e, c in spans])
+    running: dict[str, int] = {}
+    overlap, last = 0.0, None
+    for t, step, cat in edges:
+        n = sum(running.values())
+        if n and last is not None and t > last:
+            for c, k in running.items():
+                cats[c] += (t - last) * k / n
+            overlap += (t - last) if n > 1 else 0.0
+        running[cat] = running.get(cat, 0) + step
+        if not running[cat]:
+            del running[cat]
+        last = t
+    return cats, overlap
 
 
 def _self_times(ops: list[dict]) -> list[tuple[dict, float]]:
@@ -239,6 +262,9 @@ def format_summary(summary: dict) -> str:
     for cat, us in sorted(summary["categories"].items(), key=lambda kv: -kv[1]):
         if us > 0:
             lines.append(f"  {cat:<17} {us / 1e3:9.2f} ms  {us / total:6.1%}")
+    if summary.get("overlap_us"):
+        overlap_ms = summary["overlap_us"] / 1e3
+        lines.append(f"  ({overlap_ms:.2f} ms of it with two or more streams at once, shared among them)")
     if summary.get("top"):
         lines.append("top by time:")
         lines += [f"  {t['us'] / 1e3:9.2f} ms  {t['calls']:5d}x  {t['category']:<13} {t['name'][:90]}"

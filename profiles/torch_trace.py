@@ -24,6 +24,15 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def _sync_step(device) -> None:
+    """Until the step's own stream is done: a device-wide sync would also wait for a prefetcher's side
+    stream, which the timed run lets run on (bench.workloads.train_e2e), and trace a serialized loop."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
 def capture_torch(step, device, cfg: dict, out: Path) -> dict:
     """Profile `step` on a wait/warmup/active schedule; returns the category summary."""
     from torch.profiler import ProfilerActivity, profile, schedule
@@ -33,9 +42,12 @@ def capture_torch(step, device, cfg: dict, out: Path) -> dict:
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     trace = out / "trace.json.gz"
+    partial = out / "trace.partial.json.gz"  # a step that raises still exports: not under the real name
+    for old in (trace, partial, out / "summary.json", out / "key_averages.txt"):  # no earlier capture's
+        old.unlink(missing_ok=True)  # summary beside this one's trace, should this one fail
 
     def export(prof) -> None:
-        prof.export_chrome_trace(str(trace))
+        prof.export_chrome_trace(str(partial))
 
     total = cfg["wait"] + cfg["warmup"] + cfg["active"]
     if cfg.get("memory") and device.type != "cuda":
@@ -45,16 +57,23 @@ def capture_torch(step, device, cfg: dict, out: Path) -> dict:
         if cfg.get("memory") and device.type == "cuda"
         else contextlib.nullcontext()
     )
-    with memory, profile(
-        activities=activities,
-        schedule=schedule(wait=cfg["wait"], warmup=cfg["warmup"], active=cfg["active"], repeat=1),
-        on_trace_ready=export,
-        record_shapes=True,
-    ) as prof:
-        for _ in range(total):
-            step()
-            _sync(device)
-            prof.step()
+    done = False
+    try:
+        with memory, profile(
+            activities=activities,
+            schedule=schedule(wait=cfg["wait"], warmup=cfg["warmup"], active=cfg["active"], repeat=1),
+            on_trace_ready=export,
+            record_shapes=True,
+        ) as prof:
+            for _ in range(total):
+                step()
+                _sync_step(device)
+                prof.step()
+        done = True
+    finally:
+        if not done:  # the profiler exported the steps traced before the failure: not a capture
+            partial.unlink(missing_ok=True)
+    partial.replace(trace)
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     (out / "key_averages.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=60))
     summary = summarize_trace(trace, steps=cfg["active"])

@@ -185,3 +185,59 @@ def test_profile_of_an_unknown_variant_is_one_line(tmp_path):
     )
     assert proc.returncode == 2 and "unknown variant 'fp33'" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "profiles").exists()
+
+
+def test_gpu_summary_shares_the_time_of_kernels_that_ran_at_once_on_two_streams(tmp_path):
+    # a prefetcher's host-to-device copy (its own stream) beside the step's convolution: the
+    # categories still add up to the window, shares stay under 100 %
+    events = [
+        {"ph": "X", "cat": "kernel", "name": "sm90_xmma_fprop_implicit_gemm", "ts": 0, "dur": 1000, "tid": 7},
+        {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD (Pinned)", "ts": 0, "dur": 800, "tid": 9},
+        {"ph": "X", "cat": "kernel", "name": "instance_norm_kernel", "ts": 1100, "dur": 100, "tid": 7},
+    ]
+    s = summarize_trace(_write(tmp_path / "t.json.gz", events), steps=1)
+    cats = s["categories"]
+    assert s["total_us"] == 1200 and sum(cats.values()) == pytest.approx(1200)
+    assert cats["convolution"] == pytest.approx(400 + 200) and cats["copies"] == pytest.approx(400)
+    assert cats["normalization"] == pytest.approx(100) and cats["idle"] == pytest.approx(100)
+    assert s["overlap_us"] == pytest.approx(800)
+    assert s["top"][0]["us"] == 1000  # the kernel list keeps each kernel's own duration
+
+
+def test_a_profile_past_its_timeout_stops_its_whole_process_group(tmp_path):
+    import time
+
+    from bench.profile import _run_with_timeout
+
+    pid_file = tmp_path / "grandchild"
+    # a wrapper (as nsys is) whose own child ignores nothing: both must be gone afterwards
+    command = ["bash", "-c", f"sleep 300 & echo $! > {pid_file}; wait"]
+    start = time.monotonic()
+    assert _run_with_timeout(command, timeout_s=1.0, grace_s=2.0) is None
+    assert time.monotonic() - start < 10
+    stat = Path(f"/proc/{int(pid_file.read_text())}/stat")
+    time.sleep(0.2)
+    # gone, or a zombie its new parent has not reaped yet (a container's init may never)
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    assert _run_with_timeout(["true"], timeout_s=5.0) == 0
+
+
+def test_a_failed_capture_leaves_no_trace_or_summary_of_an_earlier_one(tmp_path):
+    import torch
+
+    from profiles.torch_trace import capture_torch
+
+    cfg = {"wait": 0, "warmup": 1, "active": 3}
+    capture_torch(lambda: torch.ones(8) * 2, torch.device("cpu"), cfg, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"trace.json.gz", "key_averages.txt", "summary.json"}
+    calls = []
+
+    def oom_on_the_third_step():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory (simulated)")
+        return torch.ones(8) * 2
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        capture_torch(oom_on_the_third_step, torch.device("cpu"), cfg, tmp_path)
+    assert list(tmp_path.iterdir()) == []
