@@ -42,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--resume",
         action="store_true",
-        help="finish a run cut short (time budget, lease): keep RUN's rows, run only the cases it lacks "
-        "or marked 'not run'/'timeout'",
+        help="finish a run cut short (time budget, lease): keep RUN's rows, run only the cases it lacks or "
+        "the time budget cut, on the same machine; new variants may be added, a workload whose settings "
+        "changed is refused",
     )
     bench.set_defaults(func=run_bench)
 

@@ -226,6 +226,20 @@ def _build(cls: type, values: dict, where: str) -> Any:
         raise SuiteError(f"{where}: {err}") from None
 
 
+def _seconds(value: Any, where: str, key: str) -> float:
+    """A positive number of seconds from a suite file (TOML keeps "120" a string: refuse it here, not as
+    a TypeError in the middle of a run)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise SuiteError(f"{where}: {key} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _flag(value: Any, where: str, key: str) -> bool:
+    if not isinstance(value, bool):  # bool("no") is True
+        raise SuiteError(f"{where}: {key} must be true or false, not {value!r}")
+    return value
+
+
 def _workload(raw: dict, index: int, suite: dict, measure: dict, path: Path) -> Workload:
     from bench.variants import validate
 
@@ -259,8 +273,8 @@ def _workload(raw: dict, index: int, suite: dict, measure: dict, path: Path) -> 
         measure=merged_measure,
         baseline=baseline,
         reference=reference,
-        interleave=bool(own.get("interleave", suite.get("interleave", True))),
-        timeout_s=float(own.get("timeout_s", suite.get("timeout_s", 600.0))),
+        interleave=_flag(own.get("interleave", suite.get("interleave", True)), where, "interleave"),
+        timeout_s=_seconds(own.get("timeout_s", suite.get("timeout_s", 600.0)), where, "timeout_s"),
     )
 
 
@@ -316,8 +330,8 @@ def parse_suite(text: str, path: Path) -> Suite:
         device=device,
         workloads=workloads,
         path=path,
-        timeout_s=float(raw.get("timeout_s", 600.0)),
-        budget_s=raw.get("budget_s"),
+        timeout_s=_seconds(raw.get("timeout_s", 600.0), str(path), "timeout_s"),
+        budget_s=None if raw.get("budget_s") is None else _seconds(raw["budget_s"], str(path), "budget_s"),
         data=data,
         run_last=list(raw.get("run_last", [])),
         anchors={k: float(v) for k, v in anchors.items()},

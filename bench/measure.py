@@ -8,6 +8,7 @@ first launch to its last kernel; on the CPU it is `time.perf_counter`.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable
@@ -202,4 +203,6 @@ def max_rel_dev(values: list[float], reference: list[float]) -> float:
     """max_i |values_i - reference_i| / |reference_i| over a loss trajectory."""
     if len(values) != len(reference) or not values:
         raise ValueError(f"trajectories differ in length: {len(values)} vs {len(reference)}")
+    if not all(math.isfinite(v) for v in (*values, *reference)):  # max() over a NaN depends on its place
+        return math.inf
     return max(abs(v - r) / max(abs(r), 1e-12) for v, r in zip(values, reference, strict=False))

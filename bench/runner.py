@@ -7,7 +7,9 @@ appended (and flushed) the moment it is known, so a run cut short keeps what it 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -19,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.case import write_json_atomic
-from bench.config import BUDGET_CUT, NEEDS_DATA, DataSpec, Suite, Workload, load_suite
+from bench.config import BUDGET_CUT, NEEDS_DATA, DataSpec, Suite, Workload, cut_by_budget, load_suite
 from bench.contention import BUSY_FRACTION, HostLoad
 from bench.env import capture_host, machine
 from bench.variants import Unavailable, VariantContext, resolve
@@ -130,23 +132,48 @@ def prepare_data(spec: DataSpec, out: Path, seed: int = 0) -> Path:
     return prepared
 
 
+def json_line(row: dict) -> str:
+    """One row as strict JSON: a non-finite float (a diverged parity, a NaN error) becomes null, as
+    JSON has no NaN or Infinity and other readers than Python's refuse them."""
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(row), allow_nan=False) + "\n"
+
+
 class Results:
     """results.jsonl, one line per row, appended and flushed as each case ends."""
 
     def __init__(self, path: Path, keep: list[dict] = ()):
         self.path = path
         tmp = path.with_name(f".{path.name}.tmp")  # kept rows (--resume) or nothing, never half a file
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in keep))
+        tmp.write_text("".join(json_line(row) for row in keep))
         tmp.replace(path)
 
     def append(self, row: dict) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json_line(row))
             f.flush()
             os.fsync(f.fileno())
 
 
-RERUN_PREFIXES = ("not run:", "timeout:")  # rows a cut-off run left to --resume
+def workload_fingerprints(suite: Suite) -> dict[str, str]:
+    """{workload: hash of what its rows depend on}: kind, params, measure, reference, baseline and the
+    synthesized data; not its variant list, so a resume may add variants to a workload."""
+    data = asdict(suite.data)
+    fingerprints = {}
+    for w in suite.workloads:
+        what = {**asdict(w), "data": data}
+        del what["variants"], what["timeout_s"]
+        text = json.dumps(what, sort_keys=True, default=str)
+        fingerprints[w.name] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return fingerprints
 
 
 def _resume_state(out: Path, suite: Suite) -> tuple[dict, list[dict]]:
@@ -160,7 +187,13 @@ def _resume_state(out: Path, suite: Suite) -> tuple[dict, list[dict]]:
         ) from err
     if env.get("suite") != suite.name:
         raise BenchError(f"--resume: {out} is a run of suite {env.get('suite')!r}, not {suite.name!r}")
-    keep = [r for r in rows if not str(r.get("error", "")).startswith(RERUN_PREFIXES)]
+    keep = [r for r in rows if not cut_by_budget(r)]  # a case's own timeout stays: it would hang again
+    old, new = env.get("workload_fingerprints") or {}, workload_fingerprints(suite)
+    changed = sorted({r["workload"] for r in keep if r["workload"] in old and old[r["workload"]] != new.get(
+        r["workload"])})
+    if changed:  # its kept rows, its cached reference trajectory and the new rows would not agree
+        raise BenchError(f"--resume: workload(s) {', '.join(changed)} of {out} changed in the suite since "
+                         "they ran (parameters, measurement or reference): start a new run")
     return env, keep
 
 
@@ -256,8 +289,9 @@ def run_suite(
     """Run `suite` into the run folder `out`; returns `out`. `only`: workload or workload/variant names.
 
     `resume`: finish a run cut short (a time budget, a lease that ended): keep its rows and env.json,
-    run only the cases it has no row for or marked "not run" / "timeout", and note the resume in
-    env.json (its own calibration beside the run's)."""
+    run only the cases it has no row for or that the time budget cut (bench.config.cut_by_budget), and
+    note the resume in env.json (its own calibration beside the run's). Refused on another machine or
+    when a workload with kept rows changed (`workload_fingerprints`)."""
     from tqdm import tqdm
 
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
@@ -294,6 +328,7 @@ def run_suite(
         **capture_host(argv),
         "compile_cache": "warm: the user's caches" if keep_compile_cache() else "cold: empty per case",
         "anchors": suite.anchors,  # the report's goal checks fall back on them
+        "workload_fingerprints": workload_fingerprints(suite),  # what a --resume must find unchanged
         "goals": [asdict(g) for g in suite.goals],
     }
     # Calibrate first: a device that cannot run (--device cuda without a GPU) leaves only the

@@ -91,6 +91,10 @@ def _need(condition: bool, reason: str) -> None:
         raise Unavailable(reason)
 
 
+def _need_model(ctx: VariantContext) -> None:
+    _need(ctx.kind != "dataloader", "the loader alone has no model")
+
+
 @variant("eager", "no change: PyTorch eager, fp32 unless combined with a precision")
 def _eager(cfg, ctx, arg):
     pass
@@ -100,29 +104,33 @@ def _eager(cfg, ctx, arg):
     "fp32", "float32, no autocast (PyTorch defaults: cuDNN may use TF32 for convolutions, matmuls may not)"
 )
 def _fp32(cfg, ctx, arg):
+    _need_model(ctx)
     cfg.precision = "fp32"
 
 
-@variant("tf32", "float32 with TF32 tensor cores for matmuls too (CUDA)")
+@variant("tf32", "float32 with TF32 tensor cores for matmuls too (CUDA); with bf16/fp16, what runs outside "
+                 "autocast")
 def _tf32(cfg, ctx, arg):
+    _need_model(ctx)
     _need(ctx.device == "cuda", "TF32 is a CUDA tensor-core mode")
-    cfg.precision = "fp32"
-    cfg.tf32 = True
+    cfg.tf32 = True  # fp32 on its own; with bf16/fp16, for what runs outside autocast
 
 
 @variant("bf16", "bfloat16 autocast")
 def _bf16(cfg, ctx, arg):
+    _need_model(ctx)
     cfg.precision = "bf16"
 
 
 @variant("fp16", "float16 autocast (training adds a GradScaler)")
 def _fp16(cfg, ctx, arg):
+    _need_model(ctx)
     cfg.precision = "fp16"
 
 
 @variant("channels_last", "model and inputs in channels_last_3d memory format")
 def _channels_last(cfg, ctx, arg):
-    _need(ctx.kind != "dataloader", "the loader alone has no model")
+    _need_model(ctx)
     cfg.channels_last = True
 
 
@@ -136,7 +144,7 @@ def _compile(cfg, ctx, arg):
     mode = arg or "default"
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown torch.compile mode {mode!r}; choose from {', '.join(COMPILE_MODES)}")
-    _need(ctx.kind != "dataloader", "the loader alone has no model")
+    _need_model(ctx)
     cfg.compile_mode = mode
 
 
@@ -166,6 +174,8 @@ def _ckpt(cfg, ctx, arg):
     _need(ctx.kind in TRAIN_KINDS, "checkpointing only matters when training")
     if arg:
         names = tuple(name for name in arg.split(",") if name)
+        if not names:
+            raise ValueError(f"ckpt:{arg} names no module; ckpt:NAME[,NAME...]")
         cfg.checkpoint_modules = tuple(dict.fromkeys(cfg.checkpoint_modules + names))
         return
     _need(ctx.model == "swinunetr",
@@ -173,10 +183,11 @@ def _ckpt(cfg, ctx, arg):
     cfg.checkpointing = True
 
 
-@variant("no_ckpt", "gradient checkpointing off")
+@variant("no_ckpt", "gradient checkpointing off, whatever else in the name turns it on (seed+no_ckpt)")
 def _no_ckpt(cfg, ctx, arg):
     _need(ctx.kind in MODEL_KINDS, "no model in this workload")
     cfg.checkpointing = False
+    cfg.checkpoint_modules = ()
 
 
 @variant(
@@ -198,7 +209,7 @@ def _need_triton(ctx: VariantContext) -> None:
 
 @variant("fused_norm", "Triton fused normalization + activation (kernels.patch / kernels.fused_norm_act)")
 def _fused_norm(cfg, ctx, arg):
-    _need(ctx.kind != "dataloader", "the loader alone has no model")
+    _need_model(ctx)
     _need_triton(ctx)
     cfg.fused_norm = True
 
@@ -251,6 +262,7 @@ def _loader(cfg, ctx, arg):
     "the seed project's recipe: fp16 autocast + GradScaler, checkpointing where the model has it, eager",
 )
 def _seed(cfg, ctx, arg):
+    _need_model(ctx)
     cfg.precision = "fp16"
     if ctx.model == "swinunetr" and ctx.kind in TRAIN_KINDS:
         cfg.checkpointing = True
@@ -291,7 +303,13 @@ def validate(name: str, kind: str, model: str | None) -> None:
 def resolve(name: str, ctx: VariantContext) -> CaseConfig:
     """The CaseConfig for `name`; raises Unavailable (cannot run here) or ValueError (bad name)."""
     cfg = CaseConfig()
-    for key, arg in _parts(name):
+    parts = _parts(name)
+    for what, keys in (("precision", ("fp32", "bf16", "fp16", "seed")), ("torch.compile mode", ("compile",))):
+        given = list(dict.fromkeys(f"{k}:{a}" if a else k for k, a in parts if k in keys))
+        if len(given) > 1:  # else the last would win, and bf16+seed would differ from seed+bf16
+            raise ValueError(f"{name!r}: {' and '.join(given)} each set the {what}; keep one")
+    # no_ckpt last, wherever it stands: seed+no_ckpt and no_ckpt+seed are one variant
+    for key, arg in sorted(parts, key=lambda part: part[0] == "no_ckpt"):
         REGISTRY[key].apply(cfg, ctx, arg)
     if cfg.inductor and cfg.compile_mode is None:
         raise ValueError(f"{name!r}: inductor options set how torch.compile compiles; add compile")

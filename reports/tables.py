@@ -133,6 +133,17 @@ def _fmt_gpu_state(state: dict | None) -> str:
     return ", ".join(parts) + (f"; {slow}" if slow else "")
 
 
+def _fmt_parity(parity: dict) -> str:
+    """The deviation from the reference ("2.2e-04", † when the row notes why it may differ), "non-finite"
+    when results.jsonl holds null for it (or an older run NaN), "" when not measured."""
+    key = next((k for k in ("max_rel_dev", "max_abs_err") if k in parity), None)
+    if key is None:
+        return ""
+    dev = parity[key]
+    return (f"{dev:.1e}" if dev is not None and np.isfinite(dev) else "non-finite") + (
+        "†" if parity.get("note") else "")
+
+
 def _num(value, fmt: str) -> str:
     return "" if value is None or (isinstance(value, float) and pd.isna(value)) else format(value, fmt)
 
@@ -219,7 +230,6 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
     records = []
     for row in sorted(rows, key=lambda r: r.get("order", 0)):
         parity = row.get("parity") or {}
-        dev = parity.get("max_rel_dev", parity.get("max_abs_err"))
         record = {
             "variant": row["variant"],
             "status": row["status"],
@@ -231,7 +241,7 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
             "peak memory": _fmt_bytes(row.get("peak_bytes")),
             "MFU": _num(row.get("mfu"), ".2%"),
             "ANCHORS (H100, stock)": _anchor(row),
-            "parity": "" if dev is None else f"{dev:.1e}" + ("†" if parity.get("note") else ""),
+            "parity": _fmt_parity(parity),
             "GPU while timed": _fmt_gpu_state(row.get("gpu_during")),
             # older runs sampled the GPU once, after the timed steps
             "GPU at end": "" if row.get("gpu_during") else _fmt_gpu_state(row.get("gpu_state")),

@@ -132,13 +132,17 @@ def sliding_window_predict(
     models = [models] if isinstance(models, nn.Module) else list(models)
     roi_size = (roi,) * (image.dim() - 2) if isinstance(roi, int) else tuple(roi)
     flips = TTA_FLIPS if tta else ((),)
+    # MONAI cuts contiguous windows: a channels_last_3d input (seg.speed.to_input) keeps its layout
+    # only if each window is converted back, else a channels_last model runs on mixed layouts
+    channels_last = image.dim() == 5 and not image.is_contiguous() and image.is_contiguous(
+        memory_format=torch.channels_last_3d)
     total: torch.Tensor | None = None
     for model in models:
         for dims in flips:
             x = image.flip(dims) if dims else image
             with autocast(precision, image.device.type):
                 logits = sliding_window_inference(
-                    x, roi_size, sw_batch_size, model, overlap=overlap, mode=mode,
+                    x, roi_size, sw_batch_size, _in_layout(model, channels_last), overlap=overlap, mode=mode,
                     roi_weight_map=roi_weight_map,
                 )
             probs = probabilities(torch.as_tensor(logits), target)
@@ -146,6 +150,12 @@ def sliding_window_predict(
                 probs = probs.flip(dims)
             total = probs if total is None else total.add_(probs)
     return total.div_(len(models) * len(flips))
+
+
+def _in_layout(model: nn.Module, channels_last: bool):
+    if not channels_last:
+        return model
+    return lambda windows: model(windows.contiguous(memory_format=torch.channels_last_3d))
 
 
 @dataclasses.dataclass

@@ -75,6 +75,16 @@ def _suite(text: str) -> str:
          "workload 'train_step' [measure]: warmup = -1 (at least 0), repeats = 0 (at least 1)"),
         ('[measure]\niters = "5"\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n',
          "[measure]: iters = '5' (a whole number)"),
+        ('budget_s = "120"\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n',
+         "budget_s must be a positive number of seconds, not '120'"),
+        ('timeout_s = 0\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n', "timeout_s must be"),
+        ('[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\ninterleave = "no"\n',
+         "interleave must be true or false, not 'no'"),
+        ('[[workload]]\nkind = "train_step"\nvariants = ["bf16+seed"]\n',
+         "bf16 and seed each set the precision"),
+        ('[[workload]]\nkind = "train_step"\nvariants = ["compile+compile:max-autotune"]\n',
+         "compile and compile:max-autotune each set the torch.compile mode"),
+        ('[[workload]]\nkind = "train_step"\nvariants = ["ckpt:,"]\n', "names no module"),
     ],
 )
 def test_bad_suite_files_name_the_file_and_the_problem(text, message):
@@ -121,6 +131,23 @@ def test_variants_compose_in_order():
         resolve("compile+inductor:triton.mix_order_reduction", ctx)
 
 
+def test_a_variant_means_the_same_whatever_the_order_of_its_parts():
+    ctx = VariantContext(kind="train_step", model="swinunetr", device="cuda")
+    for name in ("bf16+channels_last+compile", "bf16+tf32", "seed+no_ckpt", "ckpt:encoder1+no_ckpt+bf16"):
+        parts = name.split("+")
+        assert resolve("+".join(reversed(parts)), ctx) == resolve(name, ctx), name
+    mixed = resolve("tf32+bf16", ctx)  # TF32 for what runs outside autocast, not fp32 instead of bf16
+    assert (mixed.precision, mixed.tf32) == ("bf16", True)
+    assert (resolve("tf32", ctx).precision, resolve("tf32", ctx).tf32) == ("fp32", True)
+    off = resolve("no_ckpt+seed", ctx)
+    assert off.precision == "fp16" and off.checkpointing is False
+    assert resolve("ckpt:encoder1+no_ckpt", ctx).checkpoint_modules == ()
+    assert resolve("compile+compile", ctx).compile_mode == "default"  # the same twice is no conflict
+    for name in ("fp32+bf16", "bf16+seed", "compile:max-autotune+compile:reduce-overhead"):
+        with pytest.raises(ValueError, match="keep one"):
+            resolve(name, ctx)
+
+
 @pytest.mark.parametrize(
     "name, ctx, reason",
     [
@@ -134,6 +161,9 @@ def test_variants_compose_in_order():
         ("tta", VariantContext("train_step", "unet", "cuda"), "inference"),
         ("workers:2", VariantContext("train_step", "unet", "cuda"), "no data loader"),
         ("loader:nope", VariantContext("dataloader", None, "cpu"), "no loader 'nope'"),
+        ("bf16", VariantContext("dataloader", None, "cuda"), "the loader alone has no model"),
+        ("seed", VariantContext("dataloader", None, "cuda"), "the loader alone has no model"),
+        ("tf32", VariantContext("dataloader", None, "cuda"), "the loader alone has no model"),
     ],
 )
 def test_variants_that_cannot_run_here_say_why(name, ctx, reason):

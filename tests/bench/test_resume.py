@@ -118,3 +118,24 @@ def test_resume_refuses_another_machine_and_the_budget_names_its_cuts(tmp_path):
     assert cut_by_budget({"error": "timeout: the suite's time budget of 60 s ran out 12 s into the case"})
     assert not cut_by_budget({"error": "timeout: the case ran past its 900 s limit"})
     assert not cut_by_budget({"status": "ok"})
+
+
+def test_resume_keeps_a_case_s_own_timeout_and_refuses_a_workload_changed_since(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE.replace(', "channels_last"]', "]"))
+    run = tmp_path / "run"
+    run_suite(suite, run, only=["norm/fp32"], report=False)
+    first = _rows(run)["fp32"]
+    with open(run / "results.jsonl", "a") as f:  # it hung past its own limit: a resume would hang again
+        f.write(json.dumps({**first, "variant": "bf16", "status": "error",
+                            "error": "timeout: the case ran past its 600 s limit"}) + "\n")
+    # a variant added to the suite since: the resume runs it, beside the kept rows
+    suite.write_text(SUITE)
+    run_suite(suite, run, resume=True, report=False)
+    rows = _rows(run)
+    assert rows["bf16"]["error"].startswith("timeout: the case ran past")
+    assert rows["channels_last"]["status"] == "ok"
+    # the workload's measurement changed: its kept rows and a new one would not agree
+    suite.write_text(SUITE.replace("iters = 3", "iters = 5"))
+    with pytest.raises(BenchError, match="workload\\(s\\) norm of .* changed in the suite since they ran"):
+        run_suite(suite, run, resume=True, report=False)

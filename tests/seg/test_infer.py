@@ -77,6 +77,24 @@ def test_tta_is_the_mean_of_flipped_predictions():
     assert not torch.allclose(plain, got, atol=1e-4)  # the flips change a random model's output
 
 
+def test_windows_keep_a_channels_last_input_s_layout_and_the_prediction_with_it():
+    from seg.speed import to_input
+
+    model = _tiny_unet(0)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(
+        args[0].is_contiguous(memory_format=torch.channels_last_3d) and not args[0].is_contiguous()))
+    image = torch.rand(1, 4, 20, 24, 28, generator=torch.Generator().manual_seed(1))
+    plain = sliding_window_predict(model, image, roi=16, sw_batch_size=2, tta=True, precision="fp32")
+    assert seen and not any(seen)
+    seen.clear()
+    model = model.to(memory_format=torch.channels_last_3d)
+    got = sliding_window_predict(model, to_input(image, True), roi=16, sw_batch_size=2, tta=True,
+                                 precision="fp32")
+    assert seen and all(seen)  # every window of every flip, as the variant says, not mixed layouts
+    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
+
+
 def test_ensemble_is_the_mean_of_models():
     models = [_tiny_unet(0), _tiny_unet(1)]
     image = torch.rand(2, 4, 16, 16, 16)
