@@ -294,10 +294,15 @@ def validate(name: str, kind: str, model: str | None) -> None:
 
     Availability is not judged here (the device is known only when the suite runs).
     """
+    ctx = VariantContext(kind=kind, model=model, device="cuda")
     try:
-        resolve(name, VariantContext(kind=kind, model=model, device="cuda"))
-    except Unavailable:
-        pass
+        resolve(name, ctx)
+    except Unavailable:  # one part cannot run here: still check every other part's argument
+        for key, arg in _parts(name):
+            try:
+                REGISTRY[key].apply(CaseConfig(), ctx, arg)
+            except Unavailable:
+                pass
 
 
 def resolve(name: str, ctx: VariantContext) -> CaseConfig:

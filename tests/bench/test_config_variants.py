@@ -85,6 +85,9 @@ def _suite(text: str) -> str:
         ('[[workload]]\nkind = "train_step"\nvariants = ["compile+compile:max-autotune"]\n',
          "compile and compile:max-autotune each set the torch.compile mode"),
         ('[[workload]]\nkind = "train_step"\nvariants = ["ckpt:,"]\n', "names no module"),
+        # an unavailable part (unet has no ckpt switch) does not hide a typo after it
+        ('[[workload]]\nkind = "train_step"\nvariants = ["ckpt+compile:max_autotune"]\n',
+         "unknown torch.compile mode 'max_autotune'"),
     ],
 )
 def test_bad_suite_files_name_the_file_and_the_problem(text, message):
