@@ -3,7 +3,8 @@
 `--pred` and `--ref` are each one NIfTI label map or a folder searched recursively; files are
 matched by case id, the file name without `.nii[.gz]` and without a trailing `_seg`, `-seg`,
 `_pred...` or `-pred...` (so `BraTS2021_00001_pred.nii.gz` matches `BraTS2021_00001/..._seg.nii.gz`).
-In a reference folder that holds raw cases, only the seg files are read.
+In a reference folder that holds raw cases, only the seg files are read; a prediction of an image-only
+case there (no seg file) is skipped, not an error.
 """
 
 from __future__ import annotations
@@ -31,19 +32,30 @@ def label_files(path: str | Path) -> dict[str, Path]:
         return {case_id(path): path}
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    from seg.data.cases import nifti_files  # the walk discover() uses (follows symlinked folders)
+    from seg.data.cases import discover, nifti_files  # nifti_files: discover's walk (follows links)
 
     files = [p for p in nifti_files(path) if _NIFTI.search(p.name)]
     segs = [p for p in files if re.search(r"[_-]seg$", _NIFTI.sub("", p.name))]
+    # a raw-case folder: only its seg files are label maps, never a case's images
+    images = {f for case in discover(path) for f in case.images}
     found: dict[str, Path] = {}
-    for p in segs or files:  # a raw-case folder: only its seg files are label maps
+    for p in segs or [f for f in files if f not in images]:
         cid = case_id(p)
         if cid in found:
             raise ValueError(f"{path}: two label maps for case {cid}: {found[cid]} and {p}")
         found[cid] = p
     if not found:
-        raise FileNotFoundError(f"{path}: no NIfTI label maps found")
+        what = "only the images of image-only cases" if files else "no NIfTI files"
+        raise FileNotFoundError(f"{path}: no NIfTI label maps found ({what})")
     return found
+
+
+def image_only_cases(path: str | Path) -> set[str]:
+    """Ids of the BraTS cases below a folder that have images but no seg file (nothing to score)."""
+    from seg.data.cases import discover
+
+    path = Path(path)
+    return {case.id for case in discover(path) if case.seg is None} if path.is_dir() else set()
 
 
 def _load(path: Path):
@@ -93,14 +105,24 @@ def evaluate_paths(pred: str | Path, ref: str | Path, labels: str = "auto") -> t
 
     from seg import metrics
 
-    preds, refs = label_files(pred), label_files(ref)
+    unlabelled = image_only_cases(ref)
+    preds = label_files(pred)
+    try:
+        refs = label_files(ref)
+    except FileNotFoundError:
+        if not unlabelled:
+            raise
+        refs = {}  # only image-only cases: every prediction is skipped below
     if len(preds) == 1 and len(refs) == 1:  # two single files: pair them whatever their names
         preds = {next(iter(refs)): next(iter(preds.values()))}
     errors = [
         f"{refs[cid]}: no prediction for case {cid} in {pred}" for cid in sorted(set(refs) - set(preds))
     ]
+    # predictions of image-only cases (infer runs them too) have nothing to be scored against
+    skipped = sorted((set(preds) - set(refs)) & unlabelled)
     errors += [
-        f"{preds[cid]}: no reference for case {cid} in {ref}" for cid in sorted(set(preds) - set(refs))
+        f"{preds[cid]}: no reference for case {cid} in {ref}"
+        for cid in sorted(set(preds) - set(refs) - unlabelled)
     ]
     cases, seed, conventions = {}, {}, {}
     for cid in tqdm(sorted(set(preds) & set(refs)), desc="eval", unit="case", disable=None):
@@ -116,6 +138,7 @@ def evaluate_paths(pred: str | Path, ref: str | Path, labels: str = "auto") -> t
         "labels": conventions,
         "seed_dice": seed,
         "errors": errors,
+        "skipped": {cid: "image-only case: no reference label map" for cid in skipped},
     }
     return doc, errors
 
@@ -140,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for line in errors:
         print(f"segbench eval: {line}", file=sys.stderr)
+    if doc["skipped"]:
+        print(f"segbench eval: skipped {len(doc['skipped'])} image-only case(s), nothing to score against: "
+              f"{', '.join(doc['skipped'])}", file=sys.stderr)
     if args.out:
         from seg.data.store import write_json
 

@@ -212,3 +212,30 @@ def test_eval_cli_json(tmp_path, capsys):
     args = ["eval", "--pred", str(pred_dir / "caseA_pred.nii.gz"), "--ref", str(ref_dir / "caseA-seg.nii.gz")]
     assert main([*args, "--labels", "2021"]) == 1
     assert "caseA_pred.nii.gz: label values [3] are outside the 2021" in capsys.readouterr().err
+
+
+def test_eval_skips_predictions_of_image_only_cases_and_never_reads_images_as_labels(tmp_path, capsys):
+    ref_dir, pred_dir = tmp_path / "raw", tmp_path / "pred"
+    labelled, image_only = ref_dir / "BraTS-GLI-00002-000", ref_dir / "BraTS-GLI-00001-000"
+    for folder in (labelled, image_only, pred_dir):
+        folder.mkdir(parents=True)
+    ref = np.zeros((10, 10, 10), np.uint8)
+    ref[2:6, 2:6, 2:6] = 2
+    image = np.full((10, 10, 10), 300, np.int16)  # an image's values would read as labels
+    for sfx in ("t1n", "t1c", "t2w", "t2f"):
+        _save(labelled / f"BraTS-GLI-00002-000-{sfx}.nii.gz", image)
+        _save(image_only / f"BraTS-GLI-00001-000-{sfx}.nii.gz", image)
+    _save(labelled / "BraTS-GLI-00002-000-seg.nii.gz", ref)
+    _save(pred_dir / "BraTS-GLI-00002-000_pred.nii.gz", ref)
+    _save(pred_dir / "BraTS-GLI-00001-000_pred.nii.gz", ref)  # infer predicts image-only cases too
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 image-only case(s)" in err and "no reference" not in err
+    doc = json.loads(out.read_text())
+    assert set(doc["cases"]) == {"BraTS-GLI-00002-000"} and set(doc["skipped"]) == {"BraTS-GLI-00001-000"}
+    # the image-only case alone: skipped, its images never taken for label maps; nothing scored is exit 1
+    pred = str(pred_dir / "BraTS-GLI-00001-000_pred.nii.gz")
+    assert main(["eval", "--pred", pred, "--ref", str(image_only), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "skipped 1 image-only case(s)" in err and "t1c" not in err
