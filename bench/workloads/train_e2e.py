@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from bench.measure import peak_memory, reset_peak_memory, sync_stream
+from bench.measure import peak_memory, reset_peak_memory, sync_stream, watched
 from bench.stats import summarize
 from bench.workloads.common import Case, TrainState, apply_backend, initial_state, to_input, torch_device
 from bench.workloads.dataloader import loader_for, start_up_batches, wait_ready
@@ -63,12 +63,19 @@ def run(case: Case) -> dict:
     for _ in range(row["warmup_steps"]):
         step()
     reset_peak_memory(device)
-    waits, computes, samples = [], [], 0
-    for _ in range(m.iters):
-        wait, compute, n = step()
-        waits.append(wait)
-        computes.append(compute)
-        samples += n
+
+    def timed() -> tuple[list[float], list[float], int]:
+        waits, computes, samples = [], [], 0
+        for _ in range(m.iters):
+            wait, compute, n = step()
+            waits.append(wait)
+            computes.append(compute)
+            samples += n
+        return waits, computes, samples
+
+    (waits, computes, samples), during = watched(timed, device)
+    if during is not None:
+        row["gpu_during"] = during
     row.update(peak_memory(device))
     totals = [w + c for w, c in zip(waits, computes, strict=True)]
     row["s_per_iter"] = summarize(totals)
