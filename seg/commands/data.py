@@ -49,7 +49,8 @@ def _prep(args: argparse.Namespace) -> int:
         return 1
     n_failed = sum(e["status"] != "ok" for e in cases)
     n_skipped = sum(bool(e.get("skipped")) for e in cases)
-    splits = write_splits(args.out, seed=args.split_seed, folds=args.folds)
+    # keep: a re-run (cases added, or one failing now) moves no case between train, val and test
+    splits = write_splits(args.out, seed=args.split_seed, folds=args.folds, keep=True)
     print(f"{len(cases) - n_failed} ok ({n_skipped} already prepared), {n_failed} failed "
           f"-> {args.out}/manifest.json, {splits.name}")
     return 1 if n_failed else 0

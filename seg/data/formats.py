@@ -123,8 +123,11 @@ def convert(src: str | Path, out: str | Path, fmt: str, progress: bool = True) -
         raise ValueError(f"{out}: the converted folder must not be its source")
     stamp = _source_stamp(src)
     done = out / MANIFEST
-    if done.is_file() and json.loads(done.read_text()).get("converted_from", {}).get("fingerprint") == stamp:
-        return out
+    made = {"path": str(src.resolve()), "fingerprint": stamp}
+    if done.is_file():  # the same source, unchanged, converted to the same format: nothing to do
+        old = json.loads(done.read_text())
+        if old.get("converted_from") == made and old.get("config", {}).get("format") == fmt:
+            return out
     reader = open_reader(src)
     entries = []
     for case_id in tqdm(case_ids(src), desc=f"convert to {fmt}", unit="case", disable=not progress):
@@ -140,7 +143,7 @@ def convert(src: str | Path, out: str | Path, fmt: str, progress: bool = True) -
     if (src / SPLITS).is_file():  # the same splits: a training run on `out` sees the same cases
         write_json(out / SPLITS, json.loads((src / SPLITS).read_text()))
     write_json(done, {"config": {**config, "format": fmt}, "source": str(src.resolve()),
-                      "converted_from": {"path": str(src.resolve()), "fingerprint": stamp}, "cases": entries})
+                      "converted_from": made, "cases": entries})
     return out
 
 

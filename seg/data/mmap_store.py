@@ -160,6 +160,16 @@ class PackedStore:
                              f"this code reads {VERSION} (pack again)")
         self.entries = {c["id"]: c for c in self.index["cases"]}
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        # the arrays this index numbers: a re-pack swaps the folder, and a process that maps the new
+        # arrays later (a DataLoader worker) would read other cases' rows through the old index
+        self._packed = self._identity()
+
+    def _identity(self) -> tuple[tuple[int, int, int], ...] | None:
+        try:
+            return tuple((st.st_ino, st.st_size, st.st_mtime_ns)
+                         for st in (os.stat(self.path / name) for name in (IMAGES, LABELS)))
+        except OSError:
+            return None
 
     @property
     def ids(self) -> list[str]:
@@ -172,6 +182,9 @@ class PackedStore:
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(images, labels) as read-only memory maps."""
         if self._arrays is None:
+            if self._identity() != self._packed:
+                raise RuntimeError(f"{self.path}: packed again since this store was opened (its index "
+                                   "numbers other arrays): open it again")
             try:
                 self._arrays = (np.load(self.path / IMAGES, mmap_mode="r"),
                                 np.load(self.path / LABELS, mmap_mode="r"))

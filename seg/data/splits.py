@@ -1,7 +1,9 @@
 """Train/val/test and k-fold splits of prepared cases, kept in `splits.json` beside the data.
 
 Reproducible: ids are sorted before one seeded shuffle, so the same ids and seed give the same
-splits whatever order they were found in. Folds cover train+val (test stays held out).
+splits whatever order they were found in. Folds cover train+val (test stays held out). A re-run of
+`data prep` extends the existing splits (cases come and go; none moves), where `data splits` makes
+them anew.
 """
 
 from __future__ import annotations
@@ -42,16 +44,70 @@ def make_splits(ids, seed: int = 200, fractions: tuple[float, float, float] = (0
             "test": sorted(test), "folds": fold_list}
 
 
+def _targets(n: int, fractions: tuple[float, float, float]) -> dict[str, int]:
+    """How many of n cases each split should hold: make_splits' rounding and its one-each rule."""
+    total = sum(fractions)
+    n_val, n_test = (round(n * f / total) for f in fractions[1:])
+    if n >= 3:
+        n_val = max(1, n_val) if fractions[1] > 0 else n_val
+        n_test = max(1, n_test) if fractions[2] > 0 else n_test
+    return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+
+
+def extend_splits(old: dict, ids, folds: int = 5) -> dict:
+    """`old` splits for the cases `ids` now holds, moving none of the cases both know: a case gone is
+    dropped, a new one (in a seeded order) joins the split furthest below its share, and the fold
+    with the fewest validation cases. Re-splitting from scratch would move test cases a model was
+    scored on into training (one case fewer reshuffles everything). Folds are made anew only when
+    their number must change (a pool that was too small for them)."""
+    ids = set(ids)
+    kept = {name: [i for i in old[name] if i in ids] for name in ("train", "val", "test")}
+    new = sorted(ids - {i for part in kept.values() for i in part})
+    random.Random(old["seed"]).shuffle(new)
+    fractions = tuple(old["fractions"])
+    for case in new:
+        counts = {name: len(part) for name, part in kept.items()}
+        want = _targets(sum(counts.values()) + 1, fractions)
+        # the split furthest below its share; ties to train, then val
+        name = max(("train", "val", "test"), key=lambda k: want[k] - counts[k])
+        kept[name].append(case)
+    pool = kept["train"] + kept["val"]
+    k = min(folds, len(pool)) if len(pool) >= 2 else 0
+    fold_vals = [[i for i in f["val"] if i in ids] for f in old.get("folds", [])]
+    if len(fold_vals) != k:  # a new fold count: folds over the pool as make_splits makes them
+        order = sorted(pool)
+        random.Random(old["seed"]).shuffle(order)
+        fold_vals = [order[i::k] for i in range(k)]
+    else:
+        placed = {i for f in fold_vals for i in f}
+        for case in [i for i in pool if i not in placed]:
+            min(fold_vals, key=len).append(case)
+    return {"seed": old["seed"], "fractions": list(fractions),
+            **{name: sorted(part) for name, part in kept.items()},
+            "folds": [{"train": sorted(set(pool) - set(v)), "val": sorted(v)} for v in fold_vals]}
+
+
 def write_splits(data_dir: str | Path, ids=None, seed: int = 200,
-                 fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), folds: int = 5) -> Path:
-    """Write `data_dir/splits.json`. Without `ids`, the labelled ok cases of the manifest."""
+                 fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), folds: int = 5,
+                 keep: bool = False) -> Path:
+    """Write `data_dir/splits.json`. Without `ids`, the labelled ok cases of the manifest. `keep`
+    (prep's re-runs): an existing splits.json of the same seed and fractions is extended
+    (`extend_splits`), not made anew."""
     from seg.data.store import MANIFEST, write_json
 
     data_dir = Path(data_dir)
     if ids is None:
         manifest = json.loads((data_dir / MANIFEST).read_text())
         ids = [e["id"] for e in manifest["cases"] if e["status"] == "ok" and e.get("has_label", True)]
-    return write_json(data_dir / SPLITS, make_splits(ids, seed, fractions, folds))
+    path = data_dir / SPLITS
+    if keep and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old and old.get("seed") == seed and old.get("fractions") == list(fractions):
+            return write_json(path, extend_splits(old, ids, folds))
+    return write_json(path, make_splits(ids, seed, fractions, folds))
 
 
 def load_splits(data_dir: str | Path) -> dict:

@@ -108,6 +108,19 @@ def test_convert_between_formats_keeps_values(prepared, formats, tmp_path):
     # the splits travel with the cases: a training run on the converted folder sees the same split
     splits = (back / "splits.json", prepared / "splits.json")
     assert json.loads(splits[0].read_text()) == json.loads(splits[1].read_text())
+    convert(formats["mmap"], back, "compact", progress=False)  # another format asked for: converted
+    assert open_reader(back).read(IDS[0])["image"].dtype == torch.float16
+    assert json.loads((back / "manifest.json").read_text())["config"]["format"] == "compact"
+
+
+def test_a_store_opened_before_a_re_pack_refuses_to_read_the_new_arrays(prepared, tmp_path):
+    out = tmp_path / "packed"
+    mmap_store.pack(prepared, out, progress=False)
+    store = pickle.loads(pickle.dumps(mmap_store.PackedStore(out)))  # as a DataLoader worker gets it
+    mmap_store.pack(prepared, out, ids=IDS[1:], progress=False)  # one case fewer: every row shifts
+    with pytest.raises(RuntimeError, match="packed again since this store was opened"):
+        store.read(IDS[1])
+    assert mmap_store.PackedStore(out).read(IDS[1])["label"].shape == (1, 10, 10, 10)
 
 
 def test_pack_and_convert_refuse_to_overwrite_what_is_not_theirs(prepared, tmp_path, capsys):

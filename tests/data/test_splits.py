@@ -52,3 +52,47 @@ def test_write_then_load(tmp_path):
 def test_fewer_than_two_folds_are_refused():
     with pytest.raises(ValueError, match="--folds 1: cross-validation needs at least 2 folds"):
         make_splits([f"c{i}" for i in range(6)], folds=1)
+
+
+def _check_folds(s: dict) -> None:
+    pool = sorted(s["train"] + s["val"])
+    vals = [v for f in s["folds"] for v in f["val"]]
+    assert sorted(vals) == pool  # every pool case validates exactly once
+    for f in s["folds"]:
+        assert sorted(f["train"] + f["val"]) == pool and not set(f["train"]) & set(s["test"])
+
+
+def test_a_re_split_keeps_every_case_where_it_was_when_cases_come_and_go():
+    from seg.data.splits import extend_splits
+
+    many = [f"BraTS2021_{i:05d}" for i in range(1000)]
+    old = make_splits(many)
+    fresh = make_splits(many[1:])  # what a plain re-split does with one case fewer: most test cases move
+    assert len(set(old["test"]) & set(fresh["train"])) > 50
+    for ids in (many[1:], [*many, *(f"BraTS2021_9{i:04d}" for i in range(30))]):
+        new = extend_splits(old, ids)
+        for name in ("train", "val", "test"):
+            assert set(old[name]) & set(ids) <= set(new[name]), name  # nobody moved
+        assert sorted(new["train"] + new["val"] + new["test"]) == sorted(ids)
+        _check_folds(new)
+        for f_old, f_new in zip(old["folds"], new["folds"], strict=True):  # nor between folds
+            assert set(f_old["val"]) & set(ids) <= set(f_new["val"])
+    # growing from a tiny set: the new cases fill the shares as a fresh split would size them
+    small = make_splits(IDS[:10])
+    grown = extend_splits(small, IDS + [f"BraTS2021_{i:05d}" for i in range(50, 110)])
+    assert (len(grown["train"]), len(grown["val"]), len(grown["test"])) == (88, 11, 11)
+    assert set(small["test"]) <= set(grown["test"])
+    _check_folds(grown)
+    # a pool too small for the folds asked for gets all of them once it can
+    two = make_splits(IDS[:2])
+    assert len(two["folds"]) == 2 and len(extend_splits(two, IDS)["folds"]) == 5
+
+
+def test_prep_re_runs_extend_the_splits_and_data_splits_makes_them_anew(tmp_path):
+    old = make_splits(IDS)
+    (tmp_path / "splits.json").write_text(__import__("json").dumps(old))
+    kept = load_splits(write_splits(tmp_path, ids=IDS[1:], keep=True).parent)
+    assert set(old["test"]) - {IDS[0]} == set(kept["test"]) and set(old["val"]) - {IDS[0]} == set(kept["val"])
+    assert load_splits(write_splits(tmp_path, ids=IDS[1:]).parent) == make_splits(IDS[1:])
+    # another seed asked for: a new split, as asked
+    assert load_splits(write_splits(tmp_path, ids=IDS, seed=7, keep=True).parent) == make_splits(IDS, seed=7)
