@@ -92,6 +92,18 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def rebase_schedule(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                    lr: float, weight_decay: float, step: int) -> None:
+    """A restored optimizer and schedule put at `step` of this run's schedule, with this run's peak lr
+    and weight decay. The restored counter counted the checkpoint's own steps per epoch: resumed
+    with more processes or a larger accum it would sit past the end (lr 0 from then on)."""
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    scheduler.last_epoch = step
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group.update(initial_lr=lr, weight_decay=weight_decay, lr=lr * factor(step))
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # get_last_lr()
+
+
 def forward_backward(
     model: nn.Module,
     image: torch.Tensor,

@@ -166,6 +166,13 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng(state["rng"])
         start_epoch, best_dice = state["epoch"], state["best_dice"]
+        # this run's schedule at this run's step: the checkpoint counted its own steps per epoch (another
+        # world size, accum, batch size) and holds its own lr and weight decay
+        recipe.rebase_schedule(optimizer, scheduler, cfg.lr, cfg.weight_decay, start_epoch * steps_per_epoch)
+        old_steps = state.get("steps_per_epoch")
+        if layout.is_main and old_steps not in (None, steps_per_epoch):
+            tqdm.write(f"{last_path} made {old_steps} optimizer steps per epoch, this run makes "
+                       f"{steps_per_epoch}: the schedule goes on from epoch {start_epoch} of this run's")
         best_epoch = state.get("best_epoch", 0)
         rows = [r for r in read_log(out / "log.csv") if r["epoch"] <= start_epoch]
         del state
@@ -277,6 +284,7 @@ def _train_epoch(
 
 # options that choose which samples (crops) training draws: a resume may change them, but says so
 SAMPLING_FIELDS = ("patch", "fg_fraction", "seed")
+OPTIMIZER_FIELDS = ("lr", "weight_decay", "warmup_epochs", "epochs")  # a resume takes them (rebase_schedule)
 
 
 def _note_speed_changes(last_path: Path, stored: dict, cfg: TrainConfig) -> None:
@@ -284,8 +292,9 @@ def _note_speed_changes(last_path: Path, stored: dict, cfg: TrainConfig) -> None
     changes what is computed, e.g. resuming an H100 run without CUDA graphs elsewhere), and when its
     sampling options do (allowed too, but the run then no longer replays one configuration)."""
     defaults = {f.name: f.default for f in fields_of(TrainConfig)}  # a field newer than the checkpoint
-    for fields, what in ((SPEED_FIELDS, "speed options"), (SAMPLING_FIELDS, "sampling options (other samples "
-                                                                         "from here on)")):
+    for fields, what in ((SPEED_FIELDS, "speed options"),
+                         (SAMPLING_FIELDS, "sampling options (other samples from here on)"),
+                         (OPTIMIZER_FIELDS, "optimizer settings (the schedule follows the new ones)")):
         before = {name: stored.get(name, defaults[name]) for name in fields}
         changed = [f"{name} {before[name]!r} -> {getattr(cfg, name)!r}"
                    for name in fields if before[name] != getattr(cfg, name)]
@@ -305,6 +314,8 @@ def _write_epoch(
             "config": asdict(cfg),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            # the schedule's count is epochs × this run's steps per epoch (rebased on every resume)
+            "steps_per_epoch": scheduler.last_epoch // epoch,
             "scaler": scaler.state_dict(),
             "rng": ckpt.capture_rng(loader.sampler.state_dict()),
             "epoch": epoch,

@@ -105,3 +105,35 @@ def test_resuming_in_another_memory_layout_keeps_the_adamw_steps_exact():
     assert optimizer.state[resumed.weight]["exp_avg"].is_contiguous(memory_format=torch.channels_last_3d)
     step(resumed, optimizer)
     torch.testing.assert_close(resumed.weight, ref.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_a_resume_with_other_steps_per_epoch_or_lr_follows_its_own_schedule(tmp_path):
+    """Resumed with --accum 2 (half the optimizer steps per epoch) and another --lr: the restored
+    step counter had counted the first run's steps, and the lr 0 for every epoch left was the result."""
+    from seg.recipe import build_scheduler
+
+    data_dir = write_prepared(tmp_path / "data", n=6, size=16)  # 4 training cases, batch 1
+    run = tmp_path / "run"
+    first = [*_command(data_dir, run)]
+    first[first.index("--epochs") + 1] = "2"
+    _finish(_start(first, tmp_path / "a.err"), tmp_path / "a.err")
+    resumed = subprocess.run(_command(data_dir, run, "--resume", "--accum", "2", "--lr", "5e-3"), timeout=300,
+                             capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "this run makes 2: the schedule goes on from epoch 2" in resumed.stdout
+    assert "lr 0.01 -> 0.005" in resumed.stdout
+    state = load_checkpoint(run / "last.pt")
+    assert state["steps_per_epoch"] == 2 and state["scheduler"]["last_epoch"] == EPOCHS * 2
+    # this run's schedule: 2 steps per epoch, 1 warm-up epoch, 4 epochs; the log's lr is the next step's
+    expected = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=5e-3)
+    schedule = build_scheduler(expected, warmup_steps=2, total_steps=EPOCHS * 2)
+    want = {}
+    for step in range(1, EPOCHS * 2 + 1):
+        expected.step()
+        schedule.step()
+        if step % 2 == 0:
+            want[step // 2] = schedule.get_last_lr()[0]
+    with (run / "log.csv").open() as f:
+        got = {int(r["epoch"]): float(r["lr"]) for r in csv.DictReader(f)}
+    assert got[3] > 0 and abs(got[3] - want[3]) < 1e-12 and abs(got[4] - want[4]) < 1e-12
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == 5e-3
