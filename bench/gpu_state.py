@@ -101,10 +101,11 @@ class Watch:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        # a sample in flight (a slow nvidia-smi) is not waited for long: it lands after the summary
+        self._thread.join(timeout=2.0)
 
     def summary(self) -> dict | None:
-        return summarize(self.samples)
+        return summarize(list(self.samples))
 
 
 def summarize(samples: list[dict]) -> dict | None:
