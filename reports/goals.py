@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from bench.config import cut_by_budget
 from reports.tables import speedup
 
 GIB = 2**30
@@ -65,8 +66,9 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
 
     if _median(row) is None:
         why = "no row" if row is None else f"{row.get('status')}: {row.get('error', '')}"[:120]
-        # a case that ran and failed (e.g. out of memory) misses its goal; one not run decides nothing
-        cut = str((row or {}).get("error", "")).startswith(("not run:", "timeout:"))  # budget, lease
+        # a case that ran and failed (out of memory, its own timeout) misses its goal; one the time
+        # budget cut decides nothing (a lease's end leaves no row at all)
+        cut = row is not None and cut_by_budget(row)
         failed = row is not None and row.get("status") == "error" and not cut
         add("the case ran", "status ok", why, False if failed else None)
         return out

@@ -202,6 +202,12 @@ def test_goals_are_checked_per_criterion_with_their_sources(tmp_path):
            else r for r in rows]
     assert [r["verdict"] for r in check({"case": "train_step/fail:x", "max_s_per_iter": 1.0}, cut, {})] == [
         "not measured"]
+    budget_cut = "timeout: the suite's time budget of 520 s ran out 35 s into the case"
+    own_limit = "timeout: the case ran past its 900 s limit"  # it ran and failed
+    for error, verdict in ((budget_cut, "not measured"), (own_limit, "NOT met")):
+        timed_out = [dict(r, error=error) if r["variant"] == "fail:x" else r for r in rows]
+        goal_x = {"case": "train_step/fail:x", "max_s_per_iter": 1.0}
+        assert [r["verdict"] for r in check(goal_x, timed_out, {})] == [verdict], error
 
     env = json.loads((run / "env.json").read_text())
     env.update(goals=[goal], anchors={"train_step/fail:x": 0.2})
