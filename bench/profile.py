@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+UNAVAILABLE = 3  # the case process's exit status when the case cannot run on this machine
+
 
 def profile_dir(run: Path, workload: str, variant: str) -> Path:
     """Where a case's traces go: RUN/profiles/<workload>__<variant>/ (`segbench report` reads them)."""
@@ -79,6 +81,12 @@ def profile_case(args: argparse.Namespace) -> int:
         child = command
     print(f"profiling {spec['workload']}/{spec['variant']} on {spec['device']} -> {out}")
     code = _run_with_timeout(child, args.timeout)
+    if code == UNAVAILABLE:  # nothing was profiled: no folder left that looks like a capture
+        spec_path.unlink(missing_ok=True)
+        for folder in (out, out.parent):  # the case's folder, then RUN/profiles, when empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        return 2
     if code is None:
         print(f"segbench profile: stopped after its --timeout of {args.timeout:g} s", file=sys.stderr)
         return 1
@@ -113,13 +121,19 @@ def _run_with_timeout(command: list[str], timeout_s: float | None, grace_s: floa
 
 def main(argv: list[str]) -> int:
     from bench.case import case_from_spec
+    from bench.variants import Unavailable
     from bench.workloads import module
     from profiles.torch_trace import capture_nsys, capture_torch
 
     spec = json.loads(Path(argv[0]).read_text())
     out = Path(argv[1])
     case = case_from_spec(spec)
-    step, device = module(case.kind).make_step(case)
+    try:
+        step, device = module(case.kind).make_step(case)
+    except Unavailable as err:  # e.g. a CUDA suite's case on a machine without one
+        case_name = f"{spec['workload']}/{spec['variant']}"
+        print(f"segbench profile: {case_name} cannot run here: {err}", file=sys.stderr)
+        return UNAVAILABLE
     step()  # first step: compilation and autotuning stay out of the schedule
     if spec["profile"].get("nsys"):
         capture_nsys(step, device, spec["profile"])

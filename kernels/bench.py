@@ -63,9 +63,19 @@ def make_step(impl: str, shape: tuple[int, ...], dtype: torch.dtype | str, layou
     if direction == "fwd":
         return lambda: fn(x, w, b)
     x.requires_grad_(True)
-    y = fn(x, w, b)
+    # the backward runs again on one graph (retain_graph): a compiled backward must not donate (free
+    # into its outputs) the buffers it saved, which AOTAutograd does when it can; its backward is
+    # compiled at the first call, so the setting holds there too
+    no_donation = torch._functorch.config.patch(donated_buffer=False)
+    with no_donation:
+        y = fn(x, w, b)
     dy = torch.empty_like(y).copy_(torch.randn(y.shape, generator=gen))  # y's layout, drawn like x
-    return lambda: torch.autograd.grad(y, (x, w, b), dy, retain_graph=True)
+
+    def backward():
+        with no_donation:
+            return torch.autograd.grad(y, (x, w, b), dy, retain_graph=True)
+
+    return backward
 
 
 def time_step(step: Callable[[], object], device: str | torch.device, *, warmup: int = 3,
@@ -125,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", default="2,32,128,128,128", help="N,C,D,H,W")
     ap.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
     ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cuda (default where there is one) or cpu (small --shape: the CPU times eager and "
+                    "compile only)")
     ap.add_argument("--iters", type=int, default=50)
     args = ap.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))

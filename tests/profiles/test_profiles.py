@@ -241,3 +241,12 @@ def test_a_failed_capture_leaves_no_trace_or_summary_of_an_earlier_one(tmp_path)
     with pytest.raises(RuntimeError, match="simulated"):
         capture_torch(oom_on_the_third_step, torch.device("cpu"), cfg, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_profile_of_a_cuda_case_without_cuda_is_one_line_and_leaves_nothing(tmp_path):
+    proc = _segbench("profile", "--suite", str(TINY), "--workload", "train_step", "--variant", "fp32",
+                     "--out", str(tmp_path), "--device", "cuda")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "train_step/fp32 cannot run here: no CUDA device" in proc.stderr
+    assert not (tmp_path / "profiles").exists()
