@@ -95,7 +95,7 @@ def device_facts(device: str) -> dict:
         if not torch.cuda.is_available():
             from bench.variants import Unavailable
 
-            raise Unavailable("--device cuda, but PyTorch sees no CUDA device")
+            raise Unavailable("PyTorch sees no CUDA device")
         props = torch.cuda.get_device_properties(0)
         info.update(
             gpu=props.name,

@@ -306,11 +306,11 @@ def run_suite(
     old_env, kept = _resume_state(out, suite) if resume else (None, [])
     if old_env is not None:
         device, data_dir = _resumed_inputs(out, old_env, device, data_dir)
+    asked = "--device" if device else f"suite {suite.name}'s device"  # for the calibration's error
     device = device or suite.device
     if not resume and (out / "results.jsonl").is_file():
         _clear_old_run(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
     done = {(r["workload"], r["variant"]) for r in kept}
     cases = [
         (i, w, v)
@@ -335,9 +335,9 @@ def run_suite(
     # calibration log behind, not an env.json and an empty results.jsonl that look like a run.
     calib = run_case_process({"kind": "calibrate", "device": device}, out / "cases", "calibrate", 300)
     if calib.get("status") != "ok":
-        raise BenchError(
-            f"cannot measure the {device} device: {calib.get('error')} (log: {out / calib['log']})"
-        )
+        raise BenchError(f"cannot measure the {device} device ({asked}): {calib.get('error')} (log: "
+                         f"{out / calib['log']})")
+    (out / "figures").mkdir(exist_ok=True)
     calibration = {k: v for k, v in calib.items() if k not in ("status", "log", "case_wall_s")}
     env["calibration"] = calibration
     if old_env is not None:  # the run's own facts stay; the resume is one more entry

@@ -139,3 +139,15 @@ def test_resume_keeps_a_case_s_own_timeout_and_refuses_a_workload_changed_since(
     suite.write_text(SUITE.replace("iters = 3", "iters = 5"))
     with pytest.raises(BenchError, match="workload\\(s\\) norm of .* changed in the suite since they ran"):
         run_suite(suite, run, resume=True, report=False)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_suite_on_a_machine_without_one_names_where_cuda_came_from(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE.replace('device = "cpu"', 'device = "cuda"'))
+    with pytest.raises(BenchError, match="cannot measure the cuda device \\(suite resume-test's device\\): "
+                                         "PyTorch sees no CUDA device"):
+        run_suite(suite, tmp_path / "run", report=False)
+    with pytest.raises(BenchError, match="\\(--device\\)"):
+        run_suite(tmp_path / "suite.toml", tmp_path / "run2", device="cuda", report=False)
+    assert not (tmp_path / "run" / "figures").exists() and not (tmp_path / "run" / "results.jsonl").exists()
