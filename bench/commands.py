@@ -194,7 +194,7 @@ def register_footprint(subparsers: argparse._SubParsersAction) -> None:
         "fake tensors with CUDA's autocast, attention and dropout kernels (profiles.footprint). "
         "Writes RUN/suite.toml (a one-workload footprint suite: rerun it with segbench bench), "
         "RUN/results.jsonl and RUN/report.md with the peak by category and module. The estimate "
-        "leaves out cuDNN workspaces and allocator rounding: it ran 2-19 %% under measured H100 "
+        "leaves out cuDNN workspaces and allocator rounding: it ran 2-19 % under measured H100 "
         "peaks for SwinUNETR and DynUNet, more for small nets. --infer estimates one sliding-window "
         "batch instead (--batch windows of --shape, eval mode, no autograd); --volume X,Y,Z the whole "
         "sliding-window inference of such a volume (stitching buffers included; variant +tta: 8 flips).",

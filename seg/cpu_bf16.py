@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
+import sys
 import weakref
 
 import torch
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.func import functional_call
+from tqdm import tqdm
 
 from seg.train.checkpoint import bare_module
 
@@ -132,12 +133,10 @@ def has_two_wide_conv(model: nn.Module, x: torch.Tensor) -> bool:
 
 @functools.cache
 def _warn_once() -> None:
-    warnings.warn(
-        "this CPU's oneDNN computes wrong bf16 conv3d weight gradients on 2-voxel-wide maps "
-        "(see seg.cpu_bf16): bf16 training steps through such a map run with oneDNN off (right, slower)",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+    # one line, not a warning with a source line that lands inside a progress bar
+    tqdm.write("note: this CPU's oneDNN computes wrong bf16 conv3d weight gradients on 2-voxel-wide maps "
+               "(see seg.cpu_bf16): bf16 training steps through such a map run with oneDNN off (right, "
+               "slower)", file=sys.stderr)
 
 
 def active(precision: str, model: nn.Module, x: torch.Tensor) -> bool:

@@ -285,7 +285,7 @@ def infer_folder(
     written to `out_dir/infer.json`."""
     from tqdm import tqdm
 
-    from seg.data.cases import discover
+    from seg.data.cases import discover, no_cases_reason
     from seg.data.store import write_json
     from seg.models import input_multiple
 
@@ -307,7 +307,7 @@ def infer_folder(
                              f"edges are multiples of {multiple}")
     cases = discover(src)
     if not cases:
-        raise FileNotFoundError(f"{src}: no BraTS cases found")
+        raise FileNotFoundError(no_cases_reason(src))
     seen: dict[str, Path] = {}
     for case in cases:  # two folders of one id would write one file, the second over the first
         folder = case.images[0].parent

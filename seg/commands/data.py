@@ -37,16 +37,16 @@ def _synth(args: argparse.Namespace) -> int:
 def _prep(args: argparse.Namespace) -> int:
     import sys
 
+    from seg.data.cases import discover, no_cases_reason
     from seg.data.prep import PrepConfig, prepare_all
     from seg.data.splits import write_splits
 
     cfg = PrepConfig(size=args.size, format=args.format, intensity=args.intensity)
+    if not discover(args.src):  # before prepare_all makes --out
+        print(no_cases_reason(args.src), file=sys.stderr)
+        return 1
     manifest = prepare_all(args.src, args.out, cfg, workers=args.workers)
     cases = manifest["cases"]
-    if not cases:
-        print(f"{args.src}: no BraTS cases found (expected *_t1.nii.gz ... or *-t1n.nii.gz ... files)",
-              file=sys.stderr)
-        return 1
     n_failed = sum(e["status"] != "ok" for e in cases)
     n_skipped = sum(bool(e.get("skipped")) for e in cases)
     # keep: a re-run (cases added, or one failing now) moves no case between train, val and test

@@ -113,8 +113,13 @@ def evaluate_paths(pred: str | Path, ref: str | Path, labels: str = "auto") -> t
         if not unlabelled:
             raise
         refs = {}  # only image-only cases: every prediction is skipped below
+    notes = []
     if len(preds) == 1 and len(refs) == 1:  # two single files: pair them whatever their names
-        preds = {next(iter(refs)): next(iter(preds.values()))}
+        (pred_id, pred_file), (ref_id, ref_file) = next(iter(preds.items())), next(iter(refs.items()))
+        if pred_id != ref_id:  # allowed (renamed files), but a mix-up scores the wrong case silently
+            notes.append(f"scoring {pred_file} against {ref_file}: their case ids differ ({pred_id}, "
+                         f"{ref_id})")
+        preds = {ref_id: pred_file}
     errors = [
         f"{refs[cid]}: no prediction for case {cid} in {pred}" for cid in sorted(set(refs) - set(preds))
     ]
@@ -139,6 +144,7 @@ def evaluate_paths(pred: str | Path, ref: str | Path, labels: str = "auto") -> t
         "seed_dice": seed,
         "errors": errors,
         "skipped": {cid: "image-only case: no reference label map" for cid in skipped},
+        "notes": notes,
     }
     return doc, errors
 
@@ -163,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for line in errors:
         print(f"segbench eval: {line}", file=sys.stderr)
+    for note in doc["notes"]:
+        print(f"segbench eval: note: {note}", file=sys.stderr)
     if doc["skipped"]:
         print(f"segbench eval: skipped {len(doc['skipped'])} image-only case(s), nothing to score against: "
               f"{', '.join(doc['skipped'])}", file=sys.stderr)

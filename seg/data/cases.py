@@ -84,6 +84,17 @@ def discover(root: str | Path) -> list[Case]:
     return sorted(cases, key=lambda c: (c.id, str(c.images[0])))
 
 
+def no_cases_reason(root: str | Path) -> str:
+    """Why `discover(root)` found nothing, in one line naming `root`."""
+    root = Path(root)
+    if not root.exists():
+        return f"{root}: no such file or folder"
+    if (root / "manifest.json").is_file() or any(root.glob("*.pt")) or (root / "index.json").is_file():
+        return (f"{root}: a prepared folder (`segbench data prep` output); this takes the raw NIfTI cases "
+                "it was prepared from")
+    return f"{root}: no BraTS cases found (expected *_t1.nii.gz ... or *-t1n.nii.gz ... files)"
+
+
 def _read(path: Path, errors: list[str]):
     """(nibabel image, data array) or None, appending the reason to `errors`."""
     import nibabel as nib

@@ -111,7 +111,7 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         state = ckpt.load_checkpoint(last_path)
         if layout.is_main:
             ckpt.settle_best(out, state["epoch"])
-    elif cfg.resume and layout.is_main:
+    elif cfg.resume and layout.is_main and out.exists():  # (cv resumes every fold, new ones too)
         tqdm.write(f"{last_path} not found: starting from scratch")
     speed.cudnn_autotune(device)
     _seed_all(cfg.seed)  # identical initial weights on every rank

@@ -233,3 +233,11 @@ def test_empty_source_is_an_error(tmp_path, capsys):
     (tmp_path / "src").mkdir()
     assert main(["data", "prep", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 1
     assert "no BraTS cases found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing made that looks like a prepared folder
+    # a path that is not there, and a prepared folder given for raw cases, say so
+    assert main(["data", "prep", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 1
+    assert "nope: no such file or folder" in capsys.readouterr().err
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "manifest.json").write_text("{}")
+    assert main(["data", "prep", "--src", str(tmp_path / "prepared"), "--out", str(tmp_path / "out")]) == 1
+    assert "prepared: a prepared folder (`segbench data prep` output)" in capsys.readouterr().err

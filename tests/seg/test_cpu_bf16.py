@@ -50,7 +50,6 @@ def test_only_real_bf16_cpu_steps_are_guarded(monkeypatch, bug):
     assert cpu_bf16.affected("bf16", x) == bug
 
 
-@pytest.mark.filterwarnings("ignore:this CPU's oneDNN")
 def test_bf16_training_step_through_a_2_voxel_bottleneck_matches_fp32():
     """MONAI's UNet on 8³ reaches a 2³ bottleneck with 32 channels: the NaN of session 2."""
     from monai.networks.nets import UNet
