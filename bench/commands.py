@@ -204,8 +204,10 @@ def register_footprint(subparsers: argparse._SubParsersAction) -> None:
         "--model-option", action="append", default=[], metavar="KEY=VALUE",
         help="seg.models.build override, repeatable (preset=paper, use_checkpoint=False, ...)",
     )
-    fp.add_argument("--shape", default="128,128,128", help="input X,Y,Z (or one edge) in voxels")
-    fp.add_argument("--batch", type=int, default=1, help="samples per step (with --infer: windows per batch)")
+    fp.add_argument("--shape", default="128,128,128", help="input X,Y,Z (or one edge) in voxels (default "
+                    "128,128,128)")
+    fp.add_argument("--batch", type=int, default=1, help="samples per step (with --infer: windows per batch; "
+                    "default 1)")
     fp.add_argument(
         "--infer", action="store_true",
         help="estimate inference: one sliding-window batch (sw_batch_size = --batch, roi = --shape)",

@@ -90,7 +90,8 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=("pt32", "compact"), default="pt32",
                    help="pt32: float32 image, int64 label; compact: float16, uint8 (default pt32)")
     p.add_argument("--intensity", choices=("minmax", "window", "zscore"), default="minmax",
-                   help="per-modality scaling to [0,1]: min-max, fixed 0-3000 window, or brain z-score")
+                   help="per-modality scaling to [0,1]: min-max, fixed 0-3000 window, or brain z-score "
+                   "(default minmax)")
     p.add_argument("--workers", type=int, default=1, help="cases prepared in parallel processes (default 1)")
     p.add_argument("--split-seed", type=int, default=200, help="seed of splits.json (default 200)")
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold splits (default 5)")
