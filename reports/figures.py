@@ -208,7 +208,7 @@ def trace_breakdown(summaries: dict[str, dict], out: Path) -> Path | None:
     cats: list[str] = []
     for s in summaries.values():
         cats += [c for c in s["categories"] if c not in cats]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(summaries) + 1.8))
+    fig, ax = plt.subplots(figsize=(9.5, max(0.5 * len(summaries) + 1.8, 0.22 * len(cats) + 1.0)))
     left = [0.0] * len(summaries)
     names = list(summaries)
     for i, cat in enumerate(cats):
@@ -219,5 +219,6 @@ def trace_breakdown(summaries: dict[str, dict], out: Path) -> Path | None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the profiled steps' time")
     ax.set_title("where the time goes (torch.profiler)")
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    # beside the bars: below them it covered the axis label
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out / "trace_breakdown.png")

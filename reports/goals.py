@@ -46,11 +46,22 @@ def _speedup(row: dict, other_case: str, rows: dict[str, dict], anchors: dict
         how = f"interleaved A/B, 95 % CI {low:.2f}–{high:.2f}, {over}"
         return measured["ratio"], how, low
     if other_case in anchors:
+        other = rows.get(other_case)
+        why = ("not in this run" if other is None else "cut by the time budget" if cut_by_budget(other)
+               else f"{other.get('status')} in this run ({str(other.get('error', ''))[:80]})")
         return anchors[other_case] / row["s_per_iter"]["median"], (
-            f"{other_case} not measured in this run: its anchor {anchors[other_case]:g} s (ANCHORS.md, "
-            "another run and perhaps another card: compare the Environment)"
+            f"{other_case} {why}: its anchor {anchors[other_case]:g} s stands in (ANCHORS.md, another run "
+            "and perhaps another card: compare the Environment)"
         ), None
     return None
+
+
+def _near(value: float, target: float, digits: int, kind: str = "f") -> str:
+    """`value` with `digits` decimals (format `kind`), or more where that would print the target itself
+    (4.197 → 4.197, not 4.20 beside a target of 4.2)."""
+    while f"{value:.{digits}{kind}}" == f"{target:.{digits}{kind}}" and value != target and digits < 6:
+        digits += 1
+    return f"{value:.{digits}{kind}}"
 
 
 def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
@@ -59,10 +70,12 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
     row = by_case.get(goal["case"])
     out: list[dict] = []
 
-    def add(criterion: str, target: str, measured: str, ok: bool | None, how: str = "") -> None:
+    def add(criterion: str, target: str, measured: str, ok: bool | None, how: str = "",
+            caveat: str = "") -> None:
         verdict = "not measured" if ok is None else ("met" if ok else "NOT met")
         out.append({"goal": goal["case"], "criterion": criterion, "target": target,
-                    "measured": measured, "verdict": verdict, "how": how})
+                    "measured": measured, "verdict": verdict, "how": how + (f"; {caveat}" if caveat else ""),
+                    "caveat": caveat})
 
     if _median(row) is None:
         why = "no row" if row is None else f"{row.get('status')}: {row.get('error', '')}"[:120]
@@ -70,42 +83,48 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
         # budget cut decides nothing (a lease's end leaves no row at all)
         cut = row is not None and cut_by_budget(row)
         failed = row is not None and row.get("status") == "error" and not cut
-        add("the case ran", "status ok", why, False if failed else None)
+        # the headline names it: "not decided — not measured: the case (cut by the time budget)"
+        criterion = ("the case ran" if failed or row is not None and not cut
+                     else "the case (cut by the time budget)" if cut else "the case (no row)")
+        add(criterion, "status ok", why, False if failed else None)
         return out
     if row.get("warning"):
         add("finite losses", "all finite", row["warning"][:120], False)
     median = row["s_per_iter"]["median"]
     limit = goal.get("max_s_per_iter")
     if limit is not None:
-        add("s/iter (median)", f"≤ {limit:g} s", f"{median:.4f} s", median <= limit)
+        add("s/iter (median)", f"≤ {limit:g} s", f"{_near(median, limit, 4)} s", median <= limit)
     for other_case, target in (goal.get("min_speedup") or {}).items():
         found = _speedup(row, other_case, by_case, anchors)
         if found is None:
             add(f"speedup vs {other_case}", f"≥ {target:g}×", "not measured, no anchor", None)
         else:
             ratio, how, low = found
-            if low is not None and low < target <= ratio:  # met by the ratio, not by its whole interval
-                how += f"; its interval reaches below {target:g}×"
-            add(f"speedup vs {other_case}", f"≥ {target:g}×", f"{ratio:.2f}×", ratio >= target, how)
+            # met by the ratio, not by its whole interval: said in the goal's line too
+            below = low is not None and low < target <= ratio
+            caveat = f"its interval reaches below {target:g}×" if below else ""
+            add(f"speedup vs {other_case}", f"≥ {target:g}×", f"{_near(ratio, target, 2)}×", ratio >= target,
+                how, caveat)
     if goal.get("max_peak_gib") is not None:
         peak = row.get("peak_bytes")
         if peak is None:
             add("peak memory", f"≤ {goal['max_peak_gib']:g} GiB", "not recorded", None)
         else:
-            add("peak memory", f"≤ {goal['max_peak_gib']:g} GiB", f"{peak / GIB:.2f} GiB",
-                peak / GIB <= goal["max_peak_gib"], row.get("peak_kind", ""))
+            add("peak memory", f"≤ {goal['max_peak_gib']:g} GiB",
+                f"{_near(peak / GIB, goal['max_peak_gib'], 2)} GiB", peak / GIB <= goal["max_peak_gib"],
+                row.get("peak_kind", ""))
     if goal.get("max_parity") is not None:
         parity = row.get("parity") or {}
         dev = parity.get("max_rel_dev")  # present but null: results.jsonl's non-finite
         if dev is None or not math.isfinite(dev):
             measured = "non-finite" if "max_rel_dev" in parity else "none"
             add("parity vs reference", f"≤ {goal['max_parity']:g}", measured,
-                False if "max_rel_dev" in parity else None)
+                False if "max_rel_dev" in parity else None, str(parity.get("error") or "")[:160])
         else:
             what = row["parity"].get("metric") or (
                 f"max relative deviation of the loss over {row['parity'].get('steps', '?')} steps")
-            add("parity vs reference", f"≤ {goal['max_parity']:g}", f"{dev:.1e}", dev <= goal["max_parity"],
-                what)
+            add("parity vs reference", f"≤ {goal['max_parity']:g}", _near(dev, goal["max_parity"], 1, "e"),
+                dev <= goal["max_parity"], what)
     return out
 
 
@@ -119,4 +138,6 @@ def verdict_line(goal: dict, records: list[dict]) -> str:
         return f"goal {name}: NOT met — {', '.join(failed)}"
     if missing:
         return f"goal {name}: not decided — not measured: {', '.join(missing)}"
-    return f"goal {name}: met ({len(verdicts)} of {len(verdicts)} criteria)"
+    caveats = [f"{r['criterion']}: {r['caveat']}" for r in records if r.get("caveat")]
+    return f"goal {name}: met ({len(verdicts)} of {len(verdicts)} criteria" + (
+        f"; {'; '.join(caveats)})" if caveats else ")")

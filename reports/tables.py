@@ -133,6 +133,20 @@ def _fmt_gpu_state(state: dict | None) -> str:
     return ", ".join(parts) + (f"; {slow}" if slow else "")
 
 
+def _fmt_errors(row: dict) -> str:
+    """The row's error, or for a row that ran, what failed beside its timing: the parity reference, the
+    interleaved A/B pairing (its speedup is then two processes' medians), a trace, the kernel count."""
+    if row.get("error"):
+        return row["error"][:200]
+    parts = [(what, error) for what, error in (
+        ("parity reference", (row.get("parity") or {}).get("error")),
+        ("A/B pairing", (row.get("paired") or {}).get("error")),
+        ("profile", row.get("profile_error")),
+        ("attention kernels", row.get("attention_kernels_error")),
+    ) if error]
+    return "; ".join(f"{what}: {str(error)[:120]}" for what, error in parts)
+
+
 def _fmt_parity(parity: dict) -> str:
     """The deviation from the reference ("2.2e-04", † when the row notes why it may differ), "non-finite"
     when results.jsonl holds null for it (or an older run NaN), "" when not measured."""
@@ -246,7 +260,7 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
             # older runs sampled the GPU once, after the timed steps
             "GPU at end": "" if row.get("gpu_during") else _fmt_gpu_state(row.get("gpu_state")),
             **_extra(row),
-            "error": (row.get("error") or "")[:200],
+            "error": _fmt_errors(row),
         }
         records.append(record)
     table = pd.DataFrame.from_records(records)

@@ -294,3 +294,36 @@ def test_the_report_shows_the_gpu_while_timed_and_flags_a_slowdown_seen_in_the_i
     flag = [line for line in md.splitlines() if "the GPU slowed itself down" in line]
     case = f"{rows[1]['workload']}/{rows[1]['variant']}"
     assert len(flag) == 1 and f"{case} (HW thermal slowdown, 1755 MHz)" in flag[0]
+
+
+def test_goal_lines_carry_an_interval_caveat_the_anchor_s_reason_and_digits_at_the_threshold():
+    from reports.build import _cudnn
+    from reports.goals import check, verdict_line
+    from reports.tables import workload_table
+
+    base = {"workload": "w", "status": "ok", "peak_bytes": 2**30}
+    fast = {**base, "variant": "fast", "s_per_iter": {"median": 0.04003, "p20": 0.04, "p80": 0.0401, "n": 18},
+            "paired": {"baseline": "seed",
+                       "speedup": {"ratio": 4.28, "ci_low": 4.0, "ci_high": 4.57, "pairs": 6}},
+            "parity": {"reference": "fp32", "error": "OutOfMemoryError: the fp32 reference"}}
+    failed = {**base, "variant": "compile", "status": "error",
+              "error": "InductorError: RuntimeError: 1 v.s. 4"}
+    goal = {"case": "w/fast", "min_speedup": {"w/seed": 4.2, "w/compile": 1.85}, "max_parity": 0.01}
+    records = check(goal, [fast, failed], {"w/compile": 0.074})
+    by = {r["criterion"]: r for r in records}
+    assert by["speedup vs w/seed"]["verdict"] == "met" and by["speedup vs w/seed"]["caveat"]
+    anchored = by["speedup vs w/compile"]["how"]
+    assert "w/compile error in this run (InductorError: RuntimeError: 1 v.s. 4): its anchor 0.074 s" \
+        in anchored
+    assert "the fp32 reference" in by["parity vs reference"]["how"]
+    del goal["max_parity"]
+    line = verdict_line(goal, check(goal, [fast, failed], {"w/compile": 0.080}))
+    assert line == ("goal w/fast: met (2 of 2 criteria; speedup vs w/seed: its interval reaches below 4.2×)")
+    tight = check({"case": "w/fast", "max_s_per_iter": 0.04}, [fast], {})[0]
+    assert (tight["measured"], tight["verdict"]) == ("0.04003 s", "NOT met")  # not "0.0400 s | NOT met"
+    cut = {**failed, "error": "not run: the suite's time budget of 520 s was spent"}
+    line = verdict_line({"case": "w/compile"}, check({"case": "w/compile", "max_s_per_iter": 1}, [cut], {}))
+    assert line.endswith("not decided — not measured: the case (cut by the time budget)")
+    errors = workload_table([fast])["error"].tolist()
+    assert errors == ["parity reference: OutOfMemoryError: the fp32 reference"]
+    assert (_cudnn(91900), _cudnn(8902)) == ("9.19.0", "8.9.2")
