@@ -111,6 +111,7 @@ def run_env(args: argparse.Namespace) -> int:
     report = collect(device, measure=args.measure)
     print(report.render())
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.json, report.to_dict(), indent=2)
     return 1 if report.cuda_error else 0
 

@@ -9,8 +9,13 @@ copy bandwidth the reports use as ceilings (a few seconds). Like MONAI's `print_
 
 from __future__ import annotations
 
+import os
 import shutil
+import sysconfig
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.env import cudnn_text
 
 
 @dataclass
@@ -25,12 +30,34 @@ class Feature:
         return f"{'✓' if self.ok else '✗'} {self.name}: {self.detail}{needs}"
 
 
+def _triton_cuda_problem() -> str | None:
+    """Why Triton cannot build GPU kernels here, or None: beyond importing it, inductor's GPU check
+    (sm 7.0 and newer) and what Triton builds its launcher with on first use (a C compiler, Python.h),
+    which slim GPU images may lack."""
+    from kernels.runtime import _triton_import_error
+
+    err = _triton_import_error()
+    if err:
+        return err
+    import torch
+    from torch.utils._triton import has_triton
+
+    if torch.cuda.is_available() and not has_triton():
+        major, minor = torch.cuda.get_device_capability()
+        return f"Triton does not compile for this GPU (sm {major}.{minor}; inductor needs 7.0 or newer)"
+    compilers = [c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c]
+    if not any(shutil.which(c) for c in compilers):
+        return "no C compiler (Triton builds its kernel launcher with one on first use)"
+    include = Path(sysconfig.get_paths()["include"])
+    if not (include / "Python.h").is_file():
+        return f"no Python.h in {include} (Triton builds its launcher against it: the python3-dev package)"
+    return None
+
+
 def _compile_feature(device: str) -> Feature:
     variants = "compile[:MODE], --compile"
     if device == "cuda":
-        from kernels.runtime import _triton_import_error
-
-        err = _triton_import_error()
+        err = _triton_cuda_problem()
         return Feature(
             "torch.compile (inductor)", err is None, err or "Triton generates the GPU kernels", variants
         )
@@ -52,8 +79,10 @@ def _bf16_feature(device: str) -> Feature:
 
     variants = "bf16, --precision bf16"
     if device == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        return Feature("bf16", ok, "native bf16 on this GPU" if ok else "this GPU has no bf16", variants)
+        # without including_emulation=False a V100 or T4 says yes: it can hold bf16 tensors, emulated
+        ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        return Feature("bf16", ok, "native bf16 on this GPU" if ok else "this GPU has no native bf16 "
+                       "(sm 8.0 and newer): fp16 is its fast precision", variants)
     from seg import cpu_bf16
 
     if cpu_bf16.conv3d_weight_grad_ok():
@@ -75,16 +104,19 @@ def features(device: str, sdpa_order: list[str] | None = None) -> list[Feature]:
     from kernels.runtime import unavailable_reason
 
     cuda = device == "cuda"
-    out = [_compile_feature(device), _bf16_feature(device)]
+    compile_ = _compile_feature(device)
+    out = [compile_, _bf16_feature(device)]
     out.append(
         Feature(
             "CUDA graphs",
-            cuda,
-            "torch.compile's reduce-overhead mode" if cuda else "CUDA only",
+            cuda and compile_.ok,
+            "CUDA only" if not cuda else "torch.compile's reduce-overhead mode" if compile_.ok
+            else "needs torch.compile",
             "compile:reduce-overhead",
         )
     )
-    why = unavailable_reason(torch.device(device))
+    # the kernels' own check imports Triton; on a GPU, what it needs to build kernels too
+    why = unavailable_reason(torch.device(device)) or (_triton_cuda_problem() if cuda else None)
     out.append(
         Feature(
             "Triton fused norms",
@@ -163,7 +195,7 @@ class EnvReport:
             gib = cal["gpu_memory_bytes"] / 2**30
             lines.append(
                 f"device: {cal['gpu']} (sm {cal['gpu_capability']}, {gib:.1f} GiB, "
-                f"{cal['gpu_sm_count']} SMs), CUDA {cal['torch_cuda']}, cuDNN {cal['cudnn']}, "
+                f"{cal['gpu_sm_count']} SMs), CUDA {cal['torch_cuda']}, cuDNN {cudnn_text(cal['cudnn'])}, "
                 f"driver {cal.get('driver')}"
             )
             if cal["gpu_memory_bytes"] < 12 * 2**30:

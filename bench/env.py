@@ -140,3 +140,11 @@ def machine(env: dict) -> str:
     cpu = f"{env.get('cpu', '?')} × {env.get('cpu_count', '?')}"
     where = dict.fromkeys(cal.get("gpu") or cpu for cal in sessions)
     return f"{' + '.join(where)}, torch {torch_version}"
+
+
+def cudnn_text(version) -> str:
+    """torch.backends.cudnn.version()'s number as cuDNN writes it: 91900 → 9.19.0, 8902 → 8.9.2."""
+    if not isinstance(version, int):
+        return str(version)
+    major, rest = divmod(version, 10000 if version >= 90000 else 1000)
+    return f"{major}.{rest // 100}.{rest % 100}"

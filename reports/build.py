@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from bench.contention import BUSY_FRACTION  # standard library only
+from bench.env import cudnn_text
 from reports import figures, goals
 from reports.pytest_bench import pytest_benchmark_table
 from reports.render import Block, to_html, to_markdown, write_atomic
@@ -66,14 +67,6 @@ def _rate(flops_per_s: float) -> str:
     return f"{flops_per_s / 1e12:.1f} TFLOP/s" if flops_per_s >= 1e12 else f"{flops_per_s / 1e9:.1f} GFLOP/s"
 
 
-def _cudnn(version) -> str:
-    """torch.backends.cudnn.version()'s number as cuDNN writes it: 91900 → 9.19.0, 8902 → 8.9.2."""
-    if not isinstance(version, int):
-        return str(version)
-    major, rest = divmod(version, 10000 if version >= 90000 else 1000)
-    return f"{major}.{rest // 100}.{rest % 100}"
-
-
 def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
     cal = env.get("calibration", {})
     versions = env.get("versions", {})
@@ -82,7 +75,7 @@ def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
     lines = [
         f"device: {env.get('requested_device', cal.get('device', '?'))} — {device}"
         + (f", driver {cal['driver']}" if cal.get("driver") else "")
-        + (f", CUDA {cal['torch_cuda']}, cuDNN {_cudnn(cal['cudnn'])}" if cal.get("torch_cuda") else ""),
+        + (f", CUDA {cal['torch_cuda']}, cuDNN {cudnn_text(cal['cudnn'])}" if cal.get("torch_cuda") else ""),
         f"CPU: {env.get('cpu', '?')}, {env.get('cpu_count', '?')} logical CPUs "
         f"({env.get('cpu_affinity', '?')} usable), torch threads {cal.get('torch_threads', '?')}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),

@@ -55,6 +55,7 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
     """A raw case folder (BraTS 2021 or 2023 names) or a prepared `.pt`, plus an optional predicted
     label map (NIfTI on the case's grid, or a prepared-space `.pt` label / `[S,S,S]` tensor file)."""
     case = Path(case)
+    grid = None  # the case's canonical affine (raw cases): a NIfTI prediction must be on it
     if case.suffix == ".pt":
         from seg.data.store import load_case
 
@@ -74,7 +75,9 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
         errors = validate(c)  # unreadable, truncated, missing or off-grid files: named, not a traceback
         if errors:
             raise ValueError("; ".join(errors))
-        image = np.stack([np.asarray(_canonical(p).dataobj, dtype=np.float32) for p in c.images])
+        images = [_canonical(p) for p in c.images]
+        grid = images[0].affine
+        image = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in images])
         label = np.asarray(_canonical(c.seg).dataobj).astype(np.uint8) if c.seg else None
         volume = Volume(c.id, image, label)
     else:
@@ -90,7 +93,8 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
                     np.asarray(obj["label"] if isinstance(obj, dict) else obj).squeeze().astype(np.uint8)
                 )
             else:
-                volume.pred = np.asarray(_canonical(pred).dataobj).astype(np.uint8)
+                pred_img = _canonical(pred)
+                volume.pred = np.asarray(pred_img.dataobj).astype(np.uint8)
         except FileNotFoundError:
             raise
         except Exception as err:  # nibabel / torch raise several types for unreadable files
@@ -99,6 +103,12 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
             raise ValueError(
                 f"{pred}: prediction shape {volume.pred.shape} differs from the case {volume.image.shape[1:]}"
             )
+        # same shape is not the same grid: every BraTS case is 240×240×155, and a label map saved with
+        # another affine (an identity one from numpy) would be drawn mirrored or shifted
+        if grid is not None and pred.suffix != ".pt" and not np.allclose(pred_img.affine, grid, atol=1e-3):
+            theirs, ours = np.round(pred_img.affine, 3).tolist(), np.round(grid, 3).tolist()
+            raise ValueError(f"{pred}: not on the case's grid (its affine {theirs}, the case's {ours}, both "
+                             "as RAS)")
     return volume
 
 

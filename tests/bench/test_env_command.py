@@ -39,3 +39,27 @@ def test_env_on_cpu_lists_each_feature_and_writes_json(tmp_path, capsys, monkeyp
 def test_env_cuda_without_a_gpu_says_so_and_fails(capsys):
     assert main(["env", "--device", "cuda"]) == 1
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_the_gpu_lines_follow_what_triton_needs_and_bf16_is_native_only_from_sm80(monkeypatch):
+    """A GPU machine, faked: an old card, no C compiler, no Triton — each turns off what needs it."""
+    import torch.utils._triton
+
+    from bench import doctor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (6, 0))
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: False)
+    assert "does not compile for this GPU (sm 6.0" in doctor._triton_cuda_problem()
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: True)
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CC", raising=False)
+    assert doctor._triton_cuda_problem().startswith("no C compiler")
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: asked.append(kw) or False)
+    assert not doctor._bf16_feature("cuda").ok and asked == [{"including_emulation": False}]
+    monkeypatch.setattr(torch.backends.cuda, "is_flash_attention_available", lambda: False)
+    lines = {f.name: f for f in doctor.features("cuda")}
+    assert not lines["torch.compile (inductor)"].ok
+    assert not lines["CUDA graphs"].ok and lines["CUDA graphs"].detail == "needs torch.compile"
+    assert not lines["Triton fused norms"].ok and "no C compiler" in lines["Triton fused norms"].detail

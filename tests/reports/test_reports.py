@@ -297,7 +297,7 @@ def test_the_report_shows_the_gpu_while_timed_and_flags_a_slowdown_seen_in_the_i
 
 
 def test_goal_lines_carry_an_interval_caveat_the_anchor_s_reason_and_digits_at_the_threshold():
-    from reports.build import _cudnn
+    from bench.env import cudnn_text as _cudnn
     from reports.goals import check, verdict_line
     from reports.tables import workload_table
 

@@ -117,3 +117,22 @@ def test_plot_overlay_and_curves(tmp_path):
     )
     img = _read_png(plot_curves(log, tmp_path / "curves.png"))
     assert img.shape[1] > img.shape[0]  # two panels side by side
+
+
+def test_view_refuses_a_prediction_on_another_grid_of_the_same_shape(tmp_path, capsys):
+    import nibabel as nib
+
+    from seg.data.synth import write_cases
+
+    case = write_cases(tmp_path / "raw", 1, shape=(24, 24, 16))[0]
+    seg = nib.load(str(next(case.glob("*_seg.nii.gz"))))
+    own = tmp_path / "own.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(seg.dataobj), seg.affine), str(own))
+    assert main(["view", str(case), "--pred", str(own), "--save", str(tmp_path / "ok.png")]) == 0
+    # the same labels saved from numpy with an identity affine: drawn mirrored before, refused now
+    numpy_saved = tmp_path / "eye.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(seg.dataobj), np.eye(4)), str(numpy_saved))
+    capsys.readouterr()
+    assert main(["view", str(case), "--pred", str(numpy_saved), "--save", str(tmp_path / "no.png")]) == 1
+    assert f"{numpy_saved}: not on the case's grid" in capsys.readouterr().err
+    assert not (tmp_path / "no.png").exists()
