@@ -79,8 +79,9 @@ def _bf16_feature(device: str) -> Feature:
 
     variants = "bf16, --precision bf16"
     if device == "cuda":
-        # without including_emulation=False a V100 or T4 says yes: it can hold bf16 tensors, emulated
-        ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        # native bf16 is sm 8.0 and newer; torch.cuda.is_bf16_supported() also says yes where it is
+        # emulated (a V100 or T4 can hold bf16 tensors)
+        ok = torch.cuda.get_device_capability() >= (8, 0)
         return Feature("bf16", ok, "native bf16 on this GPU" if ok else "this GPU has no native bf16 "
                        "(sm 8.0 and newer): fp16 is its fast precision", variants)
     from seg import cpu_bf16

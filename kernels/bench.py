@@ -10,6 +10,7 @@ dy and writes dx (2 and 3 tensor passes), the ANCHORS.md memory-floor convention
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -66,7 +67,9 @@ def make_step(impl: str, shape: tuple[int, ...], dtype: torch.dtype | str, layou
     # the backward runs again on one graph (retain_graph): a compiled backward must not donate (free
     # into its outputs) the buffers it saved, which AOTAutograd does when it can; its backward is
     # compiled at the first call, so the setting holds there too
-    no_donation = torch._functorch.config.patch(donated_buffer=False)
+    functorch_config = torch._functorch.config
+    no_donation = (functorch_config.patch(donated_buffer=False) if impl == "compile"
+                   and hasattr(functorch_config, "donated_buffer") else contextlib.nullcontext())
     with no_donation:
         y = fn(x, w, b)
     dy = torch.empty_like(y).copy_(torch.randn(y.shape, generator=gen))  # y's layout, drawn like x
