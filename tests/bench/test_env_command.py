@@ -57,6 +57,9 @@ def test_the_gpu_lines_follow_what_triton_needs_and_bf16_is_native_only_from_sm8
     assert doctor._triton_cuda_problem().startswith("no C compiler")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **kw: True)  # emulated counts there
     assert not doctor._bf16_feature("cuda").ok
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    assert doctor._bf16_feature("cuda").ok
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (6, 0))
     monkeypatch.setattr(torch.backends.cuda, "is_flash_attention_available", lambda: False)
     lines = {f.name: f for f in doctor.features("cuda")}
     assert not lines["torch.compile (inductor)"].ok

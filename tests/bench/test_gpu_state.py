@@ -101,3 +101,22 @@ def test_a_watch_without_nvidia_smi_sums_up_to_none_and_ends_at_once(tmp_path, m
     states = [parse("[N/A], [N/A], 40, [N/A], 0x0"), parse("1500, 1980, 45, 300, 0x20")]
     assert summarize(states)["sm_clock_mhz"] == 1500.0 and summarize(states)["slowdowns"] == [
         "SW thermal slowdown"]
+
+
+def test_a_watch_does_not_wait_long_for_a_slow_nvidia_smi(tmp_path, monkeypatch):
+    import shutil
+    import time
+
+    from bench.gpu_state import Watch
+
+    sleep = shutil.which("sleep")  # by its full path: PATH will hold only the fake
+    count = _fake_smi(tmp_path, ["1980, 1980, 50, 400, 0x0"])
+    fake = tmp_path / "nvidia-smi"
+    # from the second call on, nvidia-smi takes 10 s (a busy driver): the block must not wait for it
+    fake.write_text(fake.read_text().replace("case $n in", f'[ "$n" -ge 1 ] && {sleep} 10\ncase $n in'))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    start = time.monotonic()
+    with Watch("0", interval_s=0.01) as watch:
+        while int(count.read_text() or 0) < 2:
+            time.sleep(0.01)
+    assert time.monotonic() - start < 5 and watch.summary()["samples"] == 1

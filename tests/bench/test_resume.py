@@ -151,3 +151,29 @@ def test_a_cuda_suite_on_a_machine_without_one_names_where_cuda_came_from(tmp_pa
     with pytest.raises(BenchError, match="\\(--device\\)"):
         run_suite(tmp_path / "suite.toml", tmp_path / "run2", device="cuda", report=False)
     assert not (tmp_path / "run" / "figures").exists() and not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def test_a_case_the_budget_stopped_says_so_and_results_lines_are_strict_json(tmp_path, monkeypatch):
+    import math
+
+    from bench import runner
+    from bench.config import cut_by_budget
+
+    real = runner.run_case_process
+
+    def case_process(spec, folder, stem, timeout_s):
+        if spec.get("kind") == "calibrate":
+            return real(spec, folder, stem, timeout_s)
+        # as the runner's wait reports a case it stopped (whatever stopped it)
+        return {"status": "error", "error": f"timeout: the case ran past its {timeout_s:.0f} s limit",
+                "first_step_s": math.nan}
+
+    monkeypatch.setattr(runner, "run_case_process", case_process)
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE.replace('device = "cpu"', 'device = "cpu"\nbudget_s = 300\ntimeout_s = 900'))
+    run = tmp_path / "run"
+    run_suite(suite, run, only=["norm/fp32"], report=False)
+    text = (run / "results.jsonl").read_text()
+    row = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in results.jsonl"))
+    assert cut_by_budget(row) and "the suite's time budget of 300 s ran out" in row["error"]
+    assert "(its own limit: 900 s)" in row["error"] and row["first_step_s"] is None

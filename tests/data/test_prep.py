@@ -241,3 +241,22 @@ def test_empty_source_is_an_error(tmp_path, capsys):
     (tmp_path / "prepared" / "manifest.json").write_text("{}")
     assert main(["data", "prep", "--src", str(tmp_path / "prepared"), "--out", str(tmp_path / "out")]) == 1
     assert "prepared: a prepared folder (`segbench data prep` output)" in capsys.readouterr().err
+
+
+def test_a_prep_re_run_with_a_case_fewer_moves_no_case_between_splits(tmp_path):
+    import shutil
+
+    from seg.data.synth import write_cases
+
+    raw = tmp_path / "raw"
+    cases = write_cases(raw, 6, seed=5, shape=(24, 24, 16))
+    args = ["data", "prep", "--src", str(raw), "--out", str(tmp_path / "out"), "--size", "16"]
+    assert main(args) == 0
+    before = json.loads((tmp_path / "out" / "splits.json").read_text())
+    gone = before["test"][0]
+    shutil.rmtree(next(c for c in cases if c.name == gone))  # as a case that fails on the re-run
+    (tmp_path / "out" / f"{gone}.pt").unlink()
+    main(args)
+    after = json.loads((tmp_path / "out" / "splits.json").read_text())
+    for name in ("train", "val", "test"):
+        assert set(before[name]) - {gone} == set(after[name]), name

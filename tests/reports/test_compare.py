@@ -162,3 +162,12 @@ def test_compare_gives_no_verdict_on_loaders_of_another_sample_shape_and_names_e
     assert machine(resumed) == "NVIDIA H100 + NVIDIA H200, torch 2.11.0"
     cpu = {"cpu": "EPYC", "cpu_count": 2, "versions": {"torch": "2.13.0"}}
     assert machine(cpu) == "EPYC × 2, torch 2.13.0"
+
+
+def test_compare_gives_no_verdict_on_footprints_of_another_step_or_overlap():
+    est = {"workload": "swin", "kind": "footprint", "variant": "bf16", "status": "ok", "estimate": True,
+           "estimated_peak_bytes": 2**30}
+    train, infer = {**est, "estimated_step": "train"}, {**est, "estimated_step": "infer"}
+    assert compare_rows([infer], [train]).verdict.iloc[0].startswith("not comparable: estimated_step")
+    a, b = {**est, "overlap": 0.5}, {**est, "overlap": 0.25}
+    assert compare_rows([a], [b]).verdict.iloc[0].startswith("not comparable: overlap")

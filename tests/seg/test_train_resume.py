@@ -117,7 +117,8 @@ def test_a_resume_with_other_steps_per_epoch_or_lr_follows_its_own_schedule(tmp_
     first = [*_command(data_dir, run)]
     first[first.index("--epochs") + 1] = "2"
     _finish(_start(first, tmp_path / "a.err"), tmp_path / "a.err")
-    resumed = subprocess.run(_command(data_dir, run, "--resume", "--accum", "2", "--lr", "5e-3"), timeout=300,
+    again = _command(data_dir, run, "--resume", "--accum", "2", "--lr", "5e-3", "--weight-decay", "0.02")
+    resumed = subprocess.run(again, timeout=300,
                              capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "this run makes 2: the schedule goes on from epoch 2" in resumed.stdout
@@ -136,4 +137,5 @@ def test_a_resume_with_other_steps_per_epoch_or_lr_follows_its_own_schedule(tmp_
     with (run / "log.csv").open() as f:
         got = {int(r["epoch"]): float(r["lr"]) for r in csv.DictReader(f)}
     assert got[3] > 0 and abs(got[3] - want[3]) < 1e-12 and abs(got[4] - want[4]) < 1e-12
-    assert state["optimizer"]["param_groups"][0]["initial_lr"] == 5e-3
+    group = state["optimizer"]["param_groups"][0]
+    assert group["initial_lr"] == 5e-3 and group["weight_decay"] == 0.02
