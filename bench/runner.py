@@ -7,6 +7,7 @@ appended (and flushed) the moment it is known, so a run cut short keeps what it 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -163,14 +164,32 @@ class Results:
             os.fsync(f.fileno())
 
 
+def _settings(obj) -> dict:
+    """A dataclass's fields that differ from their defaults (nested too): a field added to the code
+    later, left at its default, changes no fingerprint."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = _settings(value)
+        elif f.default is not dataclasses.MISSING and value == f.default:
+            continue
+        elif f.default_factory is not dataclasses.MISSING and value == f.default_factory():
+            continue
+        out[f.name] = value
+    return out
+
+
 def workload_fingerprints(suite: Suite) -> dict[str, str]:
-    """{workload: hash of what its rows depend on}: kind, params, measure, reference, baseline and the
-    synthesized data; not its variant list, so a resume may add variants to a workload."""
-    data = asdict(suite.data)
+    """{workload: hash of what its rows' numbers depend on}: kind, params, measure, reference, baseline
+    and the synthesized data; not its variants (a resume may add some), its timeout, or how many steps
+    are traced after the timing (--profile-steps)."""
+    data = _settings(suite.data)
     fingerprints = {}
     for w in suite.workloads:
-        what = {**asdict(w), "data": data}
-        del what["variants"], what["timeout_s"]
+        measure = {k: v for k, v in _settings(w.measure).items() if k != "profile_steps"}
+        what = {"kind": w.kind, "params": _settings(w.params), "measure": measure, "reference": w.reference,
+                "baseline": w.baseline, "interleave": w.interleave, "data": data}
         text = json.dumps(what, sort_keys=True, default=str)
         fingerprints[w.name] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return fingerprints
@@ -189,11 +208,13 @@ def _resume_state(out: Path, suite: Suite) -> tuple[dict, list[dict]]:
         raise BenchError(f"--resume: {out} is a run of suite {env.get('suite')!r}, not {suite.name!r}")
     keep = [r for r in rows if not cut_by_budget(r)]  # a case's own timeout stays: it would hang again
     old, new = env.get("workload_fingerprints") or {}, workload_fingerprints(suite)
-    changed = sorted({r["workload"] for r in keep if r["workload"] in old and old[r["workload"]] != new.get(
-        r["workload"])})
-    if changed:  # its kept rows, its cached reference trajectory and the new rows would not agree
-        raise BenchError(f"--resume: workload(s) {', '.join(changed)} of {out} changed in the suite since "
-                         "they ran (parameters, measurement or reference): start a new run")
+    changed = {name for name in old.keys() & new.keys() if old[name] != new[name]}
+    kept_changed = sorted({r["workload"] for r in keep} & changed)
+    if kept_changed:  # its kept rows and the new rows would not agree
+        raise BenchError(f"--resume: workload(s) {', '.join(kept_changed)} of {out} changed in the suite "
+                         "since they ran (parameters, measurement or reference): start a new run")
+    for name in changed:  # no rows kept, but its reference trajectory may be cached from before
+        (out / "cache" / f"reference-{name.replace('/', '_')}.json").unlink(missing_ok=True)
     return env, keep
 
 

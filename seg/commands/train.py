@@ -107,8 +107,26 @@ def register(subparsers) -> None:
     add_config_option(parser, "--model", "model", choices=MODELS)
     add_model_option(parser, "preset=paper, channels=(8,16,32)")
     for flag, name, kwargs in TRAIN_OPTIONS:
-        add_config_option(parser, flag, name, **kwargs)
+        # the schedule's settings stay None when not given: a resume then keeps the run's own
+        add_config_option(parser, flag, name, with_default=name not in KEPT_ON_RESUME, **kwargs)
     parser.set_defaults(func=run)
+
+
+# Settings a `--resume` takes from the run's config.json unless given again (the others, switches
+# and loader options, are given again: a changed one is allowed and noted).
+KEPT_ON_RESUME = ("epochs", "lr", "weight_decay", "warmup_epochs")
+
+
+def _run_settings(out: str) -> dict:
+    """KEPT_ON_RESUME values of the run in `out` (its config.json), or {} for a new run."""
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(out) / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {name: config[name] for name in KEPT_ON_RESUME if config.get(name) is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,8 +135,11 @@ def run(args: argparse.Namespace) -> int:
 
     from seg.train import TrainConfig, train
 
+    values = config_values(args)
+    if args.resume:  # the run's schedule settings, where this command does not give them again
+        values = {**_run_settings(args.out), **values}
     try:
-        cfg = TrainConfig(**config_values(args))
+        cfg = TrainConfig(**values)
     except ValueError as err:
         raise SystemExit(f"segbench train: {err}") from err
     try:

@@ -60,6 +60,8 @@ def extend_splits(old: dict, ids, folds: int = 5) -> dict:
     with the fewest validation cases. Re-splitting from scratch would move test cases a model was
     scored on into training (one case fewer reshuffles everything). Folds are made anew only when
     their number must change (a pool that was too small for them)."""
+    if folds < 2:
+        raise ValueError(f"--folds {folds}: cross-validation needs at least 2 folds")
     ids = set(ids)
     kept = {name: [i for i in old[name] if i in ids] for name in ("train", "val", "test")}
     new = sorted(ids - {i for part in kept.values() for i in part})

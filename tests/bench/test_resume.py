@@ -177,3 +177,26 @@ def test_a_case_the_budget_stopped_says_so_and_results_lines_are_strict_json(tmp
     row = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in results.jsonl"))
     assert cut_by_budget(row) and "the suite's time budget of 300 s ran out" in row["error"]
     assert "(its own limit: 900 s)" in row["error"] and row["first_step_s"] is None
+
+
+def test_a_resume_forgets_the_cached_reference_of_a_changed_workload_without_kept_rows(tmp_path):
+    from bench.commands import _with_profile_steps
+    from bench.config import load_suite
+    from bench.runner import workload_fingerprints
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE.replace(', "bf16", "channels_last"]', "]"))
+    run = tmp_path / "run"
+    run_suite(suite, run, report=False)
+    row = _rows(run)["fp32"]
+    cut = {**row, "status": "error", "error": "not run: the suite's time budget of 60 s was spent"}
+    (run / "results.jsonl").write_text(json.dumps(cut) + "\n")
+    stale = run / "cache" / "reference-norm.json"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_text('{"variant": "fp32", "losses": [1.0]}')  # as a training workload caches it
+    suite.write_text(SUITE.replace(', "bf16", "channels_last"]', "]").replace("iters = 3", "iters = 4"))
+    run_suite(suite, run, resume=True, report=False)
+    assert not stale.exists() and _rows(run)["fp32"]["s_per_iter"]["n"] == 4
+    # how many steps are traced after the timing changes no number: not a changed workload
+    assert workload_fingerprints(load_suite("swin-goal")) == workload_fingerprints(
+        _with_profile_steps("swin-goal", 2))

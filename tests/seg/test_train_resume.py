@@ -139,3 +139,27 @@ def test_a_resume_with_other_steps_per_epoch_or_lr_follows_its_own_schedule(tmp_
     assert got[3] > 0 and abs(got[3] - want[3]) < 1e-12 and abs(got[4] - want[4]) < 1e-12
     group = state["optimizer"]["param_groups"][0]
     assert group["initial_lr"] == 5e-3 and group["weight_decay"] == 0.02
+
+
+def test_a_resume_keeps_the_run_s_lr_weight_decay_and_epochs_unless_given_again(tmp_path):
+    import json
+
+    data_dir = write_prepared(tmp_path / "data", n=6, size=16)
+    run = tmp_path / "run"
+    first = _command(data_dir, run, "--weight-decay", "0.02")
+    first[first.index("--epochs") + 1] = "2"
+    _finish(_start(first, tmp_path / "a.err"), tmp_path / "a.err")
+    # --lr and --weight-decay not given again: the run's (1e-2, 0.02), not the defaults (1e-4, 1e-5)
+    longer = _command(data_dir, run, "--resume")
+    del longer[longer.index("--lr"):longer.index("--lr") + 2]
+    longer[longer.index("--epochs") + 1] = "3"
+    _finish(_start(longer, tmp_path / "b.err"), tmp_path / "b.err")
+    state = load_checkpoint(run / "last.pt")
+    group = state["optimizer"]["param_groups"][0]
+    assert state["epoch"] == 3 and (group["initial_lr"], group["weight_decay"]) == (1e-2, 0.02)
+    # --epochs not given again either: the run's 3
+    again = _command(data_dir, run, "--resume")
+    del again[again.index("--epochs"):again.index("--epochs") + 2]
+    _finish(_start(again, tmp_path / "c.err"), tmp_path / "c.err")
+    assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 3
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
