@@ -74,6 +74,14 @@ def error_message(err: BaseException, limit: int = 600) -> str:
     return f"{type(err).__name__}: {' | '.join(lines)}"[:limit]
 
 
+REFERENCE_GLOB = "reference-*.json"
+
+
+def reference_cache_path(cache_dir: str | Path, workload: str) -> Path:
+    """Where a run caches a workload's reference trajectory (bench.workloads.reference)."""
+    return Path(cache_dir) / f"reference-{workload.replace('/', '_')}.json"
+
+
 def write_json_atomic(path: Path, data: dict, indent: int | None = None) -> None:
     """Write to a temp name then rename: a reader never sees half a file (pid: writers never collide)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -36,6 +36,10 @@ class SuiteError(ValueError):
     """A suite file that cannot be used; the message names the file and the problem."""
 
 
+class BenchError(RuntimeError):
+    """The suite cannot run at all here (no such device, no data); the message says why."""
+
+
 def _help(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     if isinstance(default, (list, dict)):
         value = default

@@ -7,8 +7,6 @@ appended (and flushed) the moment it is known, so a run cut short keeps what it 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -21,18 +19,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.case import write_json_atomic
-from bench.config import BUDGET_CUT, NEEDS_DATA, DataSpec, Suite, Workload, cut_by_budget, load_suite
+from bench.case import REFERENCE_GLOB, write_json_atomic
+from bench.config import BUDGET_CUT, NEEDS_DATA, BenchError, DataSpec, Suite, Workload, load_suite
 from bench.contention import BUSY_FRACTION, HostLoad
-from bench.env import capture_host, machine
+from bench.env import capture_host
+from bench.resume import check_machine, resume_state, resumed_inputs, workload_fingerprints
 from bench.variants import Unavailable, VariantContext, resolve
 
 KEEP_CACHE_ENV = "SEGBENCH_KEEP_COMPILE_CACHE"  # =1: cases share your inductor/Triton caches
 PAIRED_KINDS = ("train_step",)  # workloads that interleave a baseline when a speedup is quoted
-
-
-class BenchError(RuntimeError):
-    """The suite cannot run at all here (no such device, no data); the message says why."""
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -164,60 +159,6 @@ class Results:
             os.fsync(f.fileno())
 
 
-def _settings(obj) -> dict:
-    """A dataclass's fields that differ from their defaults (nested too): a field added to the code
-    later, left at its default, changes no fingerprint."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            value = _settings(value)
-        elif f.default is not dataclasses.MISSING and value == f.default:
-            continue
-        elif f.default_factory is not dataclasses.MISSING and value == f.default_factory():
-            continue
-        out[f.name] = value
-    return out
-
-
-def workload_fingerprints(suite: Suite) -> dict[str, str]:
-    """{workload: hash of what its rows' numbers depend on}: kind, params, measure, reference, baseline
-    and the synthesized data; not its variants (a resume may add some), its timeout, or how many steps
-    are traced after the timing (--profile-steps)."""
-    data = _settings(suite.data)
-    fingerprints = {}
-    for w in suite.workloads:
-        measure = {k: v for k, v in _settings(w.measure).items() if k != "profile_steps"}
-        what = {"kind": w.kind, "params": _settings(w.params), "measure": measure, "reference": w.reference,
-                "baseline": w.baseline, "interleave": w.interleave, "data": data}
-        text = json.dumps(what, sort_keys=True, default=str)
-        fingerprints[w.name] = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return fingerprints
-
-
-def _resume_state(out: Path, suite: Suite) -> tuple[dict, list[dict]]:
-    """(env.json, the rows to keep) of the run being resumed; cases without a kept row run again."""
-    try:
-        env = json.loads((out / "env.json").read_text())
-        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as err:
-        raise BenchError(
-            f"--resume: {out} is not a readable run folder ({err}); run without --resume"
-        ) from err
-    if env.get("suite") != suite.name:
-        raise BenchError(f"--resume: {out} is a run of suite {env.get('suite')!r}, not {suite.name!r}")
-    keep = [r for r in rows if not cut_by_budget(r)]  # a case's own timeout stays: it would hang again
-    old, new = env.get("workload_fingerprints") or {}, workload_fingerprints(suite)
-    changed = {name for name in old.keys() & new.keys() if old[name] != new[name]}
-    kept_changed = sorted({r["workload"] for r in keep} & changed)
-    if kept_changed:  # its kept rows and the new rows would not agree
-        raise BenchError(f"--resume: workload(s) {', '.join(kept_changed)} of {out} changed in the suite "
-                         "since they ran (parameters, measurement or reference): start a new run")
-    for name in changed:  # no rows kept, but its reference trajectory may be cached from before
-        (out / "cache" / f"reference-{name.replace('/', '_')}.json").unlink(missing_ok=True)
-    return env, keep
-
-
 def _clear_old_run(out: Path) -> None:
     """A new run into a folder holding another: everything of the old run goes (rows, reports, traces,
     case logs, reference trajectories, figures), so none of it sits beside the new rows; the
@@ -228,19 +169,8 @@ def _clear_old_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
     for name in ("cases", "profiles", "figures"):
         shutil.rmtree(out / name, ignore_errors=True)
-    for path in (out / "cache").glob("reference-*.json"):
+    for path in (out / "cache").glob(REFERENCE_GLOB):
         path.unlink()
-
-
-def _resumed_inputs(out: Path, env: dict, device: str | None, data_dir) -> tuple[str | None, str | None]:
-    """The device and data the resumed run measured (its rows must not mix others in); BenchError when
-    the resume names different ones."""
-    old_device, old_data = env.get("requested_device"), env.get("data_dir")
-    if device and old_device and device != old_device:
-        raise BenchError(f"--resume: {out} ran on {old_device}; resume it there, not on {device}")
-    if data_dir and str(Path(data_dir).resolve()) != (old_data or str((out / "data" / "prepared").resolve())):
-        raise BenchError(f"--resume: {out} measured the data in {old_data or out / 'data'}, not {data_dir}")
-    return device or old_device, data_dir or old_data
 
 
 def case_spec(
@@ -324,9 +254,9 @@ def run_suite(
             f"(workloads: {', '.join(sorted({w.name for w in suite.workloads}))})"
         )
     out = Path(out)
-    old_env, kept = _resume_state(out, suite) if resume else (None, [])
+    old_env, kept = resume_state(out, suite) if resume else (None, [])
     if old_env is not None:
-        device, data_dir = _resumed_inputs(out, old_env, device, data_dir)
+        device, data_dir = resumed_inputs(out, old_env, device, data_dir)
     asked = "--device" if device else f"suite {suite.name}'s device"  # for the calibration's error
     device = device or suite.device
     if not resume and (out / "results.jsonl").is_file():
@@ -362,11 +292,7 @@ def run_suite(
     calibration = {k: v for k, v in calib.items() if k not in ("status", "log", "case_wall_s")}
     env["calibration"] = calibration
     if old_env is not None:  # the run's own facts stay; the resume is one more entry
-        if machine(env) != machine(old_env):  # one run's rows, one card: its ratios cross rows
-            raise BenchError(
-                f"--resume: {out} was measured on {machine(old_env)}, this is {machine(env)}; its rows "
-                "would mix two machines (a cross-row speedup would compare them): start a new run"
-            )
+        check_machine(out, old_env, env)
         resumed = {k: env[k] for k in ("time_utc", "command", "git", "calibration")}
         env = {**old_env, "resumed": [*old_env.get("resumed", []), {**resumed, "cases": len(cases)}]}
     write_json_atomic(out / "env.json", env, indent=2)

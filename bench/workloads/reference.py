@@ -10,15 +10,13 @@ from pathlib import Path
 
 import torch
 
-from bench.case import write_json_atomic
+from bench.case import reference_cache_path, write_json_atomic
 from bench.measure import count_flops
 from bench.workloads.common import Case, TrainState, math_mode, release, to_input
 
 
 def _cache_path(case: Case) -> Path | None:
-    if not case.cache_dir:
-        return None
-    return Path(case.cache_dir) / f"reference-{case.workload.replace('/', '_')}.json"
+    return reference_cache_path(case.cache_dir, case.workload) if case.cache_dir else None
 
 
 def train_reference(

@@ -63,7 +63,7 @@ def test_resume_refuses_another_suite_or_no_run(tmp_path):
 
 
 def test_resume_keeps_the_device_and_data_the_run_measured(tmp_path):
-    from bench.runner import _resumed_inputs
+    from bench.resume import resumed_inputs as _resumed_inputs
 
     env = {"requested_device": "cuda", "data_dir": str(tmp_path / "mine")}
     assert _resumed_inputs(tmp_path, env, None, None) == ("cuda", str(tmp_path / "mine"))
@@ -182,7 +182,7 @@ def test_a_case_the_budget_stopped_says_so_and_results_lines_are_strict_json(tmp
 def test_a_resume_forgets_the_cached_reference_of_a_changed_workload_without_kept_rows(tmp_path):
     from bench.commands import _with_profile_steps
     from bench.config import load_suite
-    from bench.runner import workload_fingerprints
+    from bench.resume import workload_fingerprints
 
     suite = tmp_path / "suite.toml"
     suite.write_text(SUITE.replace(', "bf16", "channels_last"]', "]"))
