@@ -25,23 +25,21 @@ def make_splits(ids, seed: int = 200, fractions: tuple[float, float, float] = (0
         raise ValueError(f"--folds {folds}: cross-validation needs at least 2 folds")
     order = sorted(set(ids))
     random.Random(seed).shuffle(order)
-    n = len(order)
-    total = sum(fractions)
-    n_val, n_test = (round(n * f / total) for f in fractions[1:])
-    if n >= 3:
-        n_val = max(1, n_val) if fractions[1] > 0 else n_val
-        n_test = max(1, n_test) if fractions[2] > 0 else n_test
-    n_train = n - n_val - n_test
+    want = _targets(len(order), fractions)
+    n_train, n_val = want["train"], want["val"]
     train, val, test = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
-
-    pool = train + val  # already shuffled; chunk i is fold i's validation set
-    k = min(folds, len(pool)) if len(pool) >= 2 else 0
-    fold_list = []
-    for i in range(k):
-        fold_val = pool[i::k]
-        fold_list.append({"train": sorted(set(pool) - set(fold_val)), "val": sorted(fold_val)})
+    pool = train + val  # already shuffled: chunk i is fold i's validation set
     return {"seed": seed, "fractions": list(fractions), "train": sorted(train), "val": sorted(val),
-            "test": sorted(test), "folds": fold_list}
+            "test": sorted(test), "folds": _folds(pool, _fold_count(pool, folds))}
+
+
+def _fold_count(pool: list[str], folds: int) -> int:
+    return min(folds, len(pool)) if len(pool) >= 2 else 0
+
+
+def _folds(pool: list[str], k: int) -> list[dict]:
+    """k folds over `pool` in its (shuffled) order: chunk i validates fold i, the rest trains it."""
+    return [{"train": sorted(set(pool) - set(pool[i::k])), "val": sorted(pool[i::k])} for i in range(k)]
 
 
 def _targets(n: int, fractions: tuple[float, float, float]) -> dict[str, int]:
@@ -74,18 +72,17 @@ def extend_splits(old: dict, ids, folds: int = 5) -> dict:
         name = max(("train", "val", "test"), key=lambda k: want[k] - counts[k])
         kept[name].append(case)
     pool = kept["train"] + kept["val"]
-    k = min(folds, len(pool)) if len(pool) >= 2 else 0
+    k = _fold_count(pool, folds)
     fold_vals = [[i for i in f["val"] if i in ids] for f in old.get("folds", [])]
+    parts = {name: sorted(part) for name, part in kept.items()}
     if len(fold_vals) != k:  # a new fold count: folds over the pool as make_splits makes them
         order = sorted(pool)
         random.Random(old["seed"]).shuffle(order)
-        fold_vals = [order[i::k] for i in range(k)]
-    else:
-        placed = {i for f in fold_vals for i in f}
-        for case in [i for i in pool if i not in placed]:
-            min(fold_vals, key=len).append(case)
-    return {"seed": old["seed"], "fractions": list(fractions),
-            **{name: sorted(part) for name, part in kept.items()},
+        return {"seed": old["seed"], "fractions": list(fractions), **parts, "folds": _folds(order, k)}
+    placed = {i for f in fold_vals for i in f}
+    for case in [i for i in pool if i not in placed]:
+        min(fold_vals, key=len).append(case)
+    return {"seed": old["seed"], "fractions": list(fractions), **parts,
             "folds": [{"train": sorted(set(pool) - set(v)), "val": sorted(v)} for v in fold_vals]}
 
 
