@@ -80,7 +80,7 @@ def extend_splits(old: dict, ids, folds: int = 5) -> dict:
         random.Random(old["seed"]).shuffle(order)
         return {"seed": old["seed"], "fractions": list(fractions), **parts, "folds": _folds(order, k)}
     placed = {i for f in fold_vals for i in f}
-    for case in [i for i in pool if i not in placed]:
+    for case in [i for i in pool if i not in placed] if fold_vals else []:  # a pool of one: no folds
         min(fold_vals, key=len).append(case)
     return {"seed": old["seed"], "fractions": list(fractions), **parts,
             "folds": [{"train": sorted(set(pool) - set(v)), "val": sorted(v)} for v in fold_vals]}

@@ -96,3 +96,10 @@ def test_prep_re_runs_extend_the_splits_and_data_splits_makes_them_anew(tmp_path
     assert load_splits(write_splits(tmp_path, ids=IDS[1:]).parent) == make_splits(IDS[1:])
     # another seed asked for: a new split, as asked
     assert load_splits(write_splits(tmp_path, ids=IDS, seed=7, keep=True).parent) == make_splits(IDS, seed=7)
+
+
+def test_a_re_run_on_a_single_labelled_case_keeps_it_without_folds():
+    from seg.data.splits import extend_splits
+
+    one = make_splits(IDS[:1])
+    assert extend_splits(one, IDS[:1]) == one  # a prep re-run on one case raised from min() before
