@@ -82,6 +82,15 @@ if [ "$swin" = 1 ] && [ "$left_s" -gt 30 ]; then
   timeout "$((left_s < 60 ? left_s : 60))" python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/seg/test_swin_fast.py tests/profiles 2>&1 | tail -15 | tee -a "$log"
 fi
 left_s=$((call_s - 30 - SECONDS))
+if [ "$swin" = 1 ] && [ "$left_s" -gt 40 ]; then
+  # the Triton window attention in bf16 (the triton_attn row's dtype): the CPU interpreter cannot run
+  # bf16, so these two tests are its first check anywhere
+  echo "== pytest tests/kernels: Triton window attention, bf16 (${left_s} s left)" | tee -a "$log"
+  timeout "$((left_s < 45 ? left_s : 45))" python3 -m pytest -q -p no:cacheprovider \
+    tests/kernels/test_window_attention.py tests/kernels/test_swin_triton_attention.py \
+    -k "half_precision or matches_stock" 2>&1 | tail -8 | tee -a "$log"
+fi
+left_s=$((call_s - 30 - SECONDS))
 if [ "$suite" != "gpu-check" ] && [ ${#bench_args[@]} -eq 0 ] && [ "$left_s" -gt 40 ]; then
   # the kernels suite's call has the time for the tile sweep too
   sweep=(); [ "$suite" = "kernels" ] && sweep=(--sweep)

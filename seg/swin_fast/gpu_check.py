@@ -19,6 +19,7 @@ import argparse
 import copy
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,7 +44,13 @@ def _time_ms(fn, device: str, iters: int = 10) -> float:
 
 
 def check_sdpa(size: int, feature: int, device: str = "cuda") -> dict:
-    """Stage-1 interior group of a shifted block: (windows, heads, 343, d) and a (1, heads, N, N) bias."""
+    """Stage-1 interior group of a shifted block: (windows, heads, 343, d) and a (1, heads, N, N) bias.
+
+    "train" is the fast path's training call (bias that needs a gradient, dropout 0.2, forward and
+    backward): flash takes no bias and cuDNN no bias gradient (nor a dropout that is not a multiple of
+    1/16), so only the efficient and math kernels can run it — the check confirms which one torch
+    picks and times them. "inference" is sliding-window prediction (frozen bias, no dropout, forward
+    only), where cuDNN may run. A backend that cannot run a call records torch's reasons."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from .windows import padded_tokens
@@ -51,25 +58,33 @@ def check_sdpa(size: int, feature: int, device: str = "cuda") -> dict:
     heads, n = 3, 343
     windows = (-(-(size // 2) // 7) - 1) ** 3
     shape = (windows, heads, n, feature // heads)
-    q, k, v = (torch.randn(shape, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    table = torch.randn(heads, n, padded_tokens(n), device=device, dtype=torch.bfloat16, requires_grad=True)
+    q, k, v = (torch.randn(shape, device=device, dtype=torch.bfloat16) for _ in range(3))
+    table = torch.randn(heads, n, padded_tokens(n), device=device, dtype=torch.bfloat16)
 
-    def step(backends):
-        with sdpa_kernel(backends):
+    def call(backends: list, train: bool) -> None:
+        inputs = [t.detach().requires_grad_(train) for t in (q, k, v, table)]
+        with sdpa_kernel(backends), torch.set_grad_enabled(train):
             out = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, attn_mask=table[None, :, :, :n], dropout_p=0.2, scale=0.35
+                *inputs[:3], attn_mask=inputs[3][None, :, :, :n], dropout_p=0.2 if train else 0.0, scale=0.35
             )
-        out.sum().backward()
+            if train:
+                out.sum().backward()
 
-    every = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]
-    results = {"windows": windows, "heads": heads, "tokens": n}
-    for backend in [*every, SDPBackend.MATH, None]:
-        name = "default" if backend is None else backend.name
-        try:
-            ms = _time_ms(lambda b=backend: step([*every, SDPBackend.MATH] if b is None else [b]), device)
-            results[name] = {"ok": True, "fwd_bwd_ms": round(ms, 3)}
-        except RuntimeError as e:
-            results[name] = {"ok": False, "error": str(e).splitlines()[0][:300]}
+    results: dict = {"windows": windows, "heads": heads, "tokens": n}
+    every = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    train_backends = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    for mode, backends in (("train", train_backends), ("inference", every)):
+        for backend in [*backends, None]:  # None: torch's own choice among all of them
+            name = f"{mode}_{'default' if backend is None else backend.name}"
+            chosen = every if backend is None else [backend]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # torch says why a backend refused in warnings
+                try:
+                    ms = _time_ms(lambda c=chosen, t=mode == "train": call(c, t), device)
+                    results[name] = {"ok": True, "ms": round(ms, 3)}
+                except RuntimeError as e:
+                    reasons = [str(w.message).splitlines()[0][:200] for w in caught][:4]
+                    results[name] = {"ok": False, "error": str(e).splitlines()[0][:200], "reasons": reasons}
     return results
 
 
@@ -125,9 +140,13 @@ def check_step(size: int, feature: int, compile_fast: bool, device: str = "cuda"
     variants = {"stock_bf16": stock, "fast_bf16": fast}
     if compile_fast:
         variants["fast_bf16_compile"] = torch.compile(copy.deepcopy(fast))
+    del stock, fast
     results = {}
-    for name, model in variants.items():
-        step = _step_fn(model, size, device)
+    for name in list(variants):
+        # one model on the device at a time: the peak is this model's step alone
+        step = _step_fn(variants.pop(name), size, device)
+        if device == "cuda":
+            torch.cuda.empty_cache()
         t0 = time.perf_counter()
         step()
         _sync(device)
@@ -147,13 +166,16 @@ def check_step(size: int, feature: int, compile_fast: bool, device: str = "cuda"
         if device == "cuda":
             results[name]["peak_bytes"] = torch.cuda.max_memory_allocated()
         print(name, results[name], flush=True)
+        del step  # frees this model and its optimizer state before the next one is built
     return results
 
 
 def check_memory(size: int, feature: int, out: Path) -> dict:
     from profiles.memory import format_summary, record_memory_history, summarize_snapshot
 
-    _, fast = _models(feature, 0.2, "cuda")
+    stock, fast = _models(feature, 0.2, "cuda")
+    del stock  # not part of the fast step's memory
+    torch.cuda.empty_cache()
     step = _step_fn(fast, size, "cuda")
     step()
     with record_memory_history(out / "swin_fast_memory.pickle") as rec:
