@@ -129,6 +129,8 @@ def sliding_window_predict(
     """
     from monai.inferers import sliding_window_inference
 
+    from seg.swin_fast import cached_biases
+
     models = [models] if isinstance(models, nn.Module) else list(models)
     roi_size = (roi,) * (image.dim() - 2) if isinstance(roi, int) else tuple(roi)
     flips = TTA_FLIPS if tta else ((),)
@@ -138,17 +140,18 @@ def sliding_window_predict(
         memory_format=torch.channels_last_3d)
     total: torch.Tensor | None = None
     for model in models:
-        for dims in flips:
-            x = image.flip(dims) if dims else image
-            with autocast(precision, image.device.type):
-                logits = sliding_window_inference(
-                    x, roi_size, sw_batch_size, _in_layout(model, channels_last), overlap=overlap, mode=mode,
-                    roi_weight_map=roi_weight_map,
-                )
-            probs = probabilities(torch.as_tensor(logits), target)
-            if dims:
-                probs = probs.flip(dims)
-            total = probs if total is None else total.add_(probs)
+        with cached_biases(model):  # fast SwinUNETR: its window biases built once per model
+            for dims in flips:
+                x = image.flip(dims) if dims else image
+                with autocast(precision, image.device.type):
+                    logits = sliding_window_inference(
+                        x, roi_size, sw_batch_size, _in_layout(model, channels_last), overlap=overlap,
+                        mode=mode, roi_weight_map=roi_weight_map,
+                    )
+                probs = probabilities(torch.as_tensor(logits), target)
+                if dims:
+                    probs = probs.flip(dims)
+                total = probs if total is None else total.add_(probs)
     return total.div_(len(models) * len(flips))
 
 

@@ -132,9 +132,13 @@ def compile_model(
     check_compile_mode(mode)
     set_inductor_options(inductor or {})
     backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+    # Static shapes: a second input shape (validation at another size, a sliding window's last, smaller
+    # batch) compiles again for that shape rather than once for symbolic ones. Segmentation runs a few
+    # fixed shapes; static kernels are faster, CUDA graphs need them, and the fast SwinUNETR's window
+    # geometry would turn into guards and graph breaks on symbolic sizes.
     if backend != "inductor":  # modes are inductor settings; other backends take none
-        return torch.compile(model, backend=backend)
-    return torch.compile(model, mode=None if mode == "default" else mode)
+        return torch.compile(model, backend=backend, dynamic=False)
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 
 def apply_speed_options(

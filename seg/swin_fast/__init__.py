@@ -8,7 +8,8 @@ The model keeps MONAI's classes as bases, its parameters and its state_dict keys
 same function (outputs and gradients equal MONAI's to 1e-10 in float64, outputs to ~1e-6 in float32;
 train-mode dropout has MONAI's rates, drawn by SDPA for the attention):
 - window attention through F.scaled_dot_product_attention; the relative-position bias and the
-  shift mask become one additive bias per window group, cached (attention.py);
+  shift mask become one additive bias per window group, cached for inference inside
+  `cached_biases(model)` (seg.infer's sliding window uses it) (attention.py);
 - pad + roll + window partition, and the way back, are one gather each (index maps cached per
   shape, built in-graph under torch.compile) (windows.py);
 - tokens stay channels-last between Swin stages (blocks.py);
@@ -37,14 +38,15 @@ profiles.traffic), 11.4 ms at 3 TB/s;
 
 import torch.nn as nn
 
+from .attention import cached_biases
 from .convert import is_fast, kernels_status, to_fast
 
-__all__ = ["to_fast", "is_fast", "kernels_status", "clear_caches"]
+__all__ = ["to_fast", "is_fast", "kernels_status", "clear_caches", "cached_biases"]
 
 
 def clear_caches(model: nn.Module) -> None:
-    """Forget the fast path's cached index maps and inference biases. Needed only after editing a
-    relative-position table through `.data`, which its version counter (the cache key) does not see."""
+    """Forget the fast path's cached index maps and inference biases (to free their memory, or after
+    editing a relative-position table through `.data` inside `cached_biases`)."""
     from .attention import FastWindowAttention
     from .windows import cached_geometry
 

@@ -6,17 +6,25 @@ Here the scores never exist outside the SDPA kernel: each window group (see `win
 bias = relative-position bias + that group's shift mask, broadcast over its (window, batch) rows.
 
 The table is a trained parameter, so with autograd on the gather stays in the graph (one small
-gather + one broadcast add per group, no larger than heads*N*N); the padded index is cached. With
-autograd off (inference) the finished biases are cached per (geometry, dtype) and rebuilt when the
-table changes (its version counter moves on every in-place update: optimizer steps, load_state_dict,
-EMA updates through state_dict()/detach()). Edits through `table.data` bypass that counter: call
-`seg.swin_fast.clear_caches(model)` after them. Cached tensors are built outside inference mode,
-so a first forward under torch.inference_mode does not poison later training.
+gather + one broadcast add per group, no larger than heads*N*N); the padded index is cached. The
+gather and the mask add run in the table's dtype and cast to the attention's last, so under bf16
+autocast the table's gradient is summed in float32 (as MONAI's, whose bias is never cast).
+
+Only inside `cached_biases(model)` (sliding-window inference: hundreds of forwards with the same
+weights) are the finished biases cached per (geometry, dtype); everywhere else a forward builds them
+(a validation pass between training steps: a fused optimizer step updates the table in place without
+moving its version counter, so no key can tell that a cached bias is stale). Cached tensors are
+built outside inference mode, so a first forward under torch.inference_mode does not poison later
+training.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch._subclasses.fake_tensor import is_fake
@@ -47,6 +55,7 @@ class FastWindowAttention(WindowAttention):
         self.impl = impl
         self._index_cache: dict = {}
         self._bias_cache: dict = {}
+        self.cache_biases = False  # set by `cached_biases`
 
     def _padded_index(self, n: int, compiling: bool) -> torch.Tensor:
         """relative_position_index[:n, :n] (MONAI's slice, also for shrunk windows), columns padded."""
@@ -66,7 +75,7 @@ class FastWindowAttention(WindowAttention):
         # parameters): no caches keyed by data pointers, or a fake bias would outlive its mode
         compiling = torch.compiler.is_compiling() or is_fake(table) or is_fake(geo.src)
         frozen = not (torch.is_grad_enabled() and table.requires_grad)
-        if not frozen or compiling:
+        if not (frozen and self.cache_biases) or compiling:
             return self._biases(table, geo, dtype, compiling)
         key = (geo.window, geo.shift, geo.dims, table.device, dtype, table._version, table.data_ptr())
         if key not in self._bias_cache:
@@ -82,15 +91,15 @@ class FastWindowAttention(WindowAttention):
         n = geo.tokens
         index = self._padded_index(n, compiling)
         # one gather, (heads, N, Np); index_select's backward is an index_add (no sort, unlike indexing)
-        rel = table.to(dtype).t().index_select(1, index.reshape(-1)).view(-1, n, index.shape[1])
+        rel = table.t().index_select(1, index.reshape(-1)).view(-1, n, index.shape[1])
         biases = []
         for group in geo.groups:
-            bias = rel if group.mask is None else rel + group.mask.to(device=rel.device, dtype=dtype)
-            biases.append(bias[None, :, :, :n])
+            bias = rel if group.mask is None else rel + group.mask.to(device=rel.device, dtype=rel.dtype)
+            biases.append(bias.to(dtype)[None, :, :, :n])
         return biases
 
     def clear_caches(self) -> None:
-        """Forget the cached index and biases (after editing the table through `.data`)."""
+        """Forget the cached index and biases."""
         self._index_cache.clear()
         self._bias_cache.clear()
 
@@ -105,7 +114,7 @@ class FastWindowAttention(WindowAttention):
         qkv = self.qkv(rows).view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         biases = self.group_biases(geo, q.dtype)
-        dropout_p = self.attn_drop.p if self.training else 0.0
+        dropout_p = self.attn_drop.p if self.attn_drop.training else 0.0  # MONAI's nn.Dropout: its own flag
         # The groups are consecutive runs of rows. split, not q[start:end]: a slice's backward writes
         # a zero-filled gradient of the whole tensor per group (8 under a shift); split's is one cat.
         sizes = [group.end - group.start for group in geo.groups]
@@ -123,3 +132,20 @@ class FastWindowAttention(WindowAttention):
         out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
         out = from_windows(out.reshape(-1, c), geo)
         return self.proj_drop(self.proj(out))
+
+
+@contextlib.contextmanager
+def cached_biases(model: nn.Module) -> Iterator[None]:
+    """Inside, `model`'s weights do not change: a forward without autograd reuses the window biases
+    it built for the same shape (sliding-window inference). On leaving, they are dropped."""
+    modules = [m for m in model.modules() if isinstance(m, FastWindowAttention)]
+    before = [m.cache_biases for m in modules]
+    for m in modules:
+        m.cache_biases = True
+    try:
+        yield
+    finally:
+        for m, was in zip(modules, before, strict=True):
+            m.cache_biases = was
+            if not was:
+                m._bias_cache.clear()

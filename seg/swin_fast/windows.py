@@ -200,6 +200,15 @@ def build_geometry(
     )
 
 
+def _zero_rows(rows: torch.Tensor, pad_rows: torch.Tensor) -> torch.Tensor:
+    """rows with `pad_rows` zeroed: in place in eager (the rows are this op's fresh output); out of
+    place under torch.compile, where torch 2.11's dynamo got the gradients of the in-place version
+    wrong in these autograd.Functions (inductor fuses the fill into the gather either way)."""
+    if torch.compiler.is_compiling():
+        return rows.index_fill(0, pad_rows, 0)
+    return rows.index_fill_(0, pad_rows, 0)
+
+
 class _ToWindows(torch.autograd.Function):
     """Raster rows (B*L, C) -> window rows (windows*B*N, C), pads zero; backward is the inverse gather."""
 
@@ -210,7 +219,7 @@ class _ToWindows(torch.autograd.Function):
         if valid is None:
             return out
         if pad_rows is not None:
-            return out.index_fill_(0, pad_rows, 0)
+            return _zero_rows(out, pad_rows)
         return torch.where(valid[:, None], out, 0)
 
     @staticmethod
@@ -233,7 +242,7 @@ class _FromWindows(torch.autograd.Function):
         geo_src, valid, pad_rows = ctx.saved_tensors
         out = grad.index_select(0, geo_src)
         if ctx.has_pad_rows:
-            out = out.index_fill_(0, pad_rows, 0)
+            out = _zero_rows(out, pad_rows)
         elif ctx.has_valid:
             out = torch.where(valid[:, None], out, 0)
         return out, None, None, None, None
