@@ -140,17 +140,27 @@ def seed_dice(
 
     As MONAI's default (`ignore_empty=True`), a label absent from the reference gives NaN and is
     left out of the mean; per label, not per region, so it is not comparable to ET/TC/WT Dice.
+    Computed from one joint label count (MONAI's `compute_dice` on one-hot maps, the same numbers, took
+    ~2 s of a 240x240x155 case's ~4 s evaluation).
     """
-    from monai.metrics import compute_dice
-
     _check_convention(convention)
-    pred_t, ref_t = torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(ref))
+    pred_a, ref_a = np.asarray(pred).reshape(-1), np.asarray(ref).reshape(-1)
     if convention == "2021":  # 4 → 3 as the seed's prep did
-        pred_t, ref_t = torch.where(pred_t == 4, 3, pred_t), torch.where(ref_t == 4, 3, ref_t)
-    per_label = compute_dice(
-        pred_t.long()[None, None], ref_t.long()[None, None], include_background=False, num_classes=4
-    )
-    return float(torch.nanmean(per_label))
+        pred_a, ref_a = np.where(pred_a == 4, 3, pred_a), np.where(ref_a == 4, 3, ref_a)
+    joint = np.bincount(ref_a.astype(np.int64) * 4 + pred_a, minlength=16).reshape(4, 4)  # [ref, pred]
+    ref_sums, pred_sums = joint.sum(axis=1), joint.sum(axis=0)
+    per_label = [
+        2 * joint[label, label] / (ref_sums[label] + pred_sums[label]) if ref_sums[label] else np.nan
+        for label in (1, 2, 3)
+    ]
+    return float("nan") if np.all(np.isnan(per_label)) else float(np.nanmean(per_label))
+
+
+def region_voxels(labels: np.ndarray, convention: str = "2021") -> dict[str, int]:
+    """Voxel count of each region {"ET", "TC", "WT"} in a label map (one bincount)."""
+    _check_convention(convention)
+    counts = np.bincount(np.asarray(labels).reshape(-1).astype(np.int64), minlength=5)
+    return {region: int(counts[list(values)].sum()) for region, values in REGION_LABELS[convention].items()}
 
 
 N_PREPARED_LABELS = 4

@@ -92,15 +92,42 @@ def evaluate_pair(pred_path: Path, ref_path: Path, labels: str = "auto") -> dict
     metrics.check_labels(pred, convention, str(pred_path))
     metrics.check_labels(ref, convention, str(ref_path))
     spacing_mm = [float(s) for s in ref_img.header.get_zooms()[:3]]
+    return _scores(pred, ref, spacing_mm, convention)
+
+
+def _scores(pred, ref, spacing_mm: list[float], convention: str) -> dict:
+    from seg import metrics
+
+    pred_voxels, ref_voxels = metrics.region_voxels(pred, convention), metrics.region_voxels(ref, convention)
     return {
         "regions": metrics.evaluate_case(pred, ref, spacing_mm, convention),
         "seed_dice": metrics.seed_dice(pred, ref, convention),
         "labels": convention,
+        "voxels": {r: {"pred": pred_voxels[r], "ref": ref_voxels[r]} for r in metrics.REGIONS},
     }
 
 
-def evaluate_paths(pred: str | Path, ref: str | Path, labels: str = "auto") -> tuple[dict, list[str]]:
-    """The `segbench eval` JSON document and a list of error lines (one per failed or missing case)."""
+def evaluate_missing(ref_path: Path, labels: str = "auto") -> dict:
+    """A case without a prediction scored as an all-background one (`--missing empty`): Dice 0 and HD95
+    373.13 where the reference has the region, as challenge leaderboards count a missing case."""
+    import numpy as np
+
+    from seg import metrics
+
+    ref_img, ref = _load(ref_path)
+    convention = metrics.detect_convention(ref) if labels == "auto" else labels
+    metrics.check_labels(ref, convention, str(ref_path))
+    spacing_mm = [float(s) for s in ref_img.header.get_zooms()[:3]]
+    return _scores(np.zeros_like(ref), ref, spacing_mm, convention)
+
+
+def evaluate_paths(
+    pred: str | Path, ref: str | Path, labels: str = "auto", missing: str = "error"
+) -> tuple[dict, list[str]]:
+    """The `segbench eval` JSON document and a list of error lines (one per failed or missing case).
+
+    missing: "error" (a reference case without a prediction is an error line and not in the mean) or
+    "empty" (it is scored as an all-background prediction, in the mean, and named in the notes)."""
     from tqdm import tqdm
 
     from seg import metrics
@@ -120,30 +147,51 @@ def evaluate_paths(pred: str | Path, ref: str | Path, labels: str = "auto") -> t
             notes.append(f"scoring {pred_file} against {ref_file}: their case ids differ ({pred_id}, "
                          f"{ref_id})")
         preds = {ref_id: pred_file}
-    errors = [
-        f"{refs[cid]}: no prediction for case {cid} in {pred}" for cid in sorted(set(refs) - set(preds))
-    ]
+    unpredicted = sorted(set(refs) - set(preds))
+    errors = [] if missing == "empty" else [f"{refs[cid]}: no prediction for case {cid} in {pred}"
+                                            for cid in unpredicted]
     # predictions of image-only cases (infer runs them too) have nothing to be scored against
     skipped = sorted((set(preds) - set(refs)) & unlabelled)
     errors += [
         f"{preds[cid]}: no reference for case {cid} in {ref}"
         for cid in sorted(set(preds) - set(refs) - unlabelled)
     ]
-    cases, seed, conventions = {}, {}, {}
-    for cid in tqdm(sorted(set(preds) & set(refs)), desc="eval", unit="case", disable=None):
+    jobs = [(cid, evaluate_pair, (preds[cid], refs[cid], labels)) for cid in sorted(set(preds) & set(refs))]
+    if missing == "empty":
+        jobs += [(cid, evaluate_missing, (refs[cid], labels)) for cid in unpredicted]
+    cases, seed, conventions, voxels = {}, {}, {}, {}
+    for cid, fn, fn_args in tqdm(sorted(jobs), desc="eval", unit="case", disable=None):
         try:
-            result = evaluate_pair(preds[cid], refs[cid], labels)
+            result = fn(*fn_args)
         except ValueError as err:
             errors.append(str(err))
             continue
         cases[cid], seed[cid], conventions[cid] = result["regions"], result["seed_dice"], result["labels"]
+        voxels[cid] = result["voxels"]
+    scored_empty = [cid for cid in unpredicted if cid in cases] if missing == "empty" else []
+    if scored_empty:
+        notes.append(f"{len(scored_empty)} case(s) without a prediction scored as empty predictions: "
+                     f"{', '.join(scored_empty)}")
+    elif unpredicted and cases:
+        notes.append(f"the mean is over {len(cases)} case(s); {len(unpredicted)} without a prediction are "
+                     "not in it (--missing empty scores them as empty predictions)")
+    both_empty = {r: sum(1 for v in voxels.values() if not v[r]["pred"] and not v[r]["ref"])
+                  for r in metrics.REGIONS}
+    if any(both_empty.values()):
+        counts = ", ".join(f"{r} {n}" for r, n in both_empty.items())
+        notes.append("cases with a region empty in both prediction and reference (Dice 1, HD95 0 by the "
+                     f"BraTS rule; they raise the mean): {counts}")
     doc = {
         "cases": cases,
         "mean": metrics.mean_over_cases(cases),
+        "n_cases": len(cases),
+        "both_empty": both_empty,
+        "voxels": voxels,
         "labels": conventions,
         "seed_dice": seed,
         "errors": errors,
         "skipped": {cid: "image-only case: no reference label map" for cid in skipped},
+        "scored_empty": scored_empty,
         "notes": notes,
     }
     return doc, errors
@@ -163,7 +211,7 @@ def _table(doc: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        doc, errors = evaluate_paths(args.pred, args.ref, args.labels)
+        doc, errors = evaluate_paths(args.pred, args.ref, args.labels, args.missing)
     except (FileNotFoundError, ValueError) as err:
         print(f"segbench eval: {err}", file=sys.stderr)
         return 1
@@ -190,7 +238,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="score label maps against references: BraTS ET/TC/WT Dice and HD95 (mm)",
         description="Score predicted label maps against references (BraTS regions ET/TC/WT: Dice, HD95 in "
-        "mm from the voxel spacing). Both empty: Dice 1, HD95 0; one empty: Dice 0, HD95 373.13.",
+        "mm from the voxel spacing). Both empty: Dice 1, HD95 0; one empty: Dice 0, HD95 373.13. The JSON "
+        "also has each region's voxel counts (voxels) and how many cases had a region empty on both sides "
+        "(both_empty).",
     )
     p.add_argument("--pred", required=True, help="predicted label map (NIfTI) or a folder of them")
     p.add_argument(
@@ -201,6 +251,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("auto", "2021", "2023"),
         default="auto",
         help="label convention: 2021 (ET=4) or 2023 (ET=3); auto: from the values present (default)",
+    )
+    p.add_argument(
+        "--missing",
+        choices=("error", "empty"),
+        default="error",
+        help="a reference case without a prediction: error (reported, exit 1, not in the mean; default) or "
+        "empty (scored as an all-background prediction, as challenge leaderboards do)",
     )
     p.add_argument("--out", help="write the JSON here (default: print it)")
     p.set_defaults(func=run)

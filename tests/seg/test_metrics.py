@@ -239,3 +239,52 @@ def test_eval_skips_predictions_of_image_only_cases_and_never_reads_images_as_la
     assert main(["eval", "--pred", pred, "--ref", str(image_only), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "skipped 1 image-only case(s)" in err and "t1c" not in err
+
+
+def test_eval_counts_voxels_and_both_empty_regions_and_scores_missing_cases_on_request(tmp_path, capsys):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    no_et = np.zeros((10, 10, 10), np.uint8)
+    no_et[2:6, 2:6, 2:6] = 2
+    no_et[3:5, 3:5, 3:5] = 1  # 2021 labels, no enhancing tumour
+    with_et = no_et.copy()
+    with_et[4, 4, 4] = 4
+    _save(ref_dir / "caseA_seg.nii.gz", no_et)
+    _save(pred_dir / "caseA_pred.nii.gz", no_et)
+    _save(ref_dir / "caseB_seg.nii.gz", with_et)
+    _save(pred_dir / "caseB_pred.nii.gz", with_et)
+    _save(ref_dir / "caseC_seg.nii.gz", with_et)  # no prediction
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]) == 1
+    assert "no prediction for case caseC" in capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["n_cases"] == 2 and doc["mean"]["ET"]["dice"] == 1.0
+    assert doc["voxels"]["caseA"]["ET"] == {"pred": 0, "ref": 0}
+    assert doc["voxels"]["caseB"] == {"ET": {"pred": 1, "ref": 1}, "TC": {"pred": 8, "ref": 8},
+                                      "WT": {"pred": 64, "ref": 64}}
+    assert doc["both_empty"] == {"ET": 1, "TC": 0, "WT": 0}
+    assert any("mean is over 2 case(s); 1 without a prediction" in n for n in doc["notes"])
+    assert any("empty in both" in n and "ET 1" in n for n in doc["notes"])
+    # --missing empty: the missing case is scored as an all-background prediction, in the mean
+    assert main(["eval", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out),
+                 "--missing", "empty"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["n_cases"] == 3 and doc["scored_empty"] == ["caseC"] and not doc["errors"]
+    assert doc["cases"]["caseC"]["ET"] == {"dice": 0.0, "hd95": 373.13}
+    assert doc["voxels"]["caseC"]["WT"] == {"pred": 0, "ref": 64}
+    assert doc["mean"]["WT"]["dice"] == pytest.approx(2 / 3)
+
+
+def test_seed_dice_equals_monai_dice_metric():
+    from monai.metrics import compute_dice
+
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        present = rng.choice([0, 1, 2, 4], size=2 + trial % 3, replace=False)  # some labels absent
+        ref = rng.choice(present, size=(12, 10, 8)).astype(np.int16)
+        pred = rng.choice([0, 1, 2, 4], size=(12, 10, 8)).astype(np.uint8)
+        p, r = (torch.as_tensor(np.where(a == 4, 3, a)).long()[None, None] for a in (pred, ref))
+        expected = torch.nanmean(compute_dice(p, r, include_background=False, num_classes=4)).item()
+        got = metrics.seed_dice(pred, ref, "2021")
+        assert (np.isnan(got) and np.isnan(expected)) or got == pytest.approx(expected, rel=1e-6)
