@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line (work already written is complete: files are renamed
+        # into place only when whole), and how to go on where there is a way
+        print(f"segbench {_name(args)}: interrupted{_RESUME_HINTS.get(_name(args), '')}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `segbench eval ... | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -57,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"segbench {_name(args)}: {err}", file=sys.stderr)
         return 2
+
+
+_RESUME_HINTS = {
+    "train": "; the same command with --resume continues from the last finished epoch",
+    "cv": "; the same command again continues (finished folds are kept)",
+    "bench": "; the same command with --resume runs only the cases not yet done",
+    "data prep": "; the same command again skips the cases already prepared",
+}
 
 
 def _name(args: argparse.Namespace) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from segbench.cli import build_parser, main
 
 COMMANDS = {"data", "train", "cv", "infer", "eval", "view", "bench", "profile", "report", "demo"}
@@ -53,3 +55,24 @@ def test_a_value_a_command_cannot_take_is_one_line_not_a_traceback(tmp_path, cap
     assert err == ["segbench data synth: --seed -5 --cases 1: the seed is >= 0, the count >= 1",
                    "segbench data prep: size 7 is too small (need >= 8)"]
     assert not (tmp_path / "s").exists() and not (tmp_path / "p").exists()
+
+
+def test_ctrl_c_is_one_line_saying_how_to_go_on(monkeypatch, capsys):
+    import seg.commands.train as train_command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    parser = build_parser()
+    monkeypatch.setattr("segbench.cli.build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        if action.get_default("func") is train_command.run:
+            action.set_defaults(func=interrupted)
+    try:
+        code = main(["train", "--data", "x", "--model", "unet", "--out", "y"])
+    except KeyboardInterrupt:  # (would stop the whole pytest run)
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert err.strip() == ("segbench train: interrupted; the same command with --resume continues from the "
+                           "last finished epoch")
