@@ -162,6 +162,9 @@ def markdown_table(doc: dict[str, Any]) -> str:
     lines = [
         f"Cross-validation: {doc['model']}, {doc['folds']} folds, {len(doc['test']['ids'])} test cases",
         "",
+        "Test scores are on the prepared grid (the resized volumes the models see, HD95 in mm from its "
+        "spacing), not the original images: `segbench infer` + `segbench eval` score those.",
+        "",
     ]
     lines += [header, "|" + "---|" * 9]
     rows = [

@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", dest="data_dir", required=True, help="prepared folder (with splits.json)")
     p.add_argument("--model", choices=MODELS, default="unet", help="model name (default unet)")
     p.add_argument("--out", required=True, help="run folder: fold<k>/, cv.json, cv.md")
-    p.add_argument("--folds", type=int, help="folds to train (default: all folds in splits.json)")
+    p.add_argument("--folds", type=int, help="how many folds to train: folds 0..N-1 of splits.json "
+                   "(a count, not a fold index; default: all of them)")
     add_model_option(p, "channels=(8,16,32)")
     train = p.add_argument_group("training (as segbench train; defaults from TrainConfig)")
     for flag, name, kwargs in TRAIN_OPTIONS:

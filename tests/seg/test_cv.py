@@ -122,6 +122,7 @@ def test_cv_trains_folds_and_scores_the_ensemble(data_dir, tmp_path, capsys):
     table = (run / "cv.md").read_text()
     assert "| fold 0 |" in table and "| fold 1 |" in table and "| ensemble |" in table
     assert f"{ensemble['WT']['dice']:.4f}" in table
+    assert "Test scores are on the prepared grid" in table
 
     # A rerun resumes: both folds are finished, nothing retrains, the same checkpoints score the same.
     stamp = (run / "fold0" / "best.pt").stat().st_mtime_ns
