@@ -37,7 +37,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _prep(args: argparse.Namespace) -> int:
     import sys
 
-    from seg.data.cases import discover, no_cases_reason
+    from seg.data.cases import discover, no_cases_reason, unmatched_nifti
     from seg.data.prep import PrepConfig, prepare_all
     from seg.data.splits import write_splits
 
@@ -45,6 +45,11 @@ def _prep(args: argparse.Namespace) -> int:
     if not discover(args.src):  # before prepare_all makes --out
         print(no_cases_reason(args.src), file=sys.stderr)
         return 1
+    ignored = unmatched_nifti(args.src)
+    if ignored:  # a case named otherwise (a native scan, a prediction) would vanish without a word
+        shown = ", ".join(str(p.relative_to(args.src)) for p in ignored[:3])
+        print(f"ignored {len(ignored)} NIfTI file(s) not named as a BraTS case's (<id>_t1.nii.gz ... or "
+              f"<id>-t1n.nii.gz ...): {shown}{', ...' if len(ignored) > 3 else ''}", file=sys.stderr)
     manifest = prepare_all(args.src, args.out, cfg, workers=args.workers)
     cases = manifest["cases"]
     n_failed = sum(e["status"] != "ok" for e in cases)

@@ -84,6 +84,11 @@ def discover(root: str | Path) -> list[Case]:
     return sorted(cases, key=lambda c: (c.id, str(c.images[0])))
 
 
+def unmatched_nifti(root: str | Path) -> list[Path]:
+    """The NIfTI files below `root` that `discover` does not take (not named as a BraTS case's file)."""
+    return [p for p in nifti_files(Path(root)) if not any(pat.match(p.name) for pat in _PATTERNS.values())]
+
+
 def no_cases_reason(root: str | Path) -> str:
     """Why `discover(root)` found nothing, in one line naming `root`."""
     root = Path(root)

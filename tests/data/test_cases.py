@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seg.data.cases import discover, validate
+from seg.data.cases import discover, unmatched_nifti, validate
 
 
 def test_discovers_both_namings_on_the_real_data(shared_data):
@@ -28,6 +28,10 @@ def test_discovers_both_namings_on_the_real_data(shared_data):
     assert c23.seg.name == "BraTS-GLI-90003-000-seg.nii.gz"
 
     assert cases["BraTS-GLI-00001-000"].seg is None  # image-only case
+    # what discover leaves out is named (data prep prints it)
+    ignored = {p.name for p in unmatched_nifti(shared_data)}
+    assert "BraTS2021_90001_pred-yixinmpl20.nii.gz" in ignored and "TCGA-FG-6692_t1_native.nii.gz" in ignored
+    assert not ignored & {p.name for c in cases.values() for p in (*c.images, c.seg) if p is not None}
 
 
 def test_real_cases_validate_clean(shared_data):
