@@ -18,7 +18,8 @@ def _shape(text: str) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
@@ -82,7 +83,7 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("synth", help="write synthetic BraTS-like cases (BraTS 2021 layout)")
     p.add_argument("--out", required=True, help="folder to write the case folders into")
-    p.add_argument("--cases", type=_positive, required=True, help="number of cases (>= 1)")
+    p.add_argument("--cases", type=positive_int, required=True, help="number of cases (>= 1)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     p.add_argument("--shape", type=_shape, default=(240, 240, 155),
                    help="volume shape X,Y,Z in 1 mm voxels (default 240,240,155 as real BraTS)")

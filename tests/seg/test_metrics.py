@@ -288,3 +288,25 @@ def test_seed_dice_equals_monai_dice_metric():
         expected = torch.nanmean(compute_dice(p, r, include_background=False, num_classes=4)).item()
         got = metrics.seed_dice(pred, ref, "2021")
         assert (np.isnan(got) and np.isnan(expected)) or got == pytest.approx(expected, rel=1e-6)
+
+
+def test_eval_workers_give_the_same_document(tmp_path):
+    from seg.commands.evaluate import evaluate_paths
+
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        ref = np.zeros((12, 12, 12), np.uint8)
+        ref[2:8, 2:8, 2:8] = 2
+        ref[3 + i:6, 3:6, 3:6] = 4
+        _save(ref_dir / f"case{i}_seg.nii.gz", ref)
+        pred = np.where(rng.random(ref.shape) < 0.1, 0, ref).astype(np.uint8)
+        _save(pred_dir / f"case{i}_pred.nii.gz", pred)
+    _save(pred_dir / "case9_pred.nii.gz", np.full((12, 12, 12), 7, np.uint8))  # a bad case: one line
+    _save(ref_dir / "case9_seg.nii.gz", np.zeros((12, 12, 12), np.uint8))
+    one, errors_one = evaluate_paths(pred_dir, ref_dir)
+    two, errors_two = evaluate_paths(pred_dir, ref_dir, workers=2)
+    assert one == two and errors_one == errors_two
+    assert len(one["cases"]) == 3 and len(errors_one) == 1 and "case9_pred.nii.gz" in errors_one[0]
