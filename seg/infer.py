@@ -182,6 +182,10 @@ class InferConfig:
         default=0.0, metadata={"help": "a predicted enhancing tumour smaller than this (mm³) becomes "
                                "necrotic core (seg.postprocess); 0: off"}
     )
+    save_probabilities: bool = dataclasses.field(
+        default=False, metadata={"help": "also write <id>_probs.pt (the averaged probabilities on the "
+                                 "prepared grid, float16) for `segbench ensemble`"}
+    )
     # Speed switches (seg.speed): the predictions stay the same up to floating-point rounding.
     compile_mode: str | None = dataclasses.field(
         default=None, metadata={"help": "torch.compile mode for the models (None: eager)"}
@@ -272,6 +276,10 @@ def predict_case(
         target=target,
     )
     label = to_labels(probs, target)[0].to("cpu", torch.uint8)
+    if cfg.save_probabilities:
+        from seg.ensemble import PROBS_SUFFIX, save_probabilities
+
+        save_probabilities(Path(out_dir) / f"{case.id}{PROBS_SUFFIX}", probs[0], prepared["meta"], target)
     return write_prediction(Path(out_dir) / f"{case.id}_pred.nii.gz", label, prepared["meta"], cfg.min_et_mm3,
                             info)
 
@@ -330,6 +338,7 @@ def infer_folder(
             row = {"id": case.id, "status": "error", "error": f"{case.images[0].parent}: {err}"}
             # an earlier run's prediction of this case must not pass for this run's
             (Path(out_dir) / f"{case.id}_pred.nii.gz").unlink(missing_ok=True)
+            (Path(out_dir) / f"{case.id}_probs.pt").unlink(missing_ok=True)
         row["seconds"] = round(time.perf_counter() - start, 3)
         rows.append(row)
     summary = {

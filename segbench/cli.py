@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "seg.commands.train",
     "seg.commands.cv",
     "seg.commands.infer",
+    "seg.commands.ensemble",
     "seg.commands.evaluate",
     "seg.commands.view",
     "bench.commands",

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         fused_norm=args.fused_norm,
         fast=args.fast,
+        save_probabilities=args.save_probabilities,
     )
     try:
         summary = infer_folder(args.checkpoint, args.src, args.out, cfg, args.device)
@@ -67,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: bf16 on CUDA, else fp32",
     )
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write OUT/<case_id>_probs.pt (mean probabilities on the prepared grid, "
+                   "float16) for `segbench ensemble` across infer runs")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
     add_speed_options(p)
     p.set_defaults(func=run)

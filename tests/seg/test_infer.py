@@ -211,3 +211,52 @@ def test_a_device_this_machine_lacks_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "--device cuda: PyTorch" in err and "sees no CUDA device" in err
     assert not (tmp_path / "p").exists()
+
+
+def test_ensemble_of_saved_probabilities_equals_one_infer_call(shared_data, tmp_path, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(shared_data / "brats2021" / "BraTS2021_90001", src / "BraTS2021_90001")
+    ckpts = []
+    for i in (0, 1):
+        ckpts.append(str(tmp_path / f"fold{i}.pt"))
+        _save_checkpoint(ckpts[-1], _tiny_unet(i))
+    common = ["--src", str(src), "--roi", "16", "--device", "cpu", "--precision", "fp32"]
+    for i, ckpt in enumerate(ckpts):
+        run = ["infer", "--checkpoint", ckpt, "--out", str(tmp_path / f"run{i}"), "--save-probabilities"]
+        assert main([*run, *common]) == 0
+    assert main(["infer", "--checkpoint", *ckpts, "--out", str(tmp_path / "both"), *common]) == 0
+    saved = torch.load(tmp_path / "run0" / "BraTS2021_90001_probs.pt", weights_only=True)
+    assert saved["probs"].dtype == torch.float16 and saved["probs"].shape == (4, 32, 32, 32)
+    assert saved["target"] == "labels"
+    assert not (tmp_path / "both" / "BraTS2021_90001_probs.pt").exists()  # only when asked
+
+    out = tmp_path / "ens"
+    ensemble = ["ensemble", "--probs", str(tmp_path / "run0"), str(tmp_path / "run1"), "--out", str(out)]
+    assert main(ensemble) == 0
+    mine = np.asanyarray(nib.load(str(out / "BraTS2021_90001_pred.nii.gz")).dataobj)
+    one_call = np.asanyarray(nib.load(str(tmp_path / "both" / "BraTS2021_90001_pred.nii.gz")).dataobj)
+    # float16 storage may flip a near-tie
+    assert mine.shape == one_call.shape and (mine == one_call).mean() > 0.999
+    assert len(np.unique(one_call)) > 1  # the two untrained models do not agree on one class everywhere
+    summary = json.loads((out / "ensemble.json").read_text())
+    assert [r["status"] for r in summary["cases"]] == ["ok"]
+
+    # probabilities of another target (or prepared grid) do not average: one line naming the file
+    probs_file = tmp_path / "run1" / "BraTS2021_90001_probs.pt"
+    torch.save(dict(torch.load(probs_file, weights_only=True), target="regions"), probs_file)
+    capsys.readouterr()
+    assert main(ensemble) == 1
+    assert f"{tmp_path / 'run1' / 'BraTS2021_90001_probs.pt'}: another target than" in capsys.readouterr().err
+
+    # a case one folder lacks: an error line naming it, the others go on
+    (tmp_path / "run1" / "BraTS2021_90001_probs.pt").rename(tmp_path / "run1" / "BraTS2021_90002_probs.pt")
+    capsys.readouterr()
+    assert main(ensemble) == 1
+    err = capsys.readouterr().err
+    assert f"no probabilities for case BraTS2021_90001 in {tmp_path / 'run1'}" in err
+    assert f"no probabilities for case BraTS2021_90002 in {tmp_path / 'run0'}" in err
+    assert not (out / "BraTS2021_90001_pred.nii.gz").exists()  # the earlier label map is not left standing
+    # a folder without probabilities: one line
+    (tmp_path / "empty").mkdir()
+    assert main(["ensemble", "--probs", str(tmp_path / "empty"), "--out", str(out)]) == 1
+    assert "no *_probs.pt files" in capsys.readouterr().err

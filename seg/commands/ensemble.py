@@ -1,0 +1,39 @@
+"""`segbench ensemble`: label maps from the mean of several `segbench infer --save-probabilities` runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def run(args: argparse.Namespace) -> int:
+    from seg.ensemble import ensemble_folders
+
+    if not 0 <= args.min_et_mm3 < float("inf"):
+        raise ValueError(f"--min-et-mm3 {args.min_et_mm3}: a volume in mm³, at least 0")
+    try:
+        summary = ensemble_folders(args.probs, args.out, args.min_et_mm3)
+    except FileNotFoundError as err:
+        print(f"segbench ensemble: {err}", file=sys.stderr)
+        return 1
+    failed = [row for row in summary["cases"] if row["status"] != "ok"]
+    for row in failed:
+        print(f"segbench ensemble: {row['error']}", file=sys.stderr)
+    print(f"{len(summary['cases']) - len(failed)} of {len(summary['cases'])} cases written to {args.out}")
+    return 1 if failed else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "ensemble",
+        help="label maps from the mean probabilities of several `infer --save-probabilities` runs",
+        description="Average each case's saved probabilities (OUT/<id>_probs.pt of `segbench infer "
+        "--save-probabilities`, prepared grid) over the folders, each run counting once, and write "
+        "OUT/<id>_pred.nii.gz on the case's original grid and label convention, as `segbench infer` does.",
+    )
+    p.add_argument("--probs", nargs="+", required=True, metavar="DIR",
+                   help="folders of `segbench infer --save-probabilities` (two or more)")
+    p.add_argument("--out", required=True, help="output folder for <case_id>_pred.nii.gz and ensemble.json")
+    p.add_argument("--min-et-mm3", type=float, default=0.0, metavar="MM3",
+                   help="a predicted enhancing tumour smaller than this becomes necrotic core (0: off)")
+    p.set_defaults(func=run)
