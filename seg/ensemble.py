@@ -3,10 +3,11 @@ averaged probabilities, `segbench ensemble` averages those of several infer runs
 
 nnU-Net's `--save_probabilities` + `nnUNetv2_ensemble`, for configurations that cannot share one
 `segbench infer` call (a UNet and a SwinUNETR, other TTA or window settings, runs on other machines).
-Probabilities are kept on the prepared grid (float16, [C, S, S, S] with the case's prep metadata), where
+Probabilities are kept on the prepared grid (float32, [C, S, S, S] with the case's prep metadata), where
 the models predicted them; the label map is made from their mean and put back on the source grid as
-`segbench infer` does (`seg.data.inverse.write_prediction`). Each run counts once, whatever number of
-checkpoints and flips it averaged.
+`segbench infer` does (`seg.data.inverse.write_prediction`; the source images are read for their
+header). Each run counts once, whatever number of checkpoints and flips it averaged. One folder alone
+gives its run's label maps again: post-processing (`--min-et-mm3`) chosen after the run.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ import torch
 PROBS_SUFFIX = "_probs.pt"
 
 
+def probabilities_path(folder: str | Path, case_id: str) -> Path:
+    return Path(folder) / f"{case_id}{PROBS_SUFFIX}"
+
+
 def save_probabilities(path: str | Path, probs: torch.Tensor, meta: dict, target: str) -> Path:
-    """One case's probabilities [C, *spatial] (stored float16) with its prep metadata and target; atomic."""
+    """One case's probabilities [C, *spatial] with its prep metadata and target; atomic. float32: in
+    float16 a region probability up to 0.50024 rounds to 0.5 and leaves the region (threshold > 0.5)."""
     from seg.data.store import atomic_write
 
-    obj = {"probs": probs.detach().to("cpu", torch.float16).contiguous(), "meta": meta, "target": target}
+    obj = {"probs": probs.detach().to("cpu", torch.float32).contiguous(), "meta": meta, "target": target}
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -59,16 +65,28 @@ def ensemble_case(paths: Sequence[Path], out_path: Path, min_et_mm3: float = 0.0
 
     first = load_probabilities(paths[0])
     total = first["probs"].float()
+    sources = [first["meta"]["source"]]
     for path in paths[1:]:
         other = load_probabilities(path)
-        for key, what in (("target", "target"), ("meta", "prepared case (source files or prep settings)")):
-            if other[key] != first[key]:
-                raise ValueError(f"{path}: another {what} than {paths[0]}")
+        if other["target"] != first["target"]:
+            raise ValueError(f"{path}: another target ({other['target']}) than {paths[0]} "
+                             f"({first['target']})")
+        # the same case prepared alike; its source files may have been reached by another path
+        if _grid(other["meta"]) != _grid(first["meta"]) or other["probs"].shape != first["probs"].shape:
+            raise ValueError(f"{path}: another prepared case or prep settings than {paths[0]}")
+        sources.append(other["meta"]["source"])
         total += other["probs"].float()
     label = to_labels((total / len(paths))[None], first["target"])[0].to(torch.uint8)
+    reachable = [s for s in sources if Path(s["t1"]).is_file()]  # the header is read from the source
+    if not reachable:
+        raise ValueError(f"{sources[0]['t1']}: the case's source image is not here (needed for its header)")
     info: dict = {}
-    write_prediction(out_path, label, first["meta"], min_et_mm3, info)
+    write_prediction(out_path, label, {**first["meta"], "source": reachable[0]}, min_et_mm3, info)
     return info
+
+
+def _grid(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if k != "source"}
 
 
 def ensemble_folders(
@@ -80,7 +98,9 @@ def ensemble_folders(
     from tqdm import tqdm
 
     from seg.data.store import write_json
+    from seg.postprocess import check_min_et_mm3
 
+    check_min_et_mm3(min_et_mm3)
     files = [probability_files(f) for f in folders]
     rows = []
     for case_id in tqdm(sorted(set().union(*files)), desc="ensemble", unit="case", disable=None):

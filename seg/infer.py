@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from seg import speed
+from seg.postprocess import check_min_et_mm3
 from seg.recipe import autocast
 from seg.targets import probabilities, to_labels
 
@@ -210,8 +211,7 @@ class InferConfig:
             raise ValueError(f"--overlap {self.overlap}: windows overlap by a fraction in [0, 1)")
         if self.sw_batch_size < 1:
             raise ValueError(f"--sw-batch {self.sw_batch_size}: at least 1 window per forward pass")
-        if not 0 <= self.min_et_mm3 < float("inf"):  # NaN too: it would remove every ET
-            raise ValueError(f"--min-et-mm3 {self.min_et_mm3}: a volume in mm³, at least 0")
+        check_min_et_mm3(self.min_et_mm3)
         if self.mode not in ("gaussian", "constant"):
             raise ValueError(f"--mode {self.mode}: choose gaussian or constant")
 
@@ -276,10 +276,12 @@ def predict_case(
         target=target,
     )
     label = to_labels(probs, target)[0].to("cpu", torch.uint8)
-    if cfg.save_probabilities:
-        from seg.ensemble import PROBS_SUFFIX, save_probabilities
+    from seg.ensemble import probabilities_path, save_probabilities
 
-        save_probabilities(Path(out_dir) / f"{case.id}{PROBS_SUFFIX}", probs[0], prepared["meta"], target)
+    if cfg.save_probabilities:
+        save_probabilities(probabilities_path(out_dir, case.id), probs[0], prepared["meta"], target)
+    else:  # an earlier run's file would be taken by `segbench ensemble` for this run's
+        probabilities_path(out_dir, case.id).unlink(missing_ok=True)
     return write_prediction(Path(out_dir) / f"{case.id}_pred.nii.gz", label, prepared["meta"], cfg.min_et_mm3,
                             info)
 
@@ -298,6 +300,7 @@ def infer_folder(
 
     from seg.data.cases import discover, no_cases_reason
     from seg.data.store import write_json
+    from seg.ensemble import probabilities_path
     from seg.models import input_multiple
 
     cfg = dataclasses.replace(cfg or InferConfig())
@@ -316,7 +319,7 @@ def infer_folder(
         if any(cfg.roi % m for m in multiple):
             raise ValueError(f"--roi {cfg.roi}: the {ckpt['model_name']} of {path} takes windows whose "
                              f"edges are multiples of {multiple}")
-    cases = discover(src)
+    cases = discover(Path(src).absolute())  # absolute: the sources in saved probabilities are read later
     if not cases:
         raise FileNotFoundError(no_cases_reason(src))
     seen: dict[str, Path] = {}
@@ -338,7 +341,7 @@ def infer_folder(
             row = {"id": case.id, "status": "error", "error": f"{case.images[0].parent}: {err}"}
             # an earlier run's prediction of this case must not pass for this run's
             (Path(out_dir) / f"{case.id}_pred.nii.gz").unlink(missing_ok=True)
-            (Path(out_dir) / f"{case.id}_probs.pt").unlink(missing_ok=True)
+            probabilities_path(out_dir, case.id).unlink(missing_ok=True)
         row["seconds"] = round(time.perf_counter() - start, 3)
         rows.append(row)
     summary = {

@@ -16,6 +16,12 @@ import numpy as np
 NECROTIC_CORE, ENHANCING = 1, 3
 
 
+def check_min_et_mm3(min_et_mm3: float) -> None:
+    """ValueError unless a volume in mm³ >= 0 (NaN too: it would remove every ET)."""
+    if not 0 <= min_et_mm3 < float("inf"):
+        raise ValueError(f"--min-et-mm3 {min_et_mm3}: a volume in mm³, at least 0")
+
+
 def small_et_to_core(labels: np.ndarray, voxel_mm3: float, min_et_mm3: float) -> tuple[np.ndarray, int]:
     """(labels with ET relabelled as core when its total volume is under `min_et_mm3`, voxels
     relabelled). `labels` uses 0..3; it is not modified. `min_et_mm3` 0 changes nothing."""

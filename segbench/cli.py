@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C: one line (work already written is complete: files are renamed
         # into place only when whole), and how to go on where there is a way
+        if os.environ.get("SEGBENCH_TRACEBACK"):  # where was it? (a hang)
+            raise
         print(f"segbench {_name(args)}: interrupted{_RESUME_HINTS.get(_name(args), '')}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `segbench eval ... | head`: the reader left; no traceback

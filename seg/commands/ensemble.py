@@ -9,8 +9,6 @@ import sys
 def run(args: argparse.Namespace) -> int:
     from seg.ensemble import ensemble_folders
 
-    if not 0 <= args.min_et_mm3 < float("inf"):
-        raise ValueError(f"--min-et-mm3 {args.min_et_mm3}: a volume in mm³, at least 0")
     try:
         summary = ensemble_folders(args.probs, args.out, args.min_et_mm3)
     except FileNotFoundError as err:
@@ -32,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/<id>_pred.nii.gz on the case's original grid and label convention, as `segbench infer` does.",
     )
     p.add_argument("--probs", nargs="+", required=True, metavar="DIR",
-                   help="folders of `segbench infer --save-probabilities` (two or more)")
+                   help="folders of `segbench infer --save-probabilities`; one alone gives its label maps "
+                   "again (e.g. with another --min-et-mm3)")
     p.add_argument("--out", required=True, help="output folder for <case_id>_pred.nii.gz and ensemble.json")
     p.add_argument("--min-et-mm3", type=float, default=0.0, metavar="MM3",
                    help="a predicted enhancing tumour smaller than this becomes necrotic core (0: off)")

@@ -142,13 +142,19 @@ def _scored_all(jobs: list[tuple], workers: int):
             yield cid, _scored(fn, fn_args)
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
 
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"),
                              initializer=_init_worker) as pool:
-        futures = {pool.submit(_scored, fn, fn_args): cid for cid, fn, fn_args in jobs}
+        futures = {pool.submit(_scored, fn, fn_args): (cid, fn_args[0]) for cid, fn, fn_args in jobs}
         for fut in as_completed(futures):
-            yield futures[fut], fut.result()
+            cid, first_file = futures[fut]
+            try:
+                yield cid, fut.result()
+            except BrokenProcessPool:  # a worker died (the OOM killer): the pool and its unfinished cases
+                yield cid, (f"{first_file}: not scored, a worker process died (out of memory?); "
+                            "try fewer --workers")
 
 
 def evaluate_paths(
@@ -208,7 +214,7 @@ def evaluate_paths(
     if scored_empty:
         notes.append(f"{len(scored_empty)} case(s) without a prediction scored as empty predictions: "
                      f"{', '.join(scored_empty)}")
-    elif unpredicted and cases:
+    elif unpredicted and cases and missing != "empty":
         notes.append(f"the mean is over {len(cases)} case(s); {len(unpredicted)} without a prediction are "
                      "not in it (--missing empty scores them as empty predictions)")
     both_empty = {r: sum(1 for v in voxels.values() if not v[r]["pred"] and not v[r]["ref"])

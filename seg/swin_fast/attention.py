@@ -75,7 +75,8 @@ class FastWindowAttention(WindowAttention):
         # parameters): no caches keyed by data pointers, or a fake bias would outlive its mode
         compiling = torch.compiler.is_compiling() or is_fake(table) or is_fake(geo.src)
         frozen = not (torch.is_grad_enabled() and table.requires_grad)
-        if not (frozen and self.cache_biases) or compiling:
+        # `compiling` first: dynamo must not read (and guard on) the cache flag
+        if compiling or not (frozen and self.cache_biases):
             return self._biases(table, geo, dtype, compiling)
         key = (geo.window, geo.shift, geo.dims, table.device, dtype, table._version, table.data_ptr())
         if key not in self._bias_cache:

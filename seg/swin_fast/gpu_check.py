@@ -136,17 +136,18 @@ def _step_fn(model, size: int, device: str):
 
 
 def check_step(size: int, feature: int, compile_fast: bool, device: str = "cuda", iters: int = 15) -> dict:
-    stock, fast = _models(feature, 0.2, device)  # the seed recipe's dropout, no checkpointing
-    variants = {"stock_bf16": stock, "fast_bf16": fast}
+    def build(which: int):  # the seed recipe's dropout, no checkpointing; the same weights every time
+        return lambda: _models(feature, 0.2, device)[which]
+
+    factories = {"stock_bf16": build(0), "fast_bf16": build(1)}
     if compile_fast:
-        variants["fast_bf16_compile"] = torch.compile(copy.deepcopy(fast))
-    del stock, fast
+        factories["fast_bf16_compile"] = lambda: torch.compile(_models(feature, 0.2, device)[1])
     results = {}
-    for name in list(variants):
-        # one model on the device at a time: the peak is this model's step alone
-        step = _step_fn(variants.pop(name), size, device)
+    for name, factory in factories.items():
+        # one model on the device at a time, built here: the peak is this model's step alone
         if device == "cuda":
             torch.cuda.empty_cache()
+        step = _step_fn(factory(), size, device)
         t0 = time.perf_counter()
         step()
         _sync(device)

@@ -226,7 +226,7 @@ def test_ensemble_of_saved_probabilities_equals_one_infer_call(shared_data, tmp_
         assert main([*run, *common]) == 0
     assert main(["infer", "--checkpoint", *ckpts, "--out", str(tmp_path / "both"), *common]) == 0
     saved = torch.load(tmp_path / "run0" / "BraTS2021_90001_probs.pt", weights_only=True)
-    assert saved["probs"].dtype == torch.float16 and saved["probs"].shape == (4, 32, 32, 32)
+    assert saved["probs"].dtype == torch.float32 and saved["probs"].shape == (4, 32, 32, 32)
     assert saved["target"] == "labels"
     assert not (tmp_path / "both" / "BraTS2021_90001_probs.pt").exists()  # only when asked
 
@@ -235,18 +235,31 @@ def test_ensemble_of_saved_probabilities_equals_one_infer_call(shared_data, tmp_
     assert main(ensemble) == 0
     mine = np.asanyarray(nib.load(str(out / "BraTS2021_90001_pred.nii.gz")).dataobj)
     one_call = np.asanyarray(nib.load(str(tmp_path / "both" / "BraTS2021_90001_pred.nii.gz")).dataobj)
-    # float16 storage may flip a near-tie
-    assert mine.shape == one_call.shape and (mine == one_call).mean() > 0.999
+    assert np.array_equal(mine, one_call)
     assert len(np.unique(one_call)) > 1  # the two untrained models do not agree on one class everywhere
     summary = json.loads((out / "ensemble.json").read_text())
     assert [r["status"] for r in summary["cases"]] == ["ok"]
+
+    # the same case reached by another path (another mount): its run still averages; a source that
+    # is gone is read from another run's
+    shutil.copytree(src, tmp_path / "mounted")
+    run = ["infer", "--checkpoint", ckpts[1], "--out", str(tmp_path / "run1"), "--save-probabilities"]
+    assert main([*run, "--src", str(tmp_path / "mounted"), *common[2:]]) == 0
+    shutil.rmtree(tmp_path / "mounted")
+    assert main(ensemble) == 0
+    assert np.array_equal(np.asanyarray(nib.load(str(out / "BraTS2021_90001_pred.nii.gz")).dataobj), one_call)
+    # infer without --save-probabilities removes an earlier run's file (ensemble would take it)
+    assert main(["infer", "--checkpoint", ckpts[0], "--out", str(tmp_path / "run0"), *common]) == 0
+    assert not (tmp_path / "run0" / "BraTS2021_90001_probs.pt").exists()
+    assert main(["infer", "--checkpoint", ckpts[0], "--out", str(tmp_path / "run0"), "--save-probabilities",
+                 *common]) == 0
 
     # probabilities of another target (or prepared grid) do not average: one line naming the file
     probs_file = tmp_path / "run1" / "BraTS2021_90001_probs.pt"
     torch.save(dict(torch.load(probs_file, weights_only=True), target="regions"), probs_file)
     capsys.readouterr()
     assert main(ensemble) == 1
-    assert f"{tmp_path / 'run1' / 'BraTS2021_90001_probs.pt'}: another target than" in capsys.readouterr().err
+    assert f"{probs_file}: another target (regions) than" in capsys.readouterr().err
 
     # a case one folder lacks: an error line naming it, the others go on
     (tmp_path / "run1" / "BraTS2021_90001_probs.pt").rename(tmp_path / "run1" / "BraTS2021_90002_probs.pt")

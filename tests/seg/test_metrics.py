@@ -310,3 +310,13 @@ def test_eval_workers_give_the_same_document(tmp_path):
     two, errors_two = evaluate_paths(pred_dir, ref_dir, workers=2)
     assert one == two and errors_one == errors_two
     assert len(one["cases"]) == 3 and len(errors_one) == 1 and "case9_pred.nii.gz" in errors_one[0]
+
+
+def test_eval_workers_report_a_dead_worker_as_lines():
+    import os
+
+    from seg.commands.evaluate import _scored_all
+
+    results = dict(_scored_all([("a", os._exit, (1,)), ("b", os._exit, (1,))], workers=2))
+    assert set(results) == {"a", "b"}
+    assert all("not scored, a worker process died" in line for line in results.values())

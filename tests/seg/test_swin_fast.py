@@ -159,6 +159,24 @@ def test_inference_biases_are_cached_only_inside_cached_biases():
             assert _rel(fast(x), ref(x)) < 1e-5 and _rel(fast(x), before) > 1e-3
 
 
+def test_cached_biases_does_not_recompile_a_compiled_model():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    _, fast = _layer_pair()
+    fast.eval()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(fast, backend="eager")
+    x = torch.randn(1, 12, 9, 9, 9)
+    with torch.no_grad():
+        compiled(x)
+        with cached_biases(fast):
+            compiled(x)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
 def test_caches_first_built_under_inference_mode_still_train():
     """A first forward under torch.inference_mode (a sanity or validation pass) caches index maps and
     biases; training afterwards must be able to save them for backward, as stock MONAI can."""
