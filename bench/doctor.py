@@ -149,6 +149,20 @@ def features(device: str, sdpa_order: list[str] | None = None) -> list[Feature]:
             )
         )
         out.append(Feature("TF32", sm80, "tensor-core fp32", "tf32"))
+    import importlib.util
+
+    einops = importlib.util.find_spec("einops") is not None
+    out.append(
+        Feature(
+            "stock MONAI SwinUNETR",
+            einops,
+            "einops present (MONAI's SwinUNETR rearranges with it in every forward)"
+            if einops
+            else "einops is not installed: a stock SwinUNETR fails in its first forward (MONAI imports "
+            "it optionally); the fast path does not need it",
+            "swinunetr workloads without swin_fast",
+        )
+    )
     from profiles.nvtx import _nvtx
 
     out.append(

@@ -57,7 +57,7 @@ def capture_host(argv: list[str] | None = None) -> dict:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "versions": {
             name: _version(name)
-            for name in ("torch", "triton", "monai", "numpy", "nibabel", "pandas", "segbench")
+            for name in ("torch", "triton", "monai", "einops", "numpy", "nibabel", "pandas", "segbench")
         },
         "git": {"sha": _git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None},
         "nsys": shutil.which("nsys"),

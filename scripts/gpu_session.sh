@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on a lent GPU machine (the `device` tool), from the repo root, with `.whl` carried:
 #   device run: carry [".whl"], timeout_s 600, command "scripts/gpu_session.sh [SUITE]"
-# Installs the carried wheels (monai, nibabel, nvtx: the image lacks them) and the project, logs
+# Installs the carried wheels (monai, nibabel, nvtx, einops: the image lacks them) and the project, logs
 # `segbench env`, then
 #   gpu-check (default): all of tests/kernels on CUDA (<= 90 s: a failing kernel is worth knowing
 #     before any timing), then the suite. Other suites likewise, then, in the time left, python -m
@@ -46,6 +46,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | t
 # repo on PYTHONPATH); it only gives segbench its version: log a failure, go on
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -3 | tee -a "$log"
 python3 -c "import torch, triton, monai; print('torch', torch.__version__, 'triton', triton.__version__, 'monai', monai.__version__)" | tee -a "$log"
+# MONAI's stock SwinUNETR needs einops in every forward (every swin baseline row); carried in .whl too
+python3 -c "import einops" 2>/dev/null || echo "WARNING: einops is missing (.whl lacks it: run scripts/fetch_gpu_wheels.sh): every stock SwinUNETR row will fail" | tee -a "$log"
 python3 -m segbench env --device cuda 2>&1 | tee -a "$log"  # which speed features run here, and why not
 
 # gpu-check: every kernel test first (not only the gpu-marked ones: on CUDA the same tests check the

@@ -65,3 +65,15 @@ def test_the_gpu_lines_follow_what_triton_needs_and_bf16_is_native_only_from_sm8
     assert not lines["torch.compile (inductor)"].ok
     assert not lines["CUDA graphs"].ok and lines["CUDA graphs"].detail == "needs torch.compile"
     assert not lines["Triton fused norms"].ok and "no C compiler" in lines["Triton fused norms"].detail
+
+
+def test_a_machine_without_einops_is_told_stock_swinunetr_cannot_run(monkeypatch):
+    import importlib.util
+
+    from bench import doctor
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "einops" else real(name, *a))
+    line = {f.name: f for f in doctor.features("cpu")}["stock MONAI SwinUNETR"]
+    assert not line.ok and "einops is not installed" in line.detail
