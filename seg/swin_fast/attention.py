@@ -7,8 +7,8 @@ bias = relative-position bias + that group's shift mask, broadcast over its (win
 
 The table is a trained parameter, so with autograd on the gather stays in the graph (one small
 gather + one broadcast add per group, no larger than heads*N*N); the padded index is cached. The
-gather and the mask add run in the table's dtype and cast to the attention's last, so under bf16
-autocast the table's gradient is summed in float32 (as MONAI's, whose bias is never cast).
+gather runs in the table's dtype before its one cast to the attention's, so under bf16 autocast the
+gather's backward sums the table's gradient in float32 (MONAI's bias is never cast).
 
 Only inside `cached_biases(model)` (sliding-window inference: hundreds of forwards with the same
 weights) are the finished biases cached per (geometry, dtype); everywhere else a forward builds them
@@ -92,11 +92,13 @@ class FastWindowAttention(WindowAttention):
         n = geo.tokens
         index = self._padded_index(n, compiling)
         # one gather, (heads, N, Np); index_select's backward is an index_add (no sort, unlike indexing)
-        rel = table.t().index_select(1, index.reshape(-1)).view(-1, n, index.shape[1])
+        # gathered in the table's dtype, then cast once: the gather's backward (an index_add summing ~50
+        # entries per table row) runs in float32 under bf16 autocast
+        rel = table.t().index_select(1, index.reshape(-1)).view(-1, n, index.shape[1]).to(dtype)
         biases = []
         for group in geo.groups:
-            bias = rel if group.mask is None else rel + group.mask.to(device=rel.device, dtype=rel.dtype)
-            biases.append(bias.to(dtype)[None, :, :, :n])
+            bias = rel if group.mask is None else rel + group.mask.to(device=rel.device, dtype=dtype)
+            biases.append(bias[None, :, :, :n])
         return biases
 
     def clear_caches(self) -> None:
