@@ -185,7 +185,7 @@ class InferConfig:
     )
     save_probabilities: bool = dataclasses.field(
         default=False, metadata={"help": "also write <id>_probs.pt (the averaged probabilities on the "
-                                 "prepared grid, float16) for `segbench ensemble`"}
+                                 "prepared grid, float32) for `segbench ensemble`"}
     )
     # Speed switches (seg.speed): the predictions stay the same up to floating-point rounding.
     compile_mode: str | None = dataclasses.field(

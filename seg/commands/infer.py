@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write OUT/<case_id>_probs.pt (mean probabilities on the prepared grid, "
-                   "float16) for `segbench ensemble` across infer runs")
+                   "float32) for `segbench ensemble` across infer runs")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
     add_speed_options(p)
     p.set_defaults(func=run)
