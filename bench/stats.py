@@ -54,10 +54,27 @@ def ratio_ci(
     return {"ratio": float(stat(a) / stat(b)), "ci_low": float(low), "ci_high": float(high)}
 
 
-# two-sided 95 % Student-t quantiles by degrees of freedom (1..30); the normal's beyond
+# two-sided 95 % Student-t quantiles by degrees of freedom (1..30)
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
         2.045, 2.042)
+
+
+def t95(df: float) -> float:
+    """Two-sided 95 % Student-t quantile; a fractional df (Welch's) is rounded down (wider, safe).
+    Beyond the table, the Cornish-Fisher expansion around the normal's 1.96 (within 1e-4 there)."""
+    df = max(1, int(df))
+    if df <= len(_T95):
+        return _T95[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def _pair_log_ratios(baseline_blocks: Sequence[Sequence[float]],
+                     variant_blocks: Sequence[Sequence[float]]) -> np.ndarray:
+    if len(baseline_blocks) != len(variant_blocks) or not baseline_blocks:
+        raise ValueError("need as many baseline blocks as variant blocks, at least one")
+    return np.log([np.median(b) / np.median(v) for b, v in zip(baseline_blocks, variant_blocks, strict=True)])
 
 
 def paired_blocks_ratio_ci(baseline_blocks: Sequence[Sequence[float]],
@@ -69,15 +86,33 @@ def paired_blocks_ratio_ci(baseline_blocks: Sequence[Sequence[float]],
     confidence than the measurement has. Per pair, r = log(median(baseline block) / median(variant
     block)); the ratio is exp(mean r) and its 95 % interval exp(mean r ± t · sd(r) / √pairs). With one
     pair there is no interval (ci_low / ci_high None)."""
-    if len(baseline_blocks) != len(variant_blocks) or not baseline_blocks:
-        raise ValueError("need as many baseline blocks as variant blocks, at least one")
-    r = np.log([np.median(b) / np.median(v) for b, v in zip(baseline_blocks, variant_blocks, strict=True)])
+    r = _pair_log_ratios(baseline_blocks, variant_blocks)
     out: dict[str, float | int | None] = {"ratio": float(np.exp(r.mean())), "ci_low": None, "ci_high": None,
                                           "pairs": int(r.size)}
     if r.size > 1:
-        t = _T95[r.size - 2] if r.size - 1 <= len(_T95) else 1.96
-        half = t * r.std(ddof=1) / np.sqrt(r.size)
+        half = t95(r.size - 1) * r.std(ddof=1) / np.sqrt(r.size)
         out["ci_low"], out["ci_high"] = float(np.exp(r.mean() - half)), float(np.exp(r.mean() + half))
+    return out
+
+
+def chained_ratio_ci(a_paired: tuple[Sequence[Sequence[float]], Sequence[Sequence[float]]],
+                     b_paired: tuple[Sequence[Sequence[float]], Sequence[Sequence[float]]]
+                     ) -> dict[str, float | int | None]:
+    """Speedup of A over B (> 1: A is faster) when each was interleaved with the same baseline S in its
+    own process: (A vs S) / (B vs S), each pair's log-ratio as in `paired_blocks_ratio_ci`. The
+    processes' own states (clocks, temperature) cancel as far as they slow S alike; the interval is
+    Welch's over the two sets of pairs (`a_paired`, `b_paired`: (S's blocks, the case's blocks))."""
+    ra, rb = _pair_log_ratios(*a_paired), _pair_log_ratios(*b_paired)
+    out: dict[str, float | int | None] = {"ratio": float(np.exp(ra.mean() - rb.mean())), "ci_low": None,
+                                          "ci_high": None, "pairs": int(min(ra.size, rb.size))}
+    if ra.size > 1 and rb.size > 1:
+        va, vb = ra.var(ddof=1) / ra.size, rb.var(ddof=1) / rb.size
+        se = np.sqrt(va + vb)
+        df = ((va + vb) ** 2 / (va**2 / (ra.size - 1) + vb**2 / (rb.size - 1)) if se > 0
+              else ra.size + rb.size - 2)
+        half = t95(df) * se
+        log = ra.mean() - rb.mean()
+        out["ci_low"], out["ci_high"] = float(np.exp(log - half)), float(np.exp(log + half))
     return out
 
 

@@ -20,7 +20,8 @@ METHOD = [
     "Each case (workload × variant) ran in its own process; a crash, out-of-memory or compile failure "
     "is an `error` row, a variant that cannot run on this machine an `unavailable` row.",
     "s/iter: median step time with the 20th–80th percentiles and n; on CUDA each step is timed with "
-    "CUDA events and a synchronization, on the CPU with perf_counter; warm-up steps by count are "
+    "CUDA events and a synchronization (a step's latency from an idle GPU, so back-to-back steps that "
+    "overlap a little would be slightly faster), on the CPU with perf_counter; warm-up steps by count are "
     "excluded, the first step (compilation included) is reported on its own; each case compiles with "
     "empty inductor and Triton caches unless SEGBENCH_KEEP_COMPILE_CACHE=1 (see Environment).",
     "Loader rows (dataloader): the wait for each batch in the consuming process; samples/s is total "
@@ -30,8 +31,14 @@ METHOD = [
     "Speedups without a mark come from baseline and variant blocks interleaved in one process (A/B in "
     "the order AB BA …, TorchBench style): the geometric mean over block pairs of the ratio of the "
     "pairs' median step times, with a 95% t-interval over the pairs (the pairs, not the steps, are "
-    "independent). * marks a ratio of two separate case processes' medians, given without an "
-    "interval: the spread between processes is not measured.",
+    "independent); one untimed block pair runs first. They need not equal the ratio of the s/iter "
+    "column, which is the variant's own run alone. * marks a ratio of two separate case processes' "
+    "medians, given without an interval: the spread between processes is not measured.",
+    "Goals: a criterion is met on its point estimate. A speedup against another case of the run uses "
+    "the interleaved ratio when that case is the row's paired baseline; else, when both were paired "
+    "with the same baseline, the two ratios chained through it (each in its own process, Welch "
+    "interval); else the two processes' medians or the suite's ANCHORS number. The goal's line names "
+    "an interval reaching below the target, a ratio without interval and an ANCHORS number.",
     "Parity: the variant's loss trajectory over the first K steps from the same initial weights and "
     "batches as the fp32 eager reference (PyTorch's defaults on CUDA: cuDNN may run its convolutions "
     "in TF32, matmuls stay fp32), max relative deviation (kernels: max error against the "

@@ -56,8 +56,12 @@ def make_step(case: Case) -> tuple[Callable[[], object], torch.device]:
 def interleaved(
     variant_step: Callable[[], object], baseline_step: Callable[[], object], case: Case, device: torch.device
 ) -> tuple[list[list[float]], list[list[float]]]:
-    """`repeats` pairs of blocks, ordered AB BA AB BA … (an even count cancels a linear drift);
-    returns (baseline blocks, variant blocks) of step times, pair i at index i in both."""
+    """`repeats` pairs of blocks, ordered AB BA AB BA … (an even count cancels a linear drift), after
+    one pair run and dropped (the first switches between the two models settle caches and clocks:
+    a transient there favoured the variant); returns (baseline blocks, variant blocks) of step times,
+    pair i at index i in both."""
+    for step in (baseline_step, variant_step):
+        time_steps(step, case.measure.block, device)
     base, var = [], []
     for r in range(case.measure.repeats):
         order = ((base, baseline_step), (var, variant_step))

@@ -74,3 +74,37 @@ def test_paired_blocks_interval_covers_the_true_speedup_when_blocks_drift():
         r = paired_blocks_ratio_ci(base, var)
         covered += r["ci_low"] <= 1.5 <= r["ci_high"]
     assert 0.90 <= covered / 400 <= 0.99
+
+
+def test_t95_matches_student_t_beyond_its_table():
+    from bench.stats import t95
+
+    # scipy.stats.t.ppf(0.975, df)
+    for df, expected in ((1, 12.7062), (5, 2.5706), (30, 2.0423), (31, 2.0395), (60, 2.0003), (1000, 1.9623)):
+        assert t95(df) == pytest.approx(expected, abs=5e-4)  # the table has 3 decimals
+    assert t95(2.9) == t95(2)  # Welch's fractional df rounds down: wider
+
+
+def test_chained_ratio_through_a_shared_baseline():
+    from bench.stats import chained_ratio_ci
+
+    # A is 4x faster than S, B 2x; each process runs at its own speed (B's process 10 % slower)
+    a = ([[1.0, 1.0, 1.0]] * 4, [[0.25, 0.25, 0.25]] * 4)
+    b = ([[1.1, 1.1, 1.1]] * 4, [[0.55, 0.55, 0.55]] * 4)
+    exact = chained_ratio_ci(a, b)
+    assert exact["ratio"] == pytest.approx(2.0) and exact["ci_low"] == pytest.approx(2.0)
+    # coverage of a true 1.8 with 5 % process-to-process and 3 % step noise: near 95 %, where the two
+    # processes' raw medians would call a 1.85 goal met about a third of the time
+    rng = np.random.default_rng(0)
+
+    def process(t_case):
+        f = np.exp(rng.normal(0, 0.05))
+        blocks = [[list(t * f * np.exp(rng.normal(0, 0.03, 3))) for _ in range(6)] for t in (0.169, t_case)]
+        return tuple(blocks)
+
+    hits = met = 0
+    for _ in range(1000):
+        r = chained_ratio_ci(process(0.040), process(0.072))
+        hits += r["ci_low"] <= 1.8 <= r["ci_high"]
+        met += r["ratio"] >= 1.85
+    assert 0.93 <= hits / 1000 <= 0.98 and met / 1000 < 0.1

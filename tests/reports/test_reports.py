@@ -186,7 +186,7 @@ def test_goals_are_checked_per_criterion_with_their_sources(tmp_path):
     assert parity["verdict"] == "met" and parity["how"] == "relative L2 error of y and dx (the larger)"
     seed = records["speedup vs train_step/seed"]  # the paired baseline: the interleaved ratio
     assert seed["measured"] == "1.22×" and "interleaved" in seed["how"] and seed["verdict"] == "met"
-    assert seed["how"].endswith("its interval reaches below 1.2×")  # 1.18–1.26: met by the ratio alone
+    assert seed["how"].endswith("its interval reaches below 1.2× (lower end 1.18×)")  # met by the ratio alone
     compiled = records["speedup vs train_step/bf16+compile"]  # two medians: ~0.074 / ~0.138
     assert compiled["verdict"] == "NOT met" and "two case processes" in compiled["how"]
     anchored = records["speedup vs train_step/fail:x"]  # an error row: its anchor stands in
@@ -318,7 +318,9 @@ def test_goal_lines_carry_an_interval_caveat_the_anchor_s_reason_and_digits_at_t
     assert "the fp32 reference" in by["parity vs reference"]["how"]
     del goal["max_parity"]
     line = verdict_line(goal, check(goal, [fast, failed], {"w/compile": 0.080}))
-    assert line == ("goal w/fast: met (2 of 2 criteria; speedup vs w/seed: its interval reaches below 4.2×)")
+    assert line == ("goal w/fast: met (2 of 2 criteria; speedup vs w/seed: its interval reaches below 4.2× "
+                    "(lower end 4.00×); speedup vs w/compile: against the ANCHORS number for w/compile, not "
+                    "this run's)")
     tight = check({"case": "w/fast", "max_s_per_iter": 0.04}, [fast], {})[0]
     assert (tight["measured"], tight["verdict"]) == ("0.04003 s", "NOT met")  # not "0.0400 s | NOT met"
     cut = {**failed, "error": "not run: the suite's time budget of 520 s was spent"}
@@ -327,3 +329,26 @@ def test_goal_lines_carry_an_interval_caveat_the_anchor_s_reason_and_digits_at_t
     errors = workload_table([fast])["error"].tolist()
     assert errors == ["parity reference: OutOfMemoryError: the fp32 reference"]
     assert (_cudnn(91900), _cudnn(8902)) == ("9.19.0", "8.9.2")
+
+
+def test_a_goal_against_another_paired_case_chains_through_their_shared_baseline():
+    from reports.goals import check, verdict_line
+
+    def row(variant, s, factor):  # interleaved with seed (1.0 s) in a process running `factor` slower
+        blocks = [[s * factor * (1 + 0.01 * i)] * 3 for i in range(4)]
+        base = [[1.0 * factor * (1 + 0.01 * i)] * 3 for i in range(4)]
+        return {"workload": "w", "variant": variant, "status": "ok", "s_per_iter": {"median": s * factor},
+                "step_times_s": [s * factor] * 5,
+                "paired": {"baseline": "seed", "baseline_blocks_s": base, "variant_blocks_s": blocks,
+                           "speedup": {"ratio": 1 / s, "ci_low": 1 / s, "ci_high": 1 / s, "pairs": 4}}}
+
+    fast, compiled = row("fast", 0.25, 1.0), row("compile", 0.5, 1.2)  # the raw medians would say 2.4x
+    goal = {"case": "w/fast", "min_speedup": {"w/compile": 1.85}}
+    (record,) = check(goal, [fast, compiled], {})
+    assert record["measured"] == "2.00×" and "chained through seed" in record["how"] and not record["caveat"]
+    assert verdict_line(goal, [record]) == "goal w/fast: met (1 of 1 criteria)"
+    # without the blocks (a run before them): the two processes' medians, named as a caveat
+    bare = {**compiled, "paired": {}}
+    (record,) = check(goal, [fast, bare], {})
+    assert record["caveat"] == "two processes' medians, no interval" and "two processes'" in verdict_line(
+        goal, [record])
