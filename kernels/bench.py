@@ -48,9 +48,9 @@ def make_step(impl: str, shape: tuple[int, ...], dtype: torch.dtype | str, layou
     if impl not in IMPLS or layout not in LAYOUTS or direction not in DIRECTIONS:
         raise ValueError(f"impl in {IMPLS}, layout in {LAYOUTS}, direction in {DIRECTIONS}; "
                          f"got {impl!r}, {layout!r}, {direction!r}")
-    if impl == "fused":
-        ok, why = runtime.available()
-        if not ok:
+    if impl == "fused":  # on this device: a CPU tensor on a CUDA machine would time the reference
+        why = runtime.unavailable_reason(torch.device(device))
+        if why:
             raise RuntimeError(f"fused kernels unavailable: {why}")
     dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
     gen = torch.Generator(device="cpu").manual_seed(0)

@@ -101,9 +101,8 @@ def _time(fn, shape: dict) -> dict:
     scale = shape["head_dim"] ** -0.5
     grad = torch.randn_like(fn(*args, DROPOUT_P, scale))
 
-    def fwd():
-        with torch.no_grad():
-            fn(*args, DROPOUT_P, scale)
+    def fwd():  # the training forward (grad on): without it SDPA may pick another kernel and skip its
+        fn(*args, DROPOUT_P, scale)  # log-sum-exp, which the Triton forward always writes
 
     def fwd_bwd():
         for t in args:

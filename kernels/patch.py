@@ -19,6 +19,7 @@ activations other than identity/ReLU/LeakyReLU/PReLU keep their eager modules.
 from __future__ import annotations
 
 import copy as copy_module
+import importlib
 
 import torch
 from torch import nn
@@ -132,8 +133,30 @@ def _fused_class(cls: type, forward) -> type:
     return _FUSED_CLASSES[cls]
 
 
+# A pickled patched model (torch.save(model)) names its classes kernels.patch.Fused<Name>; loading it in
+# another process finds them here, made again from the original class.
+_PICKLED_NAMES = {
+    "FusedUnetBasicBlock": ("monai.networks.blocks.dynunet_block", "UnetBasicBlock", _basic_block_forward),
+    "FusedUnetResBlock": ("monai.networks.blocks.dynunet_block", "UnetResBlock", _res_block_forward),
+    "FusedADN": ("monai.networks.blocks.acti_norm", "ADN", _adn_forward),
+    "FusedLayerNorm": ("torch.nn", "LayerNorm", _layer_norm_forward),
+}
+
+
+def __getattr__(name: str) -> type:
+    if name in _PICKLED_NAMES:
+        module, original, forward = _PICKLED_NAMES[name]
+        return _fused_class(getattr(importlib.import_module(module), original), forward)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _fused_base(m: nn.Module) -> type | None:
+    """The fused class in `m`'s class hierarchy (itself, or under a wrapper such as seg.recompute's)."""
+    return next((c for c in type(m).__mro__ if "_segbench_unfused" in c.__dict__), None)
+
+
 def is_patched(m: nn.Module) -> bool:
-    return "_segbench_unfused" in type(m).__dict__
+    return _fused_base(m) is not None
 
 
 def patch(model: nn.Module, *, copy: bool = False) -> nn.Module:
@@ -153,7 +176,13 @@ def patch(model: nn.Module, *, copy: bool = False) -> nn.Module:
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    """Undo `patch` in place: every fused module gets its original class back."""
+    """Undo `patch` in place: every fused module gets its original class back. ValueError naming a module
+    whose class was wrapped again after patching (seg.recompute): undo that wrapper first."""
+    for name, m in model.named_modules():
+        fused = _fused_base(m)
+        if fused is not None and type(m) is not fused:
+            raise ValueError(f"kernels.unpatch: {name or 'the model'} ({type(m).__name__}) was wrapped after "
+                             "patching; undo that wrapper first")
     for m in model.modules():
         if is_patched(m):
             m.__class__ = type(m)._segbench_unfused

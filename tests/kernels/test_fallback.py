@@ -147,3 +147,13 @@ def test_import_kernels_leaves_triton_unimported():
     code = "import sys, kernels; print('triton' in sys.modules, 'torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_the_fused_micro_benchmark_refuses_a_device_the_kernels_do_not_serve(monkeypatch):
+    """On a CUDA machine, `--device cpu` would time the PyTorch reference under the name "fused"."""
+    from kernels import bench, runtime
+
+    monkeypatch.setattr(runtime, "available", lambda: (True, ""))
+    monkeypatch.setattr(runtime, "interpret_mode", lambda: False)
+    with pytest.raises(RuntimeError, match="run on CUDA tensors"):
+        bench.make_step("fused", (1, 4, 8, 8, 8), "fp32", bench.LAYOUTS[0], "fwd", "cpu")

@@ -160,3 +160,31 @@ def test_patch_is_idempotent_and_checkpoints_load_across(triton_backend):
     model.load_state_dict(patched.state_dict())  # strict: same keys
     assert _same_state(model.state_dict(), patched.state_dict())
     patched.load_state_dict(kernels.unpatch(copy.deepcopy(patched)).state_dict())
+
+
+def test_a_patched_model_pickles_and_loads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    model = DynUNet(3, 4, 4, kernel_size=[3] * 3, strides=[1, 2, 2], upsample_kernel_size=[2] * 2,
+                    filters=[4, 8, 8], norm_name=("instance", {"affine": True}))
+    kernels.patch(model)
+    torch.save(model, tmp_path / "model.pt")  # whole module, as MONAI bundles sometimes do
+    code = ("import torch, kernels; m = torch.load(r'%s', weights_only=False); "
+            "print(len(kernels.patched_modules(m)), type(m.input_block).__name__)" % (tmp_path / "model.pt"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(len(kernels.patched_modules(model))), "FusedUnetBasicBlock"]
+
+
+def test_a_block_recomputed_after_patching_counts_as_patched_and_unpatch_says_why_not():
+    from seg.recompute import recompute
+
+    model = DynUNet(3, 4, 4, kernel_size=[3] * 3, strides=[1, 2, 2], upsample_kernel_size=[2] * 2,
+                    filters=[4, 8, 8], norm_name=("instance", {"affine": True}))
+    kernels.patch(model)
+    before = kernels.patched_modules(model)
+    recompute(model, ["input_block"])
+    assert kernels.patched_modules(model) == before
+    with pytest.raises(ValueError, match="input_block .*was wrapped after patching"):
+        kernels.unpatch(model)
+    assert kernels.patched_modules(model) == before  # refused before changing anything
