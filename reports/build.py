@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.config import cut_by_budget
 from bench.contention import BUSY_FRACTION  # standard library only
 from bench.env import cudnn_text
 from reports import figures, goals
@@ -86,7 +87,8 @@ def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
         f"CPU: {env.get('cpu', '?')}, {env.get('cpu_count', '?')} logical CPUs "
         f"({env.get('cpu_affinity', '?')} usable), torch threads {cal.get('torch_threads', '?')}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
-        f"git: {git.get('sha', '?')}" + (" (uncommitted changes)" if git.get("dirty") else ""),
+        f"git: {git.get('sha') or 'unknown (not a git checkout)'}"
+        + (" (uncommitted changes)" if git.get("dirty") else ""),
         f"command: {env.get('command', '?')}  at {env.get('time_utc', '?')}",
     ]
     for r in env.get("resumed", []):
@@ -129,9 +131,10 @@ def _describe(rows: list[dict]) -> str:
 
 def _summary(rows: list[dict]) -> list[str]:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "unavailable")}
-    lines = [
-        f"{len(rows)} cases: {counts['ok']} ok, {counts['error']} error, {counts['unavailable']} unavailable"
-    ]
+    cut = sum(r["status"] == "error" and cut_by_budget(r) for r in rows)
+    errors = f"{counts['error'] - cut} error" + (
+        f", {cut} cut by the time budget (`segbench bench --resume RUN` runs them)" if cut else "")
+    lines = [f"{len(rows)} cases: {counts['ok']} ok, {errors}, {counts['unavailable']} unavailable"]
     busy = [
         r
         for r in rows

@@ -90,7 +90,10 @@ def run(case: Case) -> dict:
         losses.append(float(state.step(x, y)))
     if m.parity_steps and case.reference:
         parity = {"reference": reference["variant"], "steps": m.parity_steps}
-        if "losses" in reference:
+        if "losses" in reference and not all(math.isfinite(v) for v in reference["losses"]):
+            # the reference diverged: nothing to measure against, whatever the variant did
+            parity["error"] = f"the {reference['variant']} reference's losses were non-finite"
+        elif "losses" in reference:
             parity["max_rel_dev"] = max_rel_dev(losses, reference["losses"])
         else:
             parity["error"] = reference.get("error")

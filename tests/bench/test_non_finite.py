@@ -34,5 +34,6 @@ def test_results_lines_are_strict_json_and_the_report_and_goals_read_null_as_non
     goal = {"case": "w/bf16", "max_parity": 0.01}
     parity = [r for r in check(goal, [back], {}) if r["criterion"] == "parity vs reference"]
     assert parity[0]["verdict"] == "NOT met" and parity[0]["measured"] == "non-finite"
+    assert parity[0]["how"] == "this row's losses were non-finite"
     parity = [r for r in check(goal, [unmeasured], {}) if r["criterion"] == "parity vs reference"]
     assert parity[0]["verdict"] == "not measured"

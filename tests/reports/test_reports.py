@@ -318,9 +318,10 @@ def test_goal_lines_carry_an_interval_caveat_the_anchor_s_reason_and_digits_at_t
     assert "the fp32 reference" in by["parity vs reference"]["how"]
     del goal["max_parity"]
     line = verdict_line(goal, check(goal, [fast, failed], {"w/compile": 0.080}))
-    assert line == ("goal w/fast: met (2 of 2 criteria; speedup vs w/seed: its interval reaches below 4.2× "
-                    "(lower end 4.00×); speedup vs w/compile: against the ANCHORS number for w/compile, not "
-                    "this run's)")
+    assert line == ("goal w/fast: met, with caveats (2 of 2 criteria; speedup vs w/seed: its interval "
+                    "reaches below 4.2× (lower end 4.00×); speedup vs w/compile: against the ANCHORS number "
+                    "for w/compile, not this run's: error in this run (InductorError: RuntimeError: 1 v.s. "
+                    "4))")
     tight = check({"case": "w/fast", "max_s_per_iter": 0.04}, [fast], {})[0]
     assert (tight["measured"], tight["verdict"]) == ("0.04003 s", "NOT met")  # not "0.0400 s | NOT met"
     cut = {**failed, "error": "not run: the suite's time budget of 520 s was spent"}
@@ -352,3 +353,27 @@ def test_a_goal_against_another_paired_case_chains_through_their_shared_baseline
     (record,) = check(goal, [fast, bare], {})
     assert record["caveat"] == "two processes' medians, no interval" and "two processes'" in verdict_line(
         goal, [record])
+
+
+def test_goal_lines_name_a_failure_s_error_a_median_at_the_edge_and_budget_cuts_apart(tmp_path):
+    from reports.build import _summary
+    from reports.goals import check, verdict_line
+
+    oom = {"workload": "w", "variant": "fast", "status": "error",
+           "error": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB | more of the same"}
+    goal = {"case": "w/fast", "max_s_per_iter": 0.04}
+    line = verdict_line(goal, check(goal, [oom], {}))
+    assert line == ("goal w/fast: NOT met — the case ran (OutOfMemoryError: CUDA out of memory. Tried to "
+                    "allocate 2.00 GiB)")
+    edge = {"workload": "w", "variant": "fast", "status": "ok",
+            "s_per_iter": {"median": 0.0399, "p20": 0.0394, "p80": 0.0403, "n": 15}}
+    (record,) = check(goal, [edge], {})
+    assert record["verdict"] == "met" and record["how"].startswith("median of 15 steps, p20–p80 39.40–40.30")
+    assert verdict_line(goal, [record]) == (
+        "goal w/fast: met, with caveats (1 of 1 criteria; s/iter (median): its 80th percentile 0.0403 s is "
+        "above 0.04 s)")
+    cut = {"workload": "w", "variant": "compile", "status": "error",
+           "error": "timeout: the suite's time budget of 520 s ran out 35 s into the case"}
+    assert _summary([edge, oom, cut])[0] == (
+        "3 cases: 1 ok, 1 error, 1 cut by the time budget (`segbench bench --resume RUN` runs them), "
+        "0 unavailable")
