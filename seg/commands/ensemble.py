@@ -7,6 +7,7 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
+    from seg.commands.infer import report_cases
     from seg.ensemble import ensemble_folders
 
     try:
@@ -14,11 +15,7 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"segbench ensemble: {err}", file=sys.stderr)
         return 1
-    failed = [row for row in summary["cases"] if row["status"] != "ok"]
-    for row in failed:
-        print(f"segbench ensemble: {row['error']}", file=sys.stderr)
-    print(f"{len(summary['cases']) - len(failed)} of {len(summary['cases'])} cases written to {args.out}")
-    return 1 if failed else 0
+    return report_cases("ensemble", summary["cases"], f"written to {args.out}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

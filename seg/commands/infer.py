@@ -30,10 +30,15 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"segbench infer: {err}", file=sys.stderr)
         return 1
-    failed = [row for row in summary["cases"] if row["status"] != "ok"]
+    return report_cases("infer", summary["cases"], f"predicted into {args.out}")
+
+
+def report_cases(command: str, rows: list[dict], done: str) -> int:
+    """One stderr line per failed case, then the count done; the exit status (1 if any failed)."""
+    failed = [row for row in rows if row["status"] != "ok"]
     for row in failed:
-        print(f"segbench infer: {row['error']}", file=sys.stderr)
-    print(f"{len(summary['cases']) - len(failed)} of {len(summary['cases'])} cases predicted into {args.out}")
+        print(f"segbench {command}: {row['error']}", file=sys.stderr)
+    print(f"{len(rows) - len(failed)} of {len(rows)} cases {done}")
     return 1 if failed else 0
 
 

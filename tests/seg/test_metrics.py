@@ -162,10 +162,15 @@ def _save(path, data, affine=None, zooms=(1.0, 1.0, 1.0)):
     nib.save(img, str(path))
 
 
+def _folders(tmp_path):
+    """Empty reference and prediction folders."""
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pred").mkdir()
+    return tmp_path / "ref", tmp_path / "pred"
+
+
 def test_eval_cli_json(tmp_path, capsys):
-    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
-    ref_dir.mkdir()
-    pred_dir.mkdir()
+    ref_dir, pred_dir = _folders(tmp_path)
     ref = np.zeros((10, 10, 10), np.uint8)
     ref[2:6, 2:6, 2:6] = 2
     ref[3:5, 3:5, 3:5] = 3  # 2023 labels: --labels auto detects them
@@ -242,9 +247,7 @@ def test_eval_skips_predictions_of_image_only_cases_and_never_reads_images_as_la
 
 
 def test_eval_counts_voxels_and_both_empty_regions_and_scores_missing_cases_on_request(tmp_path, capsys):
-    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
-    ref_dir.mkdir()
-    pred_dir.mkdir()
+    ref_dir, pred_dir = _folders(tmp_path)
     no_et = np.zeros((10, 10, 10), np.uint8)
     no_et[2:6, 2:6, 2:6] = 2
     no_et[3:5, 3:5, 3:5] = 1  # 2021 labels, no enhancing tumour
@@ -293,9 +296,7 @@ def test_seed_dice_equals_monai_dice_metric():
 def test_eval_workers_give_the_same_document(tmp_path):
     from seg.commands.evaluate import evaluate_paths
 
-    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
-    ref_dir.mkdir()
-    pred_dir.mkdir()
+    ref_dir, pred_dir = _folders(tmp_path)
     rng = np.random.default_rng(0)
     for i in range(3):
         ref = np.zeros((12, 12, 12), np.uint8)
