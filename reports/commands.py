@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threshold",
         type=float,
         default=0.05,
-        help="smallest change flagged as a regression (fraction, default 0.05)",
+        help="smallest change flagged as a regression (fraction, default 0.05; the interval does not hold "
+        "the run-to-run spread: on a GPU 0.1 keeps false flags rare)",
     )
     parser.add_argument(
         "--pytest-benchmark",
