@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs segbench into it. On CPU machines the CPU build of torch 2.13.0
-# that lies on disk goes in first, so that the package's `torch>=2.4` installs nothing more
+# that lies on disk goes in first, so that the package's `torch>=2.8` installs nothing more
 # (a bare `torch` requirement would fetch a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
