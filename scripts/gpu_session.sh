@@ -86,12 +86,12 @@ fi
 left_s=$((call_s - 30 - SECONDS))
 if [ "$swin" = 1 ] && [ "$left_s" -gt 40 ]; then
   # the Triton window attention in bf16 (the triton_attn row's dtype): the CPU interpreter cannot run
-  # bf16, so these two tests are its first check anywhere; and the compiled fast path's gradients on
-  # this machine's torch (torch 2.11's dynamo got an in-place fill wrong; CI runs a newer torch)
-  echo "== pytest: Triton window attention in bf16, compiled fast path (${left_s} s left)" | tee -a "$log"
-  timeout "$((left_s < 60 ? left_s : 60))" python3 -m pytest -q -p no:cacheprovider \
-    tests/kernels/test_window_attention.py tests/kernels/test_swin_triton_attention.py tests/seg/test_swin_fast.py \
-    -k "half_precision or triton_attention_matches_stock or compiled_fast_path_equals_eager" 2>&1 | tail -8 | tee -a "$log"
+  # bf16, so these two tests are its first check anywhere (the compiled fast path's gradients under
+  # this image's torch 2.11 are checked on the development CPU: see README, "Running on a lent GPU")
+  echo "== pytest: Triton window attention in bf16 (${left_s} s left)" | tee -a "$log"
+  timeout "$((left_s < 45 ? left_s : 45))" python3 -m pytest -q -p no:cacheprovider \
+    tests/kernels/test_window_attention.py tests/kernels/test_swin_triton_attention.py \
+    -k "half_precision or triton_attention_matches_stock" 2>&1 | tail -8 | tee -a "$log"
 fi
 left_s=$((call_s - 30 - SECONDS))
 if [ "$suite" != "gpu-check" ] && [ ${#bench_args[@]} -eq 0 ] && [ "$left_s" -gt 40 ]; then
