@@ -41,7 +41,9 @@ METHOD = [
     "the interleaved ratio when that case is the row's paired baseline; else, when both were paired "
     "with the same baseline, the two ratios chained through it (each in its own process, Welch "
     "interval); else the two processes' medians or the suite's ANCHORS number. The goal's line names "
-    "an interval reaching below the target, a ratio without interval and an ANCHORS number.",
+    "an interval reaching below the target, a ratio without interval and an ANCHORS number. Each row is "
+    "one process and, for compiled variants, one compile: the spread between compiles (autotuning "
+    "choices) is in no interval.",
     "Parity: the variant's loss trajectory over the first K steps from the same initial weights and "
     "batches as the fp32 eager reference (PyTorch's defaults on CUDA: cuDNN may run its convolutions "
     "in TF32, matmuls stay fp32), max relative deviation (kernels: max error against the "

@@ -70,9 +70,8 @@ def _speedup(row: dict, other_case: str, rows: dict[str, dict], anchors: dict
             + alone
         ), chained["ci_low"], ""
     if measured is not None:
-        how = ("medians of two case processes in this run (no interval: the spread between processes is not "
-               "measured)")
-        return measured["ratio"], how, None, "two processes' medians, no interval"
+        return (measured["ratio"], "medians of two case processes in this run", None,
+                "two processes' medians, no interval (the spread between processes is not measured)")
     if other_case in anchors:
         why = ("not in this run" if other is None else "cut by the time budget" if cut_by_budget(other)
                else f"{other.get('status')} in this run ({_short_error(other)})")
@@ -117,8 +116,16 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
         cut = row is not None and cut_by_budget(row)
         failed = row is not None and row.get("status") == "error" and not cut
         # the headline names it: "not decided — not measured: the case (cut by the time budget)"
-        criterion = (f"the case ran ({_short_error(row)})" if failed or row is not None and not cut
-                     else "the case (cut by the time budget)" if cut else "the case (no row)")
+        if row is None:
+            criterion = "the case (no row)"
+        elif cut:
+            criterion = "the case (cut by the time budget)"
+        elif failed:
+            criterion = f"the case ran ({_short_error(row)})"
+        elif row.get("status") == "unavailable":
+            criterion = f"the case (unavailable here: {_short_error(row)})"
+        else:
+            criterion = "the case's timing (none recorded)"
         add(criterion, "status ok", why, False if failed else None)
         return out
     if row.get("warning"):
@@ -131,10 +138,13 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
         if "p20" in spread and "n" in spread:
             low_ms, high_ms = spread["p20"] * 1e3, spread["p80"] * 1e3
             how = f"median of {spread['n']} steps, p20–p80 {low_ms:.2f}–{high_ms:.2f} ms"
-        # one process's median: the spread between processes is not measured
-        edge = "p80" in spread and median <= limit < spread["p80"]
-        add("s/iter (median)", f"≤ {limit:g} s", f"{_near(median, limit, 4)} s", median <= limit, how,
-            f"its 80th percentile {_near(spread['p80'], limit, 4)} s is above {limit:g} s" if edge else "")
+        # one process's median: the spread between processes (2-4 %, see reports.compare) is not measured
+        caveat = ""
+        if median <= limit < spread.get("p80", 0):
+            caveat = f"its 80th percentile {_near(spread['p80'], limit, 4)} s is above {limit:g} s"
+        elif 0.95 * limit < median <= limit:
+            caveat = "within 5 % of the limit (one process's median)"
+        add("s/iter (median)", f"≤ {limit:g} s", f"{_near(median, limit, 4)} s", median <= limit, how, caveat)
     for other_case, target in (goal.get("min_speedup") or {}).items():
         found = _speedup(row, other_case, by_case, anchors)
         if found is None:
@@ -159,10 +169,15 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
         dev = parity.get("max_rel_dev")  # present but null: results.jsonl's non-finite
         if dev is None or not math.isfinite(dev):
             measured = "non-finite" if "max_rel_dev" in parity else "none"
-            own = "this row's losses were non-finite" if "max_rel_dev" in parity else ""
-            why = parity.get("error") or own
-            add("parity vs reference", f"≤ {goal['max_parity']:g}", measured,
-                False if "max_rel_dev" in parity else None, str(why)[:160])
+            ok, why = None, parity.get("error") or ""
+            if "max_rel_dev" in parity and row.get("warning"):
+                ok, why = False, "this row's losses were non-finite"
+            elif "max_rel_dev" in parity and row.get("kind") == "train_step":
+                # finite losses here: the reference's were not (a run before parity said so itself)
+                why = "non-finite against finite losses of this row: the reference's"
+            elif "max_rel_dev" in parity:
+                ok, why = False, "non-finite error against the reference"
+            add("parity vs reference", f"≤ {goal['max_parity']:g}", measured, ok, str(why)[:160])
         else:
             what = row["parity"].get("metric") or (
                 f"max relative deviation of the loss over {row['parity'].get('steps', '?')} steps")

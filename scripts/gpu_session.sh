@@ -67,9 +67,10 @@ if [ "$suite" != "swin-extras" ]; then
   fi
   echo "== segbench bench --suite $suite ${extra[*]}" | tee -a "$log"
   # the suite's own budget_s stops starting cases; the timeout is the backstop for the 600 s call
-  bench_s=$((call_s - 15 - SECONDS)); [ "$bench_s" -ge 1 ] || bench_s=1  # timeout 0 would mean no limit
+  bench_s=$((call_s - 20 - SECONDS)); [ "$bench_s" -ge 1 ] || bench_s=1  # timeout 0 would mean no limit
   timeout "$bench_s" python3 -m segbench bench --suite "$suite" --out "$run" --device cuda "${extra[@]}" 2>&1 | tee -a "$log"
-  [ -f "$run/report.md" ] || python3 -m segbench report "$run" 2>&1 | tail -3 | tee -a "$log"  # cut off: rows so far
+  # cut off: the rows so far (bounded: the copies below must happen inside the call)
+  [ -f "$run/report.md" ] || timeout 10 python3 -m segbench report "$run" 2>&1 | tail -3 | tee -a "$log"
   cp "$run"/report.md "$run"/results.jsonl "$run"/env.json "$run"/report.html "$out"/ 2>/dev/null
   # Everything but the synthesized data and its converted copies (a returned file holds at most 16 MiB).
   tar -czf "$out/run.tar.gz" --exclude="segbench-$suite/cache/formats" --exclude="segbench-$suite/data" --exclude="*.pt" --exclude="*.npy" --exclude="trace.json.gz" -C /tmp "segbench-$suite"
