@@ -10,52 +10,23 @@ flipped slopes (MONAI against itself in float64 vs float32 shows the same sensit
 from __future__ import annotations
 
 import copy
-import importlib.util
 
 import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 from monai.networks.nets import swin_unetr as monai_swin
+from swin_pairs import (
+    _layer_pair,
+    _monai_rearrange,  # noqa: F401 (an autouse fixture, used by pytest)
+    _pair,
+    _perturbed,
+    _rel,
+    _run,
+)
 
 from seg.models import build
-from seg.swin_fast import cached_biases, clear_caches, is_fast, to_fast
+from seg.swin_fast import is_fast, to_fast
 from seg.swin_fast.convert import fast_layer
-from seg.swin_fast.windows import build_geometry, to_windows
-
-
-@pytest.fixture(autouse=True)
-def _monai_rearrange(monkeypatch):
-    """MONAI's SwinUNETR permutes with einops; without einops, an exact permute stands in for it."""
-    if importlib.util.find_spec("einops") is None:
-
-        def rearrange(x, pattern):
-            src, dst = (side.split() for side in pattern.split("->"))
-            return x.permute([src.index(axis) for axis in dst])
-
-        monkeypatch.setattr(monai_swin, "rearrange", rearrange)
-
-
-def _perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial weights everywhere (MONAI zero-initializes the relative-position tables' spread)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
-    return model
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def _run(model, x, loss_weights=None):
-    model.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_()
-    y = model(x)
-    weights = loss_weights if loss_weights is not None else torch.ones_like(y)
-    (y * weights).sum().backward()
-    return y.detach(), x.grad, [p.grad for p in model.parameters()]
-
 
 # ---------------------------------------------------------------- one Swin stage, many geometries
 
@@ -92,109 +63,6 @@ def test_stage_matches_monai_float64(dims, window, batch):
     assert _rel(gx_fast, gx_ref) < 1e-10
     for (name, _), a, b in zip(ref.named_parameters(), g_fast, g_ref, strict=True):
         assert _rel(a, b) < 1e-10, name
-
-
-def test_uncached_geometry_equals_cached():
-    """Under torch.compile the index maps are built in-graph without `nonzero`; same windows."""
-    x = torch.randn(2 * 5 * 9 * 14, 3)
-    for shift in ((0, 0, 0), (0, 3, 3)):
-        eager = build_geometry(2, (5, 9, 14), (5, 7, 7), shift, x.device, cacheable=True)
-        traced = build_geometry(2, (5, 9, 14), (5, 7, 7), shift, x.device, cacheable=False)
-        assert traced.pad_rows is None and eager.pad_rows is not None
-        assert torch.equal(to_windows(x, eager), to_windows(x, traced))
-
-
-def _layer_pair():
-    torch.manual_seed(0)
-    ref = _perturbed(
-        monai_swin.BasicLayer(dim=12, depth=2, num_heads=3, window_size=(7, 7, 7), drop_path=[0, 0])
-    )
-    return ref, fast_layer(copy.deepcopy(ref))
-
-
-def test_evaluation_between_fused_optimizer_steps_sees_the_new_tables():
-    """Validation between training steps: a fused AdamW step (seg.recipe's optimizer) updates the
-    tables in place without moving their version counters, so a no-grad forward must not reuse a
-    bias built before the step."""
-    from seg.recipe import build_optimizer
-
-    ref, fast = _layer_pair()
-    x = torch.randn(1, 12, 9, 9, 9)
-    optimizers = [build_optimizer(m, lr=0.05) for m in (ref, fast)]
-    assert all(o.defaults["fused"] for o in optimizers)
-    for _ in range(2):
-        for model, optimizer in zip((ref, fast), optimizers, strict=True):
-            model.train()
-            model(x).square().mean().backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            model.eval()
-        with torch.no_grad():
-            assert _rel(fast(x), ref(x)) < 1e-5
-
-
-def test_inference_biases_are_cached_only_inside_cached_biases():
-    ref, fast = _layer_pair()
-    ref.eval(), fast.eval()
-    x = torch.randn(1, 12, 9, 9, 9)
-    attentions = [blk.attn for blk in fast.blocks]
-    with torch.no_grad():
-        fast(x)
-        assert not any(a._bias_cache for a in attentions)  # built per forward outside the scope
-        with cached_biases(fast):
-            before = fast(x)
-            cached = [dict(a._bias_cache) for a in attentions]
-            assert all(cached)
-            assert torch.equal(fast(x), before)
-            assert [dict(a._bias_cache) for a in attentions] == cached  # served, not rebuilt
-        assert not any(a._bias_cache for a in attentions)  # dropped on leaving
-        assert _rel(before, ref(x)) < 1e-5
-        # a later change of the tables is seen by the next scope
-        for layer in (ref, fast):
-            gen = torch.Generator().manual_seed(1)
-            for blk in layer.blocks:
-                table = blk.attn.relative_position_bias_table
-                table.add_(torch.randn(table.shape, generator=gen) * 0.5)
-        with cached_biases(fast):
-            assert _rel(fast(x), ref(x)) < 1e-5 and _rel(fast(x), before) > 1e-3
-
-
-def test_cached_biases_does_not_recompile_a_compiled_model():
-    import torch._dynamo
-    from torch._dynamo.utils import counters
-
-    _, fast = _layer_pair()
-    fast.eval()
-    torch._dynamo.reset()
-    counters.clear()
-    compiled = torch.compile(fast, backend="eager")
-    x = torch.randn(1, 12, 9, 9, 9)
-    with torch.no_grad():
-        compiled(x)
-        with cached_biases(fast):
-            compiled(x)
-    assert counters["stats"]["unique_graphs"] == 1
-    torch._dynamo.reset()
-
-
-def test_caches_first_built_under_inference_mode_still_train():
-    """A first forward under torch.inference_mode (a sanity or validation pass) caches index maps and
-    biases; training afterwards must be able to save them for backward, as stock MONAI can."""
-    _, fast = _layer_pair()
-    clear_caches(fast)  # this process's earlier tests must not have built the maps already
-    x = torch.randn(1, 12, 5, 6, 11)
-    fast.eval()
-    with torch.inference_mode(), cached_biases(fast):
-        fast(x)
-        cached = [b for blk in fast.blocks for _, biases in blk.attn._bias_cache.values() for b in biases]
-        assert cached and not any(b.requires_grad or b.is_inference() for b in cached)  # no graph kept
-    fast.train()
-    fast(x).square().mean().backward()
-    assert all(p.grad is not None for p in fast.parameters() if p.requires_grad)
-    # fine-tuning with the tables frozen
-    for blk in fast.blocks:
-        blk.attn.relative_position_bias_table.requires_grad_(False)
-    fast(x).square().mean().backward()
 
 
 def test_bf16_autocast_sums_the_table_gradient_in_float32():
@@ -243,13 +111,6 @@ def test_dropout_matches_monai_statistically():
 
 
 # ---------------------------------------------------------------- whole network
-
-
-def _pair(dtype=torch.float64, **options):
-    torch.manual_seed(0)
-    ref = _perturbed(SwinUNETR(in_channels=4, out_channels=4, **options)).to(dtype).train()
-    fast = to_fast(copy.deepcopy(ref), fused_norm=False)
-    return ref, fast
 
 
 @pytest.mark.parametrize(
@@ -331,57 +192,6 @@ def test_fused_norm_flag(monkeypatch):
     assert not is_fast(model)  # nothing was changed
     to_fast(model)  # "auto"
     assert type(model.swinViT.layers1[0].blocks[0].norm1) is torch.nn.LayerNorm
-
-
-def test_no_graph_breaks_under_dynamo():
-    """Train mode, dropout and drop-path on, batch 2: dynamo captures the whole forward in one graph."""
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    _, fast = _pair(torch.float32, feature_size=12, drop_rate=0.1, attn_drop_rate=0.1, dropout_path_rate=0.1)
-    explanation = torch._dynamo.explain(fast)(torch.randn(2, 4, 64, 32, 32))
-    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
-    assert explanation.graph_count == 1
-    # the window index maps are graph constants, not ~100 traced index ops per block
-    torch._dynamo.reset()
-    stock = torch._dynamo.explain(_pair(torch.float32, feature_size=12)[0])(torch.randn(2, 4, 64, 32, 32))
-    assert explanation.op_count <= stock.op_count
-
-
-def test_compiled_fast_path_equals_eager():
-    """torch.compile (aot_eager: dynamo + AOTAutograd, no codegen) of the fast path: same outputs and
-    gradients as the eager fast path, with the window geometry embedded as constants."""
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    _, fast = _pair(torch.float64, feature_size=12)
-    x = torch.randn(2, 4, 32, 32, 64, dtype=torch.float64)
-    y, gx, g = _run(fast, x)
-    y_c, gx_c, g_c = _run(torch.compile(fast, backend="aot_eager", fullgraph=True), x)
-    assert _rel(y_c, y) < 1e-12 and _rel(gx_c, gx) < 1e-12
-    for a, b in zip(g_c, g, strict=True):
-        assert _rel(a, b) < 1e-12
-
-
-def test_compiled_model_takes_new_shapes_without_graph_breaks(monkeypatch):
-    """seg.speed.compile_model compiles static shapes: a second input shape (or batch) recompiles
-    whole instead of turning the window geometry symbolic (graph breaks, one recompile per block)."""
-    import torch._dynamo
-    from torch._dynamo.utils import counters
-
-    from seg.speed import COMPILE_BACKEND_ENV, compile_model
-
-    monkeypatch.setenv(COMPILE_BACKEND_ENV, "eager")
-    torch._dynamo.reset()
-    counters.clear()
-    _, fast = _pair(torch.float32, feature_size=12)
-    compiled = compile_model(fast)
-    for shape in ((1, 4, 32, 32, 64), (1, 4, 64, 32, 32), (2, 4, 32, 32, 64)):
-        x = torch.randn(shape)
-        assert _rel(compiled(x), fast(x)) < 1e-5
-    assert not counters["graph_break"], dict(counters["graph_break"])
-    assert counters["stats"]["unique_graphs"] == 3
-    torch._dynamo.reset()
 
 
 def test_attention_dropout_follows_its_own_module_flag():

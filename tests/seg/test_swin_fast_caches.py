@@ -1,0 +1,162 @@
+"""The fast SwinUNETR path's caches and compilation: index maps and window biases built once where the
+weights cannot change, graph constants under torch.compile, static shapes, no graph breaks."""
+
+from __future__ import annotations
+
+import torch
+from swin_pairs import (
+    _layer_pair,
+    _monai_rearrange,  # noqa: F401 (an autouse fixture, used by pytest)
+    _pair,
+    _rel,
+    _run,
+)
+
+from seg.swin_fast import cached_biases, clear_caches
+from seg.swin_fast.windows import build_geometry, to_windows
+
+
+def test_uncached_geometry_equals_cached():
+    """Under torch.compile the index maps are built in-graph without `nonzero`; same windows."""
+    x = torch.randn(2 * 5 * 9 * 14, 3)
+    for shift in ((0, 0, 0), (0, 3, 3)):
+        eager = build_geometry(2, (5, 9, 14), (5, 7, 7), shift, x.device, cacheable=True)
+        traced = build_geometry(2, (5, 9, 14), (5, 7, 7), shift, x.device, cacheable=False)
+        assert traced.pad_rows is None and eager.pad_rows is not None
+        assert torch.equal(to_windows(x, eager), to_windows(x, traced))
+
+
+def test_evaluation_between_fused_optimizer_steps_sees_the_new_tables():
+    """Validation between training steps: a fused AdamW step (seg.recipe's optimizer) updates the
+    tables in place without moving their version counters, so a no-grad forward must not reuse a
+    bias built before the step."""
+    from seg.recipe import build_optimizer
+
+    ref, fast = _layer_pair()
+    x = torch.randn(1, 12, 9, 9, 9)
+    optimizers = [build_optimizer(m, lr=0.05) for m in (ref, fast)]
+    assert all(o.defaults["fused"] for o in optimizers)
+    for _ in range(2):
+        for model, optimizer in zip((ref, fast), optimizers, strict=True):
+            model.train()
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            model.eval()
+        with torch.no_grad():
+            assert _rel(fast(x), ref(x)) < 1e-5
+
+
+def test_inference_biases_are_cached_only_inside_cached_biases():
+    ref, fast = _layer_pair()
+    ref.eval(), fast.eval()
+    x = torch.randn(1, 12, 9, 9, 9)
+    attentions = [blk.attn for blk in fast.blocks]
+    with torch.no_grad():
+        fast(x)
+        assert not any(a._bias_cache for a in attentions)  # built per forward outside the scope
+        with cached_biases(fast):
+            before = fast(x)
+            cached = [dict(a._bias_cache) for a in attentions]
+            assert all(cached)
+            assert torch.equal(fast(x), before)
+            assert [dict(a._bias_cache) for a in attentions] == cached  # served, not rebuilt
+        assert not any(a._bias_cache for a in attentions)  # dropped on leaving
+        assert _rel(before, ref(x)) < 1e-5
+        # a later change of the tables is seen by the next scope
+        for layer in (ref, fast):
+            gen = torch.Generator().manual_seed(1)
+            for blk in layer.blocks:
+                table = blk.attn.relative_position_bias_table
+                table.add_(torch.randn(table.shape, generator=gen) * 0.5)
+        with cached_biases(fast):
+            assert _rel(fast(x), ref(x)) < 1e-5 and _rel(fast(x), before) > 1e-3
+
+
+def test_cached_biases_does_not_recompile_a_compiled_model():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    _, fast = _layer_pair()
+    fast.eval()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(fast, backend="eager")
+    x = torch.randn(1, 12, 9, 9, 9)
+    with torch.no_grad():
+        compiled(x)
+        with cached_biases(fast):
+            compiled(x)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
+def test_caches_first_built_under_inference_mode_still_train():
+    """A first forward under torch.inference_mode (a sanity or validation pass) caches index maps and
+    biases; training afterwards must be able to save them for backward, as stock MONAI can."""
+    _, fast = _layer_pair()
+    clear_caches(fast)  # this process's earlier tests must not have built the maps already
+    x = torch.randn(1, 12, 5, 6, 11)
+    fast.eval()
+    with torch.inference_mode(), cached_biases(fast):
+        fast(x)
+        cached = [b for blk in fast.blocks for _, biases in blk.attn._bias_cache.values() for b in biases]
+        assert cached and not any(b.requires_grad or b.is_inference() for b in cached)  # no graph kept
+    fast.train()
+    fast(x).square().mean().backward()
+    assert all(p.grad is not None for p in fast.parameters() if p.requires_grad)
+    # fine-tuning with the tables frozen
+    for blk in fast.blocks:
+        blk.attn.relative_position_bias_table.requires_grad_(False)
+    fast(x).square().mean().backward()
+
+
+def test_no_graph_breaks_under_dynamo():
+    """Train mode, dropout and drop-path on, batch 2: dynamo captures the whole forward in one graph."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    _, fast = _pair(torch.float32, feature_size=12, drop_rate=0.1, attn_drop_rate=0.1, dropout_path_rate=0.1)
+    explanation = torch._dynamo.explain(fast)(torch.randn(2, 4, 64, 32, 32))
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+    # the window index maps are graph constants, not ~100 traced index ops per block
+    torch._dynamo.reset()
+    stock = torch._dynamo.explain(_pair(torch.float32, feature_size=12)[0])(torch.randn(2, 4, 64, 32, 32))
+    assert explanation.op_count <= stock.op_count
+
+
+def test_compiled_fast_path_equals_eager():
+    """torch.compile (aot_eager: dynamo + AOTAutograd, no codegen) of the fast path: same outputs and
+    gradients as the eager fast path, with the window geometry embedded as constants."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    _, fast = _pair(torch.float64, feature_size=12)
+    x = torch.randn(2, 4, 32, 32, 64, dtype=torch.float64)
+    y, gx, g = _run(fast, x)
+    y_c, gx_c, g_c = _run(torch.compile(fast, backend="aot_eager", fullgraph=True), x)
+    assert _rel(y_c, y) < 1e-12 and _rel(gx_c, gx) < 1e-12
+    for a, b in zip(g_c, g, strict=True):
+        assert _rel(a, b) < 1e-12
+
+
+def test_compiled_model_takes_new_shapes_without_graph_breaks(monkeypatch):
+    """seg.speed.compile_model compiles static shapes: a second input shape (or batch) recompiles
+    whole instead of turning the window geometry symbolic (graph breaks, one recompile per block)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from seg.speed import COMPILE_BACKEND_ENV, compile_model
+
+    monkeypatch.setenv(COMPILE_BACKEND_ENV, "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    _, fast = _pair(torch.float32, feature_size=12)
+    compiled = compile_model(fast)
+    for shape in ((1, 4, 32, 32, 64), (1, 4, 64, 32, 32), (2, 4, 32, 32, 64)):
+        x = torch.randn(shape)
+        assert _rel(compiled(x), fast(x)) < 1e-5
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 3
+    torch._dynamo.reset()
