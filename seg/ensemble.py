@@ -98,6 +98,7 @@ def ensemble_folders(
     from tqdm import tqdm
 
     from seg.data.store import write_json
+    from seg.infer import prediction_path
     from seg.postprocess import check_min_et_mm3
 
     check_min_et_mm3(min_et_mm3)
@@ -105,7 +106,7 @@ def ensemble_folders(
     rows = []
     for case_id in tqdm(sorted(set().union(*files)), desc="ensemble", unit="case", disable=None):
         start = time.perf_counter()
-        out_path = Path(out_dir) / f"{case_id}_pred.nii.gz"
+        out_path = prediction_path(out_dir, case_id)
         lacking = [str(f) for f, found in zip(folders, files, strict=True) if case_id not in found]
         try:
             if lacking:

@@ -241,6 +241,11 @@ def default_roi(ckpt: dict[str, Any]) -> int:
     return int(patch) if patch else int(prep_config_of(ckpt).size)
 
 
+def prediction_path(folder: str | Path, case_id: str) -> Path:
+    """`<folder>/<case_id>_pred.nii.gz`: where infer and ensemble write a case's label map."""
+    return Path(folder) / f"{case_id}_pred.nii.gz"
+
+
 def predict_case(
     models: nn.Module | Sequence[nn.Module],
     case,
@@ -260,6 +265,7 @@ def predict_case(
     from seg.data.cases import validate
     from seg.data.inverse import write_prediction
     from seg.data.prep import prepare_case
+    from seg.ensemble import probabilities_path, save_probabilities
     from seg.speed import to_input
 
     cfg = cfg or InferConfig()
@@ -276,14 +282,11 @@ def predict_case(
         target=target,
     )
     label = to_labels(probs, target)[0].to("cpu", torch.uint8)
-    from seg.ensemble import probabilities_path, save_probabilities
-
     if cfg.save_probabilities:
         save_probabilities(probabilities_path(out_dir, case.id), probs[0], prepared["meta"], target)
     else:  # an earlier run's file would be taken by `segbench ensemble` for this run's
         probabilities_path(out_dir, case.id).unlink(missing_ok=True)
-    return write_prediction(Path(out_dir) / f"{case.id}_pred.nii.gz", label, prepared["meta"], cfg.min_et_mm3,
-                            info)
+    return write_prediction(prediction_path(out_dir, case.id), label, prepared["meta"], cfg.min_et_mm3, info)
 
 
 def infer_folder(
@@ -340,7 +343,7 @@ def infer_folder(
         except Exception as err:  # one bad case must not stop the others; its reason is kept
             row = {"id": case.id, "status": "error", "error": f"{case.images[0].parent}: {err}"}
             # an earlier run's prediction of this case must not pass for this run's
-            (Path(out_dir) / f"{case.id}_pred.nii.gz").unlink(missing_ok=True)
+            prediction_path(out_dir, case.id).unlink(missing_ok=True)
             probabilities_path(out_dir, case.id).unlink(missing_ok=True)
         row["seconds"] = round(time.perf_counter() - start, 3)
         rows.append(row)
