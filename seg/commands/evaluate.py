@@ -76,28 +76,27 @@ def _load(path: Path):
     return img, data
 
 
-def evaluate_pair(pred_path: Path, ref_path: Path, labels: str = "auto") -> dict:
-    """Region metrics for one prediction/reference pair; ValueError naming the file on bad input."""
+def evaluate_pair(pred_path: Path | None, ref_path: Path, labels: str = "auto") -> dict:
+    """Region metrics for one prediction/reference pair; ValueError naming the file on bad input.
+    `pred_path` None: a case without a prediction scored as an all-background one (`--missing empty`):
+    Dice 0 and HD95 373.13 where the reference has the region, as challenge leaderboards count it."""
     import numpy as np
 
     from seg import metrics
 
-    pred_img, pred = _load(pred_path)
+    if pred_path is not None:
+        pred_img, pred = _load(pred_path)
     ref_img, ref = _load(ref_path)
-    if pred.shape != ref.shape:
+    if pred_path is None:
+        pred = np.zeros_like(ref)
+    elif pred.shape != ref.shape:
         raise ValueError(f"{pred_path}: shape {pred.shape} differs from reference {ref_path} {ref.shape}")
-    if not np.allclose(pred_img.affine, ref_img.affine, atol=1e-3):
+    elif not np.allclose(pred_img.affine, ref_img.affine, atol=1e-3):
         raise ValueError(f"{pred_path}: affine differs from reference {ref_path} (not on the same grid)")
     convention = metrics.detect_convention(pred, ref) if labels == "auto" else labels
     metrics.check_labels(pred, convention, str(pred_path))
     metrics.check_labels(ref, convention, str(ref_path))
     spacing_mm = [float(s) for s in ref_img.header.get_zooms()[:3]]
-    return _scores(pred, ref, spacing_mm, convention)
-
-
-def _scores(pred, ref, spacing_mm: list[float], convention: str) -> dict:
-    from seg import metrics
-
     pred_voxels, ref_voxels = metrics.region_voxels(pred, convention), metrics.region_voxels(ref, convention)
     return {
         "regions": metrics.evaluate_case(pred, ref, spacing_mm, convention),
@@ -107,24 +106,10 @@ def _scores(pred, ref, spacing_mm: list[float], convention: str) -> dict:
     }
 
 
-def evaluate_missing(ref_path: Path, labels: str = "auto") -> dict:
-    """A case without a prediction scored as an all-background one (`--missing empty`): Dice 0 and HD95
-    373.13 where the reference has the region, as challenge leaderboards count a missing case."""
-    import numpy as np
-
-    from seg import metrics
-
-    ref_img, ref = _load(ref_path)
-    convention = metrics.detect_convention(ref) if labels == "auto" else labels
-    metrics.check_labels(ref, convention, str(ref_path))
-    spacing_mm = [float(s) for s in ref_img.header.get_zooms()[:3]]
-    return _scores(np.zeros_like(ref), ref, spacing_mm, convention)
-
-
-def _scored(fn, fn_args: tuple) -> dict | str:
-    """fn(*fn_args), or the ValueError's message (a bad case is a line, in a worker process too)."""
+def _scored(pair: tuple) -> dict | str:
+    """evaluate_pair(*pair), or the ValueError's message (a bad case is a line, in a worker process too)."""
     try:
-        return fn(*fn_args)
+        return evaluate_pair(*pair)
     except ValueError as err:
         return str(err)
 
@@ -135,11 +120,12 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # the processes are the parallelism
 
 
-def _scored_all(jobs: list[tuple], workers: int):
-    """(case id, `_scored` result) per job, in `workers` spawned processes when more than one."""
+def _scored_all(jobs: list[tuple], workers: int, score=_scored):
+    """(case id, `score(pair)`) per (case id, pair, file named if its worker dies) job, in `workers`
+    spawned processes when more than one."""
     if workers <= 1 or len(jobs) <= 1:
-        for cid, fn, fn_args in jobs:
-            yield cid, _scored(fn, fn_args)
+        for cid, pair, _ in jobs:
+            yield cid, score(pair)
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -147,13 +133,13 @@ def _scored_all(jobs: list[tuple], workers: int):
 
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"),
                              initializer=_init_worker) as pool:
-        futures = {pool.submit(_scored, fn, fn_args): (cid, fn_args[0]) for cid, fn, fn_args in jobs}
+        futures = {pool.submit(score, pair): (cid, file) for cid, pair, file in jobs}
         for fut in as_completed(futures):
-            cid, first_file = futures[fut]
+            cid, file = futures[fut]
             try:
                 yield cid, fut.result()
             except BrokenProcessPool:  # a worker died (the OOM killer): the pool and its unfinished cases
-                yield cid, (f"{first_file}: not scored, a worker process died (out of memory?); "
+                yield cid, (f"{file}: not scored, a worker process died (out of memory?); "
                             "try fewer --workers")
 
 
@@ -193,9 +179,9 @@ def evaluate_paths(
         f"{preds[cid]}: no reference for case {cid} in {ref}"
         for cid in sorted(set(preds) - set(refs) - unlabelled)
     ]
-    jobs = [(cid, evaluate_pair, (preds[cid], refs[cid], labels)) for cid in sorted(set(preds) & set(refs))]
+    jobs = [(cid, (preds[cid], refs[cid], labels), preds[cid]) for cid in sorted(set(preds) & set(refs))]
     if missing == "empty":
-        jobs += [(cid, evaluate_missing, (refs[cid], labels)) for cid in unpredicted]
+        jobs += [(cid, (None, refs[cid], labels), refs[cid]) for cid in unpredicted]
     results: dict[str, dict] = {}
     failed: dict[str, str] = {}
     for cid, result in tqdm(_scored_all(sorted(jobs), workers), total=len(jobs), desc="eval", unit="case",

@@ -318,6 +318,7 @@ def test_eval_workers_report_a_dead_worker_as_lines():
 
     from seg.commands.evaluate import _scored_all
 
-    results = dict(_scored_all([("a", os._exit, (1,)), ("b", os._exit, (1,))], workers=2))
+    results = dict(_scored_all([("a", 1, "a.nii.gz"), ("b", 1, "b.nii.gz")], workers=2, score=os._exit))
     assert set(results) == {"a", "b"}
-    assert all("not scored, a worker process died" in line for line in results.values())
+    assert results["a"].startswith("a.nii.gz: not scored, a worker process died")
+    assert results["b"].startswith("b.nii.gz: not scored, a worker process died")
