@@ -19,7 +19,6 @@ activations other than identity/ReLU/LeakyReLU/PReLU keep their eager modules.
 from __future__ import annotations
 
 import copy as copy_module
-import importlib
 
 import torch
 from torch import nn
@@ -129,25 +128,22 @@ def _fused_class(cls: type, forward) -> type:
     if cls not in _FUSED_CLASSES:
         _FUSED_CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {
             "forward": forward, "_segbench_unfused": cls, "__module__": __name__,
-            "__qualname__": f"Fused{cls.__name__}"})
+            "__qualname__": f"Fused{cls.__name__}", "__reduce_ex__": _reduce_fused,
+            # how to make this class again (pickle; seg.recompute's wrapper pickles through it)
+            "_segbench_recipe": (_fused_class, (cls, forward))})
     return _FUSED_CLASSES[cls]
 
 
-# A pickled patched model (torch.save(model)) names its classes kernels.patch.Fused<Name>; loading it in
-# another process finds them here, made again from the original class.
-_PICKLED_NAMES = {
-    "FusedUnetBasicBlock": ("monai.networks.blocks.dynunet_block", "UnetBasicBlock", _basic_block_forward),
-    "FusedUnetResBlock": ("monai.networks.blocks.dynunet_block", "UnetResBlock", _res_block_forward),
-    "FusedADN": ("monai.networks.blocks.acti_norm", "ADN", _adn_forward),
-    "FusedLayerNorm": ("torch.nn", "LayerNorm", _layer_norm_forward),
-}
+def _fused_instance(cls: type, forward) -> nn.Module:
+    fused = _fused_class(cls, forward)
+    return fused.__new__(fused)
 
 
-def __getattr__(name: str) -> type:
-    if name in _PICKLED_NAMES:
-        module, original, forward = _PICKLED_NAMES[name]
-        return _fused_class(getattr(importlib.import_module(module), original), forward)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _reduce_fused(self: nn.Module, protocol: int):
+    """A pickled patched model (torch.save(model), deepcopy) names the original class and the fused
+    forward, both importable, instead of the class made at run time."""
+    fused = _fused_base(self)
+    return _fused_instance, (fused._segbench_unfused, fused.forward), self.__getstate__()
 
 
 def _fused_base(m: nn.Module) -> type | None:

@@ -37,11 +37,29 @@ class _Recomputed(nn.Module):
         return checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
 
 
-def _recomputed_class(cls: type) -> type:
-    if cls not in _RECOMPUTED_CLASSES:
-        _RECOMPUTED_CLASSES[cls] = type(f"Recomputed{cls.__name__}", (_Recomputed, cls), {
-            "_segbench_plain": cls, "__module__": __name__, "__qualname__": f"Recomputed{cls.__name__}"})
-    return _RECOMPUTED_CLASSES[cls]
+def _recomputed_class(plain: type | tuple) -> type:
+    """The wrapper of `plain`: a class, or the recipe of one made at run time (see `_reduce_recomputed`)."""
+    if not isinstance(plain, type):
+        make, args = plain
+        plain = make(*args)
+    if plain not in _RECOMPUTED_CLASSES:
+        _RECOMPUTED_CLASSES[plain] = type(f"Recomputed{plain.__name__}", (_Recomputed, plain), {
+            "_segbench_plain": plain, "__module__": __name__, "__qualname__": f"Recomputed{plain.__name__}",
+            "__reduce_ex__": _reduce_recomputed})
+    return _RECOMPUTED_CLASSES[plain]
+
+
+def _recomputed_instance(plain: type | tuple) -> nn.Module:
+    cls = _recomputed_class(plain)
+    return cls.__new__(cls)
+
+
+def _reduce_recomputed(self: nn.Module, protocol: int):
+    """Pickle (torch.save(model), deepcopy) by the plain class instead of the class made at run time. A
+    plain class made at run time too (kernels.patch's fused classes) is named by its `_segbench_recipe`:
+    (function, arguments) that make it again."""
+    plain = type(self)._segbench_plain
+    return _recomputed_instance, (plain.__dict__.get("_segbench_recipe", plain),), self.__getstate__()
 
 
 def is_recomputed(module: nn.Module) -> bool:

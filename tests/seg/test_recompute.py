@@ -106,3 +106,48 @@ def test_footprint_estimate_drops_with_the_full_resolution_block_recomputed():
 
     full_res_map = 8 * 32**3 * 2  # bf16, the input block's 8 channels
     assert peak("bf16") - peak("bf16+ckpt:input_block") > 2 * full_res_map
+
+
+def test_a_recomputed_model_pickles_and_loads_in_a_fresh_process(tmp_path):
+    """torch.save(model) names importable classes (not the wrappers made at run time), also for blocks
+    recomputed after kernels.patch fused them; the loaded models compute the same step."""
+    import subprocess
+    import sys
+
+    import kernels
+
+    saved = {}
+    for patched in (False, True):
+        torch.manual_seed(0)
+        model = build("dynunet", **TINY_DYN)
+        if patched:
+            kernels.patch(model)
+        recompute(model, ["input_block", "upsamples.*"])
+        clone = copy.deepcopy(model)
+        assert recomputed_modules(clone) == recomputed_modules(model)
+        assert kernels.patched_modules(clone) == kernels.patched_modules(model)
+        x = torch.randn(1, 4, 16, 16, 16)
+        y, grads, _ = _step(model, x)
+        saved[patched] = {"model": model, "x": x, "y": y, "grads": grads}
+    torch.save(saved, tmp_path / "models.pt")
+    code = f"""
+import torch, kernels
+from seg.recompute import recomputed_modules
+for case in torch.load(r"{tmp_path / 'models.pt'}", weights_only=False).values():
+    m = case["model"]
+    torch.manual_seed(1)
+    y = m(case["x"])
+    y.square().mean().backward()
+    torch.testing.assert_close(y, case["y"], rtol=0, atol=0)
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, case["grads"][n], rtol=0, atol=0)
+    print(type(m.input_block).__name__, len(recomputed_modules(m)), len(kernels.patched_modules(m)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = [line.split() for line in out.stdout.splitlines()]
+    assert [line[0] for line in lines] == ["RecomputedUnetBasicBlock", "RecomputedFusedUnetBasicBlock"]
+    for line, case in zip(lines, saved.values(), strict=True):
+        assert int(line[1]) == len(recomputed_modules(case["model"])) > 1
+        assert int(line[2]) == len(kernels.patched_modules(case["model"]))
+    assert int(lines[1][2]) > 0
