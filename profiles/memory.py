@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import pickle
 from collections.abc import Iterator
@@ -69,7 +70,17 @@ def record_memory_history(
             tmp = rec.path.with_name(rec.path.name + ".tmp")
             torch.cuda.memory._dump_snapshot(str(tmp))
             os.replace(tmp, rec.path)
+            # what the pickle cannot hold: memory live before recording (parameters, optimizer state)
+            sidecar = baseline_path(rec.path)
+            tmp = sidecar.with_name(sidecar.name + ".tmp")
+            tmp.write_text(json.dumps({"baseline_bytes": rec.baseline_bytes, "peak_bytes": rec.peak_bytes}))
+            os.replace(tmp, sidecar)
         torch.cuda.memory._record_memory_history(enabled=None, device=device)
+
+
+def baseline_path(snapshot: Path) -> Path:
+    """The JSON beside a snapshot written by `record_memory_history`: {baseline_bytes, peak_bytes}."""
+    return snapshot.with_suffix(".json")
 
 
 def _in_torch(filename: str) -> bool:
@@ -119,6 +130,7 @@ def summarize_snapshot(
     if device >= len(traces):
         raise ValueError(f"snapshot has no trace for device {device} (record with record_memory_history)")
     live: dict[int, tuple[int, str, str]] = {}
+    requested: set[int] = set()  # freed, not yet completed
     total, baseline = 0, baseline_bytes
     peak, peak_event, peak_live = baseline, -1, {}
     for i, event in enumerate(traces[device]):
@@ -128,7 +140,14 @@ def summarize_snapshot(
             total += size
             if baseline + total > peak:
                 peak, peak_event, peak_live = baseline + total, i, dict(live)
-        elif action == "free_completed":
+        elif action in ("free_requested", "free_completed"):
+            # memory_allocated() drops at the request; a block used on another stream (record_stream:
+            # the prefetcher's batches) completes later. Traces without requests free at completion.
+            if action == "free_completed" and addr in requested:
+                requested.discard(addr)
+                continue
+            if action == "free_requested":
+                requested.add(addr)
             if addr in live:
                 total -= live.pop(addr)[0]
             else:  # allocated before recording started
@@ -163,16 +182,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "snapshot", type=Path, help="a pickle written by record_memory_history / _dump_snapshot"
     )
-    parser.add_argument("--baseline-bytes", type=int, default=0, help="memory allocated before recording")
+    parser.add_argument("--baseline-bytes", type=int, default=None,
+                        help="memory allocated before recording (default: from the JSON that "
+                             "record_memory_history writes beside the pickle, else 0)")
     parser.add_argument("--device", type=int, default=0, help="device index inside the snapshot")
     parser.add_argument("--top", type=int, default=15, help="how many source sites to list")
     args = parser.parse_args(argv)
+    baseline = args.baseline_bytes
+    sidecar = baseline_path(args.snapshot)
     try:
+        if baseline is None and sidecar.is_file():
+            baseline = int(json.loads(sidecar.read_text())["baseline_bytes"])
         with open(args.snapshot, "rb") as f:
             snapshot = pickle.load(f)
-        summary = summarize_snapshot(snapshot, args.baseline_bytes, args.device, args.top)
-    except (OSError, pickle.UnpicklingError, ValueError, EOFError) as e:
+        summary = summarize_snapshot(snapshot, baseline or 0, args.device, args.top)
+    except (OSError, pickle.UnpicklingError, ValueError, EOFError, KeyError) as e:
         parser.exit(1, f"{args.snapshot}: cannot summarize memory snapshot: {e}\n")
+    if baseline is None:
+        print(f"(no {sidecar.name} beside the snapshot and no --baseline-bytes: memory allocated before "
+              "recording, parameters and optimizer state, is not in the peak)")
     print(format_summary(summary))
     return 0
 

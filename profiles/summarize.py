@@ -158,10 +158,31 @@ def _top(timed: list[tuple[str, str, float]]) -> list[dict]:
     return [{"name": n[:160], "category": c, "us": us, "calls": calls} for n, (c, us, calls) in ranked]
 
 
+def _step_span(events: list[dict]) -> tuple[float, float] | None:
+    """First start and last end of the host's ProfilerStep#N ranges (torch.profiler opens one per
+    step, back to back), or None in a trace without them."""
+    steps = [e for e in events if e.get("cat") == "user_annotation" and e["name"].startswith("ProfilerStep#")]
+    if not steps:
+        return None
+    return min(e["ts"] for e in steps), max(e["ts"] + e["dur"] for e in steps)
+
+
+def _window(spans: list[tuple[float, float]], steps: tuple[float, float] | None) -> float:
+    """The traced window: the profiled steps' span, widened to any work that ran past it (kernels
+    still running when the last step's host side ended). Without step ranges, first to last span:
+    then a wait before the first op or after the last one (a data loader's) is not in the window."""
+    start, end = min(s for s, _ in spans), max(e for _, e in spans)
+    if steps is not None:
+        start, end = min(start, steps[0]), max(end, steps[1])
+    return end - start
+
+
 def _gpu_summary(events: list[dict]) -> dict:
     """Kernel and copy time by category over the traced window. Kernels of several streams that ran at
     once (a prefetcher's copies beside the step's kernels) share the overlapping time, so the
-    categories and idle add up to the window; `overlap_us` is how long two or more ran at once."""
+    categories and idle add up to the window; `overlap_us` is how long two or more ran at once. Idle
+    includes the device's wait before its first kernel of a step (data, launch) where the trace has
+    the steps' host ranges."""
     gpu = [e for e in events if e.get("cat") in GPU_CATS]
     timed, spans = [], []
     for e in gpu:
@@ -169,7 +190,7 @@ def _gpu_summary(events: list[dict]) -> dict:
         timed.append((e["name"], cat, e["dur"]))
         spans.append((e["ts"], e["ts"] + e["dur"], cat))
     cats, overlap_us = _shared_time(spans)
-    window = max(e for _, e, _ in spans) - min(s for s, _, _ in spans)
+    window = _window([(s, e) for s, e, _ in spans], _step_span(events))
     cats["idle"] = max(0.0, window - _union_length([(s, e) for s, e, _ in spans]))
     return {"device": "cuda", "total_us": window, "categories": cats, "overlap_us": overlap_us,
             "top": _top(timed)}
@@ -224,7 +245,7 @@ def _cpu_summary(events: list[dict]) -> dict:
         cats[cat] += self_us
         timed.append((op["name"], cat, self_us))
     spans = [(e["ts"], e["ts"] + e["dur"]) for e in ops]
-    window = max(e for _, e in spans) - min(s for s, _ in spans)
+    window = _window(spans, _step_span(events))
     threads = len({(e.get("pid"), e.get("tid")) for e in ops})
     # Several threads may run ops at once: idle is the main window not covered by any op.
     cats["idle"] = max(0.0, window - _union_length(spans))

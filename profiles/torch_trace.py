@@ -5,7 +5,8 @@ Called by `segbench profile` (bench.profile) in a case process of its own, never
 - trace.json.gz: Chrome trace of the active steps (chrome://tracing, Perfetto)
 - key_averages.txt: the operator table, sorted by device (or CPU) time
 - summary.json: time by category (profiles.summarize), which the report shows
-- memory_snapshot.pickle: with `memory` on CUDA (https://pytorch.org/memory_viz)
+- memory_snapshot.pickle: with `memory` on CUDA (https://pytorch.org/memory_viz), memory_snapshot.json
+  (the memory allocated before recording) and memory_summary.txt (what was live at the peak)
 `capture_nsys` runs the steps with cudaProfilerStart/Stop around the active ones, for
 `nsys profile --capture-range=cudaProfilerApi` (profiles.nsys).
 """
@@ -37,14 +38,17 @@ def capture_torch(step, device, cfg: dict, out: Path) -> dict:
     """Profile `step` on a wait/warmup/active schedule; returns the category summary."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    from profiles.memory import record_memory_history
+    from profiles.memory import baseline_path, record_memory_history
     from profiles.summarize import format_summary, summarize_trace
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     trace = out / "trace.json.gz"
     partial = out / "trace.partial.json.gz"  # a step that raises still exports: not under the real name
-    for old in (trace, partial, out / "summary.json", out / "key_averages.txt"):  # no earlier capture's
-        old.unlink(missing_ok=True)  # summary beside this one's trace, should this one fail
+    snapshot = out / "memory_snapshot.pickle"
+    earlier = (trace, partial, out / "summary.json", out / "key_averages.txt", snapshot,
+               baseline_path(snapshot), out / "memory_summary.txt")
+    for old in earlier:  # no earlier capture's summary or snapshot beside this one's trace
+        old.unlink(missing_ok=True)
 
     def export(prof) -> None:
         prof.export_chrome_trace(str(partial))
@@ -53,13 +57,13 @@ def capture_torch(step, device, cfg: dict, out: Path) -> dict:
     if cfg.get("memory") and device.type != "cuda":
         print("--memory: the memory snapshot records the CUDA caching allocator; none on the CPU")
     memory = (
-        record_memory_history(out / "memory_snapshot.pickle", max_entries=200_000)
+        record_memory_history(snapshot, max_entries=200_000)
         if cfg.get("memory") and device.type == "cuda"
         else contextlib.nullcontext()
     )
     done = False
     try:
-        with memory, profile(
+        with memory as recording, profile(
             activities=activities,
             schedule=schedule(wait=cfg["wait"], warmup=cfg["warmup"], active=cfg["active"], repeat=1),
             on_trace_ready=export,
@@ -79,6 +83,13 @@ def capture_torch(step, device, cfg: dict, out: Path) -> dict:
     summary = summarize_trace(trace, steps=cfg["active"])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
+    if recording is not None:
+        from profiles import memory as snapshots
+
+        at_peak = snapshots.summarize_snapshot(recording.snapshot, recording.baseline_bytes)
+        peak = snapshots.format_summary(at_peak)
+        (out / "memory_summary.txt").write_text(peak + "\n")
+        print(peak)
     return summary
 
 

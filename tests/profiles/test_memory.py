@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -70,6 +71,30 @@ def test_cli_reads_a_pickle_and_names_a_bad_file(tmp_path, capsys):
     assert "truncated.pickle" in capsys.readouterr().err
 
 
+def test_a_block_counts_as_freed_when_its_free_is_requested_as_memory_allocated_counts_it():
+    """A block used on a side stream (record_stream) completes its free later; the allocator's
+    allocated bytes, and so the peak, drop at the request."""
+    events = [("alloc", 0x1, 1000, [MODEL, STEP]), ("free_requested", 0x1, 1000, []),
+              ("alloc", 0x2, 1000, [MODEL, STEP]), ("free_completed", 0x1, 1000, []),
+              ("free_requested", 0x900, 50, []), ("free_completed", 0x900, 50, []),  # from before recording
+              ("alloc", 0x1, 300, [MODEL, STEP])]  # the address again, after its free completed
+    trace = {"device_traces": [[dict(action=a, addr=addr, size=s, frames=f) for a, addr, s, f in events]]}
+    summary = memory.summarize_snapshot(trace, baseline_bytes=100)
+    assert summary.peak_bytes == 100 + 1000 - 50 + 300 and summary.peak_event == 6
+    assert summary.by_category == {memory.BEFORE: 50, "forward": 1300}
+
+
+def test_cli_takes_the_baseline_from_the_json_beside_the_snapshot(tmp_path, capsys):
+    snapshot = tmp_path / "memory_snapshot.pickle"
+    snapshot.write_bytes(pickle.dumps(_trace()))
+    assert memory.main([str(snapshot)]) == 0
+    assert "not in the peak" in capsys.readouterr().out  # no baseline: said so
+    memory.baseline_path(snapshot).write_text('{"baseline_bytes": 1000, "peak_bytes": 2200}')
+    assert memory.main([str(snapshot)]) == 0
+    out = capsys.readouterr().out
+    assert f"{(1000 - 50 + 400 + 300 + 500) / 2**30:8.3f} GiB" in out and "not in the peak" not in out
+
+
 @pytest.mark.gpu
 def test_records_a_cuda_step(tmp_path):
     import torch
@@ -79,5 +104,7 @@ def test_records_a_cuda_step(tmp_path):
         layer(torch.randn(4096, 256, device="cuda")).square().sum().backward()
     summary = memory.summarize_snapshot(rec.snapshot, rec.baseline_bytes)
     assert (tmp_path / "step.pickle").is_file()
+    sidecar = json.loads(memory.baseline_path(tmp_path / "step.pickle").read_text())
+    assert sidecar["baseline_bytes"] == rec.baseline_bytes > 0  # the layer's weights
     assert summary.by_category.get("forward", 0) > 0
     assert abs(summary.peak_bytes - rec.peak_bytes) <= 0.1 * rec.peak_bytes

@@ -89,6 +89,23 @@ def test_cpu_summary_uses_self_time_of_nested_ops(tmp_path):
     assert s["categories"]["convolution"] == 80 and s["categories"]["idle"] == 20
 
 
+def test_the_window_is_the_profiled_steps_with_their_waits_before_the_first_op(tmp_path):
+    """A data loader's wait before a step's first op (CPU) or a device's wait before its first kernel
+    (CUDA) is idle time of the step: the window is the ProfilerStep ranges, not first to last op."""
+    steps = [{"ph": "X", "cat": "user_annotation", "name": f"ProfilerStep#{i}", "ts": 1000 * i, "dur": 1000,
+              "pid": 1, "tid": 1} for i in (3, 4)]
+    cpu = [{"ph": "X", "cat": "cpu_op", "name": "aten::convolution", "ts": 1000 * i + 600, "dur": 300,
+            "pid": 1, "tid": 1} for i in (3, 4)]
+    s = summarize_trace(_write(tmp_path / "cpu.json.gz", steps + cpu), steps=2)
+    assert s["total_us"] == 2000 and s["window_us"] == 2000
+    assert s["categories"]["convolution"] == 600 and s["categories"]["idle"] == 1400
+    kernels = [{"ph": "X", "cat": "kernel", "name": "sm90_xmma_fprop_implicit_gemm", "ts": 1000 * i + 500,
+                "dur": 500} for i in (3, 4)]
+    kernels[-1]["dur"] = 700  # still running after the last step's host side ended
+    s = summarize_trace(_write(tmp_path / "gpu.json.gz", steps + cpu + kernels), steps=2)
+    assert s["total_us"] == 2200 and s["categories"]["idle"] == 1000
+
+
 def test_nsys_command_captures_the_profiler_range():
     cmd = nsys_command(["python", "-m", "bench.profile", "spec.json", "out"], Path("out/nsys"))
     assert cmd[:2] == ["nsys", "profile"]
