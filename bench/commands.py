@@ -327,9 +327,9 @@ def run_profile(args: argparse.Namespace) -> int:
     from bench.config import SuiteError
     from bench.profile import profile_case
 
-    if args.active < 1 or args.warmup < 0:
-        print(f"segbench profile: --active {args.active} --warmup {args.warmup}: record at least one step, "
-              "drop none or more", file=sys.stderr)
+    if args.active < 1 or args.warmup < 0 or args.wait < 0:
+        print(f"segbench profile: --wait {args.wait} --warmup {args.warmup} --active {args.active}: "
+              "record at least one step, skip and warm up none or more", file=sys.stderr)
         return 2
     try:
         return profile_case(args)

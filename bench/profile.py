@@ -66,6 +66,10 @@ def profile_case(args: argparse.Namespace) -> int:
     except Unavailable as err:
         print(f"segbench profile: {args.variant} is unavailable here: {err}", file=sys.stderr)
         return 2
+    if args.nsys and spec["device"] != "cuda":
+        print(f"segbench profile: --nsys traces CUDA kernels and this case runs on {spec['device']}: use "
+              "--device cuda, or leave out --nsys for a torch.profiler trace", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
@@ -74,9 +78,9 @@ def profile_case(args: argparse.Namespace) -> int:
         spec["profile"]["nsys"] = True
         spec_path.write_text(json.dumps(spec, indent=1))
         command = nsys_command(child, out / "nsys")
-        if spec["device"] != "cuda" or not nsys_available():
-            why = "nsys is not on PATH" if spec["device"] == "cuda" else "Nsight Systems needs --device cuda"
-            print(f"{why}; on a machine with Nsight Systems run:\n{render(command)}")
+        if not nsys_available():  # the spec is written: the command runs it once nsys is installed
+            print(f"nsys is not on PATH; with Nsight Systems installed (or its bin/ on PATH), run here:\n"
+                  f"{render(command)}")
             return 0
         child = command
     print(f"profiling {spec['workload']}/{spec['variant']} on {spec['device']} -> {out}")

@@ -163,21 +163,14 @@ def test_profile_cli_on_cpu_writes_trace_table_summary_and_report(tmp_path):
     assert (run / "figures" / "trace_breakdown.png").is_file()
 
 
-def test_profile_nsys_without_cuda_prints_the_command(tmp_path):
-    proc = _segbench(
-        "profile",
-        "--suite",
-        str(TINY),
-        "--workload",
-        "train_step",
-        "--variant",
-        "fp32",
-        "--out",
-        str(tmp_path),
-        "--nsys",
-    )
-    assert proc.returncode == 0
-    assert "nsys profile --capture-range=cudaProfilerApi" in proc.stdout
+def test_profile_nsys_of_a_cpu_case_and_a_negative_wait_are_one_line_each(tmp_path):
+    common = ["profile", "--suite", str(TINY), "--workload", "train_step", "--variant", "fp32", "--out",
+              str(tmp_path)]
+    proc = _segbench(*common, "--nsys")  # the tiny suite runs on the CPU: nothing for nsys to capture
+    assert proc.returncode == 2 and "--nsys traces CUDA kernels" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "profiles").exists()
+    proc = _segbench(*common, "--wait", "-1")
+    assert proc.returncode == 2 and "--wait -1" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_profile_of_an_unavailable_variant_says_why(tmp_path):
