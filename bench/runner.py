@@ -7,6 +7,7 @@ appended (and flushed) the moment it is known, so a run cut short keeps what it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -58,7 +59,8 @@ def _wait_case(spec_path: Path, result_path: Path, log_path: Path, env: dict, ti
             proc.wait()
             return None
         except BaseException:  # Ctrl-C never reaches the case's own session: end it with the runner
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may have ended while wait() was stopped
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
 
@@ -259,8 +261,6 @@ def run_suite(
         device, data_dir = resumed_inputs(out, old_env, device, data_dir)
     asked = "--device" if device else f"suite {suite.name}'s device"  # for the calibration's error
     device = device or suite.device
-    if not resume and (out / "results.jsonl").is_file():
-        _clear_old_run(out)
     out.mkdir(parents=True, exist_ok=True)
     done = {(r["workload"], r["variant"]) for r in kept}
     cases = [
@@ -283,18 +283,26 @@ def run_suite(
         "goals": [asdict(g) for g in suite.goals],
     }
     # Calibrate first: a device that cannot run (--device cuda without a GPU) leaves only the
-    # calibration log behind, not an env.json and an empty results.jsonl that look like a run.
+    # calibration log behind, not an env.json and an empty results.jsonl that look like a run, and
+    # an earlier run in the folder as it was.
     calib = run_case_process({"kind": "calibrate", "device": device}, out / "cases", "calibrate", 300)
     if calib.get("status") != "ok":
         raise BenchError(f"cannot measure the {device} device ({asked}): {calib.get('error')} (log: "
                          f"{out / calib['log']})")
+    if not resume and (out / "results.jsonl").is_file():
+        _clear_old_run(out)
     (out / "figures").mkdir(exist_ok=True)
     calibration = {k: v for k, v in calib.items() if k not in ("status", "log", "case_wall_s")}
     env["calibration"] = calibration
     if old_env is not None:  # the run's own facts stay; the resume is one more entry
         check_machine(out, old_env, env)
         resumed = {k: env[k] for k in ("time_utc", "command", "git", "calibration")}
-        env = {**old_env, "resumed": [*old_env.get("resumed", []), {**resumed, "cases": len(cases)}]}
+        # workloads the suite gained since (their rows' settings, for the next resume's check), and
+        # the suite's goals and anchors as they are now (the report judges the rows by them)
+        fingerprints = {**old_env.get("workload_fingerprints", {}), **env["workload_fingerprints"]}
+        resumes = [*old_env.get("resumed", []), {**resumed, "cases": len(cases)}]
+        env = {**old_env, "workload_fingerprints": fingerprints, "goals": env["goals"],
+               "anchors": env["anchors"], "resumed": resumes}
     write_json_atomic(out / "env.json", env, indent=2)
     results = Results(out / "results.jsonl", keep=kept)
 

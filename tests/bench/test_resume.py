@@ -141,6 +141,24 @@ def test_resume_keeps_a_case_s_own_timeout_and_refuses_a_workload_changed_since(
         run_suite(suite, run, resume=True, report=False)
 
 
+def test_a_resume_records_workloads_and_goals_the_suite_gained_so_the_next_resume_checks_them(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    run = tmp_path / "run"
+    run_suite(suite, run, only=["norm/fp32"], report=False)
+    second = SUITE + SUITE[SUITE.index("[[workload]]"):].replace('name = "norm"', 'name = "norm2"')
+    goal = '\n[[goal]]\ncase = "norm2/bf16"\nmax_s_per_iter = 1.0\n'
+    suite.write_text(second + goal)
+    run_suite(suite, run, resume=True, only=["norm2/fp32"], report=False)
+    env = json.loads((run / "env.json").read_text())
+    assert set(env["workload_fingerprints"]) == {"norm", "norm2"}
+    assert [g["case"] for g in env["goals"]] == ["norm2/bf16"]  # the report judges by the suite as it is
+    head, tail = second.rsplit("[1, 4, 8, 8, 8]", 1)  # norm2's shape
+    suite.write_text(head + "[1, 4, 8, 8, 4]" + tail + goal)
+    with pytest.raises(BenchError, match="workload\\(s\\) norm2 of .* changed"):
+        run_suite(suite, run, resume=True, only=["norm2/bf16"], report=False)
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_cuda_suite_on_a_machine_without_one_names_where_cuda_came_from(tmp_path):
     suite = tmp_path / "suite.toml"
@@ -151,6 +169,12 @@ def test_a_cuda_suite_on_a_machine_without_one_names_where_cuda_came_from(tmp_pa
     with pytest.raises(BenchError, match="\\(--device\\)"):
         run_suite(tmp_path / "suite.toml", tmp_path / "run2", device="cuda", report=False)
     assert not (tmp_path / "run" / "figures").exists() and not (tmp_path / "run" / "results.jsonl").exists()
+    suite.write_text(SUITE)
+    run_suite(suite, tmp_path / "old", only=["norm/fp32"], report=False)
+    with pytest.raises(BenchError, match="cannot measure the cuda device"):
+        run_suite(suite, tmp_path / "old", device="cuda", report=False)
+    assert set(_rows(tmp_path / "old")) == {"fp32"}  # the run in the folder stays as it was
+    assert (tmp_path / "old" / "env.json").is_file()
 
 
 def test_a_case_the_budget_stopped_says_so_and_results_lines_are_strict_json(tmp_path, monkeypatch):
