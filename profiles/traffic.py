@@ -28,6 +28,7 @@ _NO_TRAFFIC = frozenset(
 )
 # first match wins: the op's name (overload packet) contains the key
 CATEGORIES = (
+    ("elementwise", ("upsample",)),  # upsample_trilinear3d is no "linear"
     ("attention", ("attention",)),
     ("conv", ("convolution", "conv")),
     ("matmul", ("mm", "linear", "matmul", "baddbmm")),
@@ -50,13 +51,25 @@ def _bytes(tree) -> int:
     return sum(t.numel() * t.element_size() for t in tree_leaves(tree) if isinstance(t, torch.Tensor))
 
 
-def _mutated_bytes(func, args: tuple, kwargs: dict) -> int:
-    """Bytes of the arguments `func`'s schema marks as written (Tensor(a!) / Tensor(a!)[])."""
-    total = 0
+# in-place ops that overwrite their tensor without reading it
+_WRITE_ONLY = frozenset(
+    "copy_ zero_ fill_ _foreach_zero_ _foreach_copy_ uniform_ normal_ bernoulli_ random_ exponential_ "
+    "geometric_ cauchy_ log_normal_".split()
+)
+
+
+def _argument_bytes(func, args: tuple, kwargs: dict) -> tuple[int, int]:
+    """(bytes read, bytes of the arguments `func`'s schema marks as written: Tensor(a!) / Tensor(a!)[]).
+    A written argument is also read unless it is an `out=` argument or the op only overwrites it."""
+    read = written = 0
     for i, arg in enumerate(func._schema.arguments):
+        size = _bytes(args[i] if i < len(args) else kwargs.get(arg.name))
         if arg.alias_info is not None and arg.alias_info.is_write:
-            total += _bytes(args[i] if i < len(args) else kwargs.get(arg.name))
-    return total
+            written += size
+            if arg.kwarg_only or func.overloadpacket.__name__ in _WRITE_ONLY:
+                continue
+        read += size
+    return read, written
 
 
 @dataclass
@@ -86,13 +99,13 @@ class OpTraffic(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in _NO_TRAFFIC:
             return out
+        read, written = _argument_bytes(func, args, kwargs)
         if any(isinstance(t, torch.Tensor) for t in tree_leaves(out)):
-            moved = _bytes((args, kwargs)) + _bytes(out)
-        else:  # in-place ops that return nothing (fused AdamW, _foreach_*_): they write what they mutate
-            written = _mutated_bytes(func, args, kwargs)
-            if not written:  # metadata queries
-                return out
-            moved = _bytes((args, kwargs)) + written
+            moved = read + _bytes(out)  # an in-place op's output is the argument it wrote
+        elif written:  # in-place ops that return nothing (fused AdamW, _foreach_*_)
+            moved = read + written
+        else:  # metadata queries
+            return out
         t, cat = self.traffic, category(name)
         t.bytes_moved += moved
         t.ops += 1

@@ -32,6 +32,22 @@ def test_categories():
     assert category("_scaled_dot_product_efficient_attention_backward") == "attention"
     assert category("native_layer_norm") == "norm" and category("addmm") == "matmul"
     assert category("index_select") == "layout/copy" and category("gelu") == "elementwise"
+    assert category("upsample_trilinear3d") == category("upsample_trilinear3d_backward") == "elementwise"
+
+
+def test_an_op_that_only_overwrites_its_argument_is_not_counted_as_reading_it():
+    """copy_ reads its source and writes its destination; zero_ and fill_ only write; add_ reads both
+    and writes one; an out= argument is written, not read."""
+    with FakeTensorMode():
+        x, y = torch.empty(1, 4, 8, 8, 8), torch.empty(1, 4, 8, 8, 8)
+        steps = {"copy_": lambda: x.copy_(y), "zero_": x.zero_, "fill_": lambda: x.fill_(1.0),
+                 "add_": lambda: x.add_(y), "add": lambda: torch.add(x, y, out=x),
+                 "_foreach_zero_": lambda: torch._foreach_zero_([x])}
+        for name, step in steps.items():
+            with OpTraffic() as counter:
+                step()
+            expected = {"copy_": 2, "zero_": 1, "fill_": 1, "add_": 3, "add": 3, "_foreach_zero_": 1}[name]
+            assert counter.traffic.by_op_bytes == {name: expected * MAP}, name
 
 
 def test_footprint_carries_the_step_traffic_and_slicing_costs_more_than_split():
