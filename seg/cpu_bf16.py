@@ -24,11 +24,11 @@ import contextlib
 import functools
 import sys
 import weakref
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-from torch.func import functional_call
 from tqdm import tqdm
 
 from seg.train.checkpoint import bare_module
@@ -95,6 +95,33 @@ def affected(precision: str, x: torch.Tensor) -> bool:
 _RISKY: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], bool]] = weakref.WeakKeyDictionary()
 
 
+@contextlib.contextmanager
+def _faked(model: nn.Module, mode: FakeTensorMode) -> Iterator[None]:
+    """Parameters and buffers (non-persistent ones too) as fakes inside the block, the real ones back
+    after it: a module caching something keyed by a real parameter (the fast SwinUNETR's attention
+    biases) must not keep a fake. Module by module, not torch.func.functional_call, which leaves fakes
+    behind in a module registered under two names (DynUNet's skip_layers hold its blocks again)."""
+    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    fakes: dict[int, torch.Tensor] = {}  # one fake per real tensor, shared where the model shares
+
+    def fake(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        if id(t) not in fakes:
+            fakes[id(t)] = mode.from_tensor(t)
+        return fakes[id(t)]
+
+    try:
+        for m, params, buffers in saved:
+            m._parameters.update({k: fake(v) for k, v in params.items()})
+            m._buffers.update({k: fake(v) for k, v in buffers.items()})
+        yield
+    finally:
+        for m, params, buffers in saved:
+            m._parameters.update(params)
+            m._buffers.update(buffers)
+
+
 def has_two_wide_conv(model: nn.Module, x: torch.Tensor) -> bool:
     """Whether a trainable stride-1 Conv3d (kernel > 1) of `model` sees a 2-voxel-wide map for an
     input shaped like `x` — where the bug strikes (measured: 2³ and 2×2×4 maps, 17+ channels or
@@ -115,12 +142,8 @@ def has_two_wide_conv(model: nn.Module, x: torch.Tensor) -> bool:
         was_training = model.training
         try:
             model.eval()  # no running-stat updates
-            # parameters and buffers (non-persistent ones too) as fakes: a module caching something
-            # keyed by a real parameter (the fast SwinUNETR's attention biases) must not keep a fake
-            with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
-                tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-                fakes = {k: mode.from_tensor(v) for k, v in tensors.items()}
-                functional_call(model, fakes, (mode.from_tensor(x),))
+            with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad(), _faked(model, mode):
+                model(mode.from_tensor(x))
             seen[shape] = any(hits)
         except RuntimeError:  # a model fake tensors cannot run (data-dependent shapes): assume the worst
             seen[shape] = True

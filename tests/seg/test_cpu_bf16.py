@@ -113,3 +113,22 @@ def test_probe_covers_non_persistent_buffers_and_assumes_the_worst_when_fakes_ca
     assert cpu_bf16.has_two_wide_conv(Net(False), torch.zeros(1, 4, 2, 2, 2))
     assert not cpu_bf16.has_two_wide_conv(Net(False), torch.zeros(1, 4, 4, 4, 4))
     assert cpu_bf16.has_two_wide_conv(Net(True), torch.zeros(1, 4, 4, 4, 4))  # could not look: guard
+
+
+def test_the_probe_gives_back_the_real_weights_of_blocks_registered_twice():
+    """DynUNet holds its blocks again under skip_layers: torch.func.functional_call left fakes in
+    them, and the next bf16 training step ran on fake weights."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from seg.models import build
+
+    model = build("dynunet", filters=[8, 16, 32], kernel_size=[3] * 3, strides=[1, 2, 2],
+                  upsample_kernel_size=[2] * 2)
+    tensors = [*model.parameters(), *model.buffers()]
+    owners = {name: (id(m), dict(m._parameters)) for name, m in model.named_modules(remove_duplicate=False)}
+    assert cpu_bf16.has_two_wide_conv(model, torch.zeros(1, 4, 8, 8, 8))
+    assert all(a is b for a, b in zip([*model.parameters(), *model.buffers()], tensors, strict=True))
+    for name, m in model.named_modules(remove_duplicate=False):
+        assert owners[name] == (id(m), dict(m._parameters)), name
+    y = model(torch.randn(1, 4, 16, 16, 16))
+    assert not isinstance(y, FakeTensor) and torch.isfinite(y).all()
