@@ -115,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"fg_fraction {self.fg_fraction}: a share of the patches, in [0, 1]")
         if self.fg_fraction > 0 and self.patch is None:
             raise ValueError("fg_fraction chooses where patches are cropped: give --patch too")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(f"max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:

@@ -140,9 +140,6 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         data_dir, val_ids, 1, train=False, workers=min(cfg.workers, 2),
         distributed=layout.distributed, pin_memory=device.type == "cuda",
     )
-    if layout.is_main:  # only now: a run refused above (bad option, missing case) leaves no folder
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {"config": asdict(cfg), "world_size": layout.world_size})
     micro_per_epoch = len(train_loader)
     if cfg.max_steps_per_epoch is not None:
         micro_per_epoch = min(micro_per_epoch, cfg.max_steps_per_epoch * cfg.accum)
@@ -157,6 +154,13 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     if state is not None:
         if state["model_name"] != cfg.model:
             raise ValueError(f"{last_path} trained model {state['model_name']!r}, not {cfg.model!r}")
+        stored_fold = (state.get("config") or {}).get("fold")
+        if stored_fold != cfg.fold:  # other training and validation cases: best.pt's Dice would mix two
+            def split(fold: int | None) -> str:
+                return "the main split" if fold is None else f"fold {fold}"
+
+            raise ValueError(f"{last_path} trained on {split(stored_fold)}, not {split(cfg.fold)}: resume "
+                             "with the same --fold")
         if layout.is_main:
             _note_speed_changes(last_path, state.get("config") or {}, cfg)
         ckpt.load_weights(model, state["model"], last_path)
@@ -176,6 +180,11 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         best_epoch = state.get("best_epoch", 0)
         rows = [r for r in read_log(out / "log.csv") if r["epoch"] <= start_epoch]
         del state
+
+    if layout.is_main:  # only now: a run refused above (bad option, missing case, a checkpoint that does
+        # not fit) leaves no folder, or its config.json as it was (a resume takes its settings from there)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {"config": asdict(cfg), "world_size": layout.world_size})
 
     # `model` stays the bare module (validation, checkpoints); `train_model` is what steps.
     # torch.compile goes inside DDP, as PyTorch advises ("Where to apply torch.compile?"): dynamo

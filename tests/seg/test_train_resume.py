@@ -163,3 +163,11 @@ def test_a_resume_keeps_the_run_s_lr_weight_decay_and_epochs_unless_given_again(
     _finish(_start(again, tmp_path / "c.err"), tmp_path / "c.err")
     assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 3
     assert load_checkpoint(run / "last.pt")["epoch"] == 3
+    # a resume refused (another fold's cases) leaves config.json, where the next resume's settings
+    # come from, as it was
+    stored = (run / "config.json").read_text()
+    refused = _command(data_dir, run, "--resume", "--fold", "0")
+    refused[refused.index("--lr") + 1] = "7"
+    proc = subprocess.run(refused, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "trained on the main split, not fold 0" in proc.stderr
+    assert (run / "config.json").read_text() == stored
