@@ -87,7 +87,8 @@ def recompute(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     """Checkpoint the submodules of `model` that `patterns` select, in place; returns their names.
 
     ValueError when a pattern selects nothing, a module that works in place on its input (an
-    `inplace=True` activation), or a module that is not run through its `forward` (a container such
+    `inplace=True` activation), one holding batch-norm running statistics (updated again by the
+    recomputation), or a module that is not run through its `forward` (a container such
     as ModuleList, or a block that seg.swin_fast calls through `forward_tokens`: checkpoint those
     with the model's own switch, e.g. SwinUNETR use_checkpoint / variant `ckpt`).
     """
@@ -100,6 +101,11 @@ def recompute(model: nn.Module, patterns: Iterable[str]) -> list[str]:
         if getattr(module, "inplace", False):  # it would overwrite the input the checkpoint keeps
             raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) works in place on its "
                              "input; checkpoint the block around it instead")
+        stats = [f"{name}.{sub}" if sub else name for sub, m in module.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if stats:  # the recomputation would update them a second time each step
+            raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) holds batch norm running "
+                             f"statistics ({', '.join(stats[:3])}); checkpoint blocks without them")
         if getattr(module, "fast_entry", None):
             raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) runs through "
                              f"{module.fast_entry}, not forward, on the fast path: use the model's own "

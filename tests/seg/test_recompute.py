@@ -68,7 +68,12 @@ def test_patterns_select_the_outermost_modules_and_bad_ones_are_named():
     # backward would fail with "modified by an inplace operation" (DynUNet's LeakyReLUs are in place)
     with pytest.raises(ValueError, match=r"input_block.lrelu \(LeakyReLU\) works in place on its input"):
         recompute(model, ["*.lrelu"])
-    assert recomputed_modules(model) == []  # a refused call changes nothing
+    # the recomputation would update the running statistics a second time
+    batch = build("dynunet", **TINY_DYN, norm_name="batch")
+    with pytest.raises(ValueError, match=r"input_block \(UnetBasicBlock\) holds batch norm running "
+                                         r"statistics \(input_block.norm1, input_block.norm2\)"):
+        recompute(batch, ["input_block"])
+    assert recomputed_modules(model) == recomputed_modules(batch) == []  # a refused call changes nothing
     swin = apply_speed_options(build("swinunetr", preset="paper", feature_size=12), fast=True)
     with pytest.raises(SpeedOptionError, match="runs through forward_tokens.*use_checkpoint"):
         apply_speed_options(swin, checkpoint_modules=("swinViT.layers1.0.blocks.0",))
