@@ -25,8 +25,10 @@ def case_id(path: str | Path) -> str:
     return _ID.match(stem)["id"]
 
 
-def label_files(path: str | Path) -> dict[str, Path]:
-    """{case id: file} for one NIfTI or every label map below a folder."""
+def label_files(path: str | Path, predictions: bool = False) -> dict[str, Path]:
+    """{case id: file} for one NIfTI or every label map below a folder. With `predictions`, a folder
+    holding `segbench infer`'s `<id>_pred` files gives those (predictions written beside raw cases
+    must not be passed over for the cases' own seg files)."""
     path = Path(path)
     if path.is_file():
         return {case_id(path): path}
@@ -35,7 +37,10 @@ def label_files(path: str | Path) -> dict[str, Path]:
     from seg.data.cases import discover, nifti_files  # nifti_files: discover's walk (follows links)
 
     files = [p for p in nifti_files(path) if _NIFTI.search(p.name)]
-    segs = [p for p in files if re.search(r"[_-]seg$", _NIFTI.sub("", p.name))]
+    suffix = r"[_-]seg$"
+    if predictions and any(re.search(r"_pred$", _NIFTI.sub("", p.name)) for p in files):
+        suffix = r"_pred$"
+    segs = [p for p in files if re.search(suffix, _NIFTI.sub("", p.name))]
     # a raw-case folder: only its seg files are label maps, never a case's images
     images = {f for case in discover(path) for f in case.images}
     found: dict[str, Path] = {}
@@ -156,7 +161,7 @@ def evaluate_paths(
     from seg import metrics
 
     unlabelled = image_only_cases(ref)
-    preds = label_files(pred)
+    preds = label_files(pred, predictions=True)
     try:
         refs = label_files(ref)
     except FileNotFoundError:
@@ -164,7 +169,7 @@ def evaluate_paths(
             raise
         refs = {}  # only image-only cases: every prediction is skipped below
     notes = []
-    if len(preds) == 1 and len(refs) == 1:  # two single files: pair them whatever their names
+    if Path(pred).is_file() and Path(ref).is_file():  # two single files: pair them whatever their names
         (pred_id, pred_file), (ref_id, ref_file) = next(iter(preds.items())), next(iter(refs.items()))
         if pred_id != ref_id:  # allowed (renamed files), but a mix-up scores the wrong case silently
             notes.append(f"scoring {pred_file} against {ref_file}: their case ids differ ({pred_id}, "

@@ -244,6 +244,14 @@ def test_eval_skips_predictions_of_image_only_cases_and_never_reads_images_as_la
     assert main(["eval", "--pred", pred, "--ref", str(image_only), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "skipped 1 image-only case(s)" in err and "t1c" not in err
+    # one prediction file against a folder holding one other case's seg: not paired with that case
+    assert main(["eval", "--pred", pred, "--ref", str(ref_dir), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "skipped 1 image-only case(s)" in err and "no prediction for case BraTS-GLI-00002-000" in err
+    # predictions written beside the raw cases: the _pred files are scored, not the seg files themselves
+    _save(labelled / "BraTS-GLI-00002-000_pred.nii.gz", np.zeros_like(ref))
+    assert main(["eval", "--pred", str(ref_dir), "--ref", str(ref_dir), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["cases"]["BraTS-GLI-00002-000"]["WT"]["dice"] == 0.0
 
 
 def test_eval_counts_voxels_and_both_empty_regions_and_scores_missing_cases_on_request(tmp_path, capsys):
