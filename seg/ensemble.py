@@ -85,8 +85,18 @@ def ensemble_case(paths: Sequence[Path], out_path: Path, min_et_mm3: float = 0.0
     return info
 
 
+# prep settings that leave the prepared grid as it is: models prepared with other intensities (the reason
+# to ensemble saved probabilities rather than run one infer) or stored in another format still average
+_NOT_GRID = ("format", "intensity", "window_min", "window_max", "zscore_clip")
+
+
 def _grid(meta: dict) -> dict:
-    return {k: v for k, v in meta.items() if k != "source"}
+    """What places the probabilities on the source: the case's prepared grid (crop, shapes, affines,
+    size, spacing), not its source's path."""
+    grid = {k: v for k, v in meta.items() if k != "source"}
+    if isinstance(grid.get("config"), dict):
+        grid["config"] = {k: v for k, v in grid["config"].items() if k not in _NOT_GRID}
+    return grid
 
 
 def ensemble_folders(

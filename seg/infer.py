@@ -311,7 +311,9 @@ def infer_folder(
     models, ckpts = load_ensemble(checkpoints, dev, cfg)
     prep_cfg = prep_config_of(ckpts[0])
     for path, ckpt in zip(checkpoints[1:], ckpts[1:], strict=True):
-        if prep_config_of(ckpt) != prep_cfg:
+        # each model sees the one input prepared here: the same grid and intensities (the storage format
+        # is not used by inference)
+        if dataclasses.replace(prep_config_of(ckpt), format=prep_cfg.format) != prep_cfg:
             raise ValueError(
                 f"{path}: prepared with {prep_config_of(ckpt)}, unlike {checkpoints[0]} ({prep_cfg})"
             )

@@ -213,6 +213,23 @@ def test_a_device_this_machine_lacks_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "p").exists()
 
 
+def test_an_infer_ensemble_takes_models_stored_in_another_format_but_not_other_intensities(tmp_path, capsys):
+    """One input is prepared for all the models: its grid and intensities must be each model's; the
+    storage format (pt32 / compact) never reaches inference."""
+    first, other = tmp_path / "a.pt", tmp_path / "b.pt"
+    _save_checkpoint(first, _tiny_unet(0))
+    (tmp_path / "empty").mkdir()
+    for change, refused in (({"format": "compact"}, False), ({"intensity": "zscore"}, True)):
+        _save_checkpoint(other, _tiny_unet(1))
+        state = torch.load(other, weights_only=False)
+        torch.save({**state, "prep": {**state["prep"], **change}}, other)
+        args = ["infer", "--checkpoint", str(first), str(other), "--src", str(tmp_path / "empty"), "--out",
+                str(tmp_path / "pred"), "--device", "cpu"]
+        assert main(args) != 0
+        err = capsys.readouterr().err
+        assert (f"{other}: prepared with" in err) == refused, err  # else it goes on to find no cases
+
+
 def test_ensemble_of_saved_probabilities_equals_one_infer_call(shared_data, tmp_path, capsys):
     src = tmp_path / "src"
     shutil.copytree(shared_data / "brats2021" / "BraTS2021_90001", src / "BraTS2021_90001")
@@ -254,8 +271,18 @@ def test_ensemble_of_saved_probabilities_equals_one_infer_call(shared_data, tmp_
     assert main(["infer", "--checkpoint", ckpts[0], "--out", str(tmp_path / "run0"), "--save-probabilities",
                  *common]) == 0
 
-    # probabilities of another target (or prepared grid) do not average: one line naming the file
+    # models prepared with other intensities or stored in another format average (the grid is one);
+    # another prepared grid does not
     probs_file = tmp_path / "run1" / "BraTS2021_90001_probs.pt"
+    saved = torch.load(probs_file, weights_only=True)
+    other = {**saved["meta"]["config"], "intensity": "zscore", "format": "compact"}
+    torch.save({**saved, "meta": {**saved["meta"], "config": other}}, probs_file)
+    assert main(ensemble) == 0
+    torch.save({**saved, "meta": {**saved["meta"], "crop_start": [0, 0, 0]}}, probs_file)
+    capsys.readouterr()
+    assert main(ensemble) == 1
+    assert f"{probs_file}: another prepared case or prep settings than" in capsys.readouterr().err
+    # probabilities of another target do not average: one line naming the file
     torch.save(dict(torch.load(probs_file, weights_only=True), target="regions"), probs_file)
     capsys.readouterr()
     assert main(ensemble) == 1
