@@ -20,6 +20,8 @@ Standard library only (tomllib), so `segbench bench --list` starts instantly.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,24 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     return field(default=default, metadata={"help": text}, **kwargs)
 
 
+def _check(bad: list[str]) -> None:
+    if bad:
+        raise ValueError(", ".join(bad))
+
+
+def _sizes(name: str, value: list | None, length: int) -> list[str]:
+    """[] when `value` is None or `length` whole numbers >= 1, else the complaint."""
+    whole = [v for v in value or () if isinstance(v, int) and not isinstance(v, bool) and v >= 1]
+    if value is None or len(value) == len(whole) == length:
+        return []
+    return [f"{name} = {value!r} ({length} whole numbers, each at least 1)"]
+
+
+def _at_least(obj: Any, **lows: int) -> list[str]:
+    return [f"{name} = {getattr(obj, name)} (at least {low})" for name, low in lows.items()
+            if getattr(obj, name) < low]
+
+
 @dataclass
 class Measure:
     warmup: int = _help("untimed steps after the first step, before timing", 3)
@@ -63,13 +83,10 @@ class Measure:
 
     def __post_init__(self) -> None:
         # a median of no steps, or a speedup from empty blocks, would fail only once the case has run
-        least = {"warmup": 0, "iters": 1, "repeats": 1, "block": 1, "parity_steps": 0, "profile_steps": 0,
-                 "seed": None}
-        bad = [f"{name} = {getattr(self, name)!r} (a whole number)" for name in least
-               if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool)]
-        bad += [f"{name} = {getattr(self, name)} (at least {low})" for name, low in least.items()
-                if low is not None and isinstance(getattr(self, name), int) and getattr(self, name) < low]
-        if isinstance(self.repeats, int) and self.repeats >= 1 and self.repeats % 2:
+        least = {"warmup": 0, "iters": 1, "repeats": 1, "block": 1, "parity_steps": 0, "profile_steps": 0}
+        bad = [f"{name} = {getattr(self, name)} (at least {low})" for name, low in least.items()
+               if getattr(self, name) < low]
+        if self.repeats >= 1 and self.repeats % 2:
             bad.append(f"repeats = {self.repeats} (an even number: block pairs AB BA … cancel a linear drift "
                        "only in twos)")
         if bad:
@@ -84,8 +101,16 @@ class TrainParams:
     batch: int = _help("samples per step", 1)
     lr: float = _help("AdamW learning rate", 1e-4)
 
+    def __post_init__(self) -> None:
+        _check(_sizes("shape", self.shape, 3) + _at_least(self, batch=1)
+               + ([] if self.lr > 0 else [f"lr = {self.lr} (above 0)"]))
+
 
 FOOTPRINT_STEPS = ("train", "infer", "infer_volume")
+
+
+def _overlap(overlap: float) -> list[str]:
+    return [] if 0 <= overlap < 1 else [f"overlap = {overlap} (a share of the window, in [0, 1))"]
 
 
 @dataclass
@@ -105,8 +130,10 @@ class FootprintParams(TrainParams):
     overlap: float = _help("infer_volume: sliding-window overlap", 0.5)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.step not in FOOTPRINT_STEPS:
             raise ValueError(f"step {self.step!r}: choose {', '.join(FOOTPRINT_STEPS)}")
+        _check(_sizes("volume", self.volume, 3) + _overlap(self.overlap))
 
 
 @dataclass
@@ -117,6 +144,10 @@ class E2EParams(TrainParams):
     workers: int = _help("DataLoader worker processes", 2)
     patch: list | None = _help("random crop size, or none for whole prepared volumes", None)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(_sizes("patch", self.patch, 3) + _at_least(self, workers=0))
+
 
 @dataclass
 class LoaderParams:
@@ -125,6 +156,9 @@ class LoaderParams:
     workers: int = _help("DataLoader worker processes", 2)
     patch: list | None = _help("random crop size, or none for whole prepared volumes", None)
     train: bool = _help("with the seed's training augmentations", True)
+
+    def __post_init__(self) -> None:
+        _check(_sizes("patch", self.patch, 3) + _at_least(self, batch=1, workers=0))
 
 
 @dataclass
@@ -137,12 +171,21 @@ class InferParams:
     sw_batch_size: int = _help("windows per forward", 4)
     mode: str = _help("window blending: gaussian or constant", "gaussian")
 
+    def __post_init__(self) -> None:
+        modes = ("gaussian", "constant")
+        _check(_sizes("volume", self.volume, 3) + _sizes("roi", self.roi, 3) + _overlap(self.overlap)
+               + _at_least(self, sw_batch_size=1)
+               + ([] if self.mode in modes else [f"mode = {self.mode!r} ({' or '.join(modes)})"]))
+
 
 @dataclass
 class NormParams:
     shape: list = _help("input shape (N, C, D, H, W)", [2, 32, 128, 128, 128])
     negative_slope: float = _help("LeakyReLU slope", 0.01)
     eps: float = _help("normalization epsilon", 1e-5)
+
+    def __post_init__(self) -> None:
+        _check(_sizes("shape", self.shape, 5) + ([] if self.eps > 0 else [f"eps = {self.eps} (above 0)"]))
 
 
 PARAMS: dict[str, type] = {
@@ -164,6 +207,11 @@ class DataSpec:
     shape: list = _help("synthetic volume shape", [96, 96, 64])
     size: int = _help("prepared cube size", 32)
     format: str = _help("prepared format: pt32 or compact", "pt32")
+
+    def __post_init__(self) -> None:
+        formats = ("pt32", "compact")
+        _check(_sizes("shape", self.shape, 3) + _at_least(self, cases=1, size=8)
+               + ([] if self.format in formats else [f"format = {self.format!r} ({' or '.join(formats)})"]))
 
 
 @dataclass
@@ -189,6 +237,13 @@ class Goal:
     min_speedup: dict = _help("'workload/variant' -> its median s/iter over this case's, at least", {})
     max_peak_gib: float | None = _help("peak memory at most this many GiB", None)
     max_parity: float | None = _help("parity max_rel_dev against the reference at most this", None)
+
+    def __post_init__(self) -> None:
+        limits = {"max_s_per_iter": self.max_s_per_iter, "max_peak_gib": self.max_peak_gib,
+                  "max_parity": self.max_parity}
+        limits.update({f"min_speedup {case}": value for case, value in self.min_speedup.items()})
+        _check([f"{key} = {value!r} (a number above 0)" for key, value in limits.items()
+                if value is not None and not (_conforms(value, float) and value > 0)])
 
 
 @dataclass
@@ -219,11 +274,48 @@ class Suite:
         )
 
 
-def _build(cls: type, values: dict, where: str) -> Any:
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a TOML value has the type a field declares (int is no bool, a float may be written 2)."""
+    if hint is Any:
+        return True
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_conforms(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(hint) or hint
+    if not isinstance(value, origin):
+        return False
+    return origin is not list or not args or all(_conforms(v, args[0]) for v in value)
+
+
+def _type_name(hint: Any) -> str:
+    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", list: "a list",
+             dict: "a table", type(None): "none"}
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " or ".join(_type_name(arg) for arg in args)
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(args[0]).removeprefix('a ')}s"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise SuiteError(f"{where}: must be a table of keys, not {values!r}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise SuiteError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    wrong = [f"{key} = {value!r} (must be {_type_name(hints[key])})" for key, value in values.items()
+             if not _conforms(value, hints[key])]
+    if wrong:  # else a TypeError, or a string read character by character, once the cases run
+        raise SuiteError(f"{where}: {', '.join(wrong)}")
     try:
         return cls(**values)
     except ValueError as err:  # a value a params class refuses (its __post_init__)
@@ -248,16 +340,27 @@ def _workload(raw: dict, index: int, suite: dict, measure: dict, path: Path) -> 
     from bench.variants import validate
 
     where = f"{path}: workload {index + 1}"
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{where}: not a table (write each workload as [[workload]])")
     raw = dict(raw)
     kind = raw.pop("kind", None)
-    if kind not in PARAMS:
+    if not isinstance(kind, str) or kind not in PARAMS:
         raise SuiteError(f"{where}: kind {kind!r} is not one of {', '.join(PARAMS)}")
     name = raw.pop("name", kind)
+    if not isinstance(name, str) or not name or "/" in name:  # cases are named "workload/variant"
+        raise SuiteError(f"{where}: name {name!r} must be a non-empty string without '/'")
     where = f"{path}: workload {name!r}"
     variants = raw.pop("variants", None)
-    if not variants or not all(isinstance(v, str) for v in variants):
-        raise SuiteError(f"{where}: 'variants' must be a non-empty list of names")
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, str) for v in variants):
+        raise SuiteError(f"{where}: 'variants' must be a non-empty list of names, not {variants!r}")
+    twice = sorted({v for v in variants if variants.count(v) > 1})
+    if twice:  # two rows of one case: compare, goals and resume would each take one of them
+        raise SuiteError(f"{where}: variant(s) {', '.join(twice)} listed twice")
     own = {key: raw.pop(key) for key in ("baseline", "reference", "interleave", "timeout_s") if key in raw}
+    for key in ("baseline", "reference"):
+        value = own.get(key, suite.get(key))
+        if value is not None and not isinstance(value, str):
+            raise SuiteError(f"{where}: {key} must be a variant name, not {value!r}")
     merged_measure = _build(Measure, {**measure, **raw.pop("measure", {})}, f"{where} [measure]")
     params = _build(PARAMS[kind], raw, where)
     baseline = own.get("baseline", suite.get("baseline")) or None
@@ -290,11 +393,19 @@ def parse_suite(text: str, path: Path) -> Suite:
     workloads_raw = raw.pop("workload", [])
     if not workloads_raw:
         raise SuiteError(f"{path}: no [[workload]] tables")
+    if not isinstance(workloads_raw, list):
+        raise SuiteError(f"{path}: write each workload as [[workload]] (an array of tables), not [workload]")
     measure = raw.pop("measure", {})
     _build(Measure, measure, f"{path} [measure]")
     data = _build(DataSpec, raw.pop("data", {}), f"{path} [data]")
     anchors = raw.pop("anchors", {})
-    goals = [_build(Goal, g, f"{path} [[goal]] {i + 1}") for i, g in enumerate(raw.pop("goal", []))]
+    if not isinstance(anchors, dict) or not all(_conforms(v, float) and v > 0 for v in anchors.values()):
+        raise SuiteError(f"{path} [anchors]: each entry is \"workload/variant\" = seconds per step "
+                         f"(above 0), not {anchors!r}")
+    goals_raw = raw.pop("goal", [])
+    if not isinstance(goals_raw, list):
+        raise SuiteError(f"{path}: write each goal as [[goal]] (an array of tables), not [goal]")
+    goals = [_build(Goal, g, f"{path} [[goal]] {i + 1}") for i, g in enumerate(goals_raw)]
     for i, g in enumerate(goals):  # a goal without a criterion would always read "met"
         if g.max_s_per_iter is None and not g.min_speedup and g.max_peak_gib is None and g.max_parity is None:
             raise SuiteError(f"{path} [[goal]] {i + 1} ({g.case}): no criterion; give max_s_per_iter, "
@@ -319,12 +430,18 @@ def parse_suite(text: str, path: Path) -> Suite:
     names = [w.name for w in workloads]
     if len(set(names)) != len(names):
         raise SuiteError(f"{path}: workload names must be unique (give each a 'name'): {names}")
+    run_last = raw.get("run_last", [])
+    if not _conforms(run_last, list[str]):
+        raise SuiteError(f"{path}: run_last must be a list of \"workload/variant\" names, not {run_last!r}")
     known_cases = {f"{w.name}/{v}" for w in workloads for v in w.variants}
     goal_cases = [c for g in goals for c in (g.case, *g.min_speedup)]
-    for key, names in (("run_last", raw.get("run_last", [])), ("anchors", anchors), ("goal", goal_cases)):
+    for key, names in (("run_last", run_last), ("anchors", anchors), ("goal", goal_cases)):
         stray = [c for c in names if c not in known_cases]
         if stray:
             raise SuiteError(f"{path}: {key} names no case of the suite: {', '.join(stray)}")
+    for key in ("name", "description"):
+        if not isinstance(raw.get(key, ""), str):
+            raise SuiteError(f"{path}: {key} must be a string, not {raw[key]!r}")
     device = raw.get("device", "cpu")
     if device not in ("cpu", "cuda"):
         raise SuiteError(f"{path}: device must be cpu or cuda, not {device!r}")
@@ -337,7 +454,7 @@ def parse_suite(text: str, path: Path) -> Suite:
         timeout_s=_seconds(raw.get("timeout_s", 600.0), str(path), "timeout_s"),
         budget_s=None if raw.get("budget_s") is None else _seconds(raw["budget_s"], str(path), "budget_s"),
         data=data,
-        run_last=list(raw.get("run_last", [])),
+        run_last=list(run_last),
         anchors={k: float(v) for k, v in anchors.items()},
         goals=goals,
     )
