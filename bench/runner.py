@@ -320,6 +320,7 @@ def run_suite(
             "variant": variant,
             "order": index,
             "device": device,
+            "params": asdict(w.params),  # the workload's whole set-up: a compare names what differs
         }
         remaining = None if suite.budget_s is None else suite.budget_s - (time.perf_counter() - started)
         try:

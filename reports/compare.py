@@ -42,7 +42,12 @@ _SETUP_KEYS = ("model", "shape", "sample_shape", "batch", "volume", "roi", "tens
 
 
 def _setup_difference(ra: dict, rb: dict) -> str:
-    """What differs between two rows' workload set-ups (runs of other suites share case names)."""
+    """What differs between two rows' workload set-ups (runs of other suites share case names): their
+    whole `params`, or in rows written before those were recorded, the set-up fields rows carry."""
+    pa, pb = ra.get("params"), rb.get("params")
+    if isinstance(pa, dict) and isinstance(pb, dict):
+        return ", ".join(f"{key} {pb.get(key)} → {pa.get(key)}" for key in sorted(pa.keys() | pb.keys())
+                         if pa.get(key) != pb.get(key))
     return ", ".join(
         f"{key} {rb.get(key)} → {ra.get(key)}"
         for key in _SETUP_KEYS

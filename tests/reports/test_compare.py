@@ -171,3 +171,16 @@ def test_compare_gives_no_verdict_on_footprints_of_another_step_or_overlap():
     assert compare_rows([infer], [train]).verdict.iloc[0].startswith("not comparable: estimated_step")
     a, b = {**est, "overlap": 0.5}, {**est, "overlap": 0.25}
     assert compare_rows([a], [b]).verdict.iloc[0].startswith("not comparable: overlap")
+
+
+def test_compare_names_any_set_up_difference_the_rows_record_in_their_params():
+    """A model width, an lr or a blending mode differs: no verdict on the timing, the difference named."""
+    row = {"workload": "swin", "kind": "infer", "variant": "bf16", "status": "ok",
+           "s_per_iter": {"median": 1.0, "p20": 1.0, "p80": 1.0, "n": 5}, "step_times_s": [1.0] * 5,
+           "params": {"model": "swinunetr", "model_options": {"feature_size": 24}, "mode": "gaussian"}}
+    wider = {**row, "s_per_iter": {**row["s_per_iter"], "median": 2.0}, "step_times_s": [2.0] * 5,
+             "params": {**row["params"], "model_options": {"feature_size": 48}, "mode": "constant"}}
+    verdict = compare_rows([wider], [row]).verdict.iloc[0]
+    assert verdict == ("not comparable: mode gaussian → constant, model_options {'feature_size': 24} → "
+                       "{'feature_size': 48}")
+    assert compare_rows([{**wider, "params": row["params"]}], [row]).verdict.iloc[0] == "REGRESSION"
