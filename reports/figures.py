@@ -6,6 +6,7 @@ rows hold nothing to draw).
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 from pathlib import Path
 
@@ -38,7 +39,10 @@ def _color(variant: str) -> str:
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    """A file name for a workload; one that needed characters replaced gets a short hash of the name, so
+    "a b" and "a_b" do not draw into one file."""
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    return slug if slug == name else f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
 
 
 def step_times(workload: str, rows: list[dict], out: Path) -> Path | None:

@@ -109,7 +109,8 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
                     "measured": measured, "verdict": verdict, "how": how + (f"; {caveat}" if caveat else ""),
                     "caveat": caveat})
 
-    if _median(row) is None:
+    estimate = row is not None and row.get("status") == "ok" and row.get("estimate")  # footprint: no step ran
+    if _median(row) is None and not estimate:
         why = "no row" if row is None else f"{row.get('status')}: {row.get('error', '')}"[:120]
         # a case that ran and failed (out of memory, its own timeout) misses its goal; one the time
         # budget cut decides nothing (a lease's end leaves no row at all)
@@ -130,9 +131,11 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
         return out
     if row.get("warning"):
         add("finite losses", "all finite", row["warning"][:120], False)
-    median = row["s_per_iter"]["median"]
+    median = _median(row)
     limit = goal.get("max_s_per_iter")
-    if limit is not None:
+    if estimate and (limit is not None or goal.get("min_speedup")):
+        add("s/iter (median)", "a timed case", "none: an estimate, no step ran", None)
+    elif limit is not None:
         spread = row["s_per_iter"]
         how = ""
         if "p20" in spread and "n" in spread:
@@ -145,7 +148,7 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
         elif 0.95 * limit < median <= limit:
             caveat = "within 5 % of the limit (one process's median)"
         add("s/iter (median)", f"≤ {limit:g} s", f"{_near(median, limit, 4)} s", median <= limit, how, caveat)
-    for other_case, target in (goal.get("min_speedup") or {}).items():
+    for other_case, target in (goal.get("min_speedup") or {}).items() if not estimate else ():
         found = _speedup(row, other_case, by_case, anchors)
         if found is None:
             add(f"speedup vs {other_case}", f"≥ {target:g}×", "not measured, no anchor", None)
@@ -157,13 +160,16 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
             add(f"speedup vs {other_case}", f"≥ {target:g}×", f"{_near(ratio, target, 2)}×", ratio >= target,
                 how, caveat)
     if goal.get("max_peak_gib") is not None:
-        peak = row.get("peak_bytes")
+        peak, how, caveat = row.get("peak_bytes"), row.get("peak_kind", ""), ""
+        if peak is None and row.get("estimated_peak_bytes") is not None:
+            peak, how = row["estimated_peak_bytes"], "profiles.footprint's estimate of CUDA allocated bytes"
+            caveat = "an estimate, not a measurement"
         if peak is None:
             add("peak memory", f"≤ {goal['max_peak_gib']:g} GiB", "not recorded", None)
         else:
             add("peak memory", f"≤ {goal['max_peak_gib']:g} GiB",
                 f"{_near(peak / GIB, goal['max_peak_gib'], 2)} GiB", peak / GIB <= goal["max_peak_gib"],
-                row.get("peak_kind", ""))
+                how, caveat)
     if goal.get("max_parity") is not None:
         parity = row.get("parity") or {}
         dev = parity.get("max_rel_dev")  # present but null: results.jsonl's non-finite

@@ -332,6 +332,19 @@ def test_goal_lines_carry_an_interval_caveat_the_anchor_s_reason_and_digits_at_t
     assert (_cudnn(91900), _cudnn(8902)) == ("9.19.0", "8.9.2")
 
 
+def test_a_peak_memory_goal_on_a_footprint_estimate_is_decided_with_its_caveat():
+    from reports.goals import check, verdict_line
+
+    est = {"workload": "fit", "variant": "bf16", "kind": "footprint", "status": "ok", "estimate": True,
+           "estimated_peak_bytes": 5 * 2**30}
+    goal = {"case": "fit/bf16", "max_peak_gib": 6.0}
+    assert verdict_line(goal, check(goal, [est], {})) == (
+        "goal fit/bf16: met, with caveats (1 of 1 criteria; peak memory: an estimate, not a measurement)")
+    assert "NOT met" in verdict_line(goal, check({**goal, "max_peak_gib": 4.0}, [est], {}))
+    timed = check({**goal, "max_s_per_iter": 1.0}, [est], {})
+    assert [r["verdict"] for r in timed] == ["not measured", "met"]
+
+
 def test_a_goal_against_another_paired_case_chains_through_their_shared_baseline():
     from reports.goals import check, verdict_line
 
