@@ -11,6 +11,7 @@ thread overlaps reading and augmenting with the consumer's work (torch ops relea
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import queue
 import threading
@@ -21,6 +22,17 @@ import torch
 
 _END = object()
 _POLL_S = 0.1
+# producers still running: stopped at interpreter exit, where a daemon thread killed inside a torch op
+# aborts the process ("terminate called without an active exception"); an endless iterator left open
+# (a benchmark's) is never closed otherwise
+_RUNNING: set[tuple[threading.Event, threading.Thread]] = set()
+
+
+@atexit.register
+def _stop_running() -> None:
+    for stop, thread in list(_RUNNING):
+        stop.set()
+        thread.join(timeout=10)
 
 
 class _Failure:
@@ -92,6 +104,7 @@ class Prefetcher:
 
         thread = threading.Thread(target=work, name="segbench-prefetch", daemon=True)
         thread.start()
+        _RUNNING.add((stop, thread))
         try:
             while True:
                 got = q.get()
@@ -112,3 +125,4 @@ class Prefetcher:
             # batch. Joined, so the next epoch never shares a (persistent) DataLoader iterator with it.
             stop.set()
             thread.join()
+            _RUNNING.discard((stop, thread))

@@ -275,6 +275,19 @@ def test_prefetcher_thread_ends_when_the_consumer_stops():
     assert threading.active_count() == before
 
 
+def test_a_process_left_with_an_open_prefetcher_exits_cleanly():
+    """A benchmark's endless iterator is never closed: at exit the producer, busy in a torch op, is
+    stopped before the interpreter kills it (which aborted the process: exit 134)."""
+    import subprocess
+    import sys
+
+    code = ("import itertools, torch\nfrom seg.data.prefetch import Prefetcher\n"
+            "it = iter(Prefetcher(itertools.count(), lambda i: torch.randn(2_000_000).sort()[0][:4], 'cpu', "
+            "depth=1))\nnext(it)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+
+
 def test_an_epoch_cut_short_leaves_the_next_one_intact(formats):
     # Training with max_steps_per_epoch leaves an epoch early; the persistent workers' next epoch
     # must be the one a fresh loader gives.
