@@ -55,15 +55,23 @@ def loader(name: str, help: str, format: str | None = None, uses_workers: bool =
 
 
 def labelled_ids(data_dir: str | Path) -> list[str]:
-    """The labelled cases a prepared folder's manifest lists as ok."""
-    path = Path(data_dir) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise FileNotFoundError(f"{path}: cannot read the prepared data's manifest ({err})") from None
-    ids = [c["id"] for c in manifest["cases"] if c.get("status") == "ok" and c.get("has_label", True)]
+    """The labelled cases of a prepared folder (its manifest's ok cases) or a packed one."""
+    from seg.data import mmap_store
+    from seg.data.formats import case_ids, open_reader
+
+    if mmap_store.is_packed(data_dir):
+        reader = open_reader(data_dir)
+        ids = [i for i in case_ids(data_dir) if reader.has_label(i)]
+        where = Path(data_dir) / mmap_store.INDEX
+    else:
+        where = Path(data_dir) / "manifest.json"
+        try:
+            manifest = json.loads(where.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise FileNotFoundError(f"{where}: cannot read the prepared data's manifest ({err})") from None
+        ids = [c["id"] for c in manifest["cases"] if c.get("status") == "ok" and c.get("has_label", True)]
     if not ids:
-        raise ValueError(f"{path}: no labelled case prepared without error")
+        raise ValueError(f"{where}: no labelled case prepared without error")
     return ids
 
 
@@ -73,10 +81,13 @@ BYTES_PER_VOXEL = {"pt32": 4 * 4 + 8, "compact": 4 * 2 + 1, "mmap": 4 * 2 + 1, "
 
 def storage_fields(name: str, data_dir: str | Path) -> dict:
     """`format` the loader reads and `stored_bytes_per_sample` (one whole prepared case)."""
-    fmt = LOADERS[name].format
-    path = Path(data_dir) / "manifest.json"
-    config = json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
-    fmt = fmt or config.get("format", "pt32")
+    from seg.data.formats import read_prep_config, storage_format
+
+    try:
+        config, own = read_prep_config(data_dir), storage_format(data_dir)
+    except FileNotFoundError:
+        config, own = {}, "pt32"
+    fmt = LOADERS[name].format or own
     size = config.get("size")
     return {"format": fmt, "stored_bytes_per_sample": BYTES_PER_VOXEL[fmt] * size**3 if size else None}
 

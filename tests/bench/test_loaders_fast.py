@@ -81,6 +81,17 @@ def test_storage_fields_name_the_bytes_read(prepared):
     assert storage_fields("default", prepared)["format"] == "pt32"
 
 
+def test_a_packed_folder_is_a_loader_s_data_too(prepared, tmp_path):
+    """README: every loader takes a packed folder; its cases and format come from the pack's index."""
+    from seg.data.formats import convert
+
+    packed = convert(prepared, tmp_path / "packed", "mmap", progress=False)
+    assert labelled_ids(packed) == IDS
+    assert storage_fields("default", packed) == {"format": "mmap", "stored_bytes_per_sample": 9 * SIZE**3}
+    batch = next(endless(LOADERS["default"].build(_request(packed, tmp_path / "cache"))))
+    assert batch["image"].shape[1:] == (4, 8, 8, 8)
+
+
 @pytest.mark.parametrize("variant, workers, fmt", [("loader:mmap+workers:0", 0, "mmap"),
                                                    ("loader:gpu-resident+workers:4", 0, "resident")])
 def test_dataloader_workload_reports_format_and_rates(prepared, tmp_path, variant, workers, fmt):
