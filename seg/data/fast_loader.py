@@ -27,6 +27,7 @@ import torch
 
 from seg.data.batch_augment import augment_batch, draw_batch
 from seg.data.device_dataset import DEFAULT_FRACTION, ResidentData
+from seg.data.formats import split_has_labels
 from seg.data.loaders import RawDataset, _replicas, data_loader, endless_batches, make_sampler
 from seg.data.prefetch import Prefetcher, resolve_device
 
@@ -111,6 +112,8 @@ class WorkerLoader(_PrefetchingLoader):
                  fg_fraction: float = 0.0):
         self.device = resolve_device(device)
         dataset = RawDataset(data_dir, ids)
+        if dataset.ids:  # a batch mixing both would lose its labels at collation, or raise KeyError
+            split_has_labels(dataset.reader, dataset.ids, data_dir)
         self.sampler = make_sampler(len(dataset), train, seed, world_size, rank)
         self.loader = data_loader(dataset, batch_size, self.sampler, workers, seed,
                                   pin_memory=self.device.type == "cuda")

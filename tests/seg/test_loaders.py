@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from seg.data.fast_loader import build_fast_loader
 from seg.data.loaders import PreparedDataset, SeededSampler, build_loader, sample_seed
 from seg.data.splits import write_splits
 from seg.data.store import save_case, write_json
@@ -127,6 +128,10 @@ def test_a_training_split_mixing_labelled_and_image_only_cases_is_refused(tmp_pa
         with pytest.raises(ValueError, match=r"mixes labelled and image-only cases \(1 without a label, "
                                              r"e.g. Case_000\)"):
             build_loader(tmp_path, order, 1, train=True)
+        for resident in (False, True):  # the device pipeline's workers and its resident store alike
+            with pytest.raises(ValueError, match="mixes labelled and image-only cases"):
+                build_fast_loader(tmp_path, order, 1, train=True, device="cpu", resident=resident,
+                                  progress=False)
     only_images = build_loader(tmp_path, ["Case_000"], 1, train=True, patch=4)
     assert next(iter(only_images))["image"].shape == (1, 4, 4, 4, 4)
 
