@@ -73,7 +73,7 @@ def profile_case(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
-    child = [sys.executable, "-m", "bench.profile", str(spec_path), str(out)]
+    child = [sys.executable, "-X", "faulthandler", "-m", "bench.profile", str(spec_path), str(out)]
     if args.nsys:
         spec["profile"]["nsys"] = True
         spec_path.write_text(json.dumps(spec, indent=1))

@@ -46,7 +46,8 @@ def _wait_case(spec_path: Path, result_path: Path, log_path: Path, env: dict, ti
     """Run one case process to its end; its exit code, or None when it outlived `timeout_s`."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.case", str(spec_path), str(result_path)],
+            # faulthandler: a case killed by a signal (a segfault in a kernel) leaves its stack in the log
+            [sys.executable, "-X", "faulthandler", "-m", "bench.case", str(spec_path), str(result_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -99,7 +100,11 @@ def run_case_process(spec: dict, work: Path, stem: str, timeout_s: float) -> dic
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         if code in (-9, 137):
             how += " (the out-of-memory killer?)"
-        fields = {"status": "error", "error": f"case process died ({how}): {_tail(log_path, 3)}"[:1000]}
+        tail = _tail(log_path, 40).splitlines()
+        # faulthandler's report: its first line names the signal, its last frames where it struck
+        fatal = next((i for i, line in enumerate(tail) if line.startswith("Fatal Python error")), None)
+        said = "\n".join(tail[fatal:fatal + 4] if fatal is not None else tail[-3:])
+        fields = {"status": "error", "error": f"case process died ({how}): {said}"[:1000]}
     fields["case_wall_s"] = round(wall_s, 3)
     fields["log"] = (
         str(log_path.relative_to(work.parent)) if work.parent in log_path.parents else str(log_path)

@@ -264,3 +264,19 @@ def test_sigterm_to_segbench_bench_ends_the_running_case_too(tmp_path):
     if not gone:  # do not leave it running whatever the verdict
         os.kill(case_pid, signal.SIGKILL)
     assert gone, "the case process outlived the bench process"
+
+
+def test_a_case_killed_by_a_signal_names_it_with_faulthandler_s_report(tmp_path, monkeypatch):
+    import os
+    import sys
+
+    from bench import runner
+
+    crash = tmp_path / "python"  # stands in for the interpreter: a case that segfaults in native code
+    crash.write_text(f'#!/bin/sh\nexec {sys.executable} "$1" "$2" -c "import ctypes; ctypes.string_at(0)"\n')
+    os.chmod(crash, 0o755)
+    monkeypatch.setattr(runner.sys, "executable", str(crash))
+    fields = runner.run_case_process({"kind": "calibrate"}, tmp_path / "cases", "c", 60)
+    assert fields["status"] == "error"
+    assert fields["error"].startswith("case process died (killed by signal 11): Fatal Python error: "
+                                      "Segmentation fault")
