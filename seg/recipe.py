@@ -43,8 +43,9 @@ class SegmentationLoss(nn.Module):
     A deeply supervised output — MONAI DynUNet with `deep_supervision=True` returns its heads in
     training stacked on dim 1, [B, 1 + deep_supr_num, C, *spatial], each upsampled to full size —
     is scored by MONAI's DeepSupervisionLoss: the same loss per head, weights 1, 1/2, 1/4, ...
-    (floor 1/16; MONAI's "exp" mode, not normalised). In eval mode the network returns the main
-    head only, so validation and inference see plain logits.
+    (floor 1/16; MONAI's "exp" mode), normalised to sum to 1 as nnU-Net's are, so the training loss
+    is on the scale of the validation loss (the main head's) in log.csv and the curves. In eval mode
+    the network returns the main head only, so validation and inference see plain logits.
     """
 
     def __init__(self, target: str = "labels") -> None:
@@ -62,7 +63,8 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if logits.ndim == label.ndim + 1:
-            return self.deep_supervision(list(logits.unbind(1)), label)
+            heads = list(logits.unbind(1))
+            return self.deep_supervision(heads, label) / sum(self.deep_supervision.get_weights(len(heads)))
         return self.head_loss(logits, label)
 
 

@@ -250,7 +250,7 @@ def _train_epoch(
     device: torch.device, layout: Layout, desc: str,
 ) -> tuple[float, int]:
     """One epoch of `micro_batches` micro-batches; returns (mean loss per sample over all ranks,
-    samples this process saw)."""
+    samples all ranks trained on: log.csv's train_samples_per_s is the whole job's rate)."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     samples = 0
@@ -288,7 +288,7 @@ def _train_epoch(
     totals = torch.tensor([0.0, float(samples)], dtype=torch.float64, device=device)
     totals[0] = loss_sum
     all_reduce_sum(totals, layout)
-    return (totals[0] / totals[1]).item(), samples
+    return (totals[0] / totals[1]).item(), round(totals[1].item())
 
 
 # options that choose which samples (crops) training draws: a resume may change them, but says so

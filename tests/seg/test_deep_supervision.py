@@ -14,7 +14,7 @@ from seg.train.checkpoint import load_checkpoint
 TINY_DS = dict(filters=[8, 16, 32, 64], strides=[1, 2, 2, 2], deep_supervision=True, deep_supr_num=2)
 
 
-def test_deeply_supervised_heads_are_weighted_one_half_quarter():
+def test_deeply_supervised_heads_are_weighted_one_half_quarter_normalised():
     torch.manual_seed(0)
     model = models.build("dynunet", **TINY_DS).train()
     image, label = torch.randn(2, 4, 32, 32, 32), torch.randint(0, 4, (2, 1, 32, 32, 32))
@@ -22,7 +22,7 @@ def test_deeply_supervised_heads_are_weighted_one_half_quarter():
     assert logits.shape == (2, 3, 4, 32, 32, 32)  # main head + 2, each upsampled to full size
     loss_fn = build_loss()
     per_head = [loss_fn(logits[:, i], label) for i in range(3)]  # plain logits: DiceCE
-    expected = per_head[0] + 0.5 * per_head[1] + 0.25 * per_head[2]
+    expected = (per_head[0] + 0.5 * per_head[1] + 0.25 * per_head[2]) / 1.75  # on the main head's scale
     torch.testing.assert_close(loss_fn(logits, label), expected)
     loss_fn(logits, label).backward()
     # the extra heads' 1x1 convolutions are trained through the loss
