@@ -309,10 +309,16 @@ def resolve(name: str, ctx: VariantContext) -> CaseConfig:
     """The CaseConfig for `name`; raises Unavailable (cannot run here) or ValueError (bad name)."""
     cfg = CaseConfig()
     parts = _parts(name)
-    for what, keys in (("precision", ("fp32", "bf16", "fp16", "seed")), ("torch.compile mode", ("compile",))):
+    one_of = (("precision", ("fp32", "bf16", "fp16", "seed")), ("torch.compile mode", ("compile", "eager")),
+              ("loader", ("loader",)), ("worker count", ("workers",)))
+    for what, keys in one_of:
         given = list(dict.fromkeys(f"{k}:{a}" if a else k for k, a in parts if k in keys))
         if len(given) > 1:  # else the last would win, and bf16+seed would differ from seed+bf16
             raise ValueError(f"{name!r}: {' and '.join(given)} each set the {what}; keep one")
+    options = [(a or "").partition("=")[0] for k, a in parts if k == "inductor"]
+    twice = sorted({option for option in options if options.count(option) > 1})
+    if twice:
+        raise ValueError(f"{name!r}: inductor option(s) {', '.join(twice)} given twice; keep one")
     # no_ckpt last, wherever it stands: seed+no_ckpt and no_ckpt+seed are one variant
     for key, arg in sorted(parts, key=lambda part: part[0] == "no_ckpt"):
         REGISTRY[key].apply(cfg, ctx, arg)

@@ -98,7 +98,7 @@ def run(case: Case) -> dict:
             "label_disagreement": float((probs.argmax(1) != reference.argmax(1)).float().mean()),
         }
     result.clear()
-    reference = None
+    reference = probs = None  # neither may sit in the timed steps' peak (a BraTS volume: 143 MB each)
     release(device)
     row.update(steady_state(predict, m.warmup, m.iters, device))
     median = row["s_per_iter"]["median"]
