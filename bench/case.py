@@ -51,6 +51,10 @@ def run_spec(spec: dict) -> dict:
         from bench.workloads import module
 
         case = case_from_spec(spec)
+        if spec.get("reference_only"):  # the runner's: cache the workload's reference, time nothing
+            from bench.workloads.train_step import cache_reference
+
+            return {"status": "ok", **cache_reference(case)}
         return {"status": "ok", **module(case.kind).run(case)}
     except Unavailable as err:
         return {"status": "unavailable", "error": str(err)}

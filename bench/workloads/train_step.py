@@ -70,6 +70,17 @@ def interleaved(
     return base, var
 
 
+def cache_reference(case: Case) -> dict:
+    """Compute and cache the workload's reference trajectory (train_reference), in the runner's process
+    of its own before the workload's first case."""
+    device = torch_device(case.device)
+    apply_backend(case.config, device)
+    p, m = case.params, case.measure
+    init = initial_state(p.model, p.model_options, m.seed)
+    reference = train_reference(case, device, init, _batches(case))
+    return {"reference": reference["variant"], "error": reference.get("error")}
+
+
 def run(case: Case) -> dict:
     device = torch_device(case.device)
     apply_backend(case.config, device)

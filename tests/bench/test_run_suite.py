@@ -71,6 +71,9 @@ def test_rows_carry_the_contract_fields(run):
     assert step["mfu"] == pytest.approx(step["flops_per_step"] / median / matmul_rate)
     assert step["parity"]["reference"] == "fp32" and step["parity"]["max_rel_dev"] < 0.05
     assert r[("train_step", "fp32")]["parity"]["max_rel_dev"] == 0.0  # same weights, batches, math
+    # each training workload's reference ran once, in a process of its own before its first case
+    references = sorted(p.name for p in (run / "cases").glob("*-reference.result.json"))
+    assert [name.split("-", 1)[1] for name in references] == ["train_step-fp32-reference.result.json"]
     assert step["paired"]["baseline"] == "fp32" and step["paired"]["speedup"]["ratio"] > 0
     if sys.platform.startswith("linux"):  # how busy the host was meanwhile (bench.contention)
         assert 0.0 <= step["host_other_cpu_fraction"] <= 1.0
