@@ -336,6 +336,16 @@ def run_suite(
         except ValueError as err:
             row.update(status="error", error=str(err))
         else:
+            spec = case_spec(suite, w, variant, device, cfg, out, data_dir, calibration)
+            stem = f"{index:03d}-{w.name}-{variant}".replace("/", "_").replace(":", "_")
+            if (w.kind == "train_step" and (remaining is None or remaining > 10)
+                    and not reference_cache_path(out / "cache", w.name).is_file()):
+                # the reference trajectory in a process of its own, so no row's first step finds the
+                # libraries (cuDNN, cuBLAS) warmed by it: every row's first_step_s is cold alike
+                run_case_process({**spec, "reference_only": True}, out / "cases", f"{stem}-reference",
+                                 w.timeout_s if remaining is None else min(w.timeout_s, remaining))
+                if suite.budget_s is not None:
+                    remaining = suite.budget_s - (time.perf_counter() - started)
             if remaining is not None and remaining <= 10:
                 row.update(
                     status="error",
@@ -343,13 +353,6 @@ def run_suite(
                 )
             else:
                 timeout = w.timeout_s if remaining is None else min(w.timeout_s, remaining)
-                spec = case_spec(suite, w, variant, device, cfg, out, data_dir, calibration)
-                stem = f"{index:03d}-{w.name}-{variant}".replace("/", "_").replace(":", "_")
-                if w.kind == "train_step" and not reference_cache_path(out / "cache", w.name).is_file():
-                    # the reference trajectory in a process of its own, so no row's first step finds
-                    # the libraries (cuDNN, cuBLAS) warmed by it: every row's first_step_s is cold alike
-                    run_case_process({**spec, "reference_only": True}, out / "cases", f"{stem}-reference",
-                                     timeout)
                 with HostLoad() as load:
                     row.update(run_case_process(spec, out / "cases", stem, timeout))
                 if timeout < w.timeout_s and str(row.get("error", "")).startswith("timeout:"):
