@@ -8,7 +8,8 @@ each run, not the spread between runs (not measured): a change near the threshol
 rerun both to be sure. How much: with a 2 % run-to-run spread (sd; GPU clocks and autotuning choices
 can give that), two runs of the same code cross 5 % and get a verdict about 1 time in 9, with 4 %
 about 4 in 10 (simulated, 15 steps a run); 10 % (`--threshold 0.1`) flags about 1 in 700 at 2 %.
-Runs on other machines (GPU or CPU, torch version) get no verdict.
+Runs on other machines (GPU or CPU, torch version) get no verdict, nor do timings either run took
+while other processes used more than a fifth of the host's CPUs (`host_other_cpu_fraction`).
 Footprint rows (estimates, no samples) compare their estimated peak memory: a growth over the
 threshold is a regression.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.config import cut_by_budget
+from bench.contention import BUSY_FRACTION  # standard library only
 from bench.env import machine
 from bench.stats import is_improvement, is_regression, relative_change_ci
 from reports.render import Block, to_html, to_markdown, write_atomic
@@ -112,8 +114,15 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
                 rec["before"], rec["after"] = (f"mean {fmt_seconds(sum(s) / len(s))}" for s in (sb, sa))
             change = relative_change_ci(sb, sa, statistic=statistic)
             rec.update(change)
-            rec["verdict"] = (f"other machine ({machines[1]} → {machines[0]}): no verdict" if other_machine
-                              else _verdict(change, threshold))
+            busy = {name: row["host_other_cpu_fraction"] for name, row in (("RUN_B", rb), ("RUN", ra))
+                    if (row.get("host_other_cpu_fraction") or 0) > BUSY_FRACTION}
+            if other_machine:
+                rec["verdict"] = f"other machine ({machines[1]} → {machines[0]}): no verdict"
+            elif busy:  # other processes took CPU time the case's own timing depends on
+                shares = ", ".join(f"{share:.0%} in {name}" for name, share in busy.items())
+                rec["verdict"] = f"busy host ({shares} of the CPUs used by other processes): no verdict"
+            else:
+                rec["verdict"] = _verdict(change, threshold)
         records.append(rec)
     columns = ["workload", "variant", "before", "after", "change", "ci_low", "ci_high", "verdict"]
     return pd.DataFrame.from_records(records, columns=columns)  # columns: a run without rows too

@@ -184,3 +184,13 @@ def test_compare_names_any_set_up_difference_the_rows_record_in_their_params():
     assert verdict == ("not comparable: mode gaussian → constant, model_options {'feature_size': 24} → "
                        "{'feature_size': 48}")
     assert compare_rows([{**wider, "params": row["params"]}], [row]).verdict.iloc[0] == "REGRESSION"
+
+
+def test_compare_gives_no_verdict_on_timings_taken_on_a_busy_host():
+    row = {"workload": "w", "kind": "train_step", "variant": "bf16", "status": "ok",
+           "s_per_iter": {"median": 1.0, "p20": 1.0, "p80": 1.0, "n": 5}, "step_times_s": [1.0] * 5}
+    slow = {**row, "s_per_iter": {**row["s_per_iter"], "median": 3.0}, "step_times_s": [3.0] * 5}
+    assert compare_rows([slow], [row]).verdict.iloc[0] == "REGRESSION"
+    busy = {**slow, "host_other_cpu_fraction": 0.5}
+    assert compare_rows([busy], [row]).verdict.iloc[0] == (
+        "busy host (50% in RUN of the CPUs used by other processes): no verdict")
