@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -189,6 +190,7 @@ def evaluate_paths(
         jobs += [(cid, (None, refs[cid], labels), refs[cid]) for cid in unpredicted]
     results: dict[str, dict] = {}
     failed: dict[str, str] = {}
+    workers = min(workers, os.cpu_count() or 1)  # more processes than cores only add start-up time
     for cid, result in tqdm(_scored_all(sorted(jobs), workers), total=len(jobs), desc="eval", unit="case",
                             disable=None):
         if isinstance(result, str):
@@ -295,6 +297,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "empty (scored as an all-background prediction, as challenge leaderboards do)",
     )
     p.add_argument("--workers", type=positive_int, default=1,
-                   help="processes scoring cases at once (default 1; each case takes ~2-4 s at 240x240x155)")
+                   help="processes scoring cases at once, at most one per CPU core (default 1; each case "
+                        "takes ~2-4 s at 240x240x155, a process ~2 s to start)")
     p.add_argument("--out", help="write the JSON here (default: print it)")
     p.set_defaults(func=run)
