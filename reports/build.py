@@ -115,11 +115,12 @@ def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
             f"({cal.get('mfu_basis', '')}); copy {cal['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write)"
         )
     guarded = [f"{r['workload']}/{r['variant']}" for r in rows if r.get("cpu_bf16_workaround")]
-    if cal.get("cpu_bf16_conv3d_weight_grad_ok") is False and guarded:
+    if cal.get("cpu_bf16_conv3d_weight_grad_ok") is False:
         lines.append(
             "⚠ this CPU's oneDNN computes wrong bf16 conv3d weight gradients on 2-voxel-wide maps "
-            f"(seg.cpu_bf16): {', '.join(guarded)} ran with oneDNN off — right, but several times "
-            "slower than this CPU can be"
+            "(seg.cpu_bf16): " + (f"{', '.join(guarded)} ran with oneDNN off — right, but several times "
+                                  "slower than this CPU can be" if guarded
+                                  else "no case of this run convolved such a map (none ran with oneDNN off)")
         )
     return lines
 
