@@ -66,6 +66,13 @@ def profile_case(args: argparse.Namespace) -> int:
     except Unavailable as err:
         print(f"segbench profile: {args.variant} is unavailable here: {err}", file=sys.stderr)
         return 2
+    if spec["device"] == "cuda" and not args.device:
+        import torch
+
+        if not torch.cuda.is_available():  # the suite's device: say how to profile it here anyway
+            print("segbench profile: this suite runs on cuda and PyTorch sees no CUDA device here; "
+                  "--device cpu profiles the case on the CPU", file=sys.stderr)
+            return 2
     if args.nsys and spec["device"] != "cuda":
         print(f"segbench profile: --nsys traces CUDA kernels and this case runs on {spec['device']}: use "
               "--device cuda, or leave out --nsys for a torch.profiler trace", file=sys.stderr)

@@ -171,6 +171,12 @@ def test_profile_nsys_of_a_cpu_case_and_a_negative_wait_are_one_line_each(tmp_pa
     assert "Traceback" not in proc.stderr and not (tmp_path / "profiles").exists()
     proc = _segbench(*common, "--wait", "-1")
     assert proc.returncode == 2 and "--wait -1" in proc.stderr and "Traceback" not in proc.stderr
+    import torch
+
+    if not torch.cuda.is_available():  # a CUDA suite here: how to profile it on the CPU instead
+        proc = _segbench("profile", "--suite", "unet", "--workload", "unet", "--variant", "bf16", "--out",
+                         str(tmp_path))
+        assert proc.returncode == 2 and "--device cpu profiles the case on the CPU" in proc.stderr
 
 
 def test_profile_of_an_unavailable_variant_says_why(tmp_path):
