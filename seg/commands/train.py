@@ -105,7 +105,7 @@ def register(subparsers) -> None:
     add_config_option(parser, "--data", "data_dir", required=True)
     add_config_option(parser, "--out", "out", required=True)
     add_config_option(parser, "--model", "model", choices=MODELS)
-    add_model_option(parser, "preset=paper, channels=(8,16,32)")
+    add_model_option(parser, "preset=paper; channels=(8,16,32) with strides=(2,2)")
     for flag, name, kwargs in TRAIN_OPTIONS:
         # the schedule's settings stay None when not given: a resume then keeps the run's own
         add_config_option(parser, flag, name, with_default=name not in KEPT_ON_RESUME, **kwargs)
