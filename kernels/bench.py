@@ -135,15 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     ap = argparse.ArgumentParser(prog="python -m kernels.bench", description=main.__doc__)
-    ap.add_argument("--shape", default="2,32,128,128,128", help="N,C,D,H,W")
+    ap.add_argument("--shape", default=None,
+                    help="N,C,D,H,W (default 2,32,128,128,128 on cuda, 1,8,32,32,32 on the CPU)")
     ap.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
     ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cuda (default where there is one) or cpu (small --shape: the CPU times eager and "
                     "compile only)")
-    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--iters", type=int, default=None, help="timed steps (default 50 on cuda, 5 on the CPU)")
     args = ap.parse_args(argv)
-    shape = tuple(int(v) for v in args.shape.split(","))
+    cpu = torch.device(args.device).type == "cpu"  # the CUDA default shape takes minutes a step there
+    shape = tuple(int(v) for v in (args.shape or ("1,8,32,32,32" if cpu else "2,32,128,128,128")).split(","))
+    args.iters = args.iters or (5 if cpu else 50)
     copy = copy_gb_per_s(args.device) if torch.device(args.device).type == "cuda" else None
     for impl in args.impls.split(","):
         for layout in LAYOUTS:
