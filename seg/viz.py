@@ -193,7 +193,8 @@ class SliceViewer:
         self._update_title()
 
     def _update_title(self) -> None:
-        self.fig.suptitle(f"{self.volume.id}   axial slice {self.z + 1}/{self.depth}   (scroll to move)")
+        # the index --slice takes (0-based), of 0..depth-1
+        self.fig.suptitle(f"{self.volume.id}   axial slice {self.z} of 0–{self.depth - 1}   (scroll to move)")
 
     def show_slice(self, z: int) -> None:
         self.z = int(np.clip(z, 0, self.depth - 1))
