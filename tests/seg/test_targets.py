@@ -53,10 +53,11 @@ def test_region_loss_is_dice_plus_bce_over_the_three_regions():
     torch.testing.assert_close(build_loss("regions")(logits, label), expected)
     # a confident right answer costs almost nothing; the labels' loss refuses a 3-channel head
     assert build_loss("regions")((regions * 2 - 1) * 20, label) < 1e-3
-    # deep supervision: the same loss per head, weights 1, 1/2
+    # deep supervision: the same loss per head, weights 1, 1/2 normalised to sum to 1
     heads = torch.stack([logits, logits * 0.5], dim=1)
     loss = build_loss("regions")
-    torch.testing.assert_close(loss(heads, label), loss(logits, label) + 0.5 * loss(logits * 0.5, label))
+    expected = (loss(logits, label) + 0.5 * loss(logits * 0.5, label)) / 1.5
+    torch.testing.assert_close(loss(heads, label), expected)
     with pytest.raises(ValueError, match="unknown target 'softmax'"):
         build_loss("softmax")
 
