@@ -43,18 +43,22 @@ _SETUP_KEYS = ("model", "shape", "sample_shape", "batch", "volume", "roi", "tens
                "overlap")
 
 
+# params that leave what a row measures as it is: an ANCHORS annotation
+_NOT_SETUP = ("anchor_peak_gib",)
+
+
 def _setup_difference(ra: dict, rb: dict) -> str:
-    """What differs between two rows' workload set-ups (runs of other suites share case names): their
-    whole `params`, or in rows written before those were recorded, the set-up fields rows carry."""
+    """What differs between two rows' workload set-ups (runs of other suites share case names): the
+    set-up fields rows measure (a loader's sample shape, the data's shape) and their workloads' whole
+    `params` where both runs recorded them."""
+    diffs = {key: (rb.get(key), ra.get(key)) for key in _SETUP_KEYS
+             if ra.get(key) is not None and rb.get(key) is not None and ra.get(key) != rb.get(key)}
     pa, pb = ra.get("params"), rb.get("params")
     if isinstance(pa, dict) and isinstance(pb, dict):
-        return ", ".join(f"{key} {pb.get(key)} → {pa.get(key)}" for key in sorted(pa.keys() | pb.keys())
-                         if pa.get(key) != pb.get(key))
-    return ", ".join(
-        f"{key} {rb.get(key)} → {ra.get(key)}"
-        for key in _SETUP_KEYS
-        if ra.get(key) is not None and rb.get(key) is not None and ra.get(key) != rb.get(key)
-    )
+        unused = ("shape",) if ra.get("kind") == "train_e2e" else ()  # its batches have the data's shape
+        diffs.update({key: (pb.get(key), pa.get(key)) for key in sorted(pa.keys() | pb.keys())
+                      if key not in _NOT_SETUP + unused and key not in diffs and pa.get(key) != pb.get(key)})
+    return ", ".join(f"{key} {before} → {after}" for key, (before, after) in diffs.items())
 
 
 def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,

@@ -184,6 +184,15 @@ def test_compare_names_any_set_up_difference_the_rows_record_in_their_params():
     assert verdict == ("not comparable: mode gaussian → constant, model_options {'feature_size': 24} → "
                        "{'feature_size': 48}")
     assert compare_rows([{**wider, "params": row["params"]}], [row]).verdict.iloc[0] == "REGRESSION"
+    # the shape a loader measured still counts beside equal params; an ANCHORS note does not
+    loader = {**row, "kind": "dataloader", "sample_shape": [4, 32, 32, 32]}
+    bigger = {**wider, "kind": "dataloader", "params": row["params"], "sample_shape": [4, 128, 128, 128]}
+    assert compare_rows([bigger], [loader]).verdict.iloc[0].startswith("not comparable: sample_shape")
+    est = {"workload": "fit", "kind": "footprint", "variant": "bf16", "status": "ok", "estimate": True,
+           "estimated_peak_bytes": 10 * 2**30, "params": {"model": "swinunetr", "anchor_peak_gib": {}}}
+    noted = {**est, "estimated_peak_bytes": 20 * 2**30,
+             "params": {**est["params"], "anchor_peak_gib": {"bf16": 18}}}
+    assert compare_rows([noted], [est]).verdict.iloc[0] == "REGRESSION"
 
 
 def test_compare_gives_no_verdict_on_timings_taken_on_a_busy_host():
