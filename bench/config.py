@@ -361,7 +361,10 @@ def _workload(raw: dict, index: int, suite: dict, measure: dict, path: Path) -> 
         value = own.get(key, suite.get(key))
         if value is not None and not isinstance(value, str):
             raise SuiteError(f"{where}: {key} must be a variant name, not {value!r}")
-    merged_measure = _build(Measure, {**measure, **raw.pop("measure", {})}, f"{where} [measure]")
+    own_measure = raw.pop("measure", {})
+    if not isinstance(own_measure, dict):
+        raise SuiteError(f"{where} [measure]: must be a table of keys, not {own_measure!r}")
+    merged_measure = _build(Measure, {**measure, **own_measure}, f"{where} [measure]")
     params = _build(PARAMS[kind], raw, where)
     baseline = own.get("baseline", suite.get("baseline")) or None
     reference = own.get("reference", suite.get("reference", "fp32")) or None

@@ -174,8 +174,13 @@ def _clear_old_run(out: Path) -> None:
     print(f"{out} holds a run of {rows} rows: replacing it (--resume finishes it instead)", file=sys.stderr)
     for name in ("results.jsonl", "env.json", "report.md", "report.html", "compare.md", "compare.html"):
         (out / name).unlink(missing_ok=True)
-    for name in ("cases", "profiles", "figures"):
+    for name in ("profiles", "figures"):
         shutil.rmtree(out / name, ignore_errors=True)
+    for path in (out / "cases").glob("*"):  # not the new run's calibration, made before this
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif not path.name.startswith("calibrate."):
+            path.unlink()
     for path in (out / "cache").glob(REFERENCE_GLOB):
         path.unlink()
 
@@ -315,6 +320,7 @@ def run_suite(
         print(f"no --data given: synthesizing {suite.data.cases} tiny cases into {out / 'data'}")
         data_dir = prepare_data(suite.data, out / "data")
 
+    references_tried: set[str] = set()
     bar = tqdm(cases, desc=suite.name, unit="case", dynamic_ncols=True)
     for index, w, variant in bar:
         bar.set_postfix_str(f"{w.name}/{variant}")
@@ -338,8 +344,10 @@ def run_suite(
         else:
             spec = case_spec(suite, w, variant, device, cfg, out, data_dir, calibration)
             stem = f"{index:03d}-{w.name}-{variant}".replace("/", "_").replace(":", "_")
-            if (w.kind == "train_step" and (remaining is None or remaining > 10)
+            if (w.kind == "train_step" and w.name not in references_tried
+                    and (remaining is None or remaining > 10)
                     and not reference_cache_path(out / "cache", w.name).is_file()):
+                references_tried.add(w.name)  # once: a reference that died is left to the cases
                 # the reference trajectory in a process of its own, so no row's first step finds the
                 # libraries (cuDNN, cuBLAS) warmed by it: every row's first_step_s is cold alike
                 run_case_process({**spec, "reference_only": True}, out / "cases", f"{stem}-reference",

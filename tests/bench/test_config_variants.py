@@ -88,6 +88,8 @@ def _suite(text: str) -> str:
         ('[data]\nformat = "png"\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n',
          "[data]: format = 'png' (pt32 or compact)"),
         ('measure = 3\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n', "must be a table of keys"),
+        ('[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\nmeasure = 3\n',
+         "workload 'train_step' [measure]: must be a table of keys"),
         ('[workload]\nkind = "train_step"\nvariants = ["fp32"]\n', "not [workload]"),
         ('[[workload]]\nkind = ["train_step"]\nvariants = ["fp32"]\n', "kind ['train_step'] is not one of"),
         ('[[workload]]\nkind = "train_step"\nname = 5\nvariants = ["fp32"]\n', "name 5 must be a non-empty"),

@@ -99,6 +99,9 @@ def test_a_new_run_into_an_old_run_folder_replaces_all_of_it(tmp_path, capsys):
     assert set(_rows(run)) == {"channels_last"}
     assert not (run / "profiles" / "old__case").exists()
     assert "holds a run of 2 rows: replacing it" in capsys.readouterr().err
+    cases = sorted(p.name for p in (run / "cases").iterdir())  # the old run's logs gone, the new one's kept
+    assert not [name for name in cases if "norm-fp32" in name or "norm-bf16" in name]
+    assert "calibrate.log" in cases and any("norm-channels_last" in name for name in cases)
 
 
 def test_resume_refuses_another_machine_and_the_budget_names_its_cuts(tmp_path):

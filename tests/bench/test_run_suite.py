@@ -283,3 +283,22 @@ def test_a_case_killed_by_a_signal_names_it_with_faulthandler_s_report(tmp_path,
     assert fields["status"] == "error"
     assert fields["error"].startswith("case process died (killed by signal 11): Fatal Python error: "
                                       "Segmentation fault")
+
+
+def test_a_reference_that_died_is_tried_once_per_workload(tmp_path, monkeypatch):
+    from bench import runner
+
+    calls = []
+
+    def fake(spec, work, stem, timeout_s):
+        calls.append(stem)
+        if spec["kind"] == "calibrate":
+            return {"status": "ok"}
+        if spec.get("reference_only"):  # killed: no cached reference left behind
+            return {"status": "error", "error": "case process died (killed by signal 9)"}
+        return {"status": "error", "error": "not measured here"}
+
+    monkeypatch.setattr(runner, "run_case_process", fake)
+    runner.run_suite(HERE / "tiny_suite.toml", tmp_path / "run", only=["train_step/fp32", "train_step/bf16"],
+                     report=False)
+    assert [c for c in calls if c.endswith("-reference")] == ["000-train_step-fp32-reference"]
