@@ -66,7 +66,7 @@ def profile_case(args: argparse.Namespace) -> int:
     except Unavailable as err:
         print(f"segbench profile: {args.variant} is unavailable here: {err}", file=sys.stderr)
         return 2
-    if spec["device"] == "cuda" and not args.device:
+    if spec["device"] == "cuda" and not args.device and not args.nsys:  # --nsys: the command to run there
         import torch
 
         if not torch.cuda.is_available():  # the suite's device: say how to profile it here anyway

@@ -41,6 +41,8 @@ def label_files(path: str | Path, predictions: bool = False) -> dict[str, Path]:
     suffix = r"[_-]seg$"
     if predictions and any(re.search(r"_pred$", _NIFTI.sub("", p.name)) for p in files):
         suffix = r"_pred$"
+    elif not predictions:  # infer's predictions written beside the reference cases are never references
+        files = [p for p in files if not re.search(r"_pred$", _NIFTI.sub("", p.name))]
     segs = [p for p in files if re.search(suffix, _NIFTI.sub("", p.name))]
     # a raw-case folder: only its seg files are label maps, never a case's images
     images = {f for case in discover(path) for f in case.images}

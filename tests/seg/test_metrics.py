@@ -252,6 +252,10 @@ def test_eval_skips_predictions_of_image_only_cases_and_never_reads_images_as_la
     _save(labelled / "BraTS-GLI-00002-000_pred.nii.gz", np.zeros_like(ref))
     assert main(["eval", "--pred", str(ref_dir), "--ref", str(ref_dir), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["cases"]["BraTS-GLI-00002-000"]["WT"]["dice"] == 0.0
+    # an image-only folder (a validation set) with predictions beside it: nothing to score them against
+    _save(image_only / "BraTS-GLI-00001-000_pred.nii.gz", ref)
+    assert main(["eval", "--pred", str(image_only), "--ref", str(image_only), "--out", str(out)]) == 1
+    assert "skipped 1 image-only case(s)" in capsys.readouterr().err
 
 
 def test_eval_counts_voxels_and_both_empty_regions_and_scores_missing_cases_on_request(tmp_path, capsys):
