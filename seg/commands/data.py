@@ -99,8 +99,11 @@ def register(subparsers) -> None:
                    help="per-modality scaling to [0,1]: min-max, fixed 0-3000 window, or brain z-score "
                    "(default minmax)")
     p.add_argument("--workers", type=int, default=1, help="cases prepared in parallel processes (default 1)")
-    p.add_argument("--split-seed", type=int, default=200, help="seed of splits.json (default 200)")
-    p.add_argument("--folds", type=int, default=5, help="k of the k-fold splits (default 5)")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of a new splits.json (default 200; a re-run keeps the existing one's)")
+    p.add_argument("--folds", type=int, default=None,
+                   help="k of a new splits.json's k-fold splits (default 5; a re-run keeps the existing "
+                   "one's)")
     p.set_defaults(func=_prep)
 
     p = sub.add_parser("summary", help="Markdown summary of a prepared folder")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 SPLITS = "splits.json"
@@ -29,8 +30,8 @@ def make_splits(ids, seed: int = 200, fractions: tuple[float, float, float] = (0
     n_train, n_val = want["train"], want["val"]
     train, val, test = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
     pool = train + val  # already shuffled: chunk i is fold i's validation set
-    return {"seed": seed, "fractions": list(fractions), "train": sorted(train), "val": sorted(val),
-            "test": sorted(test), "folds": _folds(pool, _fold_count(pool, folds))}
+    return {"seed": seed, "fractions": list(fractions), "k": folds, "train": sorted(train),
+            "val": sorted(val), "test": sorted(test), "folds": _folds(pool, _fold_count(pool, folds))}
 
 
 def _fold_count(pool: list[str], folds: int) -> int:
@@ -49,19 +50,32 @@ def _targets(n: int, fractions: tuple[float, float, float]) -> dict[str, int]:
     if n >= 3:
         n_val = max(1, n_val) if fractions[1] > 0 else n_val
         n_test = max(1, n_test) if fractions[2] > 0 else n_test
+    n_val = min(n_val, n)  # rounding both up (0, .5, .5 of 3) must not ask for more cases than there are
+    n_test = min(n_test, n - n_val)
     return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
 
 
 def extend_splits(old: dict, ids, folds: int = 5) -> dict:
     """`old` splits for the cases `ids` now holds, moving none of the cases both know: a case gone is
-    dropped, a new one (in a seeded order) joins the split furthest below its share, and the fold
-    with the fewest validation cases. Re-splitting from scratch would move test cases a model was
-    scored on into training (one case fewer reshuffles everything). Folds are made anew only when
-    their number must change (a pool that was too small for them)."""
+    set aside with its place (`absent`: split and fold) and gets that place back when it returns; a
+    new one (in a seeded order) joins the split furthest below its share, and the fold with the
+    fewest validation cases. Re-splitting from scratch would move test cases a model was scored on
+    into training (one case fewer reshuffles everything). Folds are made anew only when their number
+    must change (a pool that was too small for them)."""
     if folds < 2:
         raise ValueError(f"--folds {folds}: cross-validation needs at least 2 folds")
     ids = set(ids)
+    absent = {case: dict(place) for case, place in old.get("absent", {}).items() if case not in ids}
+    for name in ("train", "val", "test"):
+        absent.update({i: {"split": name, "fold": None} for i in old[name] if i not in ids})
+    for k, fold in enumerate(old.get("folds", [])):
+        for i in fold["val"]:
+            if i in absent:
+                absent[i]["fold"] = k
+    returning = {case: place for case, place in old.get("absent", {}).items() if case in ids}
     kept = {name: [i for i in old[name] if i in ids] for name in ("train", "val", "test")}
+    for case, place in sorted(returning.items()):
+        kept[place["split"]].append(case)
     new = sorted(ids - {i for part in kept.values() for i in part})
     random.Random(old["seed"]).shuffle(new)
     fractions = tuple(old["fractions"])
@@ -75,23 +89,29 @@ def extend_splits(old: dict, ids, folds: int = 5) -> dict:
     k = _fold_count(pool, folds)
     fold_vals = [[i for i in f["val"] if i in ids] for f in old.get("folds", [])]
     parts = {name: sorted(part) for name, part in kept.items()}
+    head = {"seed": old["seed"], "fractions": list(fractions), "k": folds, **parts}
+    tail = {"absent": dict(sorted(absent.items()))} if absent else {}
     if len(fold_vals) != k:  # a new fold count: folds over the pool as make_splits makes them
         order = sorted(pool)
         random.Random(old["seed"]).shuffle(order)
-        return {"seed": old["seed"], "fractions": list(fractions), **parts, "folds": _folds(order, k)}
+        return {**head, "folds": _folds(order, k), **tail}
+    for case, place in sorted(returning.items()):  # back into the fold it validated
+        if place.get("fold") is not None and place["fold"] < k and place["split"] != "test":
+            fold_vals[place["fold"]].append(case)
     placed = {i for f in fold_vals for i in f}
     for case in [i for i in pool if i not in placed] if fold_vals else []:  # a pool of one: no folds
         min(fold_vals, key=len).append(case)
-    return {"seed": old["seed"], "fractions": list(fractions), **parts,
-            "folds": [{"train": sorted(set(pool) - set(v)), "val": sorted(v)} for v in fold_vals]}
+    return {**head, "folds": [{"train": sorted(set(pool) - set(v)), "val": sorted(v)} for v in fold_vals],
+            **tail}
 
 
-def write_splits(data_dir: str | Path, ids=None, seed: int = 200,
-                 fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), folds: int = 5,
+def write_splits(data_dir: str | Path, ids=None, seed: int | None = None,
+                 fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), folds: int | None = None,
                  keep: bool = False) -> Path:
     """Write `data_dir/splits.json`. Without `ids`, the labelled ok cases of the manifest. `keep`
-    (prep's re-runs): an existing splits.json of the same seed and fractions is extended
-    (`extend_splits`), not made anew."""
+    (prep's re-runs): an existing splits.json is extended (`extend_splits`) with its own seed,
+    fractions and fold count, whatever `seed` and `folds` say (a note when they differ: `data
+    splits` makes new ones); else made anew (seed 200, 5 folds by default)."""
     from seg.data.store import MANIFEST, write_json
 
     data_dir = Path(data_dir)
@@ -104,9 +124,18 @@ def write_splits(data_dir: str | Path, ids=None, seed: int = 200,
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = None
-        if old and old.get("seed") == seed and old.get("fractions") == list(fractions):
-            return write_json(path, extend_splits(old, ids, folds))
-    return write_json(path, make_splits(ids, seed, fractions, folds))
+        if old and {"seed", "fractions", "train", "val", "test"} <= set(old):
+            own_k = old.get("k") or max(len(old.get("folds", [])), 2)
+            asked = {"seed": seed, "folds": folds}
+            kept = {"seed": old["seed"], "folds": own_k}
+            differ = [f"--{'split-seed' if key == 'seed' else key} {asked[key]}" for key in asked
+                      if asked[key] is not None and asked[key] != kept[key]]
+            if differ:
+                print(f"{path}: kept as it is (seed {old['seed']}, {own_k} folds), not {', '.join(differ)}: "
+                      "`segbench data splits` makes new splits (and moves cases)", file=sys.stderr)
+            return write_json(path, extend_splits(old, ids, own_k))
+    return write_json(path, make_splits(ids, 200 if seed is None else seed, fractions,
+                                        5 if folds is None else folds))
 
 
 def load_splits(data_dir: str | Path) -> dict:

@@ -88,14 +88,39 @@ def test_a_re_split_keeps_every_case_where_it_was_when_cases_come_and_go():
     assert len(two["folds"]) == 2 and len(extend_splits(two, IDS)["folds"]) == 5
 
 
-def test_prep_re_runs_extend_the_splits_and_data_splits_makes_them_anew(tmp_path):
+def test_prep_re_runs_extend_the_splits_and_data_splits_makes_them_anew(tmp_path, capsys):
     old = make_splits(IDS)
     (tmp_path / "splits.json").write_text(__import__("json").dumps(old))
     kept = load_splits(write_splits(tmp_path, ids=IDS[1:], keep=True).parent)
     assert set(old["test"]) - {IDS[0]} == set(kept["test"]) and set(old["val"]) - {IDS[0]} == set(kept["val"])
     assert load_splits(write_splits(tmp_path, ids=IDS[1:]).parent) == make_splits(IDS[1:])
-    # another seed asked for: a new split, as asked
-    assert load_splits(write_splits(tmp_path, ids=IDS, seed=7, keep=True).parent) == make_splits(IDS, seed=7)
+    # splits made by `data splits` with their own seed, fractions and folds: a prep re-run (its defaults,
+    # or another seed asked for) keeps them, and says so when asked for others
+    custom = load_splits(write_splits(tmp_path, ids=IDS, seed=7, fractions=(0.7, 0.15, 0.15), folds=3).parent)
+    for seed in (None, 9):
+        again = load_splits(write_splits(tmp_path, ids=IDS, seed=seed, keep=True).parent)
+        assert {k: again[k] for k in ("seed", "train", "val", "test", "folds")} == \
+            {k: custom[k] for k in ("seed", "train", "val", "test", "folds")}
+    assert "kept as it is (seed 7, 3 folds), not --split-seed 9" in capsys.readouterr().err
+
+
+def test_a_case_that_drops_out_and_comes_back_gets_its_place_back():
+    """A test case failing one prep re-run and prepared again by the next must not land in training
+    (nor a validation case in another fold)."""
+    from seg.data.splits import extend_splits
+
+    many = [f"BraTS2021_{i:05d}" for i in range(50)]
+    s0 = make_splits(many)
+    gone_test, gone_val = s0["test"][0], s0["folds"][2]["val"][0]
+    s1 = extend_splits(s0, [i for i in many if i not in (gone_test, gone_val)] + ["BraTS2021_99999"])
+    assert s1["absent"][gone_test] == {"split": "test", "fold": None}
+    assert s1["absent"][gone_val]["fold"] == 2
+    s2 = extend_splits(s1, many + ["BraTS2021_99999"])
+    assert gone_test in s2["test"] and gone_val in s2["folds"][2]["val"] and "absent" not in s2
+    _check_folds(s2)
+    # rounding both held-out shares up must not ask for more cases than there are
+    tiny = make_splits(["a", "b", "c"], fractions=(0, 0.5, 0.5))
+    assert sorted(tiny["train"] + tiny["val"] + tiny["test"]) == ["a", "b", "c"]
 
 
 def test_a_re_run_on_a_single_labelled_case_keeps_it_without_folds():
