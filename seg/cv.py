@@ -173,6 +173,9 @@ def markdown_table(doc: dict[str, Any]) -> str:
     ]
     rows.append(("ensemble", None, doc["test"]["ensemble"]["mean"]))
     for name, val, mean in rows:
+        if not mean:  # no test case could be scored (listed below)
+            lines.append("| " + " | ".join([name, "—" if val is None else f"{val:.4f}", *["—"] * 7]) + " |")
+            continue
         dice = [mean[r]["dice"] for r in metrics.REGIONS]
         hd = [mean[r]["hd95"] for r in metrics.REGIONS]
         cells = [

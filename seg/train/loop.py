@@ -10,6 +10,8 @@ uninterrupted run (bitwise on CPU; on CUDA up to cuDNN's nondeterministic kernel
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict
@@ -85,6 +87,8 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     out = Path(cfg.out)
     data_dir = Path(cfg.data_dir)
     train_ids, val_ids = select_ids(data_dir, cfg.fold)
+    # which cases train and validate this run: a resume must find the same (splits.json can be re-made)
+    split = hashlib.sha256(json.dumps([sorted(train_ids), sorted(val_ids)]).encode()).hexdigest()[:16]
     prep = read_prep_config(data_dir)
     patch = as_patch_size(cfg.patch)
     size = prep.get("size")
@@ -154,6 +158,10 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     if state is not None:
         if state["model_name"] != cfg.model:
             raise ValueError(f"{last_path} trained model {state['model_name']!r}, not {cfg.model!r}")
+        stored_split = state.get("split")
+        if stored_split is not None and stored_split != split:  # splits.json changed since (data splits)
+            raise ValueError(f"{last_path} trained on other cases than {data_dir}/splits.json now gives this "
+                             "run (its train/val cases changed since): start a new run (another --out)")
         stored_fold = (state.get("config") or {}).get("fold")
         if stored_fold != cfg.fold:  # other training and validation cases: best.pt's Dice would mix two
             def split(fold: int | None) -> str:
@@ -224,7 +232,7 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         if improved:
             best_dice, best_epoch = val["val_dice"], epoch + 1
         if layout.is_main:
-            _write_epoch(out, cfg, model, optimizer, scheduler, scaler, train_loader, prep,
+            _write_epoch(out, cfg, model, optimizer, scheduler, scaler, train_loader, prep, split,
                          epoch + 1, best_dice, best_epoch, improved, rows)
             tqdm.write(
                 f"epoch {epoch + 1}/{cfg.epochs}: train_loss {train_loss:.4f} val_loss {val['val_loss']:.4f} "
@@ -313,7 +321,7 @@ def _note_speed_changes(last_path: Path, stored: dict, cfg: TrainConfig) -> None
 
 def _write_epoch(
     out: Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, loader, prep: dict,
-    epoch: int, best_dice: float, best_epoch: int, improved: bool, rows: list[dict],
+    split: str, epoch: int, best_dice: float, best_epoch: int, improved: bool, rows: list[dict],
 ) -> None:
     with nvtx_range("checkpoint"):
         state = {
@@ -331,6 +339,7 @@ def _write_epoch(
             "best_dice": best_dice,
             "best_epoch": best_epoch,
             "prep": prep,
+            "split": split,  # a digest of the train and val case ids
         }
         # last.pt marks the epoch done: a crash before it replays the epoch (the log keeps rows up to
         # last.pt's epoch on resume). The new best goes to best.next.pt first and becomes best.pt only

@@ -180,3 +180,22 @@ def test_cv_trains_folds_and_scores_the_ensemble(data_dir, tmp_path, capsys):
     assert tuned["postprocess"]["cases"] == sum(len(f["val"]) for f in splits["folds"][:2])
     assert tuned["infer"]["min_et_mm3"] == expected_choice["min_et_mm3"]
     assert "Post-processing tuned on 5 out-of-fold validation case(s)" in (run / "cv.md").read_text()
+
+    # a table without a scored test case says so instead of failing
+    from seg.cv import markdown_table
+
+    empty = {**tuned, "test": {**tuned["test"], "ensemble": {"mean": {}, "cases": {}},
+                               "folds": [{"mean": {}}, {"mean": {}}], "errors": ["Case_1: unreadable"]}}
+    assert "| ensemble | — | — |" in markdown_table(empty) and "1 test case(s) could not be scored" in \
+        markdown_table(empty)
+
+    # splits.json re-made since the folds trained (other cases in fold 0): the resume is refused, not
+    # scored as if fold 0's new test cases had been held out
+    original = (data_dir / "splits.json").read_text()
+    try:
+        assert main(["data", "splits", str(data_dir), "--seed", "3"]) == 0
+        capsys.readouterr()
+        assert main(args) != 0
+        assert "trained on other cases than" in capsys.readouterr().err
+    finally:
+        (data_dir / "splits.json").write_text(original)
