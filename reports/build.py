@@ -88,7 +88,8 @@ def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
     lines = [
         f"device: {env.get('requested_device', cal.get('device', '?'))} — {device}"
         + (f", driver {cal['driver']}" if cal.get("driver") else "")
-        + (f", CUDA {cal['torch_cuda']}, cuDNN {cudnn_text(cal['cudnn'])}" if cal.get("torch_cuda") else ""),
+        + (f", CUDA {cal['torch_cuda']}, cuDNN {cudnn_text(cal['cudnn'])}"
+           if cal.get("torch_cuda") and cal.get("gpu") else ""),  # a CPU run on a CUDA build: no CUDA
         f"CPU: {env.get('cpu', '?')}, {env.get('cpu_count', '?')} logical CPUs "
         f"({env.get('cpu_affinity', '?')} usable), torch threads {cal.get('torch_threads', '?')}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),

@@ -100,7 +100,9 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
             rec["before"], rec["after"] = (f"{p / 2**30:.2f} GiB est. peak" for p in (peak_b, peak_a))
             rec["change"] = peak_a / peak_b - 1
             exact = {"change": rec["change"], "ci_low": rec["change"], "ci_high": rec["change"]}
-            rec["verdict"] = _verdict(exact, threshold)  # no interval: ci columns stay empty
+            # no interval: ci columns stay empty; another torch estimates with other kernels and rules
+            rec["verdict"] = (f"other machine ({machines[1]} → {machines[0]}): no verdict" if other_machine
+                              else _verdict(exact, threshold))
         elif ra.get("warning") or rb.get("warning"):  # a non-finite loss: its speed is not quotable
             rec["after"] += " (non-finite loss)" if ra.get("warning") else ""
             rec["verdict"] = (
@@ -227,7 +229,8 @@ def write_comparison(
 
     def where(env: dict) -> str:
         cal = env.get("calibration", {})
-        return f"{cal.get('gpu') or env.get('cpu', '?')}, git {str(env.get('git', {}).get('sha'))[:10]}"
+        sha = (env.get("git") or {}).get("sha")
+        return f"{cal.get('gpu') or env.get('cpu', '?')}, git {sha[:10] if sha else 'unknown'}"
 
     regressions = table[table.verdict.str.startswith("REGRESSION")]
     blocks = [

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from reports.tables import FP32, SEED, mean_s_per_batch, speedup  # noqa: E402
+from reports.tables import baselines, mean_s_per_batch, speedup  # noqa: E402
 
 COLORS = {"ok": "#4C72B0", "seed": "#DD8452", "fp32": "#8C8C8C"}
 
@@ -104,7 +104,7 @@ def memory(workload: str, rows: list[dict], out: Path) -> Path | None:
 def speedups(workload: str, rows: list[dict], out: Path) -> Path | None:
     by = {r["variant"]: r for r in rows}
     series = []
-    for name in (SEED, FP32):
+    for name in baselines(rows):
         points = [(r["variant"], speedup(r, by.get(name), name)) for r in _ok(rows, "s_per_iter")]
         points = [(v, s) for v, s in points if s]
         if points:

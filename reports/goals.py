@@ -84,7 +84,7 @@ def _speedup(row: dict, other_case: str, rows: dict[str, dict], anchors: dict
 
 def _short_error(row: dict, limit: int = 80) -> str:
     """A row's error, its first part (inductor repeats the message after " | "), cut with an ellipsis."""
-    text = str(row.get("error") or row.get("status") or "").split(" | ")[0].strip()
+    text = " ".join(str(row.get("error") or row.get("status") or "").split(" | ")[0].split())  # one line
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 

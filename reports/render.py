@@ -20,7 +20,10 @@ class Block:
 
 
 def _md_cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """One table cell: on one line (\r too ends a line), its pipes and backslashes escaped, and `<` as
+    an entity (an error's `<module>` or `vector<float>` would be taken for an HTML tag)."""
+    text = " ".join(str(value).splitlines())
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
 
 
 def md_table(df: pd.DataFrame) -> str:
@@ -38,7 +41,8 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
         elif b.kind == "p":
             out.append(str(b.content))
         elif b.kind == "list":
-            out.append("\n".join(f"- {item}" for item in b.content))
+            # one line each: an error's own line breaks would end the item
+            out.append("\n".join(f"- {' '.join(str(item).splitlines())}" for item in b.content))
         elif b.kind == "table":
             out.append(md_table(b.content))
         elif b.kind == "img":

@@ -69,6 +69,13 @@ def speedup(row: dict, baseline: dict | None, name: str) -> dict | None:
     return {"ratio": float(np.median(a) / np.median(b)), "ci_low": None, "ci_high": None, "paired": False}
 
 
+def baselines(rows: list[dict]) -> list[str]:
+    """The variants speedups are shown against: seed and fp32, and any other baseline a suite paired its
+    rows with (a suite's or workload's `baseline`)."""
+    paired = [(r.get("paired") or {}).get("baseline") for r in rows]
+    return [SEED, FP32] + list(dict.fromkeys(b for b in paired if b and b not in (SEED, FP32)))
+
+
 def fmt_seconds(s: float | None) -> str:
     if s is None or pd.isna(s):
         return ""
@@ -240,7 +247,6 @@ def _extra(row: dict) -> dict:
 def workload_table(rows: list[dict]) -> pd.DataFrame:
     """The display table of one workload's rows (all rows of one `workload` name)."""
     by_variant = {r["variant"]: r for r in rows}
-    seed, fp32 = by_variant.get(SEED), by_variant.get(FP32)
     records = []
     for row in sorted(rows, key=lambda r: r.get("order", 0)):
         parity = row.get("parity") or {}
@@ -249,8 +255,8 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
             "status": row["status"],
             S_PER_ITER: _fmt_spread(row.get("s_per_iter")),
             "first step": fmt_seconds(row.get("first_step_s")),
-            "vs seed": fmt_speedup(speedup(row, seed, SEED)),
-            "vs fp32": fmt_speedup(speedup(row, fp32, FP32)),
+            **{f"vs {name}": fmt_speedup(speedup(row, by_variant.get(name), name))
+               for name in baselines(rows)},
             "samples/s": _num(row.get("samples_per_s"), ".2f"),
             "peak memory": _fmt_bytes(row.get("peak_bytes")),
             "MFU": _num(row.get("mfu"), ".2%"),

@@ -203,3 +203,12 @@ def test_compare_gives_no_verdict_on_timings_taken_on_a_busy_host():
     busy = {**slow, "host_other_cpu_fraction": 0.5}
     assert compare_rows([busy], [row]).verdict.iloc[0] == (
         "busy host (50% in RUN of the CPUs used by other processes): no verdict")
+
+
+def test_footprint_estimates_of_another_torch_get_no_verdict():
+    est = {"workload": "fit", "kind": "footprint", "variant": "bf16", "status": "ok", "estimate": True,
+           "estimated_peak_bytes": 9 * 2**30}
+    grown = {**est, "estimated_peak_bytes": 10 * 2**30}
+    machines = ("EPYC × 2, torch 2.13.0", "EPYC × 2, torch 2.11.0")
+    assert compare_rows([grown], [est], machines=machines).verdict.iloc[0].startswith("other machine")
+    assert compare_rows([grown], [est]).verdict.iloc[0] == "REGRESSION"

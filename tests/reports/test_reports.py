@@ -404,3 +404,28 @@ def test_goal_lines_name_a_failure_s_error_a_median_at_the_edge_and_budget_cuts_
     assert _summary([edge, oom, cut])[0] == (
         "3 cases: 1 ok, 1 error, 1 cut by the time budget (`segbench bench --resume RUN` runs them), "
         "0 unavailable")
+
+
+def test_a_suite_s_own_baseline_gets_its_column_and_text_stays_in_its_table_cell_or_list_item():
+    from pathlib import Path
+
+    from reports.goals import check, verdict_line
+    from reports.render import Block, to_markdown
+    from reports.tables import workload_table
+
+    base = {"workload": "w", "status": "ok", "s_per_iter": {"median": 1.0, "p20": 1.0, "p80": 1.0, "n": 3},
+            "step_times_s": [1.0] * 3}
+    rows = [{**base, "variant": "bf16", "order": 0},
+            {**base, "variant": "bf16+compile", "order": 1,
+             "paired": {"baseline": "bf16",
+                        "speedup": {"ratio": 1.5, "ci_low": 1.4, "ci_high": 1.6, "pairs": 6}}},
+            {"workload": "w", "variant": "bad", "order": 2, "status": "error",
+             "error": "case process died: Fatal Python error: Aborted\r\n\nFile \"<module>\" a|b"}]
+    table = workload_table(rows)
+    assert table["vs bf16"].tolist()[1] == "1.50× [1.40–1.60]"
+    md = to_markdown([Block("table", table)], Path("."))
+    assert len(md.strip().splitlines()) == 2 + len(rows)  # header, rule, one line per row
+    assert "&lt;module>" in md and "a\\|b" in md
+    line = verdict_line({"case": "w/bad"}, check({"case": "w/bad", "max_s_per_iter": 1}, rows, {}))
+    assert "\n" not in line and "\r" not in line
+    assert to_markdown([Block("list", ["one\nline", "two"])], Path(".")) == "- one line\n- two\n"
