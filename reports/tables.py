@@ -53,7 +53,9 @@ def speedup(row: dict, baseline: dict | None, name: str) -> dict | None:
     """Speedup of `row` over the baseline (> 1 faster): {"ratio", "ci_low", "ci_high", "paired"}.
 
     The interleaved A/B measurement inside the case when it was paired with this baseline (its 95 %
-    interval over the block pairs, bench.stats.paired_blocks_ratio_ci); otherwise the ratio of the
+    interval over the block pairs, bench.stats.paired_blocks_ratio_ci), or inside the baseline's case
+    when that was paired with this row (inverted: a suite whose baseline is fp32 interleaves its seed
+    row with fp32, which is fp32's own speedup over seed); otherwise the ratio of the
     two rows' medians, measured in two processes, with no interval: the spread between processes
     (compile and autotuning choices, the GPU's state) is not measured, and the steps' own spread
     would understate it.
@@ -63,6 +65,13 @@ def speedup(row: dict, baseline: dict | None, name: str) -> dict | None:
         return {**paired["speedup"], "paired": True}
     if row.get("variant") == name:
         return None
+    other = (baseline or {}).get("paired") or {}
+    if (baseline or {}).get("status") == "ok" and other.get("baseline") == row.get("variant") \
+            and other.get("speedup"):  # the baseline was interleaved with this row: its ratio inverted
+        theirs = other["speedup"]
+        low, high = theirs.get("ci_low"), theirs.get("ci_high")
+        return {**theirs, "ratio": 1 / theirs["ratio"], "ci_low": None if high is None else 1 / high,
+                "ci_high": None if low is None else 1 / low, "paired": True}
     a, b = _samples(baseline), _samples(row)
     if not a or not b:
         return None

@@ -429,3 +429,16 @@ def test_a_suite_s_own_baseline_gets_its_column_and_text_stays_in_its_table_cell
     line = verdict_line({"case": "w/bad"}, check({"case": "w/bad", "max_s_per_iter": 1}, rows, {}))
     assert "\n" not in line and "\r" not in line
     assert to_markdown([Block("list", ["one\nline", "two"])], Path(".")) == "- one line\n- two\n"
+
+
+def test_a_speedup_over_a_row_paired_the_other_way_is_its_interleaved_ratio_inverted():
+    from reports.tables import speedup
+
+    fp32 = {"workload": "w", "variant": "fp32", "status": "ok", "step_times_s": [1.0] * 3}
+    seed = {"workload": "w", "variant": "seed", "status": "ok", "step_times_s": [4.0] * 3,
+            "paired": {"baseline": "fp32", "speedup": {"ratio": 0.8, "ci_low": 0.5, "ci_high": 1.0, "pairs": 6}}}
+    got = speedup(fp32, seed, "seed")
+    assert got["paired"] and got["ratio"] == pytest.approx(1.25)
+    assert (got["ci_low"], got["ci_high"]) == (pytest.approx(1.0), pytest.approx(2.0))
+    assert speedup(fp32, {**seed, "paired": {}}, "seed") == {"ratio": 0.25, "ci_low": None, "ci_high": None,
+                                                            "paired": False}  # two processes' medians
