@@ -436,7 +436,8 @@ def test_a_speedup_over_a_row_paired_the_other_way_is_its_interleaved_ratio_inve
 
     fp32 = {"workload": "w", "variant": "fp32", "status": "ok", "step_times_s": [1.0] * 3}
     seed = {"workload": "w", "variant": "seed", "status": "ok", "step_times_s": [4.0] * 3,
-            "paired": {"baseline": "fp32", "speedup": {"ratio": 0.8, "ci_low": 0.5, "ci_high": 1.0, "pairs": 6}}}
+            "paired": {"baseline": "fp32",
+                       "speedup": {"ratio": 0.8, "ci_low": 0.5, "ci_high": 1.0, "pairs": 6}}}
     got = speedup(fp32, seed, "seed")
     assert got["paired"] and got["ratio"] == pytest.approx(1.25)
     assert (got["ci_low"], got["ci_high"]) == (pytest.approx(1.0), pytest.approx(2.0))
