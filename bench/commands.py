@@ -117,7 +117,7 @@ def run_env(args: argparse.Namespace) -> int:
 
 
 def _list() -> None:
-    from bench.config import load_suite, suite_names
+    from bench.suite_file import load_suite, suite_names
     from bench.variants import describe
 
     print("suites:")
@@ -135,7 +135,8 @@ def _list() -> None:
 def _with_profile_steps(name: str, steps: int):
     import dataclasses
 
-    from bench.config import SuiteError, load_suite
+    from bench.config import SuiteError
+    from bench.suite_file import load_suite
 
     if steps < 0:
         raise SuiteError(f"--profile-steps {steps}: give 0 (none) or more steps")

@@ -27,8 +27,9 @@ def profile_dir(run: Path, workload: str, variant: str) -> Path:
 
 
 def _spec(args: argparse.Namespace) -> tuple[dict, Path]:
-    from bench.config import SuiteError, load_suite
+    from bench.config import SuiteError
     from bench.runner import case_spec, prepare_data
+    from bench.suite_file import load_suite
     from bench.variants import VariantContext, resolve
 
     suite = load_suite(args.suite)

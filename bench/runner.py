@@ -21,10 +21,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.case import REFERENCE_GLOB, reference_cache_path, write_json_atomic
-from bench.config import BUDGET_CUT, NEEDS_DATA, BenchError, DataSpec, Suite, Workload, load_suite
+from bench.config import BUDGET_CUT, NEEDS_DATA, BenchError, DataSpec, Suite, Workload
 from bench.contention import BUSY_FRACTION, HostLoad
 from bench.env import capture_host
 from bench.resume import check_machine, resume_state, resumed_inputs, workload_fingerprints
+from bench.suite_file import load_suite
 from bench.variants import Unavailable, VariantContext, resolve
 
 KEEP_CACHE_ENV = "SEGBENCH_KEEP_COMPILE_CACHE"  # =1: cases share your inductor/Triton caches

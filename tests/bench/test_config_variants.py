@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import SuiteError, load_suite, parse_suite, suite_names
+from bench.config import SuiteError
+from bench.suite_file import load_suite, parse_suite, suite_names
 from bench.variants import CaseConfig, Unavailable, VariantContext, resolve
 
 HERE = Path(__file__).parent
@@ -240,7 +241,8 @@ def test_only_naming_no_case_is_an_error_before_anything_is_written(tmp_path):
 
 
 def test_goals_name_cases_of_the_suite(tmp_path):
-    from bench.config import SuiteError, parse_suite
+    from bench.config import SuiteError
+    from bench.suite_file import parse_suite
 
     text = """
 name = "g"

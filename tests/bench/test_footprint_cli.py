@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.commands import footprint_suite_toml
-from bench.config import parse_suite
+from bench.suite_file import parse_suite
 from segbench.cli import main
 
 

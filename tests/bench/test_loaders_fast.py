@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import LoaderParams, Measure, load_suite
+from bench.config import LoaderParams, Measure
 from bench.loaders import LOADERS, LoaderRequest, endless, labelled_ids, storage_fields
+from bench.suite_file import load_suite
 from bench.variants import VariantContext, resolve
 from seg.data.store import save_case, write_json
 

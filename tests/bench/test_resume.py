@@ -208,8 +208,8 @@ def test_a_case_the_budget_stopped_says_so_and_results_lines_are_strict_json(tmp
 
 def test_a_resume_forgets_the_cached_reference_of_a_changed_workload_without_kept_rows(tmp_path):
     from bench.commands import _with_profile_steps
-    from bench.config import load_suite
     from bench.resume import workload_fingerprints
+    from bench.suite_file import load_suite
 
     suite = tmp_path / "suite.toml"
     suite.write_text(SUITE.replace(', "bf16", "channels_last"]', "]"))

@@ -147,7 +147,8 @@ def test_dropout_saves_a_bool_mask_as_on_cuda():
 
 
 def test_workload_row_for_a_tiny_unet_is_an_estimate_and_reported_as_one():
-    from bench.config import FootprintParams, Measure, load_suite
+    from bench.config import FootprintParams, Measure
+    from bench.suite_file import load_suite
     from bench.variants import Unavailable, VariantContext, resolve
     from bench.workloads import footprint
     from bench.workloads.common import Case
