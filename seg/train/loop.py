@@ -158,17 +158,17 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
     if state is not None:
         if state["model_name"] != cfg.model:
             raise ValueError(f"{last_path} trained model {state['model_name']!r}, not {cfg.model!r}")
+        stored_fold = (state.get("config") or {}).get("fold")
+        if stored_fold != cfg.fold:  # other training and validation cases: best.pt's Dice would mix two
+            def named(fold: int | None) -> str:
+                return "the main split" if fold is None else f"fold {fold}"
+
+            raise ValueError(f"{last_path} trained on {named(stored_fold)}, not {named(cfg.fold)}: resume "
+                             "with the same --fold")
         stored_split = state.get("split")
         if stored_split is not None and stored_split != split:  # splits.json changed since (data splits)
             raise ValueError(f"{last_path} trained on other cases than {data_dir}/splits.json now gives this "
                              "run (its train/val cases changed since): start a new run (another --out)")
-        stored_fold = (state.get("config") or {}).get("fold")
-        if stored_fold != cfg.fold:  # other training and validation cases: best.pt's Dice would mix two
-            def split(fold: int | None) -> str:
-                return "the main split" if fold is None else f"fold {fold}"
-
-            raise ValueError(f"{last_path} trained on {split(stored_fold)}, not {split(cfg.fold)}: resume "
-                             "with the same --fold")
         if layout.is_main:
             _note_speed_changes(last_path, state.get("config") or {}, cfg)
         ckpt.load_weights(model, state["model"], last_path)
