@@ -135,6 +135,8 @@ class FootprintParams(TrainParams):
 class E2EParams(TrainParams):
     """TrainParams fed by a loader; `shape` is unused (the batches' shape is the data's)."""
 
+    UNUSED = ("shape",)  # not a field (no annotation): left out of the rows' recorded params
+
     loader: str = _help("loader registered in bench.loaders", "default")
     workers: int = _help("DataLoader worker processes", 2)
     patch: list | None = _help("random crop size, or none for whole prepared volumes", None)
@@ -277,3 +279,9 @@ def cut_by_budget(row: dict) -> bool:
     compare gives it no verdict."""
     error = str(row.get("error") or "")
     return error.startswith(("not run:", "timeout:")) and BUDGET_CUT in error
+
+
+def recorded_params(params: Any) -> dict:
+    """A workload's params as its rows record them (what a compare checks for set-up differences):
+    every field but those its class does not use."""
+    return {k: v for k, v in dataclasses.asdict(params).items() if k not in getattr(params, "UNUSED", ())}

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.case import REFERENCE_GLOB, reference_cache_path, write_json_atomic
-from bench.config import BUDGET_CUT, NEEDS_DATA, BenchError, DataSpec, Suite, Workload
+from bench.config import BUDGET_CUT, NEEDS_DATA, BenchError, DataSpec, Suite, Workload, recorded_params
 from bench.contention import BUSY_FRACTION, HostLoad
 from bench.env import capture_host
 from bench.resume import check_machine, resume_state, resumed_inputs, workload_fingerprints
@@ -332,7 +332,7 @@ def run_suite(
             "variant": variant,
             "order": index,
             "device": device,
-            "params": asdict(w.params),  # the workload's whole set-up: a compare names what differs
+            "params": recorded_params(w.params),  # the workload's set-up: a compare names what differs
         }
         remaining = None if suite.budget_s is None else suite.budget_s - (time.perf_counter() - started)
         try:

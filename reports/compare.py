@@ -55,7 +55,8 @@ def _setup_difference(ra: dict, rb: dict) -> str:
              if ra.get(key) is not None and rb.get(key) is not None and ra.get(key) != rb.get(key)}
     pa, pb = ra.get("params"), rb.get("params")
     if isinstance(pa, dict) and isinstance(pb, dict):
-        unused = ("shape",) if ra.get("kind") == "train_e2e" else ()  # its batches have the data's shape
+        # train_e2e's batches have the data's shape (rows from before bench.config.recorded_params held it)
+        unused = ("shape",) if ra.get("kind") == "train_e2e" else ()
         diffs.update({key: (pb.get(key), pa.get(key)) for key in sorted(pa.keys() | pb.keys())
                       if key not in _NOT_SETUP + unused and key not in diffs and pa.get(key) != pb.get(key)})
     return ", ".join(f"{key} {before} → {after}" for key, (before, after) in diffs.items())

@@ -71,6 +71,9 @@ def test_rows_carry_the_contract_fields(run):
     assert step["mfu"] == pytest.approx(step["flops_per_step"] / median / matmul_rate)
     assert step["parity"]["reference"] == "fp32" and step["parity"]["max_rel_dev"] < 0.05
     assert r[("train_step", "fp32")]["parity"]["max_rel_dev"] == 0.0  # same weights, batches, math
+    # rows record their workload's set-up, less what its kind does not use (train_e2e's shape)
+    assert step["params"]["shape"] == step["shape"] and step["params"]["model"] == "unet"
+    assert "shape" not in r[("train_e2e", "fp32")]["params"]
     # each training workload's reference ran once, in a process of its own before its first case
     references = sorted(p.name for p in (run / "cases").glob("*-reference.result.json"))
     assert [name.split("-", 1)[1] for name in references] == ["train_step-fp32-reference.result.json"]
