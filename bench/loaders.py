@@ -15,7 +15,6 @@ from the prepared data's gets a converted copy, made once per run under the run'
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,23 +54,13 @@ def loader(name: str, help: str, format: str | None = None, uses_workers: bool =
 
 
 def labelled_ids(data_dir: str | Path) -> list[str]:
-    """The labelled cases of a prepared folder (its manifest's ok cases) or a packed one."""
-    from seg.data import mmap_store
-    from seg.data.formats import case_ids, open_reader
+    """The labelled cases of a prepared folder (its manifest's ok cases) or a packed one; ValueError
+    when there are none."""
+    from seg.data.formats import labelled_ids as readable_labelled
 
-    if mmap_store.is_packed(data_dir):
-        reader = open_reader(data_dir)
-        ids = [i for i in case_ids(data_dir) if reader.has_label(i)]
-        where = Path(data_dir) / mmap_store.INDEX
-    else:
-        where = Path(data_dir) / "manifest.json"
-        try:
-            manifest = json.loads(where.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise FileNotFoundError(f"{where}: cannot read the prepared data's manifest ({err})") from None
-        ids = [c["id"] for c in manifest["cases"] if c.get("status") == "ok" and c.get("has_label", True)]
+    ids = readable_labelled(data_dir)
     if not ids:
-        raise ValueError(f"{where}: no labelled case prepared without error")
+        raise ValueError(f"{data_dir}: no labelled case prepared without error")
     return ids
 
 

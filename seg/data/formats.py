@@ -97,6 +97,14 @@ def case_ids(path: str | Path) -> list[str]:
     return mmap_store.prepared_ids(path)
 
 
+def labelled_ids(path: str | Path) -> list[str]:
+    """The labelled readable cases of a prepared folder (its manifest's) or a packed one (its index's)."""
+    if mmap_store.is_packed(path):
+        reader = PackedReader(path)
+        return [i for i in reader.store.ids if reader.has_label(i)]
+    return mmap_store.prepared_ids(path, labelled=True)
+
+
 def _source_stamp(src: Path) -> str:
     if mmap_store.is_packed(src):
         files = [src / mmap_store.INDEX, src / mmap_store.IMAGES, src / mmap_store.LABELS]

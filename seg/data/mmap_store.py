@@ -39,14 +39,16 @@ def is_packed(path: str | Path) -> bool:
     return (Path(path) / INDEX).is_file()
 
 
-def prepared_ids(src: str | Path) -> list[str]:
-    """The cases a prepared folder's manifest lists as ok, in manifest order."""
+def prepared_ids(src: str | Path, labelled: bool = False) -> list[str]:
+    """The cases a prepared folder's manifest lists as ok, in manifest order (`labelled`: only those
+    with a label)."""
     path = Path(src) / MANIFEST
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise FileNotFoundError(f"{path}: cannot read the prepared folder's manifest ({err})") from None
-    return [c["id"] for c in manifest["cases"] if c.get("status") == "ok"]
+    return [c["id"] for c in manifest["cases"]
+            if c.get("status") == "ok" and (not labelled or c.get("has_label", True))]
 
 
 def fingerprint(files: Sequence[Path]) -> str:

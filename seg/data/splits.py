@@ -112,12 +112,12 @@ def write_splits(data_dir: str | Path, ids=None, seed: int | None = None,
     (prep's re-runs): an existing splits.json is extended (`extend_splits`) with its own seed,
     fractions and fold count, whatever `seed` and `folds` say (a note when they differ: `data
     splits` makes new ones); else made anew (seed 200, 5 folds by default)."""
-    from seg.data.store import MANIFEST, write_json
+    from seg.data.mmap_store import prepared_ids
+    from seg.data.store import write_json
 
     data_dir = Path(data_dir)
     if ids is None:
-        manifest = json.loads((data_dir / MANIFEST).read_text())
-        ids = [e["id"] for e in manifest["cases"] if e["status"] == "ok" and e.get("has_label", True)]
+        ids = prepared_ids(data_dir, labelled=True)
     path = data_dir / SPLITS
     if keep and path.is_file():
         try:
@@ -126,10 +126,8 @@ def write_splits(data_dir: str | Path, ids=None, seed: int | None = None,
             old = None
         if old and {"seed", "fractions", "train", "val", "test"} <= set(old):
             own_k = old.get("k") or max(len(old.get("folds", [])), 2)
-            asked = {"seed": seed, "folds": folds}
-            kept = {"seed": old["seed"], "folds": own_k}
-            differ = [f"--{'split-seed' if key == 'seed' else key} {asked[key]}" for key in asked
-                      if asked[key] is not None and asked[key] != kept[key]]
+            differ = ([f"--split-seed {seed}"] if seed is not None and seed != old["seed"] else []) + (
+                [f"--folds {folds}"] if folds is not None and folds != own_k else [])
             if differ:
                 print(f"{path}: kept as it is (seed {old['seed']}, {own_k} folds), not {', '.join(differ)}: "
                       "`segbench data splits` makes new splits (and moves cases)", file=sys.stderr)
