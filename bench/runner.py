@@ -321,6 +321,9 @@ def run_suite(
         print(f"no --data given: synthesizing {suite.data.cases} tiny cases into {out / 'data'}")
         data_dir = prepare_data(suite.data, out / "data")
 
+    def budget_left() -> float | None:
+        return None if suite.budget_s is None else suite.budget_s - (time.perf_counter() - started)
+
     references_tried: set[str] = set()
     bar = tqdm(cases, desc=suite.name, unit="case", dynamic_ncols=True)
     for index, w, variant in bar:
@@ -334,7 +337,7 @@ def run_suite(
             "device": device,
             "params": recorded_params(w.params),  # the workload's set-up: a compare names what differs
         }
-        remaining = None if suite.budget_s is None else suite.budget_s - (time.perf_counter() - started)
+        remaining = budget_left()
         try:
             ctx = VariantContext(kind=w.kind, model=getattr(w.params, "model", None), device=device)
             cfg = resolve(variant, ctx)
@@ -353,8 +356,7 @@ def run_suite(
                 # libraries (cuDNN, cuBLAS) warmed by it: every row's first_step_s is cold alike
                 run_case_process({**spec, "reference_only": True}, out / "cases", f"{stem}-reference",
                                  w.timeout_s if remaining is None else min(w.timeout_s, remaining))
-                if suite.budget_s is not None:
-                    remaining = suite.budget_s - (time.perf_counter() - started)
+                remaining = budget_left()
             if remaining is not None and remaining <= 10:
                 row.update(
                     status="error",

@@ -70,25 +70,26 @@ def interleaved(
     return base, var
 
 
+def _set_up(case: Case) -> tuple[torch.device, dict, list, dict]:
+    """(device, initial weights, batches, the reference trajectory: cached, or computed and cached)."""
+    device = torch_device(case.device)
+    apply_backend(case.config, device)
+    init = initial_state(case.params.model, case.params.model_options, case.measure.seed)
+    batches = _batches(case)
+    return device, init, batches, train_reference(case, device, init, batches)
+
+
 def cache_reference(case: Case) -> dict:
     """Compute and cache the workload's reference trajectory (train_reference), in the runner's process
     of its own before the workload's first case."""
-    device = torch_device(case.device)
-    apply_backend(case.config, device)
-    p, m = case.params, case.measure
-    init = initial_state(p.model, p.model_options, m.seed)
-    reference = train_reference(case, device, init, _batches(case))
+    reference = _set_up(case)[3]
     return {"reference": reference["variant"], "error": reference.get("error")}
 
 
 def run(case: Case) -> dict:
-    device = torch_device(case.device)
-    apply_backend(case.config, device)
+    device, init, batches, reference = _set_up(case)
     p, m = case.params, case.measure
-    init = initial_state(p.model, p.model_options, m.seed)
-    batches = _batches(case)
     row: dict = {"model": p.model, "shape": p.shape, "batch": p.batch, "precision": case.config.precision}
-    reference = train_reference(case, device, init, batches)
 
     state = TrainState(p, case.config, device, init)
     inputs = [(to_input(x, case.config, device), y.to(device)) for x, y in batches]
