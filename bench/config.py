@@ -40,7 +40,8 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     return field(default=default, metadata={"help": text}, **kwargs)
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A TOML number: an int or a float, not a bool (True is an int to Python)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -240,7 +241,7 @@ class Goal:
                   "max_parity": self.max_parity}
         limits.update({f"min_speedup {case}": value for case, value in self.min_speedup.items()})
         _check([f"{key} = {value!r} (a number above 0)" for key, value in limits.items()
-                if value is not None and not (_number(value) and value > 0)])
+                if value is not None and not (is_number(value) and value > 0)])
 
 
 @dataclass

@@ -24,6 +24,7 @@ from bench.config import (
     Suite,
     SuiteError,
     Workload,
+    is_number,
 )
 
 try:
@@ -42,7 +43,7 @@ def _conforms(value: Any, hint: Any) -> bool:
     if hint is type(None):
         return value is None
     if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return is_number(value)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     origin = typing.get_origin(hint) or hint
@@ -83,7 +84,7 @@ def _build(cls: type, values: Any, where: str) -> Any:
 def _seconds(value: Any, where: str, key: str) -> float:
     """A positive number of seconds from a suite file (TOML keeps "120" a string: refuse it here, not as
     a TypeError in the middle of a run)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+    if not is_number(value) or not value > 0:
         raise SuiteError(f"{where}: {key} must be a positive number of seconds, not {value!r}")
     return float(value)
 

@@ -256,6 +256,7 @@ def _extra(row: dict) -> dict:
 def workload_table(rows: list[dict]) -> pd.DataFrame:
     """The display table of one workload's rows (all rows of one `workload` name)."""
     by_variant = {r["variant"]: r for r in rows}
+    against = baselines(rows)
     records = []
     for row in sorted(rows, key=lambda r: r.get("order", 0)):
         parity = row.get("parity") or {}
@@ -264,8 +265,7 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
             "status": row["status"],
             S_PER_ITER: _fmt_spread(row.get("s_per_iter")),
             "first step": fmt_seconds(row.get("first_step_s")),
-            **{f"vs {name}": fmt_speedup(speedup(row, by_variant.get(name), name))
-               for name in baselines(rows)},
+            **{f"vs {name}": fmt_speedup(speedup(row, by_variant.get(name), name)) for name in against},
             "samples/s": _num(row.get("samples_per_s"), ".2f"),
             "peak memory": _fmt_bytes(row.get("peak_bytes")),
             "MFU": _num(row.get("mfu"), ".2%"),

@@ -38,12 +38,14 @@ def label_files(path: str | Path, predictions: bool = False) -> dict[str, Path]:
     from seg.data.cases import discover, nifti_files  # nifti_files: discover's walk (follows links)
 
     files = [p for p in nifti_files(path) if _NIFTI.search(p.name)]
-    suffix = r"[_-]seg$"
-    if predictions and any(re.search(r"_pred$", _NIFTI.sub("", p.name)) for p in files):
-        suffix = r"_pred$"
-    elif not predictions:  # infer's predictions written beside the reference cases are never references
-        files = [p for p in files if not re.search(r"_pred$", _NIFTI.sub("", p.name))]
-    segs = [p for p in files if re.search(suffix, _NIFTI.sub("", p.name))]
+    stems = {p: _NIFTI.sub("", p.name) for p in files}
+    inferred = [p for p in files if stems[p].endswith("_pred")]  # `segbench infer`'s label maps
+    if predictions and inferred:
+        segs = inferred
+    else:
+        if not predictions:  # infer's predictions written beside the reference cases are never references
+            files = [p for p in files if p not in inferred]
+        segs = [p for p in files if re.search(r"[_-]seg$", stems[p])]
     # a raw-case folder: only its seg files are label maps, never a case's images
     images = {f for case in discover(path) for f in case.images}
     found: dict[str, Path] = {}
