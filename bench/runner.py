@@ -341,6 +341,8 @@ def run_suite(
         try:
             ctx = VariantContext(kind=w.kind, model=getattr(w.params, "model", None), device=device)
             cfg = resolve(variant, ctx)
+            if cfg.workers is not None and "workers" in row["params"]:
+                row["params"]["workers"] = cfg.workers  # what the case ran with: a workers:N variant's count
         except Unavailable as err:
             row.update(status="unavailable", error=str(err))
         except ValueError as err:

@@ -74,6 +74,7 @@ def test_rows_carry_the_contract_fields(run):
     # rows record their workload's set-up, less what its kind does not use (train_e2e's shape)
     assert step["params"]["shape"] == step["shape"] and step["params"]["model"] == "unet"
     assert "shape" not in r[("train_e2e", "fp32")]["params"]
+    assert r[("dataloader", "workers:0")]["params"]["workers"] == 0  # the variant's count, not the default 2
     # each training workload's reference ran once, in a process of its own before its first case
     references = sorted(p.name for p in (run / "cases").glob("*-reference.result.json"))
     assert [name.split("-", 1)[1] for name in references] == ["train_step-fp32-reference.result.json"]
