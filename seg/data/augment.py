@@ -38,11 +38,11 @@ def as_patch_size(patch: int | Sequence[int] | None) -> tuple[int, int, int] | N
     """`96` -> (96, 96, 96); a 3-sequence is kept; None stays None (full volume)."""
     if patch is None:
         return None
-    if isinstance(patch, int):
-        return (patch, patch, patch)
-    size = tuple(int(p) for p in patch)
-    if len(size) != 3:
-        raise ValueError(f"patch must be one size or three sizes, got {patch!r}")
+    size = (patch,) * 3 if isinstance(patch, int) else tuple(int(p) for p in patch)
+    # MONAI reads a size < 1 as "the whole axis", the batched crop could not: one meaning, refused
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"patch must be one size or three sizes, each >= 1 (None: the whole volume), "
+                         f"got {patch!r}")
     return size  # type: ignore[return-value]
 
 

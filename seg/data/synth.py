@@ -127,7 +127,7 @@ def _anatomy(rng: np.random.Generator, shape):
 
 def _tumour(rng: np.random.Generator, shape, brain, axes, center):
     """(seg labels in {0,1,2,4}, edema contrast weight in [0.35, 1]) for one glioma in `brain`."""
-    from scipy.ndimage import binary_erosion
+    from scipy.ndimage import binary_erosion, distance_transform_edt
 
     shape = tuple(shape)
     for _ in range(100):
@@ -156,8 +156,10 @@ def _tumour(rng: np.random.Generator, shape, brain, axes, center):
     seg[core] = 4
     necrosis = binary_erosion(core) & nec  # the ring keeps at least a voxel between necrosis and edema
     if core.any() and not necrosis.any():  # a core too small for its noisy necrosis (tiny --shape)
-        middle = np.where(core, d_core, np.inf)  # its middle voxel
-        necrosis = middle == middle.min()
+        # its deepest voxel: off the ring whenever the core has an inside
+        depth = distance_transform_edt(core)
+        necrosis = depth == depth.max()
+        necrosis[tuple(np.argwhere(necrosis)[1:].T)] = False  # one voxel
     seg[necrosis] = 1
     strength = np.clip((1.0 - d_wt) / 0.3, 0.0, 1.0)  # edema contrast fades toward its border
     strength[d_core < 1.0 + margin] = 1.0

@@ -46,6 +46,9 @@ def test_patch_crops_both_keys_to_the_patch_size():
     assert as_patch_size(4) == (4, 4, 4) and as_patch_size(None) is None
     with pytest.raises(ValueError, match="three sizes"):
         as_patch_size((4, 4))
+    for bad in (0, -1, (0, 8, 8)):  # MONAI's "whole axis" would differ from the batched crop's
+        with pytest.raises(ValueError, match=">= 1"):
+            as_patch_size(bad)
 
 
 def test_probabilities_match_the_seed_recipe():
