@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from seg.speed import COMPILE_MODES
+from seg.speed import COMPILE_MODES, CUDAGRAPH_MODES
 
 
 class Unavailable(Exception):
@@ -145,6 +145,9 @@ def _compile(cfg, ctx, arg):
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown torch.compile mode {mode!r}; choose from {', '.join(COMPILE_MODES)}")
     _need_model(ctx)
+    # a CPU has no CUDA graphs: the row would carry the mode's name and time the default compile
+    _need(mode not in CUDAGRAPH_MODES or ctx.device == "cuda" or ctx.kind == "footprint",
+          f"compile:{mode} captures CUDA graphs, which need CUDA")
     cfg.compile_mode = mode
 
 
@@ -324,6 +327,8 @@ def resolve(name: str, ctx: VariantContext) -> CaseConfig:
         REGISTRY[key].apply(cfg, ctx, arg)
     if cfg.inductor and cfg.compile_mode is None:
         raise ValueError(f"{name!r}: inductor options set how torch.compile compiles; add compile")
+    if cfg.swin_attention != "sdpa" and not cfg.swin_fast:
+        raise ValueError(f"{name!r}: triton_attn is a window attention of the fast path; add swin_fast")
     return cfg
 
 

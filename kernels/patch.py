@@ -102,21 +102,26 @@ def _layer_norm_forward(self, x):
     return layer_norm(x, self.weight, self.bias, self.eps)
 
 
-def _is_monai(m: nn.Module, name: str) -> bool:
-    cls = type(m)
-    return cls.__name__ == name and cls.__module__.startswith("monai.")
+def _adn_act(m: nn.Module) -> nn.Module | None:
+    """The activation that follows an ADN's norm (past plain dropouts), as _adn_forward finds it."""
+    names = list(m._modules)
+    after = [k for k in names[names.index("N") + 1:] if not isinstance(m._modules[k], _PLAIN_DROPOUT)]
+    return m._modules["A"] if after[:1] == ["A"] else None
 
 
-def _fusable(m: nn.Module):
-    """The fused forward for `m`, or None when `m` is not a supported module."""
-    if _is_monai(m, "UnetBasicBlock") or _is_monai(m, "UnetResBlock"):
+def _fusable(m: nn.Module, cls: type | None = None):
+    """The fused forward for `m` (taken as a `cls`, by default its own class), or None when `m` is not a
+    supported module or nothing in it would fuse."""
+    cls = cls or type(m)
+    monai = cls.__module__.startswith("monai.")
+    if monai and cls.__name__ in ("UnetBasicBlock", "UnetResBlock"):
         norms = [m.norm1, m.norm2] + ([m.norm3] if hasattr(m, "norm3") else [])
         if all(_norm_spec(n) is not None for n in norms) and _act_spec(m.lrelu) is not None:
-            return _res_block_forward if type(m).__name__ == "UnetResBlock" else _basic_block_forward
-    elif _is_monai(m, "ADN"):
-        if "N" in m._modules and _norm_spec(m.N) is not None:
+            return _res_block_forward if cls.__name__ == "UnetResBlock" else _basic_block_forward
+    elif monai and cls.__name__ == "ADN":
+        if "N" in m._modules and _norm_spec(m.N) is not None and _act_spec(_adn_act(m)) is not None:
             return _adn_forward
-    elif type(m) is nn.LayerNorm and len(m.normalized_shape) == 1:
+    elif cls is nn.LayerNorm and len(m.normalized_shape) == 1:
         return _layer_norm_forward
     return None
 
@@ -158,10 +163,16 @@ def is_patched(m: nn.Module) -> bool:
 def patch(model: nn.Module, *, copy: bool = False) -> nn.Module:
     """Fuse the supported norm + activation pairs of `model` (in place, or of a deep copy).
 
-    Returns the model; its state_dict has the same keys and values as before.
+    Returns the model; its state_dict has the same keys and values as before. ValueError naming a
+    module that seg.recompute wrapped and that would fuse: patch first, then recompute.
     """
     if copy:
         model = copy_module.deepcopy(model)
+    for name, m in model.named_modules():
+        plain = getattr(type(m), "_segbench_plain", None)  # seg.recompute's wrapper class
+        if plain is not None and not is_patched(m) and _fusable(m, plain) is not None:
+            raise ValueError(f"kernels.patch: {name} ({plain.__name__}) is checkpointed (seg.recompute): "
+                             "patch the model first, then recompute")
     for m in model.modules():
         if is_patched(m):
             continue

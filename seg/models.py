@@ -52,7 +52,9 @@ def _swinunetr(
     if fast:
         from seg.swin_fast import to_fast
 
-        model = to_fast(model)
+        # the fast path alone: the fused norms are an option of their own (fused_norm / --fused-norm),
+        # so a row or run says when they are on
+        model = to_fast(model, fused_norm=False)
     return model
 
 
@@ -100,10 +102,10 @@ def build(name: str, **options: Any) -> nn.Module:
 
 def input_multiple(name: str, **options: Any) -> tuple[int, int, int]:
     """Per spatial axis, the number every input edge must be a multiple of: the product of the
-    encoder's strides (SwinUNETR: 2^5, its patch embedding and four merges). Other sizes fail deep
+    encoder's strides (SwinUNETR: patch_size^5, its patch embedding and four merges). Other sizes fail deep
     inside the network with a shape mismatch that names nothing."""
-    if name == "swinunetr":
-        return (32, 32, 32)
+    if name == "swinunetr":  # MONAI's own check: patch_size ** 5
+        return (options.get("patch_size", 2) ** 5,) * 3
     default = {"unet": (2, 2, 2, 2), "dynunet": (1, 2, 2, 2, 2, 2)}[name]
     multiple = [1, 1, 1]
     for stride in options.get("strides", default):

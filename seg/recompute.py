@@ -34,7 +34,17 @@ class _Recomputed(nn.Module):
     def forward(self, *args, **kwargs):
         if not torch.is_grad_enabled():
             return super().forward(*args, **kwargs)
-        return checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+        if torch.compiler.is_compiling():  # AOTAutograd sees in-place ops itself
+            return checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+        inputs = [(a, a._version) for a in args if isinstance(a, torch.Tensor)]
+        out = checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+        # the checkpoint keeps the inputs to recompute from: a block that overwrote one (its first op an
+        # in-place activation) would fail in backward with an error that names no module
+        if any(a._version != version for a, version in inputs):
+            name = type(self)._segbench_plain.__name__
+            raise ValueError(f"checkpoint modules: {name} changed its input in place; checkpoint the block "
+                             "around it instead")
+        return out
 
 
 def _recomputed_class(plain: type | tuple) -> type:
@@ -87,7 +97,8 @@ def recompute(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     """Checkpoint the submodules of `model` that `patterns` select, in place; returns their names.
 
     ValueError when a pattern selects nothing, a module that works in place on its input (an
-    `inplace=True` activation), one holding batch-norm running statistics (updated again by the
+    `inplace=True` activation), one holding norm running statistics (batch or instance norm with
+    track_running_stats: updated again by the
     recomputation), or a module that is not run through its `forward` (a container such
     as ModuleList, or a block that seg.swin_fast calls through `forward_tokens`: checkpoint those
     with the model's own switch, e.g. SwinUNETR use_checkpoint / variant `ckpt`).
@@ -102,9 +113,9 @@ def recompute(model: nn.Module, patterns: Iterable[str]) -> list[str]:
             raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) works in place on its "
                              "input; checkpoint the block around it instead")
         stats = [f"{name}.{sub}" if sub else name for sub, m in module.named_modules()
-                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+                 if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
         if stats:  # the recomputation would update them a second time each step
-            raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) holds batch norm running "
+            raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) holds norm running "
                              f"statistics ({', '.join(stats[:3])}); checkpoint blocks without them")
         if getattr(module, "fast_entry", None):
             raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) runs through "

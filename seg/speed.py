@@ -194,9 +194,12 @@ def apply_speed_options(
         except ValueError as err:
             raise SpeedOptionError(str(err)) from None
     if fused_norm:  # after to_fast, as to_fast(fused_norm=True) does it
-        from kernels import patch
+        from kernels import patch, patched_modules
 
         model = patch(model)
+        if not patched_modules(model):  # else a row or run named fused_norm would time the eager model
+            raise SpeedOptionError(f"--fused-norm: {type(model).__name__} has no norm + activation the "
+                                   "kernels fuse (instance/group norm; identity, ReLU, LeakyReLU, PReLU)")
     if checkpoint_modules:
         from seg.recompute import recompute
 

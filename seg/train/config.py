@@ -139,7 +139,7 @@ class TrainConfig:
                              "gradients correctly: use --accum 1 or --compile max-autotune-no-cudagraphs")
         if "fast" in self.model_options:
             raise ValueError("give the SwinUNETR fast path as --fast (TrainConfig.fast), not as model "
-                             "option fast: the option also turns on the fused norms on CUDA by itself")
+                             "option fast: the checkpoint's model options rebuild the stock model for infer")
         if self.fast and self.model != "swinunetr":
             raise ValueError(f"--fast is SwinUNETR's fast path; model {self.model} has none")
         if self.checkpointing is not None:

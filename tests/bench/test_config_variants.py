@@ -5,7 +5,7 @@ import pytest
 
 from bench.config import SuiteError
 from bench.suite_file import load_suite, parse_suite, suite_names
-from bench.variants import CaseConfig, Unavailable, VariantContext, resolve
+from bench.variants import CaseConfig, Unavailable, VariantContext, resolve, validate
 
 HERE = Path(__file__).parent
 
@@ -172,6 +172,8 @@ def test_variants_compose_in_order():
         resolve("bf16+inductor:triton.mix_order_reduction=0", ctx)
     with pytest.raises(ValueError, match="inductor takes NAME=VALUE"):
         resolve("compile+inductor:triton.mix_order_reduction", ctx)
+    with pytest.raises(ValueError, match="window attention of the fast path; add swin_fast"):
+        validate("bf16+triton_attn", "train_step", "swinunetr")  # a bad name at load, not a failed row
 
 
 def test_a_variant_means_the_same_whatever_the_order_of_its_parts():
@@ -198,6 +200,7 @@ def test_a_variant_means_the_same_whatever_the_order_of_its_parts():
         ("fused_norm", VariantContext("train_step", "unet", "cpu"), "CUDA"),
         ("swin_fast+triton_attn", VariantContext("train_step", "swinunetr", "cpu"), "CUDA"),
         ("triton_attn", VariantContext("train_step", "unet", "cuda"), "SwinUNETR option"),
+        ("compile:reduce-overhead", VariantContext("train_step", "unet", "cpu"), "graphs, which need CUDA"),
         ("ckpt", VariantContext("train_step", "unet", "cuda"), "no gradient-checkpointing"),
         ("ckpt:encoder1", VariantContext("infer", "swinunetr", "cuda"), "only matters when training"),
         ("sdpa", VariantContext("train_step", "dynunet", "cuda"), "no attention"),

@@ -146,6 +146,9 @@ def test_unsupported_norms_stay_eager():
     assert kernels.patched_modules(block) == []
     ln2d = nn.LayerNorm([4, 4])  # normalizes two dims: not what layer_norm fuses
     assert kernels.patched_modules(kernels.patch(nn.Sequential(ln2d))) == []
+    # a fusable norm whose activation is not: the block would only carry the Fused name
+    mish = UNet(3, 4, 4, channels=(4, 8), strides=(2,), num_res_units=0, act="mish", norm="instance")
+    assert kernels.patched_modules(kernels.patch(mish)) == []
 
 
 def test_patch_is_idempotent_and_checkpoints_load_across(triton_backend):
@@ -188,3 +191,15 @@ def test_a_block_recomputed_after_patching_counts_as_patched_and_unpatch_says_wh
     with pytest.raises(ValueError, match="input_block .*was wrapped after patching"):
         kernels.unpatch(model)
     assert kernels.patched_modules(model) == before  # refused before changing anything
+
+
+def test_patching_after_recompute_is_refused_not_skipped():
+    from seg.recompute import recompute
+
+    model = DynUNet(3, 4, 4, kernel_size=[3] * 3, strides=[1, 2, 2], upsample_kernel_size=[2] * 2,
+                    filters=[4, 8, 8], norm_name=("instance", {"affine": True}))
+    recompute(model, ["input_block"])
+    with pytest.raises(ValueError, match=r"input_block \(UnetBasicBlock\) is checkpointed .*patch the model "
+                                         "first"):
+        kernels.patch(model)
+    assert kernels.patched_modules(model) == []

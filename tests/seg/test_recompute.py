@@ -70,9 +70,13 @@ def test_patterns_select_the_outermost_modules_and_bad_ones_are_named():
         recompute(model, ["*.lrelu"])
     # the recomputation would update the running statistics a second time
     batch = build("dynunet", **TINY_DYN, norm_name="batch")
-    with pytest.raises(ValueError, match=r"input_block \(UnetBasicBlock\) holds batch norm running "
+    with pytest.raises(ValueError, match=r"input_block \(UnetBasicBlock\) holds norm running "
                                          r"statistics \(input_block.norm1, input_block.norm2\)"):
         recompute(batch, ["input_block"])
+    tracked = build("dynunet", **TINY_DYN,
+                    norm_name=("instance", {"affine": True, "track_running_stats": True}))
+    with pytest.raises(ValueError, match=r"holds norm running statistics \(input_block.norm1"):
+        recompute(tracked, ["input_block"])  # instance norm keeps them too: momentum applied twice
     assert recomputed_modules(model) == recomputed_modules(batch) == []  # a refused call changes nothing
     swin = apply_speed_options(build("swinunetr", preset="paper", feature_size=12), fast=True)
     with pytest.raises(SpeedOptionError, match="runs through forward_tokens.*use_checkpoint"):
@@ -156,3 +160,16 @@ for case in torch.load(r"{tmp_path / 'models.pt'}", weights_only=False).values()
         assert int(line[1]) == len(recomputed_modules(case["model"])) > 1
         assert int(line[2]) == len(kernels.patched_modules(case["model"]))
     assert int(lines[1][2]) > 0
+
+
+def test_a_block_that_overwrites_its_input_is_named_at_its_forward():
+    """An in-place first op inside the block (not the module itself): caught when it runs, not in backward."""
+    from monai.networks.blocks import Convolution
+
+    model = nn.Sequential(nn.Conv3d(2, 2, 3, padding=1),
+                          Convolution(3, 2, 2, act=("leakyrelu", {"inplace": True}), adn_ordering="AN"))
+    assert recompute(model, ["1.adn"]) == ["1.adn"]
+    with pytest.raises(ValueError, match="ADN changed its input in place"):
+        model(torch.randn(1, 2, 8, 8, 8, requires_grad=True))
+    with torch.no_grad():  # nothing kept, nothing to recompute
+        model(torch.randn(1, 2, 8, 8, 8))

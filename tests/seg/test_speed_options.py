@@ -168,6 +168,9 @@ def test_fused_norm_unchecked_patches_where_triton_cannot_run(monkeypatch):
     assert type(fast).__name__ == "FastSwinUNETR"
     fused = kernels.patched_modules(fast)
     assert any("norm" in name for name in fused) and any("conv_block" in name for name in fused)
+    batch_norm = models.build("unet", channels=(4, 8), strides=(2,), norm="batch")
+    with pytest.raises(SpeedOptionError, match="UNet has no norm \\+ activation the kernels fuse"):
+        apply_speed_options(batch_norm, fused_norm=True, require_kernels=False)
     assert list(fast.state_dict()) == keys
 
 
@@ -266,3 +269,9 @@ def test_infer_speed_options_give_the_same_prediction(eager_run, shared_data, tm
     assert np.mean(labels[0] == labels[1]) > 0.9999  # argmax ties may flip a voxel at fp32 rounding
     assert main(["infer", "--checkpoint", str(checkpoint), "--src", str(src), "--out", str(tmp_path / "x"),
                  "--device", "cpu", "--fast"]) == 1  # a UNet checkpoint has no fast path: one clear error
+
+
+def test_swinunetr_input_multiple_follows_its_patch_size():
+    """MONAI checks edges against patch_size ** 5: the up-front check must ask the same."""
+    assert models.input_multiple("swinunetr") == (32, 32, 32)
+    assert models.input_multiple("swinunetr", patch_size=4) == (1024, 1024, 1024)
