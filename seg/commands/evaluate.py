@@ -103,7 +103,12 @@ def evaluate_pair(pred_path: Path | None, ref_path: Path, labels: str = "auto") 
         raise ValueError(f"{pred_path}: shape {pred.shape} differs from reference {ref_path} {ref.shape}")
     elif not np.allclose(pred_img.affine, ref_img.affine, atol=1e-3):
         raise ValueError(f"{pred_path}: affine differs from reference {ref_path} (not on the same grid)")
-    convention = metrics.detect_convention(pred, ref) if labels == "auto" else labels
+    try:
+        convention = metrics.detect_convention(pred, ref) if labels == "auto" else labels
+    except ValueError:  # one map of each: name both (a folder may mix conventions, so --labels is no cure)
+        held = [np.unique(m).tolist() for m in (pred, ref)]
+        raise ValueError(f"{pred_path} (labels {held[0]}) and its reference {ref_path} (labels {held[1]}) "
+                         "mix the 2021 (ET = 4) and 2023 (ET = 3) conventions") from None
     metrics.check_labels(pred, convention, str(pred_path))
     metrics.check_labels(ref, convention, str(ref_path))
     spacing_mm = [float(s) for s in ref_img.header.get_zooms()[:3]]

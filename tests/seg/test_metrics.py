@@ -217,6 +217,14 @@ def test_eval_cli_json(tmp_path, capsys):
     args = ["eval", "--pred", str(pred_dir / "caseA_pred.nii.gz"), "--ref", str(ref_dir / "caseA-seg.nii.gz")]
     assert main([*args, "--labels", "2021"]) == 1
     assert "caseA_pred.nii.gz: label values [3] are outside the 2021" in capsys.readouterr().err
+    # a 2021 map (ET = 4) against a 2023 one: both files and their labels named
+    mixed = ref.copy()
+    mixed[mixed == 3] = 4
+    _save(pred_dir / "caseA_pred.nii.gz", mixed, affine, (1, 1, 2))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "caseA_pred.nii.gz (labels [0, 2, 4]) and its reference" in err
+    assert "caseA-seg.nii.gz (labels [0, 2, 3]) mix the 2021 (ET = 4) and 2023 (ET = 3)" in err
 
 
 def test_eval_skips_predictions_of_image_only_cases_and_never_reads_images_as_labels(tmp_path, capsys):
