@@ -70,12 +70,6 @@ METHOD = [
 ]
 
 
-def gpu_slowdowns(row: dict) -> list[dict]:
-    """The row's GPU states (timed steps, interleaved blocks, after the timing) that name a slowdown."""
-    states = (row.get("gpu_during"), (row.get("paired") or {}).get("gpu_during"), row.get("gpu_state"))
-    return [state for state in states if state and state.get("slowdowns")]
-
-
 def _rate(flops_per_s: float) -> str:
     return f"{flops_per_s / 1e12:.1f} TFLOP/s" if flops_per_s >= 1e12 else f"{flops_per_s / 1e9:.1f} GFLOP/s"
 
@@ -158,7 +152,7 @@ def _summary(rows: list[dict]) -> list[str]:
             f"{len(busy)} of {len(rows)} cases ({', '.join(named)}{', ...' if len(busy) > 6 else ''}): "
             "their timings may be inflated and spread; rerun on a quiet machine before quoting them"
         )
-    slowed = [(r, states[0]) for r in rows if r["status"] == "ok" and (states := gpu_slowdowns(r))]
+    slowed = [(r, states[0]) for r in rows if r["status"] == "ok" and (states := goals.gpu_slowdowns(r))]
     if slowed:
         def why(state: dict) -> str:  # the clock may read [N/A]
             clock = f", {state['sm_clock_mhz']:g} MHz" if state.get("sm_clock_mhz") is not None else ""

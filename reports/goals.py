@@ -22,6 +22,26 @@ from reports.tables import speedup
 GIB = 2**30
 
 
+def gpu_slowdowns(row: dict) -> list[dict]:
+    """The row's GPU states (timed steps, interleaved blocks, after the timing) that name a slowdown."""
+    states = (row.get("gpu_during"), (row.get("paired") or {}).get("gpu_during"), row.get("gpu_state"))
+    return [state for state in states if state and state.get("slowdowns")]
+
+
+def _slowed(*cases: tuple[str, dict | None]) -> str:
+    """A caveat naming the GPU slowdowns (thermal, power brake ...) reported while these rows ran."""
+    named = []
+    for case, row in cases:
+        seen = sorted({name for state in gpu_slowdowns(row or {}) for name in state["slowdowns"]})
+        if seen:
+            named.append(f"{case}: {', '.join(seen)}")
+    return f"the GPU reported a slowdown ({'; '.join(named)})" if named else ""
+
+
+def _join(*caveats: str) -> str:
+    return "; ".join(c for c in caveats if c)
+
+
 def _by_case(rows: list[dict]) -> dict[str, dict]:
     return {f"{r['workload']}/{r['variant']}": r for r in rows}
 
@@ -147,6 +167,7 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
             caveat = f"its 80th percentile {_near(spread['p80'], limit, 4)} s is above {limit:g} s"
         elif 0.95 * limit < median <= limit:
             caveat = "within 5 % of the limit (one process's median)"
+        caveat = _join(caveat, _slowed((goal["case"], row)))  # its timing may be low, not the code's
         add("s/iter (median)", f"≤ {limit:g} s", f"{_near(median, limit, 4)} s", median <= limit, how, caveat)
     for other_case, target in (goal.get("min_speedup") or {}).items() if not estimate else ():
         found = _speedup(row, other_case, by_case, anchors)
@@ -157,6 +178,7 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
             # met by the ratio, not by its whole interval: said in the goal's line too
             if low is not None and low < target <= ratio:
                 caveat = f"its interval reaches below {target:g}× (lower end {_near(low, target, 2)}×)"
+            caveat = _join(caveat, _slowed((goal["case"], row), (other_case, by_case.get(other_case))))
             add(f"speedup vs {other_case}", f"≥ {target:g}×", f"{_near(ratio, target, 2)}×", ratio >= target,
                 how, caveat)
     if goal.get("max_peak_gib") is not None:

@@ -158,3 +158,24 @@ def test_goal_lines_name_a_failure_s_error_a_median_at_the_edge_and_budget_cuts_
     assert _summary([edge, oom, cut])[0] == (
         "3 cases: 1 ok, 1 error, 1 cut by the time budget (`segbench bench --resume RUN` runs them), "
         "0 unavailable")
+
+
+def test_a_gpu_slowdown_during_a_goal_row_or_its_comparison_is_a_caveat():
+    """Thermal or power slowdowns make a timing untrustworthy: the goal cannot be a plain "met"."""
+    from reports.goals import check, verdict_line
+
+    base = {"workload": "w", "status": "ok", "peak_bytes": 2**30}
+    fast = {**base, "variant": "fast", "s_per_iter": {"median": 0.02, "p20": 0.0199, "p80": 0.0201, "n": 18}}
+    slow = {**base, "variant": "stock", "s_per_iter": {"median": 0.08, "p20": 0.079, "p80": 0.081, "n": 18}}
+    goal = {"case": "w/fast", "max_s_per_iter": 0.04, "min_speedup": {"w/stock": 1.85}}
+    paired = {"baseline": "stock", "speedup": {"ratio": 4.0, "ci_low": 3.9, "ci_high": 4.1, "pairs": 6}}
+    clean = check(goal, [{**fast, "paired": paired}, slow], {})
+    assert verdict_line(goal, clean) == "goal w/fast: met (2 of 2 criteria)"
+    hot = {"sm_clock_mhz": 1400, "slowdowns": ["SW thermal slowdown"]}
+    throttled = check(goal, [{**fast, "paired": paired}, {**slow, "gpu_during": hot}], {})
+    by = {r["criterion"]: r for r in throttled}
+    assert by["s/iter (median)"]["caveat"] == ""  # the goal row itself ran clean
+    assert by["speedup vs w/stock"]["caveat"] == "the GPU reported a slowdown (w/stock: SW thermal slowdown)"
+    assert "met, with caveats" in verdict_line(goal, throttled)
+    own = check(goal, [{**fast, "paired": paired, "gpu_state": hot}, slow], {})
+    assert all("w/fast: SW thermal slowdown" in r["caveat"] for r in own)
