@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "suite's measure.profile_steps otherwise; 0: none): RUN/profiles/, the rows' `profile`, the report",
     )
     bench.add_argument(
+        "--budget-s",
+        type=float,
+        metavar="SECONDS",
+        help="start no case after SECONDS and give the last one only the time left (the suite's budget_s "
+        "when that is smaller): a call of known length (a GPU lease) ends with rows a --resume can finish",
+    )
+    bench.add_argument(
         "--resume",
         action="store_true",
         help="finish a run cut short (time budget, lease): keep RUN's rows, run only the cases it lacks or "
@@ -132,17 +139,23 @@ def _list() -> None:
         print(f"  {name:<16} {text}")
 
 
-def _with_profile_steps(name: str, steps: int):
+def _suite_with(name: str, profile_steps: int | None, budget_s: float | None):
+    """The suite `name` with the command line's --profile-steps and --budget-s."""
     import dataclasses
 
     from bench.config import SuiteError
     from bench.suite_file import load_suite
 
-    if steps < 0:
-        raise SuiteError(f"--profile-steps {steps}: give 0 (none) or more steps")
     suite = load_suite(name)
-    for w in suite.workloads:
-        w.measure = dataclasses.replace(w.measure, profile_steps=steps)
+    if profile_steps is not None:
+        if profile_steps < 0:
+            raise SuiteError(f"--profile-steps {profile_steps}: give 0 (none) or more steps")
+        for w in suite.workloads:
+            w.measure = dataclasses.replace(w.measure, profile_steps=profile_steps)
+    if budget_s is not None:
+        if not budget_s > 0:
+            raise SuiteError(f"--budget-s {budget_s:g}: give a time in seconds > 0")
+        suite.budget_s = budget_s if suite.budget_s is None else min(suite.budget_s, budget_s)
     return suite
 
 
@@ -166,8 +179,8 @@ def run_bench(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         suite = args.suite
-        if args.profile_steps is not None:
-            suite = _with_profile_steps(args.suite, args.profile_steps)
+        if args.profile_steps is not None or args.budget_s is not None:
+            suite = _suite_with(args.suite, args.profile_steps, args.budget_s)
         out = run_suite(
             suite,
             args.out,

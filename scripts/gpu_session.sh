@@ -65,10 +65,21 @@ if [ "$suite" != "swin-extras" ]; then
     [ -d "$run" ] || cp -r "runs/gpu/segbench-$suite" /tmp/ || { echo "no run to resume: carry runs/gpu/segbench-$suite" | tee -a "$log"; exit 1; }
     extra+=(--resume)
   fi
-  echo "== segbench bench --suite $suite ${extra[*]}" | tee -a "$log"
-  # the suite's own budget_s stops starting cases; the timeout is the backstop for the 600 s call
+  # the suite's budget_s, or --budget-s when the call is shorter, stops starting cases (rows a --resume
+  # finishes); the timeout is the backstop for the call
   bench_s=$((call_s - 20 - SECONDS)); [ "$bench_s" -ge 1 ] || bench_s=1  # timeout 0 would mean no limit
-  timeout "$bench_s" python3 -m segbench bench --suite "$suite" --out "$run" --device cuda "${extra[@]}" 2>&1 | tee -a "$log"
+  budget_s=$((bench_s - 25)); [ "$budget_s" -ge 1 ] || budget_s=1
+  echo "== segbench bench --suite $suite --budget-s $budget_s ${extra[*]}" | tee -a "$log"
+  # a resumed folder holds the last call's report: the one built below must be this call's
+  rm -f "$run/report.md" "$run/report.html"
+  # rows reach $OUT as they come: a call the device tool cuts short (less device time left than
+  # timeout_s) still returns them
+  ( while sleep 15; do cp -f "$run"/results.jsonl "$run"/env.json "$out"/ 2>/dev/null; done ) &
+  copier=$!
+  timeout "$bench_s" python3 -m segbench bench --suite "$suite" --out "$run" --device cuda --budget-s "$budget_s" "${extra[@]}" 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
+  kill "$copier" 2>/dev/null
+  [ "$rc" = 0 ] || echo "segbench bench exited $rc (124: cut by this call's timeout)" | tee -a "$log"
   # cut off: the rows so far (bounded: the copies below must happen inside the call)
   [ -f "$run/report.md" ] || timeout 10 python3 -m segbench report "$run" 2>&1 | tail -3 | tee -a "$log"
   cp "$run"/report.md "$run"/results.jsonl "$run"/env.json "$run"/report.html "$out"/ 2>/dev/null

@@ -207,7 +207,7 @@ def test_a_case_the_budget_stopped_says_so_and_results_lines_are_strict_json(tmp
 
 
 def test_a_resume_forgets_the_cached_reference_of_a_changed_workload_without_kept_rows(tmp_path):
-    from bench.commands import _with_profile_steps
+    from bench.commands import _suite_with
     from bench.resume import workload_fingerprints
     from bench.suite_file import load_suite
 
@@ -226,4 +226,7 @@ def test_a_resume_forgets_the_cached_reference_of_a_changed_workload_without_kep
     assert not stale.exists() and _rows(run)["fp32"]["s_per_iter"]["n"] == 4
     # how many steps are traced after the timing changes no number: not a changed workload
     assert workload_fingerprints(load_suite("swin-goal")) == workload_fingerprints(
-        _with_profile_steps("swin-goal", 2))
+        _suite_with("swin-goal", 2, None))
+    # --budget-s: the smaller of the suite's and the call's (a lease's) budget
+    assert _suite_with("swin-goal", None, 300).budget_s == 300
+    assert _suite_with("swin-goal", None, 5000).budget_s == load_suite("swin-goal").budget_s

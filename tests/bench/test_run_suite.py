@@ -211,6 +211,13 @@ def test_profile_steps_flag_overrides_the_suite(tmp_path):
     assert row["status"] == "ok" and "profile" not in row and not (out / "profiles").exists()
     assert main(["bench", "--suite", suite, "--out", str(tmp_path / "bad"), "--profile-steps", "-1"]) == 2
     assert not (tmp_path / "bad").exists()
+    # --budget-s: a call of known length; the calibration alone spends a second's budget
+    short = tmp_path / "short"
+    assert main(["bench", "--suite", suite, "--out", str(short), "--only", "infer", "--budget-s", "1",
+                 "--no-report"]) == 0
+    (row,) = rows(short).values()
+    assert row["error"] == "not run: the suite's time budget of 1 s was spent"
+    assert main(["bench", "--suite", suite, "--out", str(tmp_path / "bad"), "--budget-s", "0"]) == 2
 
 
 def test_an_interrupted_runner_takes_its_case_process_down(tmp_path, monkeypatch):
