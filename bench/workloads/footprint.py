@@ -15,8 +15,9 @@ DiceCE, backward, fused AdamW, GradScaler for fp16) as `train_step`, replayed on
 `profiles.footprint` with CUDA's autocast, attention and dropout kernels. It always runs on the
 CPU, whatever the suite's device, and needs no GPU: rows say so (`estimate_device`).
 
-The row carries `estimate: true` and `estimated_peak_bytes` — never `peak_bytes`, which is a
-measured peak everywhere else — so a report cannot show an estimate as a measurement. The number
+The row carries `estimate: true` and `estimated_peak_bytes` — `peak_bytes` (a measured peak
+everywhere else) is null, as are `samples_per_s` and `first_step_s` — so a report cannot show an
+estimate as a measurement. The number
 is allocated bytes (compare with CUDA max allocated, as in shared/ANCHORS.md), for one batch on
 the device, as `train_step` measures its peak (its parity batches are off the device by then).
 `anchor_peak_gib` in the workload
@@ -77,6 +78,8 @@ def run(case: Case) -> dict:
         "estimated_step": p.step,
         **({"volume": p.volume, "overlap": p.overlap} if p.step == "infer_volume" else {}),
         "estimate_device": ESTIMATE_DEVICE,
+        # the contract's fields of every row, null: no step ran, nothing was measured
+        "samples_per_s": None, "peak_bytes": None, "first_step_s": None,
         "estimated_peak_bytes": fp.peak_bytes,
         "estimated_peak_phase": fp.peak_phase,
         "estimated_peak_module": fp.peak_module,

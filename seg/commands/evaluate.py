@@ -4,7 +4,9 @@
 matched by case id, the file name without `.nii[.gz]` and without a trailing `_seg`, `-seg`,
 `_pred...` or `-pred...` (so `BraTS2021_00001_pred.nii.gz` matches `BraTS2021_00001/..._seg.nii.gz`).
 In a reference folder that holds raw cases, only the seg files are read; a prediction of an image-only
-case there (no seg file) is skipped, not an error.
+case there (no seg file) is skipped, not an error. A prediction folder holding `segbench infer`'s
+`<id>_pred` files is read for those, and for the cases they lack, files named as other predictions
+(`<id>_pred-model`); never for seg files beside them.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ def label_files(path: str | Path, predictions: bool = False) -> dict[str, Path]:
     stems = {p: _NIFTI.sub("", p.name) for p in files}
     inferred = [p for p in files if stems[p].endswith("_pred")]  # `segbench infer`'s label maps
     if predictions and inferred:
-        segs = inferred
+        # then, for the cases infer's files lack, files named as other predictions (`_pred-model`)
+        have = {case_id(p) for p in inferred}
+        named = [p for p in files if p not in inferred and re.search(r"[_-]pred[_-]", stems[p])]
+        segs = inferred + [p for p in named if case_id(p) not in have]
     else:
         if not predictions:  # infer's predictions written beside the reference cases are never references
             files = [p for p in files if p not in inferred]

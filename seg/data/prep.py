@@ -176,6 +176,7 @@ def _prepare_one(case: Case, cfg: PrepConfig, out_dir: Path) -> dict:
         errors = [f"{case.images[0].parent}: preparing {case.id} failed ({type(err).__name__}: {err})"]
     if errors:
         (out_dir / f"{case.id}.pt").unlink(missing_ok=True)  # a stale file from an older run
+        errors = [" ".join(e.split()) for e in errors]  # one line each (nibabel's messages hold newlines)
         entry.update(status="error", error="; ".join(errors), errors=errors)
     else:
         entry.update(status="ok", file=f"{case.id}.pt")
@@ -193,14 +194,22 @@ def _init_worker(threads: int | None = None) -> None:
 
 
 def _previous_ok(out_dir: Path, cfg: PrepConfig) -> dict[str, dict]:
-    """Entries of a previous run with the same configuration whose file is still there."""
+    """Entries of a previous run with the same configuration whose file is still there. A previous run
+    with another configuration (--size, --format ...) has its files removed, manifest first: an
+    interrupted re-run must not leave a folder of two sizes that the manifest half describes."""
     import json
+
+    from seg.data.store import write_json
 
     path = out_dir / MANIFEST
     if not path.exists():
         return {}
     prev = json.loads(path.read_text())
     if prev.get("config") != cfg.to_dict():
+        write_json(path, {"config": cfg.to_dict(), "source": prev.get("source"), "cases": []})
+        for entry in prev.get("cases", []):
+            if entry.get("status") == "ok" and entry.get("file"):
+                (out_dir / entry["file"]).unlink(missing_ok=True)
         return {}
     return {e["id"]: e for e in prev.get("cases", [])
             if e.get("status") == "ok" and (out_dir / e.get("file", "")).is_file()}
@@ -277,7 +286,8 @@ def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int 
     for entry in entries.values():
         if "error" in entry:
             tqdm.write(entry["error"], file=sys.stderr)
-    bar = tqdm(total=len(todo), desc=f"prep {src.name}", unit="case", file=sys.stderr)
+    # no bar when stderr is not a terminal: its carriage returns would prefix the error lines
+    bar = tqdm(total=len(todo), desc=f"prep {src.name}", unit="case", file=sys.stderr, disable=None)
     if workers <= 1 or len(todo) <= 1:
         if todo:
             _init_worker()

@@ -63,6 +63,16 @@ def select_ids(data_dir: Path, fold: int | None) -> tuple[list[str], list[str]]:
             f"{data_dir}/splits.json: {'training' if not train_ids else 'validation'} split is empty "
             "(prepare more cases)"
         )
+    from seg.data.formats import labelled_ids
+
+    prepared = set(labelled_ids(data_dir))
+    stale = [i for i in (*train_ids, *val_ids) if i not in prepared]
+    if stale:  # an interrupted prep re-run (other --size) leaves splits.json as it was
+        raise ValueError(
+            f"{data_dir}/splits.json names {len(stale)} case(s) the folder's manifest does not list as "
+            f"prepared with a label: {', '.join(stale[:4])}{' ...' if len(stale) > 4 else ''} (re-run "
+            "`segbench data prep` to the end, or `segbench data splits`)"
+        )
     return list(train_ids), list(val_ids)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import nibabel as nib
@@ -99,6 +100,12 @@ def bad_src(shared_data, tmp_path_factory) -> tuple[Path, dict[str, tuple[str, s
     data[data == 4] = 3
     _write_like(seg, root / cid / f"{cid}_seg.nii", data)
     expect[cid] = (f"{cid}_seg.nii", "label values [3]")
+
+    cid = "BraTS2021_10009"  # truncated uncompressed .nii: nibabel's message holds a newline
+    _link_case(real, rid, root / cid, cid, skip=("t2",))
+    raw = gzip.decompress((real / f"{rid}_t2.nii.gz").read_bytes())
+    (root / cid / f"{cid}_t2.nii").write_bytes(raw[: len(raw) // 2])
+    expect[cid] = (f"{cid}_t2.nii", "truncated")
     return root, expect
 
 

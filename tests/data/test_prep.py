@@ -130,6 +130,7 @@ def test_bad_inputs_fail_alone_with_exit_status_1(bad_prepared, bad_src):
         assert any(file_name in line and words in line for line in stderr.splitlines()), cid
         # one line per bad case, even for the native case with two modalities off its grid
         assert sum(cid in line for line in stderr.splitlines()) == 1, cid
+        assert "\n" not in status[cid]["error"]
         assert not (out / f"{cid}.pt").exists()
     for cid in ("BraTS2021_10000", "BraTS-GLI-00001-000"):  # the good ones are still prepared
         assert status[cid]["status"] == "ok"
@@ -169,6 +170,27 @@ def test_rerun_skips_finished_cases_and_redoes_changed_ones(synth_small, tmp_pat
     assert not any(e.get("skipped") for e in entries)
     assert load_case(files[0])["image"].shape == (4, 20, 20, 20)
     capsys.readouterr()
+
+    # a re-run with another config stopped after its first case leaves no file of the old size
+    from seg.data import prep
+
+    real_prepare_one = prep._prepare_one
+
+    def first_then_stop(case, cfg, out_dir):
+        if case.id == "BraTS2021_00002":
+            raise KeyboardInterrupt
+        return real_prepare_one(case, cfg, out_dir)
+
+    monkeypatch.setattr(prep, "_prepare_one", first_then_stop)
+    assert main([*args[:-1], "16"]) == 130  # Ctrl-C
+    assert [load_case(p)["image"].shape[1] for p in sorted(tmp_path.glob("*.pt"))] == [16]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["config"]["size"] == 16 and [e["id"] for e in manifest["cases"]] == ["BraTS2021_00001"]
+    from seg.train.loop import select_ids
+
+    with pytest.raises(ValueError, match="names 1 case\\(s\\) the folder's manifest does not list as "
+                                         "prepared with a label: BraTS2021_00002"):
+        select_ids(tmp_path, 0)  # splits.json still holds the case the stopped run removed
 
 
 def test_two_worker_processes_give_the_same_files(synth_small, tmp_path):

@@ -342,3 +342,14 @@ def test_eval_workers_report_a_dead_worker_as_lines():
     assert set(results) == {"a", "b"}
     assert results["a"].startswith("a.nii.gz: not scored, a worker process died")
     assert results["b"].startswith("b.nii.gz: not scored, a worker process died")
+
+
+def test_prediction_folders_take_infer_files_first_and_other_named_predictions_for_the_rest(tmp_path):
+    from seg.commands.evaluate import label_files
+
+    ref = np.zeros((6, 6, 6), np.uint8)
+    for name in ("caseA_pred", "caseA_pred-other", "caseB_pred-model", "caseC_seg"):
+        _save(tmp_path / f"{name}.nii.gz", ref)
+    found = {cid: p.name for cid, p in label_files(tmp_path, predictions=True).items()}
+    # infer's caseA file wins over another model's; caseB has another model's only; a seg is no prediction
+    assert found == {"caseA": "caseA_pred.nii.gz", "caseB": "caseB_pred-model.nii.gz"}
