@@ -20,14 +20,8 @@ import numpy as np
 import torch
 
 from seg import metrics
+from seg.data.inverse import prepared_spacing_mm
 from seg.infer import InferConfig, default_roi, load_ensemble, resolve_device, resolve_precision
-
-
-def prepared_spacing_mm(meta: dict) -> tuple[float, float, float]:
-    """Physical size (mm) of a prepared voxel: the crop box (in the resampled grid) over the S³ edge."""
-    spacing = float(meta.get("config", {}).get("spacing_mm", 1.0))
-    extent = np.asarray(meta["crop_end"]) - np.asarray(meta["crop_start"])
-    return tuple(float(v) for v in extent * spacing / float(meta["size"]))
 
 
 def fold_count(data_dir: str | Path, folds: int | None) -> tuple[int, dict]:

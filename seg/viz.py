@@ -26,12 +26,14 @@ OVERLAY_ALPHA = 0.45
 
 @dataclass
 class Volume:
-    """What the viewer shows: image [4, X, Y, Z] (RAS), optional label / prediction maps [X, Y, Z]."""
+    """What the viewer shows: image [4, X, Y, Z] (RAS), optional label / prediction maps [X, Y, Z];
+    `spacing_mm`, a voxel's size, draws non-cubic voxels (a prepared case's resized crop) to scale."""
 
     id: str
     image: np.ndarray
     label: np.ndarray | None = None
     pred: np.ndarray | None = None
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def _figure(headless: bool, figsize: tuple[float, float]):
@@ -63,6 +65,12 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
         image = data["image"].float().numpy()
         label = data["label"][0].numpy() if "label" in data else None
         volume = Volume(str(data["meta"].get("id", case.stem)), image, label)
+        try:
+            from seg.data.inverse import prepared_spacing_mm
+
+            volume.spacing_mm = prepared_spacing_mm(data["meta"])
+        except KeyError:  # a .pt without prep's crop box: drawn as cubic voxels
+            pass
     elif case.is_dir():
         from seg.data.cases import discover, validate
 
@@ -79,7 +87,8 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
         grid = images[0].affine
         image = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in images])
         label = np.asarray(_canonical(c.seg).dataobj).astype(np.uint8) if c.seg else None
-        volume = Volume(c.id, image, label)
+        zooms = tuple(float(s) for s in images[0].header.get_zooms()[:3])
+        volume = Volume(c.id, image, label, spacing_mm=zooms)
     else:
         raise FileNotFoundError(f"{case}: not a case folder or a prepared .pt file")
     if pred is not None:
@@ -164,14 +173,17 @@ class SliceViewer:
         axes = self.fig.subplots(len(rows), 4, squeeze=False)
         self.images, self.overlays = [], []
         ranges = [_display_range(c) for c in volume.image]
+        aspect = volume.spacing_mm[1] / volume.spacing_mm[0]  # rows are y, columns x (see _axial)
         for r, (row_name, labels) in enumerate(rows):
             for m, ax in enumerate(axes[r]):
                 lo, hi = ranges[m]
                 self.images.append(
-                    ax.imshow(_axial(volume.image[m], self.z), cmap="gray", vmin=lo, vmax=hi, origin="lower")
+                    ax.imshow(_axial(volume.image[m], self.z), cmap="gray", vmin=lo, vmax=hi, origin="lower",
+                              aspect=aspect)
                 )
                 overlay = _overlay_rgba(_axial(labels, self.z)) if labels is not None else None
-                self.overlays.append(ax.imshow(overlay, origin="lower") if overlay is not None else None)
+                self.overlays.append(ax.imshow(overlay, origin="lower", aspect=aspect)
+                                     if overlay is not None else None)
                 ax.set_title(MODALITY_NAMES[m] + (f" + {row_name}" if labels is not None else ""))
                 ax.axis("off")
         from matplotlib.patches import Patch

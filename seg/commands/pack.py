@@ -12,6 +12,7 @@ Only the standard library at top level.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 
@@ -45,13 +46,19 @@ def _split_ids(src: str, split: str) -> list[str]:
 
 def _convert(args: argparse.Namespace) -> int:
     from seg.data.formats import convert
+    from seg.data.mmap_store import INDEX
+    from seg.data.store import MANIFEST
 
     try:
         out = convert(args.src, args.out, args.format)
     except (OSError, ValueError) as err:  # the message names the folder or file
         raise SystemExit(f"segbench data convert: {err}") from None
-    print(f"{args.src} -> {out} ({args.format})")
-    return 0
+    if args.format == "mmap":
+        failed = len(json.loads((out / INDEX).read_text())["errors"])
+    else:
+        failed = sum(e["status"] != "ok" for e in json.loads((out / MANIFEST).read_text())["cases"])
+    print(f"{args.src} -> {out} ({args.format})" + (f", {failed} case(s) failed" if failed else ""))
+    return 1 if failed else 0
 
 
 def add_parsers(sub) -> None:

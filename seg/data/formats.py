@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from seg.data import mmap_store
-from seg.data.splits import SPLITS
+from seg.data.splits import copy_splits
 from seg.data.store import COMPACT, MANIFEST, PT32, load_case, save_case, write_json
 
 MMAP = "mmap"
@@ -132,10 +132,16 @@ def convert(src: str | Path, out: str | Path, fmt: str, progress: bool = True) -
     stamp = _source_stamp(src)
     done = out / MANIFEST
     made = {"path": str(src.resolve()), "fingerprint": stamp}
-    if done.is_file():  # the same source, unchanged, converted to the same format: nothing to do
+    if done.is_file():
         old = json.loads(done.read_text())
-        if old.get("converted_from") == made and old.get("config", {}).get("format") == fmt:
+        made_from = (old.get("converted_from") or {}).get("path")
+        if made_from != made["path"]:  # a prepared folder, or another source's copy: not ours to replace
+            raise ValueError(f"{out} holds {'a conversion of ' + made_from if made_from else 'prepared data'}"
+                             f", not of {src}: convert into a new folder")
+        if old["converted_from"] == made and old.get("config", {}).get("format") == fmt:
+            copy_splits(src, out)  # unchanged cases; the splits may have been re-made
             return out
+        done.unlink()  # manifest first: a conversion stopped midway leaves no folder that looks done
     reader = open_reader(src)
     entries = []
     for case_id in tqdm(case_ids(src), desc=f"convert to {fmt}", unit="case", disable=not progress):
@@ -148,8 +154,7 @@ def convert(src: str | Path, out: str | Path, fmt: str, progress: bool = True) -
             print(f"{src}: case {case_id}: cannot convert to {fmt}: {err}", file=sys.stderr)
             entries.append({"id": case_id, "status": "error", "error": str(err)})
     config = read_prep_config(src)
-    if (src / SPLITS).is_file():  # the same splits: a training run on `out` sees the same cases
-        write_json(out / SPLITS, json.loads((src / SPLITS).read_text()))
+    copy_splits(src, out)  # the same splits: a training run on `out` sees the same cases
     write_json(done, {"config": {**config, "format": fmt}, "source": str(src.resolve()),
                       "converted_from": made, "cases": entries})
     return out

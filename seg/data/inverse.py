@@ -14,6 +14,13 @@ import numpy as np
 N_CLASSES = 4  # 0 background, 1 necrotic core, 2 edema, 3 enhancing (2021: 4)
 
 
+def prepared_spacing_mm(meta: dict) -> tuple[float, float, float]:
+    """Physical size (mm) of a prepared voxel: the crop box (in the resampled grid) over the S³ edge."""
+    spacing = float(meta.get("config", {}).get("spacing_mm", 1.0))
+    extent = np.asarray(meta["crop_end"]) - np.asarray(meta["crop_start"])
+    return tuple(float(v) for v in extent * spacing / float(meta["size"]))
+
+
 def label_to_original(label, meta: dict) -> tuple[np.ndarray, np.ndarray]:
     """Labels 0..3 on the original grid (uint8, the source image's shape) and that grid's
     affine. `label` is [S,S,S] or [1,S,S,S] (tensor or array) in the `.pt` space of `meta`."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seg.data.splits import SPLITS
+from seg.data.splits import copy_splits
 from seg.data.store import MANIFEST, load_case, write_json
 
 INDEX = "index.json"
@@ -79,6 +79,7 @@ def pack(src: str | Path, out: str | Path, ids: Sequence[str] | None = None, pro
         raise ValueError(f"{out}: the packed folder must not be its source {src}")
     if out.exists() and not is_packed(out) and any(out.iterdir()):  # replaced as a whole: only a pack
         raise ValueError(f"{out} exists and is not a packed folder: pack into a new or packed folder")
+    subset = ids is not None
     ids = list(prepared_ids(src) if ids is None else ids)
     files = [src / f"{i}.pt" for i in ids]
     missing = [f for f in files if not f.is_file()]
@@ -92,6 +93,7 @@ def pack(src: str | Path, out: str | Path, ids: Sequence[str] | None = None, pro
         # sorted: cases that failed are listed apart, and readers look rows up by id
         packed = sorted([c["id"] for c in old["cases"]] + [e["id"] for e in old["errors"]])
         if old.get("fingerprint") == stamp and packed == sorted(ids) and old.get("version") == VERSION:
+            copy_splits(src, out, ids if subset else None)
             return old
     config = json.loads((src / MANIFEST).read_text()).get("config", {}) if (src / MANIFEST).is_file() else {}
 
@@ -129,8 +131,7 @@ def pack(src: str | Path, out: str | Path, ids: Sequence[str] | None = None, pro
         index = {"format": "mmap", "version": VERSION, "shape": shape, "rows": len(cases),
                  "source": str(src.resolve()), "fingerprint": stamp, "config": config,
                  "cases": cases, "errors": errors}
-        if (src / SPLITS).is_file():  # so a packed folder can stand in for its prepared folder
-            shutil.copyfile(src / SPLITS, tmp / SPLITS)
+        copy_splits(src, tmp, ids if subset else None)  # so a packed folder can stand in for its source
         write_json(tmp / INDEX, index)
         _swap_in(tmp, out)
     except BaseException:

@@ -148,3 +148,28 @@ def load_splits(data_dir: str | Path) -> dict:
         ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def copy_splits(src: str | Path, dst: str | Path, ids=None) -> None:
+    """`src`'s splits.json into the folder `dst` (a converted or packed copy trains and validates on
+    the same cases), each id list cut to `ids` when given (a packed split); none in `src`, none in `dst`.
+    Run on every conversion, skipped ones too: `data splits` may have re-made them since."""
+    from seg.data.store import write_json
+
+    path, target = Path(src) / SPLITS, Path(dst) / SPLITS
+    if not path.is_file():
+        target.unlink(missing_ok=True)
+        return
+    splits = json.loads(path.read_text())
+    if ids is not None:
+        keep = set(ids)
+
+        def cut(value):
+            if isinstance(value, dict):
+                return {k: cut(v) for k, v in value.items()}
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                return [v for v in value if v in keep]
+            return [cut(v) for v in value] if isinstance(value, list) else value
+
+        splits = cut(splits)
+    write_json(target, splits)

@@ -60,8 +60,9 @@ def select_ids(data_dir: Path, fold: int | None) -> tuple[list[str], list[str]]:
         train_ids, val_ids = folds[fold]["train"], folds[fold]["val"]
     if not train_ids or not val_ids:
         raise ValueError(
-            f"{data_dir}/splits.json: {'training' if not train_ids else 'validation'} split is empty "
-            "(prepare more cases)"
+            f"{data_dir}/splits.json: {'training' if not train_ids else 'validation'} split"
+            f"{'' if fold is None else f' of fold {fold}'} is empty (prepare more cases, or re-make the "
+            "splits: `segbench data splits`)"
         )
     from seg.data.formats import labelled_ids
 

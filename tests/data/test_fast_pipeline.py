@@ -136,6 +136,45 @@ def test_pack_and_convert_refuse_to_overwrite_what_is_not_theirs(prepared, tmp_p
     assert (other / "keep.nii.gz").read_bytes() == b"someone's data"
     with pytest.raises(SystemExit, match="must not be its source"):
         main(["data", "convert", "--src", str(prepared), "--out", str(prepared), "--format", "compact"])
+    # a prepared folder, or another source's conversion, is not replaced
+    mine = convert(prepared, tmp_path / "mine", "compact", progress=False)
+    with pytest.raises(SystemExit, match=f"holds prepared data, not of {mine}"):
+        main(["data", "convert", "--src", str(mine), "--out", str(prepared), "--format", "compact"])
+    other_src = write_prepared(tmp_path / "other_src", ids=IDS[:2])
+    with pytest.raises(SystemExit, match=f"holds a conversion of {prepared.resolve()}, not of"):
+        main(["data", "convert", "--src", str(other_src), "--out", str(mine), "--format", "compact"])
+
+
+def test_a_conversion_stopped_midway_is_redone_and_splits_follow_their_source(tmp_path, monkeypatch):
+    from seg.data import formats
+    from seg.data.splits import write_splits
+
+    src = write_prepared(tmp_path / "src", ids=IDS[:3])
+    out = convert(src, tmp_path / "out", "compact", progress=False)
+    (src / f"{IDS[0]}.pt").touch()  # the source changed: the next conversion redoes it ...
+    calls = []
+
+    def stop_at_second(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return save_case(path, *args, **kwargs)
+
+    monkeypatch.setattr(formats, "save_case", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):  # ... and is stopped midway
+        convert(src, out, "pt32", progress=False)
+    assert not (out / "manifest.json").exists()  # nothing that looks done
+    monkeypatch.undo()
+    convert(src, out, "pt32", progress=False)
+    assert all(open_reader(out).read(i)["image"].dtype == torch.float32 for i in IDS[:3])
+    # splits re-made on the source reach an unchanged conversion and pack too
+    packed = tmp_path / "packed"
+    mmap_store.pack(src, packed, progress=False)
+    write_splits(src, ids=IDS[:3], seed=7)
+    convert(src, out, "pt32", progress=False)
+    mmap_store.pack(src, packed, progress=False)
+    for copy in (out, packed):
+        assert json.loads((copy / "splits.json").read_text())["seed"] == 7
 
 
 def _epochs(loader, epochs=(0, 1)) -> list[tuple[list, torch.Tensor, torch.Tensor]]:
@@ -321,12 +360,18 @@ def test_pack_and_convert_commands(prepared, tmp_path, capsys):
     assert main(["pack", "--src", str(prepared), "--out", str(tmp_path / "train"), "--split", "train"]) == 0
     train = json.loads((prepared / "splits.json").read_text())["train"]
     assert mmap_store.PackedStore(tmp_path / "train").ids == train
+    packed_splits = json.loads((tmp_path / "train" / "splits.json").read_text())
+    assert packed_splits["train"] == train and packed_splits["val"] == [] and packed_splits["test"] == []
     assert "cases packed" in capsys.readouterr().out
     assert main(["convert", "--src", str(tmp_path / "train"), "--out", str(tmp_path / "c"),
                  "--format", "compact"]) == 0
     assert storage_format(tmp_path / "c") == "compact"
     with pytest.raises(SystemExit, match="no split 'nope'"):
         main(["pack", "--src", str(prepared), "--out", str(tmp_path / "x"), "--split", "nope"])
+    bad = write_prepared(tmp_path / "bad", ids=IDS[:2])
+    (bad / f"{IDS[0]}.pt").write_bytes(b"truncated")
+    assert main(["convert", "--src", str(bad), "--out", str(tmp_path / "bad_c"), "--format", "compact"]) == 1
+    assert "1 case(s) failed" in capsys.readouterr().out
 
 
 @pytest.mark.gpu
