@@ -118,11 +118,15 @@ def features(device: str, sdpa_order: list[str] | None = None) -> list[Feature]:
     )
     # the kernels' own check imports Triton; on a GPU, what it needs to build kernels too
     why = unavailable_reason(torch.device(device)) or (_triton_cuda_problem() if cuda else None)
+    norms = f"{why}: the ops run their PyTorch reference" if why else "kernels run as Triton on this device"
+    if why is None and not cuda:  # the interpreter: right for tests, far too slow for a timed variant
+        why = norms = ("TRITON_INTERPRET runs the kernels interpreted (tests, segbench train --fused-norm; "
+                       "slowly); the bench variants need CUDA")
     out.append(
         Feature(
             "Triton fused norms",
             why is None,
-            f"{why}: the ops run their PyTorch reference" if why else "kernels run as Triton on this device",
+            norms,
             "fused_norm, --fused-norm",
         )
     )

@@ -115,7 +115,10 @@ def _run_with_timeout(command: list[str], timeout_s: float | None, grace_s: floa
     stopped: SIGINT first, on which nsys writes its report and stops its application, SIGKILL to what
     is left after `grace_s`; killing only the direct child would leave nsys's Python holding the GPU.
     The group is its own session, so a Ctrl-C here is passed on the same way."""
-    proc = subprocess.Popen(command, start_new_session=True)
+    # a CPU compile's C++ kernels record profiler events only with this set before inductor is imported;
+    # without it their time is the "Torch-Compiled Region" event's own and lands in "other"
+    env = {"TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE": "1", **os.environ}
+    proc = subprocess.Popen(command, start_new_session=True, env=env)
     try:
         return proc.wait(timeout=timeout_s)
     except (subprocess.TimeoutExpired, KeyboardInterrupt) as stop:

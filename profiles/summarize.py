@@ -40,17 +40,8 @@ PATTERNS: list[tuple[str, tuple[str, ...]]] = [
     ("convolution", ("conv", "fprop", "dgrad", "wgrad", "winograd", "implicit_gemm", "cudnn")),
     (
         "normalization",
-        (
-            "norm",
-            "welford",
-            "_stats_kernel",
-            "_combine_kernel",
-            "_apply_kernel",
-            "_bwd_reduce",
-            "_bwd_combine",
-            "_bwd_apply",
-            "_ln_",
-        ),
+        # gammabeta: LayerNorm's backward (GammaBetaBackwardCUDAKernel); kernels' own: _SEGBENCH_NORM
+        ("norm", "welford", "gammabeta"),
     ),
     # nvjet_*: cuBLAS's Hopper GEMM kernels in recent CUDA builds
     ("matmul", ("gemm", "matmul", "aten::mm", "aten::bmm", "addmm", "linear", "cutlass", "cublas", "nvjet")),
@@ -101,7 +92,12 @@ TOP = 12  # kernels (operators on the CPU) listed by time
 
 # Inductor names a generated kernel after the ops fused into it (triton_poi_fused_convolution_leaky_relu_0):
 # "convolution" there is the epilogue that reads a cuDNN convolution's output, not the convolution.
-_INDUCTOR_KERNEL = re.compile(r"^triton_(?:poi|per|red)_fused_(.*?)(?:_\d+)?$")
+# The C++ kernels of a CPU compile show up as graph_0_cpp_fused_... (segbench profile turns their events on).
+_INDUCTOR_KERNEL = re.compile(r"^(?:graph_\d+_)?(?:triton_(?:poi|per|red)|cpp)_fused_(.*?)(?:_\d+)?$")
+# kernels.fused_norm_act / kernels.layer_norm's Triton kernels, by their exact names: a substring like
+# "_apply_kernel" is also in PyTorch's multi_tensor_apply_kernel (fused AdamW, GradScaler, _foreach_*)
+_SEGBENCH_NORM = re.compile(
+    r"(?:_(?:stats|combine|apply|bwd_reduce|bwd_combine|bwd_apply)|_ln_(?:fwd|bwd))_kernel(?:_\w+)?")
 _INDUCTOR_COPIES = ("clone", "cat", "_to_copy", "copy", "constant_pad_nd", "permute", "flip", "roll")
 
 
@@ -113,6 +109,12 @@ def classify(name: str) -> str:
         if any(k in ops for k in ("norm", "var_mean", "welford")):
             return "normalization"
         return "copies" if ops in _INDUCTOR_COPIES else "elementwise"
+    if _SEGBENCH_NORM.fullmatch(low):
+        return "normalization"
+    # optimizer and foreach kernels; random normals (dropout masks aside: aten::normal_, CUDA's
+    # normal_and_transform), whose names hold "norm"
+    if any(k in low for k in ("multi_tensor_apply", "foreach", "adam", "normal_")):
+        return "elementwise"
     if low.startswith("triton_tem_"):  # inductor templates: max-autotune matmuls, convs, flex attention
         return "attention" if "attention" in low else "convolution" if "conv" in low else "matmul"
     if "upsample" in low:  # upsample_trilinear3d is no matmul
@@ -291,3 +293,24 @@ def format_summary(summary: dict) -> str:
         lines += [f"  {t['us'] / 1e3:9.2f} ms  {t['calls']:5d}x  {t['category']:<13} {t['name'][:90]}"
                   for t in summary["top"]]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m profiles.summarize TRACE [--steps N]`: a Chrome trace's time by category, no torch."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m profiles.summarize", description=main.__doc__)
+    parser.add_argument("trace", type=Path, help="a Chrome trace (.json[.gz]): RUN/profiles/*/trace.json.gz")
+    parser.add_argument("--steps", type=int, help="steps the trace holds (for the per-step figures)")
+    args = parser.parse_args(argv)
+    try:
+        print(format_summary(summarize_trace(args.trace, args.steps)))
+    except (OSError, ValueError) as err:
+        print(f"python -m profiles.summarize: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

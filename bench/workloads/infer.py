@@ -29,21 +29,20 @@ from bench.workloads.common import (
 
 def _predictor(case: Case, cfg: CaseConfig, device: torch.device, state: dict, image: torch.Tensor):
     """(the eval model, a call that predicts the whole volume with it)."""
+    from profiles.nvtx import nvtx_range
     from seg.infer import sliding_window_predict
 
     p = case.params
     model = build_model(p.model, p.model_options, cfg, device, state).eval()
     x = to_input(image, cfg, device)
-    return model, lambda: sliding_window_predict(
-        model,
-        x,
-        roi=p.roi,
-        overlap=p.overlap,
-        sw_batch_size=p.sw_batch_size,
-        mode=p.mode,
-        tta=case.config.tta,
-        precision=cfg.precision,
-    )
+
+    def predict() -> torch.Tensor:
+        with nvtx_range("inference"):  # the phase an Nsight Systems timeline names, as training's steps
+            return sliding_window_predict(model, x, roi=p.roi, overlap=p.overlap,
+                                          sw_batch_size=p.sw_batch_size, mode=p.mode, tta=case.config.tta,
+                                          precision=cfg.precision)
+
+    return model, predict
 
 
 def _volume(case: Case) -> torch.Tensor:

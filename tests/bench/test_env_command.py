@@ -35,6 +35,21 @@ def test_env_on_cpu_lists_each_feature_and_writes_json(tmp_path, capsys, monkeyp
         assert f"{'✓' if f['ok'] else '✗'} {f['name']}: {f['detail']}" in out
 
 
+def test_the_triton_interpreter_is_no_tick_for_the_bench_variants(tmp_path):
+    """The interpreter runs the kernels, but no bench variant times them on a CPU: no ✓ every row contradicts.
+    (A process of its own: Triton fixes its mode when it is imported.)"""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "env.json"
+    subprocess.run([sys.executable, "-m", "segbench", "env", "--device", "cpu", "--json", str(path)],
+                   env={**os.environ, "TRITON_INTERPRET": "1"}, check=True, capture_output=True)
+    features = {f["name"]: f for f in json.loads(path.read_text())["features"]}
+    for name in ("Triton fused norms", "Triton window attention"):
+        assert not features[name]["ok"] and "the bench variants need CUDA" in features[name]["detail"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_env_cuda_without_a_gpu_says_so_and_fails(capsys):
     assert main(["env", "--device", "cuda"]) == 1

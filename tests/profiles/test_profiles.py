@@ -45,6 +45,17 @@ TINY = Path(__file__).parents[1] / "bench" / "tiny_suite.toml"
         ("aten::slow_conv_transpose3d", "convolution"),
         ("void transpose_readWrite_alignment_kernel<float2, float2, 1, false, 6, 4, 4>", "copies"),
         ("some_unknown_kernel", "other"),
+        # fused AdamW, the GradScaler's unscale and _foreach_* ops: not the Triton norms' _apply_kernel
+        ("void at::native::multi_tensor_apply_kernel<at::native::TensorListMetadata<4>, "
+         "at::native::FusedAdamMathFunctor<float, 4>>", "elementwise"),
+        ("_apply_kernel", "normalization"),
+        ("_ln_bwd_kernel", "normalization"),
+        ("aten::normal_", "elementwise"),  # random numbers, not a norm
+        ("void at::native::distribution_elementwise_grid_stride_kernel<float, 4, normal_and_transform>",
+         "elementwise"),
+        ("void at::native::GammaBetaBackwardCUDAKernel<float, float>", "normalization"),
+        ("graph_0_cpp_fused__native_batch_norm_legit__prelu_kernel_view_9", "normalization"),  # CPU compile
+        ("graph_0_cpp_fused_convolution_leaky_relu_3", "elementwise"),
     ],
 )
 def test_classify(name, category):
@@ -75,6 +86,16 @@ def test_gpu_summary_counts_kernels_and_idle(tmp_path):
     ]
     top = {"name": "sm90_xmma_fprop_implicit_gemm", "category": "convolution", "us": 40, "calls": 1}
     assert s["top"][0] == top
+
+
+def test_summarize_runs_alone_on_a_trace_file(tmp_path, capsys):
+    from profiles.summarize import main
+
+    events = [{"ph": "X", "cat": "kernel", "name": "instance_norm_kernel", "ts": 0, "dur": 20}]
+    assert main([str(_write(tmp_path / "t.json.gz", events)), "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cuda time by category (0.02 ms over 2 steps):") and "normalization" in out
+    assert main([str(tmp_path / "missing.json.gz")]) == 1 and "missing.json.gz" in capsys.readouterr().err
 
 
 def test_cpu_summary_uses_self_time_of_nested_ops(tmp_path):
