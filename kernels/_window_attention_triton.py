@@ -98,10 +98,13 @@ def _wattn_fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
                     mask=(offs_n[:, None] < N) & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
-    acc = acc / l_i[:, None]
+    # a row with every key masked has l = 0: its output is 0 (as SDPA's) and its log-sum-exp +inf, so
+    # the backward's exp(s - lse) is 0 there too, not exp(-inf + inf) = NaN
+    empty = l_i == 0.0
+    acc = acc / tl.where(empty, 1.0, l_i)[:, None]
     tl.store(O + r * sor + h * soh + offs_m[:, None] * son + offs_d[None, :], acc.to(O.dtype.element_ty),
              mask=m_ok[:, None] & d_ok[None, :])
-    tl.store(LSE + rh * N + offs_m, m_i + tl.log(l_i), mask=m_ok)
+    tl.store(LSE + rh * N + offs_m, tl.where(empty, float("inf"), m_i + tl.log(l_i)), mask=m_ok)
 
 
 @triton.jit

@@ -13,7 +13,9 @@ train-mode dropout has MONAI's rates, drawn by SDPA for the attention):
 - pad + roll + window partition, and the way back, are one gather each (index maps cached per
   shape, built in-graph under torch.compile) (windows.py);
 - tokens stay channels-last between Swin stages (blocks.py);
-- no graph breaks under torch.compile; optional Triton LayerNorm + fused decoder norms (convert.py);
+- no graph breaks under torch.compile with static shapes (seg.speed.compile_model's dynamic=False; a
+  dynamic compile breaks the graph at each block's cached geometry); optional Triton LayerNorm + fused
+  decoder norms (convert.py);
 - the conv blocks' LeakyReLUs out of place (in place on InstanceNorm's view output, autograd copies
   the whole gradient in backward).
 

@@ -106,6 +106,11 @@ class FastWindowAttention(WindowAttention):
         self._index_cache.clear()
         self._bias_cache.clear()
 
+    def __getstate__(self) -> dict:
+        # a copy (deepcopy, torch.save of the model) made inside `cached_biases` must not go on caching
+        # outside it: a fused optimizer step does not bump the table's version, so its biases would go stale
+        return {**super().__getstate__(), "cache_biases": False, "_bias_cache": {}, "_index_cache": {}}
+
     def forward_windows(self, rows: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
         """Window rows (windows*B*N, C) -> attention output as raster rows (B*L, C), projected.
 

@@ -26,7 +26,6 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from .windows import (
     WindowGeometry,
-    build_geometry,
     cached_geometry,
     map_tensors,
     to_windows,
@@ -64,9 +63,10 @@ class FastBasicLayer(BasicLayer):
         window, shift = get_window_size(dims, self.window_size, shift_size)
         batch = x.shape[0]
         if torch.compiler.is_compiling():
-            if any(isinstance(d, torch.SymInt) for d in (batch, *dims)):  # dynamic shapes: in the graph
-                return build_geometry(batch, dims, window, shift, x.device, cacheable=False)
-            return traced_geometry(batch, dims, window, shift, x.device)  # graph constants
+            # graph constants, so the shapes must be static (seg.speed.compile_model: dynamic=False);
+            # a symbolic size (dynamic=True, or torch.compile's automatic dynamic on a second shape)
+            # cannot be told apart here (isinstance(d, SymInt) is False under dynamo) and graph-breaks
+            return traced_geometry(batch, dims, window, shift, x.device)
         if is_fake(x):  # profiles.footprint: the eager maps, built for real, handed over as fakes
             # (outside every dispatch mode: counters such as profiles.traffic must not see a build
             # that real eager steps take from the cache)

@@ -128,7 +128,7 @@ def build_geometry(
 ) -> WindowGeometry:
     """Index maps for one block: window size and shift as MONAI's get_window_size returns them.
 
-    `cacheable=False` (fake tensors; symbolic shapes under torch.compile) skips the one data-dependent
+    `cacheable=False` (fake tensors) skips the one data-dependent
     op (`nonzero` for the pad rows), so the build can run on any tensor; the gathers then zero pads
     with `where`.
     """

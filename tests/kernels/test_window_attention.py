@@ -99,6 +99,22 @@ def test_rows_whose_first_key_tile_is_all_masked_stay_finite(triton_backend):
         assert torch.isfinite(t.grad).all() and _rel(t.grad, g) < 1e-5, name
 
 
+def test_rows_with_every_key_masked_give_zeros_as_sdpa_does(triton_backend):
+    q, k, v, bias = _inputs(2, 2, 40, 8, triton_backend, bias_grad=False)
+    bias = bias.detach().clone()
+    bias[:, :3, :] = float("-inf")  # rows 0-2 attend to nothing
+    out = wa.window_attention(q, k, v, bias, 0.0, scale=0.3)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    assert torch.isfinite(out).all() and (out[:, :, :3] == 0).all()
+    ok = [slice(None), slice(None), slice(3, None)]  # the other rows as the reference computes them
+    ref, ref_grads = _reference(q, k, v, bias, 0.0, None, grad_out)
+    assert _rel(out[ok], ref[ok]) < 1e-5
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+    assert (q.grad[:, :, :3] == 0).all()
+
+
 def test_a_frozen_bias_gets_no_gradient(triton_backend):
     q, k, v, bias = _inputs(2, 1, 20, 8, triton_backend, bias_grad=False)
     out = wa.window_attention(q, k, v, bias, scale=0.3)

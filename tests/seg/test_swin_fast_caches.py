@@ -3,6 +3,8 @@ weights cannot change, graph constants under torch.compile, static shapes, no gr
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from swin_pairs import (
     _layer_pair,
@@ -71,6 +73,10 @@ def test_inference_biases_are_cached_only_inside_cached_biases():
                 table.add_(torch.randn(table.shape, generator=gen) * 0.5)
         with cached_biases(fast):
             assert _rel(fast(x), ref(x)) < 1e-5 and _rel(fast(x), before) > 1e-3
+            twin = copy.deepcopy(fast)  # a copy made inside the scope ...
+        assert not any(blk.attn.cache_biases or blk.attn._bias_cache for blk in twin.blocks)
+        twin(x)  # ... does not cache outside it (an in-place step later would leave its biases stale)
+        assert not any(blk.attn._bias_cache for blk in twin.blocks)
 
 
 def test_cached_biases_does_not_recompile_a_compiled_model():
