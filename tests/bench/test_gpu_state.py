@@ -117,6 +117,7 @@ def test_a_watch_does_not_wait_long_for_a_slow_nvidia_smi(tmp_path, monkeypatch)
     monkeypatch.setenv("PATH", str(tmp_path))
     start = time.monotonic()
     with Watch("0", interval_s=0.01) as watch:
-        while int(count.read_text() or 0) < 2:
+        deadline = time.monotonic() + 30  # a watch that stops sampling fails the test, not hangs it
+        while int(count.read_text() or 0) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
     assert time.monotonic() - start < 5 and watch.summary()["samples"] == 1

@@ -42,6 +42,11 @@ def test_regression_needs_size_and_an_interval_excluding_zero():
     assert is_improvement(relative_change_ci(slower, before)) and not is_regression(
         relative_change_ci(slower, before)
     )
+    # each rule needs both parts: a large change with an interval through zero, a clear but tiny one
+    assert not is_regression({"change": 0.09, "ci_low": -0.17, "ci_high": 0.92})
+    assert not is_improvement({"change": -0.02, "ci_low": -0.021, "ci_high": -0.019})
+    assert not is_improvement({"change": -0.09, "ci_low": -0.5, "ci_high": 0.2})
+    assert is_improvement({"change": -0.09, "ci_low": -0.12, "ci_high": -0.06})
 
 
 def test_paired_blocks_interval_is_over_the_pairs():

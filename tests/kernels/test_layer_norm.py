@@ -56,3 +56,15 @@ def test_non_contiguous_tokens(triton_backend, poisoned):
     w2, b2 = (torch.randn(48, generator=g).to(triton_backend)[::2] for _ in range(2))
     ref = layer_norm_ref(x.double(), w2.double(), b2.double())
     assert _rel_err(kernels.layer_norm(x, w2, b2), ref) <= 1e-5
+
+
+def test_eps_keeps_constant_and_near_constant_rows_finite(triton_backend):
+    """Rows whose variance is 0 or ~1e-6: eps decides their output (NaN or 1.4x off without it)."""
+    g = torch.Generator().manual_seed(0)
+    d = 48
+    rows = [torch.full((d,), 3.0), 3.0 + 1e-3 * torch.randn(d, generator=g), torch.randn(d, generator=g)]
+    x = torch.stack(rows).to(triton_backend)
+    for eps in (1e-5, 1e-3):
+        y = kernels.layer_norm(x, None, None, eps)
+        expected = torch.nn.functional.layer_norm(x.double(), (d,), eps=eps)
+        assert torch.isfinite(y).all() and (y - expected).abs().max() < 1e-4, eps

@@ -44,6 +44,9 @@ def test_tiny_conv_net_peak_is_the_hand_count():
     assert fp.by_category_bytes["Gradient"] == 4 * 4 * 4
     assert fp.peak_bytes == 3 * params + 2 * 4 + 4096 + 3 * KIB8 + 64 + 8
     assert fp.by_module_bytes["Sequential.2"] == {"Temp": KIB8, "Gradient": 64}
+    # the report's "largest at the peak": largest first
+    sizes = [size for _, size in fp.top_modules]
+    assert len(sizes) >= 2 and sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
 
 
 def test_estimate_leaves_the_real_model_untouched():

@@ -179,3 +179,19 @@ def test_a_gpu_slowdown_during_a_goal_row_or_its_comparison_is_a_caveat():
     assert "met, with caveats" in verdict_line(goal, throttled)
     own = check(goal, [{**fast, "paired": paired, "gpu_state": hot}, slow], {})
     assert all("w/fast: SW thermal slowdown" in r["caveat"] for r in own)
+
+
+def test_a_parity_over_its_limit_and_a_diverged_row_miss_their_goals():
+    from reports.goals import check, verdict_line
+
+    row = {"workload": "w", "variant": "fast", "status": "ok", "peak_bytes": 2**30,
+           "s_per_iter": {"median": 0.02, "p20": 0.0199, "p80": 0.0201, "n": 18},
+           "parity": {"reference": "fp32", "max_rel_dev": 0.5}}
+    parity_goal = {"case": "w/fast", "max_parity": 0.01}
+    line = verdict_line(parity_goal, check(parity_goal, [row], {}))
+    assert line == "goal w/fast: NOT met — parity vs reference"
+    # losses gone non-finite: a timing goal alone must not be met by the fast garbage
+    diverged = {**row, "parity": {}, "warning": "non-finite loss at step 3"}
+    timing_goal = {"case": "w/fast", "max_s_per_iter": 0.04}
+    line = verdict_line(timing_goal, check(timing_goal, [diverged], {}))
+    assert line == "goal w/fast: NOT met — finite losses"

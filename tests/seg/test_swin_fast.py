@@ -118,8 +118,10 @@ def test_dropout_matches_monai_statistically():
     [
         ((64, 32, 32), 1, dict(feature_size=12)),
         ((32, 32, 64), 2, dict(feature_size=12, use_v2=True, downsample="mergingv2")),
+        # the seed preset's default under --fast: each block's MLP half recomputed in backward
+        ((32, 64, 32), 1, dict(feature_size=12, use_checkpoint=True)),
     ],
-    ids=["64x32x32-b1", "32x32x64-b2-v2"],
+    ids=["64x32x32-b1", "32x32x64-b2-v2", "32x64x32-b1-checkpointed"],
 )
 def test_network_matches_monai_float64(shape, batch, options):
     ref, fast = _pair(**options)
