@@ -48,7 +48,7 @@ def test_failed_write_leaves_neither_file_nor_temp(tmp_path, monkeypatch):
 def test_summary_reports_ok_and_failed_cases(bad_prepared, capsys):
     out, _, _ = bad_prepared
     text = summarize(out)
-    assert "2 ok, 8 failed" in text
+    assert "2 ok, 9 failed" in text
     assert "| BraTS2021_10000 | 2021 | `(4, 32, 32, 32)` float32 |" in text
     assert "(image only)" in text  # BraTS-GLI-00001-000
     assert "**BraTS2021_10003**:" in text and "_t1ce.nii.gz: missing file" in text
