@@ -57,10 +57,13 @@ def _scores(q, K, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, s
 
 
 @triton.jit
-def _row_head(H):
-    """(r, h, r·H + h) of the program's row and head: grid axis 1 enumerates rows × heads."""
-    rh = tl.program_id(1)
-    return rh // H, rh % H, rh
+def _block_row_head(N, H, BLOCK: tl.constexpr):
+    """(token block, r, h, r·H + h) of the program. One grid axis enumerates (row·head, block), blocks
+    fastest (a row·head's blocks share its K and V in L2): axis 1 would cap rows × heads at 65535."""
+    pid = tl.program_id(0)
+    blocks = tl.cdiv(N, BLOCK)
+    rh = pid // blocks
+    return pid % blocks, rh // H, rh % H, rh
 
 
 @triton.jit
@@ -70,8 +73,7 @@ def _wattn_fwd_kernel(Q, K, V, B, O, LSE, R, H, N, D,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 PRECISION: tl.constexpr):
     seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
-    mb = tl.program_id(0)
-    r, h, rh = _row_head(H)
+    mb, r, h, rh = _block_row_head(N, H, BLOCK_M)
     offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < N
@@ -144,8 +146,7 @@ def _wattn_bwd_dkdv_kernel(Q, K, V, B, DO, LSE, DELTA, DK, DV, R, H, N, D,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 PRECISION: tl.constexpr):
     seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
-    nb = tl.program_id(0)
-    r, h, rh = _row_head(H)
+    nb, r, h, rh = _block_row_head(N, H, BLOCK_N)
     start = nb * BLOCK_N
     offs_n = start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -173,8 +174,7 @@ def _wattn_bwd_dq_kernel(Q, K, V, B, DO, LSE, DELTA, DQ, R, H, N, D,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 PRECISION: tl.constexpr):
     seed = tl.load(SEED)  # a device tensor: drawn per call without a host sync, also when compiled
-    mb = tl.program_id(0)
-    r, h, rh = _row_head(H)
+    mb, r, h, rh = _block_row_head(N, H, BLOCK_M)
     offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q, do, lse, delta = _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
@@ -226,8 +226,7 @@ def _wattn_bwd_dbias_kernel(Q, K, V, B, DO, LSE, DELTA, PDB, R, H, N, D, rows_pe
 def _wattn_keep_mask_kernel(KEEP, H, N, p_drop, SEED, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """keep[r, h, m, n] as the attention kernels draw it (tests compare against a reference with it)."""
     seed = tl.load(SEED)
-    mb = tl.program_id(0)
-    rh = tl.program_id(1)
+    mb, _, _, rh = _block_row_head(N, H, BLOCK_M)
     offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     for start in range(0, N, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)

@@ -97,7 +97,7 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, sca
     out = runtime.empty(R, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
     lse = runtime.empty(R, H, N, device=q.device, dtype=torch.float32)
     meta = _meta("fwd", D, dropout_p, q.dtype)
-    K._wattn_fwd_kernel[(runtime.cdiv(N, meta["BLOCK_M"]), R * H)](
+    K._wattn_fwd_kernel[(runtime.cdiv(N, meta["BLOCK_M"]) * R * H,)](
         q, k, v, bias, out, lse, *_launch_args(q, k, v), *_strides(out), bias.stride(0), bias.stride(1),
         scale, dropout_p, seed, **meta)
     return out, lse
@@ -123,10 +123,10 @@ def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Te
     common = (*_launch_args(q, k, v), *_strides(dout), bias.stride(0), bias.stride(1), scale,
               dropout_p, seed)
     meta = _meta("dkdv", D, dropout_p, q.dtype)
-    K._wattn_bwd_dkdv_kernel[(runtime.cdiv(N, meta["BLOCK_N"]), R * H)](
+    K._wattn_bwd_dkdv_kernel[(runtime.cdiv(N, meta["BLOCK_N"]) * R * H,)](
         q, k, v, bias, dout, lse, delta, dk, dv, *common, **meta)
     meta = _meta("dq", D, dropout_p, q.dtype)
-    K._wattn_bwd_dq_kernel[(runtime.cdiv(N, meta["BLOCK_M"]), R * H)](
+    K._wattn_bwd_dq_kernel[(runtime.cdiv(N, meta["BLOCK_M"]) * R * H,)](
         q, k, v, bias, dout, lse, delta, dq, *common, **meta)
     dbias = q.new_empty(0)
     if want_dbias:
@@ -190,7 +190,7 @@ def keep_mask(R: int, H: int, N: int, dropout_p: float, seed: int, device: torch
     keep = torch.full((R, H, N, N), -1, device=device, dtype=torch.int8)  # -1: never written
     seed_t = torch.full((1,), seed, device=device, dtype=torch.int32)
     block_m, block_n, _ = CONFIGS["fwd"]
-    K._wattn_keep_mask_kernel[(runtime.cdiv(N, block_m), R * H)](
+    K._wattn_keep_mask_kernel[(runtime.cdiv(N, block_m) * R * H,)](
         keep, H, N, dropout_p, seed_t, BLOCK_M=block_m, BLOCK_N=block_n)
     if (keep < 0).any():
         raise RuntimeError("keep_mask: the kernel left elements unwritten")
