@@ -137,6 +137,19 @@ def test_statistics_survive_a_large_offset(triton_backend, poisoned):
     assert _rel_err(dx, dx_ref) <= 1.5e-4 / 3
 
 
+def test_eps_keeps_constant_and_near_constant_channels_finite(triton_backend):
+    """Channels whose variance is 0 or ~1e-6 (a dead feature map): eps decides their output."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 6, 6, 6, generator=g)
+    x[0, 0] = 2.0
+    x[0, 1] = 2.0 + 1e-3 * torch.randn(6, 6, 6, generator=g)
+    x = x.to(triton_backend)
+    for eps in (1e-5, 1e-3):
+        y = kernels.fused_norm_act(x, activation="identity", eps=eps)
+        expected = torch.nn.functional.instance_norm(x.double(), eps=eps)
+        assert torch.isfinite(y).all() and (y - expected).abs().max() < 1e-4, eps
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_2d_images_and_non_dense_inputs(channels_last, triton_backend, poisoned):
     g = torch.Generator().manual_seed(5)
