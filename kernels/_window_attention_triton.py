@@ -59,11 +59,13 @@ def _scores(q, K, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn, s
 @triton.jit
 def _block_row_head(N, H, BLOCK: tl.constexpr):
     """(token block, r, h, r·H + h) of the program. One grid axis enumerates (row·head, block), blocks
-    fastest (a row·head's blocks share its K and V in L2): axis 1 would cap rows × heads at 65535."""
+    fastest (a row·head's blocks share its K and V in L2): axis 1 would cap rows × heads at 65535.
+    r is int64: r × a row's stride (3C·N, q/k/v being views of the packed qkv) passes 2³¹ at large
+    batches (192³ windows, feature 48, batch 16)."""
     pid = tl.program_id(0)
     blocks = tl.cdiv(N, BLOCK)
     rh = pid // blocks
-    return pid % blocks, rh // H, rh % H, rh
+    return pid % blocks, (rh // H).to(tl.int64), rh % H, rh
 
 
 @triton.jit
@@ -212,10 +214,11 @@ def _wattn_bwd_dbias_kernel(Q, K, V, B, DO, LSE, DELTA, PDB, R, H, N, D, rows_pe
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for r in range(chunk * rows_per_chunk, tl.minimum(chunk * rows_per_chunk + rows_per_chunk, R)):
         rh = r * H + h
-        q, do, lse, delta = _load_rows(Q, DO, LSE, DELTA, r, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
+        r64 = tl.cast(r, tl.int64)  # address arithmetic: see _block_row_head
+        q, do, lse, delta = _load_rows(Q, DO, LSE, DELTA, r64, h, rh, offs_m, offs_d, N, D, sqr, sqh, sqn,
                                        sdr, sdh, sdn)
-        _, ds = _ds_tile(q, do, lse, delta, K, V, B, r, h, offs_m, offs_n, start, offs_d, N, D, skr, skh, skn,
-                         svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N,
+        _, ds = _ds_tile(q, do, lse, delta, K, V, B, r64, h, offs_m, offs_n, start, offs_d, N, D, skr, skh,
+                         skn, svr, svh, svn, sbh, sbm, scale, seed, H, p_drop, DROPOUT, BLOCK_M, BLOCK_N,
                          PRECISION)
         acc += ds
     ok = (offs_m < N)[:, None] & (offs_n < N)[None, :]
