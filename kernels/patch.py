@@ -129,6 +129,10 @@ def _fusable(m: nn.Module, cls: type | None = None):
 _FUSED_CLASSES: dict[type, type] = {}
 
 
+# the submodules a fused forward runs through the kernels, never through their own forward
+FUSED_PARTS = ("norm1", "norm2", "norm3", "lrelu", "N", "A")
+
+
 def _fused_class(cls: type, forward) -> type:
     if cls not in _FUSED_CLASSES:
         _FUSED_CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {
@@ -173,6 +177,10 @@ def patch(model: nn.Module, *, copy: bool = False) -> nn.Module:
         if plain is not None and not is_patched(m) and _fusable(m, plain) is not None:
             raise ValueError(f"kernels.patch: {name} ({plain.__name__}) is checkpointed (seg.recompute): "
                              "patch the model first, then recompute")
+        inner = [c for c in FUSED_PARTS if hasattr(type(m._modules.get(c)), "_segbench_plain")]
+        if inner and not is_patched(m) and _fusable(m) is not None:  # the fused forward skips their forward
+            raise ValueError(f"kernels.patch: {name}.{inner[0]} is checkpointed inside a block that fuses "
+                             "it: checkpoint the block around it")
     for m in model.modules():
         if is_patched(m):
             continue

@@ -103,6 +103,8 @@ def recompute(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     as ModuleList, or a block that seg.swin_fast calls through `forward_tokens`: checkpoint those
     with the model's own switch, e.g. SwinUNETR use_checkpoint / variant `ckpt`).
     """
+    from kernels.patch import FUSED_PARTS, is_patched  # the kernels' Triton loads only when they run
+
     names = match_modules(model, patterns)
     for name in names:
         module = model.get_submodule(name)
@@ -117,6 +119,11 @@ def recompute(model: nn.Module, patterns: Iterable[str]) -> list[str]:
         if stats:  # the recomputation would update them a second time each step
             raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) holds norm running "
                              f"statistics ({', '.join(stats[:3])}); checkpoint blocks without them")
+        parent_name, _, part = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if part in FUSED_PARTS and is_patched(parent):  # its wrapper's forward would never run
+            raise ValueError(f"checkpoint modules: {name} runs fused inside {parent_name or 'the model'} "
+                             f"({type(parent).__name__}): checkpoint the block around it")
         if getattr(module, "fast_entry", None):
             raise ValueError(f"checkpoint modules: {name} ({type(module).__name__}) runs through "
                              f"{module.fast_entry}, not forward, on the fast path: use the model's own "

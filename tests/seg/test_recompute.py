@@ -173,3 +173,17 @@ def test_a_block_that_overwrites_its_input_is_named_at_its_forward():
         model(torch.randn(1, 2, 8, 8, 8, requires_grad=True))
     with torch.no_grad():  # nothing kept, nothing to recompute
         model(torch.randn(1, 2, 8, 8, 8))
+
+
+def test_a_norm_or_activation_fused_into_its_block_cannot_be_checkpointed_alone():
+    """The fused forward runs norm + activation through the kernels, never their own forward: a checkpoint
+    there would do nothing, in either order of patching and recomputing."""
+    import kernels
+
+    patched = kernels.patch(build("dynunet", **TINY_DYN))
+    with pytest.raises(ValueError, match=r"norm1 runs fused inside input_block \(FusedUnetBasicBlock\)"):
+        recompute(patched, ["input_block.norm1"])
+    plain = build("dynunet", **TINY_DYN)
+    recompute(plain, ["input_block.norm1"])  # unfused: its forward runs, the checkpoint works
+    with pytest.raises(ValueError, match=r"input_block.norm1 is checkpointed inside a block that fuses it"):
+        kernels.patch(plain)
