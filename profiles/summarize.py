@@ -111,9 +111,10 @@ def classify(name: str) -> str:
         return "copies" if ops in _INDUCTOR_COPIES else "elementwise"
     if _SEGBENCH_NORM.fullmatch(low):
         return "normalization"
-    # optimizer and foreach kernels; random normals (dropout masks aside: aten::normal_, CUDA's
-    # normal_and_transform), whose names hold "norm"
-    if any(k in low for k in ("multi_tensor_apply", "foreach", "adam", "normal_")):
+    # optimizer and foreach kernels (a foreach copy stays a copy; grad-norm's lpnorm is a reduction);
+    # random normals (aten::normal_, CUDA's normal_and_transform), whose names hold "norm"
+    if "copy" not in low and any(k in low for k in ("multi_tensor_apply", "foreach", "adam", "normal_",
+                                                     "lpnorm")):
         return "elementwise"
     if low.startswith("triton_tem_"):  # inductor templates: max-autotune matmuls, convs, flex attention
         return "attention" if "attention" in low else "convolution" if "conv" in low else "matmul"

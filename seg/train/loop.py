@@ -48,9 +48,14 @@ def run(cfg: TrainConfig) -> dict:
 
 def select_ids(data_dir: Path, fold: int | None) -> tuple[list[str], list[str]]:
     """(train ids, val ids) from data_dir/splits.json: the main split, or cross-validation fold k."""
+    from seg.data import mmap_store
+    from seg.data.formats import labelled_ids
     from seg.data.splits import load_splits
 
     splits = load_splits(data_dir)
+    # what to do about a split that does not fit the folder: a packed one is remade from its source
+    remedy = ("pack the whole prepared folder (no --split)" if mmap_store.is_packed(data_dir)
+              else "prepare more cases, or re-make the splits: `segbench data splits`")
     if fold is None:
         train_ids, val_ids = splits["train"], splits["val"]
     else:
@@ -61,18 +66,15 @@ def select_ids(data_dir: Path, fold: int | None) -> tuple[list[str], list[str]]:
     if not train_ids or not val_ids:
         raise ValueError(
             f"{data_dir}/splits.json: {'training' if not train_ids else 'validation'} split"
-            f"{'' if fold is None else f' of fold {fold}'} is empty (prepare more cases, or re-make the "
-            "splits: `segbench data splits`)"
+            f"{'' if fold is None else f' of fold {fold}'} is empty ({remedy})"
         )
-    from seg.data.formats import labelled_ids
-
     prepared = set(labelled_ids(data_dir))
     stale = [i for i in (*train_ids, *val_ids) if i not in prepared]
     if stale:  # an interrupted prep re-run (other --size) leaves splits.json as it was
         raise ValueError(
-            f"{data_dir}/splits.json names {len(stale)} case(s) the folder's manifest does not list as "
-            f"prepared with a label: {', '.join(stale[:4])}{' ...' if len(stale) > 4 else ''} (re-run "
-            "`segbench data prep` to the end, or `segbench data splits`)"
+            f"{data_dir}/splits.json names {len(stale)} case(s) the folder does not hold prepared with a "
+            f"label: {', '.join(stale[:4])}{' ...' if len(stale) > 4 else ''} (re-run `segbench data prep` "
+            f"to the end; {remedy})"
         )
     return list(train_ids), list(val_ids)
 

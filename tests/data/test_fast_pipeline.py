@@ -362,6 +362,10 @@ def test_pack_and_convert_commands(prepared, tmp_path, capsys):
     assert mmap_store.PackedStore(tmp_path / "train").ids == train
     packed_splits = json.loads((tmp_path / "train" / "splits.json").read_text())
     assert packed_splits["train"] == train and packed_splits["val"] == [] and packed_splits["test"] == []
+    from seg.train.loop import select_ids
+
+    with pytest.raises(ValueError, match="validation split is empty \\(pack the whole prepared folder"):
+        select_ids(tmp_path / "train", None)  # data splits cannot run on a packed folder: not its advice
     assert "cases packed" in capsys.readouterr().out
     assert main(["convert", "--src", str(tmp_path / "train"), "--out", str(tmp_path / "c"),
                  "--format", "compact"]) == 0

@@ -188,8 +188,8 @@ def test_rerun_skips_finished_cases_and_redoes_changed_ones(synth_small, tmp_pat
     assert manifest["config"]["size"] == 16 and [e["id"] for e in manifest["cases"]] == ["BraTS2021_00001"]
     from seg.train.loop import select_ids
 
-    with pytest.raises(ValueError, match="names 1 case\\(s\\) the folder's manifest does not list as "
-                                         "prepared with a label: BraTS2021_00002"):
+    with pytest.raises(ValueError, match="names 1 case\\(s\\) the folder does not hold prepared with a "
+                                         "label: BraTS2021_00002 .*`segbench data splits`"):
         select_ids(tmp_path, 0)  # splits.json still holds the case the stopped run removed
 
 

@@ -51,6 +51,8 @@ TINY = Path(__file__).parents[1] / "bench" / "tiny_suite.toml"
         ("_apply_kernel", "normalization"),
         ("_ln_bwd_kernel", "normalization"),
         ("aten::normal_", "elementwise"),  # random numbers, not a norm
+        ("aten::_foreach_copy_", "copies"),
+        ("void at::native::lpnorm_cleanup<float, 1, float, float>", "elementwise"),  # clip_grad_norm_
         ("void at::native::distribution_elementwise_grid_stride_kernel<float, 4, normal_and_transform>",
          "elementwise"),
         ("void at::native::GammaBetaBackwardCUDAKernel<float, float>", "normalization"),
