@@ -160,6 +160,11 @@ def _fused_base(m: nn.Module) -> type | None:
     return next((c for c in type(m).__mro__ if "_segbench_unfused" in c.__dict__), None)
 
 
+def _checkpointed_plain(m: nn.Module | None) -> type | None:
+    """The class seg.recompute wrapped `m`'s in (its wrapper names it), else None; no import of seg."""
+    return getattr(type(m), "_segbench_plain", None)
+
+
 def is_patched(m: nn.Module) -> bool:
     return _fused_base(m) is not None
 
@@ -173,11 +178,11 @@ def patch(model: nn.Module, *, copy: bool = False) -> nn.Module:
     if copy:
         model = copy_module.deepcopy(model)
     for name, m in model.named_modules():
-        plain = getattr(type(m), "_segbench_plain", None)  # seg.recompute's wrapper class
+        plain = _checkpointed_plain(m)
         if plain is not None and not is_patched(m) and _fusable(m, plain) is not None:
             raise ValueError(f"kernels.patch: {name} ({plain.__name__}) is checkpointed (seg.recompute): "
                              "patch the model first, then recompute")
-        inner = [c for c in FUSED_PARTS if hasattr(type(m._modules.get(c)), "_segbench_plain")]
+        inner = [c for c in FUSED_PARTS if _checkpointed_plain(m._modules.get(c)) is not None]
         if inner and not is_patched(m) and _fusable(m) is not None:  # the fused forward skips their forward
             raise ValueError(f"kernels.patch: {name}.{inner[0]} is checkpointed inside a block that fuses "
                              "it: checkpoint the block around it")

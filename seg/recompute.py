@@ -34,9 +34,9 @@ class _Recomputed(nn.Module):
     def forward(self, *args, **kwargs):
         if not torch.is_grad_enabled():
             return super().forward(*args, **kwargs)
-        if torch.compiler.is_compiling():  # AOTAutograd sees in-place ops itself
-            return checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
-        inputs = [(a, a._version) for a in args if isinstance(a, torch.Tensor)]
+        # the inputs' versions, outside torch.compile (AOTAutograd sees in-place ops itself)
+        inputs = [] if torch.compiler.is_compiling() else [
+            (a, a._version) for a in args if isinstance(a, torch.Tensor)]
         out = checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
         # the checkpoint keeps the inputs to recompute from: a block that overwrote one (its first op an
         # in-place activation) would fail in backward with an error that names no module
@@ -98,10 +98,10 @@ def recompute(model: nn.Module, patterns: Iterable[str]) -> list[str]:
 
     ValueError when a pattern selects nothing, a module that works in place on its input (an
     `inplace=True` activation), one holding norm running statistics (batch or instance norm with
-    track_running_stats: updated again by the
-    recomputation), or a module that is not run through its `forward` (a container such
-    as ModuleList, or a block that seg.swin_fast calls through `forward_tokens`: checkpoint those
-    with the model's own switch, e.g. SwinUNETR use_checkpoint / variant `ckpt`).
+    track_running_stats: updated again by the recomputation), or a module that is not run through its
+    `forward` (a container such as ModuleList, a norm or activation that kernels.patch fused into its
+    block, or a block that seg.swin_fast calls through `forward_tokens`: checkpoint those with the
+    model's own switch, e.g. SwinUNETR use_checkpoint / variant `ckpt`).
     """
     from kernels.patch import FUSED_PARTS, is_patched  # the kernels' Triton loads only when they run
 

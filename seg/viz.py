@@ -65,9 +65,9 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
         image = data["image"].float().numpy()
         label = data["label"][0].numpy() if "label" in data else None
         volume = Volume(str(data["meta"].get("id", case.stem)), image, label)
-        try:
-            from seg.data.inverse import prepared_spacing_mm
+        from seg.data.inverse import prepared_spacing_mm
 
+        try:
             volume.spacing_mm = prepared_spacing_mm(data["meta"])
         except KeyError:  # a .pt without prep's crop box: drawn as cubic voxels
             pass

@@ -17,11 +17,10 @@ CPU, whatever the suite's device, and needs no GPU: rows say so (`estimate_devic
 
 The row carries `estimate: true` and `estimated_peak_bytes` — `peak_bytes` (a measured peak
 everywhere else) is null, as are `samples_per_s` and `first_step_s` — so a report cannot show an
-estimate as a measurement. The number
-is allocated bytes (compare with CUDA max allocated, as in shared/ANCHORS.md), for one batch on
-the device, as `train_step` measures its peak (its parity batches are off the device by then).
-`anchor_peak_gib` in the workload
-puts the ANCHORS.md measurement of the same configuration beside it.
+estimate as a measurement. The number is allocated bytes (compare with CUDA max allocated, as in
+shared/ANCHORS.md), for one batch on the device, as `train_step` measures its peak (its parity
+batches are off the device by then). `anchor_peak_gib` in the workload puts the ANCHORS.md
+measurement of the same configuration beside it.
 """
 
 from __future__ import annotations

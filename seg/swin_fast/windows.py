@@ -128,9 +128,9 @@ def build_geometry(
 ) -> WindowGeometry:
     """Index maps for one block: window size and shift as MONAI's get_window_size returns them.
 
-    `cacheable=False` (fake tensors) skips the one data-dependent
-    op (`nonzero` for the pad rows), so the build can run on any tensor; the gathers then zero pads
-    with `where`.
+    `cacheable=False` skips the one data-dependent op (`nonzero` for the pad rows), so the build can
+    run on any tensor; the gathers then zero pads with `where` (no caller in the package since the
+    blocks' dynamic-shape branch went: static shapes under torch.compile, see blocks.py).
     """
     k = len(dims)
     # plain loops and lists (no generator expressions): dynamo traces this whole function
