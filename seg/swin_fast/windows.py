@@ -43,8 +43,7 @@ class WindowGeometry(NamedTuple):
     shift: tuple[int, ...]
     tokens: int  # N, tokens per window
     src: torch.Tensor  # (rows,) int64: raster row feeding each window slot (0 at pad slots)
-    valid: torch.Tensor | None  # (rows,) bool: False at pad slots; None when nothing is padded
-    pad_rows: torch.Tensor | None  # window slots that are padding (eager only; compile uses `valid`)
+    pad_rows: torch.Tensor | None  # (pads,) int64: window slots that are padding; None when none are
     inv: torch.Tensor  # (B*L,) int64: window slot of each raster row
     groups: tuple[WindowGroup, ...]
 
@@ -57,7 +56,7 @@ def map_tensors(geo: WindowGeometry, fn) -> WindowGeometry:
 
     groups = tuple(WindowGroup(g.start, g.end, f(g.mask)) for g in geo.groups)
     return geo._replace(
-        src=f(geo.src), valid=f(geo.valid), pad_rows=f(geo.pad_rows), inv=f(geo.inv), groups=groups
+        src=f(geo.src), pad_rows=f(geo.pad_rows), inv=f(geo.inv), groups=groups
     )
 
 
@@ -124,13 +123,11 @@ def build_geometry(
     window: tuple[int, ...],
     shift: tuple[int, ...],
     device: torch.device,
-    cacheable: bool = True,
 ) -> WindowGeometry:
     """Index maps for one block: window size and shift as MONAI's get_window_size returns them.
 
-    `cacheable=False` skips the one data-dependent op (`nonzero` for the pad rows), so the build can
-    run on any tensor; the gathers then zero pads with `where` (no caller in the package since the
-    blocks' dynamic-shape branch went: static shapes under torch.compile, see blocks.py).
+    Built eagerly (`nonzero` for the pad rows is data-dependent): under torch.compile through
+    `traced_geometry`, shapes static (see blocks.py).
     """
     k = len(dims)
     # plain loops and lists (no generator expressions): dynamo traces this whole function
@@ -192,11 +189,9 @@ def build_geometry(
     slot = (rank[win.reshape(-1)] * batch) * n + off.reshape(-1)
     inv = (slot[None, :] + (torch.arange(batch, device=device) * n)[:, None]).reshape(-1)
 
-    has_pad = padded != tuple(dims)
-    valid = torch.cat(valids) if has_pad else None
-    pad_rows = (~valid).nonzero().squeeze(1) if (has_pad and cacheable) else None
+    pad_rows = (~torch.cat(valids)).nonzero().squeeze(1) if padded != tuple(dims) else None
     return WindowGeometry(
-        batch, tuple(dims), tuple(window), tuple(shift), n, src, valid, pad_rows, inv, tuple(groups)
+        batch, tuple(dims), tuple(window), tuple(shift), n, src, pad_rows, inv, tuple(groups)
     )
 
 
@@ -213,46 +208,37 @@ class _ToWindows(torch.autograd.Function):
     """Raster rows (B*L, C) -> window rows (windows*B*N, C), pads zero; backward is the inverse gather."""
 
     @staticmethod
-    def forward(ctx, x, geo_src, geo_inv, valid, pad_rows):
+    def forward(ctx, x, geo_src, geo_inv, pad_rows):
         ctx.save_for_backward(geo_inv)
         out = x.index_select(0, geo_src)
-        if valid is None:
-            return out
-        if pad_rows is not None:
-            return _zero_rows(out, pad_rows)
-        return torch.where(valid[:, None], out, 0)
+        return out if pad_rows is None else _zero_rows(out, pad_rows)
 
     @staticmethod
     def backward(ctx, grad):
         (geo_inv,) = ctx.saved_tensors
-        return grad.index_select(0, geo_inv), None, None, None, None
+        return grad.index_select(0, geo_inv), None, None, None
 
 
 class _FromWindows(torch.autograd.Function):
     """Window rows -> raster rows (drops pads: the crop); backward gathers back and zeroes pad slots."""
 
     @staticmethod
-    def forward(ctx, rows, geo_src, geo_inv, valid, pad_rows):
-        ctx.save_for_backward(geo_src, valid, pad_rows)
-        ctx.has_valid, ctx.has_pad_rows = valid is not None, pad_rows is not None
+    def forward(ctx, rows, geo_src, geo_inv, pad_rows):
+        ctx.save_for_backward(geo_src, pad_rows)
         return rows.index_select(0, geo_inv)
 
     @staticmethod
     def backward(ctx, grad):
-        geo_src, valid, pad_rows = ctx.saved_tensors
+        geo_src, pad_rows = ctx.saved_tensors
         out = grad.index_select(0, geo_src)
-        if ctx.has_pad_rows:
-            out = _zero_rows(out, pad_rows)
-        elif ctx.has_valid:
-            out = torch.where(valid[:, None], out, 0)
-        return out, None, None, None, None
+        return (out if pad_rows is None else _zero_rows(out, pad_rows)), None, None, None
 
 
 def to_windows(x: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
     """(B*L, C) raster rows -> (windows*B*N, C) window rows in the geometry's group order."""
-    return _ToWindows.apply(x, geo.src, geo.inv, geo.valid, geo.pad_rows)
+    return _ToWindows.apply(x, geo.src, geo.inv, geo.pad_rows)
 
 
 def from_windows(rows: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
     """(windows*B*N, C) window rows -> (B*L, C) raster rows, pad slots dropped."""
-    return _FromWindows.apply(rows, geo.src, geo.inv, geo.valid, geo.pad_rows)
+    return _FromWindows.apply(rows, geo.src, geo.inv, geo.pad_rows)
