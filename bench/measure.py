@@ -75,6 +75,7 @@ def time_steps(
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_rss_reset = False  # whether the peak RSS was reset in this process (VmHWM is then since the reset)
 
 
 def _rss_peak_bytes() -> int | None:
@@ -136,13 +137,15 @@ def watched(fn: Callable[[], T], device: torch.device | str) -> tuple[T, dict | 
 
 def reset_peak_memory(device: torch.device | str) -> None:
     """Start a new peak: CUDA allocator peaks, or the process's peak RSS (Linux clear_refs 5)."""
+    global _rss_reset
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         return
     try:
         _CLEAR_REFS.write_text("5")
+        _rss_reset = True
     except OSError:
-        pass  # the peak then covers the process's whole life; rows say which via peak_kind
+        _rss_reset = False  # the peak then covers the process's whole life; peak_kind says so
 
 
 def peak_memory(device: torch.device | str) -> dict[str, int | str | None]:
@@ -153,7 +156,9 @@ def peak_memory(device: torch.device | str) -> dict[str, int | str | None]:
             "peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
             "peak_kind": "cuda_max_allocated",
         }
-    return {"peak_bytes": _rss_peak_bytes(), "peak_reserved_bytes": None, "peak_kind": "cpu_peak_rss"}
+    # cpu_peak_rss: since the last reset; cpu_peak_rss_lifetime: since the process started (no reset)
+    kind = "cpu_peak_rss" if _rss_reset else "cpu_peak_rss_lifetime"
+    return {"peak_bytes": _rss_peak_bytes(), "peak_reserved_bytes": None, "peak_kind": kind}
 
 
 # --- work and ceilings -------------------------------------------------------------------------

@@ -37,7 +37,9 @@ METHOD = [
     "pairs' median step times, with a 95% t-interval over the pairs (the pairs, not the steps, are "
     "independent); one untimed block pair runs first. They need not equal the ratio of the s/iter "
     "column, which is the variant's own run alone. * marks a ratio of two separate case processes' "
-    "medians, given without an interval: the spread between processes is not measured.",
+    "medians, given without an interval: the spread between processes is not measured. ᵇ marks a row "
+    "recorded before block pairs: its interval is a percentile bootstrap over the interleaved steps. A "
+    "speedup in parentheses involves a row whose loss went non-finite: not quotable.",
     "Goals: a criterion is met on its point estimate. A speedup against another case of the run uses "
     "the interleaved ratio when that case is the row's paired baseline; else, when both were paired "
     "with the same baseline, the two ratios chained through it (each in its own process, Welch "
@@ -75,6 +77,8 @@ def _rate(flops_per_s: float) -> str:
 
 
 def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
+    if not env:
+        return ["no env.json in this run folder: device, versions and git of these rows are unknown"]
     cal = env.get("calibration", {})
     versions = env.get("versions", {})
     git = env.get("git", {})
@@ -110,12 +114,14 @@ def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
             f"({cal.get('mfu_basis', '')}); copy {cal['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write)"
         )
     guarded = [f"{r['workload']}/{r['variant']}" for r in rows if r.get("cpu_bf16_workaround")]
-    if cal.get("cpu_bf16_conv3d_weight_grad_ok") is False:
+    # footprint rows are estimates on fake tensors: no convolution ran
+    if cal.get("cpu_bf16_conv3d_weight_grad_ok") is False and not all(r.get("estimate") for r in rows):
         lines.append(
             "⚠ this CPU's oneDNN computes wrong bf16 conv3d weight gradients on 2-voxel-wide maps "
             "(seg.cpu_bf16): " + (f"{', '.join(guarded)} ran with oneDNN off — right, but several times "
                                   "slower than this CPU can be" if guarded
-                                  else "no case of this run convolved such a map (none ran with oneDNN off)")
+                                  else "no row of this run is marked as run with oneDNN off (rows before "
+                                  "2026-11-27 were not marked)")
         )
     return lines
 
@@ -239,7 +245,7 @@ def _top_kernels_table(summaries: dict[str, dict], per_profile: int = 5):
 
 def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
     env = load_env(run)
-    suite = rows[0]["suite"] if rows else env.get("suite", "?")
+    suite = (rows[0].get("suite") if rows else None) or env.get("suite", "?")
     blocks = [
         Block("h1", f"segbench report — suite {suite}"),
         Block("h2", "Environment"),
@@ -288,10 +294,11 @@ def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
         if path:
             blocks.append(Block("img", path, alt=path.stem))
     for path in sorted(run.glob("pytest-benchmark*.json")):
-        blocks += [
-            Block("h2", f"Micro-benchmarks ({path.name}, pytest-benchmark)"),
-            Block("table", pytest_benchmark_table(path)),
-        ]
+        table = pytest_benchmark_table(path)
+        # measured wherever pytest ran, not necessarily on the Environment's machine
+        ran_on = f", ran on {table.attrs['machine']}" if table.attrs.get("machine") else ""
+        blocks += [Block("h2", f"Micro-benchmarks ({path.name}, pytest-benchmark{ran_on})"),
+                   Block("table", table)]
     blocks += [Block("h2", "How this was measured"), Block("list", METHOD)]
     return blocks
 

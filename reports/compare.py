@@ -11,11 +11,14 @@ about 4 in 10 (simulated, 15 steps a run); 10 % (`--threshold 0.1`) flags about 
 Runs on other machines (GPU or CPU, torch version) get no verdict, nor do timings either run took
 while other processes used more than a fifth of the host's CPUs (`host_other_cpu_fraction`).
 Footprint rows (estimates, no samples) compare their estimated peak memory: a growth over the
-threshold is a regression.
+threshold is a regression. A faster row is no improvement when its numbers moved away from the
+reference: parity (the deviation from the fp32 eager reference) that grew more than tenfold to over
+1e-3, or turned non-finite, is a regression whatever the timing says.
 """
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
@@ -33,6 +36,36 @@ def _verdict(change: dict[str, float], threshold: float) -> str:
     if is_regression(change, threshold):
         return "REGRESSION"
     return "improvement" if is_improvement(change, threshold) else "no significant change"
+
+
+# a parity regression: the deviation grew more than PARITY_FACTOR-fold and past PARITY_FLOOR (fp32 rows
+# deviate ~1e-6 and may move by orders of magnitude harmlessly; bf16 rows sit near 1e-2)
+PARITY_FACTOR, PARITY_FLOOR = 10.0, 1e-3
+
+
+def _parity(row: dict) -> tuple[str, float | None] | None:
+    """(which deviation, its value; None when non-finite) or None when the row measured none."""
+    parity = row.get("parity") or {}
+    key = next((k for k in ("max_rel_dev", "max_abs_err") if k in parity), None)
+    if key is None:
+        return None
+    dev = parity[key]
+    return key, (dev if dev is not None and math.isfinite(dev) else None)
+
+
+def _fmt_dev(dev: float | None) -> str:
+    return "non-finite" if dev is None else f"{dev:.1e}"
+
+
+def parity_change(ra: dict, rb: dict) -> tuple[str, bool]:
+    """("2.0e-04 → 4.0e-01", whether that is a parity regression) of RUN's row against RUN_B's;
+    ("", False) when the two rows did not measure the same deviation."""
+    pa, pb = _parity(ra), _parity(rb)
+    if pa is None or pb is None or pa[0] != pb[0]:
+        return "", False
+    before, after = pb[1], pa[1]
+    grew = after is not None and before is not None and after > max(PARITY_FACTOR * before, PARITY_FLOOR)
+    return f"{_fmt_dev(before)} → {_fmt_dev(after)}", grew or (before is not None and after is None)
 
 
 def _index(rows: list[dict]) -> dict[tuple[str, str], dict]:
@@ -130,8 +163,13 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
                 rec["verdict"] = f"busy host ({shares} of the CPUs used by other processes): no verdict"
             else:
                 rec["verdict"] = _verdict(change, threshold)
+            moved, worse = parity_change(ra, rb)
+            if worse:  # a faster wrong answer is no improvement
+                rec["verdict"] = (f"{rec['verdict']}; parity worse ({moved})" if other_machine
+                                  else f"REGRESSION (parity {moved}); speed: {rec['verdict']}")
+        rec["parity"] = parity_change(ra, rb)[0] if ra is not None and rb is not None else ""
         records.append(rec)
-    columns = ["workload", "variant", "before", "after", "change", "ci_low", "ci_high", "verdict"]
+    columns = ["workload", "variant", "before", "after", "change", "ci_low", "ci_high", "parity", "verdict"]
     return pd.DataFrame.from_records(records, columns=columns)  # columns: a run without rows too
 
 
@@ -186,6 +224,8 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
         else f"{r.change:+.1%} [{r.ci_low:+.1%}, {r.ci_high:+.1%}]"
         for r in table.itertuples()
     ]
+    if (table["parity"] != "").any():
+        out["parity (deviation from fp32 eager)"] = table["parity"]
     out["verdict"] = table["verdict"]
     return out
 
@@ -243,7 +283,8 @@ def write_comparison(
                 f"RUN_B (before): {run_b} — {where(env_b)}",
                 f"{len(regressions)} regression(s): slower by more than {threshold:.0%} with the "
                 "95% bootstrap interval of the change excluding zero (footprint rows: an estimated "
-                f"peak grown by more than {threshold:.0%}), or ok before and failing now. The interval "
+                f"peak grown by more than {threshold:.0%}), ok before and failing now, or a parity "
+                f"deviation grown over {PARITY_FACTOR:g}-fold to above {PARITY_FLOOR:g}. The interval "
                 "holds each run's step-to-step spread, not the spread between runs, which one run pair "
                 "cannot show: near the threshold, rerun both before trusting a verdict",
             ],

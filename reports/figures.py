@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from reports.tables import baselines, mean_s_per_batch, speedup  # noqa: E402
+from reports.tables import baselines, mean_s_per_batch, quotable, speedup  # noqa: E402
 
 COLORS = {"ok": "#4C72B0", "seed": "#DD8452", "fp32": "#8C8C8C"}
 
@@ -95,7 +95,8 @@ def memory(workload: str, rows: list[dict], out: Path) -> Path | None:
     ax.invert_yaxis()
     kind = rows[0].get("peak_kind", "")
     ax.set_xlabel(
-        "GiB, " + ("CUDA peak allocated" if kind.startswith("cuda") else "peak RSS of the case process")
+        "GiB, " + ("CUDA peak allocated" if kind.startswith("cuda") else "peak RSS of the case process"
+                   + (" (its whole life: no reset)" if kind.endswith("lifetime") else ""))
     )
     ax.set_title(f"{workload}: peak memory")
     return _save(fig, out / f"{_slug(workload)}_memory.png")
@@ -105,7 +106,8 @@ def speedups(workload: str, rows: list[dict], out: Path) -> Path | None:
     by = {r["variant"]: r for r in rows}
     series = []
     for name in baselines(rows):
-        points = [(r["variant"], speedup(r, by.get(name), name)) for r in _ok(rows, "s_per_iter")]
+        points = [(r["variant"], speedup(r, by.get(name), name)) for r in _ok(rows, "s_per_iter")
+                  if quotable(r, by.get(name))]  # a diverged row's speed is no win
         points = [(v, s) for v, s in points if s]
         if points:
             series.append((name, points))

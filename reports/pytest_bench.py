@@ -21,19 +21,23 @@ def pytest_benchmark_table(path: str | Path) -> pd.DataFrame:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a pytest-benchmark JSON file ({type(err).__name__}: {err})") from None
     records = []
-    for b in benchmarks:
-        s = b["stats"]
-        records.append(
-            {
-                "benchmark": b.get("name", "?"),
-                "group": b.get("group") or "",
-                "median [q1–q3]": f"{_seconds(s['median'])} [{_seconds(s['q1'])}–{_seconds(s['q3'])}]",
-                "min": _seconds(s["min"]),
-                "rounds": s.get("rounds", ""),
-                "ops/s": f"{s['ops']:.1f}" if "ops" in s else "",
-            }
-        )
-    machine = data.get("machine_info", {})
+    for number, b in enumerate(benchmarks, 1):
+        try:
+            s = b["stats"]
+            records.append(
+                {
+                    "benchmark": b.get("name", "?"),
+                    "group": b.get("group") or "",
+                    "median [q1–q3]": f"{_seconds(s['median'])} [{_seconds(s['q1'])}–{_seconds(s['q3'])}]",
+                    "min": _seconds(s["min"]),
+                    "rounds": s.get("rounds", ""),
+                    "ops/s": f"{s['ops']:.1f}" if "ops" in s else "",
+                }
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path}: benchmark {number} has no usable stats ({type(err).__name__}: {err})"
+                             ) from None
+    machine = data.get("machine_info") or {}
     frame = pd.DataFrame.from_records(records)
-    frame.attrs["machine"] = machine.get("cpu", {}).get("brand_raw") or machine.get("node", "")
+    frame.attrs["machine"] = (machine.get("cpu") or {}).get("brand_raw") or machine.get("node", "")
     return frame

@@ -26,6 +26,13 @@ def _md_cell(value: object) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
 
 
+def _md_text(text: object) -> str:
+    """Text outside tables with `<` as an entity outside code spans (an error's `<lambda>` would be
+    dropped as an unknown HTML tag; inside backticks the entity would show literally)."""
+    parts = str(text).split("`")
+    return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
+
+
 def md_table(df: pd.DataFrame) -> str:
     header = "| " + " | ".join(_md_cell(c) for c in df.columns) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
@@ -37,12 +44,12 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
     out = []
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
-            out.append("#" * int(b.kind[1]) + " " + str(b.content))
+            out.append("#" * int(b.kind[1]) + " " + _md_text(b.content))
         elif b.kind == "p":
-            out.append(str(b.content))
+            out.append(_md_text(b.content))
         elif b.kind == "list":
             # one line each: an error's own line breaks would end the item
-            out.append("\n".join(f"- {' '.join(str(item).splitlines())}" for item in b.content))
+            out.append("\n".join(f"- {_md_text(' '.join(str(item).splitlines()))}" for item in b.content))
         elif b.kind == "table":
             out.append(md_table(b.content))
         elif b.kind == "img":

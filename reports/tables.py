@@ -19,11 +19,13 @@ class ResultsError(ValueError):
 
 
 def load_results(run: str | Path) -> list[dict]:
-    """The rows of RUN/results.jsonl; a bad line is one error naming the file and the line."""
+    """The rows of RUN/results.jsonl; a bad line is one error naming the file and the line. A case
+    appears once (a resume rewrites the file with the rows it keeps): two rows of one (workload,
+    variant) would be paired and compared arbitrarily."""
     path = Path(run) / "results.jsonl"
     if not path.is_file():
         raise ResultsError(f"{path}: no such file (is {run} a segbench run folder?)")
-    rows = []
+    rows, seen = [], {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -34,6 +36,11 @@ def load_results(run: str | Path) -> list[dict]:
         missing = [k for k in ("workload", "variant", "status") if k not in row]
         if missing:
             raise ResultsError(f"{path}:{number}: row lacks {', '.join(missing)}")
+        key = (row["workload"], row["variant"])
+        if key in seen:
+            raise ResultsError(f"{path}:{number}: a second row of {key[0]}/{key[1]} (the first is line "
+                               f"{seen[key]}); one row per case")
+        seen[key] = number
         rows.append(row)
     return rows
 
@@ -67,6 +74,7 @@ def speedup(row: dict, baseline: dict | None, name: str) -> dict | None:
         return None
     other = (baseline or {}).get("paired") or {}
     if (baseline or {}).get("status") == "ok" and other.get("baseline") == row.get("variant") \
+            and baseline.get("workload") == row.get("workload") \
             and other.get("speedup"):  # the baseline was interleaved with this row: its ratio inverted
         theirs = other["speedup"]
         low, high = theirs.get("ci_low"), theirs.get("ci_high")
@@ -111,14 +119,28 @@ def fmt_attention_kernels(counts: dict[str, int]) -> str:
 
 def fmt_speedup(s: dict | None) -> str:
     """"1.22× [1.18–1.26]" (interleaved A/B, 95 % interval over block pairs), "1.22×*" (two processes,
-    no interval), "1.22× (1 pair)" (interleaved once: no interval)."""
+    no interval), "1.22× (1 pair)" (interleaved once: no interval), "1.22× [1.18–1.26]ᵇ" (a run from
+    before block pairs: a bootstrap interval over its interleaved steps)."""
     if not s:
         return ""
     if not s.get("paired"):
         return f"{s['ratio']:.2f}×*"
     if s.get("ci_low") is None:
         return f"{s['ratio']:.2f}× (1 pair)"
-    return f"{s['ratio']:.2f}× [{s['ci_low']:.2f}–{s['ci_high']:.2f}]"
+    return f"{s['ratio']:.2f}× [{s['ci_low']:.2f}–{s['ci_high']:.2f}]" + ("" if "pairs" in s else "ᵇ")
+
+
+def quotable(row: dict, baseline: dict | None) -> bool:
+    """Whether a speedup between the two rows may be quoted: neither ran into a non-finite loss (a
+    diverged step can be fast for the wrong reason, e.g. NaNs skipping work)."""
+    return not row.get("warning") and not (baseline or {}).get("warning")
+
+
+def _speedup_cell(row: dict, baseline: dict | None, name: str) -> str:
+    text = fmt_speedup(speedup(row, baseline, name))
+    if text and not quotable(row, baseline):
+        return f"({text}: non-finite loss{'' if row.get('warning') else f' in {name}'}, not quotable)"
+    return text
 
 
 def _fmt_spread(stats: dict | None) -> str:
@@ -265,7 +287,7 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
             "status": row["status"],
             S_PER_ITER: _fmt_spread(row.get("s_per_iter")),
             "first step": fmt_seconds(row.get("first_step_s")),
-            **{f"vs {name}": fmt_speedup(speedup(row, by_variant.get(name), name)) for name in against},
+            **{f"vs {name}": _speedup_cell(row, by_variant.get(name), name) for name in against},
             "samples/s": _num(row.get("samples_per_s"), ".2f"),
             "peak memory": _fmt_bytes(row.get("peak_bytes")),
             "MFU": _num(row.get("mfu"), ".2%"),

@@ -113,3 +113,14 @@ def test_chained_ratio_through_a_shared_baseline():
         hits += r["ci_low"] <= 1.8 <= r["ci_high"]
         met += r["ratio"] >= 1.85
     assert 0.93 <= hits / 1000 <= 0.98 and met / 1000 < 0.1
+
+
+def test_a_cpu_peak_that_could_not_be_reset_says_it_covers_the_process_s_life(monkeypatch, tmp_path):
+    from bench import measure
+
+    measure.reset_peak_memory("cpu")
+    assert measure.peak_memory("cpu")["peak_kind"] == "cpu_peak_rss"  # Linux: clear_refs works here
+    monkeypatch.setattr(measure, "_CLEAR_REFS", tmp_path / "no" / "clear_refs")
+    measure.reset_peak_memory("cpu")
+    peak = measure.peak_memory("cpu")
+    assert peak["peak_kind"] == "cpu_peak_rss_lifetime" and peak["peak_bytes"] > 0

@@ -42,7 +42,8 @@ def write_run(path: Path, scale: float = 1.0) -> Path:
             0.138 * scale,
             2,
             seed=3,
-            paired={"baseline": "seed", "speedup": {"ratio": 1.22, "ci_low": 1.18, "ci_high": 1.26}},
+            paired={"baseline": "seed",
+                    "speedup": {"ratio": 1.22, "ci_low": 1.18, "ci_high": 1.26, "pairs": 6}},
         ),
         _step("bf16+compile", 0.074 * scale, 3, seed=4, anchor_s_per_iter=0.074),
         {

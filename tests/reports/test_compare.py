@@ -212,3 +212,31 @@ def test_footprint_estimates_of_another_torch_get_no_verdict():
     machines = ("EPYC × 2, torch 2.13.0", "EPYC × 2, torch 2.11.0")
     assert compare_rows([grown], [est], machines=machines).verdict.iloc[0].startswith("other machine")
     assert compare_rows([grown], [est]).verdict.iloc[0] == "REGRESSION"
+
+
+def test_a_faster_row_whose_parity_broke_is_a_regression_not_an_improvement(tmp_path):
+    def row(seconds: float, dev: float | None, variant: str = "bf16") -> dict:
+        return {"workload": "w", "variant": variant, "status": "ok", "s_per_iter": {"median": seconds},
+                "step_times_s": [seconds * (1 + 0.001 * i) for i in range(8)],
+                "parity": {"reference": "fp32", "max_rel_dev": dev}}
+
+    after = [row(0.3, 0.4), row(0.1, 3e-6, "fp32"), row(0.3, None, "fused")]
+    before = [row(0.5, 2e-4), row(0.1, 1e-7, "fp32"), row(0.5, 2e-4, "fused")]
+    table = compare_rows(after, before).set_index("variant")
+    assert table.loc["bf16", "verdict"] == "REGRESSION (parity 2.0e-04 → 4.0e-01); speed: improvement"
+    assert table.loc["fp32", "verdict"] == "no significant change"  # 30x, but far under 1e-3
+    assert table.loc["fp32", "parity"] == "1.0e-07 → 3.0e-06"
+    assert table.loc["fused", "verdict"].startswith("REGRESSION (parity 2.0e-04 → non-finite)")
+    other = compare_rows([row(0.3, 0.4)], [row(0.5, 2e-4)], machines=("H200", "H100")).verdict.iloc[0]
+    assert other.endswith("no verdict; parity worse (2.0e-04 → 4.0e-01)")
+
+    before, after = write_run(tmp_path / "before"), write_run(tmp_path / "after", scale=0.8)
+    rows = [json.loads(line) for line in (after / "results.jsonl").read_text().splitlines()]
+    for r in rows:
+        if r["workload"] == "train_step" and r["variant"] == "bf16":
+            r["parity"]["max_rel_dev"] = 0.5
+    (after / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_segbench("report", str(after), "--compare", str(before), "--fail-on-regression")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    md = (after / "compare.md").read_text()
+    assert "parity (deviation from fp32 eager)" in md and "REGRESSION (parity 1.0e-03 → 5.0e-01)" in md

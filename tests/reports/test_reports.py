@@ -55,7 +55,7 @@ def test_table_quotes_paired_and_unpaired_speedups(tmp_path):
     table = workload_table([r for r in load_results(run) if r["workload"] == "train_step"]).set_index(
         "variant"
     )
-    assert table.loc["bf16", "vs seed"].startswith("1.22× [1.18–1.26]")  # paired: no mark
+    assert table.loc["bf16", "vs seed"] == "1.22× [1.18–1.26]"  # paired: no mark
     assert table.loc["bf16+compile", "vs seed"].endswith("*")  # across processes: marked
     ratio = float(table.loc["bf16+compile", "vs seed"].split("×")[0])
     assert ratio == pytest.approx(0.169 / 0.074, rel=0.03)
@@ -129,10 +129,16 @@ def test_pytest_benchmark_json_folds_into_the_report(tmp_path):
     assert proc.returncode == 0, proc.stderr
     md = (run / "report.md").read_text()
     assert "Micro-benchmarks" in md and "test_dice_128" in md and "11.800 ms" in md
+    assert "pytest-benchmark, ran on box)" in md  # measured where pytest ran, not the Environment's machine
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     proc = run_segbench("report", str(run), "--pytest-benchmark", str(bad))
     assert proc.returncode == 2 and "not a pytest-benchmark JSON file" in proc.stderr
+    no_median = tmp_path / "no_median.json"
+    no_median.write_text(json.dumps({"benchmarks": [{"name": "t", "stats": {"min": 0.01, "q1": 0.01}}]}))
+    proc = run_segbench("report", str(run), "--pytest-benchmark", str(no_median))
+    assert proc.returncode == 2 and f"{no_median}: benchmark 1 has no usable stats" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_summary_flags_cases_run_on_a_busy_machine(tmp_path):
@@ -161,7 +167,7 @@ def test_summary_names_non_finite_rows_and_env_names_the_cpu_bf16_workaround(tmp
     (run / "env.json").write_text(json.dumps(env))
     build_report(run)
     lines = (run / "report.md").read_text().splitlines()
-    flagged = [ln for ln in lines if "non-finite loss" in ln]
+    flagged = [ln for ln in lines if "non-finite loss" in ln and ln.startswith("- ")]  # the summary's
     assert len(flagged) == 1 and f"train_step/{rows[2]['variant']}:" in flagged[0]
     assert "do not quote its speed" in flagged[0]
     onednn = [ln for ln in lines if "wrong bf16 conv3d weight gradients" in ln]
@@ -170,7 +176,12 @@ def test_summary_names_non_finite_rows_and_env_names_the_cpu_bf16_workaround(tmp
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     build_report(run)
     onednn = [ln for ln in (run / "report.md").read_text().splitlines() if "wrong bf16 conv3d" in ln]
-    assert len(onednn) == 1 and "no case of this run convolved such a map" in onednn[0]
+    assert len(onednn) == 1 and "no row of this run is marked as run with oneDNN off" in onednn[0]
+    for row in rows:  # a footprint run convolves nothing: no line
+        row["estimate"] = True
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_report(run)
+    assert "wrong bf16 conv3d" not in (run / "report.md").read_text()
 
 
 def test_attention_kernels_are_named_per_variant_only_where_a_row_has_some(tmp_path):
@@ -289,3 +300,73 @@ def test_a_speedup_over_a_row_paired_the_other_way_is_its_interleaved_ratio_inve
     assert (got["ci_low"], got["ci_high"]) == (pytest.approx(1.0), pytest.approx(2.0))
     assert speedup(fp32, {**seed, "paired": {}}, "seed") == {"ratio": 4.0, "ci_low": None, "ci_high": None,
                                                             "paired": False}  # two processes' medians
+    # a seed row of another workload (a goal's cross-workload case) paired with its own fp32: not ours
+    other = {**seed, "workload": "big"}
+    assert speedup(fp32, other, "big/seed") == {"ratio": 4.0, "ci_low": None, "ci_high": None,
+                                                "paired": False}
+
+
+def test_a_diverged_row_s_speedup_is_not_quoted_in_its_table_or_figure(tmp_path, monkeypatch):
+    from reports import figures
+
+    run = write_run(tmp_path / "run")
+    rows = [r for r in load_results(run) if r["workload"] == "train_step"]
+    by = {r["variant"]: r for r in rows}
+    by["bf16+compile"]["warning"] = "non-finite loss in the first 3 steps: [2.3, nan, nan]"
+    table = workload_table(rows).set_index("variant")
+    cell = table.loc["bf16+compile", "vs seed"]
+    assert cell.startswith("(") and cell.endswith("non-finite loss, not quotable)")
+    assert table.loc["bf16", "vs seed"] == "1.22× [1.18–1.26]"  # the others keep theirs
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault(
+        "labels", [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]))
+    figures.speedups("train_step", rows, tmp_path)
+    assert not any(label.startswith("bf16+compile") for label in drawn["labels"])
+    assert any(label.startswith("bf16") for label in drawn["labels"])
+    by["seed"]["warning"] = "non-finite loss in the first 3 steps: [nan, nan, nan]"  # the baseline diverged
+    assert workload_table(rows).set_index("variant").loc["bf16", "vs seed"].endswith(
+        "non-finite loss in seed, not quotable)")
+
+
+def test_an_interval_from_before_block_pairs_is_marked_as_a_bootstrap():
+    from reports.tables import fmt_speedup
+
+    assert fmt_speedup({"ratio": 1.2, "ci_low": 1.1, "ci_high": 1.3, "paired": True, "pairs": 8}) == (
+        "1.20× [1.10–1.30]")
+    assert fmt_speedup({"ratio": 1.2, "ci_low": 1.1, "ci_high": 1.3, "paired": True}) == "1.20× [1.10–1.30]ᵇ"
+
+
+def test_a_second_row_of_one_case_is_refused_naming_both_lines(tmp_path):
+    run = write_run(tmp_path / "run")
+    lines = (run / "results.jsonl").read_text().splitlines()
+    (run / "results.jsonl").write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(ResultsError, match=rf"results.jsonl:{len(lines) + 1}: a second row of "
+                                           r"train_step/fp32 \(the first is line 2\)"):
+        load_results(run)
+
+
+def test_a_run_without_env_json_or_suite_fields_says_so_and_markdown_text_keeps_angle_brackets(tmp_path):
+    from reports.build import build_report
+
+    run = write_run(tmp_path / "run")
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    for row in rows:
+        del row["suite"]
+    rows[4]["error_at"] = "torch/_dynamo/eval_frame.py:<lambda>"
+    rows[4]["status"], rows[4]["error"], rows[4]["hint"] = "error", "RuntimeError: boom", "try eager"
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "env.json").unlink()
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "- no env.json in this run folder" in md and "device: ?" not in md
+    assert "(raised in torch/_dynamo/eval_frame.py:&lt;lambda>)" in md
+    assert "<lambda>" not in md.replace("`", "")
+
+
+def test_markdown_text_escapes_tags_outside_code_spans_only():
+    from reports.render import Block, to_markdown
+
+    md = to_markdown([Block("h2", "Workload <w>"), Block("p", "a `x<y` and <b>"), Block("list", ["<i>"])],
+                     tmp := __import__("pathlib").Path("."))
+    assert md.splitlines()[0] == "## Workload &lt;w>" and "a `x<y` and &lt;b>" in md and "- &lt;i>" in md
+    assert tmp
