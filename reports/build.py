@@ -50,8 +50,10 @@ METHOD = [
     "Parity: the variant's loss trajectory over the first K steps from the same initial weights and "
     "batches as the fp32 eager reference (PyTorch's defaults on CUDA: cuDNN may run its convolutions "
     "in TF32, matmuls stay fp32), max relative deviation (kernels: max error against the "
-    "reference on the same input). † the model uses dropout, whose masks differ between variants "
-    "that draw random numbers differently.",
+    "reference on the same input); `grad`: the relative L2 deviation of the first step's gradients "
+    "(a strided sample of up to 256 values per parameter tensor, fp16 unscaled), which the losses of a "
+    "few small steps cannot show. † the model uses dropout, whose masks differ between variants "
+    "that draw random numbers differently (their gradients then differ by more than rounding).",
     "Peak memory: CUDA max allocated (reserved marked) reset before the measured steps; on the CPU the "
     "case process's peak RSS, reset before the measured steps (Linux clear_refs).",
     "Estimated peak (footprint rows): a CPU estimate of allocated bytes (profiles.footprint: the step "

@@ -12,8 +12,9 @@ Runs on other machines (GPU or CPU, torch version) get no verdict, nor do timing
 while other processes used more than a fifth of the host's CPUs (`host_other_cpu_fraction`).
 Footprint rows (estimates, no samples) compare their estimated peak memory: a growth over the
 threshold is a regression. A faster row is no improvement when its numbers moved away from the
-reference: parity (the deviation from the fp32 eager reference) that grew more than tenfold to over
-1e-3, or turned non-finite, is a regression whatever the timing says.
+reference: parity (the deviation from the fp32 eager reference, of the losses or of the first step's
+gradients) that grew more than tenfold to over 1e-3, or turned non-finite, is a regression whatever
+the timing says.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ def _verdict(change: dict[str, float], threshold: float) -> str:
 PARITY_FACTOR, PARITY_FLOOR = 10.0, 1e-3
 
 
-def _parity(row: dict) -> tuple[str, float | None] | None:
+def _parity(row: dict, keys: tuple[str, ...]) -> tuple[str, float | None] | None:
     """(which deviation, its value; None when non-finite) or None when the row measured none."""
     parity = row.get("parity") or {}
-    key = next((k for k in ("max_rel_dev", "max_abs_err") if k in parity), None)
+    key = next((k for k in keys if k in parity), None)
     if key is None:
         return None
     dev = parity[key]
@@ -58,14 +59,19 @@ def _fmt_dev(dev: float | None) -> str:
 
 
 def parity_change(ra: dict, rb: dict) -> tuple[str, bool]:
-    """("2.0e-04 → 4.0e-01", whether that is a parity regression) of RUN's row against RUN_B's;
-    ("", False) when the two rows did not measure the same deviation."""
-    pa, pb = _parity(ra), _parity(rb)
-    if pa is None or pb is None or pa[0] != pb[0]:
-        return "", False
-    before, after = pb[1], pa[1]
-    grew = after is not None and before is not None and after > max(PARITY_FACTOR * before, PARITY_FLOOR)
-    return f"{_fmt_dev(before)} → {_fmt_dev(after)}", grew or (before is not None and after is None)
+    """("2.0e-04 → 4.0e-01; grad 8.0e-03 → 1.4e+00", whether either is a parity regression) of RUN's
+    row against RUN_B's: the loss trajectory's deviation and the first step's gradients'; ("", False)
+    when the two rows measured neither alike."""
+    parts, worse = [], False
+    for keys, label in ((("max_rel_dev", "max_abs_err"), ""), (("grad_rel_dev",), "grad ")):
+        pa, pb = _parity(ra, keys), _parity(rb, keys)
+        if pa is None or pb is None or pa[0] != pb[0]:
+            continue
+        before, after = pb[1], pa[1]
+        parts.append(f"{label}{_fmt_dev(before)} → {_fmt_dev(after)}")
+        grew = after is not None and before is not None and after > max(PARITY_FACTOR * before, PARITY_FLOOR)
+        worse = worse or grew or (before is not None and after is None)
+    return "; ".join(parts), worse
 
 
 def _index(rows: list[dict]) -> dict[tuple[str, str], dict]:

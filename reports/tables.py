@@ -178,6 +178,7 @@ def _fmt_errors(row: dict) -> str:
         return row["error"][:200]
     parts = [(what, error) for what, error in (
         ("parity reference", (row.get("parity") or {}).get("error")),
+        ("gradient parity", (row.get("parity") or {}).get("grad_error")),
         ("A/B pairing", (row.get("paired") or {}).get("error")),
         ("profile", row.get("profile_error")),
         ("attention kernels", row.get("attention_kernels_error")),
@@ -185,15 +186,19 @@ def _fmt_errors(row: dict) -> str:
     return "; ".join(f"{what}: {str(error)[:120]}" for what, error in parts)
 
 
+def _fmt_dev(dev: float | None) -> str:
+    return f"{dev:.1e}" if dev is not None and np.isfinite(dev) else "non-finite"
+
+
 def _fmt_parity(parity: dict) -> str:
-    """The deviation from the reference ("2.2e-04", † when the row notes why it may differ), "non-finite"
-    when results.jsonl holds null for it (or an older run NaN), "" when not measured."""
+    """The deviation from the reference ("2.2e-04", † when the row notes why it may differ; training rows
+    add their first step's gradients: "2.2e-04 · grad 8.1e-03"), "non-finite" when results.jsonl holds
+    null for it (or an older run NaN), "" when not measured."""
     key = next((k for k in ("max_rel_dev", "max_abs_err") if k in parity), None)
     if key is None:
         return ""
-    dev = parity[key]
-    return (f"{dev:.1e}" if dev is not None and np.isfinite(dev) else "non-finite") + (
-        "†" if parity.get("note") else "")
+    grad = f" · grad {_fmt_dev(parity['grad_rel_dev'])}" if "grad_rel_dev" in parity else ""
+    return _fmt_dev(parity[key]) + grad + ("†" if parity.get("note") else "")
 
 
 def _num(value, fmt: str) -> str:

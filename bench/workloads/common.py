@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -222,6 +223,38 @@ def disable_dropout_note(model: nn.Module) -> bool:
     )
 
 
+GRAD_SAMPLES_PER_TENSOR = 256
+
+
+def grad_samples(model: nn.Module, scaler: torch.amp.GradScaler) -> dict[str, torch.Tensor]:
+    """{parameter name: up to GRAD_SAMPLES_PER_TENSOR of its gradient's values, strided over the tensor
+    in logical order (any memory format), fp32, unscaled}, on the model's device. Names are the
+    state_dict's, which the speed options keep, so variants compare by name."""
+    from seg.train.checkpoint import bare_module
+
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+    out = {}
+    for name, p in bare_module(model).state_dict(keep_vars=True).items():
+        if not (isinstance(p, nn.Parameter) and p.requires_grad):
+            continue
+        stride = max(1, p.numel() // GRAD_SAMPLES_PER_TENSOR)
+        grad = torch.zeros_like(p) if p.grad is None else p.grad  # none: zero, as the optimizer takes it
+        out[name] = grad.detach().reshape(-1)[::stride][:GRAD_SAMPLES_PER_TENSOR].float() / scale
+    return out
+
+
+def grad_rel_dev(samples: dict[str, torch.Tensor], reference: dict[str, list[float]]) -> dict:
+    """{"grad_rel_dev": ||g - g_ref|| / ||g_ref|| over the sampled values of the parameters both have,
+    "grad_tensors": how many} (the relative L2 deviation of the first step's gradients)."""
+    shared = [n for n in reference if n in samples and samples[n].numel() == len(reference[n])]
+    if not shared:
+        return {"grad_error": "no parameter of the reference matches this variant's by name and size"}
+    got = torch.cat([samples[n].cpu().double() for n in shared])
+    want = torch.cat([torch.tensor(reference[n], dtype=torch.float64) for n in shared])
+    dev = float((got - want).norm() / want.norm().clamp_min(1e-30))
+    return {"grad_rel_dev": dev if math.isfinite(dev) else None, "grad_tensors": len(shared)}
+
+
 class TrainState:
     """Model, DiceCE, fused AdamW and GradScaler of one variant: `step` is seg.recipe.train_step."""
 
@@ -235,14 +268,21 @@ class TrainState:
         self.optimizer = recipe.build_optimizer(self.model, lr=params.lr)
         self.scaler = recipe.make_scaler(cfg.precision, device.type)
 
-    def step(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        from seg.recipe import train_step
+    def step(self, image: torch.Tensor, label: torch.Tensor, grads: dict | None = None) -> torch.Tensor:
+        """seg.recipe.train_step; with `grads`, also fills it with `grad_samples` of this step's
+        gradients, taken between the backward and the optimizer step (parity's gradient check)."""
+        from seg.recipe import forward_backward, optimizer_step, train_step
         from seg.speed import step_begin
 
         step_begin(self.cfg.compile_mode)  # CUDA-graph modes: the last step's outputs are dead
-        return train_step(
-            self.model, image, label, self.loss_fn, self.optimizer, self.scaler, self.cfg.precision
-        )
+        if grads is None:
+            return train_step(
+                self.model, image, label, self.loss_fn, self.optimizer, self.scaler, self.cfg.precision
+            )
+        loss = forward_backward(self.model, image, label, self.loss_fn, self.scaler, self.cfg.precision)
+        grads.update(grad_samples(self.model, self.scaler))
+        optimizer_step(self.optimizer, self.scaler)
+        return loss
 
     def cpu_bf16_workaround(self, image: torch.Tensor) -> bool:
         """Whether this variant's steps on `image` run with oneDNN off (seg.cpu_bf16): rows say so."""

@@ -1,6 +1,7 @@
 """The reference a workload's variants are compared with: the fp32 eager loss trajectory over the
-same initial weights and batches, and the FLOPs of one step. Computed once per run by the first
-case that needs it and cached in the run folder, so later cases (own processes) reuse it."""
+same initial weights and batches, a sample of its first step's gradients, and the FLOPs of one step.
+Computed once per run by the first case that needs it and cached in the run folder, so later cases
+(own processes) reuse it."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def _cache_path(case: Case) -> Path | None:
 def train_reference(
     case: Case, device: torch.device, state: dict, batches: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> dict:
-    """`{variant, losses, flops_per_step}` (or `{variant, error}`) for a training workload."""
+    """`{variant, losses, grad_samples, flops_per_step}` (or `{variant, error}`) for a training workload:
+    the loss trajectory over `parity_steps` steps and a sample of the first step's gradients."""
     path = _cache_path(case)
     if path is not None and path.is_file():
         return json.loads(path.read_text())
@@ -39,7 +41,10 @@ def train_reference(
             ref = TrainState(case.params, cfg, device, state)
             inputs = [(to_input(x, cfg, device), y.to(device)) for x, y in batches]
             torch.manual_seed(case.measure.seed)
-            result["losses"] = [float(ref.step(x, y)) for x, y in inputs[: case.measure.parity_steps]]
+            grads: dict[str, torch.Tensor] = {}  # the first step's, sampled (common.grad_samples)
+            result["losses"] = [float(ref.step(x, y, grads if i == 0 else None))
+                                for i, (x, y) in enumerate(inputs[: case.measure.parity_steps])]
+            result["grad_samples"] = {name: g.cpu().tolist() for name, g in grads.items()}
             result["flops_per_step"] = count_flops(lambda: ref.forward_backward(*inputs[0]))
         ref = inputs = None  # free the reference model before the variant is built
         release(device)

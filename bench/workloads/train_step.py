@@ -25,6 +25,7 @@ from bench.workloads.common import (
     apply_backend,
     attention_kernels_fields,
     disable_dropout_note,
+    grad_rel_dev,
     initial_state,
     math_mode,
     profile_fields,
@@ -97,7 +98,9 @@ def run(case: Case) -> dict:
         row["cpu_bf16_workaround"] = True
     torch.manual_seed(m.seed)
     losses: list[float] = []
-    row["first_step_s"] = time_once(lambda: losses.append(float(state.step(*inputs[0]))), device)
+    # the first step's gradients, sampled on the device (a few ms in the first step: no host sync)
+    grads = {} if m.parity_steps and case.reference else None
+    row["first_step_s"] = time_once(lambda: losses.append(float(state.step(*inputs[0], grads=grads))), device)
     for x, y in inputs[1 : m.parity_steps]:
         losses.append(float(state.step(x, y)))
     if m.parity_steps and case.reference:
@@ -107,6 +110,11 @@ def run(case: Case) -> dict:
             parity["error"] = f"the {reference['variant']} reference's losses were non-finite"
         elif "losses" in reference:
             parity["max_rel_dev"] = max_rel_dev(losses, reference["losses"])
+            if state.scaler.is_enabled() and not all(bool(g.isfinite().all()) for g in grads.values()):
+                # GradScaler's first scale overflowed fp16: it skips that step, as training would
+                parity["grad_error"] = "the first fp16 step overflowed (GradScaler skipped it): no gradients"
+            elif "grad_samples" in reference:  # (a reference cached by an older run has none)
+                parity.update(grad_rel_dev(grads, reference["grad_samples"]))
         else:
             parity["error"] = reference.get("error")
         if disable_dropout_note(state.model):

@@ -71,6 +71,8 @@ def test_rows_carry_the_contract_fields(run):
     assert step["mfu"] == pytest.approx(step["flops_per_step"] / median / matmul_rate)
     assert step["parity"]["reference"] == "fp32" and step["parity"]["max_rel_dev"] < 0.05
     assert r[("train_step", "fp32")]["parity"]["max_rel_dev"] == 0.0  # same weights, batches, math
+    assert r[("train_step", "fp32")]["parity"]["grad_rel_dev"] == 0.0  # and the first step's gradients
+    assert 0 < step["parity"]["grad_rel_dev"] < 0.1 and step["parity"]["grad_tensors"] > 0
     # rows record their workload's set-up, less what its kind does not use (train_e2e's shape)
     assert step["params"]["shape"] == step["shape"] and step["params"]["model"] == "unet"
     assert "shape" not in r[("train_e2e", "fp32")]["params"]

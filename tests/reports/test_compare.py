@@ -240,3 +240,14 @@ def test_a_faster_row_whose_parity_broke_is_a_regression_not_an_improvement(tmp_
     assert proc.returncode == 1, proc.stdout + proc.stderr
     md = (after / "compare.md").read_text()
     assert "parity (deviation from fp32 eager)" in md and "REGRESSION (parity 1.0e-03 → 5.0e-01)" in md
+
+
+def test_gradients_that_went_wrong_under_unchanged_losses_are_a_parity_regression():
+    def row(grad: float) -> dict:
+        return {"workload": "w", "variant": "v", "status": "ok", "s_per_iter": {"median": 0.1},
+                "step_times_s": [0.1] * 8, "parity": {"max_rel_dev": 1e-4, "grad_rel_dev": grad}}
+
+    verdict = compare_rows([row(1.4)], [row(1e-2)]).verdict.iloc[0]
+    assert verdict == ("REGRESSION (parity 1.0e-04 → 1.0e-04; grad 1.0e-02 → 1.4e+00); "
+                       "speed: no significant change")
+    assert compare_rows([row(2e-2)], [row(1e-2)]).verdict.iloc[0] == "no significant change"
