@@ -110,27 +110,17 @@ def _typed(name: str, text: str, kind: type) -> Any:
     return value
 
 
-def set_inductor_options(options: dict[str, Any]) -> None:
-    """Set torch._inductor.config options for this process (torch.compile reads them when it first
-    compiles, so a context manager around the compile call would be gone by then)."""
-    if not options:
-        return
-    import torch._inductor.config as inductor_config
-
-    for name, value in options.items():
-        setattr(inductor_config, name, value)
-
-
 def compile_model(
     model: nn.Module, mode: str = "default", inductor: dict[str, Any] | None = None
 ) -> nn.Module:
     """torch.compile(model) as the harness does it ("default" is torch's mode=None); `inductor`:
-    options from `inductor_options`, set for the process (torch.compile takes a mode or options, not
-    both)."""
+    options from `inductor_options`, passed with the mode's own options as torch.compile's `options`
+    (it takes a mode or options, not both). They apply to this compile only and are part of its
+    backend's identity: set process-wide instead, a model of the same class compiled later in the
+    process (an interleaved baseline) reused the graph compiled with them."""
     import torch
 
     check_compile_mode(mode)
-    set_inductor_options(inductor or {})
     backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
     # Static shapes: a second input shape (validation at another size, a sliding window's last, smaller
     # batch) compiles again for that shape rather than once for symbolic ones. Segmentation runs a few
@@ -138,6 +128,10 @@ def compile_model(
     # geometry would turn into guards and graph breaks on symbolic sizes.
     if backend != "inductor":  # modes are inductor settings; other backends take none
         return torch.compile(model, backend=backend, dynamic=False)
+    if inductor:
+        from torch._inductor import list_mode_options
+
+        return torch.compile(model, options={**list_mode_options(mode), **inductor}, dynamic=False)
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 

@@ -97,7 +97,7 @@ def test_compiled_training_matches_eager_and_saves_a_bare_checkpoint(
     out = tmp_path / "compiled"
     inductor_config.triton.mix_order_reduction = True
     train(_config(data_dir, out, compile_mode="default", inductor=["triton.mix_order_reduction=off"]))
-    assert inductor_config.triton.mix_order_reduction is False  # set before the (lazy) compile
+    assert inductor_config.triton.mix_order_reduction is True  # the compile's own options: process unchanged
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo really compiled the training model
     _assert_same_run(eager_run, out)
     last = load_checkpoint(out / "last.pt")
@@ -109,6 +109,32 @@ def test_compiled_training_matches_eager_and_saves_a_bare_checkpoint(
     # Resuming with other speed switches is allowed (same function) and said.
     train(_config(data_dir, out, resume=True))
     assert "continuing with: compile_mode 'default' -> None" in capsys.readouterr().out
+
+
+def test_inductor_options_belong_to_their_compile_not_to_the_next_model_of_the_class(inductor_config):
+    """A variant compiled with inductor options, then its interleaved baseline (same class, same
+    process) without: the baseline compiles its own graph (it reused the variant's when the options
+    were set process-wide) and the process's config is untouched."""
+    from seg.speed import compile_model
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.relu(self.lin(x)) * 2
+
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    fusion = inductor_config.max_fusion_size
+    x = torch.randn(4, 8)
+    compile_model(Tiny(), "default", {"max_fusion_size": 1})(x)
+    compile_model(Tiny(), "default")(x)
+    assert counters["stats"]["unique_graphs"] == 2
+    assert inductor_config.max_fusion_size == fusion
+    torch._dynamo.reset()
 
 
 def test_fast_swinunetr_trains_and_its_checkpoint_loads_into_stock_monai(tmp_path):
