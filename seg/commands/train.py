@@ -114,7 +114,7 @@ def register(subparsers) -> None:
 
 # Settings a `--resume` takes from the run's config.json unless given again (the others, switches
 # and loader options, are given again: a changed one is allowed and noted).
-KEPT_ON_RESUME = ("epochs", "lr", "weight_decay", "warmup_epochs")
+KEPT_ON_RESUME = ("epochs", "lr", "weight_decay", "warmup_epochs", "precision")
 
 
 def _run_settings(out: str) -> dict:

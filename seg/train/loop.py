@@ -188,7 +188,8 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         ckpt.match_optimizer_layout(optimizer)  # a resume may switch channels_last
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if scaler.is_enabled() and state["scaler"]:  # fp16 before and now (a change of precision is noted)
+            scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng(state["rng"])
         start_epoch, best_dice = state["epoch"], state["best_dice"]
         # this run's schedule at this run's step: the checkpoint counted its own steps per epoch (another
@@ -324,7 +325,8 @@ def _note_speed_changes(last_path: Path, stored: dict, cfg: TrainConfig) -> None
     defaults = {f.name: f.default for f in fields_of(TrainConfig)}  # a field newer than the checkpoint
     for fields, what in ((SPEED_FIELDS, "speed options"),
                          (SAMPLING_FIELDS, "sampling options (other samples from here on)"),
-                         (OPTIMIZER_FIELDS, "optimizer settings (the schedule follows the new ones)")):
+                         (OPTIMIZER_FIELDS, "optimizer settings (the schedule follows the new ones)"),
+                         (("precision",), "numerics (its steps round differently from here on)")):
         before = {name: stored.get(name, defaults[name]) for name in fields}
         changed = [f"{name} {before[name]!r} -> {getattr(cfg, name)!r}"
                    for name in fields if before[name] != getattr(cfg, name)]

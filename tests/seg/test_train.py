@@ -267,3 +267,24 @@ def test_device_loaders_train_alike_and_checkpoint(data_dir, tmp_path, monkeypat
     assert load_checkpoint(tmp_path / "resident" / "last.pt")["epoch"] == 2
     with pytest.raises(ValueError, match="loader"):
         _config(data_dir, tmp_path / "bad", loader="gpu")
+
+
+def test_a_resume_keeps_the_run_s_precision_and_notes_a_change(data_dir, tmp_path, capsys):
+    import json
+
+    from segbench.cli import main
+
+    out = tmp_path / "run"
+    common = ["train", "--data", str(data_dir), "--out", str(out), "--device", "cpu", "--batch-size", "2",
+              "--max-steps-per-epoch", "1", "--model-option", "channels=(8,16,32)",
+              "--model-option", "strides=(2,2)"]
+    assert main([*common, "--epochs", "1", "--precision", "fp16"]) == 0
+    scale = load_checkpoint(out / "last.pt")["scaler"]["scale"]
+    assert main([*common, "--epochs", "2", "--resume"]) == 0  # no --precision: the run's fp16, not bf16
+    assert json.loads((out / "config.json").read_text())["config"]["precision"] == "fp16"
+    assert load_checkpoint(out / "last.pt")["scaler"]["scale"] in (scale, scale / 2, scale * 2)
+    capsys.readouterr()
+    assert main([*common, "--epochs", "3", "--resume", "--precision", "fp32"]) == 0  # scaler state dropped
+    assert "continuing with: precision 'fp16' -> 'fp32'" in capsys.readouterr().out
+    assert main([*common, "--epochs", "4", "--resume", "--precision", "fp16"]) == 0  # a disabled scaler's {}
+    assert load_checkpoint(out / "last.pt")["config"]["precision"] == "fp16"
