@@ -15,6 +15,7 @@ an epoch boundary replays exactly, and a DDP run over K processes sees the same 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from seg.data.augment import seed_train_transforms
 from seg.data.formats import open_reader, split_has_labels
+
+ORDER_INDEX = 2**63  # sample_seed's index for an epoch's order: no sample has it
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -105,7 +108,17 @@ class SeededSampler(DistributedSampler):
     """
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in super().__iter__():
+        # DistributedSampler's order, seeded by a hash of (seed, epoch): its own `seed + epoch` gave
+        # seed s at epoch e+1 the order of seed s+1 at epoch e (seed replicates shared their orders)
+        g = torch.Generator()
+        g.manual_seed(sample_seed(self.seed, self.epoch, ORDER_INDEX))
+        n = len(self.dataset)
+        indices = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        if self.drop_last:
+            indices = indices[: self.total_size]
+        else:  # pad with the epoch's first cases, as PyTorch does
+            indices += (indices * math.ceil(self.total_size / len(indices)))[: self.total_size - len(indices)]
+        for index in indices[self.rank : self.total_size : self.num_replicas]:
             yield index, sample_seed(self.seed, self.epoch, index)
 
     def state_dict(self) -> dict:

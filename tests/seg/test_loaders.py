@@ -107,6 +107,25 @@ def test_sharded_sampler_unions_to_the_single_process_order(tmp_path):
     interleaved = [key for pair in zip(first, second, strict=True) for key in pair]
     assert interleaved == order
     assert all(seed == sample_seed(5, 2, index) for index, seed in order)
+    odd = [SeededSampler(list(range(7)), num_replicas=3, rank=r, shuffle=True, seed=5) for r in range(3)]
+    for sampler in odd:  # padded to 9 with the epoch's first cases, each shard 3 long
+        sampler.set_epoch(2)
+    keys = [key for triple in zip(*(list(s) for s in odd), strict=True) for key in triple]
+    assert sorted({i for i, _ in keys}) == list(range(7)) and keys[7:] == keys[:2]
+
+
+def test_seed_replicates_do_not_share_their_orders_shifted_by_an_epoch():
+    """Orders hash (seed, epoch): DistributedSampler's seed + epoch gave seed 0's second epoch the
+    order of seed 1's first."""
+    dataset = list(range(16))
+    orders = {}
+    for seed in (0, 1):
+        for epoch in (0, 1):
+            sampler = SeededSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+            sampler.set_epoch(epoch)
+            orders[seed, epoch] = [index for index, _ in sampler]
+    assert orders[0, 1] != orders[1, 0] and orders[0, 0] != orders[0, 1]
+    assert all(sorted(o) == dataset for o in orders.values())
 
 
 def test_validation_loader_keeps_order_without_augmentation(tmp_path):
