@@ -133,13 +133,18 @@ def calibrate(device: str) -> dict:
 
 
 def machine(env: dict) -> str:
-    """What a run's timings depend on beyond the code: the GPU (or the CPU and its core count) and the
-    torch version; a run resumed elsewhere (older runs: the runner now refuses it) names each."""
+    """What a run's timings depend on beyond the code: the GPU (or the CPU, its core count and the
+    threads torch used: one thread instead of two changes a CPU step several-fold) and the torch
+    version; a run resumed elsewhere (older runs: the runner now refuses it) names each."""
     torch_version = (env.get("versions") or {}).get("torch", "?")
     sessions = [env.get("calibration") or {}] + [r.get("calibration") or {} for r in env.get("resumed", [])]
     cpu = f"{env.get('cpu', '?')} × {env.get('cpu_count', '?')}"
-    where = dict.fromkeys(cal.get("gpu") or cpu for cal in sessions)
-    return f"{' + '.join(where)}, torch {torch_version}"
+
+    def where(cal: dict) -> str:
+        threads = cal.get("torch_threads")
+        return cal.get("gpu") or (f"{cpu}, {threads} torch threads" if threads else cpu)
+
+    return f"{' + '.join(dict.fromkeys(where(cal) for cal in sessions))}, torch {torch_version}"
 
 
 def cudnn_text(version) -> str:

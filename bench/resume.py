@@ -84,10 +84,14 @@ def resumed_inputs(out: Path, env: dict, device: str | None, data_dir) -> tuple[
 
 
 def check_machine(out: Path, old_env: dict, env: dict) -> None:
-    """BenchError when this session's machine (GPU or CPU, torch) is not the run's: one run's rows,
-    one machine, since its ratios cross rows."""
+    """BenchError when this session's machine (GPU or CPU and its torch threads, torch) or its
+    compile caches are not the run's: one run's rows, one set-up, since its ratios cross rows."""
     if machine(env) != machine(old_env):
         raise BenchError(
             f"--resume: {out} was measured on {machine(old_env)}, this is {machine(env)}; its rows "
             "would mix two machines (a cross-row speedup would compare them): start a new run"
         )
+    old_cache, cache = old_env.get("compile_cache"), env.get("compile_cache")
+    if old_cache and cache != old_cache:  # first steps (compile times) would mix cold and warm
+        raise BenchError(f"--resume: {out} ran with compile caches {old_cache}; this session's are "
+                         f"{cache} (SEGBENCH_KEEP_COMPILE_CACHE): resume with the run's setting")

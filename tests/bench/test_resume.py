@@ -117,6 +117,18 @@ def test_resume_refuses_another_machine_and_the_budget_names_its_cuts(tmp_path):
     with pytest.raises(BenchError, match="was measured on NVIDIA H100 80GB HBM3, torch .*: start a new run"):
         run_suite(suite, run, resume=True, report=False)
     assert set(_rows(run)) == {"fp32"}  # nothing was run or written
+    del env["calibration"]["gpu"]
+    threads = env["calibration"]["torch_threads"]
+    env["calibration"]["torch_threads"] = threads + 1  # as if run with another OMP_NUM_THREADS
+    (run / "env.json").write_text(json.dumps(env))
+    expected = f"{threads + 1} torch threads, torch .*, this is .*, {threads} torch threads"
+    with pytest.raises(BenchError, match=expected):
+        run_suite(suite, run, resume=True, report=False)
+    env["calibration"]["torch_threads"], env["compile_cache"] = threads, "warm: the user's caches"
+    (run / "env.json").write_text(json.dumps(env))
+    with pytest.raises(BenchError, match="compile caches warm: the user's caches; this session's are cold"):
+        run_suite(suite, run, resume=True, report=False)
+    assert set(_rows(run)) == {"fp32"}
     assert cut_by_budget({"error": "not run: the suite's time budget of 60 s was spent"})
     assert cut_by_budget({"error": "timeout: the suite's time budget of 60 s ran out 12 s into the case"})
     assert not cut_by_budget({"error": "timeout: the case ran past its 900 s limit"})

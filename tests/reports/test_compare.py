@@ -162,6 +162,7 @@ def test_compare_gives_no_verdict_on_loaders_of_another_sample_shape_and_names_e
     assert machine(resumed) == "NVIDIA H100 + NVIDIA H200, torch 2.11.0"
     cpu = {"cpu": "EPYC", "cpu_count": 2, "versions": {"torch": "2.13.0"}}
     assert machine(cpu) == "EPYC × 2, torch 2.13.0"
+    assert machine({**cpu, "calibration": {"torch_threads": 1}}) == "EPYC × 2, 1 torch threads, torch 2.13.0"
 
 
 def test_compare_gives_no_verdict_on_footprints_of_another_step_or_overlap():
