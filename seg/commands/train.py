@@ -104,7 +104,7 @@ def register(subparsers) -> None:
     )
     add_config_option(parser, "--data", "data_dir", required=True)
     add_config_option(parser, "--out", "out", required=True)
-    add_config_option(parser, "--model", "model", choices=MODELS)
+    add_config_option(parser, "--model", "model", choices=MODELS, with_default=False)
     add_model_option(parser, "preset=paper; channels=(8,16,32) with strides=(2,2)")
     for flag, name, kwargs in TRAIN_OPTIONS:
         # the schedule's settings stay None when not given: a resume then keeps the run's own
@@ -113,8 +113,11 @@ def register(subparsers) -> None:
 
 
 # Settings a `--resume` takes from the run's config.json unless given again (the others, switches
-# and loader options, are given again: a changed one is allowed and noted).
-KEPT_ON_RESUME = ("epochs", "lr", "weight_decay", "warmup_epochs", "precision")
+# and loader options, are given again: a changed one is allowed and noted). The model and its options
+# (all --model-option values, when none is given) must fit the checkpoint's weights.
+KEPT_ON_RESUME = (
+    "model", "model_options", "target", "patch", "epochs", "lr", "weight_decay", "warmup_epochs", "precision"
+)
 
 
 def _run_settings(out: str) -> dict:
@@ -136,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
     from seg.train import TrainConfig, train
 
     values = config_values(args)
-    if args.resume:  # the run's schedule settings, where this command does not give them again
+    if args.resume:  # the run's model and schedule settings, where this command does not give them again
+        if not values["model_options"]:
+            del values["model_options"]
         values = {**_run_settings(args.out), **values}
     try:
         cfg = TrainConfig(**values)

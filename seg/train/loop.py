@@ -182,9 +182,9 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         if stored_split is not None and stored_split != split:  # splits.json changed since (data splits)
             raise ValueError(f"{last_path} trained on other cases than {data_dir}/splits.json now gives this "
                              "run (its train/val cases changed since): start a new run (another --out)")
-        if layout.is_main:
-            _note_speed_changes(last_path, state.get("config") or {}, cfg)
         ckpt.load_weights(model, state["model"], last_path)
+        if layout.is_main:  # (after the weights fit: no "continuing with" before a refusal)
+            _note_speed_changes(last_path, state.get("config") or {}, cfg)
         optimizer.load_state_dict(state["optimizer"])
         ckpt.match_optimizer_layout(optimizer)  # a resume may switch channels_last
         scheduler.load_state_dict(state["scheduler"])

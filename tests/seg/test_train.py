@@ -276,9 +276,10 @@ def test_a_resume_keeps_the_run_s_precision_and_notes_a_change(data_dir, tmp_pat
 
     out = tmp_path / "run"
     common = ["train", "--data", str(data_dir), "--out", str(out), "--device", "cpu", "--batch-size", "2",
-              "--max-steps-per-epoch", "1", "--model-option", "channels=(8,16,32)",
-              "--model-option", "strides=(2,2)"]
-    assert main([*common, "--epochs", "1", "--precision", "fp16"]) == 0
+              "--max-steps-per-epoch", "1"]  # resumes take the run's model, options and target
+    options = ["--model-option", "channels=(8,16,32)", "--model-option", "strides=(2,2)",
+               "--target", "regions"]
+    assert main([*common, *options, "--epochs", "1", "--precision", "fp16"]) == 0
     scale = load_checkpoint(out / "last.pt")["scaler"]["scale"]
     assert main([*common, "--epochs", "2", "--resume"]) == 0  # no --precision: the run's fp16, not bf16
     assert json.loads((out / "config.json").read_text())["config"]["precision"] == "fp16"
@@ -287,4 +288,6 @@ def test_a_resume_keeps_the_run_s_precision_and_notes_a_change(data_dir, tmp_pat
     assert main([*common, "--epochs", "3", "--resume", "--precision", "fp32"]) == 0  # scaler state dropped
     assert "continuing with: precision 'fp16' -> 'fp32'" in capsys.readouterr().out
     assert main([*common, "--epochs", "4", "--resume", "--precision", "fp16"]) == 0  # a disabled scaler's {}
-    assert load_checkpoint(out / "last.pt")["config"]["precision"] == "fp16"
+    last = load_checkpoint(out / "last.pt")
+    assert last["config"]["precision"] == "fp16" and last["config"]["target"] == "regions"
+    assert [list(last["model_options"][k]) for k in ("channels", "strides")] == [[8, 16, 32], [2, 2]]
