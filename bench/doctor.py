@@ -119,25 +119,14 @@ def features(device: str, sdpa_order: list[str] | None = None) -> list[Feature]:
     # the kernels' own check imports Triton; on a GPU, what it needs to build kernels too
     why = unavailable_reason(torch.device(device)) or (_triton_cuda_problem() if cuda else None)
     norms = f"{why}: the ops run their PyTorch reference" if why else "kernels run as Triton on this device"
+    attention = why or "the fast SwinUNETR's attention as Triton (experimental; the default stays SDPA)"
     if why is None and not cuda:  # the interpreter: right for tests, far too slow for a timed variant
-        why = norms = ("TRITON_INTERPRET runs the kernels interpreted (tests, segbench train --fused-norm; "
-                       "slowly); the bench variants need CUDA")
-    out.append(
-        Feature(
-            "Triton fused norms",
-            why is None,
-            norms,
-            "fused_norm, --fused-norm",
-        )
-    )
-    out.append(
-        Feature(
-            "Triton window attention",
-            why is None,
-            why or "the fast SwinUNETR's attention as Triton (experimental; the default stays SDPA)",
-            "swin_fast+triton_attn",
-        )
-    )
+        why = "TRITON_INTERPRET runs the kernels interpreted"
+        norms = f"{why} (tests, segbench train --fused-norm; slowly); the bench variants need CUDA"
+        attention = (f"{why} (tests, seg.swin_fast.to_fast(attention='triton'); slowly); the bench variant "
+                     "needs CUDA")
+    out.append(Feature("Triton fused norms", why is None, norms, "fused_norm, --fused-norm"))
+    out.append(Feature("Triton window attention", why is None, attention, "swin_fast+triton_attn"))
     if cuda:
         sm80 = torch.cuda.get_device_capability() >= (8, 0)  # Ampere and later
         flash = torch.backends.cuda.is_flash_attention_available() and sm80

@@ -65,7 +65,10 @@ def _prep(args: argparse.Namespace) -> int:
 def _summary(args: argparse.Namespace) -> int:
     from seg.data.summary import summarize
 
-    print(summarize(args.dir), end="")
+    try:
+        print(summarize(args.dir), end="")
+    except ValueError as err:
+        raise SystemExit(f"segbench data summary: {err}") from None
     return 0
 
 

@@ -97,7 +97,8 @@ def add_speed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true", help="models and volumes in channels_last_3d")
     p.add_argument(
         "--fused-norm", action="store_true",
-        help="Triton fused InstanceNorm+activation and LayerNorm (kernels.patch); needs Triton on CUDA",
+        help="Triton fused InstanceNorm+activation and LayerNorm (kernels.patch); needs Triton on CUDA "
+        "(interpreted on a CPU under TRITON_INTERPRET=1: tests, slowly)",
     )
     p.add_argument(
         "--fast", action="store_true",

@@ -21,6 +21,13 @@ def summarize(prepared_dir: str | Path) -> str:
     from seg.data.store import load_case
 
     root = Path(prepared_dir)
+    if not (root / MANIFEST).is_file():
+        index = root / "index.json"  # seg.data.mmap_store's
+        if index.is_file():
+            source = json.loads(index.read_text()).get("source", "?")
+            raise ValueError(f"{root} is a packed (mmap) folder: summarize the prepared folder it was packed "
+                             f"from ({source})")
+        raise ValueError(f"{root}: no {MANIFEST} (not a `segbench data prep` or `data convert` folder)")
     manifest = json.loads((root / MANIFEST).read_text())
     cases = manifest["cases"]
     ok = [e for e in cases if e["status"] == "ok"]

@@ -85,7 +85,8 @@ class TrainConfig:
     )
     fused_norm: bool = field(
         default=False, metadata=_help("Triton fused InstanceNorm+activation and LayerNorm (kernels.patch); "
-                                      "needs Triton on a CUDA device")
+                                      "needs Triton on a CUDA device (interpreted on a CPU under "
+                                      "TRITON_INTERPRET=1: tests, slowly)")
     )
     fast: bool = field(
         default=False, metadata=_help("SwinUNETR's weight-compatible fast path (seg.swin_fast); its "

@@ -46,8 +46,11 @@ def test_the_triton_interpreter_is_no_tick_for_the_bench_variants(tmp_path):
     subprocess.run([sys.executable, "-m", "segbench", "env", "--device", "cpu", "--json", str(path)],
                    env={**os.environ, "TRITON_INTERPRET": "1"}, check=True, capture_output=True)
     features = {f["name"]: f for f in json.loads(path.read_text())["features"]}
-    for name in ("Triton fused norms", "Triton window attention"):
-        assert not features[name]["ok"] and "the bench variants need CUDA" in features[name]["detail"]
+    ways = {"Triton fused norms": "--fused-norm", "Triton window attention": "attention='triton'"}
+    for name, flag in ways.items():
+        detail = features[name]["detail"]
+        assert not features[name]["ok"] and "need" in detail and "CUDA" in detail and flag in detail
+    assert "--fused-norm" not in features["Triton window attention"]["detail"]  # its own way to run
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
