@@ -100,6 +100,21 @@ def detect_convention(*label_maps: np.ndarray) -> str:
     return "2023" if has3 else "2021"
 
 
+def _labelled_box(pred: np.ndarray, ref: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
+    """The bounding box of the voxels labelled in either map, grown by `margin` and clipped to the
+    volume (one voxel when neither holds a label). Dice counts voxels and MONAI's HD95 finds edges
+    within the masks' own box with a margin of 1: both give on the box what they give on the whole
+    volume, ~4x faster on a 240x240x155 BraTS case (most of it is background)."""
+    labelled = (pred != 0) | (ref != 0)
+    box = []
+    for axis in range(labelled.ndim):
+        hit = np.flatnonzero(labelled.any(axis=tuple(a for a in range(labelled.ndim) if a != axis)))
+        if hit.size == 0:
+            return tuple(slice(0, 1) for _ in range(labelled.ndim))
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + margin + 1, labelled.shape[axis])))
+    return tuple(box)
+
+
 def evaluate_case(
     pred: np.ndarray,
     ref: np.ndarray,
@@ -109,6 +124,8 @@ def evaluate_case(
     """{"ET": {"dice", "hd95"}, "TC": {...}, "WT": {...}} for one case (label maps on one grid)."""
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    box = _labelled_box(pred, ref)  # the metrics only see labelled voxels and their neighbours
+    pred, ref = pred[box], ref[box]
     pred_masks = region_masks(pred, convention)
     ref_masks = region_masks(ref, convention)
     return {

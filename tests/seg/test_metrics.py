@@ -113,6 +113,29 @@ def test_evaluate_case_hand_computed():
     assert metrics.seed_dice(pred, ref, "2021") == pytest.approx((1.0 + 2 * 4 / 12) / 2)
 
 
+def test_evaluate_case_on_the_labelled_box_equals_the_whole_volume():
+    """evaluate_case scores the labelled voxels' bounding box (+2): the same numbers as the region
+    masks of the whole volume, with tumours touching the volume's faces and anisotropic spacing."""
+    rng = np.random.default_rng(3)
+    pairs = []
+    for _ in range(6):
+        x = ((rng.random((20, 24, 18)) < 0.03) * rng.choice([1, 2, 4], (20, 24, 18))).astype(np.uint8)
+        pairs.append((x, np.roll(x, int(rng.integers(-3, 4)), axis=int(rng.integers(0, 3)))))
+    border = np.zeros((30, 30, 20), np.uint8)
+    border[0:6, 4:12, 14:20] = 2
+    border[0:3, 5:9, 17:20] = 4
+    pairs += [(border, np.roll(border, 1, axis=1)), (np.zeros_like(border), border),
+              (np.zeros_like(border), np.zeros_like(border))]
+    for spacing in ((1.0, 1.0, 1.0), (0.8, 1.2, 2.0)):
+        for pred, ref in pairs:
+            whole_pred, whole_ref = metrics.region_masks(pred), metrics.region_masks(ref)
+            expected = {r: {"dice": metrics.dice(whole_pred[r], whole_ref[r]),
+                            "hd95": metrics.hd95(whole_pred[r], whole_ref[r], spacing)}
+                        for r in metrics.REGIONS}
+            assert metrics.evaluate_case(pred, ref, spacing) == expected
+    assert metrics._labelled_box(border, border) == (slice(0, 8), slice(2, 14), slice(12, 20))
+
+
 def test_region_dice_batched_torch():
     target = torch.zeros(2, 1, 4, 4, 4, dtype=torch.long)
     target[0, 0, :2] = 3
