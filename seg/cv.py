@@ -13,6 +13,8 @@ Writes `RUN/cv.json` and `RUN/cv.md`.
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import torch
 
 from seg import metrics
 from seg.data.inverse import prepared_spacing_mm
-from seg.infer import InferConfig, default_roi, load_ensemble, resolve_device, resolve_precision
+from seg.infer import InferConfig, check_ensemble, check_roi, load_ensemble, resolve_device, resolve_precision
 
 
 def fold_count(data_dir: str | Path, folds: int | None) -> tuple[int, dict]:
@@ -36,6 +38,11 @@ def fold_count(data_dir: str | Path, folds: int | None) -> tuple[int, dict]:
         raise ValueError(f"{path} defines {available} folds; cross-validation needs 2..{available}, got {k}")
     if not splits.get("test"):
         raise ValueError(f"{path}: the test split is empty; the ensemble needs held-out test cases")
+    for fold in range(k):  # found before any fold trains (cases removed by a prep re-run can empty one)
+        empty = [part for part in ("train", "val") if not splits["folds"][fold].get(part)]
+        if empty:
+            raise ValueError(f"{path}: fold {fold} has no {' and no '.join(empty)} cases; remake the splits "
+                             f"(segbench data splits {Path(data_dir)})")
     return k, splits
 
 
@@ -67,7 +74,7 @@ def tune_min_et(
     """Choose `--min-et-mm3` as nnU-Net chooses its post-processing: on out-of-fold predictions (fold
     k's model on fold k's validation cases), the volume of `seg.postprocess.MIN_ET_CANDIDATES_MM3`
     with the best mean ET Dice. Returns `seg.postprocess.choose_min_et`'s dict plus "errors"."""
-    from seg.infer import ensemble_target, sliding_window_predict
+    from seg.infer import sliding_window_predict
     from seg.postprocess import choose_min_et, et_dice_by_threshold
     from seg.speed import to_input
     from seg.targets import to_labels
@@ -77,8 +84,7 @@ def tune_min_et(
     per_case, errors = [], []
     for checkpoint, ids in zip(checkpoints, val_ids, strict=True):
         (model,), (ckpt,) = load_ensemble([checkpoint], dev, cfg)
-        roi = cfg.roi or default_roi(ckpt)
-        target = ensemble_target([checkpoint], [ckpt])
+        _, target, roi = check_ensemble([checkpoint], [ckpt], cfg.roi, data_dir)
         for _, case in _labelled_cases(data_dir, ids, errors, f"cv tune {Path(checkpoint).parent.name}"):
             image = to_input(case["image"][None].float().to(dev), cfg.channels_last)
             probs = sliding_window_predict(model, image, roi, cfg.overlap, cfg.sw_batch_size, cfg.mode,
@@ -94,15 +100,14 @@ def evaluate_test(
     checkpoints: list[Path], data_dir: str | Path, test_ids: list[str], cfg: InferConfig, device: str = "auto"
 ) -> dict[str, Any]:
     """{"ensemble": {"cases", "mean"}, "folds": [{"checkpoint", "cases", "mean"}]} on `test_ids`."""
-    from seg.infer import ensemble_target, sliding_window_predict
+    from seg.infer import sliding_window_predict
     from seg.postprocess import small_et_to_core
     from seg.speed import to_input
     from seg.targets import to_labels
 
     dev = resolve_device(device)
     models, ckpts = load_ensemble(checkpoints, dev, cfg)
-    roi = cfg.roi or default_roi(ckpts[0])
-    target = ensemble_target(checkpoints, ckpts)
+    _, target, roi = check_ensemble(checkpoints, ckpts, cfg.roi, data_dir)
     precision = resolve_precision(cfg.precision, dev)
     per_fold: list[dict[str, Any]] = [{} for _ in models]
     ensemble: dict[str, Any] = {}
@@ -133,6 +138,21 @@ def evaluate_test(
         "precision": precision,
         "errors": errors,
     }
+
+
+def fold_spread(means: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{region: {metric: {"mean", "sd"}}} of the fold models' test means (sd with ddof 1: the folds
+    are a sample of the models this recipe trains; 0 for one fold); {} when no fold was scored."""
+    means = [m for m in means if m]
+    if not means:
+        return {}
+
+    def stats(values: list[float]) -> dict[str, float]:
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return {"mean": float(np.mean(values)), "sd": sd}
+
+    return {region: {metric: stats([m[region][metric] for m in means]) for metric in ("dice", "hd95")}
+            for region in metrics.REGIONS}
 
 
 def _postprocess_line(post: dict[str, Any]) -> str:
@@ -180,9 +200,24 @@ def markdown_table(doc: dict[str, Any]) -> str:
         ]
         cells += [f"{h:.2f}" for h in hd]
         lines.append("| " + " | ".join(cells) + " |")
+    spread = doc["test"].get("folds_mean_sd")
+    if spread and len(rows) > 2:  # two or more fold models: how much the folds' models differ
+        def cell(region: str, metric: str, digits: int) -> str:
+            s = spread[region][metric]
+            return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
+
+        cells = ["folds mean ± sd", "—", *(cell(r, "dice", 4) for r in metrics.REGIONS),
+                 f"{np.mean([spread[r]['dice']['mean'] for r in metrics.REGIONS]):.4f}",
+                 *(cell(r, "hd95", 2) for r in metrics.REGIONS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    for fail in doc.get("failed", []):
+        lines.append("| " + " | ".join([f"fold {fail['fold']}", "failed", *["—"] * 7]) + " |")
     post = doc.get("postprocess")
     if post:
         lines += ["", _postprocess_line(post)] + [f"- {e}" for e in post.get("errors", [])]
+    for fail in doc.get("failed", []):
+        lines += ["", f"fold {fail['fold']} failed (left out of the scores and the ensemble): "
+                      f"{fail['error']}"]
     errors = doc["test"].get("errors", [])
     if errors:
         lines += ["", f"{len(errors)} test case(s) could not be scored, left out of the means:"]
@@ -191,25 +226,46 @@ def markdown_table(doc: dict[str, Any]) -> str:
 
 
 def run_cv(base, folds: int | None = None, infer_cfg: InferConfig | None = None,
-           tune_postprocessing: bool = False) -> dict[str, Any]:
+           tune_postprocessing: bool = False, given: Collection[str] | None = None) -> dict[str, Any]:
     """Train folds 0..K-1 from `base` (a `seg.train.TrainConfig`; its `out` is the RUN folder),
     then score them and their ensemble on the test split. `tune_postprocessing`: choose the ET
     post-processing volume on the folds' validation cases first (`tune_min_et`) and score the test
-    split with it. Returns the cv.json document."""
+    split with it. `given`: the TrainConfig fields the command line set; a fold trained before keeps
+    its own KEPT_ON_RESUME settings (epochs, lr, model options, ...) for the others, as `segbench train
+    --resume` does (None: `base` as it is for every fold). A fold that fails is recorded and the
+    others go on. Returns the cv.json document."""
+    from seg.data.formats import read_prep_config
     from seg.data.store import atomic_write, write_json
     from seg.train import train
+    from seg.train.config import run_settings
 
     run_dir = Path(base.out)
     k, splits = fold_count(base.data_dir, folds)
-    trained = []
-    for fold in range(k):
-        cfg = dataclasses.replace(base, fold=fold, out=str(run_dir / f"fold{fold}"), resume=True)
-        summary = train(cfg)
-        best = Path(cfg.out) / "best.pt"
-        if not best.is_file():
-            raise RuntimeError(f"fold {fold}: training finished without {best}")
-        trained.append({"fold": fold, "checkpoint": str(best), **summary})
     infer_cfg = infer_cfg or InferConfig()
+    configs = []
+    for fold in range(k):
+        out = run_dir / f"fold{fold}"
+        kept = {} if given is None else {n: v for n, v in run_settings(out).items() if n not in given}
+        configs.append(dataclasses.replace(base, **kept, fold=fold, out=str(out), resume=True))
+    size = read_prep_config(base.data_dir).get("size")
+    for cfg in configs:  # a window the model cannot take fails now, not after every fold trained
+        roi = infer_cfg.roi or cfg.patch or size
+        if roi:
+            check_roi(int(roi), cfg.model, cfg.model_options, f"fold {cfg.fold} ({cfg.out})")
+    trained, failed = [], []
+    for cfg in configs:
+        try:
+            summary = train(cfg)
+            best = Path(cfg.out) / "best.pt"
+            if not best.is_file():
+                raise RuntimeError(f"training finished without {best}")
+        except Exception as err:  # one fold (out of memory, a bad case) must not cost the others
+            failed.append({"fold": cfg.fold, "error": f"{type(err).__name__}: {err}"[:500]})
+            print(f"segbench cv: fold {cfg.fold} failed: {failed[-1]['error']}", file=sys.stderr)
+            continue
+        trained.append({"fold": cfg.fold, "checkpoint": str(best), **summary})
+    if not trained:
+        raise ValueError("every fold failed: " + "; ".join(f"fold {f['fold']}: {f['error']}" for f in failed))
     postprocess = None
     if tune_postprocessing:  # on the folds' validation cases; the test split stays untouched
         checkpoints = [Path(t["checkpoint"]) for t in trained]
@@ -220,12 +276,13 @@ def run_cv(base, folds: int | None = None, infer_cfg: InferConfig | None = None,
         [Path(t["checkpoint"]) for t in trained], base.data_dir, list(splits["test"]), infer_cfg, base.device
     )
     doc = {
-        "model": base.model,
-        "model_options": base.model_options,
+        "model": configs[0].model,
+        "model_options": configs[0].model_options,
         "data_dir": str(base.data_dir),
         "folds": k,
         "folds_in_splits": len(splits["folds"]),
         "train": trained,
+        "failed": failed,
         "infer": {
             **dataclasses.asdict(infer_cfg),
             "roi": test.pop("roi"),
@@ -233,6 +290,7 @@ def run_cv(base, folds: int | None = None, infer_cfg: InferConfig | None = None,
         },
         "test": {"ids": list(splits["test"]), "labels": "prepared", **test},
     }
+    doc["test"]["folds_mean_sd"] = fold_spread([f["mean"] for f in test["folds"]])
     if postprocess is not None:
         doc["postprocess"] = postprocess
     write_json(run_dir / "cv.json", doc)

@@ -225,6 +225,43 @@ def prep_config_of(ckpt: dict[str, Any]):
     return PrepConfig(**{k: v for k, v in stored.items() if k in names})
 
 
+def check_roi(roi: int, model_name: str, model_options: dict, where: str) -> None:
+    """ValueError unless the model takes sliding windows of edge `roi` (else every case fails with a
+    shape mismatch); `where` names the checkpoint or run in the message."""
+    from seg.models import input_multiple
+
+    multiple = input_multiple(model_name, **model_options)
+    if any(roi % m for m in multiple):
+        raise ValueError(f"--roi {roi}: the {model_name} of {where} takes windows whose edges are multiples "
+                         f"of {multiple}")
+
+
+def check_ensemble(checkpoints: Sequence[str | Path], ckpts: Sequence[dict[str, Any]], roi: int | None,
+                   data_dir: str | Path | None = None):
+    """(PrepConfig, target, roi) the checkpoints predict with together; ValueError naming the
+    checkpoint whose prepared data (grid and intensities; the storage format aside), target or window
+    multiple does not fit, or, with `data_dir` (prepared cases to score), a folder prepared otherwise."""
+    prep_cfg = prep_config_of(ckpts[0])
+    for path, ckpt in zip(checkpoints[1:], ckpts[1:], strict=True):
+        # each model sees the one input prepared here: the same grid and intensities
+        if dataclasses.replace(prep_config_of(ckpt), format=prep_cfg.format) != prep_cfg:
+            raise ValueError(
+                f"{path}: prepared with {prep_config_of(ckpt)}, unlike {checkpoints[0]} ({prep_cfg})"
+            )
+    if data_dir is not None:
+        from seg.data.formats import read_prep_config
+
+        folder = prep_config_of({"prep": read_prep_config(data_dir)})
+        if dataclasses.replace(folder, format=prep_cfg.format) != prep_cfg:
+            raise ValueError(f"{data_dir} was prepared with {folder}, {checkpoints[0]}'s training data with "
+                             f"{prep_cfg}: score the models on data prepared as they were trained")
+    target = ensemble_target(checkpoints, ckpts)
+    roi = roi or default_roi(ckpts[0])
+    for path, ckpt in zip(checkpoints, ckpts, strict=True):
+        check_roi(roi, ckpt["model_name"], ckpt["model_options"], str(path))
+    return prep_cfg, target, roi
+
+
 def ensemble_target(checkpoints: Sequence[str | Path], ckpts: Sequence[dict[str, Any]]) -> str:
     """The output target (seg.targets) the checkpoints were trained for; ValueError naming a checkpoint
     whose target differs from the first's (softmax labels and region sigmoids do not average)."""
@@ -304,26 +341,11 @@ def infer_folder(
     from seg.data.cases import discover, no_cases_reason
     from seg.data.store import write_json
     from seg.ensemble import probabilities_path
-    from seg.models import input_multiple
 
     cfg = dataclasses.replace(cfg or InferConfig())
     dev = resolve_device(device)
     models, ckpts = load_ensemble(checkpoints, dev, cfg)
-    prep_cfg = prep_config_of(ckpts[0])
-    for path, ckpt in zip(checkpoints[1:], ckpts[1:], strict=True):
-        # each model sees the one input prepared here: the same grid and intensities (the storage format
-        # is not used by inference)
-        if dataclasses.replace(prep_config_of(ckpt), format=prep_cfg.format) != prep_cfg:
-            raise ValueError(
-                f"{path}: prepared with {prep_config_of(ckpt)}, unlike {checkpoints[0]} ({prep_cfg})"
-            )
-    target = ensemble_target(checkpoints, ckpts)
-    cfg.roi = cfg.roi or default_roi(ckpts[0])
-    for path, ckpt in zip(checkpoints, ckpts, strict=True):  # else every case fails with a shape mismatch
-        multiple = input_multiple(ckpt["model_name"], **ckpt["model_options"])
-        if any(cfg.roi % m for m in multiple):
-            raise ValueError(f"--roi {cfg.roi}: the {ckpt['model_name']} of {path} takes windows whose "
-                             f"edges are multiples of {multiple}")
+    prep_cfg, target, cfg.roi = check_ensemble(checkpoints, ckpts, cfg.roi)
     cases = discover(Path(src).absolute())  # absolute: the sources in saved probabilities are read later
     if not cases:
         raise FileNotFoundError(no_cases_reason(src))

@@ -29,8 +29,14 @@ def run(args: argparse.Namespace) -> int:
         fused_norm=args.fused_norm,
         fast=args.fast,
     )
+    values = config_values(args)
+    # what this command gives; a fold trained before keeps the rest of its own settings (epochs, lr,
+    # model options, ...), as `segbench train --resume` does
+    given = set(values) - {"model_options"} | ({"model_options"} if args.model_options else set())
+    if not args.model_options:
+        del values["model_options"]
     try:
-        doc = run_cv(TrainConfig(**config_values(args)), args.folds, infer_cfg, args.tune_min_et)
+        doc = run_cv(TrainConfig(**values), args.folds, infer_cfg, args.tune_min_et, given)
     except (FileNotFoundError, ValueError) as err:
         print(f"segbench cv: {err}", file=sys.stderr)
         return 1
@@ -38,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     print(markdown_table(doc))
     print(f"wrote {args.out}/cv.json and {args.out}/cv.md")
-    errors = doc["test"]["errors"] + doc.get("postprocess", {}).get("errors", [])
+    errors = ([f"fold {f['fold']} failed: {f['error']}" for f in doc["failed"]] + doc["test"]["errors"]
+              + doc.get("postprocess", {}).get("errors", []))
     for error in errors:
         print(f"segbench cv: {error}", file=sys.stderr)
     return 1 if errors else 0
@@ -56,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/cv.md.",
     )
     p.add_argument("--data", dest="data_dir", required=True, help="prepared folder (with splits.json)")
-    p.add_argument("--model", choices=MODELS, default="unet", help="model name (default unet)")
+    p.add_argument("--model", choices=MODELS, help="model name (default unet; a rerun: the folds' own)")
     p.add_argument("--out", required=True, help="run folder: fold<k>/, cv.json, cv.md")
     p.add_argument("--folds", type=int, help="how many folds to train: folds 0..N-1 of splits.json "
                    "(a count, not a fold index; default: all of them)")

@@ -7,7 +7,7 @@ import ast
 import dataclasses
 
 from seg.speed import COMPILE_MODES  # standard library only
-from seg.train.config import LOADERS  # standard library only
+from seg.train.config import KEPT_ON_RESUME, LOADERS  # standard library only
 
 MODELS = ("unet", "swinunetr", "dynunet")
 
@@ -112,37 +112,18 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-# Settings a `--resume` takes from the run's config.json unless given again (the others, switches
-# and loader options, are given again: a changed one is allowed and noted). The model and its options
-# (all --model-option values, when none is given) must fit the checkpoint's weights.
-KEPT_ON_RESUME = (
-    "model", "model_options", "target", "patch", "epochs", "lr", "weight_decay", "warmup_epochs", "precision"
-)
-
-
-def _run_settings(out: str) -> dict:
-    """KEPT_ON_RESUME values of the run in `out` (its config.json), or {} for a new run."""
-    import json
-    from pathlib import Path
-
-    try:
-        config = json.loads((Path(out) / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError):
-        return {}
-    return {name: config[name] for name in KEPT_ON_RESUME if config.get(name) is not None}
-
-
 def run(args: argparse.Namespace) -> int:
     import json
     import os
 
     from seg.train import TrainConfig, train
+    from seg.train.config import run_settings
 
     values = config_values(args)
     if args.resume:  # the run's model and schedule settings, where this command does not give them again
         if not values["model_options"]:
             del values["model_options"]
-        values = {**_run_settings(args.out), **values}
+        values = {**run_settings(args.out), **values}
     try:
         cfg = TrainConfig(**values)
     except ValueError as err:

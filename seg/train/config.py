@@ -5,7 +5,9 @@ Standard library only: `segbench train` builds its parser from these fields at C
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from seg.speed import COMPILE_MODES, CUDAGRAPH_MODES  # standard library only
@@ -14,6 +16,23 @@ LOADERS = ("cpu", "device", "resident")  # see TrainConfig.loader
 SPEED_FIELDS = (
     "compile_mode", "inductor", "channels_last", "fused_norm", "fast", "checkpointing", "checkpoint_modules"
 )
+
+
+# Settings a resumed run takes from its config.json unless given again (`segbench train --resume`,
+# a `segbench cv` rerun per fold); the others, switches and loader options, are given again (a changed
+# one is allowed and noted). The model and its options must fit the checkpoint's weights.
+KEPT_ON_RESUME = (
+    "model", "model_options", "target", "patch", "epochs", "lr", "weight_decay", "warmup_epochs", "precision"
+)
+
+
+def run_settings(out: str | Path) -> dict:
+    """KEPT_ON_RESUME values of the run in `out` (its config.json), or {} for a new run."""
+    try:
+        config = json.loads((Path(out) / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {name: config[name] for name in KEPT_ON_RESUME if config.get(name) is not None}
 
 
 def _help(text: str, **extra: Any) -> dict:

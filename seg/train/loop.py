@@ -178,6 +178,10 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
 
             raise ValueError(f"{last_path} trained on {named(stored_fold)}, not {named(cfg.fold)}: resume "
                              "with the same --fold")
+        stored_prep = state.get("prep")
+        if stored_prep is not None and _grid(stored_prep) != _grid(prep):  # another size or intensities
+            raise ValueError(f"{last_path} trained on data prepared with {_grid(stored_prep)}, {data_dir} "
+                             f"holds {_grid(prep)}: resume on the data it trained on, or use another --out")
         stored_split = state.get("split")
         if stored_split is not None and stored_split != split:  # splits.json changed since (data splits)
             raise ValueError(f"{last_path} trained on other cases than {data_dir}/splits.json now gives this "
@@ -316,6 +320,11 @@ def _train_epoch(
 # options that choose which samples (crops) training draws: a resume may change them, but says so
 SAMPLING_FIELDS = ("patch", "fg_fraction", "seed")
 OPTIMIZER_FIELDS = ("lr", "weight_decay", "warmup_epochs", "epochs")  # a resume takes them (rebase_schedule)
+
+
+def _grid(prep: dict) -> dict:
+    """A prep config less its storage format (pt32, compact and packed copies train alike)."""
+    return {k: v for k, v in prep.items() if k != "format"}
 
 
 def _note_speed_changes(last_path: Path, stored: dict, cfg: TrainConfig) -> None:

@@ -199,3 +199,80 @@ def test_cv_trains_folds_and_scores_the_ensemble(data_dir, tmp_path, capsys):
         assert "trained on other cases than" in capsys.readouterr().err
     finally:
         (data_dir / "splits.json").write_text(original)
+
+    # A rerun without --epochs or the model options (to rescore, e.g. with --tta) keeps each fold's own
+    # settings: nothing retrains (it went on to the default 100 epochs, and failed without the options).
+    given = {"--epochs": "1", "--model-option": None}
+    bare, skip = [], 0
+    for arg in args:
+        if skip:
+            skip -= 1
+            continue
+        if arg in given:
+            skip = 1
+            continue
+        bare.append(arg)
+    assert "--epochs" not in bare and "--model-option" not in bare
+    stamp = (run / "fold1" / "last.pt").stat().st_mtime_ns
+    assert main([*bare, "--tta"]) == 0
+    rescored = json.loads((run / "cv.json").read_text())
+    assert (run / "fold1" / "last.pt").stat().st_mtime_ns == stamp
+    assert all(t["epochs"] == 1 and t["start_epoch"] == 1 for t in rescored["train"])
+    assert rescored["model_options"]["channels"] in ([8, 16, 32], (8, 16, 32)) and rescored["infer"]["tta"]
+    # the folds' spread beside their rows
+    spread = rescored["test"]["folds_mean_sd"]
+    wt = [f["mean"]["WT"]["dice"] for f in rescored["test"]["folds"]]
+    assert spread["WT"]["dice"]["mean"] == pytest.approx(np.mean(wt))
+    assert spread["WT"]["dice"]["sd"] == pytest.approx(np.std(wt, ddof=1))
+    assert "| folds mean ± sd | — |" in (run / "cv.md").read_text()
+
+
+def test_cv_goes_on_past_a_failed_fold_and_refuses_what_cannot_be_scored_before_training(data_dir, tmp_path,
+                                                                                        capsys, monkeypatch):
+    import shutil
+
+    import seg.train
+    from seg.cv import evaluate_test
+    from seg.infer import InferConfig
+
+    args = ["cv", "--data", str(data_dir), "--out", str(tmp_path / "cv"), "--device", "cpu", "--epochs", "1",
+            "--batch-size", "2", "--precision", "fp32", "--warmup-epochs", "0", "--roi", "16",
+            "--model-option", "channels=(8,16)", "--model-option", "strides=(2,)"]
+    real = seg.train.train
+
+    def fold0_fails(cfg):
+        if cfg.fold == 0:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(cfg)
+
+    monkeypatch.setattr(seg.train, "train", fold0_fails)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "fold 0 failed: RuntimeError: CUDA out of memory (simulated)" in err
+    doc = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert [t["fold"] for t in doc["train"]] == [1] and doc["failed"][0]["fold"] == 0
+    assert len(doc["test"]["folds"]) == 1 and doc["test"]["ensemble"]["mean"]
+    assert "| fold 0 | failed |" in (tmp_path / "cv" / "cv.md").read_text()
+    monkeypatch.setattr(seg.train, "train", real)
+
+    # a window the model cannot take: refused before any fold trains
+    roi = [tmp_path / "roi" if a == str(tmp_path / "cv") else a for a in args]
+    assert main([str(a) for a in roi[:-5]] + ["9", *roi[-4:]]) == 1
+    assert "--roi 9: the unet of fold 0" in capsys.readouterr().err and not (tmp_path / "roi").exists()
+
+    # models scored on a folder prepared otherwise (another size): refused, as infer refuses it
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["config"]["size"] = 32
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="was prepared with .*size=32.*training data with .*size=16"):
+        evaluate_test([tmp_path / "cv" / "fold1" / "best.pt"], other, ["Case_000"], InferConfig(roi=16),
+                      "cpu")
+
+    # a fold left without validation cases (its cases removed by a prep re-run): found before training
+    splits = json.loads((other / "splits.json").read_text())
+    splits["folds"][1]["val"] = []
+    (other / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(ValueError, match="fold 1 has no val cases; remake the splits"):
+        fold_count(other, 2)

@@ -291,3 +291,21 @@ def test_a_resume_keeps_the_run_s_precision_and_notes_a_change(data_dir, tmp_pat
     last = load_checkpoint(out / "last.pt")
     assert last["config"]["precision"] == "fp16" and last["config"]["target"] == "regions"
     assert [list(last["model_options"][k]) for k in ("channels", "strides")] == [[8, 16, 32], [2, 2]]
+
+
+def test_a_resume_on_data_prepared_otherwise_is_refused(data_dir, tmp_path):
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    out = tmp_path / "run"
+    train(_config(data, out, epochs=1, max_steps_per_epoch=1))
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["config"]["format"] = "compact"  # a storage format trains alike: allowed
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    train(_config(data, out, epochs=1, max_steps_per_epoch=1, resume=True))
+    manifest["config"]["size"] = 32  # another grid: refused
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="trained on data prepared with .*'size': 16.* holds .*'size': 32"):
+        train(_config(data, out, epochs=2, max_steps_per_epoch=1, resume=True))
