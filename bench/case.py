@@ -52,9 +52,7 @@ def run_spec(spec: dict) -> dict:
 
         case = case_from_spec(spec)
         if spec.get("reference_only"):  # the runner's: cache the workload's reference, time nothing
-            from bench.workloads.train_step import cache_reference
-
-            return {"status": "ok", **cache_reference(case)}
+            return {"status": "ok", **module(case.kind).cache_reference(case)}
         return {"status": "ok", **module(case.kind).run(case)}
     except Unavailable as err:
         return {"status": "unavailable", "error": str(err)}
@@ -82,7 +80,8 @@ REFERENCE_GLOB = "reference-*.json"
 
 
 def reference_cache_path(cache_dir: str | Path, workload: str) -> Path:
-    """Where a run caches a workload's reference trajectory (bench.workloads.reference)."""
+    """Where a run caches a workload's reference: a training trajectory (bench.workloads.reference), an
+    inference's FLOPs (its probabilities beside, as .pt: bench.workloads.infer)."""
     return Path(cache_dir) / f"reference-{workload.replace('/', '_')}.json"
 
 

@@ -350,7 +350,9 @@ def run_suite(
         else:
             spec = case_spec(suite, w, variant, device, cfg, out, data_dir, calibration)
             stem = f"{index:03d}-{w.name}-{variant}".replace("/", "_").replace(":", "_")
-            if (w.kind == "train_step" and w.name not in references_tried
+            needs_reference = w.kind == "train_step" or (w.kind == "infer" and w.reference
+                                                          and w.measure.parity_steps)
+            if (needs_reference and w.name not in references_tried
                     and (remaining is None or remaining > 10)
                     and not reference_cache_path(out / "cache", w.name).is_file()):
                 references_tried.add(w.name)  # once: a reference that died is left to the cases

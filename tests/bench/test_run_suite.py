@@ -79,7 +79,11 @@ def test_rows_carry_the_contract_fields(run):
     assert r[("dataloader", "workers:0")]["params"]["workers"] == 0  # the variant's count, not the default 2
     # each training workload's reference ran once, in a process of its own before its first case
     references = sorted(p.name for p in (run / "cases").glob("*-reference.result.json"))
-    assert [name.split("-", 1)[1] for name in references] == ["train_step-fp32-reference.result.json"]
+    assert [name.split("-", 1)[1] for name in references] == ["train_step-fp32-reference.result.json",
+                                                              "infer-fp32-reference.result.json"]
+    # the inference reference's probabilities are cached beside its FLOPs, for every case of it
+    assert (run / "cache" / "reference-infer.pt").is_file()
+    assert json.loads((run / "cache" / "reference-infer.json").read_text())["flops_per_step"] > 0
     assert step["paired"]["baseline"] == "fp32" and step["paired"]["speedup"]["ratio"] > 0
     if sys.platform.startswith("linux"):  # how busy the host was meanwhile (bench.contention)
         assert 0.0 <= step["host_other_cpu_fraction"] <= 1.0
