@@ -2,7 +2,9 @@
 
 Resize back to the crop box (one-hot, trilinear, argmax: smoother than nearest on a label map
 that was shrunk), paste into the resampled RAS 1 mm grid, then one nearest-neighbour resample
-from that grid to the original shape and affine (undoes spacing and orientation together).
+from that grid to the original shape and affine (undoes spacing and orientation together): plain
+indexing when the original voxels sit exactly on the resampled ones (BraTS: axis flips), MONAI's
+SpatialResample otherwise (oblique or non-1 mm grids).
 """
 
 from __future__ import annotations
@@ -21,13 +23,52 @@ def prepared_spacing_mm(meta: dict) -> tuple[float, float, float]:
     return tuple(float(v) for v in extent * spacing / float(meta["size"]))
 
 
+def _first_argmax(x):
+    """torch.argmax(x, 0) (the first maximum on ties) over a few channels: one comparison per channel
+    instead of a strided reduction over them (~3x faster on a BraTS crop)."""
+    import torch
+
+    best, index = x[0].clone(), torch.zeros(x.shape[1:], dtype=torch.long)
+    for c in range(1, x.shape[0]):
+        higher = x[c] > best
+        index[higher] = c
+        best = torch.where(higher, x[c], best)
+    return index
+
+
+def _voxel_map(src_affine, dst_affine, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray] | None:
+    """(R, t) with src voxel = R @ dst voxel + t when R is a signed permutation and t whole numbers
+    (a BraTS grid against its RAS 1 mm resampling: axis flips), else None."""
+    m = np.linalg.inv(np.asarray(src_affine, dtype=np.float64)) @ np.asarray(dst_affine, dtype=np.float64)
+    r, t = np.rint(m[:3, :3]), np.rint(m[:3, 3])
+    exact = np.allclose(m[:3, :3], r, atol=tol) and np.allclose(m[:3, 3], t, atol=tol)
+    if not exact or not ((np.abs(r).sum(0) == 1).all() and (np.abs(r).sum(1) == 1).all()):
+        return None
+    return r.astype(np.int64), t.astype(np.int64)
+
+
+def _gather(src: np.ndarray, r: np.ndarray, t: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resampling when every destination voxel sits exactly on a source voxel
+    (`_voxel_map`): plain indexing, zero outside the source (SpatialResample's padding)."""
+    index, inside, dst_axis = [], [], []
+    for a in range(3):
+        j = int(np.flatnonzero(r[a])[0])  # the destination axis that source axis a follows
+        i = r[a, j] * np.arange(shape[j]) + t[a]
+        ok = (i >= 0) & (i < src.shape[a])
+        index.append(np.where(ok, i, 0))
+        inside.append(ok)
+        dst_axis.append(j)
+    # (np.ix_ would take a boolean mask for the indices of its True entries)
+    inside_all = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    out = np.where(inside_all, src[np.ix_(*index)], 0).astype(src.dtype)
+    return np.ascontiguousarray(np.transpose(out, np.argsort(dst_axis)))
+
+
 def label_to_original(label, meta: dict) -> tuple[np.ndarray, np.ndarray]:
     """Labels 0..3 on the original grid (uint8, the source image's shape) and that grid's
     affine. `label` is [S,S,S] or [1,S,S,S] (tensor or array) in the `.pt` space of `meta`."""
     import torch
     import torch.nn.functional as F
-    from monai.data import MetaTensor
-    from monai.transforms import SpatialResample
 
     lab = torch.as_tensor(np.asarray(label) if not torch.is_tensor(label) else label).long().squeeze()
     if lab.ndim != 3:
@@ -36,18 +77,25 @@ def label_to_original(label, meta: dict) -> tuple[np.ndarray, np.ndarray]:
     crop_shape = tuple(int(v) for v in end - start)
 
     onehot = F.one_hot(lab.clamp(0, N_CLASSES - 1), N_CLASSES).permute(3, 0, 1, 2)[None].float()
-    crop = F.interpolate(onehot, size=crop_shape, mode="trilinear", align_corners=False)[0].argmax(0)
+    crop = _first_argmax(F.interpolate(onehot, size=crop_shape, mode="trilinear", align_corners=False)[0])
     del onehot
 
-    resampled = torch.zeros(meta["resampled_shape"], dtype=torch.float32)
-    resampled[tuple(slice(int(s), int(e)) for s, e in zip(start, end, strict=True))] = crop.float()
-    src = MetaTensor(resampled[None], affine=torch.tensor(meta["resampled_affine"], dtype=torch.float64))
-    dst_affine = torch.tensor(meta["original_affine"], dtype=torch.float64)
+    resampled = np.zeros(meta["resampled_shape"], dtype=np.uint8)
+    resampled[tuple(slice(int(s), int(e)) for s, e in zip(start, end, strict=True))] = crop.numpy()
+    dst_affine = np.asarray(meta["original_affine"], dtype=np.float64)
+    shape = tuple(int(s) for s in meta["original_shape"])
+    exact = _voxel_map(meta["resampled_affine"], dst_affine)
+    if exact is not None:  # ~4x faster than the general resample, the same voxels
+        return _gather(resampled, *exact, shape), dst_affine
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    src = MetaTensor(torch.from_numpy(resampled).float()[None],
+                     affine=torch.tensor(meta["resampled_affine"], dtype=torch.float64))
     out = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float64)(
-        src, dst_affine=dst_affine, spatial_size=meta["original_shape"]
+        src, dst_affine=torch.from_numpy(dst_affine), spatial_size=shape
     )
-    labels = np.rint(np.asarray(out.as_tensor()[0])).astype(np.uint8)
-    return labels, dst_affine.numpy()
+    return np.rint(np.asarray(out.as_tensor()[0])).astype(np.uint8), dst_affine
 
 
 def to_convention(labels_0123: np.ndarray, convention: str) -> np.ndarray:

@@ -89,3 +89,37 @@ def test_inverse_through_oblique_native_grid(shared_data, tmp_path):
     got, want = _regions(to_convention(labels, "2021"), 4), _regions(seg, 4)
     for region in ("ET", "TC", "WT"):
         assert _dice(got[region], want[region]) >= 0.95, region
+
+
+@pytest.mark.parametrize("perm, flips, shift", [
+    ((0, 1, 2), (-1, -1, 1), (4, 5, 0)),  # BraTS: x and y flipped
+    ((1, 0, 2), (1, -1, -1), (0, 7, 9)),  # axes swapped too
+    ((2, 0, 1), (1, 1, 1), (-3, 2, 4)),  # shifted: part of the destination lies outside the source
+])
+def test_the_exact_voxel_resample_equals_monai_s_nearest_resample(perm, flips, shift):
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    from seg.data.inverse import _gather, _voxel_map
+
+    src = np.random.default_rng(0).integers(0, 4, (6, 7, 8)).astype(np.uint8)
+    src_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    src_affine[:3, 3] = (-10.0, 3.0, 5.0)
+    m = np.zeros((4, 4))
+    for a, (j, sign) in enumerate(zip(perm, flips, strict=True)):  # src axis a follows dst axis j
+        m[a, j] = sign
+    m[:3, 3], m[3, 3] = shift, 1.0
+    dst_affine = src_affine @ m
+    dst_shape = tuple(int(n) for n in np.array(src.shape)[np.argsort(perm)])
+    mapping = _voxel_map(src_affine, dst_affine)
+    assert mapping is not None
+    ours = _gather(src, *mapping, dst_shape)
+    monai = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float64)(
+        MetaTensor(torch.from_numpy(src).float()[None], affine=torch.from_numpy(src_affine)),
+        dst_affine=torch.from_numpy(dst_affine), spatial_size=dst_shape)
+    expected = np.rint(monai.as_tensor()[0].numpy()).astype(np.uint8)
+    assert ours.dtype == np.uint8 and np.array_equal(ours, expected)
+    oblique = dst_affine.copy()
+    oblique[:3, :3] = oblique[:3, :3] @ np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+    assert _voxel_map(src_affine, oblique) is None  # the general resample's case
