@@ -27,6 +27,7 @@ from bench.env import capture_host
 from bench.resume import check_machine, resume_state, resumed_inputs, workload_fingerprints
 from bench.suite_file import load_suite
 from bench.variants import Unavailable, VariantContext, resolve
+from reports.method import METHOD  # standard library only
 
 KEEP_CACHE_ENV = "SEGBENCH_KEEP_COMPILE_CACHE"  # =1: cases share your inductor/Triton caches
 PAIRED_KINDS = ("train_step",)  # workloads that interleave a baseline when a speedup is quoted
@@ -292,6 +293,7 @@ def run_suite(
         "anchors": suite.anchors,  # the report's goal checks fall back on them
         "workload_fingerprints": workload_fingerprints(suite),  # what a --resume must find unchanged
         "goals": [asdict(g) for g in suite.goals],
+        "method": METHOD,  # how these rows were measured, by this segbench: a later re-render keeps it
     }
     # Calibrate first: a device that cannot run (--device cuda without a GPU) leaves only the
     # calibration log behind, not an env.json and an empty results.jsonl that look like a run, and

@@ -13,65 +13,10 @@ from bench.config import cut_by_budget
 from bench.contention import BUSY_FRACTION  # standard library only
 from bench.env import cudnn_text
 from reports import figures, goals
+from reports.method import METHOD
 from reports.pytest_bench import pytest_benchmark_table
 from reports.render import Block, to_html, to_markdown, write_atomic
 from reports.tables import by_workload, fmt_attention_kernels, load_env, load_results, workload_table
-
-METHOD = [
-    "Each case (workload × variant) ran in its own process; a crash, out-of-memory or compile failure "
-    "is an `error` row, a variant that cannot run on this machine an `unavailable` row.",
-    "s/iter: median step time with the 20th–80th percentiles and n; on CUDA each step is timed with "
-    "CUDA events and a synchronization (a step's latency from an idle GPU, so back-to-back steps that "
-    "overlap a little would be slightly faster), on the CPU with perf_counter; warm-up steps by count are "
-    "excluded, the first step (compilation included) is reported on its own (a training workload's "
-    "fp32 parity reference runs in a process of its own before its first case, so every row's first "
-    "step starts with the libraries cold; an inference case runs its reference in its own process "
-    "first, so there first steps compare compile times, not eager start-up); each case compiles with "
-    "empty inductor and Triton caches unless SEGBENCH_KEEP_COMPILE_CACHE=1 (see Environment).",
-    "Loader rows (dataloader): the wait for each batch in the consuming process; samples/s is total "
-    "samples / total wait over the measured batches, i.e. batch / the mean wait shown beside the median "
-    "(workers deliver in bursts, so the median wait alone would flatter them); timing starts after the "
-    "workers' first wave (at least 2 × workers + 2 batches, `warmup_batches`), which arrives at once.",
-    "Speedups without a mark come from baseline and variant blocks interleaved in one process (A/B in "
-    "the order AB BA …, TorchBench style): the geometric mean over block pairs of the ratio of the "
-    "pairs' median step times, with a 95% t-interval over the pairs (the pairs, not the steps, are "
-    "independent); one untimed block pair runs first. They need not equal the ratio of the s/iter "
-    "column, which is the variant's own run alone. * marks a ratio of two separate case processes' "
-    "medians, given without an interval: the spread between processes is not measured. ᵇ marks a row "
-    "recorded before block pairs: its interval is a percentile bootstrap over the interleaved steps. A "
-    "speedup in parentheses involves a row whose loss went non-finite: not quotable.",
-    "Goals: a criterion is met on its point estimate. A speedup against another case of the run uses "
-    "the interleaved ratio when that case is the row's paired baseline; else, when both were paired "
-    "with the same baseline, the two ratios chained through it (each in its own process, Welch "
-    "interval); else the two processes' medians or the suite's ANCHORS number. The goal's line names "
-    "an interval reaching below the target, a ratio without interval and an ANCHORS number. Each row is "
-    "one process and, for compiled variants, one compile: the spread between compiles (autotuning "
-    "choices) is in no interval.",
-    "Parity: the variant's loss trajectory over the first K steps from the same initial weights and "
-    "batches as the fp32 eager reference (PyTorch's defaults on CUDA: cuDNN may run its convolutions "
-    "in TF32, matmuls stay fp32), max relative deviation (kernels: max error against the "
-    "reference on the same input); `grad`: the relative L2 deviation of the first step's gradients "
-    "(a strided sample of up to 256 values per parameter tensor, fp16 unscaled), which the losses of a "
-    "few small steps cannot show. † the model uses dropout, whose masks differ between variants "
-    "that draw random numbers differently (their gradients then differ by more than rounding).",
-    "Peak memory: CUDA max allocated (reserved marked) reset before the measured steps; on the CPU the "
-    "case process's peak RSS, reset before the measured steps (Linux clear_refs).",
-    "Estimated peak (footprint rows): a CPU estimate of allocated bytes (profiles.footprint: the step "
-    "on fake tensors with CUDA's autocast, attention and dropout kernels), never a measurement; "
-    "workspaces and allocator rounding are not in it (2–19 % under ANCHORS' H100 peaks for "
-    "SwinUNETR and DynUNet).",
-    "Host load: around each case the runner compares the host's busy CPU time (/proc/stat) with its "
-    "own case processes' CPU time; the rest is other processes' (host_other_cpu_fraction). Cases "
-    "above 20 % are flagged in the summary: their timings may be inflated.",
-    "MFU: FLOPs counted by torch.utils.flop_counter over forward + loss + backward / s per iter / the "
-    "matmul rate measured at the start of the run (see Environment: one large bf16 matmul on CUDA, "
-    "fp32 on a CPU; achieved, not the datasheet peak), the same divisor for every precision: so it "
-    "compares variants of this run, not numbers published against a datasheet.",
-    "Where the time goes (profiles): steps traced with torch.profiler after the timing (a suite's "
-    "profile_steps, in the case's own process, after one traced warm-up step), or by `segbench profile`. "
-    "CUDA: kernel time on the GPU timeline by category, idle = the traced window no kernel covered; CPU: "
-    "operators' self time summed over threads (it can exceed the wall time).",
-]
 
 
 def _rate(flops_per_s: float) -> str:
@@ -301,7 +246,14 @@ def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
         ran_on = f", ran on {table.attrs['machine']}" if table.attrs.get("machine") else ""
         blocks += [Block("h2", f"Micro-benchmarks ({path.name}, pytest-benchmark{ran_on})"),
                    Block("table", table)]
-    blocks += [Block("h2", "How this was measured"), Block("list", METHOD)]
+    if env.get("method"):  # the text of the segbench that measured the rows
+        blocks += [Block("h2", "How this was measured"), Block("list", env["method"])]
+    else:
+        blocks += [Block("h2", "How this was measured"),
+                   Block("p", "This run's env.json predates recorded method text: below is how the segbench "
+                              "rendering this report measures; details of this run's measurement may differ "
+                              "(its report.md as first written has the text of its day)."),
+                   Block("list", METHOD)]
     return blocks
 
 

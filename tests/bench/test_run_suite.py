@@ -48,6 +48,9 @@ def test_writes_every_contract_file(run):
     assert env["versions"]["torch"] and env["versions"]["monai"]
     assert env["calibration"]["matmul_flops_per_s"] > 0 and env["calibration"]["copy_bytes_per_s"] > 0
     assert env["compile_cache"].startswith("cold")
+    from reports.method import METHOD
+
+    assert env["method"] == METHOD and f"- {METHOD[0]}" in (run / "report.md").read_text()
 
 
 def test_rows_carry_the_contract_fields(run):

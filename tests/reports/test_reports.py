@@ -370,3 +370,21 @@ def test_markdown_text_escapes_tags_outside_code_spans_only():
                      tmp := __import__("pathlib").Path("."))
     assert md.splitlines()[0] == "## Workload &lt;w>" and "a `x<y` and &lt;b>" in md and "- &lt;i>" in md
     assert tmp
+
+
+def test_a_report_says_how_its_rows_were_measured_by_the_segbench_that_measured_them(tmp_path):
+    from reports.build import build_report
+    from reports.method import METHOD
+
+    run = write_run(tmp_path / "run")
+    env = json.loads((run / "env.json").read_text())
+    env["method"] = ["Measured the old way, once."]  # as a run's env.json records it
+    (run / "env.json").write_text(json.dumps(env))
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "- Measured the old way, once." in md and METHOD[1][:40] not in md
+    del env["method"]  # a run from before the text was recorded: today's, said to be so
+    (run / "env.json").write_text(json.dumps(env))
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "predates recorded method text" in md and METHOD[1][:40] in md
