@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -283,6 +282,47 @@ def prediction_path(folder: str | Path, case_id: str) -> Path:
     return Path(folder) / f"{case_id}_pred.nii.gz"
 
 
+def prepare_input(case, prep_cfg) -> dict:
+    """A raw case (`seg.data.cases.Case`) validated and prepared in memory with `prep_cfg` (the
+    training data's), so the model sees what it was trained on; its seg file, if any, is not read.
+    The host half of a prediction (`predict_case`'s first stage)."""
+    from seg.data.cases import validate
+    from seg.data.prep import prepare_case
+
+    image_case = dataclasses.replace(case, seg=None)
+    errors = validate(image_case)
+    if errors:
+        raise ValueError("; ".join(errors))
+    return prepare_case(image_case, prep_cfg)
+
+
+def predict_prepared(models: nn.Module | Sequence[nn.Module], prepared: dict, cfg: InferConfig,
+                     device: torch.device, target: str = "labels") -> torch.Tensor:
+    """The class probabilities [1,C,S,S,S] of a `prepare_input` case, on the device."""
+    from seg.speed import to_input
+
+    image = to_input(prepared["image"][None].to(device), cfg.channels_last)
+    return sliding_window_predict(
+        models, image, cfg.roi or prepared["meta"]["size"], cfg.overlap, cfg.sw_batch_size, cfg.mode, cfg.tta,
+        resolve_precision(cfg.precision, device), target=target,
+    )
+
+
+def write_outputs(probs: torch.Tensor, meta: dict, case_id: str, out_dir: str | Path, cfg: InferConfig,
+                  target: str = "labels", info: dict | None = None) -> Path:
+    """The label map on the source grid (`<out_dir>/<case_id>_pred.nii.gz`) and, with
+    `cfg.save_probabilities`, the probabilities; host work only (`probs` may be on the CPU)."""
+    from seg.data.inverse import write_prediction
+    from seg.ensemble import probabilities_path, save_probabilities
+
+    label = to_labels(probs, target)[0].to("cpu", torch.uint8)
+    if cfg.save_probabilities:
+        save_probabilities(probabilities_path(out_dir, case_id), probs[0], meta, target)
+    else:  # an earlier run's file would be taken by `segbench ensemble` for this run's
+        probabilities_path(out_dir, case_id).unlink(missing_ok=True)
+    return write_prediction(prediction_path(out_dir, case_id), label, meta, cfg.min_et_mm3, info)
+
+
 def predict_case(
     models: nn.Module | Sequence[nn.Module],
     case,
@@ -293,90 +333,10 @@ def predict_case(
     target: str = "labels",
     info: dict | None = None,
 ) -> Path:
-    """Predict one raw case (`seg.data.cases.Case`) and write `<out_dir>/<case_id>_pred.nii.gz`.
-
-    The case is validated and prepared in memory with `prep_cfg` (the training data's), so the
-    model sees what it was trained on; its seg file, if any, is not read. `info` (when given) gets
-    what post-processing changed (`et_to_core_voxels`).
-    """
-    from seg.data.cases import validate
-    from seg.data.inverse import write_prediction
-    from seg.data.prep import prepare_case
-    from seg.ensemble import probabilities_path, save_probabilities
-    from seg.speed import to_input
-
+    """Predict one raw case (`seg.data.cases.Case`) and write `<out_dir>/<case_id>_pred.nii.gz`:
+    `prepare_input`, `predict_prepared`, `write_outputs`. `info` (when given) gets what
+    post-processing changed (`et_to_core_voxels`)."""
     cfg = cfg or InferConfig()
-    device = torch.device(device)
-    image_case = dataclasses.replace(case, seg=None)
-    errors = validate(image_case)
-    if errors:
-        raise ValueError("; ".join(errors))
-    prepared = prepare_case(image_case, prep_cfg)
-    image = to_input(prepared["image"][None].to(device), cfg.channels_last)
-    precision = resolve_precision(cfg.precision, device)
-    probs = sliding_window_predict(
-        models, image, cfg.roi or prep_cfg.size, cfg.overlap, cfg.sw_batch_size, cfg.mode, cfg.tta, precision,
-        target=target,
-    )
-    label = to_labels(probs, target)[0].to("cpu", torch.uint8)
-    if cfg.save_probabilities:
-        save_probabilities(probabilities_path(out_dir, case.id), probs[0], prepared["meta"], target)
-    else:  # an earlier run's file would be taken by `segbench ensemble` for this run's
-        probabilities_path(out_dir, case.id).unlink(missing_ok=True)
-    return write_prediction(prediction_path(out_dir, case.id), label, prepared["meta"], cfg.min_et_mm3, info)
-
-
-def infer_folder(
-    checkpoints: Sequence[str | Path],
-    src: str | Path,
-    out_dir: str | Path,
-    cfg: InferConfig | None = None,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """Predict every case below `src` with the ensemble of `checkpoints`; one bad case never stops
-    the others. Returns {"cases": [{"id", "status", "file"|"error", "seconds"}], ...}, also
-    written to `out_dir/infer.json`."""
-    from tqdm import tqdm
-
-    from seg.data.cases import discover, no_cases_reason
-    from seg.data.store import write_json
-    from seg.ensemble import probabilities_path
-
-    cfg = dataclasses.replace(cfg or InferConfig())
-    dev = resolve_device(device)
-    models, ckpts = load_ensemble(checkpoints, dev, cfg)
-    prep_cfg, target, cfg.roi = check_ensemble(checkpoints, ckpts, cfg.roi)
-    cases = discover(Path(src).absolute())  # absolute: the sources in saved probabilities are read later
-    if not cases:
-        raise FileNotFoundError(no_cases_reason(src))
-    seen: dict[str, Path] = {}
-    for case in cases:  # two folders of one id would write one file, the second over the first
-        folder = case.images[0].parent
-        if case.id in seen:
-            raise ValueError(f"case {case.id} is in both {seen[case.id]} and {folder}: predict them apart")
-        seen[case.id] = folder
-    rows = []
-    for case in tqdm(cases, desc="infer", unit="case", disable=None):
-        start = time.perf_counter()
-        try:
-            info: dict = {}
-            path = predict_case(models, case, prep_cfg, out_dir, cfg, dev, target, info)
-            row = {"id": case.id, "status": "ok", "file": str(path)}
-            if cfg.min_et_mm3 > 0:  # how often the threshold acts, for tuning it
-                row.update(info)
-        except Exception as err:  # one bad case must not stop the others; its reason is kept
-            row = {"id": case.id, "status": "error", "error": f"{case.images[0].parent}: {err}"}
-            # an earlier run's prediction of this case must not pass for this run's
-            prediction_path(out_dir, case.id).unlink(missing_ok=True)
-            probabilities_path(out_dir, case.id).unlink(missing_ok=True)
-        row["seconds"] = round(time.perf_counter() - start, 3)
-        rows.append(row)
-    summary = {
-        "checkpoints": [str(p) for p in checkpoints],
-        "config": dataclasses.asdict(cfg),
-        "prep": prep_cfg.to_dict(),
-        "device": str(dev),
-        "cases": rows,
-    }
-    write_json(Path(out_dir) / "infer.json", summary)
-    return summary
+    prepared = prepare_input(case, prep_cfg)
+    probs = predict_prepared(models, prepared, cfg, torch.device(device), target)
+    return write_outputs(probs, prepared["meta"], case.id, out_dir, cfg, target, info)

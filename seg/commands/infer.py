@@ -7,7 +7,8 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from seg.infer import InferConfig, infer_folder
+    from seg.infer import InferConfig
+    from seg.infer_folder import infer_folder
 
     # a bad --roi / --overlap / --sw-batch fails here, once, before any work (exit 2, segbench.cli)
     cfg = InferConfig(

@@ -300,3 +300,36 @@ def test_ensemble_of_saved_probabilities_equals_one_infer_call(shared_data, tmp_
     (tmp_path / "empty").mkdir()
     assert main(["ensemble", "--probs", str(tmp_path / "empty"), "--out", str(out)]) == 1
     assert "no *_probs.pt files" in capsys.readouterr().err
+
+
+def test_a_folder_predicted_with_host_work_overlapped_equals_one_predicted_in_turn(shared_data, tmp_path):
+    """The pipelined folder run (the default on CUDA: next case prepared and last case written in
+    threads) writes the same files and rows as the serial one, a bad case included."""
+    from seg.infer_folder import infer_folder
+
+    src = tmp_path / "src"
+    for case_id in ("BraTS2021_90001", "BraTS2021_90002"):
+        shutil.copytree(shared_data / "brats2021" / case_id, src / case_id)
+    bad = src / "BraTS2021_90001b"  # in the middle: a failed preparation between two good cases
+    bad.mkdir()
+    for path in (src / "BraTS2021_90001").glob("*.nii.gz"):
+        data = path.read_bytes()
+        (bad / path.name.replace("90001", "90001b")).write_bytes(data[: len(data) // 3] if "_t1." in path.name
+                                                                 else data)
+    _save_checkpoint(tmp_path / "m.pt", _tiny_unet(0))
+    cfg = InferConfig(roi=16, min_et_mm3=100.0)
+    runs = {}
+    for overlap in (False, True):
+        out = tmp_path / f"out-{overlap}"
+        summary = infer_folder([tmp_path / "m.pt"], src, out, cfg, "cpu", overlap_host=overlap)
+        rows = [{k: v for k, v in r.items() if k not in ("seconds", "file")} for r in summary["cases"]]
+        written = {p.name: np.asarray(nib.load(str(p)).dataobj) for p in out.glob("*_pred.nii.gz")}
+        runs[overlap] = (rows, written)
+        assert all(r["seconds"] >= 0 for r in summary["cases"])
+    assert runs[True][0] == runs[False][0]
+    assert [(r["id"], r["status"]) for r in runs[True][0]] == [  # in discovery order
+        ("BraTS2021_90001", "ok"), ("BraTS2021_90001b", "error"), ("BraTS2021_90002", "ok")]
+    assert runs[True][1].keys() == runs[False][1].keys() == {"BraTS2021_90001_pred.nii.gz",
+                                                             "BraTS2021_90002_pred.nii.gz"}
+    for name, labels in runs[True][1].items():
+        assert np.array_equal(labels, runs[False][1][name])
