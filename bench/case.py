@@ -79,6 +79,12 @@ def error_message(err: BaseException, limit: int = 600) -> str:
 REFERENCE_GLOB = "reference-*.json"
 
 
+def reference_name(workload: str, kind: str, tta: bool) -> str:
+    """The name a case's reference is cached under: its workload's, and for inference the TTA setting
+    too (the fp32 reference predicts with the variant's TTA: one reference per setting)."""
+    return f"{workload}+tta" if kind == "infer" and tta else workload
+
+
 def reference_cache_path(cache_dir: str | Path, workload: str) -> Path:
     """Where a run caches a workload's reference: a training trajectory (bench.workloads.reference), an
     inference's FLOPs (its probabilities beside, as .pt: bench.workloads.infer)."""

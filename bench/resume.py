@@ -67,8 +67,11 @@ def resume_state(out: Path, suite: Suite) -> tuple[dict, list[dict]]:
     if kept_changed:  # its kept rows and the new rows would not agree
         raise BenchError(f"--resume: workload(s) {', '.join(kept_changed)} of {out} changed in the suite "
                          "since they ran (parameters, measurement or reference): start a new run")
-    for name in changed:  # no rows kept, but its reference trajectory may be cached from before
-        reference_cache_path(out / "cache", name).unlink(missing_ok=True)
+    for name in changed:  # no rows kept, but its reference may be cached from before
+        for cached in (name, f"{name}+tta"):  # (bench.case.reference_name)
+            path = reference_cache_path(out / "cache", cached)
+            path.unlink(missing_ok=True)
+            path.with_suffix(".pt").unlink(missing_ok=True)
     return env, keep
 
 

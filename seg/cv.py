@@ -242,11 +242,19 @@ def run_cv(base, folds: int | None = None, infer_cfg: InferConfig | None = None,
     run_dir = Path(base.out)
     k, splits = fold_count(base.data_dir, folds)
     infer_cfg = infer_cfg or InferConfig()
+    stored = [run_settings(run_dir / f"fold{fold}") for fold in range(k)]
+    started = next((settings for settings in stored if settings), {})  # a fold not started yet: the run's
     configs = []
     for fold in range(k):
-        out = run_dir / f"fold{fold}"
-        kept = {} if given is None else {n: v for n, v in run_settings(out).items() if n not in given}
-        configs.append(dataclasses.replace(base, **kept, fold=fold, out=str(out), resume=True))
+        own = stored[fold] or started
+        kept = {} if given is None else {n: v for n, v in own.items() if n not in given}
+        configs.append(dataclasses.replace(base, **kept, fold=fold, out=str(run_dir / f"fold{fold}"),
+                                           resume=True))
+    models = {(c.model, repr(sorted(c.model_options.items()))) for c in configs}
+    if len(models) > 1:  # one ensemble, one model
+        raise ValueError(f"{run_dir}: its folds would train different models ("
+                         + "; ".join(f"fold {c.fold}: {c.model} {c.model_options}" for c in configs)
+                         + "): give --model and --model-option for every fold, or use another --out")
     size = read_prep_config(base.data_dir).get("size")
     for cfg in configs:  # a window the model cannot take fails now, not after every fold trained
         roi = infer_cfg.roi or cfg.patch or size

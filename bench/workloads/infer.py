@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from bench.case import reference_cache_path, write_json_atomic
+from bench.case import reference_cache_path, reference_name, write_json_atomic
 from bench.measure import count_flops, steady_state, time_once
 from bench.variants import CaseConfig
 from bench.workloads.common import (
@@ -56,12 +56,14 @@ def _volume(case: Case) -> torch.Tensor:
 
 
 def _reference(case: Case, device: torch.device, state: dict, image: torch.Tensor) -> dict:
-    """{"variant", "flops_per_step", "probs" (on the CPU)} of the workload's reference (fp32 eager), or
-    {"variant", "error"}: read from the run's cache, where the runner's reference process put it
+    """{"variant", "flops_per_step", "probs" (on the CPU)} of the workload's reference (fp32 eager, with
+    this case's TTA setting), or {"variant", "error"}: read from the run's cache (one per workload and
+    TTA setting), where the runner's reference process put it
     (`cache_reference`: no row's first step then finds cuDNN's search or the libraries warmed by it),
     else computed here and cached."""
     name, ref_cfg = case.reference
-    path = reference_cache_path(case.cache_dir, case.workload) if case.cache_dir else None
+    name_tta = reference_name(case.workload, "infer", case.config.tta)
+    path = reference_cache_path(case.cache_dir, name_tta) if case.cache_dir else None
     if path is not None and path.is_file():
         result = json.loads(path.read_text())
         if "error" not in result:

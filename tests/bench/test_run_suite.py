@@ -322,3 +322,37 @@ def test_a_reference_that_died_is_tried_once_per_workload(tmp_path, monkeypatch)
     runner.run_suite(HERE / "tiny_suite.toml", tmp_path / "run", only=["train_step/fp32", "train_step/bf16"],
                      report=False)
     assert [c for c in calls if c.endswith("-reference")] == ["000-train_step-fp32-reference"]
+
+
+def test_an_inference_reference_is_computed_per_tta_setting(tmp_path):
+    """The fp32 reference predicts with the case's TTA setting: a `tta` row against the workload's plain
+    reference read a relative L2 of ~0.5 (another function, not a deviation)."""
+    suite = tmp_path / "suite.toml"
+    suite.write_text("""
+name = "tta-ref"
+device = "cpu"
+reference = "fp32"
+[measure]
+warmup = 0
+iters = 1
+repeats = 2
+block = 1
+parity_steps = 1
+profile_steps = 0
+[[workload]]
+kind = "infer"
+model = "unet"
+model_options = { channels = [4, 8], strides = [2], num_res_units = 1 }
+volume = [16, 16, 16]
+roi = [16, 16, 16]
+variants = ["fp32", "tta"]
+""")
+    from bench.runner import run_suite
+
+    out = tmp_path / "run"
+    run_suite(suite, out, report=False)
+    r = rows(out)
+    assert r[("infer", "tta")]["parity"]["max_rel_dev"] == 0.0  # fp32 + TTA against fp32 + TTA
+    assert r[("infer", "fp32")]["parity"]["max_rel_dev"] == 0.0
+    assert {p.name for p in (out / "cache").glob("reference-*")} == {
+        "reference-infer.json", "reference-infer.pt", "reference-infer+tta.json", "reference-infer+tta.pt"}

@@ -253,7 +253,20 @@ def test_cv_goes_on_past_a_failed_fold_and_refuses_what_cannot_be_scored_before_
     assert [t["fold"] for t in doc["train"]] == [1] and doc["failed"][0]["fold"] == 0
     assert len(doc["test"]["folds"]) == 1 and doc["test"]["ensemble"]["mean"]
     assert "| fold 0 | failed |" in (tmp_path / "cv" / "cv.md").read_text()
+    # a bare rerun: fold 0, never started, trains with the run's settings (fold 1's), not the defaults
+    seen = []
+    monkeypatch.setattr(seg.train, "train", lambda cfg: seen.append(cfg) or real(cfg))
+    assert main(["cv", "--data", str(data_dir), "--out", str(tmp_path / "cv"), "--device", "cpu",
+                 "--roi", "16"]) == 0
+    assert [(c.fold, c.model, list(c.model_options["channels"]), c.epochs, c.precision) for c in seen] == [
+        (0, "unet", [8, 16], 1, "fp32"), (1, "unet", [8, 16], 1, "fp32")]
     monkeypatch.setattr(seg.train, "train", real)
+    config = tmp_path / "cv" / "fold1" / "config.json"
+    stored = json.loads(config.read_text())
+    stored["config"]["model_options"]["channels"] = [4, 8]  # folds of two models: one ensemble cannot
+    config.write_text(json.dumps(stored))
+    assert main(["cv", "--data", str(data_dir), "--out", str(tmp_path / "cv"), "--roi", "16"]) == 1
+    assert "its folds would train different models" in capsys.readouterr().err
 
     # a window the model cannot take: refused before any fold trains
     roi = [tmp_path / "roi" if a == str(tmp_path / "cv") else a for a in args]
