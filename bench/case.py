@@ -91,6 +91,15 @@ def reference_cache_path(cache_dir: str | Path, workload: str) -> Path:
     return Path(cache_dir) / f"reference-{workload.replace('/', '_')}.json"
 
 
+def reference_cached(cache_dir: str | Path, name: str, kind: str) -> bool:
+    """Whether the reference `name` is cached whole: an inference reference's probabilities lie beside
+    its JSON (a run folder carried without its .pt files, as gpu_session.sh packs it, has only the JSON)."""
+    path = reference_cache_path(cache_dir, name)
+    if not path.is_file():
+        return False
+    return kind != "infer" or path.with_suffix(".pt").is_file() or "error" in json.loads(path.read_text())
+
+
 def write_json_atomic(path: Path, data: dict, indent: int | None = None) -> None:
     """Write to a temp name then rename: a reader never sees half a file (pid: writers never collide)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -20,7 +20,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.case import REFERENCE_GLOB, reference_cache_path, reference_name, write_json_atomic
+from bench.case import (
+    REFERENCE_GLOB,
+    reference_cached,
+    reference_name,
+    write_json_atomic,
+)
 from bench.config import BUDGET_CUT, NEEDS_DATA, BenchError, DataSpec, Suite, Workload, recorded_params
 from bench.contention import BUSY_FRACTION, HostLoad
 from bench.env import capture_host
@@ -357,7 +362,7 @@ def run_suite(
             ref_name = reference_name(w.name, w.kind, cfg.tta)
             if (needs_reference and ref_name not in references_tried
                     and (remaining is None or remaining > 10)
-                    and not reference_cache_path(out / "cache", ref_name).is_file()):
+                    and not reference_cached(out / "cache", ref_name, w.kind)):
                 references_tried.add(ref_name)  # once: a reference that died is left to the cases
                 # the reference trajectory in a process of its own, so no row's first step finds the
                 # libraries (cuDNN, cuBLAS) warmed by it: every row's first_step_s is cold alike

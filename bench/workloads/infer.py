@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from bench.case import reference_cache_path, reference_name, write_json_atomic
+from bench.case import reference_cache_path, reference_cached, reference_name, write_json_atomic
 from bench.measure import count_flops, steady_state, time_once
 from bench.variants import CaseConfig
 from bench.workloads.common import (
@@ -64,7 +64,7 @@ def _reference(case: Case, device: torch.device, state: dict, image: torch.Tenso
     name, ref_cfg = case.reference
     name_tta = reference_name(case.workload, "infer", case.config.tta)
     path = reference_cache_path(case.cache_dir, name_tta) if case.cache_dir else None
-    if path is not None and path.is_file():
+    if path is not None and reference_cached(case.cache_dir, name_tta, "infer"):
         result = json.loads(path.read_text())
         if "error" not in result:
             result["probs"] = torch.load(path.with_suffix(".pt"), weights_only=True)

@@ -356,3 +356,10 @@ variants = ["fp32", "tta"]
     assert r[("infer", "fp32")]["parity"]["max_rel_dev"] == 0.0
     assert {p.name for p in (out / "cache").glob("reference-*")} == {
         "reference-infer.json", "reference-infer.pt", "reference-infer+tta.json", "reference-infer+tta.pt"}
+    from bench.case import reference_cached
+
+    # a run folder carried without its .pt files (gpu_session.sh's run.tar.gz): computed again, not read
+    (out / "cache" / "reference-infer.pt").unlink()
+    cache = out / "cache"
+    assert not reference_cached(cache, "infer", "infer") and reference_cached(cache, "infer+tta", "infer")
+    assert reference_cached(out / "cache", "infer", "train_step")  # a trajectory is its JSON
