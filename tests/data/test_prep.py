@@ -282,3 +282,23 @@ def test_a_prep_re_run_with_a_case_fewer_moves_no_case_between_splits(tmp_path):
     after = json.loads((tmp_path / "out" / "splits.json").read_text())
     for name in ("train", "val", "test"):
         assert set(before[name]) - {gone} == set(after[name]), name
+
+
+def test_minmax_on_the_foreground_box_equals_monai_s_scaling_of_the_whole_volume():
+    """Step 4 runs on the cropped box for minmax: bit-identical to ScaleIntensity over the whole
+    volume (zeros outside the box widen each channel's range to 0), a constant channel included."""
+    from monai.transforms import CropForeground, ScaleIntensity
+
+    from seg.data.prep import _minmax_in_box
+
+    g = torch.Generator().manual_seed(0)
+    volume = torch.zeros(4, 20, 22, 18)
+    volume[:, 3:15, 4:20, 2:16] = torch.rand(4, 12, 16, 14, generator=g) * 900 + 100  # all positive
+    volume[1, 3:15, 4:20, 2:16] -= 2000  # a channel entirely negative inside the box
+    volume[2, 3:15, 4:20, 2:16] = 7.0  # a constant channel
+    for whole in (volume, volume[:, 3:15, 4:20, 2:16].clone()):  # a box smaller than the volume, and equal
+        cropper = CropForeground(select_fn=lambda x: x != 0, allow_smaller=True)
+        start, end = cropper.compute_bounding_box(whole)
+        expected = cropper.crop_pad(ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=True)(whole), start, end)
+        got = _minmax_in_box(cropper.crop_pad(whole, start, end), tuple(whole.shape[1:]))
+        assert torch.equal(got, expected.as_tensor())
