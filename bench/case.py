@@ -97,7 +97,11 @@ def reference_cached(cache_dir: str | Path, name: str, kind: str) -> bool:
     path = reference_cache_path(cache_dir, name)
     if not path.is_file():
         return False
-    return kind != "infer" or path.with_suffix(".pt").is_file() or "error" in json.loads(path.read_text())
+    if kind != "infer":
+        return True
+    cached = json.loads(path.read_text())
+    # (one without "tta" was made before references were kept per TTA setting: with either)
+    return "tta" in cached and (path.with_suffix(".pt").is_file() or "error" in cached)
 
 
 def write_json_atomic(path: Path, data: dict, indent: int | None = None) -> None:

@@ -314,7 +314,7 @@ def run_suite(
     env["calibration"] = calibration
     if old_env is not None:  # the run's own facts stay; the resume is one more entry
         check_machine(out, old_env, env)
-        resumed = {k: env[k] for k in ("time_utc", "command", "git", "calibration")}
+        resumed = {k: env[k] for k in ("time_utc", "command", "git", "calibration", "method")}
         # workloads the suite gained since (their rows' settings, for the next resume's check), and
         # the suite's goals and anchors as they are now (the report judges the rows by them)
         fingerprints = {**old_env.get("workload_fingerprints", {}), **env["workload_fingerprints"]}

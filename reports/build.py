@@ -246,14 +246,19 @@ def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
         ran_on = f", ran on {table.attrs['machine']}" if table.attrs.get("machine") else ""
         blocks += [Block("h2", f"Micro-benchmarks ({path.name}, pytest-benchmark{ran_on})"),
                    Block("table", table)]
+    blocks.append(Block("h2", "How this was measured"))
     if env.get("method"):  # the text of the segbench that measured the rows
-        blocks += [Block("h2", "How this was measured"), Block("list", env["method"])]
+        blocks.append(Block("list", env["method"]))
     else:
-        blocks += [Block("h2", "How this was measured"),
-                   Block("p", "This run's env.json predates recorded method text: below is how the segbench "
-                              "rendering this report measures; details of this run's measurement may differ "
-                              "(its report.md as first written has the text of its day)."),
+        blocks += [Block("p", "This run's env.json predates recorded method text: below is how the "
+                              "segbench rendering this report measures; details of this run's may differ."),
                    Block("list", METHOD)]
+    for resume in env.get("resumed", []):  # rows a later segbench measured: where its text differs
+        changed = [line for line in resume.get("method") or [] if line not in (env.get("method") or METHOD)]
+        if changed:
+            when = resume.get("time_utc", "?")
+            blocks += [Block("p", f"The rows of the resume at {when} were measured by a segbench whose text "
+                                  "differs in these points:"), Block("list", changed)]
     return blocks
 
 

@@ -31,8 +31,17 @@ from seg.infer import (
 
 
 def _timed(fn: Callable, *args) -> tuple[Any, float]:
+    """(fn(*args), seconds); an exception carries the seconds spent as `segbench_seconds`."""
     start = time.perf_counter()
-    return fn(*args), time.perf_counter() - start
+    try:
+        return fn(*args), time.perf_counter() - start
+    except Exception as err:
+        err.segbench_seconds = time.perf_counter() - start
+        raise
+
+
+def _spent(err: Exception) -> float:
+    return getattr(err, "segbench_seconds", 0.0)
 
 
 def _now(fn: Callable, *args) -> Future:
@@ -91,7 +100,7 @@ def infer_folder(
         try:
             path, write_s = write.result()
         except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
-            fail(case, seconds, err)
+            fail(case, seconds + _spent(err), err)
             return
         row = {"id": case.id, "status": "ok", "file": str(path)}
         if cfg.min_et_mm3 > 0:  # how often the threshold acts, for tuning it
@@ -108,19 +117,22 @@ def infer_folder(
             prepared_now = prepared_next
             if i + 1 < len(cases):  # the next case's host work, while this one is predicted
                 prepared_next = start(preparer, prepare_input, cases[i + 1], prep_cfg)
+            spent = 0.0
             try:
-                prepared, prepare_s = prepared_now.result()
+                prepared, spent = prepared_now.result()
                 start_s = time.perf_counter()
-                probs = predict_prepared(models, prepared, cfg, dev, target).cpu()
-                predict_s = time.perf_counter() - start_s
+                try:
+                    probs = predict_prepared(models, prepared, cfg, dev, target).cpu()
+                finally:
+                    spent += time.perf_counter() - start_s
             except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
-                fail(case, 0.0, err)
+                fail(case, spent + _spent(err), err)
                 continue
             if pending is not None:  # one write at a time: probabilities wait for the disk in memory
                 finish(*pending)
             info: dict = {}
             write = start(writer, write_outputs, probs, prepared["meta"], case.id, out_dir, cfg, target, info)
-            pending = (case, write, prepare_s + predict_s, info)
+            pending = (case, write, spent, info)
             prepared = probs = None
         if pending is not None:
             finish(*pending)

@@ -69,7 +69,7 @@ def _reference(case: Case, device: torch.device, state: dict, image: torch.Tenso
         if "error" not in result:
             result["probs"] = torch.load(path.with_suffix(".pt"), weights_only=True)
         return result
-    result: dict = {"variant": name}
+    result: dict = {"variant": name, "tta": case.config.tta}
     try:
         _, predict_ref = _predictor(case, ref_cfg, device, state, image)  # (its closure holds the model)
         out: list[torch.Tensor] = []

@@ -388,3 +388,11 @@ def test_a_report_says_how_its_rows_were_measured_by_the_segbench_that_measured_
     build_report(run)
     md = (run / "report.md").read_text()
     assert "predates recorded method text" in md and METHOD[1][:40] in md
+    env["method"] = ["Measured the old way, once.", "Parity: old."]  # resumed by a later segbench
+    env["resumed"] = [{"time_utc": "2026-12-01T10:00:00", "method": ["Measured the old way, once.",
+                                                                     "Parity: new."]}]
+    (run / "env.json").write_text(json.dumps(env))
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "The rows of the resume at 2026-12-01T10:00:00 were measured by a segbench whose text" in md
+    assert "- Parity: new." in md and "- Parity: old." in md
