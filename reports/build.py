@@ -67,6 +67,8 @@ def _env_lines(env: dict, rows: list[dict] = ()) -> list[str]:
             "⚠ this CPU's oneDNN computes wrong bf16 conv3d weight gradients on 2-voxel-wide maps "
             "(seg.cpu_bf16): " + (f"{', '.join(guarded)} ran with oneDNN off — right, but several times "
                                   "slower than this CPU can be" if guarded
+                                  else "no case of this run convolved such a map (none ran with oneDNN off)"
+                                  if env.get("method")  # a run recent enough to mark its rows
                                   else "no row of this run is marked as run with oneDNN off (rows before "
                                   "2026-11-27 were not marked)")
         )

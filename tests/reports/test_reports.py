@@ -177,6 +177,11 @@ def test_summary_names_non_finite_rows_and_env_names_the_cpu_bf16_workaround(tmp
     build_report(run)
     onednn = [ln for ln in (run / "report.md").read_text().splitlines() if "wrong bf16 conv3d" in ln]
     assert len(onednn) == 1 and "no row of this run is marked as run with oneDNN off" in onednn[0]
+    env["method"] = ["a run recent enough to mark its rows"]
+    (run / "env.json").write_text(json.dumps(env))
+    build_report(run)
+    onednn = [ln for ln in (run / "report.md").read_text().splitlines() if "wrong bf16 conv3d" in ln]
+    assert len(onednn) == 1 and "no case of this run convolved such a map" in onednn[0]
     for row in rows:  # a footprint run convolves nothing: no line
         row["estimate"] = True
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
