@@ -83,14 +83,18 @@ class PreparedDataset(RawDataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         raw = super().__getitem__(key)
         seed, case_id = raw.get("seed"), raw["id"]
-        sample = {"image": raw["image"].float()}
-        if "label" in raw:
-            sample["label"] = raw["label"].long()
+        sample = {k: raw[k] for k in ("image", "label") if k in raw}
         if self.transform is not None:
+            # on the stored dtypes (float16/uint8 for compact and packed data): crops, flips and
+            # rotations copy values exactly and the noise works in float32, so casting after the
+            # crop gives the same sample without converting the whole volume first
             if seed is not None and hasattr(self.transform, "set_random_state"):
                 self.transform.set_random_state(seed=seed)
             sample = self.transform(sample)
         sample = {k: _plain(v) for k, v in sample.items()}
+        sample["image"] = sample["image"].float()
+        if "label" in sample:
+            sample["label"] = sample["label"].long()
         sample["id"] = case_id
         return sample
 

@@ -171,3 +171,24 @@ def test_workers_augment_plain_indices_differently(tmp_path):
                         generator=torch.Generator().manual_seed(0))
     out = [b["image"][0] for b in loader]  # worker 0 reads samples 0, 2, 4, 6; worker 1 the others
     assert not any(torch.equal(out[2 * k], out[2 * k + 1]) for k in range(4))
+
+
+@pytest.mark.parametrize("fg_fraction", [0.0, 0.5])
+def test_compact_samples_are_augmented_on_their_stored_dtypes_to_the_same_values(tmp_path, fg_fraction):
+    """The augmentation runs on float16/uint8 and casts after the crop: each sample equals the one
+    augmented from the float32/int64 cast of the whole case (the order of the old loader)."""
+    from seg.data.augment import seed_train_transforms
+
+    write_prepared(tmp_path, n=2, size=16, fmt="compact")
+    ids = ["Case_000", "Case_001"]
+    dataset = PreparedDataset(tmp_path, ids, transform=seed_train_transforms(8, fg_fraction=fg_fraction))
+    reference = seed_train_transforms(8, fg_fraction=fg_fraction)
+    for seed in range(12):
+        sample = dataset[(seed % 2, seed)]
+        raw = dataset.reader.read(ids[seed % 2])
+        assert raw["image"].dtype == torch.float16  # stored compact: the cast really moved
+        reference.set_random_state(seed=seed)
+        expected = reference({"image": raw["image"].float(), "label": raw["label"].long()})
+        assert sample["image"].dtype == torch.float32 and sample["label"].dtype == torch.int64
+        assert torch.equal(sample["image"], expected["image"].as_tensor())
+        assert torch.equal(sample["label"], expected["label"].as_tensor())
