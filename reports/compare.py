@@ -19,7 +19,6 @@ the timing says.
 
 from __future__ import annotations
 
-import math
 import textwrap
 from pathlib import Path
 
@@ -30,7 +29,16 @@ from bench.contention import BUSY_FRACTION  # standard library only
 from bench.env import machine
 from bench.stats import is_improvement, is_regression, relative_change_ci
 from reports.render import Block, to_html, to_markdown, write_atomic
-from reports.tables import fmt_attention_kernels, fmt_seconds, load_env, load_results
+from reports.tables import (
+    GRAD_KEYS,
+    PARITY_KEYS,
+    fmt_attention_kernels,
+    fmt_dev,
+    fmt_seconds,
+    load_env,
+    load_results,
+    parity_deviation,
+)
 
 
 def _verdict(change: dict[str, float], threshold: float) -> str:
@@ -44,31 +52,17 @@ def _verdict(change: dict[str, float], threshold: float) -> str:
 PARITY_FACTOR, PARITY_FLOOR = 10.0, 1e-3
 
 
-def _parity(row: dict, keys: tuple[str, ...]) -> tuple[str, float | None] | None:
-    """(which deviation, its value; None when non-finite) or None when the row measured none."""
-    parity = row.get("parity") or {}
-    key = next((k for k in keys if k in parity), None)
-    if key is None:
-        return None
-    dev = parity[key]
-    return key, (dev if dev is not None and math.isfinite(dev) else None)
-
-
-def _fmt_dev(dev: float | None) -> str:
-    return "non-finite" if dev is None else f"{dev:.1e}"
-
-
 def parity_change(ra: dict, rb: dict) -> tuple[str, bool]:
     """("2.0e-04 → 4.0e-01; grad 8.0e-03 → 1.4e+00", whether either is a parity regression) of RUN's
     row against RUN_B's: the loss trajectory's deviation and the first step's gradients'; ("", False)
     when the two rows measured neither alike."""
     parts, worse = [], False
-    for keys, label in ((("max_rel_dev", "max_abs_err"), ""), (("grad_rel_dev",), "grad ")):
-        pa, pb = _parity(ra, keys), _parity(rb, keys)
+    for keys, label in ((PARITY_KEYS, ""), (GRAD_KEYS, "grad ")):
+        pa, pb = parity_deviation(ra.get("parity"), keys), parity_deviation(rb.get("parity"), keys)
         if pa is None or pb is None or pa[0] != pb[0]:
             continue
         before, after = pb[1], pa[1]
-        parts.append(f"{label}{_fmt_dev(before)} → {_fmt_dev(after)}")
+        parts.append(f"{label}{fmt_dev(before)} → {fmt_dev(after)}")
         grew = after is not None and before is not None and after > max(PARITY_FACTOR * before, PARITY_FLOOR)
         worse = worse or grew or (before is not None and after is None)
     return "; ".join(parts), worse
@@ -121,6 +115,7 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
             "ci_high": float("nan"),
         }
         sa, sb = (ra or {}).get("step_times_s"), (rb or {}).get("step_times_s")
+        rec["parity"], parity_worse = parity_change(ra or {}, rb or {})  # ("", False) for a row missing
         if ra is None or rb is None:
             rec["verdict"] = "only in " + ("RUN_B" if ra is None else "RUN")
         elif differs := _setup_difference(ra, rb):  # another shape or model: no verdict on the timing
@@ -169,11 +164,9 @@ def compare_rows(rows: list[dict], rows_b: list[dict], threshold: float = 0.05,
                 rec["verdict"] = f"busy host ({shares} of the CPUs used by other processes): no verdict"
             else:
                 rec["verdict"] = _verdict(change, threshold)
-            moved, worse = parity_change(ra, rb)
-            if worse:  # a faster wrong answer is no improvement
-                rec["verdict"] = (f"{rec['verdict']}; parity worse ({moved})" if other_machine
-                                  else f"REGRESSION (parity {moved}); speed: {rec['verdict']}")
-        rec["parity"] = parity_change(ra, rb)[0] if ra is not None and rb is not None else ""
+            if parity_worse:  # a faster wrong answer is no improvement
+                rec["verdict"] = (f"{rec['verdict']}; parity worse ({rec['parity']})" if other_machine
+                                  else f"REGRESSION (parity {rec['parity']}); speed: {rec['verdict']}")
         records.append(rec)
     columns = ["workload", "variant", "before", "after", "change", "ci_low", "ci_high", "parity", "verdict"]
     return pd.DataFrame.from_records(records, columns=columns)  # columns: a run without rows too

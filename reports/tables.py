@@ -186,19 +186,36 @@ def _fmt_errors(row: dict) -> str:
     return "; ".join(f"{what}: {str(error)[:120]}" for what, error in parts)
 
 
-def _fmt_dev(dev: float | None) -> str:
-    return f"{dev:.1e}" if dev is not None and np.isfinite(dev) else "non-finite"
+PARITY_KEYS = ("max_rel_dev", "max_abs_err")  # a row's headline deviation, the first it has
+GRAD_KEYS = ("grad_rel_dev",)  # a training row's first-step gradients
+
+
+def parity_deviation(
+    parity: dict | None, keys: tuple[str, ...] = PARITY_KEYS
+) -> tuple[str, float | None] | None:
+    """(which deviation, its value; None when non-finite: results.jsonl holds null, an older run NaN),
+    or None when the row measured none of `keys`."""
+    key = next((k for k in keys if k in (parity or {})), None)
+    if key is None:
+        return None
+    dev = parity[key]
+    return key, (dev if dev is not None and np.isfinite(dev) else None)
+
+
+def fmt_dev(dev: float | None) -> str:
+    return "non-finite" if dev is None else f"{dev:.1e}"
 
 
 def _fmt_parity(parity: dict) -> str:
     """The deviation from the reference ("2.2e-04", † when the row notes why it may differ; training rows
     add their first step's gradients: "2.2e-04 · grad 8.1e-03"), "non-finite" when results.jsonl holds
     null for it (or an older run NaN), "" when not measured."""
-    key = next((k for k in ("max_rel_dev", "max_abs_err") if k in parity), None)
-    if key is None:
+    headline = parity_deviation(parity)
+    if headline is None:
         return ""
-    grad = f" · grad {_fmt_dev(parity['grad_rel_dev'])}" if "grad_rel_dev" in parity else ""
-    return _fmt_dev(parity[key]) + grad + ("†" if parity.get("note") else "")
+    grad = parity_deviation(parity, GRAD_KEYS)
+    return fmt_dev(headline[1]) + (f" · grad {fmt_dev(grad[1])}" if grad else "") + (
+        "†" if parity.get("note") else "")
 
 
 def _num(value, fmt: str) -> str:
