@@ -55,17 +55,24 @@ class PrepConfig:
         return {**asdict(self), "prep_version": PREP_VERSION}
 
 
-def _scale(image, brain, cfg: PrepConfig):
-    """Step 4 on a [4,...] float tensor; `brain` is the raw nonzero mask per channel."""
-    from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityRange
+def _zscore(image, cfg: PrepConfig):
+    """Step 4 for intensity=zscore on the whole [4,...] volume: the brain's own statistics per channel."""
+    from monai.transforms import NormalizeIntensity, ScaleIntensityRange
 
-    if cfg.intensity == "minmax":
-        return ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=True)(image)
-    if cfg.intensity == "window":
-        return ScaleIntensityRange(cfg.window_min, cfg.window_max, 0.0, 1.0, clip=True)(image)
+    brain = image != 0  # the raw nonzero mask per channel
     z = NormalizeIntensity(nonzero=True, channel_wise=True)(image)
     z = ScaleIntensityRange(-cfg.zscore_clip, cfg.zscore_clip, 0.0, 1.0, clip=True)(z)
     return z * brain  # background stays 0 rather than the mapped z = 0 (0.5)
+
+
+def _scale_box(box, whole_shape: tuple[int, ...], cfg: PrepConfig):
+    """Step 4 for minmax and window on the foreground box alone: every voxel outside it is 0 in every
+    channel, so the box's values are those of scaling the whole volume (minmax: `_minmax_in_box`)."""
+    if cfg.intensity == "minmax":
+        return _minmax_in_box(box, whole_shape)
+    from monai.transforms import ScaleIntensityRange
+
+    return ScaleIntensityRange(cfg.window_min, cfg.window_max, 0.0, 1.0, clip=True)(box)
 
 
 def _minmax_in_box(box, whole_shape: tuple[int, ...]):
@@ -119,15 +126,11 @@ def prepare_case(case: Case, cfg: PrepConfig) -> dict:
     if np.any(np.asarray(box_end) <= np.asarray(box_start)):
         raise ValueError(f"{case.images[0]}: no nonzero (brain) voxels in any modality")
 
-    # 4 and 5b. scale, crop. Every voxel outside the box is 0 in every channel, so minmax and window
-    # scale the box alone to the same values (minmax: _minmax_in_box); z-scores need the brain's own
-    # statistics over the whole volume first.
-    whole_shape = tuple(image.shape[1:])
+    # 4 and 5b. scale, crop: z-scores over the whole volume first, minmax and window on the box alone
     if cfg.intensity == "zscore":
-        image = cropper.crop_pad(_scale(image, image != 0, cfg), box_start, box_end)
+        image = cropper.crop_pad(_zscore(image, cfg), box_start, box_end)
     else:
-        image = cropper.crop_pad(image, box_start, box_end)
-        image = _minmax_in_box(image, whole_shape) if cfg.intensity == "minmax" else _scale(image, None, cfg)
+        image = _scale_box(cropper.crop_pad(image, box_start, box_end), tuple(image.shape[1:]), cfg)
     size = (cfg.size,) * 3
     # plain tensors from here: a MetaTensor would pickle its numpy meta into the .pt file
     image = convert_to_tensor(Resize(size, mode="trilinear")(image), track_meta=False)
