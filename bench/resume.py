@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from bench.case import reference_cache_path
+from bench.case import reference_cache_path, reference_name
 from bench.config import BenchError, Suite, cut_by_budget
 from bench.env import machine
 
@@ -67,8 +67,8 @@ def resume_state(out: Path, suite: Suite) -> tuple[dict, list[dict]]:
     if kept_changed:  # its kept rows and the new rows would not agree
         raise BenchError(f"--resume: workload(s) {', '.join(kept_changed)} of {out} changed in the suite "
                          "since they ran (parameters, measurement or reference): start a new run")
-    for name in changed:  # no rows kept, but its reference may be cached from before
-        for cached in (name, f"{name}+tta"):  # (bench.case.reference_name)
+    for name in changed:  # no rows kept, but its references may be cached from before
+        for cached in {reference_name(name, "infer", tta) for tta in (False, True)}:
             path = reference_cache_path(out / "cache", cached)
             path.unlink(missing_ok=True)
             path.with_suffix(".pt").unlink(missing_ok=True)

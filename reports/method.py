@@ -7,10 +7,9 @@ METHOD = [
     "s/iter: median step time with the 20th–80th percentiles and n; on CUDA each step is timed with "
     "CUDA events and a synchronization (a step's latency from an idle GPU, so back-to-back steps that "
     "overlap a little would be slightly faster), on the CPU with perf_counter; warm-up steps by count are "
-    "excluded, the first step (compilation included) is reported on its own (a training workload's "
-    "fp32 parity reference runs in a process of its own before its first case, so every row's first "
-    "step starts with the libraries cold; an inference case runs its reference in its own process "
-    "first, so there first steps compare compile times, not eager start-up); each case compiles with "
+    "excluded, the first step (compilation included) is reported on its own (a workload's fp32 parity "
+    "reference, training or inference, runs in a process of its own before its first case, so every "
+    "row's first step starts with the libraries cold); each case compiles with "
     "empty inductor and Triton caches unless SEGBENCH_KEEP_COMPILE_CACHE=1 (see Environment).",
     "Loader rows (dataloader): the wait for each batch in the consuming process; samples/s is total "
     "samples / total wait over the measured batches, i.e. batch / the mean wait shown beside the median "
