@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import threading
 import time
 from pathlib import Path
@@ -75,19 +74,6 @@ def test_pack_round_trip_and_skip(prepared, tmp_path, capsys):
     only = mmap_store.pack(prepared, out, ids=IDS[:2], progress=False)  # other cases: rebuilt
     assert [c["id"] for c in only["cases"]] == IDS[:2]
     assert not list(tmp_path.glob(".packed*"))  # no temporary folder left behind
-
-
-def test_data_summary_of_a_packed_or_foreign_folder_says_what_to_summarize(prepared, tmp_path, capsys):
-    from segbench.cli import main
-
-    out = tmp_path / "packed"
-    mmap_store.pack(prepared, out, progress=False)
-    expected = f"{out} is a packed (mmap) folder: summarize the prepared folder it was packed from "
-    expected += f"({prepared})"
-    with pytest.raises(SystemExit, match=re.escape(expected)):
-        main(["data", "summary", str(out)])
-    with pytest.raises(SystemExit, match="no manifest.json \\(not a `segbench data prep`"):
-        main(["data", "summary", str(tmp_path)])
 
 
 @pytest.mark.parametrize("bad", ["Case_000", "Case_001"])  # the first case, too, gives no shape

@@ -55,3 +55,25 @@ def test_summary_reports_ok_and_failed_cases(bad_prepared, capsys):
     assert "bytes on disk" in text and "label voxel fractions" in text
     assert main(["data", "summary", str(out)]) == 0
     assert capsys.readouterr().out == text
+
+
+def test_data_summary_of_a_packed_or_foreign_folder_says_what_to_summarize(tmp_path):
+    import re
+
+    from seg.data.mmap_store import pack
+    from seg.data.store import write_json
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    image, label, meta = _case()
+    save_case(prepared / "x.pt", image, label, meta)
+    write_json(prepared / "manifest.json", {"config": {"size": 8, "format": PT32},
+                                            "cases": [{"id": "x", "status": "ok", "file": "x.pt"}]})
+    out = tmp_path / "packed"
+    pack(prepared, out, progress=False)
+    expected = f"{out} is a packed (mmap) folder: summarize the prepared folder it was packed from "
+    expected += f"({prepared})"
+    with pytest.raises(SystemExit, match=re.escape(expected)):
+        main(["data", "summary", str(out)])
+    with pytest.raises(SystemExit, match="no manifest.json \\(not a `segbench data prep`"):
+        main(["data", "summary", str(tmp_path)])
