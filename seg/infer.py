@@ -286,14 +286,14 @@ def prepare_input(case, prep_cfg) -> dict:
     """A raw case (`seg.data.cases.Case`) validated and prepared in memory with `prep_cfg` (the
     training data's), so the model sees what it was trained on; its seg file, if any, is not read.
     The host half of a prediction (`predict_case`'s first stage)."""
-    from seg.data.cases import validate
+    from seg.data.cases import read_validated
     from seg.data.prep import prepare_case
 
     image_case = dataclasses.replace(case, seg=None)
-    errors = validate(image_case)
+    errors, images = read_validated(image_case)
     if errors:
         raise ValueError("; ".join(errors))
-    return prepare_case(image_case, prep_cfg)
+    return prepare_case(image_case, prep_cfg, images)
 
 
 def predict_prepared(models: nn.Module | Sequence[nn.Module], prepared: dict, cfg: InferConfig,

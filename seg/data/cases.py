@@ -122,13 +122,23 @@ def _read(path: Path, errors: list[str]):
 
 def validate(case: Case) -> list[str]:
     """Problems that stop `case` from being prepared; empty when it is fine."""
+    return read_validated(case)[0]
+
+
+def read_validated(case: Case) -> tuple[list[str], dict[str, object]]:
+    """(problems, images): `validate`'s problems, and every file read as an in-memory nibabel image
+    keyed by path string, so preparing the case does not decompress its files a second time."""
+
     errors: list[str] = []
+    images: dict[str, object] = {}
     grids: list[tuple[Path, tuple[int, ...], np.ndarray]] = []  # every readable 3-D file
     for name, path in zip((*MODALITIES, "seg"), case.files, strict=False):
         read = _read(path, errors)
         if read is None:
             continue
         img, data = read
+        # the same header and affine over the array just decompressed (scaling already applied)
+        images[str(path)] = type(img)(data, img.affine, img.header)
         if data.ndim != 3:
             errors.append(f"{path}: image is {data.ndim}-D with shape {tuple(data.shape)}; expected 3-D")
             continue
@@ -138,7 +148,7 @@ def validate(case: Case) -> list[str]:
         elif data.dtype.kind == "f" and not np.isfinite(data).all():
             bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
             errors.append(f"{path}: {bad} non-finite voxel values (NaN/Inf)")
-    return _grid_errors(grids) + errors
+    return _grid_errors(grids) + errors, images
 
 
 def _same_grid(a: tuple, b: tuple) -> bool:

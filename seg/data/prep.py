@@ -97,19 +97,37 @@ def _affine_list(affine) -> list[list[float]]:
     return np.asarray(affine, dtype=np.float64).tolist()
 
 
-def prepare_case(case: Case, cfg: PrepConfig) -> dict:
+def _reader_over(images: dict[str, object]):
+    """MONAI's NibabelReader over images `read_validated` has decompressed already (keyed by path
+    string); a class made on call so that importing this module does not import MONAI."""
+    from monai.data import NibabelReader
+    from monai.data.utils import correct_nifti_header_if_necessary
+    from monai.utils import ensure_tuple
+
+    class ReadAlready(NibabelReader):
+        def read(self, data, **kwargs):
+            self.filenames = ensure_tuple(data)
+            imgs = [correct_nifti_header_if_necessary(images[str(name)]) for name in self.filenames]
+            return imgs if len(imgs) > 1 else imgs[0]
+
+    return ReadAlready()
+
+
+def prepare_case(case: Case, cfg: PrepConfig, images: dict[str, object] | None = None) -> dict:
     """Run the eight steps on one (validated) case. Returns {"image", "label"?, "meta"} with
     image float32 [4,S,S,S] in [0,1] and label int64 [1,S,S,S] in 0..3; `store.save_case`
-    casts to the configured format."""
+    casts to the configured format. `images`: `seg.data.cases.read_validated`'s in-memory
+    images of the case's files (else they are read from disk)."""
     import nibabel as nib
     from monai.transforms import CropForeground, LoadImage, MapLabelValue, Orientation, Resize, Spacing
     from monai.utils import convert_to_tensor
 
     # 1. channel-first: LoadImage stacks the four files as channels, in MODALITIES order.
-    load = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+    reader = _reader_over(images) if images else None
+    load = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32)
     image = load([str(p) for p in case.images])
     label = load(str(case.seg)) if case.seg else None
-    src = nib.load(str(case.images[0]))
+    src = images[str(case.images[0])] if images else nib.load(str(case.images[0]))
 
     # 2-3. RAS, then 1 mm; zeros outside the source field of view so they never count as brain.
     orient = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
@@ -185,16 +203,16 @@ def _prepare_one(case: Case, cfg: PrepConfig, out_dir: Path) -> dict:
     """Validate, prepare and save one case; never raises (a failure becomes an error entry)."""
     import time
 
-    from seg.data.cases import validate
+    from seg.data.cases import read_validated
     from seg.data.store import save_case
 
     t0 = time.perf_counter()
     entry = {"id": case.id, "convention": case.convention, "has_label": case.seg is not None,
              "source_sig": _source_signature(case)}
     try:
-        errors = validate(case)
+        errors, images = read_validated(case)
         if not errors:
-            prepared = prepare_case(case, cfg)
+            prepared = prepare_case(case, cfg, images)
             save_case(out_dir / f"{case.id}.pt", prepared["image"], prepared.get("label"),
                       prepared["meta"], cfg.format)
     except Exception as err:  # one bad case must not stop the others

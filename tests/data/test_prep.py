@@ -72,6 +72,26 @@ def test_agrees_with_a_plain_monai_pipeline(real_prepared):
     assert torch.equal(out["label"], ref["label"].as_tensor().long())
 
 
+def test_validated_images_are_prepared_without_reading_the_files_again(real_prepared, tmp_path):
+    """prep and infer validate a case, then prepare it from the images validation decompressed:
+    the same tensors and meta as reading the files, with the files gone after validation."""
+    import shutil
+
+    from seg.data.cases import read_validated
+
+    case, from_disk = real_prepared["BraTS2021_90001"]
+    shutil.copytree(case.images[0].parent, tmp_path / case.id)
+    copy = discover(tmp_path)[0]
+    errors, images = read_validated(copy)
+    assert errors == [] and sorted(images) == sorted(str(p) for p in copy.files)
+    for path in copy.files:
+        path.unlink()
+    out = prepare_case(copy, PrepConfig(), images)
+    assert torch.equal(out["image"], from_disk["image"]) and torch.equal(out["label"], from_disk["label"])
+    assert {k: v for k, v in out["meta"].items() if k not in ("source", "seg")} == \
+        {k: v for k, v in from_disk["meta"].items() if k not in ("source", "seg")}
+
+
 def test_2023_named_case_prepares_with_labels_kept(real_prepared):
     _, out = real_prepared["BraTS-GLI-90003-000"]
     assert out["image"].shape == (4, 128, 128, 128)
