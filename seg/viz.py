@@ -72,7 +72,9 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
         except KeyError:  # a .pt without prep's crop box: drawn as cubic voxels
             pass
     elif case.is_dir():
-        from seg.data.cases import discover, validate
+        import nibabel as nib
+
+        from seg.data.cases import discover, read_validated
 
         found = discover(case)
         if len(found) != 1:
@@ -80,13 +82,16 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
                 f"{case}: expected one BraTS case, found {len(found)} ({[c.id for c in found][:5]})"
             )
         c = found[0]
-        errors = validate(c)  # unreadable, truncated, missing or off-grid files: named, not a traceback
+        # unreadable, truncated, missing or off-grid files: named, not a traceback
+        errors, loaded = read_validated(c)
         if errors:
             raise ValueError("; ".join(errors))
-        images = [_canonical(p) for p in c.images]
+        images = [nib.as_closest_canonical(loaded[str(p)]) for p in c.images]
         grid = images[0].affine
         image = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in images])
-        label = np.asarray(_canonical(c.seg).dataobj).astype(np.uint8) if c.seg else None
+        label = None
+        if c.seg:
+            label = np.asarray(nib.as_closest_canonical(loaded[str(c.seg)]).dataobj).astype(np.uint8)
         zooms = tuple(float(s) for s in images[0].header.get_zooms()[:3])
         volume = Volume(c.id, image, label, spacing_mm=zooms)
     else:
