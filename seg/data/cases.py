@@ -44,6 +44,7 @@ class Case:
     images: tuple[Path, Path, Path, Path]
     seg: Path | None
     convention: str  # "2021" or "2023": naming and label set
+    duplicates: tuple[Path, ...] = ()  # a second file for one of its modalities (.nii beside .nii.gz)
 
     @property
     def files(self) -> list[Path]:
@@ -59,7 +60,7 @@ def nifti_files(root: Path) -> list[Path]:
     # os.walk follows symlinked folders (datasets are often linked in); rglob does not
     found = []
     for folder, _, names in os.walk(root, followlinks=True):
-        found += [Path(folder) / n for n in names if ".nii" in n]
+        found += [Path(folder) / n for n in names if ".nii" in n.lower()]  # (.NII.GZ: named as ignored)
     return sorted(p for p in found if p.is_file())
 
 
@@ -68,19 +69,23 @@ def discover(root: str | Path) -> list[Case]:
     missing modality shows up in `validate` (its expected path does not exist)."""
     groups: dict[tuple[Path, str, str], dict[str, Path]] = defaultdict(dict)
     exts: dict[tuple[Path, str, str], str] = {}
+    duplicates: dict[tuple[Path, str, str], list[Path]] = defaultdict(list)
     for path in nifti_files(Path(root)):
         for conv, pattern in _PATTERNS.items():
             m = pattern.match(path.name)
             if m:
                 key = (path.parent, m["id"], conv)
+                if m["suffix"] in groups[key]:  # (sorted: x.nii before x.nii.gz, which is kept)
+                    duplicates[key].append(groups[key][m["suffix"]])
                 groups[key][m["suffix"]] = path
                 exts.setdefault(key, m["ext"])
                 break
     cases = []
-    for (parent, case_id, conv), found in groups.items():
+    for key, found in groups.items():
+        parent, case_id, conv = key
         sfx = SUFFIXES[conv]
-        images = tuple(found.get(s, parent / f"{case_id}{s}{exts[(parent, case_id, conv)]}") for s in sfx[:4])
-        cases.append(Case(case_id, images, found.get(sfx[4]), conv))
+        images = tuple(found.get(s, parent / f"{case_id}{s}{exts[key]}") for s in sfx[:4])
+        cases.append(Case(case_id, images, found.get(sfx[4]), conv, tuple(duplicates.get(key, ()))))
     return sorted(cases, key=lambda c: (c.id, str(c.images[0])))
 
 
@@ -129,7 +134,8 @@ def read_validated(case: Case) -> tuple[list[str], dict[str, object]]:
     """(problems, images): `validate`'s problems, and every file read as an in-memory nibabel image
     keyed by path string, so preparing the case does not decompress its files a second time."""
 
-    errors: list[str] = []
+    errors = [f"{dup}: {case.id} has this modality as both .nii and .nii.gz: keep one"
+              for dup in case.duplicates]
     images: dict[str, object] = {}
     grids: list[tuple[Path, tuple[int, ...], np.ndarray]] = []  # every readable 3-D file
     for name, path in zip((*MODALITIES, "seg"), case.files, strict=False):
@@ -148,6 +154,8 @@ def read_validated(case: Case) -> tuple[list[str], dict[str, object]]:
         elif data.dtype.kind == "f" and not np.isfinite(data).all():
             bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
             errors.append(f"{path}: {bad} non-finite voxel values (NaN/Inf)")
+        elif not data.any():  # an export that filled a missing sequence with zeros
+            errors.append(f"{path}: every voxel is 0 (an empty {name} sequence)")
     return _grid_errors(grids) + errors, images
 
 

@@ -109,7 +109,9 @@ def _source_stamp(src: Path) -> str:
     if mmap_store.is_packed(src):
         files = [src / mmap_store.INDEX, src / mmap_store.IMAGES, src / mmap_store.LABELS]
     else:
-        files = [src / MANIFEST, *(src / f"{i}.pt" for i in mmap_store.prepared_ids(src))]
+        # a missing case file is not stamped: the case loop names it, and the others are converted
+        cases = [src / f"{i}.pt" for i in mmap_store.prepared_ids(src)]
+        files = [src / MANIFEST, *(p for p in cases if p.is_file())]
     return mmap_store.fingerprint(files)
 
 

@@ -13,6 +13,8 @@ count as foreground. `meta` records what `seg.data.inverse` needs to undo steps 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -227,11 +229,15 @@ def _prepare_one(case: Case, cfg: PrepConfig, out_dir: Path) -> dict:
     return entry
 
 
-def _init_worker(threads: int | None = None) -> None:
+def _init_worker(threads: int | None = None, pool_worker: bool = False) -> None:
     """Import the heavy modules up front, so per-case seconds measure the work alone."""
+    import signal
+
     import monai.transforms  # noqa: F401
     import torch
 
+    if pool_worker:  # Ctrl-C reaches the whole process group: the parent stops the pool, not each worker
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads:
         torch.set_num_threads(threads)
 
@@ -247,7 +253,14 @@ def _previous_ok(out_dir: Path, cfg: PrepConfig) -> dict[str, dict]:
     path = out_dir / MANIFEST
     if not path.exists():
         return {}
-    prev = json.loads(path.read_text())
+    try:
+        prev = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        prev = err
+    if not isinstance(prev, dict) or not isinstance(prev.get("cases", []), list):
+        why = f"unreadable JSON ({prev})" if isinstance(prev, json.JSONDecodeError) else "another tool's file"
+        raise ValueError(f"{path}: not a segbench prep manifest ({why}); remove it, or prepare into "
+                         "another --out")
     if prev.get("config") != cfg.to_dict():
         write_json(path, {"config": cfg.to_dict(), "source": prev.get("source"), "cases": []})
         for entry in prev.get("cases", []):
@@ -272,25 +285,48 @@ def _prepare_in_pool(cases: list[Case], cfg: PrepConfig, out_dir: Path, workers:
     from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
 
-    lost = []
+    lost, recorded = [], set()
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, True)) as pool:
         futures = {pool.submit(_prepare_one, case, cfg, out_dir): case for case in cases}
-        for fut in as_completed(futures):
-            try:
-                entry = fut.result()
-            except BrokenProcessPool:
-                lost.append(futures[fut])
-                continue
-            done(entry)
+        try:
+            for fut in as_completed(futures):
+                try:
+                    entry = fut.result()
+                except BrokenProcessPool:
+                    lost.append(futures[fut])
+                    continue
+                done(entry)
+                recorded.add(fut)
+        except BaseException:  # Ctrl-C / SIGTERM: stop now, not after every queued case
+            _stop_pool(pool, futures, recorded, out_dir, done)
+            raise
     return lost
+
+
+def _stop_pool(pool, futures: dict, recorded: set, out_dir: Path, done) -> None:
+    """Cancel the queued cases, kill the workers, record the cases that finished, and remove what the
+    others wrote, so the manifest describes every `.pt` in the folder."""
+    workers = list((pool._processes or {}).values())  # (no public way to stop running workers before 3.14;
+    pool.shutdown(wait=False, cancel_futures=True)      # shutdown forgets them)
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        proc.join()
+    for fut, case in futures.items():
+        if fut in recorded:
+            continue
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            done(fut.result())
+        else:
+            (out_dir / f"{case.id}.pt").unlink(missing_ok=True)  # written, its entry never came back
+            _remove_partial_writes(out_dir, case)
 
 
 def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int = 1) -> dict:
     """Prepare every case below `src` into `out` (one `.pt` per case + manifest.json) with
     `workers` processes; cases already prepared with the same config and unchanged sources are
     skipped. Problems go to stderr, one line per bad case. Returns the manifest."""
-    import os
     import sys
 
     from tqdm import tqdm
@@ -300,6 +336,7 @@ def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int 
 
     src, out_dir = Path(src), Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_orphaned_writes(out_dir)
     # absolute: meta's source files and the skip signature must not depend on the working folder
     cases = discover(src.absolute())
     previous = _previous_ok(out_dir, cfg)
@@ -331,6 +368,17 @@ def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int 
             tqdm.write(entry["error"], file=sys.stderr)
     # no bar when stderr is not a terminal: its carriage returns would prefix the error lines
     bar = tqdm(total=len(todo), desc=f"prep {src.name}", unit="case", file=sys.stderr, disable=None)
+    with _sigterm_as_interrupt():
+        _prepare_todo(todo, cfg, out_dir, workers, record, bar)
+    bar.close()
+    manifest["cases"] = sorted(entries.values(), key=lambda e: e["id"])
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _prepare_todo(todo: list[Case], cfg: PrepConfig, out_dir: Path, workers: int, record, bar) -> None:
+    import os
+
     if workers <= 1 or len(todo) <= 1:
         if todo:
             _init_worker()
@@ -354,7 +402,36 @@ def prepare_all(src: str | Path, out: str | Path, cfg: PrepConfig, workers: int 
                 msg = f"{folder}: the worker process preparing {lost.id} died (out of memory?); not prepared"
                 _remove_partial_writes(out_dir, lost)
                 done({"id": lost.id, "status": "error", "error": msg, "errors": [msg]})
-    bar.close()
-    manifest["cases"] = sorted(entries.values(), key=lambda e: e["id"])
-    write_json(out_dir / MANIFEST, manifest)
-    return manifest
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler, `timeout`) stops prep as Ctrl-C does: workers killed, manifest whole."""
+    import signal
+
+    def interrupt(*_) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # (signals go to the main thread)
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _remove_orphaned_writes(out_dir: Path) -> None:
+    """Temporary `.pt` files (seg.data.store.atomic_write: `.<name>.<pid>.<hex>.tmp`) of processes that
+    are gone: a prep killed mid-write (SIGKILL, a crash) leaves one per case it was writing."""
+    import os
+
+    for tmp in out_dir.glob(".*.pt.*.tmp"):
+        pid = tmp.name.rsplit(".", 3)[-3]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError):  # not our name, or a live process of another user
+            pass

@@ -122,16 +122,19 @@ def write_splits(data_dir: str | Path, ids=None, seed: int | None = None,
     if keep and path.is_file():
         try:
             old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if old and {"seed", "fractions", "train", "val", "test"} <= set(old):
-            own_k = old.get("k") or max(len(old.get("folds", [])), 2)
-            differ = ([f"--split-seed {seed}"] if seed is not None and seed != old["seed"] else []) + (
-                [f"--folds {folds}"] if folds is not None and folds != own_k else [])
-            if differ:
-                print(f"{path}: kept as it is (seed {old['seed']}, {own_k} folds), not {', '.join(differ)}: "
-                      "`segbench data splits` makes new splits (and moves cases)", file=sys.stderr)
-            return write_json(path, extend_splits(old, ids, own_k))
+        except json.JSONDecodeError as err:  # new splits would move cases between test and train
+            raise ValueError(f"{path}: unreadable ({err}); restore it, or make new splits with "
+                             "`segbench data splits` (cases then move between splits)") from err
+        if not (isinstance(old, dict) and {"seed", "fractions", "train", "val", "test"} <= set(old)):
+            raise ValueError(f"{path}: not a segbench splits file; move it away, or make new splits with "
+                             "`segbench data splits`")
+        own_k = old.get("k") or max(len(old.get("folds", [])), 2)
+        differ = ([f"--split-seed {seed}"] if seed is not None and seed != old["seed"] else []) + (
+            [f"--folds {folds}"] if folds is not None and folds != own_k else [])
+        if differ:
+            print(f"{path}: kept as it is (seed {old['seed']}, {own_k} folds), not {', '.join(differ)}: "
+                  "`segbench data splits` makes new splits (and moves cases)", file=sys.stderr)
+        return write_json(path, extend_splits(old, ids, own_k))
     return write_json(path, make_splits(ids, 200 if seed is None else seed, fractions,
                                         5 if folds is None else folds))
 

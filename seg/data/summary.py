@@ -41,11 +41,16 @@ def summarize(prepared_dir: str | Path) -> str:
         f"- cases: {len(ok)} ok, {len(failed)} failed",
     ]
     rows, total_bytes, label_counts = [], 0, torch.zeros(4, dtype=torch.float64)
+    unreadable = []  # listed at the end: the summary is where a broken file should show
     for e in ok:
         path = root / e["file"]
-        n_bytes = path.stat().st_size
+        try:
+            n_bytes = path.stat().st_size
+            case = load_case(path, mmap=True)
+        except (OSError, ValueError) as err:
+            unreadable.append(f"- **{e['id']}**: {err}")
+            continue
         total_bytes += n_bytes
-        case = load_case(path, mmap=True)
         img = case["image"]
         lab = case.get("label")
         if lab is not None:
@@ -71,6 +76,8 @@ def summarize(prepared_dir: str | Path) -> str:
     if rows:
         lines += ["", "| case | labels | image | range | label | label fractions 0/1/2/3 | size |",
                   "|---|---|---|---|---|---|---|", *rows]
+    if unreadable:
+        lines += ["", "## Unreadable files (listed ok in the manifest)", "", *unreadable]
     if failed:
         lines += ["", "## Failed cases", ""]
         lines += [f"- **{e['id']}**: {e.get('error', 'unknown error')}" for e in failed]

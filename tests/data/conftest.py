@@ -106,6 +106,17 @@ def bad_src(shared_data, tmp_path_factory) -> tuple[Path, dict[str, tuple[str, s
     raw = gzip.decompress((real / f"{rid}_t2.nii.gz").read_bytes())
     (root / cid / f"{cid}_t2.nii").write_bytes(raw[: len(raw) // 2])
     expect[cid] = (f"{cid}_t2.nii", "truncated")
+
+    cid = "BraTS2021_10010"  # a sequence the export filled with zeros
+    _link_case(real, rid, root / cid, cid, skip=("t1ce",))
+    t1ce = real / f"{rid}_t1ce.nii.gz"
+    _write_like(t1ce, root / cid / f"{cid}_t1ce.nii", np.zeros(nib.load(str(t1ce)).shape, np.int16))
+    expect[cid] = (f"{cid}_t1ce.nii", "every voxel is 0")
+
+    cid = "BraTS2021_10011"  # t1 twice: as .nii.gz and as .nii (which one would be read?)
+    _link_case(real, rid, root / cid, cid)
+    _write_like(t1, root / cid / f"{cid}_t1.nii", np.asanyarray(nib.load(str(t1)).dataobj))
+    expect[cid] = (f"{cid}_t1.nii", "both .nii and .nii.gz")
     return root, expect
 
 

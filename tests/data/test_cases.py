@@ -80,3 +80,12 @@ def test_missing_modality_is_reported_with_its_expected_path(tmp_path, ext):
     (case,) = discover(tmp_path)
     assert case.images[1] == tmp_path / f"BraTS2021_00042_t1ce{ext}"
     assert f"BraTS2021_00042_t1ce{ext}: missing file" in "\n".join(validate(case))
+
+
+def test_an_upper_case_extension_is_named_as_ignored_not_dropped(tmp_path):
+    from seg.data.cases import unmatched_nifti
+
+    for m in ("t1", "t1ce", "t2", "flair"):
+        (tmp_path / f"BraTS2021_00042_{m}.NII.GZ").write_bytes(b"")
+    assert discover(tmp_path) == []
+    assert len(unmatched_nifti(tmp_path)) == 4

@@ -48,13 +48,25 @@ def test_failed_write_leaves_neither_file_nor_temp(tmp_path, monkeypatch):
 def test_summary_reports_ok_and_failed_cases(bad_prepared, capsys):
     out, _, _ = bad_prepared
     text = summarize(out)
-    assert "2 ok, 9 failed" in text
+    assert "2 ok, 11 failed" in text
     assert "| BraTS2021_10000 | 2021 | `(4, 32, 32, 32)` float32 |" in text
     assert "(image only)" in text  # BraTS-GLI-00001-000
     assert "**BraTS2021_10003**:" in text and "_t1ce.nii.gz: missing file" in text
     assert "bytes on disk" in text and "label voxel fractions" in text
     assert main(["data", "summary", str(out)]) == 0
     assert capsys.readouterr().out == text
+
+
+def test_summary_lists_an_unreadable_case_file_and_goes_on(bad_prepared, tmp_path):
+    import shutil
+
+    out, _, _ = bad_prepared
+    shutil.copytree(out, tmp_path / "prep")
+    good = tmp_path / "prep" / "BraTS2021_10000.pt"
+    good.write_bytes(good.read_bytes()[:5000])
+    text = summarize(tmp_path / "prep")
+    assert "## Unreadable files" in text and f"**BraTS2021_10000**: {good}: cannot read" in text
+    assert "| BraTS-GLI-00001-000 | 2023 |" in text  # the other case still summarized
 
 
 def test_data_summary_of_a_packed_or_foreign_folder_says_what_to_summarize(tmp_path):
