@@ -235,10 +235,14 @@ class Goal:
     min_speedup: dict = _help("'workload/variant' -> its median s/iter over this case's, at least", {})
     max_peak_gib: float | None = _help("peak memory at most this many GiB", None)
     max_parity: float | None = _help("parity max_rel_dev against the reference at most this", None)
+    max_grad_dev: float | None = _help(
+        "parity grad_rel_dev (first step's gradients, relative L2) against the reference at most this", None)
+    card: str = _help("the GPU the s/iter target is for, as part of its name (H100): measured on another "
+                      "card, it carries a caveat", "")
 
     def __post_init__(self) -> None:
         limits = {"max_s_per_iter": self.max_s_per_iter, "max_peak_gib": self.max_peak_gib,
-                  "max_parity": self.max_parity}
+                  "max_parity": self.max_parity, "max_grad_dev": self.max_grad_dev}
         limits.update({f"min_speedup {case}": value for case, value in self.min_speedup.items()})
         _check([f"{key} = {value!r} (a number above 0)" for key, value in limits.items()
                 if value is not None and not (is_number(value) and value > 0)])

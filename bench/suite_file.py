@@ -169,9 +169,10 @@ def parse_suite(text: str, path: Path) -> Suite:
         raise SuiteError(f"{path}: write each goal as [[goal]] (an array of tables), not [goal]")
     goals = [_build(Goal, g, f"{path} [[goal]] {i + 1}") for i, g in enumerate(goals_raw)]
     for i, g in enumerate(goals):  # a goal without a criterion would always read "met"
-        if g.max_s_per_iter is None and not g.min_speedup and g.max_peak_gib is None and g.max_parity is None:
+        if (g.max_s_per_iter is None and not g.min_speedup and g.max_peak_gib is None and g.max_parity is None
+                and g.max_grad_dev is None):
             raise SuiteError(f"{path} [[goal]] {i + 1} ({g.case}): no criterion; give max_s_per_iter, "
-                             "min_speedup, max_peak_gib or max_parity")
+                             "min_speedup, max_peak_gib, max_parity or max_grad_dev")
     suite_keys = {
         "name",
         "description",

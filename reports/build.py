@@ -205,7 +205,8 @@ def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
     if env.get("goals"):
         import pandas as pd
 
-        checked = [(g, goals.check(g, rows, env.get("anchors") or {})) for g in env["goals"]]
+        gpu = (env.get("calibration") or {}).get("gpu")
+        checked = [(g, goals.check(g, rows, env.get("anchors") or {}, gpu)) for g in env["goals"]]
         blocks += [
             Block("h2", "Goals"),
             Block("list", [goals.verdict_line(g, records) for g, records in checked]),

@@ -116,8 +116,9 @@ def _near(value: float, target: float, digits: int, kind: str = "f") -> str:
     return f"{value:.{digits}{kind}}"
 
 
-def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
-    """One record per criterion of `goal`: criterion, target, measured, verdict, how."""
+def check(goal: dict, rows: list[dict], anchors: dict, gpu: str | None = None) -> list[dict]:
+    """One record per criterion of `goal`: criterion, target, measured, verdict, how. `gpu`: the name of
+    the card the run measured on (env.json's calibration), for a goal's `card`."""
     by_case = _by_case(rows)
     row = by_case.get(goal["case"])
     out: list[dict] = []
@@ -167,7 +168,8 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
             caveat = f"its 80th percentile {_near(spread['p80'], limit, 4)} s is above {limit:g} s"
         elif 0.95 * limit < median <= limit:
             caveat = "within 5 % of the limit (one process's median)"
-        caveat = _join(caveat, _slowed((goal["case"], row)))  # its timing may be low, not the code's
+        # its timing may be low, not the code's; or the card is another than the target's
+        caveat = _join(caveat, _slowed((goal["case"], row)), _other_card(goal, gpu))
         add("s/iter (median)", f"≤ {limit:g} s", f"{_near(median, limit, 4)} s", median <= limit, how, caveat)
     for other_case, target in (goal.get("min_speedup") or {}).items() if not estimate else ():
         found = _speedup(row, other_case, by_case, anchors)
@@ -211,7 +213,32 @@ def check(goal: dict, rows: list[dict], anchors: dict) -> list[dict]:
                 f"max relative deviation of the loss over {row['parity'].get('steps', '?')} steps")
             add("parity vs reference", f"≤ {goal['max_parity']:g}", _near(dev, goal["max_parity"], 1, "e"),
                 dev <= goal["max_parity"], what)
+    if goal.get("max_grad_dev") is not None:
+        _check_grad(goal["max_grad_dev"], row, add)
     return out
+
+
+def _other_card(goal: dict, gpu: str | None) -> str:
+    """A caveat when the goal's s/iter target is for another card than the one that ran the row (its
+    ratios stand on any card: both sides ran on this one)."""
+    if not goal.get("card") or goal["card"].lower() in str(gpu or "").lower():
+        return ""
+    return f"measured on {gpu or 'no GPU'}, the target is for {goal['card']}"
+
+
+def _check_grad(limit: float, row: dict, add) -> None:
+    """The first step's gradients against the reference's (a wrong backward the loss hides)."""
+    parity = row.get("parity") or {}
+    dev = parity.get("grad_rel_dev")
+    if dev is None or not math.isfinite(dev):
+        why = parity.get("grad_error") or ("not recorded (a row before gradient parity, or no reference)"
+                                           if "grad_rel_dev" not in parity else "non-finite")
+        ok = False if "grad_rel_dev" in parity else None  # present but not finite: a broken backward
+        add("gradient parity vs reference", f"≤ {limit:g}", "none" if ok is None else "non-finite", ok,
+            str(why)[:160])
+        return
+    add("gradient parity vs reference", f"≤ {limit:g}", _near(dev, limit, 1, "e"), dev <= limit,
+        "relative L2 of the first step's gradients (a strided sample per parameter)")
 
 
 def verdict_line(goal: dict, records: list[dict]) -> str:

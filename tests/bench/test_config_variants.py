@@ -225,12 +225,17 @@ def test_swin_goal_measures_issue_7_against_its_baselines_in_one_run():
     ]
     assert "bf16+swin_fast" in variants["swinunetr_f48"]
     order = [f"{w.name}/{v}" for _, w, v in suite.run_order()]
-    # the f24 goal rows first, stock compile (~200 s) after the fast path's, the f48 extras, then the
-    # experimental Triton attention only if the budget has room
-    assert order[:5] == [f"swinunetr_f24/{v}" for v in (
-        "seed", "bf16", "bf16+swin_fast", "bf16+swin_fast+compile", "bf16+compile")]
-    assert order[5:] == ["swinunetr_f24/bf16+swin_fast+fused_norm", "swinunetr_f48/bf16",
-                         "swinunetr_f48/bf16+swin_fast", "swinunetr_f24/bf16+swin_fast+triton_attn"]
+    # the two rows the goal rests on first (the fast path compiled, then stock compile, ~200 s): a cut
+    # lease loses only rows a follow-up --resume can add; then the eager fast path, the f48 rows the
+    # issue asks for, seed and bf16, and the experimental Triton kernels last
+    assert order[:2] == ["swinunetr_f24/bf16+swin_fast+compile", "swinunetr_f24/bf16+compile"]
+    assert order[2:] == [
+        "swinunetr_f24/bf16+swin_fast", "swinunetr_f48/bf16", "swinunetr_f48/bf16+swin_fast",
+        "swinunetr_f24/seed", "swinunetr_f24/bf16", "swinunetr_f24/bf16+swin_fast+fused_norm",
+        "swinunetr_f24/bf16+swin_fast+triton_attn"]
+    (goal,) = suite.goals  # the speedups come from each row's own interleaved seed baseline
+    assert suite.workloads[0].baseline == "seed" and set(goal.min_speedup) == {"swinunetr_f24/seed", order[1]}
+    assert goal.max_grad_dev and goal.card == "H100"
     # one 600 s device call: ~25 s of install and `segbench env` before it, report and tarballs after
     assert suite.budget_s and suite.budget_s <= 540
 

@@ -195,3 +195,29 @@ def test_a_parity_over_its_limit_and_a_diverged_row_miss_their_goals():
     timing_goal = {"case": "w/fast", "max_s_per_iter": 0.04}
     line = verdict_line(timing_goal, check(timing_goal, [diverged], {}))
     assert line == "goal w/fast: NOT met — finite losses"
+
+
+def test_gradient_parity_catches_a_wrong_backward_the_loss_hides_and_the_card_is_named():
+    from reports.goals import check, verdict_line
+
+    def row(parity):
+        return {"workload": "w", "variant": "fast", "status": "ok", "parity": parity,
+                "s_per_iter": {"median": 0.035, "p20": 0.0349, "p80": 0.0351, "n": 15}}
+
+    goal = {"case": "w/fast", "max_parity": 1e-2, "max_grad_dev": 0.5}
+    negated = row({"max_rel_dev": 3.6e-3, "grad_rel_dev": 2.0})  # the loss moved less than bf16's tolerance
+    records = check(goal, [negated], {})
+    assert [r["verdict"] for r in records] == ["met", "NOT met"]
+    assert verdict_line(goal, records).endswith("NOT met — gradient parity vs reference")
+    dropout = check(goal, [row({"max_rel_dev": 1e-3, "grad_rel_dev": 0.11})], {})  # other masks: met
+    assert [r["verdict"] for r in dropout] == ["met", "met"]
+    before = check(goal, [row({"max_rel_dev": 1e-3})], {})  # a row from before gradient parity
+    assert before[1]["verdict"] == "not measured" and "not recorded" in before[1]["how"]
+    nan = check(goal, [row({"max_rel_dev": 1e-3, "grad_rel_dev": None})], {})  # non-finite gradients
+    assert nan[1]["verdict"] == "NOT met" and nan[1]["measured"] == "non-finite"
+    # an H100 target measured on an H200: met, with the card named; the ratios need no caveat
+    timed = {"case": "w/fast", "max_s_per_iter": 0.04, "card": "H100"}
+    on_h200 = check(timed, [row({})], {}, gpu="NVIDIA H200")
+    assert on_h200[0]["caveat"] == "measured on NVIDIA H200, the target is for H100"
+    assert "met, with caveats" in verdict_line(timed, on_h200)
+    assert not check(timed, [row({})], {}, gpu="NVIDIA H100 80GB HBM3")[0]["caveat"]
