@@ -89,6 +89,10 @@ def _adn_forward(self, x):
             act = mods[j][1] if j < len(mods) and mods[j][0] == "A" else None
             if _act_spec(act) is not None:
                 x = norm_act(mod, act, x)
+                if any(drop.p > 0 for _, drop in mods[i + 1:j]):
+                    # dropout draws its mask in memory order, and eager InstanceNorm returns a contiguous
+                    # tensor for a channels-last input: the same layout, the same mask as eager's
+                    x = x.contiguous()
                 for _, drop in mods[i + 1:j]:  # after the activation: exact, see the module docstring
                     x = drop(x)
                 i = j + 1 if act is not None else j

@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             baseline = int(json.loads(sidecar.read_text())["baseline_bytes"])
         with open(args.snapshot, "rb") as f:
             snapshot = pickle.load(f)
+        if not isinstance(snapshot, dict) or "device_traces" not in snapshot:
+            raise ValueError("not a CUDA memory snapshot (torch.cuda.memory._snapshot: no device_traces)")
         summary = summarize_snapshot(snapshot, baseline or 0, args.device, args.top)
     except (OSError, pickle.UnpicklingError, ValueError, EOFError, KeyError) as e:
         parser.exit(1, f"{args.snapshot}: cannot summarize memory snapshot: {e}\n")

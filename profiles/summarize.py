@@ -33,18 +33,25 @@ PATTERNS: list[tuple[str, tuple[str, ...]]] = [
             "clone",
             "cat_",
             "aten::cat",
+            "aten::roll",  # Swin's shifted windows ("roll" alone: unrolled_elementwise_kernel)
+            "roll_cuda",
+            "aten::pad",
+            "constant_pad",
         ),
     ),
     # "attn": also kernels.window_attention's Triton kernels (_wattn_*)
     ("attention", ("attention", "flash", "fmha", "sdpa", "attn")),
-    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "winograd", "implicit_gemm", "cudnn")),
+    # im2col / vol2col: the CPU's and a fallback GPU path's convolutions
+    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "winograd", "implicit_gemm", "cudnn", "im2col",
+                     "col2im", "vol2col", "col2vol")),
     (
         "normalization",
         # gammabeta: LayerNorm's backward (GammaBetaBackwardCUDAKernel); kernels' own: _SEGBENCH_NORM
         ("norm", "welford", "gammabeta"),
     ),
     # nvjet_*: cuBLAS's Hopper GEMM kernels in recent CUDA builds
-    ("matmul", ("gemm", "matmul", "aten::mm", "aten::bmm", "addmm", "linear", "cutlass", "cublas", "nvjet")),
+    ("matmul", ("gemm", "matmul", "aten::mm", "aten::bmm", "addmm", "baddbmm", "linear", "cutlass", "cublas",
+                "nvjet")),
     (
         "elementwise",
         (
@@ -60,6 +67,8 @@ PATTERNS: list[tuple[str, tuple[str, ...]]] = [
             "leaky",
             "relu",
             "prelu",
+            "gelu",  # Swin's MLP
+            "silu",
             "add",
             "mul",
             "div",
@@ -145,8 +154,11 @@ def load_trace(path: str | Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
         data = json.load(f)
-    events = data["traceEvents"] if isinstance(data, dict) else data
-    return [e for e in events if e.get("ph") == "X" and "dur" in e]
+    events = data.get("traceEvents") if isinstance(data, dict) else data
+    if not isinstance(events, list):  # a summary.json or memory snapshot given by mistake
+        raise ValueError(f"{path}: not a Chrome trace (no traceEvents list)")
+    return [e for e in events if isinstance(e, dict) and e.get("ph") == "X"
+            and isinstance(e.get("dur"), (int, float))]
 
 
 def _top(timed: list[tuple[str, str, float]]) -> list[dict]:

@@ -68,3 +68,10 @@ def test_eps_keeps_constant_and_near_constant_rows_finite(triton_backend):
         y = kernels.layer_norm(x, None, None, eps)
         expected = torch.nn.functional.layer_norm(x.double(), (d,), eps=eps)
         assert torch.isfinite(y).all() and (y - expected).abs().max() < 1e-4, eps
+
+
+def test_float64_runs_the_reference_so_gradcheck_holds(triton_backend):
+    # the kernels compute in float32: float64 (gradcheck) takes the reference rather than losing precision
+    x = torch.randn(3, 5, dtype=torch.float64, device=triton_backend, requires_grad=True)
+    w = torch.randn(5, dtype=torch.float64, device=triton_backend, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: kernels.layer_norm(x, w, None), (x, w))

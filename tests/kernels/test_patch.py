@@ -120,14 +120,18 @@ def test_swinunetr_decoder_blocks_and_layer_norms(triton_backend):
             torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_adn_dropout_between_norm_and_activation(triton_backend):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_adn_dropout_between_norm_and_activation(triton_backend, layout):
     # N -> Dropout(0.4) -> PReLU in train mode: the fused op applies dropout after the activation,
-    # which is exact for positively homogeneous activations and draws the same random mask.
-    adn = ADN(ordering="NDA", in_channels=5, act="PRELU", norm="instance", norm_dim=3, dropout=0.4)
+    # which is exact for positively homogeneous activations and draws the same random mask — for a
+    # channels-last input too (eager's norm returns it contiguous, and dropout's mask follows memory order)
+    # (dropout_dim 1: element-wise masks, as MONAI's UNet makes them; 3 drops whole channels)
+    adn = ADN(ordering="NDA", in_channels=5, act="PRELU", norm="instance", norm_dim=3, dropout=0.4,
+              dropout_dim=1)
     adn = adn.to(triton_backend).train()
     patched = kernels.patch(adn, copy=True)
     assert kernels.patched_modules(adn) == [] and kernels.patched_modules(patched) == [""]
-    x = torch.randn(2, 5, 6, 5, 7, device=triton_backend)
+    x = torch.randn(2, 5, 6, 5, 7, device=triton_backend).to(memory_format=layout)
     outs = []
     for m in (adn, patched):
         torch.manual_seed(7)

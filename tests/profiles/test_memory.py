@@ -69,6 +69,12 @@ def test_cli_reads_a_pickle_and_names_a_bad_file(tmp_path, capsys):
         memory.main([str(bad)])
     assert exc.value.code == 1
     assert "truncated.pickle" in capsys.readouterr().err
+    other = tmp_path / "list.pickle"  # a pickle, but not a snapshot
+    other.write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(SystemExit) as exc:
+        memory.main([str(other)])
+    assert exc.value.code == 1 and "list.pickle: cannot summarize memory snapshot: not a CUDA" in \
+        capsys.readouterr().err
 
 
 def test_a_block_counts_as_freed_when_its_free_is_requested_as_memory_allocated_counts_it():

@@ -58,6 +58,17 @@ TINY = Path(__file__).parents[1] / "bench" / "tiny_suite.toml"
         ("void at::native::GammaBetaBackwardCUDAKernel<float, float>", "normalization"),
         ("graph_0_cpp_fused__native_batch_norm_legit__prelu_kernel_view_9", "normalization"),  # CPU compile
         ("graph_0_cpp_fused_convolution_leaky_relu_3", "elementwise"),
+        # SwinUNETR on a CPU trace: attention's baddbmm is a matmul (not "add"), the MLP's gelu
+        # elementwise, the shifted windows' roll and padding copies, slow_conv3d's vol2col convolution
+        ("aten::baddbmm", "matmul"),
+        ("aten::gelu", "elementwise"),
+        ("aten::silu", "elementwise"),
+        ("aten::roll", "copies"),
+        ("void at::native::roll_cuda_kernel<float>", "copies"),
+        ("void at::native::unrolled_elementwise_kernel<at::native::CUDAFunctor_add<float>>", "elementwise"),
+        ("aten::constant_pad_nd", "copies"),
+        ("vol2col", "convolution"),
+        ("im2col_kernel", "convolution"),
     ],
 )
 def test_classify(name, category):
@@ -98,6 +109,12 @@ def test_summarize_runs_alone_on_a_trace_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("cuda time by category (0.02 ms over 2 steps):") and "normalization" in out
     assert main([str(tmp_path / "missing.json.gz")]) == 1 and "missing.json.gz" in capsys.readouterr().err
+    # a summary.json or memory snapshot given by mistake, a trace with a bad event: one line, no traceback
+    (tmp_path / "summary.json").write_text('{"categories": {}}')
+    assert main([str(tmp_path / "summary.json")]) == 1
+    assert "summary.json: not a Chrome trace" in capsys.readouterr().err
+    odd = events + [{"ph": "X", "cat": "kernel", "name": "x", "ts": 5, "dur": "20"}, "not an event"]
+    assert main([str(_write(tmp_path / "odd.json.gz", odd))]) == 0
 
 
 def test_cpu_summary_uses_self_time_of_nested_ops(tmp_path):
