@@ -90,8 +90,9 @@ def infer_folder(
     rows: list[dict] = []
 
     def fail(case, seconds: float, err: Exception) -> None:
-        rows.append({"id": case.id, "status": "error", "error": f"{case.images[0].parent}: {err}",
-                     "seconds": round(seconds, 3)})
+        folder = str(case.images[0].parent)  # named once: validation's messages name their files already
+        text = str(err) if folder in str(err) else f"{folder}: {err}"
+        rows.append({"id": case.id, "status": "error", "error": text, "seconds": round(seconds, 3)})
         # an earlier run's prediction of this case must not pass for this run's
         prediction_path(out_dir, case.id).unlink(missing_ok=True)
         probabilities_path(out_dir, case.id).unlink(missing_ok=True)
