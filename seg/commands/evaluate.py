@@ -96,6 +96,7 @@ def evaluate_pair(pred_path: Path | None, ref_path: Path, labels: str = "auto") 
     `pred_path` None: a case without a prediction scored as an all-background one (`--missing empty`):
     Dice 0 and HD95 373.13 where the reference has the region, as challenge leaderboards count it."""
     import numpy as np
+    from nibabel.affines import voxel_sizes
 
     from seg import metrics
 
@@ -116,7 +117,9 @@ def evaluate_pair(pred_path: Path | None, ref_path: Path, labels: str = "auto") 
                          "mix the 2021 (ET = 4) and 2023 (ET = 3) conventions") from None
     metrics.check_labels(pred, convention, str(pred_path))
     metrics.check_labels(ref, convention, str(ref_path))
-    spacing_mm = [float(s) for s in ref_img.header.get_zooms()[:3]]
+    # the affine's voxel sizes, as the grid check above and prep (MONAI reads the sform) use them: a
+    # header whose pixdim disagrees with its sform would otherwise put HD95 on another grid
+    spacing_mm = [float(s) for s in voxel_sizes(ref_img.affine)]
     pred_voxels, ref_voxels = metrics.region_voxels(pred, convention), metrics.region_voxels(ref, convention)
     return {
         "regions": metrics.evaluate_case(pred, ref, spacing_mm, convention),

@@ -376,3 +376,22 @@ def test_prediction_folders_take_infer_files_first_and_other_named_predictions_f
     found = {cid: p.name for cid, p in label_files(tmp_path, predictions=True).items()}
     # infer's caseA file wins over another model's; caseB has another model's only; a seg is no prediction
     assert found == {"caseA": "caseA_pred.nii.gz", "caseB": "caseB_pred-model.nii.gz"}
+
+
+def test_hd95_takes_the_voxel_size_from_the_affine_not_a_disagreeing_pixdim(tmp_path):
+    """A header whose sform says 0.9 x 0.9 x 5.5 mm and whose pixdim was left at 1: distances on the
+    affine's grid, the one the grid check and prep use."""
+    from seg.commands.evaluate import evaluate_pair
+
+    ref = np.zeros((12, 12, 12), np.uint8)
+    ref[3:8, 3:8, 3:8] = 2
+    pred = np.roll(ref, 2, axis=2)  # two slices over: 11 mm on the affine's grid, 2 "mm" by pixdim
+    affine = np.diag([0.9, 0.9, 5.5, 1.0])
+    for name, data in (("ref", ref), ("pred", pred)):
+        img = nib.Nifti1Image(data, affine)
+        img.header.set_qform(None, code=0)
+        img.header["pixdim"][1:4] = 1.0
+        nib.save(img, str(tmp_path / f"{name}.nii.gz"))
+    assert nib.load(str(tmp_path / "ref.nii.gz")).header.get_zooms()[:3] == (1.0, 1.0, 1.0)
+    wt = evaluate_pair(tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz")["regions"]["WT"]
+    assert wt["hd95"] == pytest.approx(11.0, abs=0.01)
