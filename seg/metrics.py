@@ -6,6 +6,9 @@ Regions (the BraTS challenge's): ET = enhancing tumour, TC = tumour core, WT = w
 
 Conventions for empty masks (as the BraTS evaluation): both empty → Dice 1, HD95 0; exactly one
 empty → Dice 0, HD95 373.13 mm (the diagonal of the 240×240×155 1 mm BraTS volume).
+Sensitivity TP/(TP+FN) and specificity TN/(TN+FP) over the whole volume, as the BraTS
+leaderboards list them beside Dice and HD95; a reference without the region has nothing to miss:
+sensitivity 1 (its false positives count in Dice, HD95 and specificity).
 
 HD95 is MONAI's `compute_hausdorff_distance(percentile=95, directed=False, spacing=...)`: the
 edge voxels of each mask (mask XOR its binary erosion), the Euclidean distance in mm (voxel
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 
 REGIONS = ("ET", "TC", "WT")
+METRICS = ("dice", "hd95", "sensitivity", "specificity")  # per region, in `evaluate_case`'s records
 CONVENTIONS = ("2021", "2023", "prepared")
 REGION_LABELS: dict[str, dict[str, tuple[int, ...]]] = {
     "2021": {"ET": (4,), "TC": (1, 4), "WT": (1, 2, 4)},
@@ -54,6 +58,17 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     if total == 0:
         return 1.0
     return float(2.0 * np.count_nonzero(pred & ref) / total)
+
+
+def sensitivity_specificity(pred: np.ndarray, ref: np.ndarray, volume_voxels: int | None = None
+                            ) -> tuple[float, float]:
+    """(TP/(TP+FN), TN/(TN+FP)) of two boolean masks; `volume_voxels`: the whole volume's voxel count
+    when the masks are a crop of it (every voxel outside is a true negative)."""
+    tp = np.count_nonzero(pred & ref)
+    fn = np.count_nonzero(ref) - tp
+    fp = np.count_nonzero(pred) - tp
+    tn = (pred.size if volume_voxels is None else volume_voxels) - tp - fn - fp
+    return (float(tp / (tp + fn)) if tp + fn else 1.0), (float(tn / (tn + fp)) if tn + fp else 1.0)
 
 
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
@@ -121,20 +136,22 @@ def evaluate_case(
     spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
     convention: str = "2021",
 ) -> dict[str, dict[str, float]]:
-    """{"ET": {"dice", "hd95"}, "TC": {...}, "WT": {...}} for one case (label maps on one grid)."""
+    """{"ET": {"dice", "hd95", "sensitivity", "specificity"}, "TC": {...}, "WT": {...}} for one case
+    (label maps on one grid)."""
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    volume_voxels = pred.size
     box = _labelled_box(pred, ref)  # the metrics only see labelled voxels and their neighbours
     pred, ref = pred[box], ref[box]
     pred_masks = region_masks(pred, convention)
     ref_masks = region_masks(ref, convention)
-    return {
-        region: {
-            "dice": dice(pred_masks[region], ref_masks[region]),
-            "hd95": hd95(pred_masks[region], ref_masks[region], spacing_mm),
-        }
-        for region in REGIONS
-    }
+    out = {}
+    for region in REGIONS:
+        p, r = pred_masks[region], ref_masks[region]
+        sens, spec = sensitivity_specificity(p, r, volume_voxels)
+        out[region] = {"dice": dice(p, r), "hd95": hd95(p, r, spacing_mm), "sensitivity": sens,
+                       "specificity": spec}
+    return out
 
 
 def mean_over_cases(cases: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
@@ -144,7 +161,7 @@ def mean_over_cases(cases: Mapping[str, Mapping[str, Mapping[str, float]]]) -> d
     return {
         region: {
             metric: float(np.mean([case[region][metric] for case in cases.values()]))
-            for metric in ("dice", "hd95")
+            for metric in METRICS
         }
         for region in REGIONS
     }

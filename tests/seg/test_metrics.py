@@ -109,6 +109,15 @@ def test_evaluate_case_hand_computed():
     assert r["TC"]["dice"] == 1.0 and r["WT"]["dice"] == 1.0
     assert r["TC"]["hd95"] == 0.0 and r["WT"]["hd95"] == 0.0
     assert r["ET"]["hd95"] == pytest.approx(1.0)  # ET slab z=3 removed: its voxels are 1 mm from z=4
+    # ET: 4 of 8 found; no false positive among the 12³ - 8 voxels outside it; TC: the 4 now necrosis
+    assert r["ET"]["sensitivity"] == 0.5 and r["ET"]["specificity"] == 1.0
+    assert r["TC"]["sensitivity"] == 1.0 and r["WT"]["specificity"] == 1.0
+    over = ref.copy()
+    over[8:10, 8:10, 8:10] = 2  # 8 false-positive WT voxels, outside the labelled box of the rest
+    wt = metrics.evaluate_case(over, ref, (1, 1, 1), "2021")["WT"]
+    assert wt["sensitivity"] == 1.0 and wt["specificity"] == pytest.approx(1 - 8 / (12**3 - 64))
+    nothing = metrics.evaluate_case(np.zeros_like(ref), np.zeros_like(ref))["ET"]  # nothing to find
+    assert nothing["sensitivity"] == 1.0 and nothing["specificity"] == 1.0
     # Seed metric: labels 1 (pred 4 voxels, ref none → NaN, left out), 2 (equal), 3 (ET 2/3).
     assert metrics.seed_dice(pred, ref, "2021") == pytest.approx((1.0 + 2 * 4 / 12) / 2)
 
@@ -130,7 +139,10 @@ def test_evaluate_case_on_the_labelled_box_equals_the_whole_volume():
         for pred, ref in pairs:
             whole_pred, whole_ref = metrics.region_masks(pred), metrics.region_masks(ref)
             expected = {r: {"dice": metrics.dice(whole_pred[r], whole_ref[r]),
-                            "hd95": metrics.hd95(whole_pred[r], whole_ref[r], spacing)}
+                            "hd95": metrics.hd95(whole_pred[r], whole_ref[r], spacing),
+                            **dict(zip(("sensitivity", "specificity"),
+                                       metrics.sensitivity_specificity(whole_pred[r], whole_ref[r]),
+                                       strict=True))}
                         for r in metrics.REGIONS}
             assert metrics.evaluate_case(pred, ref, spacing) == expected
     assert metrics._labelled_box(border, border) == (slice(0, 8), slice(2, 14), slice(12, 20))
@@ -216,12 +228,14 @@ def test_eval_cli_json(tmp_path, capsys):
     for case in doc["cases"].values():
         assert set(case) == {"ET", "TC", "WT"}
         assert all(
-            set(v) == {"dice", "hd95"} and all(isinstance(x, float) for x in v.values())
+            set(v) == set(metrics.METRICS) and all(isinstance(x, float) for x in v.values())
             for v in case.values()
         )
-    assert doc["cases"]["caseA"]["ET"] == {"dice": 1.0, "hd95": 0.0}
-    assert doc["cases"]["caseB"]["WT"] == {"dice": 0.0, "hd95": 373.13}
-    assert doc["mean"]["TC"] == {"dice": 0.5, "hd95": pytest.approx(373.13 / 2)}
+    assert doc["cases"]["caseA"]["ET"] == {"dice": 1.0, "hd95": 0.0, "sensitivity": 1.0, "specificity": 1.0}
+    assert doc["cases"]["caseB"]["WT"] == {"dice": 0.0, "hd95": 373.13, "sensitivity": 0.0,
+                                           "specificity": 1.0}  # an empty prediction misses all of it
+    assert doc["mean"]["TC"] == {"dice": 0.5, "hd95": pytest.approx(373.13 / 2), "sensitivity": 0.5,
+                                 "specificity": 1.0}
     assert doc["labels"] == {"caseA": "2023", "caseB": "2023"}
     # Single files print the JSON; 2023 labels forced through --labels 2021 are an error naming the file.
     assert (
@@ -317,7 +331,8 @@ def test_eval_counts_voxels_and_both_empty_regions_and_scores_missing_cases_on_r
                  "--missing", "empty"]) == 0
     doc = json.loads(out.read_text())
     assert doc["n_cases"] == 3 and doc["scored_empty"] == ["caseC"] and not doc["errors"]
-    assert doc["cases"]["caseC"]["ET"] == {"dice": 0.0, "hd95": 373.13}
+    assert doc["cases"]["caseC"]["ET"] == {"dice": 0.0, "hd95": 373.13, "sensitivity": 0.0,
+                                           "specificity": 1.0}
     assert doc["voxels"]["caseC"]["WT"] == {"pred": 0, "ref": 64}
     assert doc["mean"]["WT"]["dice"] == pytest.approx(2 / 3)
 
