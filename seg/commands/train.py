@@ -99,8 +99,9 @@ def register(subparsers) -> None:
         help="train a segmentation model on a prepared folder (DDP under torchrun)",
         description="Train with the seed's recipe (DiceCE, fused AdamW, warm-up + cosine, AMP). "
         "Writes OUT/last.pt, OUT/best.pt, OUT/log.csv, OUT/curves.png (loss and Dice). "
-        "Under `torchrun --nproc_per_node K segbench train ...` it trains with DDP; "
-        "--batch-size is per process.",
+        "Under torchrun it trains with DDP: `torchrun --nproc_per_node K --no-python segbench train ...` "
+        "(or `$(which segbench)` for `segbench`: torchrun runs a bare name as a script in the current "
+        "folder); --batch-size is per process.",
     )
     add_config_option(parser, "--data", "data_dir", required=True)
     add_config_option(parser, "--out", "out", required=True)
