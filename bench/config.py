@@ -276,16 +276,6 @@ class Suite:
         )
 
 
-BUDGET_CUT = "the suite's time budget"  # in the error of a row the budget cut (not run, or stopped)
-
-
-def cut_by_budget(row: dict) -> bool:
-    """Whether the run's time budget, not the case, ended this row: `--resume` runs it again, a
-    compare gives it no verdict."""
-    error = str(row.get("error") or "")
-    return error.startswith(("not run:", "timeout:")) and BUDGET_CUT in error
-
-
 def recorded_params(params: Any) -> dict:
     """A workload's params as its rows record them (what a compare checks for set-up differences):
     every field but those its class does not use."""

@@ -8,7 +8,7 @@ loader workers it waited for); the difference is what other processes used:
     other_cpu_fraction = (host busy s - own children s) / (wall s * logical CPUs)
 
 0 on a quiet machine; 0.5 on a 2-core machine means one core's worth of somebody else's work. The
-report and the runner flag cases above BUSY_FRACTION. Linux only (None elsewhere).
+report and the runner flag cases above reports.rows.BUSY_FRACTION. Linux only (None elsewhere).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import resource
 import time
 from pathlib import Path
 
-BUSY_FRACTION = 0.2  # above this, a case's timings may be inflated by other processes
 _STAT = Path("/proc/stat")
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 

@@ -15,7 +15,7 @@ import sysconfig
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.env import cudnn_text
+from reports.rows import cudnn_text
 
 
 @dataclass

@@ -132,24 +132,3 @@ def calibrate(device: str) -> dict:
     return info
 
 
-def machine(env: dict) -> str:
-    """What a run's timings depend on beyond the code: the GPU (or the CPU, its core count and the
-    threads torch used: one thread instead of two changes a CPU step several-fold) and the torch
-    version; a run resumed elsewhere (older runs: the runner now refuses it) names each."""
-    torch_version = (env.get("versions") or {}).get("torch", "?")
-    sessions = [env.get("calibration") or {}] + [r.get("calibration") or {} for r in env.get("resumed", [])]
-    cpu = f"{env.get('cpu', '?')} × {env.get('cpu_count', '?')}"
-
-    def where(cal: dict) -> str:
-        threads = cal.get("torch_threads")
-        return cal.get("gpu") or (f"{cpu}, {threads} torch threads" if threads else cpu)
-
-    return f"{' + '.join(dict.fromkeys(where(cal) for cal in sessions))}, torch {torch_version}"
-
-
-def cudnn_text(version) -> str:
-    """torch.backends.cudnn.version()'s number as cuDNN writes it: 91900 → 9.19.0, 8902 → 8.9.2."""
-    if not isinstance(version, int):
-        return str(version)
-    major, rest = divmod(version, 10000 if version >= 90000 else 1000)
-    return f"{major}.{rest // 100}.{rest % 100}"

@@ -99,7 +99,7 @@ def steady_state(step: Callable[[], object], warmup: int, iters: int, device: to
     {median, p20, p80, n}, the raw `step_times_s` and, on CUDA, the GPU's state during the timed steps
     (`gpu_during`) and just after them (`gpu_state`) (bench.gpu_state).
     """
-    from bench.stats import summarize
+    from reports.stats import summarize
 
     for _ in range(warmup):
         step()

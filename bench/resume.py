@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 from bench.case import reference_cache_path, reference_name
-from bench.config import BenchError, Suite, cut_by_budget
-from bench.env import machine
+from bench.config import BenchError, Suite
+from reports.rows import cut_by_budget, machine
 
 
 def _settings(obj) -> dict:

@@ -26,13 +26,14 @@ from bench.case import (
     reference_name,
     write_json_atomic,
 )
-from bench.config import BUDGET_CUT, NEEDS_DATA, BenchError, DataSpec, Suite, Workload, recorded_params
-from bench.contention import BUSY_FRACTION, HostLoad
+from bench.config import NEEDS_DATA, BenchError, DataSpec, Suite, Workload, recorded_params
+from bench.contention import HostLoad
 from bench.env import capture_host
 from bench.resume import check_machine, resume_state, resumed_inputs, workload_fingerprints
 from bench.suite_file import load_suite
 from bench.variants import Unavailable, VariantContext, resolve
 from reports.method import METHOD  # standard library only
+from reports.rows import BUDGET_CUT, BUSY_FRACTION
 
 KEEP_CACHE_ENV = "SEGBENCH_KEEP_COMPILE_CACHE"  # =1: cases share your inductor/Triton caches
 PAIRED_KINDS = ("train_step",)  # workloads that interleave a baseline when a speedup is quoted
@@ -259,7 +260,7 @@ def run_suite(
     """Run `suite` into the run folder `out`; returns `out`. `only`: workload or workload/variant names.
 
     `resume`: finish a run cut short (a time budget, a lease that ended): keep its rows and env.json,
-    run only the cases it has no row for or that the time budget cut (bench.config.cut_by_budget), and
+    run only the cases it has no row for or that the time budget cut (reports.rows.cut_by_budget), and
     note the resume in env.json (its own calibration beside the run's). Refused on another machine or
     when a workload with kept rows changed (`workload_fingerprints`)."""
     from tqdm import tqdm

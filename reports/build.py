@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.config import cut_by_budget
-from bench.contention import BUSY_FRACTION  # standard library only
-from bench.env import cudnn_text
 from reports import figures, goals
 from reports.method import METHOD
 from reports.pytest_bench import pytest_benchmark_table
 from reports.render import Block, to_html, to_markdown, write_atomic
+from reports.rows import BUSY_FRACTION, cudnn_text, cut_by_budget
 from reports.tables import by_workload, fmt_attention_kernels, load_env, load_results, workload_table
 
 

@@ -24,11 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.config import cut_by_budget
-from bench.contention import BUSY_FRACTION  # standard library only
-from bench.env import machine
-from bench.stats import is_improvement, is_regression, relative_change_ci
 from reports.render import Block, to_html, to_markdown, write_atomic
+from reports.rows import BUSY_FRACTION, cut_by_budget, machine
+from reports.stats import is_improvement, is_regression, relative_change_ci
 from reports.tables import (
     GRAD_KEYS,
     PARITY_KEYS,

@@ -4,7 +4,7 @@ Goals come from the suite file's `[[goal]]` tables via env.json (bench.config.Go
 against another case uses, in this order: the interleaved A/B ratio when that case is this row's
 paired baseline; the two rows' A/B ratios against the same paired baseline, chained (each case
 interleaved with it in its own process: the processes' states cancel as far as they slow that
-baseline alike; bench.stats.chained_ratio_ci); the ratio of the two rows' medians (separate
+baseline alike; reports.stats.chained_ratio_ci); the ratio of the two rows' medians (separate
 processes, no interval); or the suite's anchor for that case (a number measured elsewhere:
 ANCHORS.md) — the table says which, and the goal's line names the last two as caveats. A criterion
 is met on its point estimate; the line says when the 95 % interval reaches below the target.
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 
-from bench.config import cut_by_budget
-from bench.stats import chained_ratio_ci
+from reports.rows import cut_by_budget
+from reports.stats import chained_ratio_ci
 from reports.tables import speedup
 
 GIB = 2**30

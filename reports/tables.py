@@ -60,7 +60,7 @@ def speedup(row: dict, baseline: dict | None, name: str) -> dict | None:
     """Speedup of `row` over the baseline (> 1 faster): {"ratio", "ci_low", "ci_high", "paired"}.
 
     The interleaved A/B measurement inside the case when it was paired with this baseline (its 95 %
-    interval over the block pairs, bench.stats.paired_blocks_ratio_ci), or inside the baseline's case
+    interval over the block pairs, reports.stats.paired_blocks_ratio_ci), or inside the baseline's case
     when that was paired with this row (inverted: a suite whose baseline is fp32 interleaves its seed
     row with fp32, which is fp32's own speedup over seed); otherwise the ratio of the
     two rows' medians, measured in two processes, with no interval: the spread between processes

@@ -21,9 +21,9 @@ import torch
 
 from bench.loaders import LOADERS, LoaderRequest, endless, labelled_ids, storage_fields
 from bench.measure import peak_memory, reset_peak_memory, sync_stream
-from bench.stats import summarize
 from bench.variants import Unavailable
 from bench.workloads.common import Case, apply_backend, torch_device
+from reports.stats import summarize
 
 
 def loader_for(case: Case, batch: int, workers: int, patch, train: bool) -> tuple[Iterator[dict], dict]:

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.measure import peak_memory, reset_peak_memory, time_once, time_steps
-from bench.stats import summarize
 from bench.variants import Unavailable
 from bench.workloads.common import Case, apply_backend, kernels_api, torch_device
+from reports.stats import summarize
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

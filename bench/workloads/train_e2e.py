@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 
 from bench.measure import peak_memory, reset_peak_memory, sync_stream, watched
-from bench.stats import summarize
 from bench.workloads.common import Case, TrainState, apply_backend, initial_state, to_input, torch_device
 from bench.workloads.dataloader import loader_for, start_up_batches, wait_ready
 from profiles.nvtx import nvtx_range
+from reports.stats import summarize
 
 INPUT_BOUND_SHARE = 0.10  # waiting more than this share of the step: the loader is the bottleneck
 

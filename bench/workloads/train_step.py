@@ -18,7 +18,6 @@ from collections.abc import Callable
 import torch
 
 from bench.measure import max_rel_dev, steady_state, time_once, time_steps, watched
-from bench.stats import paired_blocks_ratio_ci, summarize
 from bench.workloads.common import (
     Case,
     TrainState,
@@ -34,6 +33,7 @@ from bench.workloads.common import (
     torch_device,
 )
 from bench.workloads.reference import train_reference
+from reports.stats import paired_blocks_ratio_ci, summarize
 
 
 def _batches(case: Case) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -105,7 +105,7 @@ def test_a_new_run_into_an_old_run_folder_replaces_all_of_it(tmp_path, capsys):
 
 
 def test_resume_refuses_another_machine_and_the_budget_names_its_cuts(tmp_path):
-    from bench.config import cut_by_budget
+    from reports.rows import cut_by_budget
 
     suite = tmp_path / "suite.toml"
     suite.write_text(SUITE)
@@ -196,7 +196,7 @@ def test_a_case_the_budget_stopped_says_so_and_results_lines_are_strict_json(tmp
     import math
 
     from bench import runner
-    from bench.config import cut_by_budget
+    from reports.rows import cut_by_budget
 
     real = runner.run_case_process
 

@@ -148,7 +148,7 @@ def test_compare_flags_losses_that_went_non_finite_whatever_the_speed(tmp_path):
 
 
 def test_compare_gives_no_verdict_on_loaders_of_another_sample_shape_and_names_every_machine_of_a_run():
-    from bench.env import machine
+    from reports.rows import machine
 
     loader = {"workload": "dataloader", "variant": "workers:1", "status": "ok", "kind": "dataloader",
               "s_per_iter": {"median": 0.01}, "batch": 2}

@@ -56,8 +56,8 @@ def test_goals_are_checked_per_criterion_with_their_sources(tmp_path):
 
 
 def test_goal_lines_carry_an_interval_caveat_the_anchor_s_reason_and_digits_at_the_threshold():
-    from bench.env import cudnn_text as _cudnn
     from reports.goals import check, verdict_line
+    from reports.rows import cudnn_text as _cudnn
     from reports.tables import workload_table
 
     base = {"workload": "w", "status": "ok", "peak_bytes": 2**30}

@@ -14,7 +14,9 @@ def test_report_builds_without_torch(tmp_path):
     run = write_run(tmp_path / "run")
     code = (
         "import sys; from reports.build import build_report; build_report(sys.argv[1]); "
-        "assert 'torch' not in sys.modules, 'reports imported torch'"
+        "import reports.compare; "
+        "assert 'torch' not in sys.modules, 'reports imported torch'; "
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('bench', 'seg')], 'reports imported bench'"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bench.stats import is_improvement, is_regression, ratio_ci, relative_change_ci, summarize
+from reports.stats import is_improvement, is_regression, ratio_ci, relative_change_ci, summarize
 
 
 def test_summarize_known_values():
@@ -50,7 +50,7 @@ def test_regression_needs_size_and_an_interval_excluding_zero():
 
 
 def test_paired_blocks_interval_is_over_the_pairs():
-    from bench.stats import paired_blocks_ratio_ci
+    from reports.stats import paired_blocks_ratio_ci
 
     base, var = [[2.0, 2.2, 2.1], [2.4, 2.3, 2.4]], [[1.0, 1.1, 1.0], [1.1, 1.2, 1.1]]
     r = paired_blocks_ratio_ci(base, var)
@@ -67,7 +67,7 @@ def test_paired_blocks_interval_is_over_the_pairs():
 def test_paired_blocks_interval_covers_the_true_speedup_when_blocks_drift():
     # GPU state moves between blocks (1 % spread) more than steps move within one (0.5 %): the old
     # bootstrap over single steps covered the true 1.5x in 82 % of these runs; over the pairs, 97 %.
-    from bench.stats import paired_blocks_ratio_ci
+    from reports.stats import paired_blocks_ratio_ci
 
     rng = np.random.default_rng(7)
     covered = 0
@@ -82,7 +82,7 @@ def test_paired_blocks_interval_covers_the_true_speedup_when_blocks_drift():
 
 
 def test_t95_matches_student_t_beyond_its_table():
-    from bench.stats import t95
+    from reports.stats import t95
 
     # scipy.stats.t.ppf(0.975, df)
     for df, expected in ((1, 12.7062), (5, 2.5706), (30, 2.0423), (31, 2.0395), (60, 2.0003), (1000, 1.9623)):
@@ -91,7 +91,7 @@ def test_t95_matches_student_t_beyond_its_table():
 
 
 def test_chained_ratio_through_a_shared_baseline():
-    from bench.stats import chained_ratio_ci
+    from reports.stats import chained_ratio_ci
 
     # A is 4x faster than S, B 2x; each process runs at its own speed (B's process 10 % slower)
     a = ([[1.0, 1.0, 1.0]] * 4, [[0.25, 0.25, 0.25]] * 4)
