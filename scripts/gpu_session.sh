@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on a lent GPU machine (the `device` tool), from the repo root, with `.whl` carried:
-#   device run: kind nvidia-h100-x1, carry [".whl"], timeout_s 600, command "scripts/gpu_session.sh [SUITE]"
+#   device run: no kind (H100, else H200), carry [".whl"], timeout_s 600, command "scripts/gpu_session.sh [SUITE]"
 # Installs the carried wheels (monai, nibabel, nvtx, einops: the image lacks them) and the project, logs
 # `segbench env`, then
 #   gpu-check (default): all of tests/kernels on CUDA (<= 90 s: a failing kernel is worth knowing
