@@ -182,7 +182,7 @@ def _triton_backward(dy, x, weight, bias, prelu_weight, r, mean, rstd, groups, a
 # The fused op as two opaque custom operators (forward, backward) with fake (meta) implementations and
 # an autograd formula, so torch.compile puts them in its graph as single nodes (no graph break) and
 # never traces the launch planning or the Triton launches. Inside, each runs the Triton kernels where
-# they can run (runtime.use_triton) and the PyTorch reference otherwise. Unwanted gradients come back
+# they can run (runtime.norm_uses_triton) and the PyTorch reference otherwise. Unwanted gradients come back
 # as empty tensors: a custom op cannot return None.
 
 
@@ -202,7 +202,7 @@ def _fwd_op(x: Tensor, weight: Tensor | None, bias: Tensor | None, prelu_weight:
             residual: Tensor | None, groups: int, activation: str, negative_slope: float, eps: float,
             split_size: int | None) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean, rstd): y as `fused_norm_act`, float32 statistics per (n, group) for backward."""
-    if not runtime.use_triton(x):
+    if not runtime.norm_uses_triton(x):
         y = fused_norm_act_ref(x, weight, bias, num_groups=groups, activation=activation,
                                negative_slope=negative_slope, prelu_weight=prelu_weight, residual=residual,
                                eps=eps)
@@ -231,7 +231,7 @@ def _bwd_op(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, p
 
     `residual` is passed only when the activation's sign depends on it.
     """
-    if not runtime.use_triton(x):
+    if not runtime.norm_uses_triton(x):
         dx, dw, db, dpw, dr = fused_norm_act_bwd_ref(
             dy, x, weight, bias, prelu_weight, residual, num_groups=groups, activation=activation,
             negative_slope=negative_slope, eps=eps)

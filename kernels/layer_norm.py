@@ -65,7 +65,7 @@ def _triton_backward(dy, x, weight, bias, mean, rstd, want_dw, want_db):
 def _fwd_op(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
             ) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean, rstd): y as `layer_norm`, float32 statistics per row for backward."""
-    if not runtime.use_triton(x):
+    if not runtime.norm_uses_triton(x):
         mean, rstd = layer_norm_stats_ref(x, eps)
         return layer_norm_ref(x, weight, bias, eps).contiguous(), mean.float(), rstd.float()
     if x.numel() == 0:
@@ -84,7 +84,7 @@ def _fwd_fake(x, weight, bias, eps):
 def _bwd_op(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, rstd: Tensor,
             eps: float, want_dw: bool, want_db: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias); dweight/dbias empty where not wanted."""
-    if not runtime.use_triton(x):
+    if not runtime.norm_uses_triton(x):
         dx, dw, db = layer_norm_bwd_ref(dy, x, weight, bias, eps)
     elif x.numel() == 0:
         dw, db = (None if t is None else torch.zeros_like(t) for t in (weight, bias))

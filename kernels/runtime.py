@@ -66,12 +66,17 @@ def unavailable_reason(device: torch.device | None = None) -> str | None:
 
 
 def use_triton(t: torch.Tensor) -> bool:
-    """Whether an op on `t` runs the Triton kernels (else the PyTorch reference, same results). float64
-    runs the reference: the kernels compute in float32 (gradcheck needs float64 throughout)."""
+    """Whether an op on `t` runs the Triton kernels (else the PyTorch reference, same results)."""
     ok, _ = available()
-    if not ok or t.dtype == torch.float64:
+    if not ok:
         return False
     return interpret_mode() or t.is_cuda
+
+
+def norm_uses_triton(t: torch.Tensor) -> bool:
+    """`use_triton` for the norm kernels, which fall back on their PyTorch references: float64 takes the
+    reference too (the kernels compute in float32; gradcheck needs float64 throughout)."""
+    return use_triton(t) and t.dtype != torch.float64
 
 
 def sm_count(device: torch.device) -> int:

@@ -289,7 +289,7 @@ def prepare_input(case, prep_cfg) -> dict:
     from seg.data.cases import read_validated
     from seg.data.prep import prepare_case
 
-    image_case = dataclasses.replace(case, seg=None)
+    image_case = case.images_only()
     errors, images = read_validated(image_case)
     if errors:
         raise ValueError("; ".join(errors))

@@ -9,6 +9,7 @@ returns one message per problem, each naming the file and what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import defaultdict
@@ -53,6 +54,12 @@ class Case:
     @property
     def labels(self) -> tuple[int, ...]:
         return LABELS[self.convention]
+
+    def images_only(self) -> Case:
+        """The case without its seg file, nor a second copy of it: what inference reads."""
+        seg_name = f"{self.id}{SUFFIXES[self.convention][4]}.nii"
+        kept = tuple(d for d in self.duplicates if not d.name.startswith(seg_name))
+        return dataclasses.replace(self, seg=None, duplicates=kept)
 
 
 def nifti_files(root: Path) -> list[Path]:
@@ -134,7 +141,7 @@ def read_validated(case: Case) -> tuple[list[str], dict[str, object]]:
     """(problems, images): `validate`'s problems, and every file read as an in-memory nibabel image
     keyed by path string, so preparing the case does not decompress its files a second time."""
 
-    errors = [f"{dup}: {case.id} has this modality as both .nii and .nii.gz: keep one"
+    errors = [f"{dup}: {case.id} has this file as both .nii and .nii.gz: keep one"
               for dup in case.duplicates]
     images: dict[str, object] = {}
     grids: list[tuple[Path, tuple[int, ...], np.ndarray]] = []  # every readable 3-D file

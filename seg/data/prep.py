@@ -100,16 +100,19 @@ def _affine_list(affine) -> list[list[float]]:
 
 
 def _reader_over(images: dict[str, object]):
-    """MONAI's NibabelReader over images `read_validated` has decompressed already (keyed by path
-    string); a class made on call so that importing this module does not import MONAI."""
+    """MONAI's NibabelReader over nibabel images already opened (keyed by path string; decompressed
+    by `read_validated`, or proxies), a class made on call so that importing this module does not
+    import MONAI. The images keep their own affines (nibabel's: the sform when its code is set), where
+    MONAI's reader "corrects" a sform whose voxel sizes disagree with pixdim into the qform, in place:
+    prep would resample on one grid and record the file's other one as `original_affine`, and the
+    inverse would write predictions off their source (WT Dice 0 on such a header)."""
     from monai.data import NibabelReader
-    from monai.data.utils import correct_nifti_header_if_necessary
     from monai.utils import ensure_tuple
 
     class ReadAlready(NibabelReader):
         def read(self, data, **kwargs):
             self.filenames = ensure_tuple(data)
-            imgs = [correct_nifti_header_if_necessary(images[str(name)]) for name in self.filenames]
+            imgs = [images[str(name)] for name in self.filenames]
             return imgs if len(imgs) > 1 else imgs[0]
 
     return ReadAlready()
@@ -125,11 +128,12 @@ def prepare_case(case: Case, cfg: PrepConfig, images: dict[str, object] | None =
     from monai.utils import convert_to_tensor
 
     # 1. channel-first: LoadImage stacks the four files as channels, in MODALITIES order.
-    reader = _reader_over(images) if images else None
-    load = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32)
+    images = images or {str(p): nib.load(str(p)) for p in case.files}
+    load = LoadImage(reader=_reader_over(images), image_only=True, ensure_channel_first=True,
+                     dtype=np.float32)
     image = load([str(p) for p in case.images])
     label = load(str(case.seg)) if case.seg else None
-    src = images[str(case.images[0])] if images else nib.load(str(case.images[0]))
+    src = images[str(case.images[0])]
 
     # 2-3. RAS, then 1 mm; zeros outside the source field of view so they never count as brain.
     orient = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))

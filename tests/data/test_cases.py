@@ -89,3 +89,14 @@ def test_an_upper_case_extension_is_named_as_ignored_not_dropped(tmp_path):
         (tmp_path / f"BraTS2021_00042_{m}.NII.GZ").write_bytes(b"")
     assert discover(tmp_path) == []
     assert len(unmatched_nifti(tmp_path)) == 4
+
+
+def test_inference_ignores_a_second_copy_of_the_seg_it_never_reads(tmp_path):
+    for m in ("t1", "t1ce", "t2", "flair", "seg"):
+        (tmp_path / f"BraTS2021_00042_{m}.nii.gz").write_bytes(b"")
+    (tmp_path / "BraTS2021_00042_seg.nii").write_bytes(b"")
+    (tmp_path / "BraTS2021_00042_t2.nii").write_bytes(b"")
+    (case,) = discover(tmp_path)
+    assert sorted(p.name for p in case.duplicates) == ["BraTS2021_00042_seg.nii", "BraTS2021_00042_t2.nii"]
+    images = case.images_only()
+    assert images.seg is None and [p.name for p in images.duplicates] == ["BraTS2021_00042_t2.nii"]

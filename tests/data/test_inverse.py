@@ -91,6 +91,30 @@ def test_inverse_through_oblique_native_grid(shared_data, tmp_path):
         assert _dice(got[region], want[region]) >= 0.95, region
 
 
+def test_a_sform_whose_voxel_sizes_disagree_with_pixdim_comes_back_on_the_file_s_grid(tmp_path):
+    """A tool rewrote the sform (0.9 x 0.9 x 5.5 mm) and left pixdim at 1: prep resamples on the
+    file's affine (nibabel's; MONAI's reader would swap in the qform) and the label comes back on it,
+    whether prep read the files or validation's images."""
+    from seg.data.cases import read_validated
+    from seg.data.synth import synth_case
+
+    images, seg = synth_case(3, 0, (40, 44, 24))
+    affine = np.diag([-0.9, -0.9, 5.5, 1.0])
+    affine[1, 3] = 40
+    for slot, data in (*zip(("t1", "t1ce", "t2", "flair"), images, strict=True), ("seg", seg)):
+        img = nib.Nifti1Image(data, np.eye(4))
+        img.set_sform(affine, code=1)
+        nib.save(img, str(tmp_path / f"BraTS2021_00042_{slot}.nii.gz"))
+    (case,) = discover(tmp_path)
+    for given in (None, read_validated(case)[1]):
+        out = prepare_case(case, PrepConfig(size=32), given)
+        np.testing.assert_allclose(out["meta"]["original_affine"], affine, atol=1e-6)
+        labels, back = label_to_original(out["label"], out["meta"])
+        np.testing.assert_allclose(back, affine, atol=1e-6)
+        got, want = _regions(to_convention(labels, "2021"), 4), _regions(seg, 4)
+        assert _dice(got["WT"], want["WT"]) >= 0.95
+
+
 @pytest.mark.parametrize("perm, flips, shift", [
     ((0, 1, 2), (-1, -1, 1), (4, 5, 0)),  # BraTS: x and y flipped
     ((1, 0, 2), (1, -1, -1), (0, 7, 9)),  # axes swapped too

@@ -218,3 +218,12 @@ def test_every_benchmarked_tile_set_computes_the_same_function(triton_backend):
                 assert _rel(t.grad, a) < 1e-5
     finally:
         wa.CONFIGS.update(saved)
+
+
+def test_float64_runs_as_it_did(triton_backend):
+    # (the norm kernels send float64 to their references; window attention has none: it runs the kernels)
+    q, k, v, bias = _inputs(2, 2, 13, 8, triton_backend, dtype=torch.float64)
+    out = wa.window_attention(q, k, v, bias, scale=0.3)
+    out.sum().backward()
+    ref, _ = _reference(q, k, v, bias, 0.0, None, torch.ones_like(out))
+    assert out.dtype == torch.float64 and _rel(out, ref) < 1e-5 and q.grad is not None
