@@ -82,6 +82,13 @@ def _check(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> None:
         raise RuntimeError(f"window_attention needs the Triton kernels: {runtime.available()[1]}")
 
 
+def _interpreted_bf16(q: Tensor) -> bool:
+    """The Triton interpreter's bf16 tl.dot is wrong (triton 3.9: errors ~1e8): the ops run bf16 in
+    float32 there (the same dropout masks), inside the ops so that fake tensors (torch.compile, the
+    footprint estimate) still see bf16."""
+    return q.dtype == torch.bfloat16 and runtime.interpret_mode()
+
+
 def _launch_args(q, k, v):
     R, H, N, D = q.shape
     return (R, H, N, D, *_strides(q), *_strides(k), *_strides(v))
@@ -92,6 +99,9 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, sca
             ) -> tuple[Tensor, Tensor]:
     """(out, lse): out (R, H, N, D) as a view of (R, N, H, D); lse (R, H, N) float32 for backward."""
     _check(q, k, v, bias)
+    if _interpreted_bf16(q):
+        out, lse = _fwd_op(q.float(), k.float(), v.float(), bias.float(), dropout_p, scale, seed)
+        return out.to(q.dtype), lse
     K = runtime.load_kernels("kernels._window_attention_triton")
     R, H, N, D = q.shape
     out = runtime.empty(R, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
@@ -114,6 +124,10 @@ def _bwd_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Te
             dropout_p: float, scale: float, seed: Tensor, want_dbias: bool
             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, dbias): dq/dk/dv contiguous (R, H, N, D); dbias (H, N, N) or empty."""
+    if _interpreted_bf16(q):
+        grads = _bwd_op(dout.float(), q.float(), k.float(), v.float(), bias.float(), out.float(), lse,
+                        dropout_p, scale, seed, want_dbias)
+        return (*(g.to(q.dtype) for g in grads[:3]), grads[3].to(bias.dtype))
     K = runtime.load_kernels("kernels._window_attention_triton")
     R, H, N, D = q.shape
     if dout.stride(-1) != 1:
@@ -176,10 +190,6 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: f
     tensor: no host sync, a fresh draw per step under torch.compile; torch.manual_seed repeats a run).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if runtime.interpret_mode() and q.dtype == torch.bfloat16:
-        # the Triton interpreter's bf16 tl.dot is wrong (triton 3.9: errors ~1e8); fp32 there, same masks
-        out = window_attention(q.float(), k.float(), v.float(), bias.float(), dropout_p, scale, seed)
-        return out.to(torch.bfloat16)
     if seed is None and dropout_p > 0:
         seed_t = torch.randint(0, 2**30, (1,), device=q.device, dtype=torch.int32)
     else:

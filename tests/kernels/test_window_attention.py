@@ -227,3 +227,31 @@ def test_float64_runs_as_it_did(triton_backend):
     out.sum().backward()
     ref, _ = _reference(q, k, v, bias, 0.0, None, torch.ones_like(out))
     assert out.dtype == torch.float64 and _rel(out, ref) < 1e-5 and q.grad is not None
+
+
+def test_fake_tensors_see_bf16_where_the_interpreter_computes_in_float32(triton_backend):
+    # the interpreter's bf16 stand-in runs inside the ops: the footprint estimate and torch.compile
+    # (fake tensors) see the bf16 step a GPU runs, not float32 copies
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Casts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default:
+                self.dtypes.append(out.dtype)
+            return out
+
+    with FakeTensorMode():
+        q, k, v = (torch.empty(2, 2, 13, 8, dtype=torch.bfloat16, device=triton_backend, requires_grad=True)
+                   for _ in range(3))
+        bias = torch.empty(2, 13, 13, dtype=torch.bfloat16, device=triton_backend, requires_grad=True)
+        with Casts() as casts:
+            out = wa.window_attention(q, k, v, bias, 0.1)
+            out.sum().backward()
+    assert out.dtype == torch.bfloat16 and q.grad.dtype == torch.bfloat16
+    assert torch.float32 not in casts.dtypes
