@@ -13,6 +13,7 @@ Writes `RUN/cv.json` and `RUN/cv.md`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from collections.abc import Collection
 from pathlib import Path
@@ -240,6 +241,8 @@ def run_cv(base, folds: int | None = None, infer_cfg: InferConfig | None = None,
     from seg.train.config import run_settings
 
     run_dir = Path(base.out)
+    if folds is None and (run_dir / "cv.json").is_file():  # a rerun (rescoring, --tta) keeps its fold count
+        folds = json.loads((run_dir / "cv.json").read_text()).get("folds")
     k, splits = fold_count(base.data_dir, folds)
     infer_cfg = infer_cfg or InferConfig()
     stored = [run_settings(run_dir / f"fold{fold}") for fold in range(k)]

@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=MODELS, help="model name (default unet; a rerun: the folds' own)")
     p.add_argument("--out", required=True, help="run folder: fold<k>/, cv.json, cv.md")
     p.add_argument("--folds", type=int, help="how many folds to train: folds 0..N-1 of splits.json "
-                   "(a count, not a fold index; default: all of them)")
+                   "(a count, not a fold index; default: all of them, or a rerun's own count from "
+                   "its cv.json)")
     add_model_option(p, "channels=(8,16,32) with strides=(2,2)")
     train = p.add_argument_group("training (as segbench train; defaults from TrainConfig)")
     for flag, name, kwargs in TRAIN_OPTIONS:

@@ -289,3 +289,23 @@ def test_cv_goes_on_past_a_failed_fold_and_refuses_what_cannot_be_scored_before_
     (other / "splits.json").write_text(json.dumps(splits))
     with pytest.raises(ValueError, match="fold 1 has no val cases; remake the splits"):
         fold_count(other, 2)
+
+
+def test_a_rerun_keeps_the_fold_count_of_its_cv_json(data_dir, tmp_path, monkeypatch, capsys):
+    """`cv --out RUN --tta` (rescoring) on a run of 2 folds must not train the splits' other folds."""
+    import seg.cv
+
+    asked = []
+
+    def stop(data, folds):
+        asked.append(folds)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(seg.cv, "fold_count", stop)
+    args = ["cv", "--data", str(data_dir), "--out", str(tmp_path / "cv"), "--device", "cpu", "--tta"]
+    main(args)
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "cv.json").write_text(json.dumps({"folds": 2}))
+    main(args)
+    main([*args, "--folds", "3"])  # given: as given
+    assert asked == [None, 2, 3] and "stop here" in capsys.readouterr().err
