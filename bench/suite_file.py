@@ -96,7 +96,7 @@ def _flag(value: Any, where: str, key: str) -> bool:
 
 
 def _workload(raw: dict, index: int, suite: dict, measure: dict, path: Path) -> Workload:
-    from bench.variants import validate
+    from bench.variants import case_key, validate
 
     where = f"{path}: workload {index + 1}"
     if not isinstance(raw, dict):
@@ -115,6 +115,15 @@ def _workload(raw: dict, index: int, suite: dict, measure: dict, path: Path) -> 
     twice = sorted({v for v in variants if variants.count(v) > 1})
     if twice:  # two rows of one case: compare, goals and resume would each take one of them
         raise SuiteError(f"{where}: variant(s) {', '.join(twice)} listed twice")
+    seen: dict[tuple, str] = {}
+    for variant in variants:
+        try:
+            key = case_key(variant)
+        except ValueError as err:
+            raise SuiteError(f"{where}: {err}") from None
+        if key in seen:
+            raise SuiteError(f"{where}: {seen[key]!r} and {variant!r} are one case (the same parts)")
+        seen[key] = variant
     own = {key: raw.pop(key) for key in ("baseline", "reference", "interleave", "timeout_s") if key in raw}
     for key in ("baseline", "reference"):
         value = own.get(key, suite.get(key))

@@ -265,7 +265,7 @@ def _loader(cfg, ctx, arg):
     "the seed project's recipe: fp16 autocast + GradScaler, checkpointing where the model has it, eager",
 )
 def _seed(cfg, ctx, arg):
-    _need_model(ctx)
+    _need(ctx.kind in MODEL_KINDS, "the seed recipe trains and runs a model: this workload has none")
     cfg.precision = "fp16"
     if ctx.model == "swinunetr" and ctx.kind in TRAIN_KINDS:
         cfg.checkpointing = True
@@ -288,8 +288,16 @@ def _parts(name: str) -> list[tuple[str, str | None]]:
             raise ValueError(f"unknown variant {key!r} in {name!r}; known: {', '.join(sorted(REGISTRY))}")
         if arg and not REGISTRY[key].takes_arg:
             raise ValueError(f"variant {key!r} takes no argument (in {name!r})")
+        if (key, arg or None) in parts:  # (a repeated part would make a second name for one case)
+            raise ValueError(f"{name!r}: {part.strip()} given twice")
         parts.append((key, arg or None))
     return parts
+
+
+def case_key(name: str) -> tuple:
+    """What `name` runs, whatever the order of its parts: bf16+channels_last and channels_last+bf16 are
+    one case (a suite listing both would time it twice under two names)."""
+    return tuple(sorted(_parts(name), key=lambda part: (part[0], part[1] or "")))
 
 
 def validate(name: str, kind: str, model: str | None) -> None:
@@ -305,6 +313,15 @@ def validate(name: str, kind: str, model: str | None) -> None:
             try:
                 REGISTRY[key].apply(CaseConfig(), ctx, arg)
             except Unavailable:
+                pass
+    inductor = [arg for key, arg in _parts(name) if key == "inductor"]
+    if inductor:
+        from seg.speed import UnknownInductorOption, inductor_options
+
+        for item in inductor:  # a value the option cannot take is a mistake on any machine
+            try:
+                inductor_options([item])
+            except UnknownInductorOption:  # perhaps another torch's option: the row says unavailable
                 pass
 
 

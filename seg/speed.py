@@ -35,6 +35,10 @@ class SpeedOptionError(ValueError):
     """A speed option that cannot apply to this model or device; the message says why."""
 
 
+class UnknownInductorOption(SpeedOptionError):
+    """An inductor option name this torch's torch._inductor.config lacks (a typo, or another version's)."""
+
+
 def check_compile_mode(mode: str | None) -> None:
     if mode is not None and mode not in COMPILE_MODES:
         raise SpeedOptionError(f"torch.compile mode {mode!r}: choose {', '.join(COMPILE_MODES)}")
@@ -81,7 +85,7 @@ def inductor_options(items: Iterable[str]) -> dict[str, Any]:
         if name not in known:
             near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(near)}?" if near else ""
-            raise SpeedOptionError(
+            raise UnknownInductorOption(
                 f"inductor option {name!r}: torch._inductor.config has no such option{hint}"
             )
         options[name] = _typed(name, text, type(known[name]))

@@ -187,7 +187,8 @@ def test_a_variant_means_the_same_whatever_the_order_of_its_parts():
     off = resolve("no_ckpt+seed", ctx)
     assert off.precision == "fp16" and off.checkpointing is False
     assert resolve("ckpt:encoder1+no_ckpt", ctx).checkpoint_modules == ()
-    assert resolve("compile+compile", ctx).compile_mode == "default"  # the same twice is no conflict
+    with pytest.raises(ValueError, match="compile given twice"):  # a second name for one case
+        resolve("compile+compile", ctx)
     for name in ("fp32+bf16", "bf16+seed", "compile:max-autotune+compile:reduce-overhead"):
         with pytest.raises(ValueError, match="keep one"):
             resolve(name, ctx)
@@ -208,7 +209,7 @@ def test_a_variant_means_the_same_whatever_the_order_of_its_parts():
         ("workers:2", VariantContext("train_step", "unet", "cuda"), "no data loader"),
         ("loader:nope", VariantContext("dataloader", None, "cpu"), "no loader 'nope'"),
         ("bf16", VariantContext("dataloader", None, "cuda"), "the loader alone has no model"),
-        ("seed", VariantContext("dataloader", None, "cuda"), "the loader alone has no model"),
+        ("seed", VariantContext("dataloader", None, "cuda"), "the seed recipe trains and runs a model"),
         ("tf32", VariantContext("dataloader", None, "cuda"), "the loader alone has no model"),
     ],
 )
@@ -267,3 +268,23 @@ min_speedup = { "norm_kernel/fp16" = 2.0 }
     assert goal.case == "norm_kernel/bf16" and goal.min_speedup == {"norm_kernel/fp32": 2.0}
     with pytest.raises(SuiteError, match=r"\[\[goal\]\] 1: unknown key\(s\) max_speed"):
         parse_suite(text + "max_speed = 1\n", tmp_path / "g.toml")
+
+
+def test_one_case_under_two_names_and_bad_inductor_values_are_refused_at_load(tmp_path):
+    def suite(variants: str) -> str:
+        return f'name = "g"\n[[workload]]\nkind = "train_step"\nmodel = "unet"\nvariants = [{variants}]\n'
+
+    with pytest.raises(SuiteError, match="'bf16\\+channels_last' and 'channels_last\\+bf16' are one case"):
+        parse_suite(suite('"bf16+channels_last", "channels_last+bf16"'), tmp_path / "g.toml")
+    with pytest.raises(SuiteError, match="channels_last given twice"):
+        parse_suite(suite('"channels_last+channels_last"'), tmp_path / "g.toml")
+    with pytest.raises(SuiteError, match="coordinate_descent_tuning is a bool"):  # a mistake on any machine
+        parse_suite(suite('"compile+inductor:coordinate_descent_tuning=maybe"'), tmp_path / "g.toml")
+    # a name this torch lacks may be another torch's option: its row says unavailable, with near names
+    loaded = parse_suite(suite('"compile+inductor:coordinate_descent_tunning=1"'), tmp_path / "g.toml")
+    assert loaded.workloads[0].variants == ["compile+inductor:coordinate_descent_tunning=1"]
+
+
+def test_the_seed_recipe_needs_a_model():
+    with pytest.raises(Unavailable, match="the seed recipe trains and runs a model"):
+        resolve("seed", VariantContext(kind="norm_kernel", model=None, device="cuda"))
