@@ -292,8 +292,10 @@ def _prepare_in_pool(cases: list[Case], cfg: PrepConfig, out_dir: Path, workers:
     lost, recorded = [], set()
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(threads, True)) as pool:
-        futures = {pool.submit(_prepare_one, case, cfg, out_dir): case for case in cases}
+        futures: dict = {}
         try:
+            for case in cases:  # (inside the try: a Ctrl-C while queueing stops what was queued too)
+                futures[pool.submit(_prepare_one, case, cfg, out_dir)] = case
             for fut in as_completed(futures):
                 try:
                     entry = fut.result()
