@@ -125,7 +125,8 @@ def prepare_data(spec: DataSpec, out: Path, seed: int = 0) -> Path:
     already there; a folder reused by a suite with other data is made again)."""
     import shutil
 
-    from seg.data.prep import PrepConfig, prepare_all
+    from seg.data.prep import PrepConfig
+    from seg.data.prep_folder import prepare_all
     from seg.data.synth import write_cases
 
     raw, prepared, made = out / "raw", out / "prepared", out / "data-spec.json"

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seg.data.prep import PrepConfig, prepare_all
+    from seg.data.prep import PrepConfig
+    from seg.data.prep_folder import prepare_all
     from seg.data.summary import summarize
     from seg.data.synth import write_cases
 

@@ -39,7 +39,8 @@ def _prep(args: argparse.Namespace) -> int:
     import sys
 
     from seg.data.cases import discover, no_cases_reason, unmatched_nifti
-    from seg.data.prep import PrepConfig, prepare_all
+    from seg.data.prep import PrepConfig
+    from seg.data.prep_folder import prepare_all
     from seg.data.splits import write_splits
 
     cfg = PrepConfig(size=args.size, format=args.format, intensity=args.intensity)

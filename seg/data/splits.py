@@ -121,13 +121,12 @@ def write_splits(data_dir: str | Path, ids=None, seed: int | None = None,
     path = data_dir / SPLITS
     if keep and path.is_file():
         try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as err:  # new splits would move cases between test and train
-            raise ValueError(f"{path}: unreadable ({err}); restore it, or make new splits with "
-                             "`segbench data splits` (cases then move between splits)") from err
-        if not (isinstance(old, dict) and {"seed", "fractions", "train", "val", "test"} <= set(old)):
-            raise ValueError(f"{path}: not a segbench splits file; move it away, or make new splits with "
-                             "`segbench data splits`")
+            old = load_splits(data_dir)
+            if not (isinstance(old, dict) and {"seed", "fractions", "train", "val", "test"} <= set(old)):
+                raise ValueError(f"{path}: not a segbench splits file")
+        except ValueError as err:  # new splits would move cases between test and train
+            raise ValueError(f"{err}; restore it, or make new splits with `segbench data splits` (cases "
+                             "then move between splits)") from None
         own_k = old.get("k") or max(len(old.get("folds", [])), 2)
         differ = ([f"--split-seed {seed}"] if seed is not None and seed != old["seed"] else []) + (
             [f"--folds {folds}"] if folds is not None and folds != own_k else [])

@@ -1,5 +1,6 @@
 """seg.data.prep: the eight steps on real cases, against a plain MONAI pipeline; formats and
-intensity options; prepare_all / `segbench data prep` (bad inputs, skipping, workers)."""
+intensity options; seg.data.prep_folder.prepare_all / `segbench data prep` (bad inputs, skipping,
+workers)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from seg.data.cases import discover
-from seg.data.prep import PrepConfig, prepare_all, prepare_case
+from seg.data.prep import PrepConfig, prepare_case
+from seg.data.prep_folder import prepare_all
 from seg.data.store import load_case
 from segbench.cli import main
 
@@ -192,7 +194,7 @@ def test_rerun_skips_finished_cases_and_redoes_changed_ones(synth_small, tmp_pat
     capsys.readouterr()
 
     # a re-run with another config stopped after its first case leaves no file of the old size
-    from seg.data import prep
+    from seg.data import prep_folder as prep
 
     real_prepare_one = prep._prepare_one
 
@@ -225,11 +227,11 @@ def test_two_worker_processes_give_the_same_files(synth_small, tmp_path):
 
 
 def _killed_on_the_first_case(case, cfg, out_dir):
-    """Runs in a pool worker (spawned: this module is imported there, seg.data.prep unpatched)."""
+    """Runs in a pool worker (spawned: this module is imported there, seg.data.prep_folder unpatched)."""
     import os
     import signal
 
-    from seg.data import prep
+    from seg.data import prep_folder as prep
 
     if case.id.endswith("00001"):  # as the OOM killer would
         os.kill(os.getpid(), signal.SIGKILL)
@@ -237,7 +239,7 @@ def _killed_on_the_first_case(case, cfg, out_dir):
 
 
 def test_a_worker_killed_mid_case_costs_only_that_case(synth_small, tmp_path, monkeypatch, capsys):
-    from seg.data import prep
+    from seg.data import prep_folder as prep
 
     monkeypatch.setattr(prep, "_prepare_one", _killed_on_the_first_case)
     manifest = prepare_all(synth_small, tmp_path / "out", PrepConfig(size=24), workers=2)
@@ -252,7 +254,7 @@ def test_a_case_whose_worker_the_broken_pool_killed_mid_write_is_redone_cleanly(
                                                                                  monkeypatch):
     # When one worker dies the pool kills the others, perhaps inside atomic_write: their temporary
     # files stay behind unless removed before the case is retried (seen once in a full test run).
-    from seg.data import prep
+    from seg.data import prep_folder as prep
 
     real = prep._prepare_in_pool
     out = tmp_path / "out"

@@ -1,4 +1,4 @@
-"""seg.data.prep stopped midway (Ctrl-C, SIGTERM, a killed process) and run into a folder holding
+"""seg.data.prep_folder stopped midway (Ctrl-C, SIGTERM, a killed process) and run into a folder holding
 files it did not write: the manifest describes every `.pt` left, no worker outlives the run, and
 a file that is not prep's own is named rather than trusted or silently replaced."""
 
@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from seg.data.prep import PrepConfig, _sigterm_as_interrupt, prepare_all
+from seg.data.prep import PrepConfig
+from seg.data.prep_folder import _sigterm_as_interrupt, prepare_all
 from seg.data.synth import write_cases
 from segbench.cli import main
 
