@@ -112,15 +112,14 @@ def _workload(raw: dict, index: int, suite: dict, measure: dict, path: Path) -> 
     variants = raw.pop("variants", None)
     if not isinstance(variants, list) or not variants or not all(isinstance(v, str) for v in variants):
         raise SuiteError(f"{where}: 'variants' must be a non-empty list of names, not {variants!r}")
-    twice = sorted({v for v in variants if variants.count(v) > 1})
-    if twice:  # two rows of one case: compare, goals and resume would each take one of them
-        raise SuiteError(f"{where}: variant(s) {', '.join(twice)} listed twice")
     seen: dict[tuple, str] = {}
-    for variant in variants:
+    for variant in variants:  # two rows of one case: compare, goals and resume would each take one
         try:
             key = case_key(variant)
         except ValueError as err:
             raise SuiteError(f"{where}: {err}") from None
+        if seen.get(key) == variant:
+            raise SuiteError(f"{where}: variant(s) {variant} listed twice")
         if key in seen:
             raise SuiteError(f"{where}: {seen[key]!r} and {variant!r} are one case (the same parts)")
         seen[key] = variant

@@ -163,6 +163,12 @@ def _inductor(cfg, ctx, arg):
     name, sep, value = (arg or "").partition("=")
     if not sep or not name or not value:
         raise ValueError(f"inductor takes NAME=VALUE, e.g. inductor:coordinate_descent_tuning=1, not {arg!r}")
+    from seg.speed import UnknownInductorOption, inductor_options
+
+    try:  # a value the option cannot take is a mistake on any machine (a ValueError: refused at load)
+        inductor_options([arg])
+    except UnknownInductorOption:  # perhaps another torch's option: the case says unavailable when it runs
+        pass
     cfg.inductor = (*cfg.inductor, arg)
 
 
@@ -313,15 +319,6 @@ def validate(name: str, kind: str, model: str | None) -> None:
             try:
                 REGISTRY[key].apply(CaseConfig(), ctx, arg)
             except Unavailable:
-                pass
-    inductor = [arg for key, arg in _parts(name) if key == "inductor"]
-    if inductor:
-        from seg.speed import UnknownInductorOption, inductor_options
-
-        for item in inductor:  # a value the option cannot take is a mistake on any machine
-            try:
-                inductor_options([item])
-            except UnknownInductorOption:  # perhaps another torch's option: the row says unavailable
                 pass
 
 
