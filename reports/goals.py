@@ -17,7 +17,7 @@ import math
 
 from reports.rows import cut_by_budget
 from reports.stats import chained_ratio_ci
-from reports.tables import speedup
+from reports.tables import GRAD_KEYS, parity_deviation, speedup
 
 GIB = 2**30
 
@@ -229,16 +229,16 @@ def _other_card(goal: dict, gpu: str | None) -> str:
 def _check_grad(limit: float, row: dict, add) -> None:
     """The first step's gradients against the reference's (a wrong backward the loss hides)."""
     parity = row.get("parity") or {}
-    dev = parity.get("grad_rel_dev")
-    if dev is None or not math.isfinite(dev):
-        why = parity.get("grad_error") or ("not recorded (a row before gradient parity, or no reference)"
-                                           if "grad_rel_dev" not in parity else "non-finite")
-        ok = False if "grad_rel_dev" in parity else None  # present but not finite: a broken backward
-        add("gradient parity vs reference", f"≤ {limit:g}", "none" if ok is None else "non-finite", ok,
-            str(why)[:160])
-        return
-    add("gradient parity vs reference", f"≤ {limit:g}", _near(dev, limit, 1, "e"), dev <= limit,
-        "relative L2 of the first step's gradients (a strided sample per parameter)")
+    found = parity_deviation(parity, GRAD_KEYS)
+    target = f"≤ {limit:g}"
+    if found is None:
+        why = parity.get("grad_error") or "not recorded (a row before gradient parity, or no reference)"
+        add("gradient parity vs reference", target, "none", None, str(why)[:160])
+    elif found[1] is None:  # present but not finite: a broken backward
+        add("gradient parity vs reference", target, "non-finite", False, "non-finite")
+    else:
+        add("gradient parity vs reference", target, _near(found[1], limit, 1, "e"), found[1] <= limit,
+            "relative L2 of the first step's gradients (a strided sample per parameter)")
 
 
 def verdict_line(goal: dict, records: list[dict]) -> str:
