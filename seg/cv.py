@@ -213,6 +213,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     for fail in doc.get("failed", []):
         lines.append("| " + " | ".join([f"fold {fail['fold']}", "failed", *["—"] * 7]) + " |")
+    if doc["test"]["ensemble"]["mean"]:
+        lines += ["", "Ensemble on the test cases:", "", metrics.rates_table(doc["test"]["ensemble"]["mean"])]
     post = doc.get("postprocess")
     if post:
         lines += ["", _postprocess_line(post)] + [f"- {e}" for e in post.get("errors", [])]

@@ -167,6 +167,15 @@ def mean_over_cases(cases: Mapping[str, Mapping[str, Mapping[str, float]]]) -> d
     }
 
 
+
+def rates_table(mean: Mapping[str, Mapping[str, float]]) -> str:
+    """Markdown table of the mean sensitivity and specificity per region, as BraTS leaderboards list
+    them beside Dice and HD95 (specificity is over the whole volume: it sits near 1)."""
+    lines = ["| mean | " + " | ".join(REGIONS) + " |", "|---" * (len(REGIONS) + 1) + "|"]
+    for metric in ("sensitivity", "specificity"):
+        lines.append(f"| {metric} | " + " | ".join(f"{mean[r][metric]:.4f}" for r in REGIONS) + " |")
+    return "\n".join(lines)
+
 def seed_dice(
     pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor, convention: str = "2021"
 ) -> float:

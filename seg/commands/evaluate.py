@@ -250,6 +250,8 @@ def evaluate_paths(
 
 
 def _table(doc: dict) -> str:
+    from seg import metrics
+
     rows = [
         "| case | ET Dice | TC Dice | WT Dice | ET HD95 | TC HD95 | WT HD95 |",
         "|---|---|---|---|---|---|---|",
@@ -258,6 +260,8 @@ def _table(doc: dict) -> str:
         dice = " | ".join(f"{r[k]['dice']:.4f}" for k in ("ET", "TC", "WT"))
         hd = " | ".join(f"{r[k]['hd95']:.2f}" for k in ("ET", "TC", "WT"))
         rows.append(f"| {name} | {dice} | {hd} |")
+    if doc["mean"]:
+        rows += ["", metrics.rates_table(doc["mean"])]
     return "\n".join(rows)
 
 

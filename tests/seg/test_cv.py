@@ -180,6 +180,9 @@ def test_cv_trains_folds_and_scores_the_ensemble(data_dir, tmp_path, capsys):
     assert tuned["postprocess"]["cases"] == sum(len(f["val"]) for f in splits["folds"][:2])
     assert tuned["infer"]["min_et_mm3"] == expected_choice["min_et_mm3"]
     assert "Post-processing tuned on 5 out-of-fold validation case(s)" in (run / "cv.md").read_text()
+    ens = tuned["test"]["ensemble"]["mean"]
+    assert f"| sensitivity | {ens['ET']['sensitivity']:.4f} | {ens['TC']['sensitivity']:.4f} |" in \
+        (run / "cv.md").read_text()
 
     # a table without a scored test case says so instead of failing
     from seg.cv import markdown_table

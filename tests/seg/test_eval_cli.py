@@ -52,7 +52,11 @@ def test_eval_cli_json(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["cases"]["caseA"]["ET"]["dice"] == 1.0
     out = tmp_path / "r" / "eval.json"
     assert main(["eval", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]) == 1
-    assert "caseC" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "caseC" in captured.err
+    # the printed table adds the leaderboard's mean sensitivity and specificity per region
+    rates = "| sensitivity | 0.5000 | 0.5000 | 0.5000 |\n| specificity | 1.0000 | 1.0000 | 1.0000 |"
+    assert rates in captured.out
     doc = json.loads(out.read_text())
     assert set(doc["cases"]) == {"caseA", "caseB"}
     for case in doc["cases"].values():
