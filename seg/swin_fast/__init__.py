@@ -11,11 +11,12 @@ train-mode dropout has MONAI's rates, drawn by SDPA for the attention):
   shift mask become one additive bias per window group, cached for inference inside
   `cached_biases(model)` (seg.infer's sliding window uses it) (attention.py);
 - pad + roll + window partition, and the way back, are one gather each (index maps cached per
-  shape, built in-graph under torch.compile) (windows.py);
+  shape; graph constants under torch.compile) (windows.py);
 - tokens stay channels-last between Swin stages (blocks.py);
-- no graph breaks under torch.compile with static shapes (seg.speed.compile_model's dynamic=False; a
-  dynamic compile breaks the graph at each block's cached geometry); optional Triton LayerNorm + fused
-  decoder norms (convert.py);
+- no graph breaks under torch.compile with a static spatial shape (the batch may be symbolic, as after
+  automatic dynamic meets a smaller last batch; a symbolic spatial size breaks the graph at each
+  block's geometry; seg.speed.compile_model compiles with dynamic=False); optional Triton LayerNorm
+  + fused decoder norms (convert.py);
 - the conv blocks' LeakyReLUs out of place (in place on InstanceNorm's view output, autograd copies
   the whole gradient in backward).
 

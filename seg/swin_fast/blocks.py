@@ -30,6 +30,7 @@ from .windows import (
     map_tensors,
     to_windows,
     traced_geometry,
+    with_batch,
 )
 
 
@@ -63,10 +64,12 @@ class FastBasicLayer(BasicLayer):
         window, shift = get_window_size(dims, self.window_size, shift_size)
         batch = x.shape[0]
         if torch.compiler.is_compiling():
-            # graph constants, so the shapes must be static (seg.speed.compile_model: dynamic=False);
-            # a symbolic size (dynamic=True, or torch.compile's automatic dynamic on a second shape)
-            # cannot be told apart here (isinstance(d, SymInt) is False under dynamo) and graph-breaks
-            return traced_geometry(batch, dims, window, shift, x.device)
+            # the batch-1 maps are graph constants, so the spatial shape must be static (a symbolic
+            # one graph-breaks here; seg.speed.compile_model compiles with dynamic=False); the batch
+            # may be symbolic (torch.compile's automatic dynamic after a second batch size, e.g. a
+            # sliding window's smaller last batch): with_batch extends the maps in the graph
+            geo = traced_geometry(1, dims, window, shift, x.device)
+            return geo if batch == 1 else with_batch(geo, batch)  # (dynamo specializes batch 1)
         if is_fake(x):  # profiles.footprint: the eager maps, built for real, handed over as fakes
             # (outside every dispatch mode: counters such as profiles.traffic must not see a build
             # that real eager steps take from the cache)

@@ -5,7 +5,8 @@ permutes them into windows, and after attention permutes, rolls and crops them b
 copies each way, plus a shift mask rebuilt by Python loops on every forward. Here one index map
 sends every window slot to the raster token that fills it (or to a zero pad slot), and one inverse
 map sends every raster token to its window slot. Both are built once per (batch, shape, window,
-shift, device) from `arange` arithmetic; under torch.compile they are graph constants.
+shift, device) from `arange` arithmetic; under torch.compile the batch-1 maps are graph constants,
+extended to the batch in the graph (`with_batch`).
 
 Window order. Under a shift, a window's mask depends only on which axes its window straddles the
 roll seam (the last window along a shifted axis), so there are at most 2**dims distinct masks.
@@ -115,6 +116,29 @@ def traced_geometry(
     batch: int, dims: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...], device: torch.device
 ) -> WindowGeometry:
     return cached_geometry(batch, dims, window, shift, device)  # (a plain function: dynamo inlines lru_cache)
+
+
+def with_batch(geo: WindowGeometry, batch) -> WindowGeometry:
+    """A batch-1 geometry extended to `batch` samples by index arithmetic: equal to
+    `build_geometry(batch, ...)`. Under torch.compile it runs in the graph, so `batch` may be symbolic
+    (a sliding window's smaller last batch after automatic dynamic): no graph break at the geometry.
+
+    Every window keeps its rank, its rows now `batch` runs of N slots (window-major, batch inner), so
+    slot i of window w moves from row w*N + i to (w*batch + b)*N + i and reads raster row src + b*L."""
+    n, tokens = geo.tokens, math.prod(geo.dims)
+    per_sample = torch.arange(batch, device=geo.src.device)
+
+    def spread(slot: torch.Tensor) -> torch.Tensor:  # batch-1 slots -> sample 0's slots in `batch` rows
+        return (slot // n) * (batch * n) + slot % n
+
+    src = (geo.src.view(-1, 1, n) + (per_sample * tokens).view(1, -1, 1)).reshape(-1)
+    inv = (spread(geo.inv)[None, :] + (per_sample * n)[:, None]).reshape(-1)
+    pad_rows = None
+    if geo.pad_rows is not None:
+        pad_rows = (spread(geo.pad_rows)[:, None] + (per_sample * n)[None, :]).reshape(-1)
+    # constructors and a list, not _replace and a generator: dynamo traces these
+    groups = tuple([WindowGroup(g.start * batch, g.end * batch, g.mask) for g in geo.groups])
+    return WindowGeometry(batch, geo.dims, geo.window, geo.shift, n, src, pad_rows, inv, groups)
 
 
 def build_geometry(
