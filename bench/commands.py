@@ -170,13 +170,9 @@ def run_bench(args: argparse.Namespace) -> int:
     if not args.suite or not args.out:
         print("segbench bench: --suite and --out are required (or --list)", file=sys.stderr)
         return 2
-    import signal
-
     from bench.runner import BenchError, run_suite
 
-    # `timeout` (a lease's end, gpu_session.sh) sends SIGTERM: as SystemExit it reaches the runner's
-    # wait, which then ends the running case (its own session) instead of leaving it on the GPU
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    _exit_on_term_and_hangup()
     try:
         suite = args.suite
         if args.profile_steps is not None or args.budget_s is not None:
@@ -198,6 +194,17 @@ def run_bench(args: argparse.Namespace) -> int:
     if not args.no_report:
         print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0
+
+
+def _exit_on_term_and_hangup() -> None:
+    """`timeout` (a lease's end, gpu_session.sh) sends SIGTERM, a closed terminal or dropped ssh SIGHUP:
+    as SystemExit they reach the runner's wait, which then ends the running case (its own session,
+    out of the terminal's reach) instead of leaving it on the GPU."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
 
 
 def register_footprint(subparsers: argparse._SubParsersAction) -> None:
@@ -283,6 +290,7 @@ def run_footprint(args: argparse.Namespace) -> int:
     import sys
 
     from bench.config import SuiteError
+    from bench.run_folder import refuse_source_tree
     from bench.runner import BenchError, run_suite
     from reports.tables import load_results
     from seg.commands.train import _option
@@ -298,6 +306,12 @@ def run_footprint(args: argparse.Namespace) -> int:
         return 2
     shape = edges * 3 if len(edges) == 1 else edges
     variants = args.variant or ["bf16"]
+    try:
+        refuse_source_tree(args.out)  # before suite.toml is written into it
+    except BenchError as err:
+        print(f"segbench footprint: {err}", file=sys.stderr)
+        return 2
+    _exit_on_term_and_hangup()
     args.out.mkdir(parents=True, exist_ok=True)
     suite_file = args.out / "suite.toml"
     step = "infer_volume" if volume else "infer" if args.infer else "train"
@@ -338,7 +352,7 @@ def run_footprint(args: argparse.Namespace) -> int:
 def run_profile(args: argparse.Namespace) -> int:
     import sys
 
-    from bench.config import SuiteError
+    from bench.config import BenchError, SuiteError
     from bench.profile import profile_case
 
     if args.active < 1 or args.warmup < 0 or args.wait < 0:
@@ -347,6 +361,6 @@ def run_profile(args: argparse.Namespace) -> int:
         return 2
     try:
         return profile_case(args)
-    except SuiteError as err:
+    except (SuiteError, BenchError) as err:
         print(f"segbench profile: {err}", file=sys.stderr)
         return 2

@@ -28,10 +28,12 @@ def profile_dir(run: Path, workload: str, variant: str) -> Path:
 
 def _spec(args: argparse.Namespace) -> tuple[dict, Path]:
     from bench.config import SuiteError
+    from bench.run_folder import refuse_source_tree
     from bench.runner import case_spec, prepare_data
     from bench.suite_file import load_suite
     from bench.variants import VariantContext, resolve
 
+    refuse_source_tree(Path(args.out))
     suite = load_suite(args.suite)
     workload = next((w for w in suite.workloads if w.name == args.workload), None)
     if workload is None:
@@ -118,7 +120,9 @@ def _run_with_timeout(command: list[str], timeout_s: float | None, grace_s: floa
     # a CPU compile's C++ kernels record profiler events only with this set before inductor is imported;
     # without it their time is the "Torch-Compiled Region" event's own and lands in "other"
     env = {"TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE": "1", **os.environ}
-    proc = subprocess.Popen(command, start_new_session=True, env=env)
+    from bench.runner import dies_with
+
+    proc = subprocess.Popen(command, start_new_session=True, env=env, preexec_fn=dies_with(os.getpid()))
     try:
         return proc.wait(timeout=timeout_s)
     except (subprocess.TimeoutExpired, KeyboardInterrupt) as stop:

@@ -8,6 +8,7 @@ appended (and flushed) the moment it is known, so a run cut short keeps what it 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -21,7 +22,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.case import (
-    REFERENCE_GLOB,
     reference_cached,
     reference_name,
     write_json_atomic,
@@ -30,6 +30,7 @@ from bench.config import NEEDS_DATA, BenchError, DataSpec, Suite, Workload, reco
 from bench.contention import HostLoad
 from bench.env import capture_host
 from bench.resume import check_machine, resume_state, resumed_inputs, workload_fingerprints
+from bench.run_folder import check_out, clear_old_run
 from bench.suite_file import load_suite
 from bench.variants import Unavailable, VariantContext, resolve
 from reports.method import METHOD  # standard library only
@@ -50,6 +51,19 @@ def keep_compile_cache() -> bool:
     return os.environ.get(KEEP_CACHE_ENV, "0") not in ("", "0")
 
 
+def dies_with(runner_pid: int):
+    """A preexec_fn: the case gets SIGKILL when the runner dies, even killed outright (Linux's
+    PR_SET_PDEATHSIG); in its own session nothing else reaches it, and it would hold the GPU."""
+
+    def arm() -> None:
+        if sys.platform == "linux":
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+            if os.getppid() != runner_pid:  # the runner died before the prctl
+                os._exit(1)
+
+    return arm
+
+
 def _wait_case(spec_path: Path, result_path: Path, log_path: Path, env: dict, timeout_s: float) -> int | None:
     """Run one case process to its end; its exit code, or None when it outlived `timeout_s`."""
     with open(log_path, "w") as log:
@@ -60,6 +74,7 @@ def _wait_case(spec_path: Path, result_path: Path, log_path: Path, env: dict, ti
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=dies_with(os.getpid()),
         )
         try:
             return proc.wait(timeout=timeout_s)
@@ -175,25 +190,6 @@ class Results:
             os.fsync(f.fileno())
 
 
-def _clear_old_run(out: Path) -> None:
-    """A new run into a folder holding another: everything of the old run goes (rows, reports, traces,
-    case logs, reference trajectories, figures), so none of it sits beside the new rows; the
-    synthesized data stays (prepare_data remakes it when the spec differs)."""
-    rows = sum(1 for line in (out / "results.jsonl").read_text().splitlines() if line.strip())
-    print(f"{out} holds a run of {rows} rows: replacing it (--resume finishes it instead)", file=sys.stderr)
-    for name in ("results.jsonl", "env.json", "report.md", "report.html", "compare.md", "compare.html"):
-        (out / name).unlink(missing_ok=True)
-    for name in ("profiles", "figures"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for path in (out / "cases").glob("*"):  # not the new run's calibration, made before this
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif not path.name.startswith("calibrate."):
-            path.unlink()
-    for path in (out / "cache").glob(REFERENCE_GLOB):
-        path.unlink()
-
-
 def case_spec(
     suite: Suite, w: Workload, variant: str, device: str, cfg, run_dir: Path, data_dir, calib
 ) -> dict:
@@ -275,6 +271,7 @@ def run_suite(
             f"(workloads: {', '.join(sorted({w.name for w in suite.workloads}))})"
         )
     out = Path(out)
+    check_out(out, resume)
     old_env, kept = resume_state(out, suite) if resume else (None, [])
     if old_env is not None:
         device, data_dir = resumed_inputs(out, old_env, device, data_dir)
@@ -310,7 +307,7 @@ def run_suite(
         raise BenchError(f"cannot measure the {device} device ({asked}): {calib.get('error')} (log: "
                          f"{out / calib['log']})")
     if not resume and (out / "results.jsonl").is_file():
-        _clear_old_run(out)
+        clear_old_run(out)
     (out / "figures").mkdir(exist_ok=True)
     calibration = {k: v for k, v in calib.items() if k not in ("status", "log", "case_wall_s")}
     env["calibration"] = calibration

@@ -104,6 +104,31 @@ def test_a_new_run_into_an_old_run_folder_replaces_all_of_it(tmp_path, capsys):
     assert "calibrate.log" in cases and any("norm-channels_last" in name for name in cases)
 
 
+def test_a_run_never_replaces_a_source_tree_or_another_tools_rows(tmp_path, capsys):
+    from segbench.cli import main
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    tree = tmp_path / "project"
+    (tree / "profiles").mkdir(parents=True)
+    (tree / "profiles" / "__init__.py").write_text("")
+    (tree / "pyproject.toml").write_text("[project]\n")
+    with pytest.raises(BenchError, match="source tree .*pyproject.toml"):
+        run_suite(suite, tree, only=["norm/fp32"], report=False)
+    assert sorted(p.name for p in tree.iterdir()) == ["profiles", "pyproject.toml"]
+    assert main(["profile", "--suite", str(suite), "--workload", "norm", "--variant", "fp32",
+                 "--out", str(tree)]) == 2
+    assert "is a source tree" in capsys.readouterr().err
+    assert [p.name for p in (tree / "profiles").iterdir()] == ["__init__.py"]
+    # a results.jsonl without a run's env.json (another tool's) is neither replaced nor written beside
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.jsonl").write_text('{"a": 1}\n')
+    with pytest.raises(BenchError, match="no env.json of a segbench run"):
+        run_suite(suite, other, only=["norm/fp32"], report=False)
+    assert [p.name for p in other.iterdir()] == ["results.jsonl"]
+
+
 def test_resume_refuses_another_machine_and_the_budget_names_its_cuts(tmp_path):
     from reports.rows import cut_by_budget
 

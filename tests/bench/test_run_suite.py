@@ -253,9 +253,11 @@ def test_an_interrupted_runner_takes_its_case_process_down(tmp_path, monkeypatch
     assert started and started[0].poll() is not None  # killed and reaped
 
 
-def test_sigterm_to_segbench_bench_ends_the_running_case_too(tmp_path):
-    """`timeout` (or a lease's end) signals the bench process; its case runs in its own session and
-    must not outlive it (on a GPU it would hold the device while the caller packs up)."""
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGKILL"])
+def test_a_signal_ending_segbench_bench_ends_the_running_case_too(tmp_path, sig):
+    """`timeout` (or a lease's end) sends SIGTERM, a closed terminal SIGHUP, a lease's hard end SIGKILL;
+    the case runs in its own session and must not outlive the bench process (on a GPU it would hold
+    the device while the caller packs up)."""
     import os
     import signal
     import time
@@ -278,12 +280,19 @@ def test_sigterm_to_segbench_bench_ends_the_running_case_too(tmp_path):
                 continue
         time.sleep(0.2)
     assert case_pid is not None, "the case process never started"
-    bench.send_signal(signal.SIGTERM)
+    bench.send_signal(getattr(signal, sig))
     assert bench.wait(timeout=60) != 0
+
+    def gone() -> bool:  # or a zombie its new parent has not reaped (a container's init may never)
+        try:
+            return (Path(f"/proc/{case_pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+        except OSError:
+            return True
+
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{case_pid}").exists() and time.monotonic() < deadline:
+    while not gone() and time.monotonic() < deadline:
         time.sleep(0.1)
-    gone = not Path(f"/proc/{case_pid}").exists()
+    gone = gone()
     if not gone:  # do not leave it running whatever the verdict
         os.kill(case_pid, signal.SIGKILL)
     assert gone, "the case process outlived the bench process"
