@@ -89,6 +89,19 @@ class Measure:
             raise ValueError(", ".join(bad))
 
 
+MODEL_NAMES = ("unet", "swinunetr", "dynunet")  # seg.models.MODEL_NAMES (a test holds them equal), torch-free
+
+
+def _model(name: str) -> list[str]:
+    return [] if name in MODEL_NAMES else [f"model = {name!r} ({', '.join(MODEL_NAMES)})"]
+
+
+def _loader(name: str) -> list[str]:
+    from bench.loaders import LOADERS  # (standard library only at import: the loaders import torch lazily)
+
+    return [] if name in LOADERS else [f"loader = {name!r} (registered: {', '.join(sorted(LOADERS))})"]
+
+
 @dataclass
 class TrainParams:
     model: str = _help("seg.models name: unet, swinunetr, dynunet", "unet")
@@ -98,7 +111,7 @@ class TrainParams:
     lr: float = _help("AdamW learning rate", 1e-4)
 
     def __post_init__(self) -> None:
-        _check(_sizes("shape", self.shape, 3) + _at_least(self, batch=1)
+        _check(_model(self.model) + _sizes("shape", self.shape, 3) + _at_least(self, batch=1)
                + ([] if self.lr > 0 else [f"lr = {self.lr} (above 0)"]))
 
 
@@ -144,7 +157,7 @@ class E2EParams(TrainParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(_sizes("patch", self.patch, 3) + _at_least(self, workers=0))
+        _check(_loader(self.loader) + _sizes("patch", self.patch, 3) + _at_least(self, workers=0))
 
 
 @dataclass
@@ -156,7 +169,7 @@ class LoaderParams:
     train: bool = _help("with the seed's training augmentations", True)
 
     def __post_init__(self) -> None:
-        _check(_sizes("patch", self.patch, 3) + _at_least(self, batch=1, workers=0))
+        _check(_loader(self.loader) + _sizes("patch", self.patch, 3) + _at_least(self, batch=1, workers=0))
 
 
 @dataclass
@@ -171,7 +184,8 @@ class InferParams:
 
     def __post_init__(self) -> None:
         modes = ("gaussian", "constant")
-        _check(_sizes("volume", self.volume, 3) + _sizes("roi", self.roi, 3) + _overlap(self.overlap)
+        _check(_model(self.model) + _sizes("volume", self.volume, 3) + _sizes("roi", self.roi, 3)
+               + _overlap(self.overlap)
                + _at_least(self, sw_batch_size=1)
                + ([] if self.mode in modes else [f"mode = {self.mode!r} ({' or '.join(modes)})"]))
 

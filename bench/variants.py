@@ -261,8 +261,9 @@ def _loader(cfg, ctx, arg):
 
     if not arg:
         raise ValueError("loader needs a name, e.g. loader:default")
+    if arg not in LOADERS:  # a typo on every machine: refused at load, not an unavailable row
+        raise ValueError(f"no loader {arg!r} registered (have {', '.join(sorted(LOADERS))})")
     _need(ctx.kind in LOADER_KINDS, "no data loader in this workload")
-    _need(arg in LOADERS, f"no loader {arg!r} registered (have {', '.join(sorted(LOADERS))})")
     cfg.loader = arg
 
 

@@ -207,7 +207,6 @@ def test_a_variant_means_the_same_whatever_the_order_of_its_parts():
         ("sdpa", VariantContext("train_step", "dynunet", "cuda"), "no attention"),
         ("tta", VariantContext("train_step", "unet", "cuda"), "inference"),
         ("workers:2", VariantContext("train_step", "unet", "cuda"), "no data loader"),
-        ("loader:nope", VariantContext("dataloader", None, "cpu"), "no loader 'nope'"),
         ("bf16", VariantContext("dataloader", None, "cuda"), "the loader alone has no model"),
         ("seed", VariantContext("dataloader", None, "cuda"), "the seed recipe trains and runs a model"),
         ("tf32", VariantContext("dataloader", None, "cuda"), "the loader alone has no model"),
@@ -283,6 +282,24 @@ def test_one_case_under_two_names_and_bad_inductor_values_are_refused_at_load(tm
     # a name this torch lacks may be another torch's option: its row says unavailable, with near names
     loaded = parse_suite(suite('"compile+inductor:coordinate_descent_tunning=1"'), tmp_path / "g.toml")
     assert loaded.workloads[0].variants == ["compile+inductor:coordinate_descent_tunning=1"]
+
+
+def test_a_model_or_loader_typo_is_refused_at_load(tmp_path):
+    """A mistake on every machine: one error naming the file before anything runs (it made every row
+    an error, or an `unavailable` row as if the machine lacked something, and exit status 0)."""
+    from bench.config import MODEL_NAMES
+    from seg.models import MODEL_NAMES as BUILT
+
+    assert MODEL_NAMES == BUILT
+    head = 'name = "t"\n[[workload]]\n'
+    cases = (('kind = "train_step"\nmodel = "unetx"\nvariants = ["fp32"]', "model = 'unetx'"),
+             ('kind = "infer"\nmodel = "swin"\nvariants = ["fp32"]', "model = 'swin'"),
+             ('kind = "dataloader"\nloader = "nosuch"\nvariants = ["workers:0"]', "loader = 'nosuch'"),
+             ('kind = "train_e2e"\nloader = "nosuch"\nvariants = ["fp32"]', "loader = 'nosuch'"),
+             ('kind = "dataloader"\nvariants = ["loader:nosuch"]', "no loader 'nosuch' registered"))
+    for body, says in cases:
+        with pytest.raises(SuiteError, match=f"t.toml: workload .*{says}"):
+            parse_suite(head + body + "\n", tmp_path / "t.toml")
 
 
 def test_the_seed_recipe_needs_a_model():
