@@ -70,6 +70,10 @@ def _build(cls: type, values: Any, where: str) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise SuiteError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise SuiteError(f"{where}: missing key(s) {', '.join(missing)}")
     hints = typing.get_type_hints(cls)
     wrong = [f"{key} = {value!r} (must be {_type_name(hints[key])})" for key, value in values.items()
              if not _conforms(value, hints[key])]
@@ -245,4 +249,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
                 f"no suite {str(name_or_path)!r}: not a file, and not one of {', '.join(suite_names())}"
             )
         path = shipped
-    return parse_suite(path.read_text(), path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SuiteError(f"{path}: cannot read the suite file: {err}") from None
+    return parse_suite(text, path)

@@ -69,6 +69,8 @@ def _suite(text: str) -> str:
         ("[[workload]\n", "not valid TOML"),
         ('[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n[[goal]]\ncase = "train_step/fp32"\n',
          "no criterion"),
+        ('[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n[[goal]]\nmax_s_per_iter = 1.0\n',
+         "[[goal]] 1: missing key(s) case"),
         ('[[workload]]\nkind = "train_step"\nvariants = ["bf16+inductor:x=1"]\n', "add compile"),
         ('[measure]\niters = 0\n[[workload]]\nkind = "train_step"\nvariants = ["fp32"]\n',
          "[measure]: iters = 0 (at least 1)"),
@@ -134,6 +136,13 @@ def test_bad_suite_files_name_the_file_and_the_problem(text, message):
     with pytest.raises(SuiteError) as err:
         parse_suite(_suite(text), Path("bad.toml"))
     assert "bad.toml" in str(err.value) and message in str(err.value)
+
+
+def test_a_suite_file_that_is_not_text_is_one_line(tmp_path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'name = "caf\xe9"\n')
+    with pytest.raises(SuiteError, match="latin.toml: cannot read the suite file"):
+        load_suite(str(latin))
 
 
 def test_unknown_suite_lists_the_shipped_ones():
