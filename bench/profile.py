@@ -23,7 +23,9 @@ UNAVAILABLE = 3  # the case process's exit status when the case cannot run on th
 
 def profile_dir(run: Path, workload: str, variant: str) -> Path:
     """Where a case's traces go: RUN/profiles/<workload>__<variant>/ (`segbench report` reads them)."""
-    return run / "profiles" / f"{workload}__{variant}".replace("/", "_").replace(":", "_")
+    from bench.run_folder import file_stem
+
+    return run / "profiles" / file_stem(f"{workload}__{variant}")
 
 
 def _spec(args: argparse.Namespace) -> tuple[dict, Path]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -10,6 +11,18 @@ from pathlib import Path
 
 from bench.case import REFERENCE_GLOB
 from bench.config import BenchError
+
+MAX_STEM = 120  # file names stay far under the usual 255-byte limit, with suffixes added
+
+
+def file_stem(name: str) -> str:
+    """`name` as one file name: '/' and ':' replaced; a long one (a variant of many inductor options)
+    cut and given a hash of the whole, so two long names stay apart."""
+    stem = name.replace("/", "_").replace(":", "_")
+    if len(stem) <= MAX_STEM:
+        return stem
+    return f"{stem[:MAX_STEM - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
 
 SOURCE_TREE_MARKERS = ("pyproject.toml", "setup.py", ".git")
 

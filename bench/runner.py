@@ -30,7 +30,7 @@ from bench.config import NEEDS_DATA, BenchError, DataSpec, Suite, Workload, reco
 from bench.contention import HostLoad
 from bench.env import capture_host
 from bench.resume import check_machine, resume_state, resumed_inputs, workload_fingerprints
-from bench.run_folder import check_out, clear_old_run
+from bench.run_folder import check_out, clear_old_run, file_stem
 from bench.suite_file import load_suite
 from bench.variants import Unavailable, VariantContext, resolve
 from reports.method import METHOD  # standard library only
@@ -355,7 +355,7 @@ def run_suite(
             row.update(status="error", error=str(err))
         else:
             spec = case_spec(suite, w, variant, device, cfg, out, data_dir, calibration)
-            stem = f"{index:03d}-{w.name}-{variant}".replace("/", "_").replace(":", "_")
+            stem = file_stem(f"{index:03d}-{w.name}-{variant}")
             needs_reference = w.kind == "train_step" or (w.kind == "infer" and w.reference
                                                           and w.measure.parity_steps)
             ref_name = reference_name(w.name, w.kind, cfg.tta)

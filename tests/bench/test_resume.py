@@ -129,6 +129,21 @@ def test_a_run_never_replaces_a_source_tree_or_another_tools_rows(tmp_path, caps
     assert [p.name for p in other.iterdir()] == ["results.jsonl"]
 
 
+def test_a_long_case_name_makes_a_file_name_the_file_system_takes(tmp_path):
+    from bench.profile import profile_dir
+    from bench.run_folder import MAX_STEM, file_stem
+
+    options = "+".join(f"inductor:triton.option_number_{i}=1" for i in range(10))
+    names = [f"001-train_step-bf16+compile:max-autotune+{options}", f"001-train_step-fp16+compile+{options}"]
+    stems = [file_stem(name) for name in names]
+    assert all(len(stem) <= MAX_STEM and "/" not in stem and ":" not in stem for stem in stems)
+    assert stems[0] != stems[1]  # cut alike, told apart by the hash
+    for stem in stems:
+        (tmp_path / f"{stem}-reference.spec.json").write_text("{}")  # within the file system's limit
+    assert file_stem("000-norm-bf16+compile:max-autotune") == "000-norm-bf16+compile_max-autotune"
+    assert len(profile_dir(tmp_path, "train_step", names[0]).name) <= MAX_STEM
+
+
 def test_resume_refuses_another_machine_and_the_budget_names_its_cuts(tmp_path):
     from reports.rows import cut_by_budget
 
