@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 from bench.case import reference_cache_path, reference_name
@@ -53,10 +54,17 @@ def resume_state(out: Path, suite: Suite) -> tuple[dict, list[dict]]:
     """(env.json, the rows to keep) of the run being resumed; cases without a kept row run again."""
     try:
         env = json.loads((out / "env.json").read_text())
-        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+        lines = [line for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in lines[:-1]]
+        try:
+            rows += [json.loads(line) for line in lines[-1:]]
+        except json.JSONDecodeError:  # a row cut mid-write (a copy taken while it was appended): rerun it
+            print(f"--resume: the last line of {out / 'results.jsonl'} is cut short; its case runs again",
+                  file=sys.stderr)
     except (OSError, json.JSONDecodeError) as err:
         raise BenchError(
-            f"--resume: {out} is not a readable run folder ({err}); run without --resume"
+            f"--resume: {out} is not a readable run folder ({err}); a new run into another --out leaves it "
+            "as it is (one into this folder replaces it)"
         ) from err
     if env.get("suite") != suite.name:
         raise BenchError(f"--resume: {out} is a run of suite {env.get('suite')!r}, not {suite.name!r}")

@@ -49,6 +49,23 @@ def test_resume_runs_only_what_a_cut_run_lacks(tmp_path):
     assert "resumed at" in report and "3 cases: 3 ok" in report
 
 
+def test_resume_reruns_a_row_cut_mid_write_and_refuses_damage_before_it(tmp_path, capsys):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    run = tmp_path / "run"
+    run_suite(suite, run, only=["norm/fp32"], report=False)
+    good = (run / "results.jsonl").read_text()
+    torn = json.dumps({**_rows(run)["fp32"], "variant": "bf16"})[:50]  # a copy taken mid-append
+    (run / "results.jsonl").write_text(good + torn)
+    run_suite(suite, run, only=["norm/fp32", "norm/bf16"], resume=True, report=False)
+    assert "last line of" in capsys.readouterr().err
+    rows = _rows(run)  # the rewritten file reads whole again
+    assert set(rows) == {"fp32", "bf16"} and rows["bf16"]["status"] == "ok"
+    (run / "results.jsonl").write_text(torn + "\n" + good)  # damage before good rows: not guessed at
+    with pytest.raises(BenchError, match="not a readable run folder .* another --out leaves it"):
+        run_suite(suite, run, resume=True, report=False)
+
+
 def test_resume_refuses_another_suite_or_no_run(tmp_path):
     suite = tmp_path / "suite.toml"
     suite.write_text(SUITE)
