@@ -28,7 +28,10 @@ def _pack(args: argparse.Namespace) -> int:
     rows, errors = index["rows"], index["errors"]
     # float16 image [4,S,S,S] and uint8 label [1,S,S,S] per row
     size_gb = rows * (2 * math.prod(index["shape"]) + math.prod(index["shape"][1:])) / 1e9
-    print(f"{rows} cases packed ({size_gb:.2f} GB), {len(errors)} failed -> {args.out}")
+    # the failed cases named here too: a rerun over an unchanged source packs nothing and says no more
+    failed = f" ({', '.join(e['id'] for e in errors[:5])}{', ...' if len(errors) > 5 else ''}: " \
+             f"see {args.out}/index.json)" if errors else ""
+    print(f"{rows} cases packed ({size_gb:.2f} GB), {len(errors)} failed{failed} -> {args.out}")
     return 1 if errors else 0
 
 

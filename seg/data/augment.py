@@ -46,6 +46,18 @@ def as_patch_size(patch: int | Sequence[int] | None) -> tuple[int, int, int] | N
     return size  # type: ignore[return-value]
 
 
+def check_batchable(patch: int | Sequence[int] | None, batch_size: int) -> None:
+    """A training batch of more than one sample needs equal patch sizes on ROTATE_AXES: a 90° rotation
+    swaps them for about half the samples, which then cannot share a batch. Refused when the loader
+    is built, not at the first batch that mixes them (perhaps many steps into a run)."""
+    size = as_patch_size(patch)
+    a, b = ROTATE_AXES
+    if batch_size > 1 and size is not None and size[a] != size[b]:
+        raise ValueError(f"patch {size}: a batch of {batch_size} needs equal sizes on spatial axes "
+                         f"{ROTATE_AXES} (the 90° rotation swaps them per sample); use e.g. "
+                         f"({size[a]}, {size[a]}, {size[2]}) or batch 1")
+
+
 def uniform_corner(rs: np.random.RandomState, spatial_shape: Sequence[int], size: Sequence[int]):
     """A patch corner drawn as MONAI's RandSpatialCropd draws it (monai.data.utils.get_random_patch
     over get_valid_patch_size: the patch clipped to the volume, one randint per axis it fits in)."""

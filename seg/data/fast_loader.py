@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from seg.data.augment import check_batchable
 from seg.data.batch_augment import augment_batch, draw_batch
 from seg.data.device_dataset import DEFAULT_FRACTION, ResidentData
 from seg.data.formats import split_has_labels
@@ -163,6 +164,8 @@ def build_fast_loader(
     `placement` forces one), else `workers` DataLoader processes read it. `fg_fraction`: foreground
     oversampling of the patches (seg.data.fg_crop), drawn as build_loader's. Under DDP
     (`distributed`) each rank gets its shard of the global order, as with build_loader."""
+    if train:
+        check_batchable(patch, batch_size)
     world_size, rank = _replicas(distributed)
     device = resolve_device(device)
     common = dict(train=train, device=device, seed=seed, patch=patch, fg_fraction=fg_fraction,

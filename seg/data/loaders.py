@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from seg.data.augment import seed_train_transforms
+from seg.data.augment import check_batchable, seed_train_transforms
 from seg.data.formats import open_reader, split_has_labels
 
 ORDER_INDEX = 2**63  # sample_seed's index for an epoch's order: no sample has it
@@ -120,7 +120,7 @@ class SeededSampler(DistributedSampler):
         indices = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
         if self.drop_last:
             indices = indices[: self.total_size]
-        else:  # pad with the epoch's first cases, as PyTorch does
+        elif indices:  # pad with the epoch's first cases, as PyTorch does (none to pad with: no batch)
             indices += (indices * math.ceil(self.total_size / len(indices)))[: self.total_size - len(indices)]
         for index in indices[self.rank : self.total_size : self.num_replicas]:
             yield index, sample_seed(self.seed, self.epoch, index)
@@ -174,6 +174,7 @@ def build_loader(
     """
     world_size, rank = _replicas(distributed)
     if train:
+        check_batchable(patch, batch_size)
         dataset = PreparedDataset(data_dir, ids, transform=None)
         labelled = split_has_labels(dataset.reader, dataset.ids, data_dir) if dataset.ids else True
         dataset.transform = seed_train_transforms(patch, keys=("image", "label") if labelled else ("image",),

@@ -121,7 +121,8 @@ def pack(src: str | Path, out: str | Path, ids: Sequence[str] | None = None, pro
                 cases.append({"id": case_id, "row": row, "has_label": "label" in case,
                               "meta": _plain_meta(case.get("meta", {}))})
             except Exception as err:  # one bad case never stops the others
-                print(f"{path}: cannot pack prepared case: {err}", file=sys.stderr)
+                said = str(err) if str(path) in str(err) else f"{path}: {err}"  # the file named once
+                bar.write(f"cannot pack prepared case {case_id}: {said}", file=sys.stderr)
                 errors.append({"id": case_id, "error": str(err)})
         if not cases:
             raise ValueError(f"{src}: none of {len(ids)} prepared cases could be packed")
@@ -188,12 +189,14 @@ class PackedStore:
             if self._identity() != self._packed:
                 raise RuntimeError(f"{self.path}: packed again since this store was opened (its index "
                                    "numbers other arrays): open it again")
-            try:
-                self._arrays = (np.load(self.path / IMAGES, mmap_mode="r"),
-                                np.load(self.path / LABELS, mmap_mode="r"))
-            except (OSError, ValueError) as err:
-                raise RuntimeError(f"{self.path}: cannot map the packed arrays: {err}") from err
+            self._arrays = (self._map(IMAGES), self._map(LABELS))
         return self._arrays
+
+    def _map(self, name: str) -> np.ndarray:
+        try:
+            return np.load(self.path / name, mmap_mode="r")
+        except (OSError, ValueError) as err:  # truncated or replaced: name the file
+            raise RuntimeError(f"{self.path / name}: cannot map the packed array: {err}") from err
 
     def row(self, case_id: str) -> int:
         return self.entries[case_id]["row"]

@@ -84,12 +84,27 @@ def test_pack_reports_a_bad_case_and_packs_the_others(tmp_path, capsys, bad):
     assert [c["id"] for c in index["cases"]] == [i for i in IDS[:3] if i != bad]
     assert [e["id"] for e in index["errors"]] == [bad] and index["shape"] == [4, 10, 10, 10]
     err = capsys.readouterr().err
-    assert f"{bad}.pt: cannot pack prepared case" in err and err.count("\n") == 1
+    assert f"cannot pack prepared case {bad}: " in err and err.count("\n") == 1
+    assert err.count(f"{bad}.pt") == 1  # the file named once
+    from seg.commands.pack import main as pack_main
+
+    # an unchanged source is skipped, and the summary names the failed case again
+    assert pack_main(["pack", "--src", str(src), "--out", str(tmp_path / "out")]) == 1
+    assert f"1 failed ({bad}: see " in capsys.readouterr().out
     index_path = tmp_path / "out" / "index.json"
     assert open_reader(tmp_path / "out").missing([bad]) == [f"{bad} (not in {index_path})"]
     stamp = (tmp_path / "out" / "index.json").stat().st_mtime_ns
     mmap_store.pack(src, tmp_path / "out", progress=False)  # unchanged source, bad case and all: skipped
     assert (tmp_path / "out" / "index.json").stat().st_mtime_ns == stamp and not capsys.readouterr().err
+
+
+def test_a_truncated_packed_array_is_named(tmp_path):
+    src = write_prepared(tmp_path / "src", ids=IDS[:2])
+    mmap_store.pack(src, tmp_path / "out", progress=False)
+    images = tmp_path / "out" / mmap_store.IMAGES
+    images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])
+    with pytest.raises(RuntimeError, match=f"{images}: cannot map the packed array"):
+        mmap_store.PackedStore(tmp_path / "out").arrays()
 
 
 def test_convert_between_formats_keeps_values(prepared, formats, tmp_path):

@@ -155,6 +155,21 @@ def test_a_training_split_mixing_labelled_and_image_only_cases_is_refused(tmp_pa
     assert next(iter(only_images))["image"].shape == (1, 4, 4, 4, 4)
 
 
+def test_a_patch_the_rotation_cannot_batch_is_refused_when_the_loader_is_built(tmp_path):
+    # rot90 swaps spatial axes 0 and 1 for about half the samples: (8, 4, 4) and (4, 8, 4) patches
+    # cannot share a batch, found before only at the first batch mixing them
+    write_prepared(tmp_path, n=3, size=8)
+    ids = ["Case_000", "Case_001", "Case_002"]
+    with pytest.raises(ValueError, match=r"patch \(8, 4, 4\): a batch of 2 needs equal sizes on spatial"):
+        build_loader(tmp_path, ids, 2, train=True, patch=(8, 4, 4))
+    with pytest.raises(ValueError, match="needs equal sizes"):
+        build_fast_loader(tmp_path, ids, 2, train=True, device="cpu", patch=(8, 4, 4), progress=False)
+    batch = next(iter(build_loader(tmp_path, ids, 2, train=True, patch=(4, 4, 8))))
+    assert batch["image"].shape[2:] == (4, 4, 8)
+    assert next(iter(build_loader(tmp_path, ids, 1, train=True, patch=(8, 4, 4))))["image"].shape[0] == 1
+    assert list(build_loader(tmp_path, [], 2, train=True)) == []  # no batch (was a ZeroDivisionError)
+
+
 def test_workers_augment_plain_indices_differently(tmp_path):
     # Without SeededSampler's keys the transform draws from its own generator, copied into each worker.
     from torch.utils.data import DataLoader
