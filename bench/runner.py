@@ -279,11 +279,9 @@ def run_suite(
     device = device or suite.device
     out.mkdir(parents=True, exist_ok=True)
     done = {(r["workload"], r["variant"]) for r in kept}
-    cases = [
-        (i, w, v)
-        for i, w, v in suite.run_order()
-        if (not only or w.name in only or f"{w.name}/{v}" in only) and (w.name, v) not in done
-    ]
+    chosen = [(i, w, v) for i, w, v in suite.run_order()
+              if not only or w.name in only or f"{w.name}/{v}" in only]
+    cases = [(i, w, v) for i, w, v in chosen if (w.name, v) not in done]
     if resume:
         print(f"resuming {out}: {len(kept)} rows kept, {len(cases)} cases to run")
     started = time.perf_counter()  # the budget covers calibration and data preparation too
@@ -297,6 +295,8 @@ def run_suite(
         "anchors": suite.anchors,  # the report's goal checks fall back on them
         "workload_fingerprints": workload_fingerprints(suite),  # what a --resume must find unchanged
         "goals": [asdict(g) for g in suite.goals],
+        # the cases this run set out to measure: a report tells a run stopped short from a whole one
+        "planned_cases": [f"{w.name}/{v}" for _, w, v in chosen],
         "method": METHOD,  # how these rows were measured, by this segbench: a later re-render keeps it
     }
     # Calibrate first: a device that cannot run (--device cuda without a GPU) leaves only the
@@ -318,8 +318,9 @@ def run_suite(
         # the suite's goals and anchors as they are now (the report judges the rows by them)
         fingerprints = {**old_env.get("workload_fingerprints", {}), **env["workload_fingerprints"]}
         resumes = [*old_env.get("resumed", []), {**resumed, "cases": len(cases)}]
+        planned = list(dict.fromkeys([*old_env.get("planned_cases", []), *env["planned_cases"]]))
         env = {**old_env, "workload_fingerprints": fingerprints, "goals": env["goals"],
-               "anchors": env["anchors"], "resumed": resumes}
+               "anchors": env["anchors"], "resumed": resumes, "planned_cases": planned}
     write_json_atomic(out / "env.json", env, indent=2)
     results = Results(out / "results.jsonl", keep=kept)
 

@@ -83,12 +83,18 @@ def _describe(rows: list[dict]) -> str:
     return ", ".join(parts)
 
 
-def _summary(rows: list[dict]) -> list[str]:
+def _summary(rows: list[dict], planned: list[str] = ()) -> list[str]:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "unavailable")}
     cut = sum(r["status"] == "error" and cut_by_budget(r) for r in rows)
     errors = f"{counts['error'] - cut} error" + (
         f", {cut} cut by the time budget (`segbench bench --resume RUN` runs them)" if cut else "")
     lines = [f"{len(rows)} cases: {counts['ok']} ok, {errors}, {counts['unavailable']} unavailable"]
+    measured = {f"{r['workload']}/{r['variant']}" for r in rows}
+    missing = [case for case in planned if case not in measured]
+    if missing:  # stopped (Ctrl-C, a lease's end) before these: no row says so
+        lines.append(f"⚠ {len(missing)} of the run's {len(planned)} planned cases have no row (the run "
+                     f"stopped before them: {', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}); "
+                     "`segbench bench --resume RUN` runs them")
     busy = [
         r
         for r in rows
@@ -198,7 +204,7 @@ def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
         Block("h2", "Environment"),
         Block("list", _env_lines(env, rows)),
         Block("h2", "Summary"),
-        Block("list", _summary(rows)),
+        Block("list", _summary(rows, env.get("planned_cases", []))),
     ]
     if env.get("goals"):
         import pandas as pd

@@ -66,6 +66,26 @@ def test_resume_reruns_a_row_cut_mid_write_and_refuses_damage_before_it(tmp_path
         run_suite(suite, run, resume=True, report=False)
 
 
+def test_the_report_of_a_run_stopped_short_names_the_cases_it_lacks(tmp_path):
+    from reports.build import build_report
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    run = tmp_path / "run"
+    run_suite(suite, run, only=["norm/fp32", "norm/bf16"], report=False)
+    assert json.loads((run / "env.json").read_text())["planned_cases"] == ["norm/fp32", "norm/bf16"]
+    lines = (run / "results.jsonl").read_text().splitlines()
+    (run / "results.jsonl").write_text(lines[0] + "\n")  # as if stopped (Ctrl-C, a lease's end) after it
+    report, _ = build_report(run)
+    assert "1 of the run's 2 planned cases have no row (the run stopped before them: norm/bf16)" in \
+        report.read_text()
+    run_suite(suite, run, resume=True, report=False)  # the resume plans the whole suite now
+    assert json.loads((run / "env.json").read_text())["planned_cases"] == [
+        "norm/fp32", "norm/bf16", "norm/channels_last"]
+    report, _ = build_report(run)
+    assert "planned cases have no row" not in report.read_text()
+
+
 def test_resume_refuses_another_suite_or_no_run(tmp_path):
     suite = tmp_path / "suite.toml"
     suite.write_text(SUITE)
