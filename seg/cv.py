@@ -104,7 +104,7 @@ def evaluate_test(
     from seg.infer import sliding_window_predict
     from seg.postprocess import small_et_to_core
     from seg.speed import to_input
-    from seg.targets import to_labels
+    from seg.targets import mean_to_labels, to_labels
 
     dev = resolve_device(device)
     models, ckpts = load_ensemble(checkpoints, dev, cfg)
@@ -126,7 +126,7 @@ def evaluate_test(
             pred, _ = small_et_to_core(to_labels(probs, target)[0].cpu().numpy(), voxel_mm3, cfg.min_et_mm3)
             per_fold[k][case_id] = metrics.evaluate_case(pred, ref, spacing, "prepared")
             total = probs if total is None else total.add_(probs)
-        pred = to_labels(total / len(models), target)[0].cpu().numpy()  # the mean: regions threshold it
+        pred = mean_to_labels(total, len(models), target)[0].cpu().numpy()
         pred, _ = small_et_to_core(pred, voxel_mm3, cfg.min_et_mm3)
         ensemble[case_id] = metrics.evaluate_case(pred, ref, spacing, "prepared")
     return {

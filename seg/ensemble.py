@@ -61,7 +61,7 @@ def ensemble_case(paths: Sequence[Path], out_path: Path, min_et_mm3: float = 0.0
     """Average one case's saved probabilities and write its label map; ValueError naming the file
     that does not fit the first (another target, prepared grid or source)."""
     from seg.data.inverse import write_prediction
-    from seg.targets import to_labels
+    from seg.targets import mean_to_labels
 
     first = load_probabilities(paths[0])
     total = first["probs"].float()
@@ -76,7 +76,7 @@ def ensemble_case(paths: Sequence[Path], out_path: Path, min_et_mm3: float = 0.0
             raise ValueError(f"{path}: another prepared case or prep settings than {paths[0]}")
         sources.append(other["meta"]["source"])
         total += other["probs"].float()
-    label = to_labels((total / len(paths))[None], first["target"])[0].to(torch.uint8)
+    label = mean_to_labels(total[None], len(paths), first["target"])[0].to(torch.uint8)
     reachable = [s for s in sources if Path(s["t1"]).is_file()]  # the header is read from the source
     if not reachable:
         raise ValueError(f"{sources[0]['t1']}: the case's source image is not here (needed for its header)")

@@ -60,6 +60,12 @@ def to_labels(probs: torch.Tensor, target: str) -> torch.Tensor:
     return label
 
 
+def mean_to_labels(total: torch.Tensor, models: int, target: str) -> torch.Tensor:
+    """An ensemble's label map from its members' summed probabilities [B, C, *spatial]: the mean is
+    thresholded ("regions": two members at 0.3 are 0.3, not the 0.6 of their sum)."""
+    return to_labels(total / models, target)
+
+
 class RegionLoss(nn.Module):
     """Dice (sigmoid, each region its own channel, none left out) + binary cross-entropy, on logits
     [B, 3, *spatial] against prepared labels [B, 1, *spatial]."""

@@ -88,6 +88,12 @@ def test_rows_carry_the_contract_fields(run):
     assert (run / "cache" / "reference-infer.pt").is_file()
     assert json.loads((run / "cache" / "reference-infer.json").read_text())["flops_per_step"] > 0
     assert step["paired"]["baseline"] == "fp32" and step["paired"]["speedup"]["ratio"] > 0
+    from reports.stats import paired_blocks_ratio_ci
+
+    # speedup > 1: the variant faster (baseline time over variant time, over the block pairs)
+    paired = step["paired"]
+    assert paired["speedup"] == paired_blocks_ratio_ci(paired["baseline_blocks_s"],
+                                                       paired["variant_blocks_s"])
     if sys.platform.startswith("linux"):  # how busy the host was meanwhile (bench.contention)
         assert 0.0 <= step["host_other_cpu_fraction"] <= 1.0
 

@@ -147,3 +147,14 @@ def test_the_exact_voxel_resample_equals_monai_s_nearest_resample(perm, flips, s
     oblique = dst_affine.copy()
     oblique[:3, :3] = oblique[:3, :3] @ np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
     assert _voxel_map(src_affine, oblique) is None  # the general resample's case
+
+
+def test_first_argmax_keeps_torch_argmax_s_first_maximum_on_ties():
+    import torch
+
+    from seg.data.inverse import _first_argmax
+
+    x = torch.tensor([[0.5, 0.25, 0.0], [0.5, 0.25, 0.5], [0.0, 0.5, 0.5], [0.0, 0.0, 0.0]]).view(4, 3, 1, 1)
+    assert torch.equal(_first_argmax(x), torch.argmax(x, 0))
+    ties = torch.randint(0, 3, (4, 5, 6, 7), generator=torch.Generator().manual_seed(0)) / 2.0
+    assert torch.equal(_first_argmax(ties), torch.argmax(ties, 0))

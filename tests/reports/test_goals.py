@@ -221,3 +221,45 @@ def test_gradient_parity_catches_a_wrong_backward_the_loss_hides_and_the_card_is
     assert on_h200[0]["caveat"] == "measured on NVIDIA H200, the target is for H100"
     assert "met, with caveats" in verdict_line(timed, on_h200)
     assert not check(timed, [row({})], {}, gpu="NVIDIA H100 80GB HBM3")[0]["caveat"]
+
+
+def _timed(variant: str, s: float, **extra) -> dict:
+    return {"workload": "w", "variant": variant, "status": "ok", "step_times_s": [s] * 3,
+            "s_per_iter": {"median": s, "p20": s, "p80": s, "n": 3}, **extra}
+
+
+def test_goal_limits_are_inclusive_and_peaks_in_gib():
+    from reports.goals import check
+
+    fast = _timed("fast", 0.04, peak_bytes=2 * 2**30, parity={"max_rel_dev": 0.01})
+    goal = {"case": "w/fast", "max_s_per_iter": 0.04, "max_peak_gib": 2.0, "max_parity": 0.01,
+            "min_speedup": {"w/seed": 2.0}}
+    verdicts = {r["criterion"]: r["verdict"] for r in check(goal, [fast, _timed("seed", 0.08)], {})}
+    assert set(verdicts.values()) == {"met"}, verdicts  # each exactly at its limit
+    # 2.15 GiB (2.31 GB) is over a 2.1 GiB limit, and would pass were it read as GB
+    (over,) = check({"case": "w/fast", "max_peak_gib": 2.1}, [{**fast, "peak_bytes": int(2.15 * 2**30)}], {})
+    assert over["verdict"] == "NOT met"
+
+
+def test_speedups_are_not_chained_through_two_different_baselines():
+    from reports.goals import check
+
+    def blocks(s: float) -> list[list[float]]:
+        return [[s] * 3 for _ in range(4)]
+
+    # fast is 4x its baseline (seed), compile 1x its own (stock): fast / compile through a shared
+    # baseline would read 4x; they share none, so the rows' medians (1.0 / 1.0) decide
+    fast = _timed("fast", 1.0, paired={"baseline": "seed", "baseline_blocks_s": blocks(4.0),
+                                       "variant_blocks_s": blocks(1.0)})
+    comp = _timed("compile", 1.0, paired={"baseline": "stock", "baseline_blocks_s": blocks(1.0),
+                                          "variant_blocks_s": blocks(1.0)})
+    (record,) = check({"case": "w/fast", "min_speedup": {"w/compile": 2.0}}, [fast, comp], {})
+    assert "chained" not in record["how"] and record["verdict"] == "NOT met", record
+
+
+def test_an_unpaired_speedup_is_a_ratio_of_medians():
+    from reports.tables import speedup
+
+    base = {"workload": "w", "variant": "seed", "status": "ok", "step_times_s": [1.0, 1.0, 1.0, 10.0]}
+    row = {"workload": "w", "variant": "fast", "status": "ok", "step_times_s": [0.5] * 4}
+    assert speedup(row, base, "seed")["ratio"] == 2.0  # medians 1.0 / 0.5 (means: 3.25 / 0.5)

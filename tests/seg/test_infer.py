@@ -103,6 +103,49 @@ def test_ensemble_is_the_mean_of_models():
     torch.testing.assert_close(both, (each[0] + each[1]) / 2)
 
 
+class WindowCounter(nn.Module):
+    """Counts the windows it sees; its output depends on the whole window (so the blending matters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.windows = 0
+
+    def forward(self, x):
+        self.windows += x.shape[0]
+        return x[:, :4] * 3.0 + 5 * x[:, :4].mean(dim=(2, 3, 4), keepdim=True)
+
+
+def test_overlap_and_blending_mode_reach_monai():
+    torch.manual_seed(0)
+    image = torch.rand(1, 4, 32, 32, 32)
+    for overlap, mode in ((0.0, "constant"), (0.75, "gaussian"), (0.25, "constant")):
+        ours, monai_model = WindowCounter(), WindowCounter()
+        got = sliding_window_predict(ours, image, roi=16, overlap=overlap, sw_batch_size=4, mode=mode,
+                                     precision="fp32")
+        logits = sliding_window_inference(image, (16, 16, 16), 4, monai_model, overlap=overlap, mode=mode)
+        assert ours.windows == monai_model.windows, (overlap, mode)
+        torch.testing.assert_close(got, torch.softmax(logits, 1))
+
+
+def test_a_regions_ensemble_thresholds_the_members_mean(tmp_path, monkeypatch):
+    import seg.data.inverse as inverse
+    from seg.ensemble import ensemble_case, save_probabilities
+    from seg.targets import mean_to_labels
+
+    # two members at 0.3 in every region: background (their sum, 0.6, would paint every voxel ET)
+    probs = torch.full((3, 4, 4, 4), 0.3)
+    assert not mean_to_labels((probs + probs)[None], 2, "regions").any()
+    t1 = tmp_path / "t1.nii.gz"
+    t1.write_bytes(b"x")  # only its presence is checked before write_prediction reads it
+    meta = {"source": {"t1": str(t1)}, "size": 4}
+    paths = [save_probabilities(tmp_path / f"{i}_probs.pt", probs, meta, "regions") for i in range(2)]
+    written = {}
+    monkeypatch.setattr(inverse, "write_prediction",
+                        lambda path, label, *a: written.setdefault("label", label))
+    ensemble_case(paths, tmp_path / "out.nii.gz")
+    assert written["label"].shape == (4, 4, 4) and int(written["label"].max()) == 0
+
+
 def test_load_model_roundtrip(tmp_path):
     model = _tiny_unet(3)
     _save_checkpoint(tmp_path / "best.pt", model)

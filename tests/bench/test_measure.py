@@ -1,0 +1,46 @@
+"""What the harness times: steps after warm-up, without their untimed setup, and the interleaved
+A/B blocks after a dropped first pair (fake steps whose slow calls must stay out of the samples)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from bench.measure import steady_state, time_steps
+from bench.workloads.train_step import interleaved
+
+
+def _step(calls: list, name: str, slow_calls: int, slow_s: float = 0.2):
+    """A step that records its calls and sleeps on its first `slow_calls` (compilation, autotuning)."""
+
+    def step() -> None:
+        calls.append(name)
+        if sum(c == name for c in calls) <= slow_calls:
+            time.sleep(slow_s)
+
+    return step
+
+
+def test_steady_state_times_only_the_steps_after_warm_up():
+    calls: list = []
+    row = steady_state(_step(calls, "s", slow_calls=2), warmup=2, iters=4, device="cpu")
+    assert len(calls) == 6 and len(row["step_times_s"]) == 4 and row["s_per_iter"]["n"] == 4
+    assert max(row["step_times_s"]) < 0.1
+
+
+def test_time_steps_leaves_the_setup_out():
+    times = time_steps(lambda: None, 3, "cpu", setup=lambda: time.sleep(0.05))
+    assert len(times) == 3 and max(times) < 0.02
+
+
+def test_interleaved_drops_its_first_pair_and_alternates_the_order():
+    calls: list = []
+    case = SimpleNamespace(measure=SimpleNamespace(block=2, repeats=4))
+    # each step is slow for its first block only: the dropped pair must absorb it
+    base_step, var_step = _step(calls, "A", slow_calls=2), _step(calls, "B", slow_calls=2)
+    base, var = interleaved(var_step, base_step, case, "cpu")
+    assert len(base) == len(var) == 4 and all(len(b) == 2 for b in base + var)
+    assert calls.count("A") == calls.count("B") == 2 * (4 + 1)
+    assert max(t for b in base + var for t in b) < 0.1
+    blocks = "".join(calls[::2])  # one letter per block of 2 calls
+    assert blocks == "AB" + "AB" + "BA" + "AB" + "BA"  # the dropped pair, then AB BA AB BA
