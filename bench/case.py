@@ -111,7 +111,26 @@ def write_json_atomic(path: Path, data: dict, indent: int | None = None) -> None
     tmp.replace(path)
 
 
+RUNNER_PID_ENV = "SEGBENCH_RUNNER_PID"
+
+
+def die_with_runner() -> None:
+    """End this process when the runner that started it dies, even killed outright (Linux's
+    PR_SET_PDEATHSIG): in its own session (out of Ctrl-C's and a closed terminal's reach) nothing
+    else would, and it would go on holding the GPU. Set here, not in a preexec_fn at fork time."""
+    runner = os.environ.get(RUNNER_PID_ENV)
+    if runner is None or sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != int(runner):  # the runner died before the prctl
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
+    die_with_runner()
     spec_path, result_path = Path(argv[0]), Path(argv[1])
     result = run_spec(json.loads(spec_path.read_text()))
     write_json_atomic(result_path, result)

@@ -122,9 +122,11 @@ def _run_with_timeout(command: list[str], timeout_s: float | None, grace_s: floa
     # a CPU compile's C++ kernels record profiler events only with this set before inductor is imported;
     # without it their time is the "Torch-Compiled Region" event's own and lands in "other"
     env = {"TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE": "1", **os.environ}
-    from bench.runner import dies_with
+    if command[0] == sys.executable:  # not under nsys: the child's parent is this process (die_with_runner)
+        from bench.case import RUNNER_PID_ENV
 
-    proc = subprocess.Popen(command, start_new_session=True, env=env, preexec_fn=dies_with(os.getpid()))
+        env[RUNNER_PID_ENV] = str(os.getpid())
+    proc = subprocess.Popen(command, start_new_session=True, env=env)
     try:
         return proc.wait(timeout=timeout_s)
     except (subprocess.TimeoutExpired, KeyboardInterrupt) as stop:
@@ -141,11 +143,12 @@ def _run_with_timeout(command: list[str], timeout_s: float | None, grace_s: floa
 
 
 def main(argv: list[str]) -> int:
-    from bench.case import case_from_spec
+    from bench.case import case_from_spec, die_with_runner
     from bench.variants import Unavailable
     from bench.workloads import module
     from profiles.torch_trace import capture_nsys, capture_torch
 
+    die_with_runner()
     spec = json.loads(Path(argv[0]).read_text())
     out = Path(argv[1])
     case = case_from_spec(spec)

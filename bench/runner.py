@@ -8,7 +8,6 @@ appended (and flushed) the moment it is known, so a run cut short keeps what it 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.case import (
+    RUNNER_PID_ENV,
     reference_cached,
     reference_name,
     write_json_atomic,
@@ -51,19 +51,6 @@ def keep_compile_cache() -> bool:
     return os.environ.get(KEEP_CACHE_ENV, "0") not in ("", "0")
 
 
-def dies_with(runner_pid: int):
-    """A preexec_fn: the case gets SIGKILL when the runner dies, even killed outright (Linux's
-    PR_SET_PDEATHSIG); in its own session nothing else reaches it, and it would hold the GPU."""
-
-    def arm() -> None:
-        if sys.platform == "linux":
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-            if os.getppid() != runner_pid:  # the runner died before the prctl
-                os._exit(1)
-
-    return arm
-
-
 def _wait_case(spec_path: Path, result_path: Path, log_path: Path, env: dict, timeout_s: float) -> int | None:
     """Run one case process to its end; its exit code, or None when it outlived `timeout_s`."""
     with open(log_path, "w") as log:
@@ -74,7 +61,6 @@ def _wait_case(spec_path: Path, result_path: Path, log_path: Path, env: dict, ti
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=dies_with(os.getpid()),
         )
         try:
             return proc.wait(timeout=timeout_s)
@@ -99,7 +85,7 @@ def run_case_process(spec: dict, work: Path, stem: str, timeout_s: float) -> dic
     )
     spec_path.write_text(json.dumps(spec, indent=1))
     result_path.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", RUNNER_PID_ENV: str(os.getpid())}
     cold_dir = None
     if not keep_compile_cache():
         # Empty compile caches per case: a first step's compile time is what a user pays the first
