@@ -21,7 +21,9 @@ LABEL_COLOURS = {
     3: ("enhancing (3)", (1.00, 0.85, 0.00)),
     4: ("enhancing (4)", (1.00, 0.85, 0.00)),
 }
+LABEL_VALUES = (0, 1, 2, 3, 4)  # background and every convention's tumour labels (2021: 4, 2023/prepared: 3)
 OVERLAY_ALPHA = 0.45
+SAVE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
 @dataclass
@@ -103,16 +105,21 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
                 import torch
 
                 obj = torch.load(pred, weights_only=True)
-                volume.pred = (
-                    np.asarray(obj["label"] if isinstance(obj, dict) else obj).squeeze().astype(np.uint8)
-                )
+                values = np.asarray(obj["label"] if isinstance(obj, dict) else obj).squeeze()
             else:
                 pred_img = _canonical(pred)
-                volume.pred = np.asarray(pred_img.dataobj).astype(np.uint8)
+                values = np.asarray(pred_img.dataobj)
         except FileNotFoundError:
             raise
         except Exception as err:  # nibabel / torch raise several types for unreadable files
             raise ValueError(f"{pred}: not a readable label map ({type(err).__name__}: {err})") from err
+        # an image or a probability map would be drawn as labels (uint8 wraps 257 to 1): refused
+        found = np.unique(values)
+        if not np.isin(found, LABEL_VALUES).all():
+            shown = ", ".join(f"{v:g}" for v in found[:8]) + (", ..." if found.size > 8 else "")
+            raise ValueError(f"{pred}: not a label map (values {shown}; a label map holds "
+                             f"{', '.join(map(str, LABEL_VALUES))})")
+        volume.pred = values.astype(np.uint8)
         if volume.pred.shape != volume.image.shape[1:]:
             raise ValueError(
                 f"{pred}: prediction shape {volume.pred.shape} differs from the case {volume.image.shape[1:]}"
@@ -124,6 +131,14 @@ def load_volume(case: str | Path, pred: str | Path | None = None) -> Volume:
             raise ValueError(f"{pred}: not on the case's grid (its affine {theirs}, the case's {ours}, both "
                              "as RAS)")
     return volume
+
+
+def _mark_orientation(ax) -> None:
+    """R/L and A/P at the panel's edges: the neurological convention (patient left on the left) is the
+    mirror of the radiological one most clinical viewers use."""
+    style = dict(transform=ax.transAxes, color="white", fontsize=8, ha="center", va="center")
+    for x, y, text in ((0.03, 0.5, "L"), (0.97, 0.5, "R"), (0.5, 0.97, "A"), (0.5, 0.03, "P")):
+        ax.text(x, y, text, **style)
 
 
 def _display_range(channel: np.ndarray) -> tuple[float, float]:
@@ -191,6 +206,7 @@ class SliceViewer:
                                      if overlay is not None else None)
                 ax.set_title(MODALITY_NAMES[m] + (f" + {row_name}" if labels is not None else ""))
                 ax.axis("off")
+                _mark_orientation(ax)
         from matplotlib.patches import Patch
 
         legend_values = sorted(
@@ -202,8 +218,12 @@ class SliceViewer:
                 if v in LABEL_COLOURS
             }
         )
+        names = {v: name for v, (name, _) in LABEL_COLOURS.items()}
+        if {3, 4} <= set(legend_values):  # two conventions on one figure (2023 reference, 2021 prediction)
+            legend_values.remove(4)
+            names[3] = "enhancing (3/4)"
         if legend_values:
-            handles = [Patch(color=LABEL_COLOURS[v][1], label=LABEL_COLOURS[v][0]) for v in legend_values]
+            handles = [Patch(color=LABEL_COLOURS[v][1], label=names[v]) for v in legend_values]
             self.fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
         self.fig.canvas.mpl_connect("scroll_event", self.on_scroll)
         self.fig.canvas.mpl_connect("key_press_event", self.on_key)
@@ -234,10 +254,14 @@ class SliceViewer:
         return _save_figure(self.fig, out_png)
 
 
-def _save_figure(fig, out_png: str | Path) -> Path:
+def _save_figure(fig, out_path: str | Path) -> Path:
+    """Write `fig` in the format its suffix names (png, pdf, svg, jpg), atomically."""
     from seg.data.store import atomic_write
 
-    return atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    fmt = Path(out_path).suffix.lower().lstrip(".") or "png"
+    if fmt not in SAVE_FORMATS:
+        raise ValueError(f"{out_path}: cannot write a .{fmt} figure (use {', '.join(SAVE_FORMATS)})")
+    return atomic_write(out_path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100))
 
 
 def plot_curves(log_csv: str | Path, out_png: str | Path) -> Path:
@@ -246,6 +270,8 @@ def plot_curves(log_csv: str | Path, out_png: str | Path) -> Path:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{log_csv}: no epochs logged")
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [int(r["epoch"]) for r in rows]
     fig = _figure(True, (11, 4))
     ax_loss, ax_dice = fig.subplots(1, 2)
@@ -263,6 +289,7 @@ def plot_curves(log_csv: str | Path, out_png: str | Path) -> Path:
             if not np.all(np.isnan(values)):
                 ax.plot(epochs, values, marker="o", markersize=3, label=name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -296,5 +323,6 @@ def plot_overlay(
         name = MODALITY_NAMES[modality] if image.ndim == 4 else "image"
         ax.set_title(f"{name} + {title}" if labels is not None else f"{name}, slice {z}")
         ax.axis("off")
+        _mark_orientation(ax)
     fig.tight_layout()
     return _save_figure(fig, out_png)

@@ -44,6 +44,16 @@ def _run_view(args, out):
     return out
 
 
+def test_view_saves_the_format_its_suffix_names(tmp_path):
+    vol = _phantom()
+    image, label = torch.from_numpy(vol.image), torch.from_numpy(vol.label)[None]
+    save_case(tmp_path / "case.pt", image, label, {"id": "x"})
+    assert main(["view", str(tmp_path / "case.pt"), "--save", str(tmp_path / "v.svg")]) == 0
+    assert b"<svg" in (tmp_path / "v.svg").read_bytes()[:400]
+    assert main(["view", str(tmp_path / "case.pt"), "--save", str(tmp_path / "v.pdf")]) == 0
+    assert (tmp_path / "v.pdf").read_bytes()[:5] == b"%PDF-"
+
+
 def test_view_prepared_pt(tmp_path):
     vol = _phantom()
     save_case(
@@ -64,6 +74,12 @@ def test_view_of_a_broken_case_or_prediction_is_one_line(tmp_path, capsys):
     pred.write_bytes(blob[: len(blob) // 2])
     assert main(["view", str(case), "--pred", str(pred), "--save", str(tmp_path / "p.png")]) == 1
     assert f"{pred}: not a readable label map" in capsys.readouterr().err
+    # an image (or a probability map) given as the prediction is not drawn as labels (uint8 wrapped
+    # 257 to 1) but refused; an unknown --save format too
+    assert main(["view", str(case), "--pred", str(t2), "--save", str(tmp_path / "p.png")]) == 1
+    assert f"{t2}: not a label map (values " in capsys.readouterr().err
+    assert main(["view", str(case), "--save", str(tmp_path / "p.bmpx")]) == 1
+    assert "cannot write a .bmpx figure" in capsys.readouterr().err
     t2.write_bytes(blob[: len(blob) // 2])
     assert main(["view", str(case), "--save", str(tmp_path / "t.png")]) == 1
     assert f"{t2}: truncated" in capsys.readouterr().err
