@@ -12,7 +12,7 @@ from pathlib import Path
 from reports import figures, goals
 from reports.method import METHOD
 from reports.pytest_bench import pytest_benchmark_table
-from reports.render import Block, to_html, to_markdown, write_atomic
+from reports.render import COMPARE_FIGURE, Block, to_html, to_markdown, write_atomic
 from reports.rows import BUSY_FRACTION, cudnn_text, cut_by_budget
 from reports.tables import by_workload, fmt_attention_kernels, load_env, load_results, workload_table
 
@@ -276,6 +276,10 @@ def build_report(run: str | Path) -> tuple[Path, Path]:
     figures_dir = run / "figures"
     figures_dir.mkdir(exist_ok=True)
     blocks = build_blocks(run, figures_dir, rows)
+    drawn = {Path(b.content).name for b in blocks if b.kind == "img"}
+    for old in figures_dir.glob("*.png"):  # an earlier build's chart of rows no longer there
+        if old.name not in drawn and old.name != COMPARE_FIGURE:
+            old.unlink(missing_ok=True)
     md = write_atomic(run / "report.md", to_markdown(blocks, run))
-    page = write_atomic(run / "report.html", to_html(blocks, title=f"segbench report {run.name}"))
+    page = write_atomic(run / "report.html", to_html(blocks, title=f"segbench report {run.resolve().name}"))
     return md, page

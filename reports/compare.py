@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.render import Block, to_html, to_markdown, write_atomic
+from reports.render import COMPARE_FIGURE, Block, to_html, to_markdown, write_atomic
 from reports.rows import BUSY_FRACTION, cut_by_budget, machine
 from reports.stats import is_improvement, is_regression, relative_change_ci
 from reports.tables import (
@@ -272,7 +272,7 @@ def write_comparison(
 
     regressions = table[table.verdict.str.startswith("REGRESSION")]
     blocks = [
-        Block("h1", f"segbench comparison: {run.name} vs {run_b.name}"),
+        Block("h1", f"segbench comparison: {run.resolve().name} vs {run_b.resolve().name}"),
         Block(
             "list",
             [
@@ -297,9 +297,12 @@ def write_comparison(
             Block("h2", "Where the time moved (cases traced in both runs, torch.profiler, ms per step)"),
             Block("table", moved),
         ]
-    fig = _figure(table, run / "figures" / "compare.png")
+    fig = _figure(table, run / "figures" / COMPARE_FIGURE)
     if fig:
         blocks.append(Block("img", fig, alt="compare"))
+    else:  # no timed row to draw: no earlier comparison's chart beside this one
+        (run / "figures" / COMPARE_FIGURE).unlink(missing_ok=True)
     md = write_atomic(run / "compare.md", to_markdown(blocks, run))
-    page = write_atomic(run / "compare.html", to_html(blocks, title=f"{run.name} vs {run_b.name}"))
+    title = f"{run.resolve().name} vs {run_b.resolve().name}"
+    page = write_atomic(run / "compare.html", to_html(blocks, title=title))
     return md, page, table

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from reports.render import temp_name  # noqa: E402
 from reports.tables import baselines, mean_s_per_batch, quotable, speedup  # noqa: E402
 
 COLORS = {"ok": "#4C72B0", "seed": "#DD8452", "fp32": "#8C8C8C"}
@@ -23,7 +24,7 @@ COLORS = {"ok": "#4C72B0", "seed": "#DD8452", "fp32": "#8C8C8C"}
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+    tmp = temp_name(path)
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import base64
 import html
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+COMPARE_FIGURE = "compare.png"  # RUN/figures/: `segbench report --compare`'s chart, kept by a report rebuild
 
 
 @dataclass
@@ -21,9 +24,10 @@ class Block:
 
 def _md_cell(value: object) -> str:
     """One table cell: on one line (\r too ends a line), its pipes and backslashes escaped, and `<` as
-    an entity (an error's `<module>` or `vector<float>` would be taken for an HTML tag)."""
+    an entity outside code spans (an error's `<module>` or `vector<float>` would be taken for an HTML
+    tag; inside backticks the entity would show literally)."""
     text = " ".join(str(value).splitlines())
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    return _md_text(text.replace("\\", "\\\\").replace("|", "\\|"))
 
 
 def _md_text(text: object) -> str:
@@ -104,8 +108,14 @@ def to_html(blocks: list[Block], title: str) -> str:
     return "\n".join(out)
 
 
+def temp_name(path: Path) -> Path:
+    """A temporary sibling of `path` no other writer uses (a finishing bench and a manual `segbench
+    report` of one run may write at once)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
 def write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_name(path)
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path

@@ -272,8 +272,8 @@ def _extra(row: dict) -> dict:
         return {
             "forward": fmt_seconds((row.get("forward_s") or {}).get("median")),
             "backward": fmt_seconds((row.get("backward_s") or {}).get("median")),
-            "fwd GB/s": _num(row.get("forward_gb_per_s"), ".1f"),
-            "bwd GB/s": _num(row.get("backward_gb_per_s"), ".1f"),
+            "fwd GB/s": _num(row.get("forward_gb_per_s"), ".3g"),  # (a CPU's tiny shapes: 0.0437)
+            "bwd GB/s": _num(row.get("backward_gb_per_s"), ".3g"),
             "of copy ceiling": _num(row.get("fraction_of_copy"), ".0%"),
         }
     if kind == "footprint":  # estimated on the CPU: its own columns, never the measured `peak memory`

@@ -222,6 +222,12 @@ def test_a_suite_s_own_baseline_gets_its_column_and_text_stays_in_its_table_cell
     md = to_markdown([Block("table", table)], Path("."))
     assert len(md.strip().splitlines()) == 2 + len(rows)  # header, rule, one line per row
     assert "&lt;module>" in md and "a\\|b" in md
+    # inside a cell's code span `<` stays itself (an entity there shows literally)
+    import pandas as pd
+
+    errors = pd.DataFrame({"error": ["expected <float> in `vector<int>`"]})
+    cell = to_markdown([Block("table", errors)], Path("."))
+    assert "expected &lt;float> in `vector<int>`" in cell
     line = verdict_line({"case": "w/bad"}, check({"case": "w/bad", "max_s_per_iter": 1}, rows, {}))
     assert "\n" not in line and "\r" not in line
     assert to_markdown([Block("list", ["one\nline", "two"])], Path(".")) == "- one line\n- two\n"
@@ -243,6 +249,25 @@ def test_a_run_without_env_json_or_suite_fields_says_so_and_markdown_text_keeps_
     assert "- no env.json in this run folder" in md and "device: ?" not in md
     assert "(raised in torch/_dynamo/eval_frame.py:&lt;lambda>)" in md
     assert "<lambda>" not in md.replace("`", "")
+
+
+def test_a_rebuilt_report_drops_charts_of_rows_no_longer_there_and_names_its_folder(tmp_path, monkeypatch):
+    from reports.build import build_report
+
+    run = write_run(tmp_path / "run")
+    build_report(run)
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    charts = {p.name for p in (run / "figures").glob("*.png")}
+    gone = rows[0]["workload"]
+    assert any(name.startswith(gone) for name in charts)
+    (run / "figures" / "compare.png").write_bytes(b"a comparison's chart")  # not the report's to drop
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["workload"] != gone))
+    monkeypatch.chdir(run)
+    build_report(".")
+    left = {p.name for p in (run / "figures").glob("*.png")}
+    assert not any(name.startswith(gone) for name in left) and "compare.png" in left
+    assert left <= charts | {"compare.png"} and not list((run / "figures").glob(".*"))
+    assert "<title>segbench report run</title>" in (run / "report.html").read_text()
 
 
 def test_markdown_text_escapes_tags_outside_code_spans_only():

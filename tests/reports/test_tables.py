@@ -129,3 +129,11 @@ def test_a_second_row_of_one_case_is_refused_naming_both_lines(tmp_path):
     with pytest.raises(ResultsError, match=rf"results.jsonl:{len(lines) + 1}: a second row of "
                                            r"train_step/fp32 \(the first is line 2\)"):
         load_results(run)
+
+
+def test_a_small_kernel_bandwidth_keeps_its_significant_figures():
+    row = {"workload": "norm", "kind": "norm_kernel", "variant": "bf16", "status": "ok", "order": 0,
+           "forward_s": {"median": 1e-4}, "backward_s": {"median": 2e-4},
+           "forward_gb_per_s": 0.0437, "backward_gb_per_s": 123.456}
+    table = workload_table([row])
+    assert table["fwd GB/s"].tolist() == ["0.0437"] and table["bwd GB/s"].tolist() == ["123"]
