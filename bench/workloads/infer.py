@@ -32,6 +32,18 @@ from bench.workloads.common import (
 )
 
 
+def probability_parity(probs: torch.Tensor, ref: torch.Tensor) -> dict:
+    """How far class probabilities [B, C, *spatial] sit from the reference's: the contract's headline
+    deviation (relative L2, as norm_kernel reports it), the largest error, and the share of voxels
+    whose predicted class differs."""
+    return {
+        "max_rel_dev": float((probs - ref).norm() / ref.norm()),
+        "metric": "relative L2 error of the class probabilities",
+        "max_abs_err": float((probs - ref).abs().max()),
+        "label_disagreement": float((probs.argmax(1) != ref.argmax(1)).float().mean()),
+    }
+
+
 def _predictor(case: Case, cfg: CaseConfig, device: torch.device, state: dict, image: torch.Tensor):
     """(the eval model, a call that predicts the whole volume with it)."""
     from profiles.nvtx import nvtx_range
@@ -132,14 +144,7 @@ def run(case: Case) -> dict:
     row["first_step_s"] = time_once(lambda: result.append(predict()), device)
     if reference is not None and "probs" in reference:
         probs, ref = result[0].float().cpu(), reference.pop("probs")
-        row["parity"] = {
-            "reference": reference["variant"],
-            # the contract's headline deviation; relative L2 as norm_kernel reports it
-            "max_rel_dev": float((probs - ref).norm() / ref.norm()),
-            "metric": "relative L2 error of the class probabilities",
-            "max_abs_err": float((probs - ref).abs().max()),
-            "label_disagreement": float((probs.argmax(1) != ref.argmax(1)).float().mean()),
-        }
+        row["parity"] = {"reference": reference["variant"], **probability_parity(probs, ref)}
         ref = None
     elif reference is not None:
         row["parity"] = {"reference": reference["variant"], "error": reference.get("error")}

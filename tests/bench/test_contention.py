@@ -29,3 +29,12 @@ def test_own_waited_children_are_not_counted_but_a_stranger_is():
     assert own.other_cpu_fraction is not None and busy.other_cpu_fraction is not None
     assert busy.other_cpu_fraction > own.other_cpu_fraction
     assert busy.other_cpu_fraction >= 0.5 / (os.cpu_count() or 1)  # ~one busy core
+
+
+def test_host_busy_time_leaves_out_idle_and_iowait(tmp_path, monkeypatch):
+    from bench import contention
+
+    stat = tmp_path / "stat"  # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 2 30 5000 700 4 5 6 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    monkeypatch.setattr(contention, "_STAT", stat)
+    assert contention._host_busy_s() == pytest.approx((100 + 2 + 30 + 4 + 5 + 6) * contention._TICK_S)

@@ -44,3 +44,18 @@ def test_interleaved_drops_its_first_pair_and_alternates_the_order():
     assert max(t for b in base + var for t in b) < 0.1
     blocks = "".join(calls[::2])  # one letter per block of 2 calls
     assert blocks == "AB" + "AB" + "BA" + "AB" + "BA"  # the dropped pair, then AB BA AB BA
+
+
+def test_inference_parity_counts_the_voxels_whose_class_differs():
+    import torch
+
+    from bench.workloads.infer import probability_parity
+
+    torch.manual_seed(0)
+    ref = torch.softmax(torch.randn(1, 4, 4, 4, 5), 1)
+    swapped = ref.clone()
+    swapped[:, :, :2] = ref[:, [1, 0, 2, 3], :2]  # classes 0 and 1 trade places in 2 of 4 x-slices
+    flipped = int((ref.argmax(1)[:, :2] <= 1).sum())  # there, a voxel of class 0 or 1 changes class
+    parity = probability_parity(swapped, ref)
+    assert flipped > 0 and parity["label_disagreement"] == flipped / (4 * 4 * 5)
+    assert parity["max_rel_dev"] > 0 and probability_parity(ref, ref)["label_disagreement"] == 0.0

@@ -100,3 +100,23 @@ def test_inference_ignores_a_second_copy_of_the_seg_it_never_reads(tmp_path):
     assert sorted(p.name for p in case.duplicates) == ["BraTS2021_00042_seg.nii", "BraTS2021_00042_t2.nii"]
     images = case.images_only()
     assert images.seg is None and [p.name for p in images.duplicates] == ["BraTS2021_00042_t2.nii"]
+
+
+def _case_with_seg(folder, seg: np.ndarray):
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    for m in ("t1", "t1ce", "t2", "flair"):
+        nib.save(nib.Nifti1Image(rng.random((8, 8, 8)).astype(np.float32) + 1, np.eye(4)),
+                 folder / f"BraTS2021_00001_{m}.nii.gz")
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / "BraTS2021_00001_seg.nii.gz")
+    (case,) = discover(folder)
+    return case
+
+
+@pytest.mark.parametrize("value, says", [(1.5, "non-integer label values"), (-252, "label values [-252]")])
+def test_a_seg_a_uint8_cast_would_corrupt_is_refused(tmp_path, value, says):
+    # 1.5 would become label 1, -252 label 4 (and -1 read as 255): each named as it is
+    seg = np.zeros((8, 8, 8), np.float32 if value % 1 else np.int16)
+    seg[2:4, 2:4, 2:4] = value
+    assert any(says in e for e in validate(_case_with_seg(tmp_path, seg)))

@@ -128,3 +128,19 @@ def test_a_re_run_on_a_single_labelled_case_keeps_it_without_folds():
 
     one = make_splits(IDS[:1])
     assert extend_splits(one, IDS[:1]) == one  # a prep re-run on one case raised from min() before
+
+
+def test_a_new_case_tied_between_val_and_test_joins_val():
+    """extend_splits places a new case where its split is furthest below target, ties to train, then
+    val: 14 cases split 12/1/1; at 15 val and test both want round(1.5) = 2."""
+    from seg.data.splits import extend_splits
+
+    old = make_splits(IDS[:14])
+    assert [len(old[k]) for k in ("train", "val", "test")] == [12, 1, 1]
+    new = extend_splits(old, IDS[:15])
+    assert [len(new[k]) for k in ("train", "val", "test")] == [12, 2, 1] and IDS[14] in new["val"]
+
+
+def test_a_zero_test_fraction_holds_out_nothing():
+    splits = make_splits(IDS[:10], fractions=(0.9, 0.1, 0.0))
+    assert splits["test"] == [] and len(splits["val"]) == 1 and len(splits["train"]) == 9

@@ -207,3 +207,27 @@ def test_patching_after_recompute_is_refused_not_skipped():
                                          "first"):
         kernels.patch(model)
     assert kernels.patched_modules(model) == []
+
+
+def _basic_block(norm_name, slope=0.01) -> UnetBasicBlock:
+    torch.manual_seed(0)
+    return UnetBasicBlock(3, 4, 8, kernel_size=3, stride=1, norm_name=norm_name,
+                          act_name=("leakyrelu", {"inplace": True, "negative_slope": slope}))
+
+
+@pytest.mark.parametrize("norm_name, slope", [(("group", {"num_groups": 2}), 0.01),
+                                              (("instance", {"affine": True}), 0.3)])
+def test_a_patched_block_keeps_group_norm_s_groups_and_the_block_s_slope(norm_name, slope):
+    block = _basic_block(norm_name, slope)
+    x = torch.randn(2, 4, 6, 6, 6)
+    with torch.no_grad():
+        ref = block(x)
+        kernels.patch(block)
+        assert kernels.patched_modules(block) == [""]
+        torch.testing.assert_close(block(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_instance_norm_with_running_stats_stays_eager():
+    # in eval it normalizes by its running statistics, which the fused kernel does not keep
+    block = _basic_block(("instance", {"track_running_stats": True}))
+    assert kernels.patched_modules(kernels.patch(block)) == []

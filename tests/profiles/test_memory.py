@@ -114,3 +114,12 @@ def test_records_a_cuda_step(tmp_path):
     assert sidecar["baseline_bytes"] == rec.baseline_bytes > 0  # the layer's weights
     assert summary.by_category.get("forward", 0) > 0
     assert abs(summary.peak_bytes - rec.peak_bytes) <= 0.1 * rec.peak_bytes
+
+
+def test_an_allocation_under_the_optimizer_s_frames_is_the_optimizer_s():
+    from profiles.memory import classify
+
+    frames = [{"filename": "/venv/lib/torch/utils/_foreach_utils.py", "name": "_group_tensors", "line": 1},
+              {"filename": "/venv/lib/torch/optim/adamw.py", "name": "_multi_tensor_adamw", "line": 2},
+              {"filename": "/work/seg/recipe.py", "name": "optimizer_step", "line": 3}]
+    assert classify(frames)[0] == "optimizer"

@@ -306,3 +306,24 @@ def test_profile_of_a_cuda_case_without_cuda_is_one_line_and_leaves_nothing(tmp_
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "train_step/fp32 cannot run here: no CUDA device" in proc.stderr
     assert not (tmp_path / "profiles").exists()
+
+
+def _trace_of(tmp_path, events):
+    path = tmp_path / "t.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    return path
+
+
+def test_cpu_self_time_nests_ops_of_one_thread_only_and_back_to_back_ops_are_siblings(tmp_path):
+    def op(name, ts, dur, tid=1):
+        return {"ph": "X", "cat": "cpu_op", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid}
+
+    # an op on another thread inside this one's span is no child of it
+    other_thread = [op("aten::instance_norm", 0, 100), op("aten::mul", 10, 30, tid=2)]
+    cats = summarize_trace(_trace_of(tmp_path, other_thread))["categories"]
+    assert cats["normalization"] == 100 and cats["elementwise"] == 30
+    # an op starting exactly when the previous one ended is its sibling
+    back_to_back = [op("aten::convolution", 0, 50), op("aten::mul", 50, 50)]
+    cats = summarize_trace(_trace_of(tmp_path, back_to_back))["categories"]
+    assert cats["convolution"] == 50 and cats["elementwise"] == 50

@@ -128,3 +128,20 @@ def test_foreground_oversampling_needs_a_patch_and_a_share():
         TrainConfig(data_dir="d", out="o", fg_fraction=0.3)
     with pytest.raises(ValueError, match="fg_fraction 1.5: a share of the patches"):
         TrainConfig(data_dir="d", out="o", patch=64, fg_fraction=1.5)
+
+
+def test_a_foreground_crop_on_an_axis_shorter_than_the_patch_keeps_the_whole_axis():
+    from seg.data.augment import foreground_corner
+    from seg.data.fg_crop import RandForegroundCropd
+
+    label = torch.zeros(1, 6, 12, 12, dtype=torch.int64)
+    label[0, 3:5, 8:10, 8:10] = 2
+    image = torch.randn(4, 6, 12, 12)
+    crop = RandForegroundCropd(keys=["image", "label"], roi_size=(8, 8, 8), fg_fraction=1.0)
+    for seed in range(5):
+        crop.set_random_state(seed)
+        out = crop({"image": image, "label": label})
+        assert out["image"].shape == (4, 6, 8, 8) and out["label"].shape == (1, 6, 8, 8)
+        assert (out["label"] == 2).sum() == 8  # the whole tumour is in the patch
+    corner = foreground_corner(np.random.RandomState(0), (6, 12, 12), (8, 8, 8), 1.0, label[0])
+    assert corner[0] == 0

@@ -187,3 +187,12 @@ def test_a_norm_or_activation_fused_into_its_block_cannot_be_checkpointed_alone(
     recompute(plain, ["input_block.norm1"])  # unfused: its forward runs, the checkpoint works
     with pytest.raises(ValueError, match=r"input_block.norm1 is checkpointed inside a block that fuses it"):
         kernels.patch(plain)
+
+
+def test_a_name_that_prefixes_another_is_not_its_parent():
+    # SwinUNETR has encoder1 and encoder10: ckpt:encoder1,encoder10 recomputes both
+    model = nn.Module()
+    model.encoder1 = nn.Sequential(nn.Conv3d(1, 1, 1))
+    model.encoder10 = nn.Sequential(nn.Conv3d(1, 1, 1))
+    assert match_modules(model, ["encoder1", "encoder10"]) == ["encoder1", "encoder10"]
+    assert match_modules(model, ["encoder1*"]) == ["encoder1", "encoder10"]

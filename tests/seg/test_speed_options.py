@@ -301,3 +301,11 @@ def test_swinunetr_input_multiple_follows_its_patch_size():
     """MONAI checks edges against patch_size ** 5: the up-front check must ask the same."""
     assert models.input_multiple("swinunetr") == (32, 32, 32)
     assert models.input_multiple("swinunetr", patch_size=4) == (1024, 1024, 1024)
+
+
+def test_to_input_gives_the_channels_last_layout():
+    from seg import speed
+
+    x = torch.randn(2, 4, 6, 6, 6)
+    assert speed.to_input(x, True).is_contiguous(memory_format=torch.channels_last_3d)
+    assert speed.to_input(x, False) is x

@@ -309,3 +309,40 @@ def test_a_resume_on_data_prepared_otherwise_is_refused(data_dir, tmp_path):
     (data / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="trained on data prepared with .*'size': 16.* holds .*'size': 32"):
         train(_config(data, out, epochs=2, max_steps_per_epoch=1, resume=True))
+
+
+def test_a_short_last_accumulation_group_steps(data_dir, tmp_path):
+    """4 micro-batches with --accum 3: groups of 3 and 1; the short one steps too (else its gradients
+    leaked into the next epoch) and the cosine schedule spans ceil(4 / 3) = 2 steps per epoch."""
+    train(_config(data_dir, tmp_path / "run", batch_size=1, accum=3))
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["steps_per_epoch"] == 2 and last["scheduler"]["last_epoch"] == 2 * 2
+    assert float(_log(tmp_path / "run")[0]["lr"]) == pytest.approx(0.5e-2, rel=1e-6)  # half-way through
+
+
+def test_validation_dice_is_the_mean_of_the_region_dices():
+    import torch.nn as nn
+
+    from seg.recipe import build_loss
+    from seg.train.distributed import Layout
+    from seg.train.validate import validate
+
+    torch.manual_seed(0)
+    label = torch.randint(0, 4, (1, 1, 8, 8, 8))
+    logits = torch.nn.functional.one_hot(label[:, 0], 4).permute(0, 4, 1, 2, 3).float() * 10
+    noisy = logits + 8 * torch.randn_like(logits)  # a second case, imperfect
+    loader = [{"image": logits, "label": label}, {"image": noisy, "label": label}]
+    out = validate(nn.Identity(), loader, build_loss("labels"), "fp32", torch.device("cpu"), Layout())
+    regions = [out["val_dice_et"], out["val_dice_tc"], out["val_dice_wt"]]
+    assert 0 < min(regions) and max(regions) < 1
+    assert out["val_dice"] == pytest.approx(sum(regions) / 3)
+
+
+def test_an_fp16_resume_restores_the_grad_scaler(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(_config(data_dir, out, epochs=1, max_steps_per_epoch=1, precision="fp16"))
+    state = load_checkpoint(out / "last.pt")
+    state["scaler"]["scale"] = 1024.0  # not a fresh scaler's 65536
+    save_checkpoint(out / "last.pt", state)
+    train(_config(data_dir, out, epochs=2, max_steps_per_epoch=1, precision="fp16", resume=True))
+    assert load_checkpoint(out / "last.pt")["scaler"]["scale"] in (512.0, 1024.0, 2048.0)
