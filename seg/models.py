@@ -92,12 +92,31 @@ def build(name: str, **options: Any) -> nn.Module:
     """
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    _check_switches(name, options)
     try:
         return BUILDERS[name](**options)
     except TypeError as err:  # an option the network does not take, or a value of the wrong type
         if not options:
             raise
         raise ValueError(f"model {name}: bad option(s) {', '.join(sorted(options))}: {err}") from err
+
+
+NETWORKS = {"unet": "UNet", "swinunetr": "SwinUNETR", "dynunet": "DynUNet"}  # monai.networks.nets
+
+
+def _check_switches(name: str, options: dict[str, Any]) -> None:
+    """A switch (an argument whose default is True or False) given anything but a bool is refused: MONAI
+    tests them for truth, so the string "false" (a config file's spelling) would turn one on."""
+    import inspect
+
+    import monai.networks.nets as nets
+
+    params = {**inspect.signature(getattr(nets, NETWORKS[name])).parameters,
+              **inspect.signature(BUILDERS[name]).parameters}
+    wrong = [f"{key}={value!r}" for key, value in options.items()
+             if key in params and isinstance(params[key].default, bool) and not isinstance(value, bool)]
+    if wrong:
+        raise ValueError(f"model {name}: {', '.join(wrong)} must be True or False")
 
 
 def input_multiple(name: str, **options: Any) -> tuple[int, int, int]:

@@ -16,12 +16,17 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+WORDS = {"true": True, "false": False, "none": None, "null": None}  # as JSON, TOML and YAML write them
+
+
 def _option(text: str) -> tuple[str, object]:
     """`key=value` -> (key, value); value as a Python literal when it parses (8, 1e-3, (8,16),
-    True), else the plain string (preset=paper)."""
+    True; true/false/none in any case too), else the plain string (preset=paper)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--model-option expects key=value, got {text!r}")
+    if value.strip().lower() in WORDS:  # "false" as a string is truthy: DynUNet would turn it on
+        return key, WORDS[value.strip().lower()]
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):

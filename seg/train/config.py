@@ -51,7 +51,8 @@ class TrainConfig:
         default="labels",
         metadata=_help("what the output channels learn (seg.targets): labels = 4 labels, softmax, DiceCE "
                        "(the seed's); regions = the nested WT/TC/ET regions BraTS scores, 3 sigmoids, Dice "
-                       "+ BCE (nnU-Net's BraTS setting, MONAI's BraTS tutorials)"),
+                       "+ BCE (nnU-Net's BraTS setting; MONAI's BraTS tutorials train the regions with "
+                       "Dice alone)"),
     )
     epochs: int = field(default=100, metadata=_help("total epochs (a resumed run continues to this count)"))
     batch_size: int = field(default=1, metadata=_help("samples per micro-batch per process"))
@@ -78,7 +79,8 @@ class TrainConfig:
     )
     fg_fraction: float = field(
         default=0.0, metadata=_help("share of the training patches centred on a foreground voxel "
-                                    "(nnU-Net's oversampling; needs --patch); 0: uniform crops, the seed's")
+                                    "(nnU-Net's oversampling, drawn per sample: 0.5 is nnU-Net's default "
+                                    "at batch 2; needs --patch); 0: uniform crops, the seed's")
     )
     fold: int | None = field(
         default=None, metadata=_help("None: the splits' train/val; k: cross-validation fold k")

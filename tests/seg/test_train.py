@@ -226,6 +226,13 @@ def test_model_option_parsing():
     assert _option("channels=(8,16,32)") == ("channels", (8, 16, 32))
     assert _option("preset=paper") == ("preset", "paper")
     assert _option("use_v2=True") == ("use_v2", True)
+    # a config file's spelling: the string "false" is truthy and DynUNet would turn the switch on
+    assert _option("deep_supervision=false") == ("deep_supervision", False)
+    assert _option("res_block=TRUE") == ("res_block", True) and _option("x=none") == ("x", None)
+    with pytest.raises(ValueError, match="res_block='false' must be True or False"):
+        models.build("dynunet", res_block="false")
+    with pytest.raises(ValueError, match="fast='yes' must be True or False"):
+        models.build("swinunetr", fast="yes")
 
 
 def test_trains_on_a_packed_mmap_folder(data_dir, tmp_path):
