@@ -204,7 +204,8 @@ def _exit_on_term_and_hangup() -> None:
     import sys
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup a hangup stays ignored
+        signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
 
 
 def register_footprint(subparsers: argparse._SubParsersAction) -> None:
@@ -290,7 +291,7 @@ def run_footprint(args: argparse.Namespace) -> int:
     import sys
 
     from bench.config import SuiteError
-    from bench.run_folder import refuse_source_tree
+    from bench.run_folder import check_out
     from bench.runner import BenchError, run_suite
     from reports.tables import load_results
     from seg.commands.train import _option
@@ -307,7 +308,7 @@ def run_footprint(args: argparse.Namespace) -> int:
     shape = edges * 3 if len(edges) == 1 else edges
     variants = args.variant or ["bf16"]
     try:
-        refuse_source_tree(args.out)  # before suite.toml is written into it
+        check_out(args.out, resume=False)  # before suite.toml is written into it
     except BenchError as err:
         print(f"segbench footprint: {err}", file=sys.stderr)
         return 2

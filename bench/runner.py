@@ -304,7 +304,12 @@ def run_suite(
         # the suite's goals and anchors as they are now (the report judges the rows by them)
         fingerprints = {**old_env.get("workload_fingerprints", {}), **env["workload_fingerprints"]}
         resumes = [*old_env.get("resumed", []), {**resumed, "cases": len(cases)}]
-        planned = list(dict.fromkeys([*old_env.get("planned_cases", []), *env["planned_cases"]]))
+        # what was planned and is still in the suite or ran, and what this resume plans (a case since
+        # dropped from the suite and never run is no longer planned: no resume would run it)
+        keep = {f"{r['workload']}/{r['variant']}" for r in kept}
+        keep |= {f"{w.name}/{v}" for _, w, v in suite.run_order()}
+        planned = list(dict.fromkeys([*(c for c in old_env.get("planned_cases", []) if c in keep),
+                                      *env["planned_cases"]]))
         env = {**old_env, "workload_fingerprints": fingerprints, "goals": env["goals"],
                "anchors": env["anchors"], "resumed": resumes, "planned_cases": planned}
     write_json_atomic(out / "env.json", env, indent=2)

@@ -277,7 +277,8 @@ def build_report(run: str | Path) -> tuple[Path, Path]:
     figures_dir.mkdir(exist_ok=True)
     blocks = build_blocks(run, figures_dir, rows)
     drawn = {Path(b.content).name for b in blocks if b.kind == "img"}
-    for old in figures_dir.glob("*.png"):  # an earlier build's chart of rows no longer there
+    for old in figures_dir.glob("[!.]*.png"):  # an earlier build's chart of rows no longer there (not
+        # another writer's temporary file: a finishing bench and a manual report may build at once)
         if old.name not in drawn and old.name != COMPARE_FIGURE:
             old.unlink(missing_ok=True)
     md = write_atomic(run / "report.md", to_markdown(blocks, run))

@@ -34,6 +34,8 @@ def _md_text(text: object) -> str:
     """Text outside tables with `<` as an entity outside code spans (an error's `<lambda>` would be
     dropped as an unknown HTML tag; inside backticks the entity would show literally)."""
     parts = str(text).split("`")
+    if len(parts) % 2 == 0:  # an odd number of backticks (a cut message): a lone one is no code span
+        return str(text).replace("<", "&lt;")
     return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
 
 
@@ -116,6 +118,9 @@ def temp_name(path: Path) -> Path:
 
 def write_atomic(path: Path, text: str) -> Path:
     tmp = temp_name(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:  # a failed write leaves no temporary file (their names are unique: none is reused)
+        tmp.unlink(missing_ok=True)
     return path

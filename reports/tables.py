@@ -93,6 +93,11 @@ def baselines(rows: list[dict]) -> list[str]:
     return [SEED, FP32] + list(dict.fromkeys(b for b in paired if b and b not in (SEED, FP32)))
 
 
+def _rate(value: float | None) -> str:
+    """A bandwidth: 2345.6 on a GPU, 0.0437 on a CPU's tiny shapes (not 0.0), never 2.35e+03."""
+    return _num(value, ".1f" if value is None or abs(value) >= 1 else ".3g")
+
+
 def fmt_seconds(s: float | None) -> str:
     if s is None or pd.isna(s):
         return ""
@@ -272,8 +277,8 @@ def _extra(row: dict) -> dict:
         return {
             "forward": fmt_seconds((row.get("forward_s") or {}).get("median")),
             "backward": fmt_seconds((row.get("backward_s") or {}).get("median")),
-            "fwd GB/s": _num(row.get("forward_gb_per_s"), ".3g"),  # (a CPU's tiny shapes: 0.0437)
-            "bwd GB/s": _num(row.get("backward_gb_per_s"), ".3g"),
+            "fwd GB/s": _rate(row.get("forward_gb_per_s")),
+            "bwd GB/s": _rate(row.get("backward_gb_per_s")),
             "of copy ceiling": _num(row.get("fraction_of_copy"), ".0%"),
         }
     if kind == "footprint":  # estimated on the CPU: its own columns, never the measured `peak memory`

@@ -46,16 +46,18 @@ def as_patch_size(patch: int | Sequence[int] | None) -> tuple[int, int, int] | N
     return size  # type: ignore[return-value]
 
 
-def check_batchable(patch: int | Sequence[int] | None, batch_size: int) -> None:
-    """A training batch of more than one sample needs equal patch sizes on ROTATE_AXES: a 90° rotation
-    swaps them for about half the samples, which then cannot share a batch. Refused when the loader
-    is built, not at the first batch that mixes them (perhaps many steps into a run)."""
-    size = as_patch_size(patch)
+def check_batchable(patch: int | Sequence[int] | None, batch_size: int, spatial_shape: Sequence[int]) -> None:
+    """A training batch of more than one sample needs equal sizes on ROTATE_AXES (of the patch clipped
+    to the volume `spatial_shape`, as the crop clips it; of the volume without a patch): a 90°
+    rotation swaps them for about half the samples, which then cannot share a batch. Refused when the
+    loader is built, not at the first batch that mixes them (perhaps many steps into a run)."""
+    size = as_patch_size(patch) or tuple(spatial_shape)
+    crop = tuple(min(d, p) for d, p in zip(spatial_shape, size, strict=True))
     a, b = ROTATE_AXES
-    if batch_size > 1 and size is not None and size[a] != size[b]:
-        raise ValueError(f"patch {size}: a batch of {batch_size} needs equal sizes on spatial axes "
-                         f"{ROTATE_AXES} (the 90° rotation swaps them per sample); use e.g. "
-                         f"({size[a]}, {size[a]}, {size[2]}) or batch 1")
+    if batch_size > 1 and crop[a] != crop[b]:
+        raise ValueError(f"patch {crop} (volumes {tuple(spatial_shape)}): a batch of {batch_size} needs "
+                         f"equal sizes on spatial axes {ROTATE_AXES} (the 90° rotation swaps them per "
+                         "sample); use equal sizes there or batch 1")
 
 
 def uniform_corner(rs: np.random.RandomState, spatial_shape: Sequence[int], size: Sequence[int]):

@@ -29,7 +29,7 @@ import torch
 from seg.data.augment import check_batchable
 from seg.data.batch_augment import augment_batch, draw_batch
 from seg.data.device_dataset import DEFAULT_FRACTION, ResidentData
-from seg.data.formats import split_has_labels
+from seg.data.formats import open_reader, split_has_labels
 from seg.data.loaders import RawDataset, _replicas, data_loader, endless_batches, make_sampler
 from seg.data.prefetch import Prefetcher, resolve_device
 
@@ -164,8 +164,6 @@ def build_fast_loader(
     `placement` forces one), else `workers` DataLoader processes read it. `fg_fraction`: foreground
     oversampling of the patches (seg.data.fg_crop), drawn as build_loader's. Under DDP
     (`distributed`) each rank gets its shard of the global order, as with build_loader."""
-    if train:
-        check_batchable(patch, batch_size)
     world_size, rank = _replicas(distributed)
     device = resolve_device(device)
     common = dict(train=train, device=device, seed=seed, patch=patch, fg_fraction=fg_fraction,
@@ -174,5 +172,9 @@ def build_fast_loader(
         # every rank holds the whole split: its shard of the order changes every epoch
         data = ResidentData.load(data_dir, ids, device, fraction=fraction, placement=placement,
                                  progress=progress)
-        return ResidentLoader(data, batch_size, **common)
-    return WorkerLoader(data_dir, ids, batch_size, workers=workers, **common)
+        loader = ResidentLoader(data, batch_size, **common)
+    else:
+        loader = WorkerLoader(data_dir, ids, batch_size, workers=workers, **common)
+    if train and ids:  # (after the loader named any missing case)
+        check_batchable(patch, batch_size, open_reader(data_dir).spatial_shape(ids[0]))
+    return loader

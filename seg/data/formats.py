@@ -44,6 +44,9 @@ class PtReader:
         """{"image", "label" (labelled cases)} tensors as stored; "meta" too."""
         return load_case(self.path(case_id))  # ValueError naming a truncated/foreign file
 
+    def spatial_shape(self, case_id: str) -> tuple[int, ...]:
+        return tuple(load_case(self.path(case_id), mmap=True)["image"].shape[1:])  # (mapped: not read)
+
 
 class PackedReader:
     """A packed (memory-mapped) folder; tensors share nothing with the map (rows are copied)."""
@@ -58,6 +61,9 @@ class PackedReader:
 
     def has_label(self, case_id: str) -> bool:
         return self.store.has_label(case_id)
+
+    def spatial_shape(self, case_id: str) -> tuple[int, ...]:
+        return tuple(self.store.shape[1:])  # every row has the folder's shape
 
     def read(self, case_id: str) -> dict:
         sample = {k: torch.from_numpy(v) for k, v in self.store.read(case_id).items()}

@@ -174,8 +174,9 @@ def build_loader(
     """
     world_size, rank = _replicas(distributed)
     if train:
-        check_batchable(patch, batch_size)
         dataset = PreparedDataset(data_dir, ids, transform=None)
+        if dataset.ids:
+            check_batchable(patch, batch_size, dataset.reader.spatial_shape(dataset.ids[0]))
         labelled = split_has_labels(dataset.reader, dataset.ids, data_dir) if dataset.ids else True
         dataset.transform = seed_train_transforms(patch, keys=("image", "label") if labelled else ("image",),
                                                   fg_fraction=fg_fraction)

@@ -79,9 +79,10 @@ def test_the_report_of_a_run_stopped_short_names_the_cases_it_lacks(tmp_path):
     report, _ = build_report(run)
     assert "1 of the run's 2 planned cases have no row (the run stopped before them: norm/bf16)" in \
         report.read_text()
+    # bf16 dropped from the suite before the resume: no longer planned (no resume would run it)
+    suite.write_text(SUITE.replace('"fp32", "bf16", "channels_last"', '"fp32", "channels_last"'))
     run_suite(suite, run, resume=True, report=False)  # the resume plans the whole suite now
-    assert json.loads((run / "env.json").read_text())["planned_cases"] == [
-        "norm/fp32", "norm/bf16", "norm/channels_last"]
+    assert json.loads((run / "env.json").read_text())["planned_cases"] == ["norm/fp32", "norm/channels_last"]
     report, _ = build_report(run)
     assert "planned cases have no row" not in report.read_text()
 
@@ -156,6 +157,8 @@ def test_a_run_never_replaces_a_source_tree_or_another_tools_rows(tmp_path, caps
     assert main(["profile", "--suite", str(suite), "--workload", "norm", "--variant", "fp32",
                  "--out", str(tree)]) == 2
     assert "is a source tree" in capsys.readouterr().err
+    assert main(["footprint", "--model", "unet", "--out", str(tree)]) == 2
+    assert "is a source tree" in capsys.readouterr().err and not (tree / "suite.toml").exists()
     assert [p.name for p in (tree / "profiles").iterdir()] == ["__init__.py"]
     # a results.jsonl without a run's env.json (another tool's) is neither replaced nor written beside
     other = tmp_path / "other"
@@ -164,6 +167,9 @@ def test_a_run_never_replaces_a_source_tree_or_another_tools_rows(tmp_path, caps
     with pytest.raises(BenchError, match="no env.json of a segbench run"):
         run_suite(suite, other, only=["norm/fp32"], report=False)
     assert [p.name for p in other.iterdir()] == ["results.jsonl"]
+    (other / "suite.toml").write_text("# the user's own\n")  # footprint writes its suite.toml: not here
+    assert main(["footprint", "--model", "unet", "--out", str(other)]) == 2
+    assert (other / "suite.toml").read_text() == "# the user's own\n"
 
 
 def test_a_long_case_name_makes_a_file_name_the_file_system_takes(tmp_path):

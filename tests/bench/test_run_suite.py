@@ -259,13 +259,8 @@ def test_an_interrupted_runner_takes_its_case_process_down(tmp_path, monkeypatch
     assert started and started[0].poll() is not None  # killed and reaped
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGKILL"])
-def test_a_signal_ending_segbench_bench_ends_the_running_case_too(tmp_path, sig):
-    """`timeout` (or a lease's end) sends SIGTERM, a closed terminal SIGHUP, a lease's hard end SIGKILL;
-    the case runs in its own session and must not outlive the bench process (on a GPU it would hold
-    the device while the caller packs up)."""
-    import os
-    import signal
+def _hanging_bench(tmp_path, **popen):
+    """`segbench bench` of one case that hangs; (the bench process, the case's pid once it started)."""
     import time
 
     suite = tmp_path / "hang.toml"
@@ -273,7 +268,7 @@ def test_a_signal_ending_segbench_bench_ends_the_running_case_too(tmp_path, sig)
                      'shape = [1, 2, 4, 4, 4]\nvariants = ["fail:hang"]\ntimeout_s = 300\n')
     run = tmp_path / "run"
     command = [sys.executable, "-m", "segbench", "bench", "--suite", str(suite), "--out", str(run)]
-    bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
     spec = run / "cases" / "000-hang-fail_hang.spec.json"
     deadline = time.monotonic() + 120
     case_pid = None
@@ -286,22 +281,60 @@ def test_a_signal_ending_segbench_bench_ends_the_running_case_too(tmp_path, sig)
                 continue
         time.sleep(0.2)
     assert case_pid is not None, "the case process never started"
-    bench.send_signal(getattr(signal, sig))
-    assert bench.wait(timeout=60) != 0
+    return bench, case_pid
 
-    def gone() -> bool:  # or a zombie its new parent has not reaped (a container's init may never)
+
+def _gone(pid: int, wait_s: float = 10.0) -> bool:
+    """Whether `pid` ended within `wait_s` (or is a zombie its new parent has not reaped: a container's
+    init may never); one still running is killed, whatever the verdict."""
+    import os
+    import signal
+    import time
+
+    def gone() -> bool:
         try:
-            return (Path(f"/proc/{case_pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+            return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
         except OSError:
             return True
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + wait_s
     while not gone() and time.monotonic() < deadline:
         time.sleep(0.1)
-    gone = gone()
-    if not gone:  # do not leave it running whatever the verdict
-        os.kill(case_pid, signal.SIGKILL)
-    assert gone, "the case process outlived the bench process"
+    ended = gone()
+    if not ended:
+        os.kill(pid, signal.SIGKILL)
+    return ended
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGKILL"])
+def test_a_signal_ending_segbench_bench_ends_the_running_case_too(tmp_path, sig):
+    """`timeout` (or a lease's end) sends SIGTERM, a closed terminal SIGHUP, a lease's hard end SIGKILL;
+    the case runs in its own session and must not outlive the bench process (on a GPU it would hold
+    the device while the caller packs up)."""
+    import signal
+
+    bench, case_pid = _hanging_bench(tmp_path)
+    bench.send_signal(getattr(signal, sig))
+    assert bench.wait(timeout=60) != 0
+    assert _gone(case_pid), "the case process outlived the bench process"
+
+
+def test_under_nohup_a_hangup_leaves_segbench_bench_running(tmp_path):
+    import signal
+    import time
+
+    def nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    bench, case_pid = _hanging_bench(tmp_path, preexec_fn=nohup)
+    bench.send_signal(signal.SIGHUP)
+    time.sleep(2)
+    try:
+        assert bench.poll() is None, "a hangup ended a bench started under nohup"
+    finally:
+        bench.send_signal(signal.SIGTERM)
+        bench.wait(timeout=60)
+    assert _gone(case_pid)
 
 
 def test_a_case_killed_by_a_signal_names_it_with_faulthandler_s_report(tmp_path, monkeypatch):

@@ -228,6 +228,10 @@ def test_a_suite_s_own_baseline_gets_its_column_and_text_stays_in_its_table_cell
     errors = pd.DataFrame({"error": ["expected <float> in `vector<int>`"]})
     cell = to_markdown([Block("table", errors)], Path("."))
     assert "expected &lt;float> in `vector<int>`" in cell
+    # a lone backtick (a message cut short) opens no code span: every `<` stays escaped
+    cut = pd.DataFrame({"error": ["can't pickle `local at <lambda>"]})
+    lone = to_markdown([Block("table", cut)], Path("."))
+    assert "can't pickle `local at &lt;lambda>" in lone
     line = verdict_line({"case": "w/bad"}, check({"case": "w/bad", "max_s_per_iter": 1}, rows, {}))
     assert "\n" not in line and "\r" not in line
     assert to_markdown([Block("list", ["one\nline", "two"])], Path(".")) == "- one line\n- two\n"
@@ -261,12 +265,14 @@ def test_a_rebuilt_report_drops_charts_of_rows_no_longer_there_and_names_its_fol
     gone = rows[0]["workload"]
     assert any(name.startswith(gone) for name in charts)
     (run / "figures" / "compare.png").write_bytes(b"a comparison's chart")  # not the report's to drop
+    writing = run / "figures" / ".x_memory.99999.deadbeef.tmp.png"  # another build's chart in flight
+    writing.write_bytes(b"")
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["workload"] != gone))
     monkeypatch.chdir(run)
     build_report(".")
-    left = {p.name for p in (run / "figures").glob("*.png")}
+    left = {p.name for p in (run / "figures").glob("[!.]*.png")}
     assert not any(name.startswith(gone) for name in left) and "compare.png" in left
-    assert left <= charts | {"compare.png"} and not list((run / "figures").glob(".*"))
+    assert left <= charts | {"compare.png"} and list((run / "figures").glob(".*")) == [writing]
     assert "<title>segbench report run</title>" in (run / "report.html").read_text()
 
 

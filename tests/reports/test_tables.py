@@ -136,4 +136,6 @@ def test_a_small_kernel_bandwidth_keeps_its_significant_figures():
            "forward_s": {"median": 1e-4}, "backward_s": {"median": 2e-4},
            "forward_gb_per_s": 0.0437, "backward_gb_per_s": 123.456}
     table = workload_table([row])
-    assert table["fwd GB/s"].tolist() == ["0.0437"] and table["bwd GB/s"].tolist() == ["123"]
+    assert table["fwd GB/s"].tolist() == ["0.0437"] and table["bwd GB/s"].tolist() == ["123.5"]
+    gpu = workload_table([{**row, "forward_gb_per_s": 2345.64}])  # an H100's rates: no exponent form
+    assert gpu["fwd GB/s"].tolist() == ["2345.6"]

@@ -160,8 +160,13 @@ def test_a_patch_the_rotation_cannot_batch_is_refused_when_the_loader_is_built(t
     # cannot share a batch, found before only at the first batch mixing them
     write_prepared(tmp_path, n=3, size=8)
     ids = ["Case_000", "Case_001", "Case_002"]
-    with pytest.raises(ValueError, match=r"patch \(8, 4, 4\): a batch of 2 needs equal sizes on spatial"):
+    with pytest.raises(ValueError, match=r"patch \(8, 4, 4\) \(volumes \(8, 8, 8\)\): a batch of 2 needs"):
         build_loader(tmp_path, ids, 2, train=True, patch=(8, 4, 4))
+    # judged on the patch as the crop clips it to the volume: (32, 8, 8) is an 8³ crop here
+    clipped = next(iter(build_loader(tmp_path, ids, 2, train=True, patch=(32, 8, 8))))
+    assert clipped["image"].shape[2:] == (8, 8, 8)
+    fast = build_fast_loader(tmp_path, ids, 2, train=True, device="cpu", patch=(32, 8, 8), progress=False)
+    assert next(iter(fast))["image"].shape[2:] == (8, 8, 8)
     with pytest.raises(ValueError, match="needs equal sizes"):
         build_fast_loader(tmp_path, ids, 2, train=True, device="cpu", patch=(8, 4, 4), progress=False)
     batch = next(iter(build_loader(tmp_path, ids, 2, train=True, patch=(4, 4, 8))))
