@@ -325,3 +325,32 @@ def test_a_resume_forgets_the_cached_reference_of_a_changed_workload_without_kep
     # --budget-s: the smaller of the suite's and the call's (a lease's) budget
     assert _suite_with("swin-goal", None, 300).budget_s == 300
     assert _suite_with("swin-goal", None, 5000).budget_s == load_suite("swin-goal").budget_s
+
+
+def test_a_workload_s_fingerprint_covers_its_reference_baseline_and_data(tmp_path):
+    """What --resume must refuse to mix: rows whose parity used another reference, paired with another
+    baseline, or measured on other synthesized data."""
+    from bench.resume import workload_fingerprints
+    from bench.suite_file import parse_suite
+
+    text = SUITE + '[data]\ncases = 2\nsize = 16\n'
+
+    def fingerprint(t: str) -> str:
+        return workload_fingerprints(parse_suite(t, tmp_path / "suite.toml"))["norm"]
+
+    base = fingerprint(text)
+    for changed in (text.replace('reference = "fp32"', 'reference = "bf16"'),
+                    text.replace("size = 16", "size = 24"),
+                    text.replace('reference = "fp32"', 'reference = "fp32"\nbaseline = "bf16"')):
+        assert fingerprint(changed) != base, changed
+
+
+def test_a_new_run_into_an_old_folder_drops_its_cached_references(tmp_path):
+    from bench.run_folder import clear_old_run
+
+    (tmp_path / "results.jsonl").write_text('{"workload": "infer"}\n')
+    (tmp_path / "cache").mkdir()
+    stale = tmp_path / "cache" / "reference-infer.json"
+    stale.write_text('{"variant": "fp32", "tta": false}')
+    clear_old_run(tmp_path)
+    assert not stale.exists()  # the new run would take the old run's reference for its parity

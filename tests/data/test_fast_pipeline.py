@@ -403,3 +403,22 @@ def test_pinned_store_is_page_locked_at_its_size_and_released():
         t.fill_(1)
         assert float(t.cuda(non_blocking=True).float().sum()) == 3e6
         del t
+
+
+def test_a_resident_split_is_placed_by_its_true_size_and_read_ahead_reaches_every_case(tmp_path,
+                                                                                     monkeypatch):
+    from seg.data import device_dataset
+
+    ids = [f"Case_{i:03d}" for i in range(11)]  # more than read-ahead's window (2 x READ_THREADS)
+    data_dir = write_prepared(tmp_path / "p", size=4, fmt="compact", ids=ids)
+    asked = {}
+    real = device_dataset.choose_placement
+
+    def spy(nbytes, device, fraction=device_dataset.DEFAULT_FRACTION):
+        asked["nbytes"] = nbytes
+        return real(nbytes, device, fraction)
+
+    monkeypatch.setattr(device_dataset, "choose_placement", spy)
+    data = ResidentData.load(data_dir, ids, "cpu", progress=False)
+    assert data.images.shape[0] == 11
+    assert asked["nbytes"] == data.nbytes == 11 * 4**3 * (2 * 4 + 1)  # fp16 images, uint8 labels

@@ -324,3 +324,40 @@ def test_minmax_on_the_foreground_box_equals_monai_s_scaling_of_the_whole_volume
         expected = cropper.crop_pad(ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=True)(whole), start, end)
         got = _minmax_in_box(cropper.crop_pad(whole, start, end), tuple(whole.shape[1:]))
         assert torch.equal(got, expected.as_tensor())
+
+
+def _own_sources(tmp_path, n: int = 2):
+    """A source folder of its own (a test edits it), prepared once at size 16; (raw, out, rerun)."""
+    from seg.data.synth import write_cases
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_cases(raw, n, seed=1, shape=(24, 24, 16))
+    rerun = lambda: prepare_all(raw, out, PrepConfig(size=16), workers=1)  # noqa: E731
+    rerun()
+    return raw, out, rerun
+
+
+def test_a_rerun_makes_a_deleted_prepared_file_again_and_drops_one_whose_source_now_fails(tmp_path):
+    raw, out, rerun = _own_sources(tmp_path)
+    gone = sorted(out.glob("*.pt"))[0]
+    gone.unlink()  # removed by hand (damaged); its sources are unchanged
+    entries = {e["id"]: e for e in rerun()["cases"]}
+    assert gone.is_file() and entries[gone.stem]["status"] == "ok" and not entries[gone.stem].get("skipped")
+    case = sorted(p for p in raw.iterdir() if p.is_dir())[0]
+    t1 = next(case.glob("*_t1.nii.gz"))
+    t1.write_bytes(t1.read_bytes()[:200])  # its source truncated: the case fails now
+    entries = {e["id"]: e for e in rerun()["cases"]}
+    assert entries[case.name]["status"] == "error"
+    assert not (out / f"{case.name}.pt").exists()  # no stale file beside its error entry
+
+
+def test_two_folders_of_one_case_id_are_not_both_prepared(tmp_path):
+    import shutil
+
+    from seg.data.synth import write_cases
+
+    (case,) = write_cases(tmp_path / "raw" / "a", 1, seed=1, shape=(24, 24, 16))
+    shutil.copytree(case, tmp_path / "raw" / "b" / case.name)
+    manifest = prepare_all(tmp_path / "raw", tmp_path / "out", PrepConfig(size=16), workers=1)
+    errors = [e for e in manifest["cases"] if e["status"] == "error"]
+    assert len(manifest["cases"]) == 2 and len(errors) == 1 and "duplicate case id" in errors[0]["error"]

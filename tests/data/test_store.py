@@ -89,3 +89,24 @@ def test_data_summary_of_a_packed_or_foreign_folder_says_what_to_summarize(tmp_p
         main(["data", "summary", str(out)])
     with pytest.raises(SystemExit, match="no manifest.json \\(not a `segbench data prep`"):
         main(["data", "summary", str(tmp_path)])
+
+
+def test_an_interrupted_atomic_write_leaves_no_temporary_file(tmp_path):
+    from seg.data.store import atomic_write
+
+    def interrupted(tmp) -> None:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "x.json", interrupted)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_prepared_file_holding_arbitrary_objects_is_refused_not_unpickled(tmp_path):
+    import argparse
+
+    path = tmp_path / "evil.pt"
+    torch.save({"image": torch.zeros(1), "meta": argparse.Namespace(x=1)}, path)
+    with pytest.raises(ValueError, match="cannot read prepared case"):
+        load_case(path)

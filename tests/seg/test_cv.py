@@ -158,6 +158,15 @@ def test_cv_trains_folds_and_scores_the_ensemble(data_dir, tmp_path, capsys):
     assert count == et_voxels
     assert _flat(cut) == pytest.approx(_flat(metrics.evaluate_case(moved, ref, spacing, "prepared")))
     assert cut["TC"] == ensemble["TC"] and cut["WT"] == ensemble["WT"]
+    # each fold's row is post-processed alike (else fold and ensemble rows would not compare)
+    every = InferConfig(roi=16, precision="fp32", min_et_mm3=1e12)  # any predicted ET becomes core
+    folds_cut = evaluate_test(ckpts, packed, [case_id], every, "cpu")["folds"]
+    for k in (0, 1):
+        fold_pred = probs[k].argmax(1)[0].numpy()
+        assert (fold_pred == 3).any(), "the check needs each fold to predict some ET"
+        moved_k, _ = small_et_to_core(fold_pred, voxel_mm3, every.min_et_mm3)
+        expected_k = metrics.evaluate_case(moved_k, ref, spacing, "prepared")
+        assert _flat(folds_cut[k]["cases"][case_id]) == pytest.approx(_flat(expected_k))
 
     # --tune-min-et: the volume chosen on the folds' out-of-fold validation cases, recomputed here from
     # each fold's model on its own validation split; the test split is then scored with it.
@@ -228,6 +237,9 @@ def test_cv_trains_folds_and_scores_the_ensemble(data_dir, tmp_path, capsys):
     assert spread["WT"]["dice"]["mean"] == pytest.approx(np.mean(wt))
     assert spread["WT"]["dice"]["sd"] == pytest.approx(np.std(wt, ddof=1))
     assert "| folds mean ± sd | — |" in (run / "cv.md").read_text()
+    # a flag given again on a rerun wins over the folds' stored setting: --epochs 2 trains one more
+    assert main([*bare, "--epochs", "2"]) == 0
+    assert all(t["epochs"] == 2 for t in json.loads((run / "cv.json").read_text())["train"])
 
 
 def test_cv_goes_on_past_a_failed_fold_and_refuses_what_cannot_be_scored_before_training(data_dir, tmp_path,

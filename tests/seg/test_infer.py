@@ -377,3 +377,20 @@ def test_a_folder_predicted_with_host_work_overlapped_equals_one_predicted_in_tu
                                                              "BraTS2021_90002_pred.nii.gz"}
     for name, labels in runs[True][1].items():
         assert np.array_equal(labels, runs[False][1][name])
+
+
+def test_a_case_that_fails_now_leaves_no_probabilities_of_an_earlier_run(tmp_path):
+    from seg.data.synth import write_cases
+    from seg.infer_folder import infer_folder
+
+    ckpt = tmp_path / "m.pt"
+    _save_checkpoint(ckpt, _tiny_unet(0), size=16)
+    (case,) = write_cases(tmp_path / "src", 1, seed=2, shape=(24, 24, 16))
+    t1 = next(case.glob("*_t1.nii.gz"))
+    t1.write_bytes(t1.read_bytes()[:100])  # truncated: the case fails
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f"{case.name}_probs.pt"  # `segbench ensemble` would average it in as this run's
+    stale.write_bytes(b"an earlier run's probabilities")
+    summary = infer_folder([ckpt], tmp_path / "src", out, InferConfig(roi=16, save_probabilities=True), "cpu")
+    assert [r["status"] for r in summary["cases"]] == ["error"] and not stale.exists()
