@@ -91,6 +91,22 @@ def test_accumulation_matches_the_larger_batch(data_dir, tmp_path, big, micro, a
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 
 
+def test_accumulated_gradients_have_the_larger_batch_s_scale(data_dir, tmp_path, monkeypatch):
+    """Under plain SGD the update is the gradient itself (AdamW's hardly depends on its scale): batch 3 x
+    accum 2 (micro-batches of 3 and 1) must step exactly as one batch of 4, scale included."""
+    from seg import recipe
+
+    monkeypatch.setattr(recipe, "build_optimizer",
+                        lambda model, lr, weight_decay: torch.optim.SGD(model.parameters(), lr=lr))
+    for run, batch, accum in (("big", 4, 1), ("acc", 3, 2), ("still", 4, 1)):
+        train(_config(data_dir, tmp_path / run, batch_size=batch, accum=accum, epochs=1, warmup_epochs=0,
+                      lr=0.0 if run == "still" else 0.5))
+    big, acc, start = (load_checkpoint(tmp_path / r / "last.pt")["model"] for r in ("big", "acc", "still"))
+    assert max(float((big[k].float() - start[k].float()).abs().max()) for k in big) > 1e-3  # it stepped
+    for key in big:
+        torch.testing.assert_close(acc[key], big[key], rtol=1e-4, atol=1e-6)
+
+
 def test_a_crash_between_checkpoint_writes_never_leaves_best_ahead_of_last(data_dir, tmp_path, monkeypatch):
     import itertools
 
