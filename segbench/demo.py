@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from seg.data.prep import PrepConfig
     from seg.data.prep_folder import prepare_all
+    from seg.data.splits import write_splits
     from seg.data.summary import summarize
     from seg.data.synth import write_cases
 
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     write_cases(raw_dir, args.cases, seed=args.seed, shape=shape)
     print(f"[2/4] preparing them at {args.size}³ -> {prepared_dir}")
     manifest = prepare_all(raw_dir, prepared_dir, PrepConfig(size=args.size), workers=args.workers)
+    write_splits(prepared_dir, keep=True)  # as `segbench data prep` does: `segbench train` reads them
     failed = [c for c in manifest["cases"] if c["status"] != "ok"]
     summary = summarize(prepared_dir)
     (out / "data_summary.md").write_text(summary)

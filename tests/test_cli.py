@@ -76,3 +76,14 @@ def test_ctrl_c_is_one_line_saying_how_to_go_on(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.strip() == ("segbench train: interrupted; the same command with --resume continues from the "
                            "last finished epoch")
+
+
+def test_the_demo_s_prepared_data_is_ready_to_train_on(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--cases", "4", "--shape", "24,24,16", "--size", "16",
+                 "--workers", "1", "--skip-bench"]) == 0
+    splits = json.loads((out / "prepared" / "splits.json").read_text())  # `segbench train` reads it
+    assert sorted(splits["train"] + splits["val"] + splits["test"]) == sorted(
+        p.stem for p in (out / "prepared").glob("*.pt"))

@@ -22,3 +22,13 @@ def test_kernels_compile_for_h100_and_consumer_cards_with_vector_loads():
     assert [section[:2] for section in sections] == ["90", "89", "86", "80"]
     for section in sections:  # each architecture: every streaming and LayerNorm kernel vectorized
         assert section.count("widest load 128 bit") == 10, section
+
+
+def test_under_the_interpreter_it_says_how_to_run_it_in_one_line():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "kernels.codegen_check", "--arch", "89"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "python -m kernels.codegen_check: run without TRITON_INTERPRET: the interpreter's kernels cannot be "
+        "compiled"]
