@@ -110,3 +110,17 @@ def test_a_prepared_file_holding_arbitrary_objects_is_refused_not_unpickled(tmp_
     torch.save({"image": torch.zeros(1), "meta": argparse.Namespace(x=1)}, path)
     with pytest.raises(ValueError, match="cannot read prepared case"):
         load_case(path)
+
+
+def test_summary_gives_each_range_and_the_folder_s_label_fractions(tmp_path):
+    from seg.data.store import save_case, write_json
+    from seg.data.summary import summarize
+
+    for i, case_id in enumerate(("A", "B")):
+        image = torch.linspace(0, 1, 4 * 8).reshape(4, 2, 2, 2)
+        save_case(tmp_path / f"{case_id}.pt", image, torch.full((1, 2, 2, 2), i), {"convention": "2021"})
+    write_json(tmp_path / "manifest.json", {"config": {"size": 2}, "cases": [
+        {"id": c, "status": "ok", "file": f"{c}.pt"} for c in ("A", "B")]})
+    text = summarize(tmp_path)
+    assert "| 0.000..1.000 |" in text
+    assert "enhancing): 0.5000 / 0.5000 / 0.0000 / 0.0000" in text

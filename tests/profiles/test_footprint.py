@@ -206,3 +206,19 @@ def test_fused_norm_variant_is_estimated_through_the_custom_ops_fake_kernels(tmp
     assert rows["bf16+fused_norm"]["status"] == "ok", rows["bf16+fused_norm"].get("error")
     assert rows["bf16+fused_norm"]["estimated_bytes_moved"] < rows["bf16"]["estimated_bytes_moved"]
     assert rows["bf16+fused_norm"]["estimated_ops"] < rows["bf16"]["estimated_ops"]
+
+
+def test_footprint_top_modules_count_temporaries_too():
+    from profiles.footprint import estimate_step_memory
+
+    def step(model, optimizer, x):
+        model(x).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(2, 4, 1, bias=False), nn.ReLU(), nn.Conv3d(4, 4, 1, bias=False))
+    fp = estimate_step_memory(model, lambda: (torch.empty(1, 2, 8, 8, 8),),
+                              lambda m: torch.optim.AdamW(m.parameters(), fused=True), step)
+    assert fp.by_module_bytes["Sequential.2"]["Temp"] == 8192
+    assert dict(fp.top_modules)["Sequential.2"] == 8192  # a Temp-only module is listed at the peak

@@ -132,3 +132,11 @@ def test_the_probe_gives_back_the_real_weights_of_blocks_registered_twice():
         assert owners[name] == (id(m), dict(m._parameters)), name
     y = model(torch.randn(1, 4, 16, 16, 16))
     assert not isinstance(y, FakeTensor) and torch.isfinite(y).all()
+
+
+def test_the_shape_probe_leaves_an_eval_model_in_eval_mode():
+    from seg import cpu_bf16
+
+    model = nn.Sequential(nn.Conv3d(2, 2, 3, padding=1)).eval()
+    assert cpu_bf16.has_two_wide_conv(model, torch.zeros(1, 2, 2, 2, 2))
+    assert not model.training

@@ -277,3 +277,12 @@ def test_conv_block_activations_run_out_of_place():
     ref, fast = _pair(torch.float32, feature_size=12)
     assert any(isinstance(m, torch.nn.LeakyReLU) and m.inplace for m in ref.modules())
     assert not any(isinstance(m, torch.nn.LeakyReLU) and m.inplace for m in fast.modules())
+
+
+def test_auto_fused_norm_needs_a_cuda_device_even_where_the_kernels_could_run(monkeypatch):
+    from seg.swin_fast import convert
+
+    monkeypatch.setattr(convert, "kernels_status", lambda: (True, "interpreted"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert convert._resolve_fused_norm("auto") is False
+    assert convert._resolve_fused_norm(True) is True

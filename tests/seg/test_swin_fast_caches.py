@@ -217,3 +217,20 @@ def test_plain_torch_compile_takes_a_new_batch_size_without_graph_breaks():
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] == 3  # batch 2, then a symbolic batch, then batch 1
     torch._dynamo.reset()
+
+
+def test_cached_biases_are_kept_per_dtype():
+    from monai.networks.nets.swin_unetr import BasicLayer
+
+    from seg.swin_fast import cached_biases
+    from seg.swin_fast.convert import fast_layer
+    from seg.swin_fast.windows import build_geometry
+
+    torch.manual_seed(0)
+    layer = fast_layer(BasicLayer(dim=12, depth=2, num_heads=3, window_size=(7, 7, 7), drop_path=[0, 0]))
+    attn = layer.blocks[1].attn
+    geo = build_geometry(1, (9, 9, 9), (7, 7, 7), (3, 3, 3), torch.device("cpu"))
+    with torch.no_grad(), cached_biases(layer):
+        fp32 = attn.group_biases(geo, torch.float32)
+        bf16 = attn.group_biases(geo, torch.bfloat16)
+    assert all(b.dtype == torch.float32 for b in fp32) and all(b.dtype == torch.bfloat16 for b in bf16)
