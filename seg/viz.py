@@ -231,7 +231,8 @@ class SliceViewer:
 
     def _update_title(self) -> None:
         # the index --slice takes (0-based), of 0..depth-1
-        self.fig.suptitle(f"{self.volume.id}   axial slice {self.z} of 0–{self.depth - 1}   (scroll to move)")
+        hint = "" if self.headless else "   (scroll to move)"  # not on a saved picture
+        self.fig.suptitle(f"{self.volume.id}   axial slice {self.z} of 0–{self.depth - 1}{hint}")
 
     def show_slice(self, z: int) -> None:
         self.z = int(np.clip(z, 0, self.depth - 1))

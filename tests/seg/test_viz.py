@@ -108,6 +108,7 @@ def test_scroll_moves_the_slice_in_every_pane():
     assert viewer.z == vol.image.shape[-1] - 1
     depth = vol.image.shape[-1]  # the title numbers slices as --slice does, from 0
     assert f"axial slice {depth - 1} of 0–{depth - 1}" in viewer.fig._suptitle.get_text()
+    assert "scroll" not in viewer.fig._suptitle.get_text()  # a saved picture cannot be scrolled
     assert [ax.get_title() for ax in viewer.fig.axes[:4]] == [
         f"{m} + reference" for m in ("T1", "T1ce", "T2", "FLAIR")
     ]
