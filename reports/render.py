@@ -34,9 +34,11 @@ def _md_text(text: object) -> str:
     """Text outside tables with `<` as an entity outside code spans (an error's `<lambda>` would be
     dropped as an unknown HTML tag; inside backticks the entity would show literally)."""
     parts = str(text).split("`")
-    if len(parts) % 2 == 0:  # an odd number of backticks (a cut message): a lone one is no code span
-        return str(text).replace("<", "&lt;")
-    return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
+    lone = None
+    if len(parts) % 2 == 0:  # an odd number of backticks (a cut message): the last opens no code span
+        lone = parts.pop()
+    text = "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
+    return text if lone is None else text + "`" + lone.replace("<", "&lt;")
 
 
 def md_table(df: pd.DataFrame) -> str:

@@ -57,7 +57,7 @@ def check_batchable(patch: int | Sequence[int] | None, batch_size: int, spatial_
     if batch_size > 1 and crop[a] != crop[b]:
         raise ValueError(f"patch {crop} (volumes {tuple(spatial_shape)}): a batch of {batch_size} needs "
                          f"equal sizes on spatial axes {ROTATE_AXES} (the 90° rotation swaps them per "
-                         "sample); use equal sizes there or batch 1")
+                         f"sample); use e.g. {(min(crop[a], crop[b]),) * 2 + (crop[2],)} or batch 1")
 
 
 def uniform_corner(rs: np.random.RandomState, spatial_shape: Sequence[int], size: Sequence[int]):

@@ -168,13 +168,11 @@ def build_fast_loader(
     device = resolve_device(device)
     common = dict(train=train, device=device, seed=seed, patch=patch, fg_fraction=fg_fraction,
                   world_size=world_size, rank=rank, prefetch=prefetch)
+    if train and ids:  # before any case is read (a resident split may be gigabytes)
+        check_batchable(patch, batch_size, open_reader(data_dir).spatial_shape(ids[0]))
     if resident:
         # every rank holds the whole split: its shard of the order changes every epoch
         data = ResidentData.load(data_dir, ids, device, fraction=fraction, placement=placement,
                                  progress=progress)
-        loader = ResidentLoader(data, batch_size, **common)
-    else:
-        loader = WorkerLoader(data_dir, ids, batch_size, workers=workers, **common)
-    if train and ids:  # (after the loader named any missing case)
-        check_batchable(patch, batch_size, open_reader(data_dir).spatial_shape(ids[0]))
-    return loader
+        return ResidentLoader(data, batch_size, **common)
+    return WorkerLoader(data_dir, ids, batch_size, workers=workers, **common)

@@ -10,7 +10,7 @@ from bench.measure import steady_state, time_steps
 from bench.workloads.train_step import interleaved
 
 
-def _step(calls: list, name: str, slow_calls: int, slow_s: float = 0.2):
+def _step(calls: list, name: str, slow_calls: int, slow_s: float = 0.5):
     """A step that records its calls and sleeps on its first `slow_calls` (compilation, autotuning)."""
 
     def step() -> None:
@@ -25,12 +25,12 @@ def test_steady_state_times_only_the_steps_after_warm_up():
     calls: list = []
     row = steady_state(_step(calls, "s", slow_calls=2), warmup=2, iters=4, device="cpu")
     assert len(calls) == 6 and len(row["step_times_s"]) == 4 and row["s_per_iter"]["n"] == 4
-    assert max(row["step_times_s"]) < 0.1
+    assert max(row["step_times_s"]) < 0.25  # (far above a no-op's time even on a loaded machine)
 
 
 def test_time_steps_leaves_the_setup_out():
-    times = time_steps(lambda: None, 3, "cpu", setup=lambda: time.sleep(0.05))
-    assert len(times) == 3 and max(times) < 0.02
+    times = time_steps(lambda: None, 3, "cpu", setup=lambda: time.sleep(0.5))
+    assert len(times) == 3 and max(times) < 0.25
 
 
 def test_interleaved_drops_its_first_pair_and_alternates_the_order():
@@ -41,7 +41,7 @@ def test_interleaved_drops_its_first_pair_and_alternates_the_order():
     base, var = interleaved(var_step, base_step, case, "cpu")
     assert len(base) == len(var) == 4 and all(len(b) == 2 for b in base + var)
     assert calls.count("A") == calls.count("B") == 2 * (4 + 1)
-    assert max(t for b in base + var for t in b) < 0.1
+    assert max(t for b in base + var for t in b) < 0.25
     blocks = "".join(calls[::2])  # one letter per block of 2 calls
     assert blocks == "AB" + "AB" + "BA" + "AB" + "BA"  # the dropped pair, then AB BA AB BA
 

@@ -81,7 +81,7 @@ def test_the_report_of_a_run_stopped_short_names_the_cases_it_lacks(tmp_path):
         report.read_text()
     # bf16 dropped from the suite before the resume: no longer planned (no resume would run it)
     suite.write_text(SUITE.replace('"fp32", "bf16", "channels_last"', '"fp32", "channels_last"'))
-    run_suite(suite, run, resume=True, report=False)  # the resume plans the whole suite now
+    run_suite(suite, run, resume=True, report=False)  # the resume plans the (edited) whole suite
     assert json.loads((run / "env.json").read_text())["planned_cases"] == ["norm/fp32", "norm/channels_last"]
     report, _ = build_report(run)
     assert "planned cases have no row" not in report.read_text()

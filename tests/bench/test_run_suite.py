@@ -259,8 +259,10 @@ def test_an_interrupted_runner_takes_its_case_process_down(tmp_path, monkeypatch
     assert started and started[0].poll() is not None  # killed and reaped
 
 
-def _hanging_bench(tmp_path, **popen):
-    """`segbench bench` of one case that hangs; (the bench process, the case's pid once it started)."""
+def _hanging_bench(tmp_path, nohup: bool = False):
+    """`segbench bench` of one case that hangs; (the bench process, the case's pid once it started).
+    `nohup`: started with SIGHUP ignored, as nohup starts it (set here around the fork: inherited)."""
+    import signal
     import time
 
     suite = tmp_path / "hang.toml"
@@ -268,7 +270,12 @@ def _hanging_bench(tmp_path, **popen):
                      'shape = [1, 2, 4, 4, 4]\nvariants = ["fail:hang"]\ntimeout_s = 300\n')
     run = tmp_path / "run"
     command = [sys.executable, "-m", "segbench", "bench", "--suite", str(suite), "--out", str(run)]
-    bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN) if nohup else None
+    try:
+        bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        if nohup:
+            signal.signal(signal.SIGHUP, before)
     spec = run / "cases" / "000-hang-fail_hang.spec.json"
     deadline = time.monotonic() + 120
     case_pid = None
@@ -280,6 +287,12 @@ def _hanging_bench(tmp_path, **popen):
             except OSError:
                 continue
         time.sleep(0.2)
+    if case_pid is None:  # nothing left running whatever the verdict (SIGTERM ends its case too)
+        bench.send_signal(signal.SIGTERM)
+        try:
+            bench.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            bench.kill()
     assert case_pid is not None, "the case process never started"
     return bench, case_pid
 
@@ -323,10 +336,7 @@ def test_under_nohup_a_hangup_leaves_segbench_bench_running(tmp_path):
     import signal
     import time
 
-    def nohup() -> None:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-    bench, case_pid = _hanging_bench(tmp_path, preexec_fn=nohup)
+    bench, case_pid = _hanging_bench(tmp_path, nohup=True)
     bench.send_signal(signal.SIGHUP)
     time.sleep(2)
     try:

@@ -10,6 +10,15 @@ import pytest
 from report_runs import write_run
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """The captured figures skip figures._save, the one place that closes them."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def _capture(monkeypatch):
     from reports import figures
 

@@ -232,6 +232,10 @@ def test_a_suite_s_own_baseline_gets_its_column_and_text_stays_in_its_table_cell
     cut = pd.DataFrame({"error": ["can't pickle `local at <lambda>"]})
     lone = to_markdown([Block("table", cut)], Path("."))
     assert "can't pickle `local at &lt;lambda>" in lone
+    # a complete code span before the lone backtick stays a code span
+    from reports.render import _md_text
+
+    assert _md_text("expected `vector<int>` got `<lambda") == "expected `vector<int>` got `&lt;lambda"
     line = verdict_line({"case": "w/bad"}, check({"case": "w/bad", "max_s_per_iter": 1}, rows, {}))
     assert "\n" not in line and "\r" not in line
     assert to_markdown([Block("list", ["one\nline", "two"])], Path(".")) == "- one line\n- two\n"

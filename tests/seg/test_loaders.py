@@ -169,6 +169,15 @@ def test_a_patch_the_rotation_cannot_batch_is_refused_when_the_loader_is_built(t
     assert next(iter(fast))["image"].shape[2:] == (8, 8, 8)
     with pytest.raises(ValueError, match="needs equal sizes"):
         build_fast_loader(tmp_path, ids, 2, train=True, device="cpu", patch=(8, 4, 4), progress=False)
+    import seg.data.fast_loader
+
+    def never(*args, **kwargs):
+        raise AssertionError("a refused configuration loaded the whole split first")
+
+    with pytest.MonkeyPatch.context() as mp:  # refused before a resident split is read (maybe GBs)
+        mp.setattr(seg.data.fast_loader.ResidentData, "load", never)
+        with pytest.raises(ValueError, match="needs equal sizes"):
+            build_fast_loader(tmp_path, ids, 2, train=True, device="cpu", patch=(8, 4, 4), resident=True)
     batch = next(iter(build_loader(tmp_path, ids, 2, train=True, patch=(4, 4, 8))))
     assert batch["image"].shape[2:] == (4, 4, 8)
     assert next(iter(build_loader(tmp_path, ids, 1, train=True, patch=(8, 4, 4))))["image"].shape[0] == 1
