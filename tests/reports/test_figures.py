@@ -1,9 +1,7 @@
-"""What the report's charts draw (error bars from p20 to p80, speedup intervals, the line at 1x) and
-the pytest-benchmark table's quartiles."""
+"""What the report's charts draw: error bars from p20 to p80, speedup intervals, the line at 1x."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -64,31 +62,3 @@ def test_speedup_bars_span_the_interval_and_mark_parity_at_one(monkeypatch, tmp_
     expected = [(s["ci_low"], s["ci_high"]) for s in stats if s and s.get("ci_low") is not None]
     got = [seg for seg in _error_segments(ax) if not any(map(math.isnan, seg))]
     assert expected and [v for seg in got for v in seg] == pytest.approx([v for seg in expected for v in seg])
-
-
-def test_pytest_benchmark_table_quotes_q1_to_q3_and_the_min(tmp_path):
-    from reports.pytest_bench import pytest_benchmark_table
-
-    path = tmp_path / "b.json"
-    path.write_text(
-        json.dumps(
-            {
-                "benchmarks": [
-                    {
-                        "name": "t",
-                        "stats": {
-                            "min": 0.010,
-                            "mean": 0.012,
-                            "median": 0.0118,
-                            "q1": 0.011,
-                            "q3": 0.0125,
-                            "rounds": 20,
-                            "ops": 83.3,
-                        },
-                    }
-                ]
-            }
-        )
-    )
-    row = pytest_benchmark_table(path).iloc[0]
-    assert row["median [q1–q3]"] == "11.800 ms [11.000 ms–12.500 ms]" and row["min"] == "10.000 ms"

@@ -65,6 +65,10 @@ def test_pytest_benchmark_json_folds_into_the_report(tmp_path):
     md = (run / "report.md").read_text()
     assert "Micro-benchmarks" in md and "test_dice_128" in md and "11.800 ms" in md
     assert "pytest-benchmark, ran on box)" in md  # measured where pytest ran, not the Environment's machine
+    from reports.pytest_bench import pytest_benchmark_table
+
+    row = pytest_benchmark_table(bench).iloc[0]  # the interquartile range in order, and the minimum
+    assert row["median [q1–q3]"] == "11.800 ms [11.000 ms–12.500 ms]" and row["min"] == "10.000 ms"
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     proc = run_segbench("report", str(run), "--pytest-benchmark", str(bad))
