@@ -200,7 +200,8 @@ def _run(cfg: TrainConfig, layout: Layout, device: torch.device) -> dict:
         # world size, accum, batch size) and holds its own lr and weight decay
         recipe.rebase_schedule(optimizer, scheduler, cfg.lr, cfg.weight_decay, start_epoch * steps_per_epoch)
         old_steps = state.get("steps_per_epoch")
-        if layout.is_main and old_steps not in (None, steps_per_epoch):
+        # (a finished run that trains nothing more, as a cv rescoring rerun, has no schedule to note)
+        if layout.is_main and old_steps not in (None, steps_per_epoch) and start_epoch < cfg.epochs:
             tqdm.write(f"{last_path} made {old_steps} optimizer steps per epoch, this run makes "
                        f"{steps_per_epoch}: the schedule goes on from epoch {start_epoch} of this run's")
         best_epoch = state.get("best_epoch", 0)

@@ -139,6 +139,12 @@ def test_a_resume_with_other_steps_per_epoch_or_lr_follows_its_own_schedule(tmp_
     assert got[3] > 0 and abs(got[3] - want[3]) < 1e-12 and abs(got[4] - want[4]) < 1e-12
     group = state["optimizer"]["param_groups"][0]
     assert group["initial_lr"] == 5e-3 and group["weight_decay"] == 0.02
+    # the run finished: a rerun with other steps per epoch trains nothing, so no schedule note
+    # (a cv rescoring rerun printed one per fold)
+    done = subprocess.run(_command(data_dir, run, "--resume", "--accum", "1"), timeout=300,
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "optimizer steps per epoch" not in done.stdout + done.stderr
 
 
 def test_a_resume_keeps_the_run_s_lr_weight_decay_and_epochs_unless_given_again(tmp_path):
