@@ -145,3 +145,19 @@ def real_prepared(shared_data, tmp_path_factory):
     cfg = PrepConfig()
     return {c.id: (c, prepare_case(c, cfg)) for c in discover(shared_data) if c.seg is not None}
 
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A prepared pt32 folder of five 10³ cases (prepared_folders.write_prepared)."""
+    from prepared_folders import write_prepared
+
+    return write_prepared(tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.fixture(scope="module")
+def formats(prepared, tmp_path_factory) -> dict[str, Path]:
+    """`prepared` in each storage format: pt32, compact, mmap."""
+    from seg.data.formats import materialize
+
+    cache = tmp_path_factory.mktemp("formats")
+    return {fmt: materialize(prepared, fmt, cache, progress=False) for fmt in ("pt32", "compact", "mmap")}
