@@ -209,6 +209,8 @@ def _exit_on_term_and_hangup() -> None:
 
 
 def register_footprint(subparsers: argparse._SubParsersAction) -> None:
+    from seg.models import MODEL_NAMES  # standard library only
+
     fp = subparsers.add_parser(
         "footprint",
         help="will it fit? a training step's peak GPU memory estimated on the CPU, per variant",
@@ -222,7 +224,7 @@ def register_footprint(subparsers: argparse._SubParsersAction) -> None:
         "batch instead (--batch windows of --shape, eval mode, no autograd); --volume X,Y,Z the whole "
         "sliding-window inference of such a volume (stitching buffers included; variant +tta: 8 flips).",
     )
-    fp.add_argument("--model", required=True, choices=("unet", "swinunetr", "dynunet"))
+    fp.add_argument("--model", required=True, choices=MODEL_NAMES)
     fp.add_argument(
         "--model-option", action="append", default=[], metavar="KEY=VALUE",
         help="seg.models.build override, repeatable (preset=paper, use_checkpoint=False, ...)",

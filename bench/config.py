@@ -89,10 +89,9 @@ class Measure:
             raise ValueError(", ".join(bad))
 
 
-MODEL_NAMES = ("unet", "swinunetr", "dynunet")  # seg.models.MODEL_NAMES (a test holds them equal), torch-free
-
-
 def _model(name: str) -> list[str]:
+    from seg.models import MODEL_NAMES  # (torch-free: the networks are imported when built)
+
     return [] if name in MODEL_NAMES else [f"model = {name!r} ({', '.join(MODEL_NAMES)})"]
 
 

@@ -8,9 +8,10 @@ thing (e.g. `use_checkpoint=False`) without restating the rest.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch.nn as nn
+if TYPE_CHECKING:  # importing the registry stays torch-free: the suite loader and the CLI read MODEL_NAMES
+    import torch.nn as nn
 
 # SwinUNETR presets. "seed": the seed project's recipe (feature 24, heavy dropout, checkpointing
 # on, the configuration that took days to train). "paper": the SwinUNETR paper's feature 48.

@@ -6,10 +6,9 @@ import argparse
 import ast
 import dataclasses
 
+from seg.models import MODEL_NAMES as MODELS  # standard library only (the networks: when built)
 from seg.speed import COMPILE_MODES  # standard library only
 from seg.train.config import KEPT_ON_RESUME, LOADERS  # standard library only
-
-MODELS = ("unet", "swinunetr", "dynunet")
 
 
 def _names(text: str) -> tuple[str, ...]:
