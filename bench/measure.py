@@ -31,6 +31,21 @@ def sync_stream(device: torch.device | str) -> None:
         torch.cuda.current_stream(device).synchronize()
 
 
+class Laps:
+    """Wall seconds of a case's phases, for planning a time-boxed run (a GPU lease): `lap(name)` ends
+    the phase that began at the previous lap (or at construction). What the case process spent before
+    it (start, imports, CUDA context) is its case_wall_s less their sum."""
+
+    def __init__(self) -> None:
+        self.s: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.s[name] = round(now - self._last, 3)
+        self._last = now
+
+
 def time_once(fn: Callable[[], object], device: torch.device | str) -> float:
     """Wall seconds of one call, synchronized before and after (first step, compile included)."""
     sync(device)

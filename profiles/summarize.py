@@ -208,7 +208,22 @@ def _gpu_summary(events: list[dict]) -> dict:
     window = _window([(s, e) for s, e, _ in spans], _step_span(events))
     cats["idle"] = max(0.0, window - _union_length([(s, e) for s, e, _ in spans]))
     return {"device": "cuda", "total_us": window, "categories": cats, "overlap_us": overlap_us,
-            "top": _top(timed)}
+            "launches": len(gpu), "idle_gaps": _idle_gaps([(s, e) for s, e, _ in spans]), "top": _top(timed)}
+
+
+GAP_US = 10.0  # an idle stretch this long between two kernels: the device waited for the host
+
+
+def _idle_gaps(spans: list[tuple[float, float]]) -> int:
+    """How many times the device sat idle for GAP_US or more between two pieces of work: with many
+    short kernels, a count near the launch count says the host's launches, not the GPU, set the pace
+    (CUDA graphs, fewer kernels); a few long gaps point at syncs or waits instead."""
+    gaps, end = 0, None
+    for s, e in sorted(spans):
+        if end is not None and s - end >= GAP_US:
+            gaps += 1
+        end = e if end is None else max(end, e)
+    return gaps
 
 
 def _shared_time(spans: list[tuple[float, float, str]]) -> tuple[dict[str, float], float]:
@@ -298,6 +313,9 @@ def format_summary(summary: dict) -> str:
     for cat, us in sorted(summary["categories"].items(), key=lambda kv: -kv[1]):
         if us > 0:
             lines.append(f"  {cat:<17} {us / 1e3:9.2f} ms  {us / total:6.1%}")
+    if summary.get("launches"):
+        lines.append(f"  {summary['launches']} kernels and copies, {summary['idle_gaps']} idle gaps of "
+                     f"{GAP_US:g} µs or more between them")
     if summary.get("overlap_us"):
         overlap_ms = summary["overlap_us"] / 1e3
         lines.append(f"  ({overlap_ms:.2f} ms of it with two or more streams at once, shared among them)")

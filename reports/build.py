@@ -161,21 +161,55 @@ def _trace_summaries(run: Path) -> dict[str, dict]:
     return out
 
 
-def _trace_table(summaries: dict[str, dict]):
+def _trace_table(summaries: dict[str, dict], rows: list[dict] = ()):
     import pandas as pd
 
+    # a traced step runs slower than a timed one (the profiler's own work on the host): its idle
+    # share overstates the launch gaps; the row's timed median beside it says by how much
+    timed = {}
+    for r in rows:
+        profile, median = r.get("profile") or {}, (r.get("s_per_iter") or {}).get("median")
+        if profile.get("dir") and median:
+            timed[Path(profile["dir"]).name] = median
     records = []
     for name, s in summaries.items():
         total = max(s["total_us"], 1e-9)
+        steps = max(s.get("steps") or 1, 1)
         rec = {
             "profile": name,
             "device": s.get("device", ""),
             "steps": s.get("steps", ""),
-            "time per step": f"{s['total_us'] / max(s.get('steps') or 1, 1) / 1e3:.2f} ms",
+            "time per step": f"{s['total_us'] / steps / 1e3:.2f} ms",
+            "timed step": f"{timed[name] * 1e3:.2f} ms" if name in timed else "",
         }
+        if "launches" in s:
+            rec["launches / step"] = f"{s['launches'] / steps:.0f}"
+            rec["idle gaps / step"] = f"{s['idle_gaps'] / steps:.0f}"
         rec.update({c: f"{us / total:.0%}" for c, us in s["categories"].items()})
         records.append(rec)
     return pd.DataFrame.from_records(records).fillna("")
+
+
+PHASES = ("setup", "first_step", "parity", "timing", "paired", "profile", "attention_kernels")
+
+
+def _phase_table(rows: list[dict]):
+    """Wall seconds by phase of each case that recorded them (bench.measure.Laps), or None."""
+    import pandas as pd
+
+    records = []
+    for r in rows:
+        phases = r.get("phase_s")
+        if not phases:
+            continue
+        rec = {"case": f"{r.get('workload')}/{r.get('variant')}"}
+        wall = r.get("case_wall_s")
+        rec["wall"] = f"{wall:.1f} s" if wall is not None else ""
+        rec["before"] = f"{wall - sum(phases.values()):.1f}" if wall is not None else ""
+        rec.update({name.replace("_", " "): f"{phases[name]:.1f}" if name in phases else ""
+                    for name in PHASES})
+        records.append(rec)
+    return pd.DataFrame.from_records(records) if records else None
 
 
 def _top_kernels_table(summaries: dict[str, dict], per_profile: int = 5):
@@ -239,7 +273,7 @@ def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
             blocks += [Block("h2", title), Block("img", path, alt=path.stem)]
     traces = _trace_summaries(run)
     if traces:
-        blocks += [Block("h2", "Where the time goes (profiles)"), Block("table", _trace_table(traces))]
+        blocks += [Block("h2", "Where the time goes (profiles)"), Block("table", _trace_table(traces, rows))]
         top = _top_kernels_table(traces)
         if top is not None:
             blocks += [Block("p", "Most time per profile (CUDA: kernels by device time; CPU: operators by "
@@ -247,6 +281,9 @@ def build_blocks(run: Path, figures_dir: Path, rows: list[dict]) -> list[Block]:
         path = figures.trace_breakdown(traces, figures_dir)
         if path:
             blocks.append(Block("img", path, alt=path.stem))
+    phases = _phase_table(rows)
+    if phases is not None:
+        blocks += [Block("h2", "Case time by phase (s)"), Block("table", phases)]
     for path in sorted(run.glob("pytest-benchmark*.json")):
         table = pytest_benchmark_table(path)
         # measured wherever pytest ran, not necessarily on the Environment's machine

@@ -52,6 +52,15 @@ METHOD = [
     "compares variants of this run, not numbers published against a datasheet.",
     "Where the time goes (profiles): steps traced with torch.profiler after the timing (a suite's "
     "profile_steps, in the case's own process, after one traced warm-up step), or by `segbench profile`. "
-    "CUDA: kernel time on the GPU timeline by category, idle = the traced window no kernel covered; CPU: "
-    "operators' self time summed over threads (it can exceed the wall time).",
+    "CUDA: kernel time on the GPU timeline by category, idle = the traced window no kernel covered "
+    "(a traced step runs slower than the timed one beside it: the profiler works on the host too, so "
+    "idle overstates the untraced gaps); launches / step and idle gaps / step (the device idle 10 µs "
+    "or more between two kernels): gaps near the launch count mean the host's launches set the pace "
+    "(CUDA graphs or fewer kernels help, faster kernels do not). CPU: operators' self time summed "
+    "over threads (it can exceed the wall time).",
+    "Case time by phase: wall seconds of each phase of a training case (setup: model, weights and "
+    "batches; first step, compile included; the other parity steps; timing: warm-up and measured "
+    "steps; paired: the interleaved baseline; profile; attention kernels: one eager step counting "
+    "SDPA's kernels); before = the case's wall time less their sum (process start, imports, CUDA "
+    "context). For sizing a time-boxed run: a GPU lease's budget.",
 ]

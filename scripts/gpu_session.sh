@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Runs on a lent GPU machine (the `device` tool), from the repo root, with `.whl` carried:
-#   device run: no kind (H100, else H200), carry [".whl"], timeout_s 600, command "scripts/gpu_session.sh [SUITE]"
+#   device run: kind nvidia-h100-x1 (else none), carry [".whl"], timeout_s 600, command "scripts/gpu_session.sh [SUITE]"
 # Installs the carried wheels (monai, nibabel, nvtx, einops: the image lacks them) and the project, logs
 # `segbench env`, then
 #   gpu-check (default): all of tests/kernels on CUDA (<= 90 s: a failing kernel is worth knowing
 #     before any timing), then the suite. Other suites likewise, then, in the time left, python -m
 #     kernels.bench_window_attention (with --sweep for the `kernels` suite: the Triton window
 #     attention's tile sets too) — `scripts/gpu_session.sh kernels` is the kernel-focused call.
-#   swin-goal: the suite first (its goal's two compile rows first, cold: ~430 s with stock + compile's
-#     ~200 s; then the eager and f48 rows in its budget; a follow-up `swin-goal --resume` call on the
-#     warm machine adds the rows the budget cut;
+#   swin-goal: the suite first (its first goal's row, then stock + compile: ~520 s with cold compiles
+#     as measured on an H100, 2026-11-28; then the other rows in its budget; a follow-up
+#     `swin-goal --resume` call on the warm machine adds the rows the budget cut;
 #     its parity column is the fast path's correctness check), then, while the 600 s call has time
 #     left, the fast SwinUNETR's GPU tests, python -m kernels.bench_window_attention (SDPA vs the
 #     Triton window attention at stage 1-2 shapes, with parity) and python -m seg.swin_fast.gpu_check
@@ -41,16 +41,23 @@ out=${OUT:-/tmp/out}
 mkdir -p "$out"
 log="$out/log.txt"
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+stamp() { echo "[+${SECONDS}s] $*" | tee -a "$log"; }  # where a call's seconds go (2026-11-28: ~48 s before the suite)
+: > "$log"
+# a warm machine's second call (a --resume) keeps /tmp/site from the first: no reinstall
+if [ ! -f /tmp/site/.segbench-installed ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  # nothing needs the editable install (python3 -m segbench and the case subprocesses run from the
+  # repo on PYTHONPATH); it only gives segbench its version: log a failure, go on
+  python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -3 | tee -a "$log"
+  touch /tmp/site/.segbench-installed
+fi
 export PYTHONPATH=$PWD:/tmp/site
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$log"
-# nothing needs the editable install (python3 -m segbench and the case subprocesses run from the
-# repo on PYTHONPATH); it only gives segbench its version: log a failure, go on
-python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -3 | tee -a "$log"
-python3 -c "import torch, triton, monai; print('torch', torch.__version__, 'triton', triton.__version__, 'monai', monai.__version__)" | tee -a "$log"
+stamp "installed"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee -a "$log"
 # MONAI's stock SwinUNETR needs einops in every forward (every swin baseline row); carried in .whl too
 python3 -c "import einops" 2>/dev/null || echo "WARNING: einops is missing (.whl lacks it: run scripts/fetch_gpu_wheels.sh): every stock SwinUNETR row will fail" | tee -a "$log"
-python3 -m segbench env --device cuda 2>&1 | tee -a "$log"  # which speed features run here, and why not
+python3 -m segbench env --device cuda 2>&1 | tee -a "$log"  # versions; which speed features run here, and why not
+stamp "segbench env done"
 
 # gpu-check: every kernel test first (not only the gpu-marked ones: on CUDA the same tests check the
 # compiled Triton kernels, which the CPU interpreter cannot)
@@ -71,7 +78,7 @@ if [ "$suite" != "swin-extras" ]; then
   # finishes); the timeout is the backstop for the call
   bench_s=$((call_s - 20 - SECONDS)); [ "$bench_s" -ge 1 ] || bench_s=1  # timeout 0 would mean no limit
   budget_s=$((bench_s - 25)); [ "$budget_s" -ge 1 ] || budget_s=1
-  echo "== segbench bench --suite $suite --budget-s $budget_s ${extra[*]}" | tee -a "$log"
+  stamp "== segbench bench --suite $suite --budget-s $budget_s ${extra[*]}"
   # a resumed folder holds the last call's report: the one built below must be this call's
   rm -f "$run/report.md" "$run/report.html"
   # rows reach $OUT as they come: a call the device tool cuts short (less device time left than
@@ -82,6 +89,7 @@ if [ "$suite" != "swin-extras" ]; then
   rc=${PIPESTATUS[0]}
   kill "$copier" 2>/dev/null
   [ "$rc" = 0 ] || echo "segbench bench exited $rc (124: cut by this call's timeout)" | tee -a "$log"
+  stamp "bench done"
   # cut off: the rows so far (bounded: the copies below must happen inside the call)
   [ -f "$run/report.md" ] || timeout 10 python3 -m segbench report "$run" 2>&1 | tail -3 | tee -a "$log"
   cp "$run"/report.md "$run"/results.jsonl "$run"/env.json "$run"/report.html "$out"/ 2>/dev/null
@@ -126,4 +134,5 @@ if [ "$swin" = 1 ] && [ "$left_s" -gt 45 ]; then
   timeout "$left_s" python3 -m seg.swin_fast.gpu_check --out /tmp/swin_check 2>&1 | tail -40 | tee -a "$log"
 fi
 [ -d /tmp/swin_check ] && tar -czf "$out/swin_check.tar.gz" --exclude="*.pickle" -C /tmp swin_check
+stamp "end of call"
 ls -la "$out"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.measure import max_rel_dev, steady_state, time_once, time_steps, watched
+from bench.measure import Laps, max_rel_dev, steady_state, time_once, time_steps, watched
 from bench.workloads.common import (
     Case,
     TrainState,
@@ -88,6 +88,7 @@ def cache_reference(case: Case) -> dict:
 
 
 def run(case: Case) -> dict:
+    laps = Laps()
     device, init, batches, reference = _set_up(case)
     p, m = case.params, case.measure
     row: dict = {"model": p.model, "shape": p.shape, "batch": p.batch, "precision": case.config.precision}
@@ -96,13 +97,16 @@ def run(case: Case) -> dict:
     inputs = [(to_input(x, case.config, device), y.to(device)) for x, y in batches]
     if state.cpu_bf16_workaround(inputs[0][0]):
         row["cpu_bf16_workaround"] = True
+    laps.lap("setup")
     torch.manual_seed(m.seed)
     losses: list[float] = []
     # the first step's gradients, sampled on the device (a few ms in the first step: no host sync)
     grads = {} if m.parity_steps and case.reference else None
     row["first_step_s"] = time_once(lambda: losses.append(float(state.step(*inputs[0], grads=grads))), device)
+    laps.lap("first_step")
     for x, y in inputs[1 : m.parity_steps]:
         losses.append(float(state.step(x, y)))
+    laps.lap("parity")
     if m.parity_steps and case.reference:
         parity = {"reference": reference["variant"], "steps": m.parity_steps}
         if "losses" in reference and not all(math.isfinite(v) for v in reference["losses"]):
@@ -129,6 +133,7 @@ def run(case: Case) -> dict:
     del inputs[1:], batches[:]  # the other parity batches: not part of a training step's memory
     step = lambda: state.step(x, y)  # noqa: E731
     row.update(steady_state(step, m.warmup, m.iters, device))
+    laps.lap("timing")
     median = row["s_per_iter"]["median"]
     voxels = math.prod(p.shape)
     row["samples_per_s"] = p.batch / median
@@ -142,9 +147,13 @@ def run(case: Case) -> dict:
 
     if case.baseline is not None:
         row["paired"] = _paired(case, device, init, step)
+        laps.lap("paired")
     row.update(profile_fields(case, step, device))
+    laps.lap("profile")
     # Last: one more (eager) step, whose gradients are dropped.
     row.update(attention_kernels_fields(lambda: state.attention_kernels(x, y)))
+    laps.lap("attention_kernels")
+    row["phase_s"] = laps.s
     return row
 
 

@@ -119,8 +119,8 @@ def traced_geometry(
 
 
 def with_batch(geo: WindowGeometry, batch) -> WindowGeometry:
-    """A batch-1 geometry extended to `batch` samples by index arithmetic: equal to
-    `build_geometry(batch, ...)`. Under torch.compile it runs in the graph, so `batch` may be symbolic
+    """A batch-1 geometry extended to `batch` samples by index arithmetic (`build_geometry` of a
+    batch is this). Under torch.compile it runs in the graph, so `batch` may be symbolic
     (a sliding window's smaller last batch after automatic dynamic): no graph break at the geometry.
 
     Every window keeps its rank, its rows now `batch` runs of N slots (window-major, batch inner), so
@@ -151,19 +151,26 @@ def build_geometry(
     """Index maps for one block: window size and shift as MONAI's get_window_size returns them.
 
     Built eagerly (`nonzero` for the pad rows is data-dependent): under torch.compile through
-    `traced_geometry`, shapes static (see blocks.py).
+    `traced_geometry`, shapes static (see blocks.py). Several samples: the batch-1 maps extended by
+    `with_batch`, the one way a batch is laid out, eager or compiled.
     """
+    geo = _sample_geometry(dims, window, shift, device)
+    return geo if batch == 1 else with_batch(geo, batch)
+
+
+def _sample_geometry(
+    dims: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...], device: torch.device
+) -> WindowGeometry:
+    """`build_geometry` of one sample."""
     k = len(dims)
     # plain loops and lists (no generator expressions): dynamo traces this whole function
     padded = tuple([-(-d // w) * w for d, w in zip(dims, window, strict=True)])
     grid = tuple([p // w for p, w in zip(padded, window, strict=True)])
     masked = any([s > 0 for s in shift])  # MONAI rolls and masks only when some axis is shifted
     n = math.prod(window)
-    tokens = math.prod(dims)
     raster_stride = [math.prod(dims[a + 1 :]) for a in range(k)]
     grid_stride = [math.prod(grid[a + 1 :]) for a in range(k)]
     offset_stride = [math.prod(window[a + 1 :]) for a in range(k)]
-    batch_offset = torch.arange(batch, device=device) * tokens
 
     srcs, valids, window_ids, groups = [], [], [], []
     row = 0
@@ -189,19 +196,16 @@ def build_geometry(
             wid_shape[a] = hi - lo
             wid = wid + idx.view(wid_shape) * grid_stride[a]
             split.append(masked and shift[a] > 0 and hi == grid[a] and lo == grid[a] - 1)
-        src = torch.where(ok, src, 0).reshape(count, 1, n) + batch_offset.view(1, batch, 1)
-        srcs.append(src.reshape(-1))
-        valids.append(ok.reshape(count, 1, n).expand(count, batch, n).reshape(-1))
+        srcs.append(torch.where(ok, src, 0).reshape(-1))
+        valids.append(ok.reshape(-1))
         window_ids.append(wid.reshape(-1))
-        groups.append(
-            WindowGroup(row * batch, (row + count) * batch, _group_mask(window, shift, tuple(split), device))
-        )
+        groups.append(WindowGroup(row, row + count, _group_mask(window, shift, tuple(split), device)))
         row += count
     src = torch.cat(srcs)
     order = torch.cat(window_ids)
     rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=device))
 
-    # inverse: raster token -> its slot (window rank, batch, offset in window)
+    # inverse: raster token -> its slot (window rank, offset in window)
     win = torch.zeros((), dtype=torch.int64, device=device)
     off = torch.zeros((), dtype=torch.int64, device=device)
     for a in range(k):
@@ -210,13 +214,10 @@ def build_geometry(
         shape[a] = dims[a]
         win = win + (coord // window[a]).view(shape) * grid_stride[a]
         off = off + (coord % window[a]).view(shape) * offset_stride[a]
-    slot = (rank[win.reshape(-1)] * batch) * n + off.reshape(-1)
-    inv = (slot[None, :] + (torch.arange(batch, device=device) * n)[:, None]).reshape(-1)
+    inv = rank[win.reshape(-1)] * n + off.reshape(-1)
 
     pad_rows = (~torch.cat(valids)).nonzero().squeeze(1) if padded != tuple(dims) else None
-    return WindowGeometry(
-        batch, tuple(dims), tuple(window), tuple(shift), n, src, pad_rows, inv, tuple(groups)
-    )
+    return WindowGeometry(1, tuple(dims), tuple(window), tuple(shift), n, src, pad_rows, inv, tuple(groups))
 
 
 def _zero_rows(rows: torch.Tensor, pad_rows: torch.Tensor) -> torch.Tensor:

@@ -96,6 +96,14 @@ def test_rows_carry_the_contract_fields(run):
                                                        paired["variant_blocks_s"])
     if sys.platform.startswith("linux"):  # how busy the host was meanwhile (bench.contention)
         assert 0.0 <= step["host_other_cpu_fraction"] <= 1.0
+    # the case's wall time by phase, in order, inside the case's own wall time; the report tabulates it
+    phases = step["phase_s"]
+    assert list(phases) == ["setup", "first_step", "parity", "timing", "paired", "profile",
+                            "attention_kernels"]
+    assert all(v >= 0 for v in phases.values()) and sum(phases.values()) < step["case_wall_s"]
+    assert phases["first_step"] >= step["first_step_s"] * 0.9  # (perf_counter around the timed call)
+    report = (run / "report.md").read_text()
+    assert "## Case time by phase (s)" in report and "| train_step/bf16 |" in report
 
 
 def test_failures_become_error_rows_and_the_suite_goes_on(run):

@@ -317,3 +317,35 @@ def test_a_report_says_how_its_rows_were_measured_by_the_segbench_that_measured_
     md = (run / "report.md").read_text()
     assert "The rows of the resume at 2026-12-01T10:00:00 were measured by a segbench whose text" in md
     assert "- Parity: new." in md and "- Parity: old." in md
+
+
+def test_profiles_show_the_timed_step_and_launch_gaps_and_cases_their_time_by_phase(tmp_path):
+    """The H100 run's reading: a traced compiled step (128 ms, 62 % idle) beside its timed median
+    (70 ms), and ~1300 launches with ~800 gaps per step: launch-bound, which CUDA graphs address."""
+    run = write_run(tmp_path / "run")
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    compiled = next(r for r in rows if r["variant"] == "bf16+compile")
+    compiled["profile"] = {"dir": "profiles/train_step__bf16+compile", "steps": 2}
+    compiled["case_wall_s"] = 190.0
+    compiled["phase_s"] = {"setup": 4.0, "first_step": 118.0, "parity": 0.5, "timing": 1.5, "paired": 20.0,
+                           "profile": 9.0, "attention_kernels": 5.0}
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"device": "cuda", "steps": 2, "total_us": 256_000.0, "launches": 2722, "idle_gaps": 1587,
+               "categories": {"attention": 39_000.0, "convolution": 28_000.0, "idle": 159_000.0,
+                              "other": 30_000.0},
+               "top": []}
+    (run / "profiles" / "train_step__bf16+compile").mkdir(parents=True)
+    (run / "profiles" / "train_step__bf16+compile" / "summary.json").write_text(json.dumps(summary))
+    proc = run_segbench("report", str(run))
+    assert proc.returncode == 0, proc.stderr
+    md = (run / "report.md").read_text()
+    traced = next(line for line in md.splitlines() if line.startswith("| train_step__bf16+compile |"))
+    # time per step, timed step, launches / step, idle gaps / step, then the categories
+    timed_ms = compiled["s_per_iter"]["median"] * 1e3
+    assert f"| 128.00 ms | {timed_ms:.2f} ms | 1361 | 794 |" in traced and "| 62% |" in traced
+    phases = next(line for line in md.splitlines() if line.startswith("| train_step/bf16+compile |"))
+    # wall, before (wall less the phases: 32 s of process start and imports), then each phase
+    assert phases == ("| train_step/bf16+compile | 190.0 s | 32.0 | 4.0 | 118.0 | 0.5 | 1.5 | 20.0 | 9.0 "
+                      "| 5.0 |")
+    assert md.count("## Case time by phase (s)") == 1
+    assert "launches / step" in md and "idle gaps / step" in md

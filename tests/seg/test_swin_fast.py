@@ -134,6 +134,21 @@ def test_network_matches_monai_float64(shape, batch, options):
         assert _rel(a, b) < 1e-9, name
 
 
+def test_network_in_channels_last_matches_monai_float64():
+    """The `channels_last` variant (parameters and input channels_last_3d, as seg.speed does it): the
+    fast path's token permutes become views, the function stays MONAI's (the H100 run's next step:
+    cuDNN converted NCDHW tensors 200 times per compiled step)."""
+    ref, fast = _pair(feature_size=12, use_v2=True)
+    fast = fast.to(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, 4, 64, 32, 32, dtype=torch.float64)
+    y_ref, gx_ref, g_ref = _run(ref, x)
+    y_fast, gx_fast, g_fast = _run(fast, x.to(memory_format=torch.channels_last_3d))
+    assert _rel(y_fast, y_ref) < 1e-10
+    assert _rel(gx_fast, gx_ref) < 1e-9
+    for (name, _), a, b in zip(ref.named_parameters(), g_fast, g_ref, strict=True):
+        assert _rel(a, b) < 1e-9, name
+
+
 def test_network_feature24_float32():
     """The seed's width (feature 24, default heads), dropout off, train mode, float32."""
     ref, fast = _pair(torch.float32, feature_size=24)

@@ -4,6 +4,7 @@ weights cannot change, graph constants under torch.compile, static shapes, no gr
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from swin_pairs import (
@@ -36,23 +37,31 @@ def test_window_gathers_round_trip_zero_pads_and_have_true_gradients():
     assert build_geometry(1, (3, 8, 8), window, (0, 2, 2), torch.device("cpu")).pad_rows is None
 
 
-def test_a_batch_one_geometry_extends_to_any_batch():
-    """with_batch (what a compiled model runs in its graph) builds the same maps as build_geometry."""
-    from seg.swin_fast.windows import with_batch
-
+def test_a_batch_lays_out_each_sample_as_alone_window_major_batch_inner():
+    """A batch's window rows are its samples' own window rows interleaved (window-major, batch inner:
+    every window group one contiguous run of rows for any batch), and back; the groups scale with the
+    batch (their masks do not), the pad rows are each sample's."""
     cpu = torch.device("cpu")
     for dims, window, shift in (((3, 5, 6), (3, 4, 4), (0, 2, 2)), ((4, 8, 8), (2, 4, 4), (0, 0, 0)),
                                 ((7, 7, 7), (7, 7, 7), (3, 3, 3)), ((5, 9), (4, 4), (2, 2))):
         one = build_geometry(1, dims, window, shift, cpu)
-        for batch in (1, 2, 3):
-            want, got = build_geometry(batch, dims, window, shift, cpu), with_batch(one, batch)
-            assert (got.batch, got.groups[-1].end) == (batch, want.groups[-1].end)
-            assert torch.equal(got.src, want.src) and torch.equal(got.inv, want.inv)
-            if want.pad_rows is None:
-                assert got.pad_rows is None
-            else:  # a set of rows to zero: any order
-                assert torch.equal(got.pad_rows.sort().values, want.pad_rows)
-            assert [(g.start, g.end) for g in got.groups] == [(g.start, g.end) for g in want.groups]
+        n, tokens = one.tokens, math.prod(dims)
+        for batch in (2, 3):
+            geo = build_geometry(batch, dims, window, shift, cpu)
+            x = torch.randn(batch, tokens, 5, dtype=torch.float64)
+            rows = to_windows(x.reshape(batch * tokens, 5), geo)
+            alone = torch.stack([to_windows(x[b], one) for b in range(batch)])  # (batch, windows*N, 5)
+            assert torch.equal(rows.view(-1, batch, n, 5), alone.view(batch, -1, n, 5).transpose(0, 1))
+            assert torch.equal(from_windows(rows, geo), x.reshape(batch * tokens, 5))
+            assert [(g.start, g.end) for g in geo.groups] == [(g.start * batch, g.end * batch)
+                                                              for g in one.groups]
+            for a, b in zip(geo.groups, one.groups, strict=True):
+                assert (a.mask is None and b.mask is None) or torch.equal(a.mask, b.mask)
+            if one.pad_rows is None:
+                assert geo.pad_rows is None
+            else:
+                assert geo.pad_rows.numel() == batch * one.pad_rows.numel()
+                assert not rows[geo.pad_rows].any()
 
 
 def test_evaluation_between_fused_optimizer_steps_sees_the_new_tables():
