@@ -58,6 +58,10 @@ METHOD = [
     "or more between two kernels): gaps near the launch count mean the host's launches set the pace "
     "(CUDA graphs or fewer kernels help, faster kernels do not). CPU: operators' self time summed "
     "over threads (it can exceed the wall time).",
+    "compile: what torch.compile made of a compiled variant over its steps (dynamo's counters: graphs, "
+    "graph breaks) and, in a CUDA-graph mode (reduce-overhead, max-autotune), whether inductor captured "
+    "CUDA graphs: SKIPPED ×N with its first reason when it did not (the row then timed the step without "
+    "them).",
     "Case time by phase: wall seconds of each phase of a training case (setup: model, weights and "
     "batches; first step, compile included; the other parity steps; timing: warm-up and measured "
     "steps; paired: the interleaved baseline; profile; attention kernels: one eager step counting "

@@ -176,6 +176,20 @@ def _fmt_gpu_state(state: dict | None) -> str:
     return ", ".join(parts) + (f"; {slow}" if slow else "")
 
 
+def fmt_compile(stats: dict | None) -> str:
+    """`compile_stats` in a cell: graphs and breaks, and whether CUDA graphs ran where asked for."""
+    if not stats:
+        return ""
+    text = f"{stats['graphs']} graph{'s' if stats['graphs'] != 1 else ''}, {stats['graph_breaks']} breaks"
+    if "cudagraph_skips" in stats:
+        skips = stats["cudagraph_skips"]
+        text += ", CUDA graphs ✓" if not skips else f", CUDA graphs SKIPPED ×{skips}"
+        reasons = stats.get("cudagraph_skip_reasons")
+        if reasons:
+            text += f" ({reasons[0]})"
+    return text
+
+
 def _fmt_errors(row: dict) -> str:
     """The row's error, or for a row that ran, what failed beside its timing: the parity reference, the
     interleaved A/B pairing (its speedup is then two processes' medians), a trace, the kernel count."""
@@ -314,6 +328,7 @@ def workload_table(rows: list[dict]) -> pd.DataFrame:
             "status": row["status"],
             S_PER_ITER: _fmt_spread(row.get("s_per_iter")),
             "first step": fmt_seconds(row.get("first_step_s")),
+            "compile": fmt_compile(row.get("compile_stats")),
             **{f"vs {name}": _speedup_cell(row, by_variant.get(name), name) for name in against},
             "samples/s": _num(row.get("samples_per_s"), ".2f"),
             "peak memory": _fmt_bytes(row.get("peak_bytes")),

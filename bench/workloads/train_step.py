@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from bench.compile_stats import CompileWatch
 from bench.measure import Laps, max_rel_dev, steady_state, time_once, time_steps, watched
 from bench.workloads.common import (
     Case,
@@ -89,6 +90,7 @@ def cache_reference(case: Case) -> dict:
 
 def run(case: Case) -> dict:
     laps = Laps()
+    watch = CompileWatch(case.config.compile_mode)
     device, init, batches, reference = _set_up(case)
     p, m = case.params, case.measure
     row: dict = {"model": p.model, "shape": p.shape, "batch": p.batch, "precision": case.config.precision}
@@ -148,6 +150,7 @@ def run(case: Case) -> dict:
     if case.baseline is not None:
         row["paired"] = _paired(case, device, init, step)
         laps.lap("paired")
+    row.update(watch.fields())  # (before the profiler's steps: a recompile there is its own story)
     row.update(profile_fields(case, step, device))
     laps.lap("profile")
     # Last: one more (eager) step, whose gradients are dropped.
