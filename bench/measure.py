@@ -34,7 +34,8 @@ def sync_stream(device: torch.device | str) -> None:
 class Laps:
     """Wall seconds of a case's phases, for planning a time-boxed run (a GPU lease): `lap(name)` ends
     the phase that began at the previous lap (or at construction). What the case process spent before
-    it (start, imports, CUDA context) is its case_wall_s less their sum."""
+    it (start, imports, CUDA context) is its case_wall_s less their sum. Each lap is printed too: a
+    case killed by its timeout writes no row, its log says how far it got."""
 
     def __init__(self) -> None:
         self.s: dict[str, float] = {}
@@ -44,6 +45,7 @@ class Laps:
         now = time.perf_counter()
         self.s[name] = round(now - self._last, 3)
         self._last = now
+        print(f"phase {name}: {self.s[name]:.1f} s", flush=True)
 
 
 def time_once(fn: Callable[[], object], device: torch.device | str) -> float:

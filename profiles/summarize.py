@@ -208,7 +208,7 @@ def _gpu_summary(events: list[dict]) -> dict:
     window = _window([(s, e) for s, e, _ in spans], _step_span(events))
     cats["idle"] = max(0.0, window - _union_length([(s, e) for s, e, _ in spans]))
     return {"device": "cuda", "total_us": window, "categories": cats, "overlap_us": overlap_us,
-            "launches": len(gpu), "idle_gaps": _idle_gaps([(s, e) for s, e, _ in spans]), "top": _top(timed)}
+            "kernels": len(gpu), "idle_gaps": _idle_gaps([(s, e) for s, e, _ in spans]), "top": _top(timed)}
 
 
 GAP_US = 10.0  # an idle stretch this long between two kernels: the device waited for the host
@@ -216,7 +216,7 @@ GAP_US = 10.0  # an idle stretch this long between two kernels: the device waite
 
 def _idle_gaps(spans: list[tuple[float, float]]) -> int:
     """How many times the device sat idle for GAP_US or more between two pieces of work: with many
-    short kernels, a count near the launch count says the host's launches, not the GPU, set the pace
+    short kernels, a count near the kernel count says the host's launches, not the GPU, set the pace
     (CUDA graphs, fewer kernels); a few long gaps point at syncs or waits instead."""
     gaps, end = 0, None
     for s, e in sorted(spans):
@@ -313,8 +313,8 @@ def format_summary(summary: dict) -> str:
     for cat, us in sorted(summary["categories"].items(), key=lambda kv: -kv[1]):
         if us > 0:
             lines.append(f"  {cat:<17} {us / 1e3:9.2f} ms  {us / total:6.1%}")
-    if summary.get("launches"):
-        lines.append(f"  {summary['launches']} kernels and copies, {summary['idle_gaps']} idle gaps of "
+    if summary.get("kernels"):
+        lines.append(f"  {summary['kernels']} kernels and copies, {summary['idle_gaps']} idle gaps of "
                      f"{GAP_US:g} µs or more between them")
     if summary.get("overlap_us"):
         overlap_ms = summary["overlap_us"] / 1e3

@@ -182,8 +182,8 @@ def _trace_table(summaries: dict[str, dict], rows: list[dict] = ()):
             "time per step": f"{s['total_us'] / steps / 1e3:.2f} ms",
             "timed step": f"{timed[name] * 1e3:.2f} ms" if name in timed else "",
         }
-        if "launches" in s:
-            rec["launches / step"] = f"{s['launches'] / steps:.0f}"
+        if "kernels" in s:
+            rec["kernels / step"] = f"{s['kernels'] / steps:.0f}"
             rec["idle gaps / step"] = f"{s['idle_gaps'] / steps:.0f}"
         rec.update({c: f"{us / total:.0%}" for c, us in s["categories"].items()})
         records.append(rec)
@@ -206,10 +206,13 @@ def _phase_table(rows: list[dict]):
         wall = r.get("case_wall_s")
         rec["wall"] = f"{wall:.1f} s" if wall is not None else ""
         rec["before"] = f"{wall - sum(phases.values()):.1f}" if wall is not None else ""
+        # a phase this report does not know (a newer segbench's) gets its own column, so that the
+        # phases shown and `before` still add up to the wall time
+        names = [*PHASES, *(name for name in phases if name not in PHASES)]
         rec.update({name.replace("_", " "): f"{phases[name]:.1f}" if name in phases else ""
-                    for name in PHASES})
+                    for name in names})
         records.append(rec)
-    return pd.DataFrame.from_records(records) if records else None
+    return pd.DataFrame.from_records(records).fillna("") if records else None
 
 
 def _top_kernels_table(summaries: dict[str, dict], per_profile: int = 5):

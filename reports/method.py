@@ -54,10 +54,11 @@ METHOD = [
     "profile_steps, in the case's own process, after one traced warm-up step), or by `segbench profile`. "
     "CUDA: kernel time on the GPU timeline by category, idle = the traced window no kernel covered "
     "(a traced step runs slower than the timed one beside it: the profiler works on the host too, so "
-    "idle overstates the untraced gaps); launches / step and idle gaps / step (the device idle 10 µs "
-    "or more between two kernels): gaps near the launch count mean the host's launches set the pace "
-    "(CUDA graphs or fewer kernels help, faster kernels do not). CPU: operators' self time summed "
-    "over threads (it can exceed the wall time).",
+    "idle overstates the untraced gaps); kernels / step (kernels, copies and memsets on the GPU "
+    "timeline; under CUDA graphs too, one graph launch running many) and idle gaps / step (the "
+    "device idle 10 µs or more between two of them): gaps near the kernel count mean the host's "
+    "launches set the pace (CUDA graphs or fewer kernels help, faster kernels do not). CPU: "
+    "operators' self time summed over threads (it can exceed the wall time).",
     "compile: what torch.compile made of a compiled variant over its steps (dynamo's counters: graphs, "
     "graph breaks) and, in a CUDA-graph mode (reduce-overhead, max-autotune), whether inductor captured "
     "CUDA graphs: SKIPPED ×N with its first reason when it did not (the row then timed the step without "

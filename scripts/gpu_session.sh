@@ -7,9 +7,9 @@
 #     before any timing), then the suite. Other suites likewise, then, in the time left, python -m
 #     kernels.bench_window_attention (with --sweep for the `kernels` suite: the Triton window
 #     attention's tile sets too) — `scripts/gpu_session.sh kernels` is the kernel-focused call.
-#   swin-goal: the suite first (its first goal's row, then stock + compile: ~520 s with cold compiles
-#     as measured on an H100, 2026-11-28; then the other rows in its budget; a follow-up
-#     `swin-goal --resume` call on the warm machine adds the rows the budget cut;
+#   swin-goal: the suite first (its two goals' rows: ~450 s with cold compiles and the fp32 reference,
+#     by the H100 run of 2026-11-28; then the other rows in its budget, stock + compile among them; a
+#     follow-up `swin-goal --resume` call on the warm machine adds the rows the budget cut;
 #     its parity column is the fast path's correctness check), then, while the 600 s call has time
 #     left, the fast SwinUNETR's GPU tests, python -m kernels.bench_window_attention (SDPA vs the
 #     Triton window attention at stage 1-2 shapes, with parity) and python -m seg.swin_fast.gpu_check
@@ -43,16 +43,20 @@ log="$out/log.txt"
 export PYTHONUNBUFFERED=1
 stamp() { echo "[+${SECONDS}s] $*" | tee -a "$log"; }  # where a call's seconds go (2026-11-28: ~48 s before the suite)
 : > "$log"
-# a warm machine's second call (a --resume) keeps /tmp/site from the first: no reinstall
-if [ ! -f /tmp/site/.segbench-installed ]; then
+# a warm machine's second call (a --resume) keeps /tmp/site from the first: no reinstall of the same
+# wheels (the marker holds their checksums: other wheels carried, they are installed)
+wheels=$(sha1sum .whl/*.whl 2>/dev/null | sha1sum | cut -d' ' -f1)
+if [ "$(cat /tmp/site/.segbench-installed 2>/dev/null)" != "$wheels" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   # nothing needs the editable install (python3 -m segbench and the case subprocesses run from the
   # repo on PYTHONPATH); it only gives segbench its version: log a failure, go on
   python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -3 | tee -a "$log"
-  touch /tmp/site/.segbench-installed
+  echo "$wheels" > /tmp/site/.segbench-installed
+  stamp "installed .whl/ into /tmp/site"
+else
+  stamp "install skipped: this warm machine's /tmp/site holds the same wheels"
 fi
 export PYTHONPATH=$PWD:/tmp/site
-stamp "installed"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee -a "$log"
 # MONAI's stock SwinUNETR needs einops in every forward (every swin baseline row); carried in .whl too
 python3 -c "import einops" 2>/dev/null || echo "WARNING: einops is missing (.whl lacks it: run scripts/fetch_gpu_wheels.sh): every stock SwinUNETR row will fail" | tee -a "$log"

@@ -102,6 +102,8 @@ def test_rows_carry_the_contract_fields(run):
                             "attention_kernels"]
     assert all(v >= 0 for v in phases.values()) and sum(phases.values()) < step["case_wall_s"]
     assert phases["first_step"] >= step["first_step_s"] * 0.9  # (perf_counter around the timed call)
+    # and in the case log as they end: a case killed by its timeout writes no row, its log says how far
+    assert f"phase first_step: {phases['first_step']:.1f} s" in (run / step["log"]).read_text()
     report = (run / "report.md").read_text()
     assert "## Case time by phase (s)" in report and "| train_step/bf16 |" in report
 

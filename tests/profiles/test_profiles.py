@@ -95,7 +95,7 @@ def test_gpu_summary_counts_kernels_and_idle(tmp_path):
     assert s["categories"]["copies"] == 10 and s["categories"]["matmul"] == 10
     assert s["categories"]["idle"] == 20  # 40..50 and 80..90
     # 4 pieces of device work; idle 10 µs twice (the launch-bound count), the 0 µs join at 70 not
-    assert s["launches"] == 4 and s["idle_gaps"] == 2
+    assert s["kernels"] == 4 and s["idle_gaps"] == 2
     assert [t["name"] for t in s["top"]] == [
         "sm90_xmma_fprop_implicit_gemm", "instance_norm_kernel", "Memcpy DtoD", "ampere_sgemm"
     ]

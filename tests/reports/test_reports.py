@@ -321,7 +321,7 @@ def test_a_report_says_how_its_rows_were_measured_by_the_segbench_that_measured_
 
 def test_profiles_show_the_timed_step_and_launch_gaps_and_cases_their_time_by_phase(tmp_path):
     """The H100 run's reading: a traced compiled step (128 ms, 62 % idle) beside its timed median
-    (70 ms), and ~1300 launches with ~800 gaps per step: launch-bound, which CUDA graphs address."""
+    (70 ms), and ~1300 kernels with ~800 idle gaps per step: launch-bound, which CUDA graphs address."""
     run = write_run(tmp_path / "run")
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     compiled = next(r for r in rows if r["variant"] == "bf16+compile")
@@ -330,7 +330,7 @@ def test_profiles_show_the_timed_step_and_launch_gaps_and_cases_their_time_by_ph
     compiled["phase_s"] = {"setup": 4.0, "first_step": 118.0, "parity": 0.5, "timing": 1.5, "paired": 20.0,
                            "profile": 9.0, "attention_kernels": 5.0}
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = {"device": "cuda", "steps": 2, "total_us": 256_000.0, "launches": 2722, "idle_gaps": 1587,
+    summary = {"device": "cuda", "steps": 2, "total_us": 256_000.0, "kernels": 2722, "idle_gaps": 1587,
                "categories": {"attention": 39_000.0, "convolution": 28_000.0, "idle": 159_000.0,
                               "other": 30_000.0},
                "top": []}
@@ -340,7 +340,7 @@ def test_profiles_show_the_timed_step_and_launch_gaps_and_cases_their_time_by_ph
     assert proc.returncode == 0, proc.stderr
     md = (run / "report.md").read_text()
     traced = next(line for line in md.splitlines() if line.startswith("| train_step__bf16+compile |"))
-    # time per step, timed step, launches / step, idle gaps / step, then the categories
+    # time per step, timed step, kernels / step, idle gaps / step, then the categories
     timed_ms = compiled["s_per_iter"]["median"] * 1e3
     assert f"| 128.00 ms | {timed_ms:.2f} ms | 1361 | 794 |" in traced and "| 62% |" in traced
     phases = next(line for line in md.splitlines() if line.startswith("| train_step/bf16+compile |"))
@@ -348,4 +348,15 @@ def test_profiles_show_the_timed_step_and_launch_gaps_and_cases_their_time_by_ph
     assert phases == ("| train_step/bf16+compile | 190.0 s | 32.0 | 4.0 | 118.0 | 0.5 | 1.5 | 20.0 | 9.0 "
                       "| 5.0 |")
     assert md.count("## Case time by phase (s)") == 1
-    assert "launches / step" in md and "idle gaps / step" in md
+    assert "kernels / step" in md and "idle gaps / step" in md
+
+
+def test_a_phase_the_report_does_not_know_gets_its_own_column():
+    """A newer segbench's phase (here "reference") is shown, so the phases and `before` add up."""
+    from reports.build import _phase_table
+
+    table = _phase_table([{"workload": "w", "variant": "v", "case_wall_s": 10.0,
+                           "phase_s": {"setup": 1.0, "reference": 3.0}}])
+    (row,) = table.to_dict("records")
+    assert (row["wall"], row["before"], row["setup"], row["reference"]) == ("10.0 s", "6.0", "1.0", "3.0")
+    assert row["first step"] == ""
