@@ -7,8 +7,8 @@
 #     before any timing), then the suite. Other suites likewise, then, in the time left, python -m
 #     kernels.bench_window_attention (with --sweep for the `kernels` suite: the Triton window
 #     attention's tile sets too) — `scripts/gpu_session.sh kernels` is the kernel-focused call.
-#   swin-goal: the suite first (its two goals' rows: ~450 s with cold compiles and the fp32 reference,
-#     by the H100 run of 2026-11-28; then the other rows in its budget, stock + compile among them; a
+#   swin-goal: the suite first (its first goal's row, then stock + compile: ~520 s with cold compiles
+#     and the fp32 reference, by the H100 run of 2026-11-28; then the other rows in its budget; a
 #     follow-up `swin-goal --resume` call on the warm machine adds the rows the budget cut;
 #     its parity column is the fast path's correctness check), then, while the 600 s call has time
 #     left, the fast SwinUNETR's GPU tests, python -m kernels.bench_window_attention (SDPA vs the
