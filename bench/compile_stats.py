@@ -43,9 +43,12 @@ class CompileWatch:
             import torch._inductor.cudagraph_utils as cudagraph_utils
 
             # inductor logs why it skips CUDA graphs only to its "cudagraphs" log, off by default:
-            # on, the reasons reach the case log and the row
-            torch._logging.set_logs(cudagraphs=True)
-            cudagraph_utils.cudagraphs_log.addHandler(_Collect(self.reasons))
+            # on, the reasons reach the case log and the row (a private logger: a torch without it
+            # leaves the count alone, which is what matters, rather than fail the row)
+            log = getattr(cudagraph_utils, "cudagraphs_log", None)
+            if log is not None:
+                torch._logging.set_logs(cudagraphs=True)
+                log.addHandler(_Collect(self.reasons))
 
     def fields(self) -> dict:
         """`{"compile_stats": {graphs, graph_breaks[, cudagraph_skips, cudagraph_skip_reasons]}}`, or {}

@@ -36,7 +36,9 @@ def test_an_interrupted_runner_takes_its_case_process_down(tmp_path, monkeypatch
 
 def _hanging_bench(tmp_path, nohup: bool = False):
     """`segbench bench` of one case that hangs; (the bench process, the case's pid once it started).
-    `nohup`: started with SIGHUP ignored, as nohup starts it (set here around the fork: inherited)."""
+    `nohup`: started with SIGHUP ignored, as nohup starts it; otherwise with its default disposition,
+    whatever pytest's own is (a CI job under nohup: the child would inherit the ignore). Set here
+    around the fork: inherited."""
     import signal
     import time
 
@@ -45,12 +47,11 @@ def _hanging_bench(tmp_path, nohup: bool = False):
                      'shape = [1, 2, 4, 4, 4]\nvariants = ["fail:hang"]\ntimeout_s = 300\n')
     run = tmp_path / "run"
     command = [sys.executable, "-m", "segbench", "bench", "--suite", str(suite), "--out", str(run)]
-    before = signal.signal(signal.SIGHUP, signal.SIG_IGN) if nohup else None
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)
     try:
         bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
-        if nohup:
-            signal.signal(signal.SIGHUP, before)
+        signal.signal(signal.SIGHUP, before)
     spec = run / "cases" / "000-hang-fail_hang.spec.json"
     deadline = time.monotonic() + 120
     case_pid = None
