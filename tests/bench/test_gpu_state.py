@@ -121,3 +121,14 @@ def test_a_watch_does_not_wait_long_for_a_slow_nvidia_smi(tmp_path, monkeypatch)
         while int(count.read_text() or 0) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
     assert time.monotonic() - start < 5 and watch.summary()["samples"] == 1
+
+
+def test_the_summary_keeps_the_highest_max_clock_the_samples_reported():
+    """The card's max SM clock (what `sm_clock_mhz` is read against) is the highest any sample gave: a
+    sample taken while the driver lowered it (a power cap) must not pass for the card's own."""
+    from bench.gpu_state import summarize
+
+    base = {"sm_clock_mhz": 1400.0, "temperature_c": 60.0, "power_w": 500.0, "event_reasons": "0x0",
+            "slowdowns": []}
+    state = summarize([{**base, "max_sm_clock_mhz": 1980.0}, {**base, "max_sm_clock_mhz": 1500.0}])
+    assert state["max_sm_clock_mhz"] == 1980.0 and state["min_sm_clock_mhz"] == 1400.0
