@@ -16,6 +16,7 @@ import os
 import torch
 
 from bench.case import reference_cache_path, reference_cached, reference_name, write_json_atomic
+from bench.compile_stats import CompileWatch
 from bench.measure import count_flops, steady_state, time_once
 from bench.variants import CaseConfig
 from bench.workloads.common import (
@@ -139,6 +140,7 @@ def run(case: Case) -> dict:
     if reference is not None and "flops_per_step" in reference:
         row["flops_per_step"] = reference["flops_per_step"]
 
+    watch = CompileWatch(case.config.compile_mode)  # (the reference above ran eagerly)
     model, predict = _predictor(case, case.config, device, state, image)
     result: list[torch.Tensor] = []
     row["first_step_s"] = time_once(lambda: result.append(predict()), device)
@@ -158,6 +160,7 @@ def run(case: Case) -> dict:
     rate = case.calibration.get("matmul_flops_per_s")
     if row.get("flops_per_step") and rate:
         row["mfu"] = row["flops_per_step"] / median / rate
+    row.update(watch.fields())
     row.update(profile_fields(case, predict, device))
     row.update(attention_kernels_fields(lambda: _attention_kernels(model, case.config, device, p.roi)))
     return row
