@@ -205,10 +205,11 @@ def _gpu_summary(events: list[dict]) -> dict:
         timed.append((e["name"], cat, e["dur"]))
         spans.append((e["ts"], e["ts"] + e["dur"], cat))
     cats, overlap_us = _shared_time(spans)
-    window = _window([(s, e) for s, e, _ in spans], _step_span(events))
-    cats["idle"] = max(0.0, window - _union_length([(s, e) for s, e, _ in spans]))
+    intervals = [(s, e) for s, e, _ in spans]
+    window = _window(intervals, _step_span(events))
+    cats["idle"] = max(0.0, window - _union_length(intervals))
     return {"device": "cuda", "total_us": window, "categories": cats, "overlap_us": overlap_us,
-            "kernels": len(gpu), "idle_gaps": _idle_gaps([(s, e) for s, e, _ in spans]), "top": _top(timed)}
+            "kernels": len(gpu), "idle_gaps": _idle_gaps(intervals), "top": _top(timed)}
 
 
 GAP_US = 10.0  # an idle stretch this long between two kernels: the device waited for the host

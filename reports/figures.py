@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from reports.render import temp_name  # noqa: E402
+from reports.render import replacing  # noqa: E402
 from reports.tables import baselines, mean_s_per_batch, quotable, speedup  # noqa: E402
 
 COLORS = {"ok": "#4C72B0", "seed": "#DD8452", "fp32": "#8C8C8C"}
@@ -24,13 +24,11 @@ COLORS = {"ok": "#4C72B0", "seed": "#DD8452", "fp32": "#8C8C8C"}
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = temp_name(path)
     try:
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

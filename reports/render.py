@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,11 +120,19 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
-def write_atomic(path: Path, text: str) -> Path:
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yields a temporary sibling of `path` to write; on leaving without an error it replaces `path`.
+    A failed write leaves no temporary file (their names are unique: none is reused)."""
     tmp = temp_name(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        yield tmp
         tmp.replace(path)
-    finally:  # a failed write leaves no temporary file (their names are unique: none is reused)
+    finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path

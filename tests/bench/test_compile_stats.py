@@ -68,7 +68,7 @@ def test_compiled_training_and_inference_rows_carry_their_compile_stats_into_the
 
     suite = tmp_path / "compiled.toml"
     suite.write_text('''name = "compiled"
-description = "one compiled training step"
+description = "one compiled training step and one compiled sliding-window inference"
 device = "cpu"
 timeout_s = 240
 
